@@ -1,0 +1,73 @@
+# bty: build, run, test and benchmark. `make help` lists the targets.
+SHELL := /bin/bash
+CARGO ?= cargo
+STATE_DIR ?= ./var
+LISTEN ?= 127.0.0.1:8080
+MUSL_TARGET := x86_64-unknown-linux-musl
+
+# Debian packages the tests and benchmarks use (installed by `make deps` when missing):
+#   qemu-utils: qemu-img/qemu-io to build qcow2 test images; e2fsprogs: mkfs.ext4 for the
+#   mounted-target test; gdisk/fdisk: sgdisk/sfdisk for partition-table tests; util-linux:
+#   losetup/mount; zstd xz-utils bzip2 pigz bmap-tools mbuffer: the reference pipelines of the
+#   benchmark; musl-tools: the static build.
+DEB_PACKAGES := qemu-utils e2fsprogs gdisk fdisk util-linux zstd xz-utils bzip2 pigz \
+	bmap-tools mbuffer musl-tools python3 time
+
+.PHONY: help run test deps lint build release static bench bench-flash clean
+
+help:
+	@echo "make run          build and start bty-web on $(STATE_DIR) (prints URL and password)"
+	@echo "make test         install test dependencies, then lint and run every test"
+	@echo "make deps         install the Debian packages and Rust targets the tests need"
+	@echo "make static       build a static bty (musl, LTO, stripped) and print its size"
+	@echo "make bench-flash  flash benchmark against the reference pipelines -> bench/RESULTS.md"
+
+run: release
+	@mkdir -p $(STATE_DIR)
+	@if [ ! -s $(STATE_DIR)/admin-password ]; then \
+		(umask 077; head -c 18 /dev/urandom | base64 | tr '+/' '-_' > $(STATE_DIR)/admin-password); fi
+	@echo "bty-web: state dir $(STATE_DIR), admin password: $$(cat $(STATE_DIR)/admin-password)"
+	@echo "bty-web: open http://$(LISTEN)/ (Ctrl+C stops it)"
+	BTY_ADMIN_PASSWORD="$$(cat $(STATE_DIR)/admin-password)" \
+		./target/release/bty-web --listen $(LISTEN) --state-dir $(STATE_DIR)
+
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+		dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		if [ "$$(id -u)" != 0 ]; then echo "make deps: need root to install:$$missing" >&2; exit 1; fi; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@rustup target list --installed 2>/dev/null | grep -qx $(MUSL_TARGET) || rustup target add $(MUSL_TARGET)
+	@rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+test: deps lint
+	$(CARGO) test --all-targets
+
+build:
+	$(CARGO) build
+
+release:
+	$(CARGO) build --release
+
+static:
+	CC_x86_64_unknown_linux_musl=musl-gcc RUSTFLAGS="-C target-feature=+crt-static" \
+		$(CARGO) build --profile static --target $(MUSL_TARGET) --bin bty
+	@f=target/$(MUSL_TARGET)/static/bty; \
+		size=$$(stat -c %s $$f); \
+		echo "$$f: $$size bytes ($$((size / 1024)) KiB), limit 4 MiB"; \
+		file $$f 2>/dev/null || true; \
+		test $$size -le $$((4 * 1024 * 1024))
+
+bench: bench-flash
+
+bench-flash: deps release
+	bench/flash.sh
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,4 @@
+//! The `bty-web` lab server.
+fn main() -> std::process::ExitCode {
+    bty::web::main()
+}

@@ -1,0 +1,4 @@
+//! The `bty` flasher.
+fn main() -> std::process::ExitCode {
+    bty::cli::main()
+}

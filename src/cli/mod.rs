@@ -1,0 +1,163 @@
+//! The `bty` command line: argument parsing (lexopt) and the scripted subcommands.
+
+mod commands;
+
+use std::process::ExitCode;
+
+use lexopt::prelude::*;
+
+use crate::error::Result;
+
+const HELP: &str = "\
+bty: put pre-built OS disk images onto disks, fast and safely
+
+Usage:
+  bty flash SOURCE TARGET [options]   write an image to a disk (or a file)
+  bty inspect SOURCE [--json] [--sha256]
+                                      show an image's format, sizes and partitions
+  bty --version | --help
+
+SOURCE is a local path or a file:// URL. Formats are detected by their magic
+bytes (and must agree with the file name): raw/ISO, gzip, zstd, xz, bzip2, qcow2.
+TARGET is a block device (/dev/sdX, /dev/disk/by-id/...) or a regular file.
+
+flash options:
+  --sha256 HEX        expected sha256 of SOURCE; the disk is activated (its first
+                      MiB written) only if the bytes read match
+  --verify            read the disk back after writing and compare
+  --no-zero-skip      write zero blocks as data instead of zeroing them cheaply
+  --yes, -y           do not ask for confirmation before writing a block device
+  --progress MODE     auto (default: bar on a terminal, log otherwise), bar, log,
+                      json (one JSON object per line on stdout), none
+
+Safety: bty refuses targets that are mounted, hold mounted partitions, are swap,
+are held by RAID/LVM/device-mapper, back the running system or bty itself, or are
+read-only, and images larger than the target. The first MiB of the disk is
+blanked before writing and written last, after the whole image (and a pinned
+digest) checked out; on any failure or Ctrl+C the first and last MiB are blanked
+again, so the disk never looks like a half-written bootable disk.
+
+Exit status: 0 done, 1 refused (nothing written), 2 failed (target blanked),
+130 cancelled (target blanked).
+
+Environment: BTY_LOG=error|warn|info|debug sets the log level.
+";
+
+/// Entry point of the `bty` binary.
+pub fn main() -> ExitCode {
+    crate::log::init_from_env();
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            crate::error!("{e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run() -> Result<ExitCode> {
+    let mut parser = lexopt::Parser::from_env();
+    let Some(arg) = parser.next()? else {
+        eprint!("{HELP}");
+        crate::error!("no command given (the interactive wizard is not part of this build yet)");
+        return Ok(ExitCode::from(2));
+    };
+    match arg {
+        Short('h') | Long("help") => {
+            print!("{HELP}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Short('V') | Long("version") => {
+            println!("bty {}", crate::VERSION);
+            Ok(ExitCode::SUCCESS)
+        }
+        Value(cmd) if cmd == "flash" => commands::flash(parse_flash(&mut parser)?),
+        Value(cmd) if cmd == "inspect" => commands::inspect(parse_inspect(&mut parser)?),
+        Value(cmd) => crate::bail!("unknown command {:?} (see bty --help)", cmd.to_string_lossy()),
+        _ => Err(arg.unexpected().into()),
+    }
+}
+
+/// Arguments of `bty flash`.
+pub struct FlashArgs {
+    pub source: String,
+    pub target: std::path::PathBuf,
+    pub sha256: Option<[u8; 32]>,
+    pub verify: bool,
+    pub zero_skip: bool,
+    pub yes: bool,
+    pub progress: crate::flash::progress::Mode,
+}
+
+fn parse_flash(parser: &mut lexopt::Parser) -> Result<FlashArgs> {
+    let mut positional = Vec::new();
+    let mut args = FlashArgs {
+        source: String::new(),
+        target: Default::default(),
+        sha256: None,
+        verify: false,
+        zero_skip: true,
+        yes: false,
+        progress: crate::flash::progress::Mode::Auto,
+    };
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Long("sha256") => {
+                args.sha256 = Some(crate::flash::parse_sha256(&parser.value()?.string()?)?)
+            }
+            Long("verify") => args.verify = true,
+            Long("no-zero-skip") => args.zero_skip = false,
+            Short('y') | Long("yes") => args.yes = true,
+            Long("progress") => {
+                let v = parser.value()?.string()?;
+                args.progress = crate::flash::progress::Mode::parse(&v).ok_or_else(|| {
+                    crate::error::Error::msg(format!(
+                        "invalid --progress {v:?}: expected auto, bar, log, json or none"
+                    ))
+                })?;
+            }
+            Short('h') | Long("help") => {
+                print!("{HELP}");
+                std::process::exit(0);
+            }
+            Value(v) => positional.push(v.string()?),
+            _ => return Err(arg.unexpected().into()),
+        }
+    }
+    let [source, target]: [String; 2] = positional.try_into().map_err(|p: Vec<String>| {
+        crate::error::Error::msg(format!(
+            "bty flash takes SOURCE and TARGET, got {} argument(s) (see bty --help)",
+            p.len()
+        ))
+    })?;
+    args.source = source;
+    args.target = target.into();
+    Ok(args)
+}
+
+/// Arguments of `bty inspect`.
+pub struct InspectArgs {
+    pub source: String,
+    pub json: bool,
+    pub sha256: bool,
+}
+
+fn parse_inspect(parser: &mut lexopt::Parser) -> Result<InspectArgs> {
+    let mut source = None;
+    let (mut json, mut sha256) = (false, false);
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Long("json") => json = true,
+            Long("sha256") => sha256 = true,
+            Short('h') | Long("help") => {
+                print!("{HELP}");
+                std::process::exit(0);
+            }
+            Value(v) if source.is_none() => source = Some(v.string()?),
+            _ => return Err(arg.unexpected().into()),
+        }
+    }
+    let source = source
+        .ok_or_else(|| crate::error::Error::msg("bty inspect takes SOURCE (see bty --help)"))?;
+    Ok(InspectArgs { source, json, sha256 })
+}

@@ -1,0 +1,170 @@
+//! The reading and decoding stages: a reader thread that hashes source bytes as they pass, a
+//! channel-backed `Read` for the decoder, and the decoder loop that fills aligned buffers.
+
+use std::io::{self, Read};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Context, Result};
+use crate::flash::Counters;
+use crate::image::format;
+use crate::sys::AlignedBuf;
+
+/// Source bytes per read; small enough that the decoder starts early, large enough for few calls.
+pub const CHUNK: usize = 256 << 10;
+/// Source chunks in flight between reader and decoder.
+pub const CHUNK_QUEUE: usize = 8;
+
+/// The reader's side of the chunk channels: chunks out to the decoder, spent chunks back.
+pub type Feed = (SyncSender<Vec<u8>>, Receiver<Vec<u8>>);
+
+/// Outcome of a stage that may stop because the next stage hung up (it failed or was cancelled);
+/// the orchestrator then reports the other stage's error, which is the real cause.
+pub enum Stage<T> {
+    Done(T),
+    PeerGone,
+}
+
+/// Reads the whole source, hashing it, and feeds it to the decoder when `tx` is given.
+pub fn read_source(
+    mut input: Box<dyn Read + Send>,
+    what: &str,
+    tx: Option<Feed>,
+    counters: &Counters,
+    cancel: &AtomicBool,
+) -> Result<Stage<[u8; 32]>> {
+    let mut hasher = Sha256::new();
+    let mut offset = 0u64;
+    let mut spare = vec![0u8; CHUNK];
+    loop {
+        if cancel.load(Ordering::Relaxed) {
+            return Ok(Stage::PeerGone);
+        }
+        let mut buf = match &tx {
+            Some((_, back)) => back.try_recv().unwrap_or_else(|_| vec![0u8; CHUNK]),
+            None => std::mem::take(&mut spare),
+        };
+        buf.resize(CHUNK, 0);
+        let n = format::read_full(input.as_mut(), &mut buf)
+            .with_context(|| format!("reading {what} at offset {offset}"))?;
+        if n == 0 {
+            break;
+        }
+        buf.truncate(n);
+        hasher.update(&buf);
+        offset += n as u64;
+        counters.read.fetch_add(n as u64, Ordering::Relaxed);
+        match &tx {
+            Some((tx, _)) => {
+                if tx.send(buf).is_err() {
+                    return Ok(Stage::PeerGone);
+                }
+            }
+            None => spare = buf,
+        }
+    }
+    Ok(Stage::Done(hasher.finalize().into()))
+}
+
+/// A `Read` over chunks arriving on a channel; returns used chunks for reuse. A closed channel
+/// reads as end of file: whether that was a real end is decided by the reader's own result.
+pub struct ChannelReader {
+    rx: Receiver<Vec<u8>>,
+    back: SyncSender<Vec<u8>>,
+    cur: Vec<u8>,
+    pos: usize,
+}
+
+impl ChannelReader {
+    pub fn new(rx: Receiver<Vec<u8>>, back: SyncSender<Vec<u8>>) -> ChannelReader {
+        ChannelReader { rx, back, cur: Vec::new(), pos: 0 }
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.cur.len() {
+            let Ok(next) = self.rx.recv() else { return Ok(0) };
+            let used = std::mem::replace(&mut self.cur, next);
+            let _ = self.back.try_send(used);
+            self.pos = 0;
+        }
+        let n = out.len().min(self.cur.len() - self.pos);
+        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// A filled buffer on its way to the writer.
+pub struct Block {
+    pub buf: AlignedBuf,
+    pub len: usize,
+}
+
+/// Aligned buffers recycled between decoder and writer, so memory stays flat.
+pub struct Pool {
+    pub back: Receiver<AlignedBuf>,
+    pub allocated: AtomicUsize,
+    pub max: usize,
+    pub size: usize,
+}
+
+impl Pool {
+    fn get(&self) -> Option<AlignedBuf> {
+        if let Ok(b) = self.back.try_recv() {
+            return Some(b);
+        }
+        if self.allocated.load(Ordering::Relaxed) < self.max {
+            self.allocated.fetch_add(1, Ordering::Relaxed);
+            return Some(AlignedBuf::new(self.size));
+        }
+        self.back.recv().ok()
+    }
+}
+
+/// Decodes the image into aligned buffers and sends them to the writer. Refuses a stream that
+/// turns out to be a tar archive before its first block leaves.
+pub fn decode(
+    mut decoder: Box<dyn Read + Send>,
+    what: &str,
+    tx: SyncSender<Block>,
+    pool: &Pool,
+    counters: &Counters,
+    cancel: &AtomicBool,
+) -> Result<Stage<u64>> {
+    let mut total = 0u64;
+    loop {
+        if cancel.load(Ordering::Relaxed) {
+            return Ok(Stage::PeerGone);
+        }
+        let Some(mut buf) = pool.get() else { return Ok(Stage::PeerGone) };
+        let n = format::read_full(decoder.as_mut(), &mut buf)
+            .with_context(|| format!("decoding {what} near image offset {total}"))?;
+        if total == 0 && format::is_tar(&buf[..n]) {
+            crate::bail!(
+                "{what} decodes to a tar archive, not a disk image: extract the image first"
+            );
+        }
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        counters.decoded.fetch_add(n as u64, Ordering::Relaxed);
+        let last = n < buf.len();
+        if tx.send(Block { buf, len: n }).is_err() {
+            return Ok(Stage::PeerGone);
+        }
+        if last {
+            break;
+        }
+    }
+    Ok(Stage::Done(total))
+}
+
+/// The two chunk channels: reader -> decoder, and spent chunks back to the reader.
+pub fn chunk_channels() -> (Feed, Feed) {
+    (std::sync::mpsc::sync_channel(CHUNK_QUEUE), std::sync::mpsc::sync_channel(CHUNK_QUEUE + 2))
+}

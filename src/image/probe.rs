@@ -1,0 +1,114 @@
+//! What an image is, found without decoding it all: format, sizes, and the partition table of
+//! its decoded first MiB. Shared by `bty inspect` and flash planning.
+
+use serde::Serialize;
+
+use crate::error::{Context, Result};
+use crate::image::format::{self, Format};
+use crate::image::partitions::{self, PartitionTable};
+use crate::image::{qcow2, size};
+use crate::source::Source;
+
+/// How much of the decoded image the probe reads: the first MiB holds MBR/GPT and boot code.
+pub const HEAD_LEN: usize = 1 << 20;
+
+/// The result of probing an image source.
+#[derive(Debug, Serialize)]
+pub struct ImageInfo {
+    /// The source as given.
+    pub source: String,
+    /// Detected format.
+    pub format: Format,
+    /// Raw bytes that are an ISO 9660 file system (hybrid ISOs are flashable as raw).
+    pub iso9660: bool,
+    /// Size of the source file (compressed size for compressed formats).
+    pub compressed_size: Option<u64>,
+    /// Size of the disk image once decoded, when the container says so.
+    pub virtual_size: Option<u64>,
+    /// Where `virtual_size` came from, or why it is unknown.
+    pub virtual_size_source: String,
+    /// Partition table found in the decoded first MiB.
+    pub partition_table: PartitionTable,
+    /// The decoded first MiB (or less for a smaller image).
+    #[serde(skip)]
+    pub head: Vec<u8>,
+}
+
+/// Probes a source: detects the format (refusing name/content disagreements and tarballs),
+/// reads the virtual size from metadata, and decodes the first MiB (so a corrupt or tar
+/// archive is refused before anything is written).
+pub fn probe(src: &Source) -> Result<ImageInfo> {
+    let ra = src.random_access()?;
+    let mut magic = vec![0u8; format::SNIFF_LEN];
+    let mut got = 0;
+    while got < magic.len() {
+        let n = ra
+            .read_at(&mut magic[got..], got as u64)
+            .with_context(|| format!("reading the start of {}", src.display))?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    magic.truncate(got);
+    crate::ensure!(got > 0, "reading {}: the file is empty", src.display);
+    let fmt = format::detect(&src.name, &magic)?;
+
+    let (virtual_size, how) = match fmt {
+        Format::Raw => (src.size(), "file size".to_string()),
+        Format::Qcow2 => {
+            let h = qcow2::read_header(ra.as_ref())
+                .with_context(|| format!("reading the qcow2 header of {}", src.display))?;
+            (Some(h.virtual_size), "qcow2 header".into())
+        }
+        Format::Xz => {
+            let info = size::xz_info(ra.as_ref())
+                .with_context(|| format!("reading the xz index of {}", src.display))?;
+            (
+                Some(info.uncompressed),
+                format!("xz index ({} streams, {} blocks)", info.streams, info.blocks),
+            )
+        }
+        Format::Zstd => match size::zstd_content_size(ra.as_ref())
+            .with_context(|| format!("reading the zstd frame headers of {}", src.display))?
+        {
+            Some(n) => (Some(n), "zstd frame headers".into()),
+            None => (None, "unknown: a zstd frame does not record its content size".into()),
+        },
+        Format::Gzip => (None, "unknown: gzip does not record it".into()),
+        Format::Bzip2 => (None, "unknown: bzip2 does not record it".into()),
+    };
+
+    let head = decode_head(src, fmt)?;
+    crate::ensure!(
+        !format::is_tar(&head),
+        "{} decodes to a tar archive, not a disk image: extract the image from it first",
+        src.display
+    );
+    Ok(ImageInfo {
+        source: src.display.clone(),
+        format: fmt,
+        iso9660: fmt == Format::Raw && format::is_iso9660(&magic),
+        compressed_size: src.size(),
+        virtual_size,
+        virtual_size_source: how,
+        partition_table: partitions::parse(&head),
+        head,
+    })
+}
+
+/// Decodes the first `HEAD_LEN` bytes of the image.
+fn decode_head(src: &Source, fmt: Format) -> Result<Vec<u8>> {
+    let mut head = vec![0u8; HEAD_LEN];
+    let n = if fmt == Format::Qcow2 {
+        let mut r = qcow2::Qcow2Reader::open(src.random_access()?)
+            .with_context(|| format!("opening {} as qcow2", src.display))?;
+        format::read_full(&mut r, &mut head)
+    } else {
+        let mut r = format::stream_decoder(fmt, src.reader()?)?;
+        format::read_full(r.as_mut(), &mut head)
+    }
+    .with_context(|| format!("decoding the first MiB of {} as {fmt}", src.display))?;
+    head.truncate(n);
+    Ok(head)
+}

@@ -1,0 +1,19 @@
+//! bty: put pre-built OS disk images onto disks, fast and safely.
+//!
+//! The library behind the `bty` flasher and the `bty-web` lab server.
+#![deny(unsafe_code)]
+
+pub mod error;
+pub mod log;
+pub mod sys;
+
+pub mod cli;
+pub mod disks;
+pub mod flash;
+pub mod image;
+pub mod source;
+pub mod units;
+pub mod web;
+
+/// The version of this build, shared by both binaries.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,177 @@
+//! Where image bytes come from: a local path or `file://` URL today; http(s) and oras:// later.
+//!
+//! A source offers two views: a sequential `Read` (for streaming formats, hashed as it passes) and
+//! positioned reads through `ReadAt` (for qcow2, whose clusters are not in stream order).
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Context, Result};
+
+/// Positioned reads, as `pread(2)` gives them: the qcow2 reader needs random access.
+pub trait ReadAt: Send + Sync {
+    /// Reads up to `buf.len()` bytes at `offset`; 0 means end of source.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+
+    /// Reads exactly `buf.len()` bytes at `offset`, failing with `UnexpectedEof` at the end.
+    fn read_exact_at(&self, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
+        while !buf.is_empty() {
+            match self.read_at(buf, offset) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("source ends before offset {offset}"),
+                    ));
+                }
+                Ok(n) => {
+                    buf = &mut buf[n..];
+                    offset += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Total size in bytes, when known.
+    fn size(&self) -> Option<u64>;
+}
+
+impl ReadAt for File {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        FileExt::read_at(self, buf, offset)
+    }
+    fn size(&self) -> Option<u64> {
+        self.metadata().ok().map(|m| m.len())
+    }
+}
+
+impl ReadAt for [u8] {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(self.len());
+        let n = buf.len().min(self.len() - start);
+        buf[..n].copy_from_slice(&self[start..start + n]);
+        Ok(n)
+    }
+    fn size(&self) -> Option<u64> {
+        Some(self.len() as u64)
+    }
+}
+
+impl ReadAt for Vec<u8> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.as_slice().read_at(buf, offset)
+    }
+    fn size(&self) -> Option<u64> {
+        Some(self.len() as u64)
+    }
+}
+
+/// An opened image source.
+pub struct Source {
+    /// What the user named, for messages.
+    pub display: String,
+    /// The file name part, used to cross-check the format against the content.
+    pub name: String,
+    file: File,
+}
+
+impl Source {
+    /// Opens a local path or `file://` URL.
+    pub fn open(spec: &str) -> Result<Source> {
+        let path = local_path(spec)?;
+        let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let meta = file.metadata().with_context(|| format!("reading {}", path.display()))?;
+        crate::ensure!(!meta.is_dir(), "opening {}: is a directory, not an image", path.display());
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        Ok(Source { display: path.display().to_string(), name, file })
+    }
+
+    /// A sequential reader from the start of the source.
+    pub fn reader(&self) -> Result<Box<dyn Read + Send>> {
+        let f = self.file.try_clone().with_context(|| format!("reopening {}", self.display))?;
+        Ok(Box::new(ReadAtCursor { inner: f, pos: 0 }))
+    }
+
+    /// Random access to the source (for qcow2).
+    pub fn random_access(&self) -> Result<Box<dyn ReadAt>> {
+        let f = self.file.try_clone().with_context(|| format!("reopening {}", self.display))?;
+        Ok(Box::new(f))
+    }
+
+    /// Size in bytes of the (possibly compressed) source, when known.
+    pub fn size(&self) -> Option<u64> {
+        ReadAt::size(&self.file)
+    }
+}
+
+/// A sequential `Read` over positioned reads, so that clones of one fd do not share an offset.
+struct ReadAtCursor<R> {
+    inner: R,
+    pos: u64,
+}
+
+impl<R: ReadAt> Read for ReadAtCursor<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// Turns a CLI source argument into a local path; other schemes are not supported yet.
+fn local_path(spec: &str) -> Result<PathBuf> {
+    if let Some(rest) = spec.strip_prefix("file://") {
+        crate::ensure!(rest.starts_with('/'), "opening {spec}: file:// URLs need an absolute path");
+        return Ok(PathBuf::from(percent_decode(rest)));
+    }
+    if let Some((scheme, _)) = spec.split_once("://") {
+        crate::bail!(
+            "opening {spec}: {scheme}:// sources are not supported by this build yet (use a local path or file://)"
+        );
+    }
+    Ok(Path::new(spec).to_path_buf())
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_urls_decode_to_paths() {
+        assert_eq!(local_path("file:///tmp/a%20b.img").unwrap(), PathBuf::from("/tmp/a b.img"));
+        assert_eq!(local_path("/x/y.img").unwrap(), PathBuf::from("/x/y.img"));
+        assert!(local_path("file://relative").is_err());
+        assert!(local_path("ftp://host/x").is_err());
+    }
+
+    #[test]
+    fn slice_read_at_stops_at_end() {
+        let data = vec![1u8, 2, 3];
+        let mut buf = [0u8; 4];
+        assert_eq!(ReadAt::read_at(&data, &mut buf, 1).unwrap(), 2);
+        assert_eq!(ReadAt::read_at(&data, &mut buf, 9).unwrap(), 0);
+        assert!(data.read_exact_at(&mut buf, 0).is_err());
+    }
+}

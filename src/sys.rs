@@ -1,0 +1,231 @@
+//! Every libc call and every `unsafe` block of the crate, each behind a small safe function.
+//!
+//! Callers add context to the `io::Error`s returned here; this module never formats user messages.
+#![allow(unsafe_code)]
+
+use std::alloc::{Layout, alloc_zeroed, dealloc};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::ops::{Deref, DerefMut};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+
+/// Alignment of every I/O buffer: covers 512- and 4096-byte logical blocks and the page size.
+pub const IO_ALIGN: usize = 4096;
+
+// ioctl request numbers from <linux/fs.h>.
+const BLKROGET: u64 = 0x125e; // _IO(0x12, 94)
+const BLKRRPART: u64 = 0x125f; // _IO(0x12, 95)
+const BLKSSZGET: u64 = 0x1268; // _IO(0x12, 104)
+const BLKZEROOUT: u64 = 0x127f; // _IO(0x12, 127)
+const BLKGETSIZE64: u64 = 0x8008_1272; // _IOR(0x12, 114, size_t)
+
+/// A zero-initialised heap buffer aligned to `IO_ALIGN`, as O_DIRECT requires.
+pub struct AlignedBuf {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: AlignedBuf owns its allocation exclusively (like Vec<u8>), so moving it to another
+// thread moves that ownership; there is no shared interior state.
+unsafe impl Send for AlignedBuf {}
+
+impl AlignedBuf {
+    /// Allocates `len` zeroed bytes (`len` > 0) aligned to `IO_ALIGN`.
+    pub fn new(len: usize) -> AlignedBuf {
+        let layout = Self::layout(len);
+        // SAFETY: layout has a non-zero size (checked in layout()) and a valid power-of-two alignment.
+        let raw = unsafe { alloc_zeroed(layout) };
+        let Some(ptr) = NonNull::new(raw) else { std::alloc::handle_alloc_error(layout) };
+        AlignedBuf { ptr, len }
+    }
+
+    fn layout(len: usize) -> Layout {
+        // Invariant, not input: callers pass constant, non-zero sizes.
+        Layout::from_size_align(len.max(1), IO_ALIGN).expect("buffer size fits in isize")
+    }
+}
+
+impl Deref for AlignedBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: ptr points to `len` initialised (zeroed at allocation) bytes owned by self.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl DerefMut for AlignedBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in deref, and &mut self guarantees exclusive access.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: ptr came from alloc_zeroed with exactly this layout and is freed once.
+        unsafe { dealloc(self.ptr.as_ptr(), Self::layout(self.len)) }
+    }
+}
+
+/// Opens `path` for writing with O_DIRECT; `exclusive` adds O_EXCL, which for a block device
+/// makes the kernel refuse (EBUSY) when the device is mounted or claimed by md/dm, and keeps
+/// others from claiming it while we hold the fd.
+pub fn open_direct(path: &Path, exclusive: bool, create: bool) -> io::Result<File> {
+    let mut flags = libc::O_DIRECT | libc::O_CLOEXEC;
+    if exclusive {
+        flags |= libc::O_EXCL;
+    }
+    OpenOptions::new().read(true).write(true).create(create).custom_flags(flags).open(path)
+}
+
+/// Opens `path` for buffered read+write; `exclusive` as in `open_direct`.
+pub fn open_buffered(path: &Path, exclusive: bool, create: bool) -> io::Result<File> {
+    let mut flags = libc::O_CLOEXEC;
+    if exclusive {
+        flags |= libc::O_EXCL;
+    }
+    OpenOptions::new().read(true).write(true).create(create).custom_flags(flags).open(path)
+}
+
+/// Turns O_DIRECT on or off for an open file (the unaligned tail of an image is written buffered).
+pub fn set_direct(file: &File, on: bool) -> io::Result<()> {
+    let fd = file.as_raw_fd();
+    // SAFETY: F_GETFL/F_SETFL on a valid, owned fd take and return plain integers.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let new = if on { flags | libc::O_DIRECT } else { flags & !libc::O_DIRECT };
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, new) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Size in bytes of a block device.
+pub fn block_device_size(file: &File) -> io::Result<u64> {
+    let mut size: u64 = 0;
+    // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which points to a live u64.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64 as _, &mut size as *mut u64) };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(size) }
+}
+
+/// Logical block size of a block device (the unit of O_DIRECT alignment).
+pub fn logical_block_size(file: &File) -> io::Result<u32> {
+    let mut size: libc::c_int = 0;
+    // SAFETY: BLKSSZGET writes one int through the pointer, which points to a live c_int.
+    let rc =
+        unsafe { libc::ioctl(file.as_raw_fd(), BLKSSZGET as _, &mut size as *mut libc::c_int) };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(size.max(512) as u32) }
+}
+
+/// Whether the block device is read-only (BLKROGET).
+pub fn block_device_read_only(file: &File) -> io::Result<bool> {
+    let mut ro: libc::c_int = 0;
+    // SAFETY: BLKROGET writes one int through the pointer, which points to a live c_int.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKROGET as _, &mut ro as *mut libc::c_int) };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(ro != 0) }
+}
+
+/// Asks the device to zero `[offset, offset + len)` (BLKZEROOUT); both must be sector-aligned.
+/// The kernel guarantees the range reads back as zeros afterwards.
+pub fn zero_out(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    let range: [u64; 2] = [offset, len];
+    // SAFETY: BLKZEROOUT reads two u64 (start, length) through the pointer to a live array.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKZEROOUT as _, range.as_ptr()) };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Asks the kernel to re-read the partition table of a whole-disk block device.
+pub fn reread_partitions(file: &File) -> io::Result<()> {
+    // SAFETY: BLKRRPART takes no argument.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKRRPART as _) };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Deallocates `[offset, offset + len)` of a regular file, keeping its size: the range then
+/// reads as zeros whatever it held before.
+pub fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    let (Ok(off), Ok(n)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    };
+    // SAFETY: fallocate on a valid fd with integer arguments; no memory is passed.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            off,
+            n,
+        )
+    };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Drops cached pages of a file range so the next buffered read comes from the device.
+pub fn drop_cache(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    let (Ok(off), Ok(n)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    };
+    // SAFETY: posix_fadvise takes integers only; it returns the error number instead of setting errno.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), off, n, libc::POSIX_FADV_DONTNEED) };
+    if rc != 0 { Err(io::Error::from_raw_os_error(rc)) } else { Ok(()) }
+}
+
+/// Whether the fd is a terminal.
+pub fn isatty(fd: i32) -> bool {
+    // SAFETY: isatty takes an integer and only inspects it.
+    unsafe { libc::isatty(fd) == 1 }
+}
+
+static CANCELLED: AtomicBool = AtomicBool::new(false);
+static CANCEL_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_cancel_signal(sig: libc::c_int) {
+    // Only async-signal-safe work here: two atomic stores.
+    CANCEL_SIGNAL.store(sig, Ordering::SeqCst);
+    CANCELLED.store(true, Ordering::SeqCst);
+}
+
+/// Routes SIGINT and SIGTERM to a flag (`cancel_flag`) instead of killing the process, so a flash
+/// can stop its threads and blank the target's headers before exiting.
+pub fn catch_cancel_signals() -> io::Result<()> {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: a zeroed sigaction is a valid "no flags, empty mask" value; the handler is an
+        // extern "C" fn that only touches atomics, which is async-signal-safe.
+        let rc = unsafe {
+            let mut act: libc::sigaction = std::mem::zeroed();
+            act.sa_sigaction = on_cancel_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            libc::sigemptyset(&mut act.sa_mask);
+            libc::sigaction(sig, &act, std::ptr::null_mut())
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// The flag that SIGINT/SIGTERM set once `catch_cancel_signals` ran.
+pub fn cancel_flag() -> &'static AtomicBool {
+    &CANCELLED
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligned_buf_is_aligned_and_zeroed() {
+        for len in [1usize, 512, 4096, 1 << 20] {
+            let b = AlignedBuf::new(len);
+            assert_eq!(b.as_ptr() as usize % IO_ALIGN, 0);
+            assert_eq!(b.len(), len);
+            assert!(b.iter().all(|&x| x == 0));
+        }
+    }
+}
