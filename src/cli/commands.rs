@@ -35,8 +35,15 @@ pub fn flash(args: FlashArgs) -> Result<ExitCode> {
         describe_plan(&plan);
     }
     if let TargetKind::Block(dev) = &plan.target.kind {
-        if !args.yes && !confirm(&plan, &dev.name)? {
-            return Ok(ExitCode::from(REFUSED));
+        if !args.yes {
+            match confirm(&plan, &dev.name) {
+                Ok(true) => {}
+                Ok(false) => return Ok(ExitCode::from(REFUSED)),
+                Err(e) => {
+                    crate::error!("{e}");
+                    return Ok(ExitCode::from(REFUSED));
+                }
+            }
         }
     }
     crate::sys::catch_cancel_signals().context("installing the SIGINT/SIGTERM handler")?;

@@ -29,6 +29,7 @@ flash options:
   --yes, -y           do not ask for confirmation before writing a block device
   --progress MODE     auto (default: bar on a terminal, log otherwise), bar, log,
                       json (one JSON object per line on stdout), none
+                      (no progress; the summary line is still printed)
 
 Safety: bty refuses targets that are mounted, hold mounted partitions, are swap,
 are held by RAID/LVM/device-mapper, back the running system or bty itself, or are

@@ -5,6 +5,7 @@ pub mod progress;
 pub mod stream;
 pub mod write;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread;
@@ -16,7 +17,7 @@ use crate::image::format::{self, Format};
 use crate::image::probe::{self, ImageInfo};
 use crate::image::qcow2;
 use crate::source::Source;
-use stream::{Block, Pool, Stage};
+use stream::{Block, Pool, Stage, Stop};
 use write::Writer;
 
 /// Decoded bytes per buffer: large O_DIRECT writes, few channel hand-offs.
@@ -127,10 +128,10 @@ pub fn run(
     plan: &Plan,
     opts: &Options,
     tick: &mut dyn FnMut(&Snapshot<'_>),
-    cancel: &AtomicBool,
+    cancel: &'static AtomicBool,
 ) -> std::result::Result<Report, FlashError> {
     let started = Instant::now();
-    let counters = Counters::default();
+    let counters = Arc::new(Counters::default());
     let mut writer =
         Writer::open(&plan.target, opts.zero_skip, opts.verify).map_err(FlashError::Refused)?;
     // From here on the target is being changed: blank its headers first, so that even a
@@ -145,10 +146,7 @@ pub fn run(
         elapsed: started.elapsed(),
         phase,
     };
-    let outcome = pump(plan, opts, &mut writer, &counters, cancel, &mut |c: &Counters| {
-        let _ = c;
-        tick(&snap("write"))
-    });
+    let outcome = pump(plan, opts, &mut writer, &counters, cancel, &mut || tick(&snap("write")));
     let fail = |writer: &mut Writer, e: FlashError| {
         if let Err(w) = writer.blank_headers() {
             crate::error!(
@@ -233,12 +231,13 @@ fn pump(
     plan: &Plan,
     opts: &Options,
     writer: &mut Writer,
-    counters: &Counters,
-    cancel: &AtomicBool,
-    tick: &mut dyn FnMut(&Counters),
+    counters: &Arc<Counters>,
+    cancel: &'static AtomicBool,
+    tick: &mut dyn FnMut(),
 ) -> std::result::Result<Option<[u8; 32]>, FlashError> {
     let what = plan.source.display.as_str();
     let fmt = plan.image.format;
+    let stop = Stop::new(cancel);
     let failed = FlashError::Failed;
     let (block_tx, block_rx) = mpsc::sync_channel::<Block>(QUEUE);
     let (pool_tx, pool_rx) = mpsc::channel();
@@ -256,35 +255,45 @@ fn pump(
         let ((tx, rx), (back_tx, back_rx)) = stream::chunk_channels();
         (
             Some((tx, back_rx)),
-            DecoderInput::Stream(Box::new(stream::ChannelReader::new(rx, back_tx))),
+            DecoderInput::Stream(Box::new(stream::ChannelReader::new(rx, back_tx, stop.clone()))),
         )
     };
     let hash_source = feed.is_some() || opts.sha256.is_some();
     let source_reader = plan.source.reader().map_err(failed)?;
 
-    thread::scope(|s| {
-        let reader = hash_source.then(|| {
-            thread::Builder::new().name("read".into()).spawn_scoped(s, move || {
-                stream::read_source(source_reader, what, feed, counters, cancel)
-            })
+    // The reader is not scoped: it may be stuck in a read of a stalled pipe or network source,
+    // and a cancel must not wait for it. It owns what it uses and is left behind in that case.
+    let reader = if hash_source {
+        let (what, counters, stop) = (what.to_string(), Arc::clone(counters), stop.clone());
+        let spawned = thread::Builder::new().name("read".into()).spawn(move || {
+            stop.guard(stream::read_source(source_reader, &what, feed, &counters, &stop))
         });
+        Some(spawned.context("starting the reader thread").map_err(failed)?)
+    } else {
+        None
+    };
+    let counters: &Counters = counters;
+    let stop = &stop;
+    thread::scope(|s| {
         let decoder = thread::Builder::new().name("decode".into()).spawn_scoped(s, move || {
-            let decoder = match input {
-                DecoderInput::Ready(d) => d,
-                DecoderInput::Stream(raw) => format::stream_decoder(fmt, raw)
-                    .with_context(|| format!("decoding {what} as {fmt}"))?,
-            };
-            stream::decode(decoder, what, block_tx, &pool, counters, cancel)
+            stop.guard((|| {
+                let decoder = match input {
+                    DecoderInput::Ready(d) => d,
+                    DecoderInput::Stream(raw) => format::stream_decoder(fmt, raw)
+                        .with_context(|| format!("decoding {what} as {fmt}"))?,
+                };
+                stream::decode(decoder, what, block_tx, &pool, counters, stop)
+            })())
         });
         let writer_thread = thread::Builder::new()
             .name("write".into())
-            .spawn_scoped(s, || write_all(writer, block_rx, pool_tx, counters, cancel));
-        let (reader, decoder, writer_thread) = match (reader.transpose(), decoder, writer_thread) {
-            (Ok(r), Ok(d), Ok(w)) => (r, d, w),
-            (r, d, w) => {
-                // A thread could not start (out of resources). Those that did stop on cancel.
-                cancel.store(true, Ordering::SeqCst);
-                let e = [r.err(), d.err(), w.err()].into_iter().flatten().next();
+            .spawn_scoped(s, || stop.guard(write_all(writer, block_rx, pool_tx, counters, stop)));
+        let (decoder, writer_thread) = match (decoder, writer_thread) {
+            (Ok(d), Ok(w)) => (d, w),
+            (d, w) => {
+                // A thread could not start (out of resources). Those that did stop on abort.
+                stop.abort();
+                let e = [d.err(), w.err()].into_iter().flatten().next();
                 return Err(FlashError::Failed(Error::msg(format!(
                     "starting the flash threads: {}",
                     e.map(|e| e.to_string()).unwrap_or_default()
@@ -293,18 +302,23 @@ fn pump(
         };
         while !(writer_thread.is_finished()
             && decoder.is_finished()
-            && reader.as_ref().is_none_or(|r| r.is_finished()))
+            && (stop.is_set() || reader.as_ref().is_none_or(|r| r.is_finished())))
         {
-            tick(counters);
+            tick();
             thread::sleep(Duration::from_millis(100));
+        }
+        if stop.cancelled() {
+            return Err(FlashError::Cancelled);
         }
         let panicked = || Error::msg("a flash thread panicked");
         let w = writer_thread.join().unwrap_or_else(|_| Err(panicked()));
         let d = decoder.join().unwrap_or_else(|_| Err(panicked()));
-        let r = reader.map(|r| r.join().unwrap_or_else(|_| Err(panicked())));
-        if cancel.load(Ordering::SeqCst) {
-            return Err(FlashError::Cancelled);
-        }
+        // A reader still stuck in a read is left behind (detached); the others report the cause.
+        let r = match reader {
+            Some(r) if r.is_finished() => Some(r.join().unwrap_or_else(|_| Err(panicked()))),
+            Some(_) => Some(Ok(Stage::PeerGone)),
+            None => None,
+        };
         // The writer's failure (ENOSPC, EIO, target too small) is what stopped the others; a
         // reader failure (I/O) looks like a truncated stream to the decoder; so that order.
         let w = w.map_err(failed)?;
@@ -339,10 +353,10 @@ fn write_all(
     rx: mpsc::Receiver<Block>,
     pool: mpsc::Sender<crate::sys::AlignedBuf>,
     counters: &Counters,
-    cancel: &AtomicBool,
+    stop: &Stop,
 ) -> Result<Stage<u64>> {
     loop {
-        if cancel.load(Ordering::Relaxed) {
+        if stop.is_set() {
             return Ok(Stage::PeerGone);
         }
         match rx.recv_timeout(Duration::from_millis(200)) {

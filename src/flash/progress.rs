@@ -166,7 +166,6 @@ impl Reporter {
                 let _ = writeln!(out, "{v}");
                 let _ = out.flush();
             }
-            Mode::Quiet => {}
             _ => {
                 let secs = Duration::from_secs_f64(r.seconds);
                 crate::info!(

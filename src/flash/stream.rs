@@ -2,8 +2,9 @@
 //! channel-backed `Read` for the decoder, and the decoder loop that fills aligned buffers.
 
 use std::io::{self, Read};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 
 use sha2::{Digest, Sha256};
 
@@ -16,6 +17,39 @@ use crate::sys::AlignedBuf;
 pub const CHUNK: usize = 256 << 10;
 /// Source chunks in flight between reader and decoder.
 pub const CHUNK_QUEUE: usize = 8;
+
+/// Why the stages should stop early: a signal (the process-wide cancel flag), or a failure in
+/// another stage (this flash's abort flag), so that no stage waits on one that has given up.
+#[derive(Clone)]
+pub struct Stop {
+    cancel: &'static AtomicBool,
+    abort: Arc<AtomicBool>,
+}
+
+impl Stop {
+    pub fn new(cancel: &'static AtomicBool) -> Stop {
+        Stop { cancel, abort: Arc::new(AtomicBool::new(false)) }
+    }
+    /// Whether any stage should stop now.
+    pub fn is_set(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed) || self.abort.load(Ordering::Relaxed)
+    }
+    /// Whether the user cancelled (SIGINT/SIGTERM).
+    pub fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::SeqCst)
+    }
+    /// Tells the other stages that this one failed.
+    pub fn abort(&self) {
+        self.abort.store(true, Ordering::SeqCst);
+    }
+    /// Runs a stage and raises the abort flag if it fails.
+    pub fn guard<T>(&self, r: Result<T>) -> Result<T> {
+        if r.is_err() {
+            self.abort();
+        }
+        r
+    }
+}
 
 /// The reader's side of the chunk channels: chunks out to the decoder, spent chunks back.
 pub type Feed = (SyncSender<Vec<u8>>, Receiver<Vec<u8>>);
@@ -33,13 +67,13 @@ pub fn read_source(
     what: &str,
     tx: Option<Feed>,
     counters: &Counters,
-    cancel: &AtomicBool,
+    stop: &Stop,
 ) -> Result<Stage<[u8; 32]>> {
     let mut hasher = Sha256::new();
     let mut offset = 0u64;
     let mut spare = vec![0u8; CHUNK];
     loop {
-        if cancel.load(Ordering::Relaxed) {
+        if stop.is_set() {
             return Ok(Stage::PeerGone);
         }
         let mut buf = match &tx {
@@ -70,23 +104,33 @@ pub fn read_source(
 
 /// A `Read` over chunks arriving on a channel; returns used chunks for reuse. A closed channel
 /// reads as end of file: whether that was a real end is decided by the reader's own result.
+/// It gives up on cancel even while the reader is stuck in a read (a stalled pipe or network).
 pub struct ChannelReader {
     rx: Receiver<Vec<u8>>,
     back: SyncSender<Vec<u8>>,
     cur: Vec<u8>,
     pos: usize,
+    stop: Stop,
 }
 
 impl ChannelReader {
-    pub fn new(rx: Receiver<Vec<u8>>, back: SyncSender<Vec<u8>>) -> ChannelReader {
-        ChannelReader { rx, back, cur: Vec::new(), pos: 0 }
+    pub fn new(rx: Receiver<Vec<u8>>, back: SyncSender<Vec<u8>>, stop: Stop) -> ChannelReader {
+        ChannelReader { rx, back, cur: Vec::new(), pos: 0, stop }
     }
 }
 
 impl Read for ChannelReader {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         while self.pos == self.cur.len() {
-            let Ok(next) = self.rx.recv() else { return Ok(0) };
+            let next = match self.rx.recv_timeout(std::time::Duration::from_millis(100)) {
+                Ok(next) => next,
+                // Not ErrorKind::Interrupted: readers retry those.
+                Err(RecvTimeoutError::Timeout) if self.stop.is_set() => {
+                    return Err(io::Error::other("stopped"));
+                }
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => return Ok(0),
+            };
             let used = std::mem::replace(&mut self.cur, next);
             let _ = self.back.try_send(used);
             self.pos = 0;
@@ -133,16 +177,23 @@ pub fn decode(
     tx: SyncSender<Block>,
     pool: &Pool,
     counters: &Counters,
-    cancel: &AtomicBool,
+    stop: &Stop,
 ) -> Result<Stage<u64>> {
     let mut total = 0u64;
     loop {
-        if cancel.load(Ordering::Relaxed) {
+        if stop.is_set() {
             return Ok(Stage::PeerGone);
         }
         let Some(mut buf) = pool.get() else { return Ok(Stage::PeerGone) };
-        let n = format::read_full(decoder.as_mut(), &mut buf)
-            .with_context(|| format!("decoding {what} near image offset {total}"))?;
+        let n = match format::read_full(decoder.as_mut(), &mut buf) {
+            Ok(n) => n,
+            // Stopped by another stage while waiting for input: that stage reports why.
+            Err(_) if stop.is_set() => return Ok(Stage::PeerGone),
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("decoding {what} near image offset {total}"));
+            }
+        };
         if total == 0 && format::is_tar(&buf[..n]) {
             crate::bail!(
                 "{what} decodes to a tar archive, not a disk image: extract the image first"

@@ -1,6 +1,8 @@
 //! What an image is, found without decoding it all: format, sizes, and the partition table of
 //! its decoded first MiB. Shared by `bty inspect` and flash planning.
 
+use std::io::Read;
+
 use serde::Serialize;
 
 use crate::error::{Context, Result};
@@ -38,21 +40,33 @@ pub struct ImageInfo {
 /// reads the virtual size from metadata, and decodes the first MiB (so a corrupt or tar
 /// archive is refused before anything is written).
 pub fn probe(src: &Source) -> Result<ImageInfo> {
-    let ra = src.random_access()?;
-    let mut magic = vec![0u8; format::SNIFF_LEN];
-    let mut got = 0;
-    while got < magic.len() {
-        let n = ra
-            .read_at(&mut magic[got..], got as u64)
-            .with_context(|| format!("reading the start of {}", src.display))?;
-        if n == 0 {
-            break;
-        }
-        got += n;
-    }
-    magic.truncate(got);
-    crate::ensure!(got > 0, "reading {}: the file is empty", src.display);
+    let (magic, _) = src.peek(format::SNIFF_LEN)?;
+    crate::ensure!(!magic.is_empty(), "reading {}: the source is empty", src.display);
     let fmt = format::detect(&src.name, &magic)?;
+    if !src.is_seekable() {
+        crate::ensure!(
+            fmt != Format::Qcow2,
+            "{} is qcow2 from a stream: qcow2 needs random access (save it to a file first)",
+            src.display
+        );
+        let head = decode_head(src, fmt)?;
+        crate::ensure!(
+            !format::is_tar(&head),
+            "{} decodes to a tar archive, not a disk image: extract the image from it first",
+            src.display
+        );
+        return Ok(ImageInfo {
+            source: src.display.clone(),
+            format: fmt,
+            iso9660: fmt == Format::Raw && format::is_iso9660(&magic),
+            compressed_size: None,
+            virtual_size: None,
+            virtual_size_source: "unknown: the source is a stream".into(),
+            partition_table: partitions::parse(&head),
+            head,
+        });
+    }
+    let ra = src.random_access()?;
 
     let (virtual_size, how) = match fmt {
         Format::Raw => (src.size(), "file size".to_string()),
@@ -97,6 +111,9 @@ pub fn probe(src: &Source) -> Result<ImageInfo> {
     })
 }
 
+/// How much of a stream the probe buffers to decode the head from (replayed to the flash).
+const STREAM_PROBE: usize = 4 << 20;
+
 /// Decodes the first `HEAD_LEN` bytes of the image.
 fn decode_head(src: &Source, fmt: Format) -> Result<Vec<u8>> {
     let mut head = vec![0u8; HEAD_LEN];
@@ -104,9 +121,29 @@ fn decode_head(src: &Source, fmt: Format) -> Result<Vec<u8>> {
         let mut r = qcow2::Qcow2Reader::open(src.random_access()?)
             .with_context(|| format!("opening {} as qcow2", src.display))?;
         format::read_full(&mut r, &mut head)
-    } else {
+    } else if src.is_seekable() {
         let mut r = format::stream_decoder(fmt, src.reader()?)?;
         format::read_full(r.as_mut(), &mut head)
+    } else {
+        // A stream is probed from a buffered prefix. When the prefix is not the whole stream, a
+        // decoder running out of input is expected: keep what it produced; the flash itself
+        // decodes everything and catches real corruption.
+        let (prefix, whole) = src.peek(STREAM_PROBE)?;
+        let mut r = format::stream_decoder(fmt, Box::new(std::io::Cursor::new(prefix)))?;
+        let mut n = 0;
+        while n < head.len() {
+            match r.read(&mut head[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(_) if !whole => break,
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("decoding the first MiB of {} as {fmt}", src.display)
+                    });
+                }
+            }
+        }
+        Ok(n)
     }
     .with_context(|| format!("decoding the first MiB of {} as {fmt}", src.display))?;
     head.truncate(n);

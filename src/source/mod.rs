@@ -5,8 +5,9 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::error::{Context, Result};
 
@@ -74,38 +75,134 @@ impl ReadAt for Vec<u8> {
 pub struct Source {
     /// What the user named, for messages.
     pub display: String,
-    /// The file name part, used to cross-check the format against the content.
+    /// The file name part, used to cross-check the format against the content ("" for a pipe).
     pub name: String,
-    file: File,
+    kind: Kind,
+}
+
+enum Kind {
+    /// A regular file (or block device): random access, known size.
+    File(File),
+    /// A pipe (stdin, a FIFO): read once, front to back. The bytes peeked at by the probe are
+    /// kept and replayed in front of the rest.
+    Pipe { rest: Mutex<Option<Box<dyn Read + Send>>>, prefix: Mutex<Vec<u8>>, ended: Mutex<bool> },
 }
 
 impl Source {
-    /// Opens a local path or `file://` URL.
+    /// Opens a local path, a `file://` URL, or `-` for standard input.
     pub fn open(spec: &str) -> Result<Source> {
+        if spec == "-" {
+            return Ok(Source::pipe("standard input".into(), Box::new(std::io::stdin())));
+        }
         let path = local_path(spec)?;
         let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
         let meta = file.metadata().with_context(|| format!("reading {}", path.display()))?;
         crate::ensure!(!meta.is_dir(), "opening {}: is a directory, not an image", path.display());
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        Ok(Source { display: path.display().to_string(), name, file })
+        let ft = meta.file_type();
+        if ft.is_fifo() || ft.is_char_device() || ft.is_socket() {
+            let mut src = Source::pipe(path.display().to_string(), Box::new(file));
+            src.name = name;
+            return Ok(src);
+        }
+        Ok(Source { display: path.display().to_string(), name, kind: Kind::File(file) })
     }
 
-    /// A sequential reader from the start of the source.
+    /// A source over any byte stream (read once).
+    pub fn pipe(display: String, r: Box<dyn Read + Send>) -> Source {
+        Source {
+            display,
+            name: String::new(),
+            kind: Kind::Pipe {
+                rest: Mutex::new(Some(r)),
+                prefix: Mutex::new(Vec::new()),
+                ended: Mutex::new(false),
+            },
+        }
+    }
+
+    /// Whether the source can be read by offset (a file) rather than only front to back.
+    pub fn is_seekable(&self) -> bool {
+        matches!(self.kind, Kind::File(_))
+    }
+
+    /// The first `n` bytes (fewer if the source is shorter), without consuming a pipe.
+    /// The flag says whether they are the whole source.
+    pub fn peek(&self, n: usize) -> Result<(Vec<u8>, bool)> {
+        match &self.kind {
+            Kind::File(f) => {
+                let mut buf = vec![0u8; n];
+                let got = crate::image::format::read_full(
+                    &mut ReadAtCursor { inner: f.try_clone()?, pos: 0 },
+                    &mut buf,
+                )
+                .with_context(|| format!("reading the start of {}", self.display))?;
+                buf.truncate(got);
+                let whole = self.size().is_some_and(|s| s <= got as u64);
+                Ok((buf, whole))
+            }
+            Kind::Pipe { rest, prefix, ended } => {
+                let mut prefix = lock(prefix);
+                let mut ended = lock(ended);
+                if prefix.len() < n && !*ended {
+                    let mut rest = lock(rest);
+                    let r = rest.as_mut().context("the input stream was already consumed")?;
+                    let have = prefix.len();
+                    prefix.resize(n, 0);
+                    let got = crate::image::format::read_full(r.as_mut(), &mut prefix[have..])
+                        .with_context(|| format!("reading the start of {}", self.display))?;
+                    prefix.truncate(have + got);
+                    *ended = have + got < n;
+                }
+                let k = n.min(prefix.len());
+                Ok((prefix[..k].to_vec(), *ended))
+            }
+        }
+    }
+
+    /// A sequential reader from the start of the source. A pipe can be read this way once.
     pub fn reader(&self) -> Result<Box<dyn Read + Send>> {
-        let f = self.file.try_clone().with_context(|| format!("reopening {}", self.display))?;
-        Ok(Box::new(ReadAtCursor { inner: f, pos: 0 }))
+        match &self.kind {
+            Kind::File(f) => {
+                let f = f.try_clone().with_context(|| format!("reopening {}", self.display))?;
+                Ok(Box::new(ReadAtCursor { inner: f, pos: 0 }))
+            }
+            Kind::Pipe { rest, prefix, .. } => {
+                let r = lock(rest).take().with_context(|| {
+                    format!("reading {}: the stream was already consumed", self.display)
+                })?;
+                let prefix = std::mem::take(&mut *lock(prefix));
+                Ok(Box::new(std::io::Cursor::new(prefix).chain(r)))
+            }
+        }
     }
 
-    /// Random access to the source (for qcow2).
+    /// Random access to the source (for qcow2); pipes have none.
     pub fn random_access(&self) -> Result<Box<dyn ReadAt>> {
-        let f = self.file.try_clone().with_context(|| format!("reopening {}", self.display))?;
-        Ok(Box::new(f))
+        match &self.kind {
+            Kind::File(f) => {
+                let f = f.try_clone().with_context(|| format!("reopening {}", self.display))?;
+                Ok(Box::new(f))
+            }
+            Kind::Pipe { .. } => crate::bail!(
+                "{} is a stream: this needs random access (save it to a file first)",
+                self.display
+            ),
+        }
     }
 
     /// Size in bytes of the (possibly compressed) source, when known.
     pub fn size(&self) -> Option<u64> {
-        ReadAt::size(&self.file)
+        match &self.kind {
+            Kind::File(f) => ReadAt::size(f),
+            Kind::Pipe { .. } => None,
+        }
     }
+}
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it (the data is plain bytes).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A sequential `Read` over positioned reads, so that clones of one fd do not share an offset.

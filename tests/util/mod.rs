@@ -1,0 +1,239 @@
+//! Shared helpers for the integration tests: temp dirs, deterministic images, compressors,
+//! loop devices and running the real `bty` binary.
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use sha2::{Digest, Sha256};
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TestDir(pub PathBuf);
+
+impl TestDir {
+    pub fn new(name: &str) -> TestDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("bty-test-{}-{name}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&p);
+        fs::create_dir_all(&p).expect("creating test dir");
+        TestDir(p)
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*), so failures reproduce.
+pub fn prng_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A disk-like raw image: an MBR in the first sector, then alternating stretches of
+/// compressible text, random bytes and long zero runs (so zero skip has work), `len` bytes.
+pub fn disk_image(seed: u64, len: usize) -> Vec<u8> {
+    let mut img = vec![0u8; len];
+    // MBR: one Linux partition from sector 2048 to the end.
+    if len >= 2 << 20 {
+        let sectors = (len / 512) as u32 - 2048;
+        let e = &mut img[446..462];
+        e[4] = 0x83;
+        e[8..12].copy_from_slice(&2048u32.to_le_bytes());
+        e[12..16].copy_from_slice(&sectors.to_le_bytes());
+        img[510] = 0x55;
+        img[511] = 0xaa;
+    }
+    let mut off = 4096usize;
+    let mut i = 0u64;
+    while off < len {
+        let run = (192 << 10) + (i as usize % 5) * (64 << 10) + 4096;
+        let end = (off + run).min(len);
+        match i % 3 {
+            0 => {
+                let text = format!("block {i} of image {seed}: the quick brown fox. ");
+                for (k, b) in img[off..end].iter_mut().enumerate() {
+                    *b = text.as_bytes()[k % text.len()];
+                }
+            }
+            1 => img[off..end].copy_from_slice(&prng_bytes(seed ^ i, end - off)),
+            _ => {} // zeros
+        }
+        off = end + if i % 3 == 2 { 512 << 10 } else { 0 };
+        i += 1;
+    }
+    img
+}
+
+pub fn sha256(data: &[u8]) -> String {
+    hex(&Sha256::digest(data))
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Compressed forms of an image, made with the same libraries' encoders (and qemu-img).
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).expect("gzip");
+    e.finish().expect("gzip")
+}
+
+pub fn zstd(data: &[u8]) -> Vec<u8> {
+    // With a checksum, as the zstd command line writes it by default.
+    let mut e = zstd::stream::Encoder::new(Vec::new(), 3).expect("zstd");
+    e.include_checksum(true).expect("zstd");
+    e.write_all(data).expect("zstd");
+    e.finish().expect("zstd")
+}
+
+/// A multi-block xz (what `xz -T0` writes), so the threaded decoder is exercised.
+pub fn xz(data: &[u8]) -> Vec<u8> {
+    let stream = liblzma::stream::MtStreamBuilder::new()
+        .threads(2)
+        .block_size(1 << 20)
+        .preset(1)
+        // As the xz tool writes by default; without a check, damage in stored chunks of
+        // incompressible data would go unnoticed (only a pinned digest would catch it).
+        .check(liblzma::stream::Check::Crc64)
+        .encoder()
+        .expect("xz encoder");
+    let mut e = liblzma::write::XzEncoder::new_stream(Vec::new(), stream);
+    e.write_all(data).expect("xz");
+    e.finish().expect("xz")
+}
+
+pub fn bzip2(data: &[u8]) -> Vec<u8> {
+    let mut e = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast());
+    e.write_all(data).expect("bzip2");
+    e.finish().expect("bzip2")
+}
+
+/// Converts a raw file to qcow2 with qemu-img (extra options like "-c").
+pub fn qcow2(raw: &Path, out: &Path, extra: &[&str]) {
+    let mut args = vec!["convert", "-f", "raw", "-O", "qcow2"];
+    args.extend_from_slice(extra);
+    let st = Command::new("qemu-img")
+        .args(&args)
+        .arg(raw)
+        .arg(out)
+        .status()
+        .expect("running qemu-img (install qemu-utils: make deps)");
+    assert!(st.success(), "qemu-img convert failed");
+}
+
+/// Every format: (file suffix, encoder). qcow2 is handled separately (needs a file).
+pub type Encoder = fn(&[u8]) -> Vec<u8>;
+
+pub fn encoders() -> Vec<(&'static str, Encoder)> {
+    vec![
+        ("img", |d| d.to_vec()),
+        ("img.gz", gzip),
+        ("img.zst", zstd),
+        ("img.xz", xz),
+        ("img.bz2", bzip2),
+    ]
+}
+
+/// A loop device over a backing file, detached on drop.
+pub struct Loop {
+    pub dev: PathBuf,
+    pub backing: PathBuf,
+}
+
+impl Loop {
+    /// A loop device of `len` bytes whose backing file holds random bytes (so anything
+    /// bty skips would show as garbage).
+    pub fn new(dir: &TestDir, name: &str, len: usize) -> Loop {
+        let backing = dir.path(name);
+        fs::write(&backing, prng_bytes(0xdead_beef ^ len as u64, len))
+            .expect("writing backing file");
+        let out = Command::new("losetup")
+            .args(["--show", "-f", "--direct-io=on"])
+            .arg(&backing)
+            .output()
+            .expect("running losetup (needs root and util-linux)");
+        assert!(
+            out.status.success(),
+            "losetup failed (the loop-device tests need root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dev = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().to_string());
+        Loop { dev, backing }
+    }
+
+    /// Reads `len` bytes at `off` straight from the device.
+    pub fn read(&self, off: u64, len: usize) -> Vec<u8> {
+        use std::os::unix::fs::FileExt;
+        let f = fs::File::open(&self.dev).expect("opening loop device");
+        let mut buf = vec![0u8; len];
+        f.read_exact_at(&mut buf, off).expect("reading loop device");
+        buf
+    }
+
+    pub fn size(&self) -> u64 {
+        fs::metadata(&self.backing).expect("backing file").len()
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
+    }
+}
+
+/// The `bty` binary under test.
+pub fn bty() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_bty"));
+    c.env_remove("BTY_LOG");
+    c
+}
+
+/// Runs `bty flash SOURCE TARGET --yes --progress none EXTRA...`.
+pub fn flash(source: &Path, target: &Path, extra: &[&str]) -> Output {
+    bty()
+        .arg("flash")
+        .arg(source)
+        .arg(target)
+        .args(["--yes", "--progress", "none"])
+        .args(extra)
+        .output()
+        .expect("running bty")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn is_zero(b: &[u8]) -> bool {
+    b.iter().all(|&x| x == 0)
+}
+
+/// Asserts the target reads as blank: first and last MiB all zeros.
+pub fn assert_blank(l: &Loop) {
+    let mib = 1 << 20;
+    assert!(is_zero(&l.read(0, mib)), "first MiB of {} is not blank", l.dev.display());
+    assert!(
+        is_zero(&l.read(l.size() - mib as u64, mib)),
+        "last MiB of {} is not blank",
+        l.dev.display()
+    );
+}
