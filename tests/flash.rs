@@ -506,3 +506,31 @@ fn pipe_sources_flash_and_qcow2_pipes_are_refused() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("random access"), "{}", stderr(&o));
 }
+
+#[test]
+fn device_without_write_zeroes_gets_zeros_written_as_data() {
+    let dir = TestDir::new("nozeroes");
+    let mnt = dir.path("mnt");
+    fs::create_dir(&mnt).unwrap();
+    // A loop device over a ramfs file advertises no write-zeroes (ramfs has no fallocate).
+    let st = Command::new("mount").args(["-t", "ramfs", "bty-test"]).arg(&mnt).status().unwrap();
+    assert!(st.success());
+    let result = std::panic::catch_unwind(|| {
+        let l = Loop::over(mnt.join("backing"), 16 * MIB);
+        let name = l.dev.file_name().unwrap().to_string_lossy().into_owned();
+        let wz =
+            fs::read_to_string(format!("/sys/block/{name}/queue/write_zeroes_max_bytes")).unwrap();
+        assert_eq!(wz.trim(), "0", "expected a device without write-zeroes");
+        let raw = disk_image(19, 12 * MIB);
+        let src = dir.path("disk.img.gz");
+        fs::write(&src, gzip(&raw)).unwrap();
+        let o = flash(&src, &l.dev, &["--verify"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(stderr(&o).contains("0 B skipped as zeros"), "{}", stderr(&o));
+        assert_eq!(sha256(&l.read(0, raw.len())), sha256(&raw));
+    });
+    let _ = Command::new("umount").arg(&mnt).status();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
