@@ -11,7 +11,7 @@ MUSL_TARGET := x86_64-unknown-linux-musl
 #   losetup/mount; zstd xz-utils bzip2 pigz bmap-tools mbuffer: the reference pipelines of the
 #   benchmark; musl-tools: the static build.
 DEB_PACKAGES := qemu-utils e2fsprogs gdisk fdisk util-linux zstd xz-utils bzip2 pigz \
-	bmap-tools mbuffer musl-tools python3 time
+	bmap-tools mbuffer musl-tools python3 time bsdutils
 
 .PHONY: help run test deps lint build release static bench bench-flash clean
 

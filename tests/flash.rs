@@ -534,3 +534,46 @@ fn device_without_write_zeroes_gets_zeros_written_as_data() {
         std::panic::resume_unwind(e);
     }
 }
+
+/// Runs `bty flash` (without --yes) on a pseudo-terminal made by script(1), typing `answer`.
+fn flash_on_a_terminal(src: &Path, target: &Path, answer: &str) -> (Option<i32>, String) {
+    let cmd = format!(
+        "{} flash --progress none {} {}",
+        env!("CARGO_BIN_EXE_bty"),
+        src.display(),
+        target.display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running script(1) (util-linux bsdutils)");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(format!("{answer}\n").as_bytes()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    drop(stdin);
+    (o.status.code(), String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+#[test]
+fn terminal_confirmation_needs_the_device_name() {
+    let dir = TestDir::new("confirm");
+    let l = Loop::new(&dir, "target", 8 * MIB);
+    let name = l.dev.file_name().unwrap().to_string_lossy().into_owned();
+    let raw = disk_image(20, 4 * MIB);
+    let src = dir.path("disk.img");
+    fs::write(&src, &raw).unwrap();
+    let before = sha256(&l.read(0, 8 * MIB));
+
+    let (code, screen) = flash_on_a_terminal(&src, &l.dev, "yes");
+    assert_eq!(code, Some(1), "{screen}");
+    assert!(screen.contains(&format!("Type the device name ({name})")), "{screen}");
+    assert!(screen.contains("nothing was written"), "{screen}");
+    assert_eq!(sha256(&l.read(0, 8 * MIB)), before);
+
+    let (code, screen) = flash_on_a_terminal(&src, &l.dev, &name);
+    assert_eq!(code, Some(0), "{screen}");
+    assert_eq!(sha256(&l.read(0, raw.len())), sha256(&raw));
+}
