@@ -176,6 +176,46 @@ pub fn drop_cache(file: &File, offset: u64, len: u64) -> io::Result<()> {
     if rc != 0 { Err(io::Error::from_raw_os_error(rc)) } else { Ok(()) }
 }
 
+/// Offset of the first data at or after `offset` (SEEK_DATA); None when only a hole follows.
+/// Err(Unsupported) where the file system cannot tell holes from data.
+pub fn seek_data(file: &File, offset: u64) -> io::Result<Option<u64>> {
+    seek(file, offset, libc::SEEK_DATA).map(|r| r.ok())
+}
+
+/// Offset of the first hole at or after `offset` (SEEK_HOLE; the end of file counts as one).
+pub fn seek_hole(file: &File, offset: u64) -> io::Result<u64> {
+    seek(file, offset, libc::SEEK_HOLE)?.map_err(|_| io::Error::from(io::ErrorKind::UnexpectedEof))
+}
+
+/// lseek with SEEK_DATA/SEEK_HOLE: Ok(Err(())) for ENXIO (nothing of that kind past offset).
+fn seek(file: &File, offset: u64, whence: libc::c_int) -> io::Result<Result<u64, ()>> {
+    let Ok(off) = libc::off_t::try_from(offset) else {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    };
+    // SAFETY: lseek takes integers only. It moves the fd's offset, which no caller relies on:
+    // every read of a source goes through pread.
+    let r = unsafe { libc::lseek(file.as_raw_fd(), off, whence) };
+    if r >= 0 {
+        return Ok(Ok(r as u64));
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENXIO) => Ok(Err(())),
+        Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => {
+            Err(io::Error::from(io::ErrorKind::Unsupported))
+        }
+        _ => Err(e),
+    }
+}
+
+/// Available memory in bytes (MemAvailable from /proc/meminfo), when it can be read.
+pub fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// Whether the fd is a terminal.
 pub fn isatty(fd: i32) -> bool {
     // SAFETY: isatty takes an integer and only inspects it.

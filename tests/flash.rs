@@ -577,3 +577,28 @@ fn terminal_confirmation_needs_the_device_name() {
     assert_eq!(code, Some(0), "{screen}");
     assert_eq!(sha256(&l.read(0, raw.len())), sha256(&raw));
 }
+
+#[test]
+fn sparse_raw_source_reads_holes_as_zeros_and_pins_its_digest() {
+    let dir = TestDir::new("sparse");
+    let src = dir.path("sparse.img");
+    let len = 24 * MIB;
+    let f = fs::File::create(&src).unwrap();
+    f.set_len(len as u64).unwrap();
+    // Data islands between holes, one of them unaligned and one at the very end.
+    let mut want = vec![0u8; len];
+    for (at, n) in [(0usize, 4096usize), (3 * MIB + 17, 70_000), (9 * MIB, MIB), (len - 5000, 5000)]
+    {
+        let data = prng_bytes(at as u64, n);
+        f.write_all_at(&data, at as u64).unwrap();
+        want[at..at + n].copy_from_slice(&data);
+    }
+    drop(f);
+    let l = Loop::new(&dir, "target", 24 * MIB);
+    let o = flash(&src, &l.dev, &["--sha256", &sha256(&want)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(sha256(&l.read(0, len)), sha256(&want));
+    let o = flash(&src, &l.dev, &["--sha256", &"0".repeat(64)]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert_blank(&l);
+}

@@ -23,8 +23,8 @@ use write::Writer;
 /// Decoded bytes per buffer: large O_DIRECT writes, few channel hand-offs.
 pub const BLOCK: usize = 4 << 20;
 /// Buffers queued between decoder and writer. With the one being filled and the one being
-/// written that is BLOCK * (QUEUE + 2) = 20 MiB in flight, whatever the image size.
-pub const QUEUE: usize = 3;
+/// written that is BLOCK * (QUEUE + 2) = 16 MiB in flight, whatever the image size.
+pub const QUEUE: usize = 2;
 
 /// Byte counters the stages update and the progress reporter reads.
 #[derive(Default, Debug)]
@@ -246,24 +246,29 @@ fn pump(
     // Stream formats: the reader feeds the decoder. qcow2: the decoder reads by offset, and the
     // reader only hashes (when a digest is pinned). Stream decoders are built on the decoder
     // thread: some (gzip) read their header as they are made, which needs the reader running.
-    let (feed, input): (Option<_>, DecoderInput) = if fmt == Format::Qcow2 {
+    // Three ways in. Stream formats: the reader thread feeds and hashes, the decoder decodes.
+    // qcow2: the decoder reads by offset; the reader only hashes, when a digest is pinned.
+    // A raw file: the decoder reads it directly (holes as zeros, unread) and hashes it itself
+    // when a digest is pinned. Stream decoders are built on the decoder thread: some (gzip)
+    // read their header as they are made, which needs the reader running.
+    let sparse =
+        if fmt == Format::Raw { plan.source.sparse_reader().map_err(failed)? } else { None };
+    let (feed, input, hash_in_reader, hash_in_decoder) = if fmt == Format::Qcow2 {
         let r = qcow2::Qcow2Reader::open(plan.source.random_access().map_err(failed)?)
             .with_context(|| format!("opening {what} as qcow2"))
             .map_err(failed)?;
-        (None, DecoderInput::Ready(Box::new(r)))
+        (None, DecoderInput::Ready(Box::new(r)), opts.sha256.is_some(), false)
+    } else if let Some(r) = sparse {
+        (None, DecoderInput::Ready(r), false, opts.sha256.is_some())
     } else {
         let ((tx, rx), (back_tx, back_rx)) = stream::chunk_channels();
-        (
-            Some((tx, back_rx)),
-            DecoderInput::Stream(Box::new(stream::ChannelReader::new(rx, back_tx, stop.clone()))),
-        )
+        let input = stream::ChannelReader::new(rx, back_tx, stop.clone());
+        (Some((tx, back_rx)), DecoderInput::Stream(Box::new(input)), true, false)
     };
-    let hash_source = feed.is_some() || opts.sha256.is_some();
-    let source_reader = plan.source.reader().map_err(failed)?;
-
     // The reader is not scoped: it may be stuck in a read of a stalled pipe or network source,
     // and a cancel must not wait for it. It owns what it uses and is left behind in that case.
-    let reader = if hash_source {
+    let reader = if hash_in_reader {
+        let source_reader = plan.source.reader().map_err(failed)?;
         let (what, counters, stop) = (what.to_string(), Arc::clone(counters), stop.clone());
         let spawned = thread::Builder::new().name("read".into()).spawn(move || {
             stop.guard(stream::read_source(source_reader, &what, feed, &counters, &stop))
@@ -282,7 +287,7 @@ fn pump(
                     DecoderInput::Stream(raw) => format::stream_decoder(fmt, raw)
                         .with_context(|| format!("decoding {what} as {fmt}"))?,
                 };
-                stream::decode(decoder, what, block_tx, &pool, counters, stop)
+                stream::decode(decoder, what, block_tx, &pool, counters, stop, hash_in_decoder)
             })())
         });
         let writer_thread = thread::Builder::new()
@@ -330,8 +335,10 @@ fn pump(
             None => None,
         };
         match (d, w) {
-            (Stage::Done(decoded), Stage::Done(written)) if decoded == written => Ok(digest),
-            (Stage::Done(decoded), Stage::Done(written)) => {
+            (Stage::Done((decoded, own)), Stage::Done(written)) if decoded == written => {
+                Ok(digest.or(own))
+            }
+            (Stage::Done((decoded, _)), Stage::Done(written)) => {
                 Err(failed(Error::msg(format!("decoded {decoded} bytes but wrote {written}"))))
             }
             _ => Err(failed(Error::msg("the flash stopped early"))),

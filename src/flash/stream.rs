@@ -16,7 +16,7 @@ use crate::sys::AlignedBuf;
 /// Source bytes per read; small enough that the decoder starts early, large enough for few calls.
 pub const CHUNK: usize = 256 << 10;
 /// Source chunks in flight between reader and decoder.
-pub const CHUNK_QUEUE: usize = 8;
+pub const CHUNK_QUEUE: usize = 4;
 
 /// Why the stages should stop early: a signal (the process-wide cancel flag), or a failure in
 /// another stage (this flash's abort flag), so that no stage waits on one that has given up.
@@ -170,7 +170,8 @@ impl Pool {
 }
 
 /// Decodes the image into aligned buffers and sends them to the writer. Refuses a stream that
-/// turns out to be a tar archive before its first block leaves.
+/// turns out to be a tar archive before its first block leaves. With `hash` (a raw source read
+/// here directly, whose bytes are the image's), returns the sha256 of what it produced.
 pub fn decode(
     mut decoder: Box<dyn Read + Send>,
     what: &str,
@@ -178,8 +179,10 @@ pub fn decode(
     pool: &Pool,
     counters: &Counters,
     stop: &Stop,
-) -> Result<Stage<u64>> {
+    hash: bool,
+) -> Result<Stage<(u64, Option<[u8; 32]>)>> {
     let mut total = 0u64;
+    let mut hasher = hash.then(Sha256::new);
     loop {
         if stop.is_set() {
             return Ok(Stage::PeerGone);
@@ -204,6 +207,10 @@ pub fn decode(
         }
         total += n as u64;
         counters.decoded.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(h) = hasher.as_mut() {
+            h.update(&buf[..n]);
+            counters.read.fetch_add(n as u64, Ordering::Relaxed);
+        }
         let last = n < buf.len();
         if tx.send(Block { buf, len: n }).is_err() {
             return Ok(Stage::PeerGone);
@@ -212,7 +219,7 @@ pub fn decode(
             break;
         }
     }
-    Ok(Stage::Done(total))
+    Ok(Stage::Done((total, hasher.map(|h| h.finalize().into()))))
 }
 
 /// The two chunk channels: reader -> decoder, and spent chunks back to the reader.

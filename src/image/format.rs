@@ -173,12 +173,22 @@ impl<R: io::BufRead> Read for MultiXzDecoder<R> {
     }
 }
 
+/// Memory a machine must have available before xz decodes blocks on several threads: the
+/// threaded decoder buffers whole blocks (24 MiB each for `xz -6`), about 180 MiB on two cores.
+const XZ_THREADED_MIN_MEMORY: u64 = 1 << 30;
+
 fn xz_stream() -> Result<liblzma::stream::Stream> {
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8) as u32;
+    let roomy = crate::sys::available_memory().is_some_and(|m| m >= XZ_THREADED_MIN_MEMORY);
+    if threads < 2 || !roomy {
+        // Low memory (a small live environment): the plain decoder needs only its dictionary.
+        return liblzma::stream::Stream::new_stream_decoder(u64::MAX, 0)
+            .context("starting the xz decoder");
+    }
     liblzma::stream::MtStreamBuilder::new()
         .threads(threads)
-        // Above this much buffered memory liblzma uses fewer threads; it never fails for it.
-        .memlimit_threading(64 << 20)
+        // Below this liblzma would fall back to one thread for -6 blocks on two cores.
+        .memlimit_threading(96 << 20)
         .memlimit_stop(u64::MAX)
         .decoder()
         .context("starting the xz decoder")

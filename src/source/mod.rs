@@ -177,6 +177,23 @@ impl Source {
         }
     }
 
+    /// A sequential reader that finds holes with SEEK_DATA/SEEK_HOLE and returns them as zeros
+    /// without reading them (reading a hole makes the kernel zero-fill page cache for it, which
+    /// cost more than the whole write of a sparse raw image). None for pipes.
+    pub fn sparse_reader(&self) -> Result<Option<Box<dyn Read + Send>>> {
+        let Kind::File(f) = &self.kind else { return Ok(None) };
+        let file = f.try_clone().with_context(|| format!("reopening {}", self.display))?;
+        let len = self.size().unwrap_or(0);
+        Ok(Some(Box::new(SparseReader {
+            file,
+            pos: 0,
+            len,
+            data_end: 0,
+            hole_end: 0,
+            seekable: true,
+        })))
+    }
+
     /// Random access to the source (for qcow2); pipes have none.
     pub fn random_access(&self) -> Result<Box<dyn ReadAt>> {
         match &self.kind {
@@ -214,6 +231,70 @@ struct ReadAtCursor<R> {
 impl<R: ReadAt> Read for ReadAtCursor<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// Reads a file front to back, producing holes as zeros without reading them.
+struct SparseReader {
+    file: File,
+    pos: u64,
+    len: u64,
+    /// End of the data extent that contains `pos` (valid while pos < data_end).
+    data_end: u64,
+    /// End of the hole that contains `pos` (valid while pos < hole_end).
+    hole_end: u64,
+    /// False once the file system said it cannot report holes: then everything is data.
+    seekable: bool,
+}
+
+impl SparseReader {
+    /// Classifies `pos`: updates data_end or hole_end.
+    fn locate(&mut self) -> io::Result<()> {
+        if !self.seekable {
+            self.data_end = self.len;
+            return Ok(());
+        }
+        match crate::sys::seek_data(&self.file, self.pos) {
+            Ok(Some(d)) if d == self.pos => {
+                self.data_end = crate::sys::seek_hole(&self.file, self.pos)?.min(self.len);
+            }
+            Ok(Some(d)) => self.hole_end = d.min(self.len),
+            Ok(None) => self.hole_end = self.len,
+            Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                self.seekable = false;
+                self.data_end = self.len;
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+}
+
+impl Read for SparseReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.pos >= self.len || buf.is_empty() {
+            return Ok(0);
+        }
+        if self.pos >= self.data_end && self.pos >= self.hole_end {
+            self.locate()?;
+        }
+        if self.pos < self.hole_end {
+            let n = (self.hole_end - self.pos).min(buf.len() as u64) as usize;
+            buf[..n].fill(0);
+            self.pos += n as u64;
+            return Ok(n);
+        }
+        let want = (self.data_end - self.pos).min(buf.len() as u64) as usize;
+        let n = FileExt::read_at(&self.file, &mut buf[..want], self.pos)?;
+        if n == 0 {
+            // The file shrank under us: report it rather than pad.
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("the file ended at {} bytes, {} were expected", self.pos, self.len),
+            ));
+        }
         self.pos += n as u64;
         Ok(n)
     }
