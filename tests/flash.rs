@@ -602,3 +602,74 @@ fn sparse_raw_source_reads_holes_as_zeros_and_pins_its_digest() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert_blank(&l);
 }
+
+/// Attaches `backing` with extra losetup flags; detached on drop like `Loop`.
+fn attach(backing: &Path, flags: &[&str]) -> Loop {
+    let out =
+        Command::new("losetup").args(["--show", "-f"]).args(flags).arg(backing).output().unwrap();
+    assert!(out.status.success(), "losetup: {}", String::from_utf8_lossy(&out.stderr));
+    let dev = String::from_utf8_lossy(&out.stdout).trim().into();
+    Loop { dev, backing: backing.to_path_buf() }
+}
+
+#[test]
+fn read_only_device_is_refused() {
+    let dir = TestDir::new("readonly");
+    fs::write(dir.path("backing"), prng_bytes(1, 8 * MIB)).unwrap();
+    let l = attach(&dir.path("backing"), &["-r"]);
+    let src = dir.path("disk.img");
+    fs::write(&src, disk_image(21, 2 * MIB)).unwrap();
+    let o = flash(&src, &l.dev, &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("read-only"), "{}", stderr(&o));
+}
+
+#[test]
+fn disk_with_a_mounted_partition_is_refused() {
+    let dir = TestDir::new("mounted-part");
+    let backing = dir.path("backing");
+    fs::File::create(&backing).unwrap().set_len(32 * MIB as u64).unwrap();
+    let st = Command::new("sgdisk").args(["-o", "-n", "1:2048:0"]).arg(&backing).output().unwrap();
+    assert!(st.status.success());
+    let l = attach(&backing, &["-P"]);
+    let name = l.dev.file_name().unwrap().to_string_lossy().into_owned();
+    let sys = format!("/sys/block/{name}/{name}p1/dev");
+    // Partition scanning on attach is not reliable everywhere; partx asks the kernel directly.
+    let _ = Command::new("partx").arg("-a").arg(&l.dev).output();
+    // Without udev no /dev node appears for the partition: make one from sysfs (bounded wait).
+    let mut devno = String::new();
+    for _ in 0..50 {
+        if let Ok(d) = fs::read_to_string(&sys) {
+            devno = d.trim().to_string();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (maj, min) = devno.split_once(':').expect("the kernel created the partition");
+    let part = dir.path("part1").display().to_string();
+    assert!(Command::new("mknod").args([&part, "b", maj, min]).status().unwrap().success());
+    let mnt = dir.path("mnt");
+    fs::create_dir(&mnt).unwrap();
+    assert!(Command::new("mkfs.ext4").args(["-q", "-F", &part]).status().unwrap().success());
+    assert!(Command::new("mount").arg(&part).arg(&mnt).status().unwrap().success());
+    let src = dir.path("disk.img");
+    fs::write(&src, disk_image(22, 2 * MIB)).unwrap();
+    let o = flash(&src, &l.dev, &[]);
+    let _ = Command::new("umount").arg(&mnt).status();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains(&format!("{part} is mounted on")), "{}", stderr(&o));
+}
+
+#[test]
+fn swap_device_is_refused() {
+    let dir = TestDir::new("swap");
+    let l = Loop::new(&dir, "target", 16 * MIB);
+    assert!(Command::new("mkswap").arg(&l.dev).output().unwrap().status.success());
+    assert!(Command::new("swapon").arg(&l.dev).status().unwrap().success(), "swapon failed");
+    let src = dir.path("disk.img");
+    fs::write(&src, disk_image(23, 2 * MIB)).unwrap();
+    let o = flash(&src, &l.dev, &[]);
+    let _ = Command::new("swapoff").arg(&l.dev).status();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("in use as swap"), "{}", stderr(&o));
+}
