@@ -122,10 +122,10 @@ impl Reporter {
                 let total_s = total.map(|t| format!(" / {}", units::bytes(t))).unwrap_or_default();
                 let eta_s = eta.map(|d| format!(" ETA {}", units::duration(d))).unwrap_or_default();
                 let line = format!(
-                    "{} [{bar}] {pct} {}{total_s} {}/s{eta_s} zeros {}",
+                    "{} [{bar}] {pct} {}{total_s} {}{eta_s} zeros {}",
                     s.phase,
                     units::bytes(done),
-                    units::bytes(rate as u64),
+                    units::rate(done, s.elapsed),
                     units::bytes(zeroed)
                 );
                 let mut err = std::io::stderr().lock();
@@ -139,10 +139,10 @@ impl Reporter {
                 let eta_s =
                     eta.map(|d| format!(", ETA {}", units::duration(d))).unwrap_or_default();
                 crate::info!(
-                    "{}: {}{total_s}{pct}, {}/s{eta_s}, {} written, {} skipped as zeros, {} read",
+                    "{}: {}{total_s}{pct}, {}{eta_s}, {} written, {} skipped as zeros, {} read",
                     s.phase,
                     units::bytes(done),
-                    units::bytes(rate as u64),
+                    units::rate(done, s.elapsed),
                     units::bytes(written),
                     units::bytes(zeroed),
                     units::bytes(read)
