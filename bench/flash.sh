@@ -6,7 +6,8 @@
 # Writes ONLY under $BENCH_DIR (default /tmp/bench), to the loop device it creates (detached on
 # exit) and to bench/RESULTS.md. Needs root (losetup, drop_caches).
 #
-# Env: RUNS=3            runs per case (interleaved: run 1 of every case of a format, then run 2 ...)
+# Env: RUNS=3            runs per case (interleaved: run 1 of every case of a format, then run 2 ...,
+#                        the order rotated by one case each run)
 #      CASES='regex'     only cases whose name matches (e.g. CASES='^(zst|dec-zstd)')
 #      BENCH_DIR=/tmp/bench  SHARED=<repo>/../shared  BTY=<repo>/target/release/bty
 #      RESULTS=<repo>/bench/RESULTS.md   NO_VERIFY=1 (skip the sha256 check of the target)
@@ -118,7 +119,7 @@ olds = [s for s in sessions if s != newest]
 if olds:
     p(f"Some cases come from earlier sessions ({', '.join(olds)}; marked †): "
       + "; ".join(f"{s}: `{fact('command', facts(s))}`" for s in olds) + ".")
-p("All cases of a format ran interleaved (run 1 of each, then run 2, …) on the same loop device, "
+p("All cases of a format ran interleaved (run 1 of each, then run 2, …, the order rotated by one each run) on the same loop device, "
   "page cache dropped before every run. Medians; look at min–max before trusting a difference "
   "under ~15% (shared VM).")
 p("")
@@ -405,7 +406,11 @@ for fmt in raw zst qcow2 gz xz bz2; do
   (( ${#sel[@]} )) || continue
   log "=== $fmt: ${#sel[@]} cases x $RUNS runs"
   for ((r = 1; r <= RUNS; r++)); do
-    for c in "${sel[@]}"; do
+    # Rotate the order each run, so no case always follows the same one: on this VM the run
+    # after bmaptool paid 2-4 s of extra kernel time zeroing page-cache pages for the image's
+    # holes (freed guest memory is handed back to the host), whichever program it was.
+    for ((i = 0; i < ${#sel[@]}; i++)); do
+      c=${sel[$(( (i + r - 1) % ${#sel[@]} ))]}
       IFS='|' read -r f name kind writes cmd <<< "$c"
       run_one "$f" "$name" "$kind" "$writes" "$cmd" "$r"
       NCASES=$((NCASES + 1))
