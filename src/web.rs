@@ -29,14 +29,7 @@ Routes served by this build: GET /healthz, GET /version.
 
 /// Entry point of the `bty-web` binary.
 pub fn main() -> ExitCode {
-    crate::log::init_from_env();
-    match run() {
-        Ok(code) => code,
-        Err(e) => {
-            crate::error!("{e}");
-            ExitCode::from(2)
-        }
-    }
+    crate::cli::run_main(run)
 }
 
 fn run() -> Result<ExitCode> {

@@ -46,8 +46,14 @@ Environment: BTY_LOG=error|warn|info|debug sets the log level.
 
 /// Entry point of the `bty` binary.
 pub fn main() -> ExitCode {
+    run_main(run)
+}
+
+/// Runs a binary's body: logging from the environment, and any error printed as
+/// `<prog>: error: ...` with exit status 2.
+pub fn run_main(body: fn() -> Result<ExitCode>) -> ExitCode {
     crate::log::init_from_env();
-    match run() {
+    match body() {
         Ok(code) => code,
         Err(e) => {
             crate::error!("{e}");

@@ -92,22 +92,6 @@ pub fn parse(first: &[u8]) -> PartitionTable {
     })
 }
 
-/// Formats a byte count with binary units and one decimal: "512 B", "1.0 MiB", "2.0 GiB".
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut v = n as f64 / 1024.0;
-    let mut unit = 0;
-    // Move up while the value would print as "1024.0": 1048575 bytes reads better as "1.0 MiB".
-    while v >= 1023.95 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    format!("{v:.1} {}", UNITS[unit])
-}
-
 /// The human table for `bty inspect`: a header line ("GPT, disk GUID …, 3 partitions", "MBR, 2
 /// partitions", "no partition table"), then one aligned row per partition: number (`*` when
 /// bootable), start, size, type name and label. No trailing newline.
@@ -134,7 +118,12 @@ impl fmt::Display for PartitionTable {
             .iter()
             .map(|p| {
                 let num = format!("{}{}", p.number, if p.bootable { "*" } else { "" });
-                [num, human_bytes(p.start), human_bytes(p.size), p.type_name.clone()]
+                [
+                    num,
+                    crate::units::bytes(p.start),
+                    crate::units::bytes(p.size),
+                    p.type_name.clone(),
+                ]
             })
             .collect();
         let mut w = [0usize; 4];
@@ -703,19 +692,6 @@ mod tests {
         // And a GPT with no MBR signature at all is still read.
         img[510] = 0;
         assert_eq!(parse(&img).kind, TableKind::Gpt);
-    }
-
-    #[test]
-    fn human_bytes_units() {
-        assert_eq!(human_bytes(0), "0 B");
-        assert_eq!(human_bytes(1023), "1023 B");
-        assert_eq!(human_bytes(1024), "1.0 KiB");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(1 << 20), "1.0 MiB");
-        assert_eq!(human_bytes(511 << 20), "511.0 MiB");
-        assert_eq!(human_bytes((1 << 20) - 1), "1.0 MiB");
-        assert_eq!(human_bytes(2 << 30), "2.0 GiB");
-        assert_eq!(human_bytes(u64::MAX), "16.0 EiB");
     }
 
     #[test]
