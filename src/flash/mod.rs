@@ -160,13 +160,14 @@ pub fn run(
         Ok(d) => d,
         Err(e) => return Err(fail(&mut writer, e)),
     };
-    if let (Some(want), Some(got)) = (opts.sha256, digest) {
-        if want != got {
+    if let Some(want) = opts.sha256 {
+        // A pinned digest with nothing computed must fail too, never pass by default.
+        let got = digest.map(|d| hex(&d)).unwrap_or_else(|| "nothing (no digest computed)".into());
+        if got != hex(&want) {
             let e = Error::msg(format!(
-                "sha256 mismatch for {}: expected {}, got {}; the image was not activated (first MiB left blank)",
+                "sha256 mismatch for {}: expected {}, got {got}; the image was not activated (first MiB left blank)",
                 plan.source.display,
                 hex(&want),
-                hex(&got)
             ));
             return Err(fail(&mut writer, FlashError::Failed(e)));
         }
