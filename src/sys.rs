@@ -13,6 +13,9 @@ use std::path::Path;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
+/// Error numbers callers branch on (so no other module names libc).
+pub use libc::{EBUSY, EINVAL, EIO, ENOSPC, ENOTTY, EOPNOTSUPP, EROFS};
+
 /// Alignment of every I/O buffer: covers 512- and 4096-byte logical blocks and the page size.
 pub const IO_ALIGN: usize = 4096;
 

@@ -60,13 +60,13 @@ impl Writer {
         let is_block = matches!(target.kind, TargetKind::Block(_));
         let (file, direct) = match sys::open_direct(&target.resolved, is_block, !is_block) {
             Ok(f) => (f, true),
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => crate::bail!(
+            Err(e) if e.raw_os_error() == Some(sys::EBUSY) => crate::bail!(
                 "refusing {path}: the device is busy (mounted, held by RAID/LVM/device-mapper, or open exclusively by another program)"
             ),
-            Err(e) if e.raw_os_error() == Some(libc::EROFS) => {
+            Err(e) if e.raw_os_error() == Some(sys::EROFS) => {
                 crate::bail!("refusing {path}: the device is read-only")
             }
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            Err(e) if e.raw_os_error() == Some(sys::EINVAL) => {
                 crate::info!(
                     "{path}: O_DIRECT is not supported here ({e}); using buffered writes and fsync"
                 );
@@ -207,7 +207,7 @@ impl Writer {
             Err(e)
                 if matches!(
                     e.raw_os_error(),
-                    Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) | Some(libc::ENOTTY)
+                    Some(sys::EOPNOTSUPP) | Some(sys::EINVAL) | Some(sys::ENOTTY)
                 ) =>
             {
                 crate::info!(
@@ -256,8 +256,8 @@ impl Writer {
 
     fn write_error(&self, e: std::io::Error, at: u64) -> crate::error::Error {
         let hint = match e.raw_os_error() {
-            Some(libc::ENOSPC) => ": no space left (the target is full)",
-            Some(libc::EIO) => ": I/O error (failing device or medium removed?)",
+            Some(sys::ENOSPC) => ": no space left (the target is full)",
+            Some(sys::EIO) => ": I/O error (failing device or medium removed?)",
             _ => "",
         };
         crate::error::Error::from(e).wrap(format!("writing {} at offset {at}{hint}", self.path))
