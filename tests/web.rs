@@ -57,3 +57,51 @@ fn version_flag() {
         format!("bty-web {}", env!("CARGO_PKG_VERSION"))
     );
 }
+
+#[test]
+fn config_prints_every_setting_with_its_source() {
+    let dir = std::env::temp_dir().join(format!("bty-web-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("bty.toml");
+    std::fs::write(
+        &f,
+        "[server]\nhost = \"127.0.0.1\"\n[admin]\npassword = \"hunter2\"\n[typo]\nx = 1\n",
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_bty-web"))
+        .arg("config")
+        .env("BTY_CONFIG_FILE", &f)
+        .env("BTY_SERVER_PORT", "9999")
+        .env_remove("BTY_ADMIN_PASSWORD")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{err}");
+    let line = |name: &str| out.lines().find(|l| l.starts_with(name)).unwrap_or("").to_string();
+    assert!(line("[server] host").contains(&format!("toml {}", f.display())), "{out}");
+    assert!(
+        line("[server] port").contains("9999")
+            && line("[server] port").contains("env BTY_SERVER_PORT")
+    );
+    assert!(
+        line("[paths] state_dir").contains("/var/lib/bty")
+            && line("[paths] state_dir").contains("default")
+    );
+    assert!(line("[admin] password").contains("(set)") && !out.contains("hunter2"), "{out}");
+    assert!(err.contains("unknown setting ignored") && err.contains("[typo] x"), "{err}");
+
+    std::fs::write(&f, "[server\nport = 1\n").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_bty-web"))
+        .arg("config")
+        .env("BTY_CONFIG_FILE", &f)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("parsing"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

@@ -5,25 +5,33 @@
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use lexopt::prelude::*;
 
 use crate::error::{Context, Result};
 
+pub mod config;
+
+use config::Settings;
+
 const HELP: &str = "\
 bty-web: the bty lab server
 
-Usage: bty-web [--listen ADDR] [--state-dir DIR]
+Usage: bty-web [--listen HOST:PORT] [--state-dir DIR]   serve
+       bty-web config [--listen ...] [--state-dir ...]  print every setting and its source
        bty-web --version | --help
 
-  --listen ADDR      address to serve on (default 0.0.0.0:8080, env BTY_SERVER_LISTEN)
-  --state-dir DIR    state directory (default /var/lib/bty, env BTY_PATHS_STATE_DIR)
+  --listen HOST:PORT  address to serve on (default 0.0.0.0:8080; [server] host/port)
+  --state-dir DIR     state directory (default /var/lib/bty; [paths] state_dir)
 
-The admin password comes from BTY_ADMIN_PASSWORD. The first line on stdout is
-\"listening on http://HOST:PORT\" once the socket is bound.
+Settings come from bty.toml: BTY_CONFIG_FILE, else every *.toml in BTY_CONFIG_DIR,
+else the first of /etc/bty/conf.d/*.toml, /etc/bty/bty.toml, <state_dir>/bty.toml.
+BTY_<SECTION>_<KEY> environment variables override the files (BTY_SERVER_PORT,
+BTY_PATHS_STATE_DIR, BTY_ADMIN_PASSWORD, ...), and flags override both.
 
+The first line on stdout is \"listening on http://HOST:PORT\" once the socket is bound.
 Routes served by this build: GET /healthz, GET /version.
 ";
 
@@ -33,10 +41,8 @@ pub fn main() -> ExitCode {
 }
 
 fn run() -> Result<ExitCode> {
-    let mut listen = std::env::var("BTY_SERVER_LISTEN").unwrap_or_else(|_| "0.0.0.0:8080".into());
-    let mut state_dir = PathBuf::from(
-        std::env::var("BTY_PATHS_STATE_DIR").unwrap_or_else(|_| "/var/lib/bty".into()),
-    );
+    let mut flags: Vec<(&'static str, &'static str, String, &'static str)> = Vec::new();
+    let mut show_config = false;
     let mut parser = lexopt::Parser::from_env();
     while let Some(arg) = parser.next()? {
         match arg {
@@ -48,12 +54,53 @@ fn run() -> Result<ExitCode> {
                 println!("bty-web {}", crate::VERSION);
                 return Ok(ExitCode::SUCCESS);
             }
-            Long("listen") => listen = parser.value()?.string()?,
-            Long("state-dir") => state_dir = parser.value()?.string()?.into(),
+            Long("listen") => {
+                let v = parser.value()?.string()?;
+                let (host, port) = v.rsplit_once(':').ok_or_else(|| {
+                    crate::error::Error::msg(format!("invalid --listen {v:?}: expected HOST:PORT"))
+                })?;
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                flags.push(("server", "host", host.to_string(), "--listen"));
+                flags.push(("server", "port", port.to_string(), "--listen"));
+            }
+            Long("state-dir") => {
+                flags.push(("paths", "state_dir", parser.value()?.string()?, "--state-dir"))
+            }
+            Value(cmd) if cmd == "config" => show_config = true,
             _ => return Err(arg.unexpected().into()),
         }
     }
-    prepare_state_dir(&state_dir)?;
+    let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+    let settings = Settings::load(&env, &flags)?;
+    for u in &settings.unknown {
+        crate::warn!("unknown setting ignored: {u}");
+    }
+    if show_config {
+        print_config(&settings);
+        return Ok(ExitCode::SUCCESS);
+    }
+    serve(&settings)
+}
+
+fn print_config(settings: &Settings) {
+    let files: Vec<String> = settings.files.iter().map(|f| f.display().to_string()).collect();
+    println!(
+        "# config files: {}",
+        if files.is_empty() { "none found".to_string() } else { files.join(", ") }
+    );
+    let rows = settings.rows();
+    let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
+    let w2 = rows.iter().map(|r| r.2.len()).max().unwrap_or(0);
+    for (name, value, source, help) in rows {
+        println!("{name:<w0$}  {value:<w1$}  {source:<w2$}  # {help}");
+    }
+}
+
+fn serve(settings: &Settings) -> Result<ExitCode> {
+    let state_dir = settings.state_dir();
+    let listen = settings.listen();
+    prepare_state_dir(&state_dir, &settings.boot_dir())?;
     if std::env::var_os("BTY_ADMIN_PASSWORD").is_none_or(|p| p.is_empty()) {
         crate::warn!(
             "BTY_ADMIN_PASSWORD is not set: the operator UI will be open to anyone who can reach it"
@@ -87,11 +134,13 @@ fn run() -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Creates the state directory layout (state dir and `boot/`) and the per-instance session
+/// Creates the state directory layout (state dir and boot dir) and the per-instance session
 /// secret (mode 0600) on first start.
-fn prepare_state_dir(dir: &Path) -> Result<()> {
-    fs::create_dir_all(dir.join("boot"))
+fn prepare_state_dir(dir: &Path, boot: &Path) -> Result<()> {
+    fs::create_dir_all(dir)
         .with_context(|| format!("creating the state directory {}", dir.display()))?;
+    fs::create_dir_all(boot)
+        .with_context(|| format!("creating the boot directory {}", boot.display()))?;
     let secret = dir.join("session-secret");
     if !secret.exists() {
         let mut bytes = [0u8; 32];

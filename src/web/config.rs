@@ -1,0 +1,389 @@
+//! bty-web configuration: `bty.toml` (found through `BTY_CONFIG_FILE`, `BTY_CONFIG_DIR` or the
+//! default search list) with `BTY_<SECTION>_<KEY>` environment overrides and command-line flags
+//! on top. Every setting remembers where its value came from, for `bty-web config` and the UI.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Context, Result};
+
+/// Where a setting's value came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    /// A TOML file, by path.
+    File(PathBuf),
+    /// An environment variable, by name.
+    Env(String),
+    /// A command-line flag, by name.
+    Flag(&'static str),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Default => f.write_str("default"),
+            Source::File(p) => write!(f, "toml {}", p.display()),
+            Source::Env(v) => write!(f, "env {v}"),
+            Source::Flag(n) => write!(f, "flag {n}"),
+        }
+    }
+}
+
+/// One known setting: `[section] key`, its default and whether to hide its value when shown.
+struct Key {
+    section: &'static str,
+    key: &'static str,
+    default: fn(&Settings) -> String,
+    secret: bool,
+    help: &'static str,
+}
+
+/// Every setting bty-web knows. Adding one is one line here plus its accessor.
+const KEYS: &[Key] = &[
+    Key {
+        section: "server",
+        key: "host",
+        default: |_| "0.0.0.0".into(),
+        secret: false,
+        help: "listen address",
+    },
+    Key {
+        section: "server",
+        key: "port",
+        default: |_| "8080".into(),
+        secret: false,
+        help: "listen port",
+    },
+    Key {
+        section: "paths",
+        key: "state_dir",
+        default: |_| "/var/lib/bty".into(),
+        secret: false,
+        help: "state.db, session-secret, catalog.toml, backups/",
+    },
+    Key {
+        section: "paths",
+        key: "boot_dir",
+        default: |s| format!("{}/boot", s.get("paths", "state_dir")),
+        secret: false,
+        help: "netboot artifacts served at /boot/{name}",
+    },
+    Key {
+        section: "admin",
+        key: "password",
+        default: |_| DEFAULT_PASSWORD.into(),
+        secret: true,
+        help: "operator password (UI and API)",
+    },
+    Key {
+        section: "boot",
+        key: "release_repo",
+        default: |_| "safl/bty".into(),
+        secret: false,
+        help: "where netboot artifacts are fetched from",
+    },
+    Key {
+        section: "boot",
+        key: "release_tag",
+        default: |_| "latest".into(),
+        secret: false,
+        help: "release tag of the netboot artifacts",
+    },
+    Key {
+        section: "boot",
+        key: "kernel",
+        default: |_| format!("bty-netboot-pc-x86_64-v{}.vmlinuz", crate::VERSION),
+        secret: false,
+        help: "live-environment kernel file name",
+    },
+    Key {
+        section: "boot",
+        key: "initrd",
+        default: |_| format!("bty-netboot-pc-x86_64-v{}.initrd", crate::VERSION),
+        secret: false,
+        help: "live-environment initrd file name",
+    },
+    Key {
+        section: "withcache",
+        key: "url",
+        default: |_| String::new(),
+        secret: false,
+        help: "image cache sidecar base URL (empty: none)",
+    },
+];
+
+/// The password used when none is configured; bty-web warns about it at start.
+pub const DEFAULT_PASSWORD: &str = "bty-lab";
+
+/// The resolved settings, each with its source.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    values: BTreeMap<(&'static str, &'static str), (String, Source)>,
+    /// The TOML files that were read, in order.
+    pub files: Vec<PathBuf>,
+    /// Keys found in the files that bty-web does not know (reported as warnings).
+    pub unknown: Vec<String>,
+}
+
+impl Settings {
+    /// Resolves the settings from files, the environment (`env`, usually std::env::vars) and
+    /// command-line overrides (section, key, value, flag name).
+    pub fn load(
+        env: &BTreeMap<String, String>,
+        flags: &[(&'static str, &'static str, String, &'static str)],
+    ) -> Result<Settings> {
+        let mut s = Settings { values: BTreeMap::new(), files: Vec::new(), unknown: Vec::new() };
+        // Flags and env that place the state dir decide where <state_dir>/bty.toml is looked for.
+        let state_hint = flags
+            .iter()
+            .find(|f| (f.0, f.1) == ("paths", "state_dir"))
+            .map(|f| f.2.clone())
+            .or_else(|| env.get("BTY_PATHS_STATE_DIR").cloned())
+            .unwrap_or_else(|| "/var/lib/bty".into());
+        for file in config_files(env, Path::new(&state_hint))? {
+            s.read_file(&file)?;
+            s.files.push(file);
+        }
+        for k in KEYS {
+            let var =
+                format!("BTY_{}_{}", k.section.to_ascii_uppercase(), k.key.to_ascii_uppercase());
+            if let Some(v) = env.get(&var) {
+                s.values.insert((k.section, k.key), (v.clone(), Source::Env(var)));
+            }
+        }
+        for (section, key, value, flag) in flags {
+            s.values.insert((section, key), (value.clone(), Source::Flag(flag)));
+        }
+        // Defaults last: some derive from other settings (boot_dir from state_dir).
+        for k in KEYS {
+            if !s.values.contains_key(&(k.section, k.key)) {
+                let v = (k.default)(&s);
+                s.values.insert((k.section, k.key), (v, Source::Default));
+            }
+        }
+        s.validate()?;
+        Ok(s)
+    }
+
+    fn read_file(&mut self, path: &Path) -> Result<()> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let table: toml::Table =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        for (section, v) in table {
+            let Some(inner) = v.as_table() else {
+                self.unknown.push(format!(
+                    "{}: top-level key {section:?} (expected [section] tables)",
+                    path.display()
+                ));
+                continue;
+            };
+            for (key, value) in inner {
+                let Some(k) = KEYS.iter().find(|k| k.section == section && k.key == key) else {
+                    self.unknown.push(format!("{}: [{section}] {key}", path.display()));
+                    continue;
+                };
+                let value = match value {
+                    toml::Value::String(s) => s.clone(),
+                    toml::Value::Integer(i) => i.to_string(),
+                    toml::Value::Boolean(b) => b.to_string(),
+                    other => crate::bail!(
+                        "parsing {}: [{section}] {key} must be a string or a number, not {}",
+                        path.display(),
+                        other.type_str()
+                    ),
+                };
+                self.values.insert((k.section, k.key), (value, Source::File(path.to_path_buf())));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<()> {
+        let (port, src) = self.entry("server", "port");
+        crate::ensure!(
+            port.parse::<u16>().is_ok(),
+            "invalid [server] port {port:?} (from {src}): expected a number from 0 to 65535"
+        );
+        for key in ["state_dir", "boot_dir"] {
+            let (v, src) = self.entry("paths", key);
+            crate::ensure!(!v.is_empty(), "invalid [paths] {key} (from {src}): empty path");
+        }
+        Ok(())
+    }
+
+    fn entry(&self, section: &str, key: &str) -> (&str, &Source) {
+        match self.values.iter().find(|((s, k), _)| *s == section && *k == key) {
+            Some((_, (v, src))) => (v, src),
+            None => ("", &Source::Default),
+        }
+    }
+
+    /// The value of a known setting ("" for an unknown one, which is a programming error).
+    pub fn get(&self, section: &str, key: &str) -> &str {
+        self.entry(section, key).0
+    }
+
+    /// Where a setting came from.
+    pub fn source(&self, section: &str, key: &str) -> &Source {
+        self.entry(section, key).1
+    }
+
+    /// `host:port` to listen on.
+    pub fn listen(&self) -> String {
+        let host = self.get("server", "host");
+        let port = self.get("server", "port");
+        if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        }
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        PathBuf::from(self.get("paths", "state_dir"))
+    }
+
+    pub fn boot_dir(&self) -> PathBuf {
+        PathBuf::from(self.get("paths", "boot_dir"))
+    }
+
+    /// Whether the admin password is still the built-in default.
+    pub fn default_password(&self) -> bool {
+        *self.source("admin", "password") == Source::Default
+    }
+
+    /// Every setting as rows for `bty-web config` and the settings page: (name, shown value,
+    /// source, help). Secrets are shown as "(set)", never their value.
+    pub fn rows(&self) -> Vec<(String, String, String, &'static str)> {
+        KEYS.iter()
+            .map(|k| {
+                let (v, src) = self.entry(k.section, k.key);
+                let shown = if k.secret {
+                    if *src == Source::Default {
+                        format!("{v} (built-in default: change it)")
+                    } else {
+                        "(set)".into()
+                    }
+                } else {
+                    v.to_string()
+                };
+                (format!("[{}] {}", k.section, k.key), shown, src.to_string(), k.help)
+            })
+            .collect()
+    }
+}
+
+/// The TOML files to read: BTY_CONFIG_FILE; else every *.toml of BTY_CONFIG_DIR in name order;
+/// else the first of /etc/bty/conf.d/*.toml, /etc/bty/bty.toml, <state_dir>/bty.toml that exists.
+fn config_files(env: &BTreeMap<String, String>, state_dir: &Path) -> Result<Vec<PathBuf>> {
+    if let Some(f) = env.get("BTY_CONFIG_FILE").filter(|f| !f.is_empty()) {
+        let p = PathBuf::from(f);
+        crate::ensure!(p.is_file(), "BTY_CONFIG_FILE={f}: no such file");
+        return Ok(vec![p]);
+    }
+    if let Some(d) = env.get("BTY_CONFIG_DIR").filter(|d| !d.is_empty()) {
+        let files =
+            toml_files_in(Path::new(d)).with_context(|| format!("reading BTY_CONFIG_DIR={d}"))?;
+        return Ok(files);
+    }
+    let conf_d = toml_files_in(Path::new("/etc/bty/conf.d")).unwrap_or_default();
+    if !conf_d.is_empty() {
+        return Ok(conf_d);
+    }
+    for p in [PathBuf::from("/etc/bty/bty.toml"), state_dir.join("bty.toml")] {
+        if p.is_file() {
+            return Ok(vec![p]);
+        }
+    }
+    Ok(Vec::new())
+}
+
+fn toml_files_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml") && p.is_file())
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("bty-config-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn defaults_env_file_and_flags_layer_in_that_order() {
+        let d = tmp("layers");
+        let f = d.join("bty.toml");
+        std::fs::write(
+            &f,
+            "[server]\nport = 9000\nhost = \"127.0.0.1\"\n[paths]\nstate_dir = \"/srv/bty\"\n",
+        )
+        .unwrap();
+        let e = env(&[("BTY_CONFIG_FILE", f.to_str().unwrap()), ("BTY_SERVER_PORT", "9100")]);
+        let s = Settings::load(&e, &[]).unwrap();
+        assert_eq!(s.get("server", "port"), "9100");
+        assert_eq!(*s.source("server", "port"), Source::Env("BTY_SERVER_PORT".into()));
+        assert_eq!(s.get("server", "host"), "127.0.0.1");
+        assert_eq!(*s.source("server", "host"), Source::File(f.clone()));
+        assert_eq!(s.boot_dir(), PathBuf::from("/srv/bty/boot"), "boot_dir follows state_dir");
+        assert!(s.default_password());
+        let s = Settings::load(&e, &[("server", "port", "1".into(), "--listen")]).unwrap();
+        assert_eq!(s.listen(), "127.0.0.1:1");
+        assert_eq!(s.source("server", "port").to_string(), "flag --listen");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn config_dir_merges_files_in_name_order_and_reports_unknown_keys() {
+        let d = tmp("dir");
+        std::fs::write(d.join("10-a.toml"), "[server]\nport = 1\n[admin]\npassword = \"s3cret\"\n")
+            .unwrap();
+        std::fs::write(d.join("20-b.toml"), "[server]\nport = 2\n[nonsense]\nx = 1\n").unwrap();
+        std::fs::write(d.join("ignored.txt"), "not toml").unwrap();
+        let s = Settings::load(&env(&[("BTY_CONFIG_DIR", d.to_str().unwrap())]), &[]).unwrap();
+        assert_eq!(s.get("server", "port"), "2");
+        assert_eq!(s.files.len(), 2);
+        assert_eq!(s.unknown.len(), 1, "{:?}", s.unknown);
+        assert!(!s.default_password());
+        let rows = s.rows();
+        let pw = rows.iter().find(|r| r.0 == "[admin] password").unwrap();
+        assert_eq!(pw.1, "(set)", "secrets are never shown");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn bad_files_and_values_name_the_problem() {
+        let d = tmp("bad");
+        let f = d.join("bty.toml");
+        std::fs::write(&f, "[server\nport = 1").unwrap();
+        let e = env(&[("BTY_CONFIG_FILE", f.to_str().unwrap())]);
+        let err = Settings::load(&e, &[]).unwrap_err().to_string();
+        assert!(err.contains(&format!("parsing {}", f.display())), "{err}");
+        std::fs::write(&f, "[server]\nport = [1, 2]\n").unwrap();
+        let err = Settings::load(&e, &[]).unwrap_err().to_string();
+        assert!(err.contains("must be a string or a number"), "{err}");
+        let err =
+            Settings::load(&env(&[("BTY_SERVER_PORT", "http")]), &[]).unwrap_err().to_string();
+        assert!(err.contains("invalid [server] port \"http\" (from env BTY_SERVER_PORT)"), "{err}");
+        let err = Settings::load(&env(&[("BTY_CONFIG_FILE", "/nonexistent/bty.toml")]), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no such file"), "{err}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
