@@ -755,8 +755,8 @@ mod tests {
         }
     }
 
-    /// Runs a partitioning tool if it is installed; `None` (and the test is skipped) if not.
-    fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Option<()> {
+    /// Runs a partitioning tool; a missing tool fails the test (`make deps` installs it).
+    fn run(cmd: &str, args: &[&str], stdin: Option<&str>) {
         use std::io::Write;
         let mut c = Command::new(cmd);
         c.args(args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
@@ -767,18 +767,13 @@ mod tests {
         });
         let mut child = match c.spawn() {
             Ok(ch) => ch,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                eprintln!("{cmd} not installed: skipping");
-                return None;
-            }
-            Err(e) => panic!("running {cmd}: {e}"),
+            Err(e) => panic!("running {cmd} (installed by make deps: gdisk, fdisk): {e}"),
         };
         if let Some(s) = stdin {
             child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
         }
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success(), "{cmd} failed: {}", String::from_utf8_lossy(&out.stderr));
-        Some(())
     }
 
     #[test]
@@ -833,9 +828,7 @@ mod tests {
             "10:set:2",
             path,
         ];
-        if run("sgdisk", &args, None).is_none() {
-            return;
-        }
+        run("sgdisk", &args, None);
         let t = parse(&img.first_mib());
         assert_eq!(t.kind, TableKind::Gpt);
         let names: Vec<_> = t.partitions.iter().map(|p| p.type_name.as_str()).collect();
@@ -875,9 +868,7 @@ mod tests {
     fn sfdisk_made_mbr() {
         let img = TempImage::new("sfdisk", 32 << 20);
         let script = "label: dos\n,1M,c,*\n,4M,83\n,,5\n,1M,82\n,,83\n";
-        if run("sfdisk", &["-q", img.0.to_str().unwrap()], Some(script)).is_none() {
-            return;
-        }
+        run("sfdisk", &["-q", img.0.to_str().unwrap()], Some(script));
         let t = parse(&img.first_mib());
         assert_eq!(t.kind, TableKind::Mbr);
         let got: Vec<_> = t
