@@ -39,8 +39,41 @@ pub fn duration(d: Duration) -> String {
     }
 }
 
+/// Formats seconds since the Unix epoch as ISO 8601 UTC, "2026-11-23T10:48:00Z".
+pub fn iso8601(secs: u64) -> String {
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm), no time crate needed.
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem / 60 % 60, rem % 60)
+}
+
+/// The current time as ISO 8601 UTC.
+pub fn now_iso8601() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    iso8601(secs)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn formats_iso8601() {
+        assert_eq!(super::iso8601(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::iso8601(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(super::iso8601(1_795_430_880), "2026-11-23T10:48:00Z");
+    }
+
     use super::*;
 
     #[test]

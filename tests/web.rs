@@ -35,6 +35,7 @@ fn serves_health_and_version_on_an_ephemeral_port() {
     child.kill().unwrap();
     child.wait().unwrap();
     let secret = std::fs::metadata(state.join("session-secret"));
+    let db = std::fs::metadata(state.join("state.db"));
     let _ = std::fs::remove_dir_all(&state);
     assert!(
         health.starts_with("HTTP/1.1 200") && health.ends_with(r#"{"status":"ok"}"#),
@@ -47,6 +48,7 @@ fn serves_health_and_version_on_an_ephemeral_port() {
     assert!(missing.starts_with("HTTP/1.1 404") && missing.contains(r#""detail""#), "{missing}");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(secret.unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(db.is_ok(), "bty-web creates state.db at start");
 }
 
 #[test]

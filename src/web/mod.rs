@@ -13,6 +13,7 @@ use lexopt::prelude::*;
 use crate::error::{Context, Result};
 
 pub mod config;
+pub mod db;
 
 use config::Settings;
 
@@ -101,6 +102,8 @@ fn serve(settings: &Settings) -> Result<ExitCode> {
     let state_dir = settings.state_dir();
     let listen = settings.listen();
     prepare_state_dir(&state_dir, &settings.boot_dir())?;
+    let db = db::Db::open(&state_dir)?;
+    crate::debug!("state in {}", db.path().display());
     if std::env::var_os("BTY_ADMIN_PASSWORD").is_none_or(|p| p.is_empty()) {
         crate::warn!(
             "BTY_ADMIN_PASSWORD is not set: the operator UI will be open to anyone who can reach it"

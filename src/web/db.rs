@@ -1,0 +1,567 @@
+//! bty-web state: one SQLite file, `state.db`, in WAL mode. All SQL lives here.
+//!
+//! One writer connection behind a mutex, a few reader connections, short transactions and
+//! cached prepared statements, so that one PXE contact costs the same whatever the fleet size.
+//! A database written by another schema version is set aside as `state.db.<from>.<UTC>.bak`
+//! and a fresh one records a `system.schema.reset` event.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use serde::Serialize;
+
+use crate::error::{Context, Result};
+use crate::units::now_iso8601;
+
+/// The schema this build writes. Bump it with every incompatible schema change.
+pub const SCHEMA_VERSION: &str = "bty-rs-1";
+
+const SCHEMA: &str = "
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE machines (
+    mac TEXT PRIMARY KEY,
+    bty_image_ref TEXT,
+    boot_mode TEXT NOT NULL,
+    sanboot_drive TEXT,
+    target_disk_serial TEXT,
+    discovered_at TEXT,
+    last_seen_at TEXT,
+    last_seen_ip TEXT,
+    last_flashed_at TEXT,
+    known_disks TEXT,
+    known_disks_at TEXT,
+    lshw TEXT,
+    saw_flasher_boot INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE machine_labels (
+    mac TEXT NOT NULL REFERENCES machines(mac) ON DELETE CASCADE,
+    label TEXT NOT NULL,
+    PRIMARY KEY (mac, label)
+);
+CREATE TABLE catalog_entries (
+    bty_image_ref TEXT PRIMARY KEY,
+    src TEXT NOT NULL UNIQUE,
+    disk_image_sha TEXT,
+    name TEXT NOT NULL,
+    format TEXT NOT NULL,
+    size_bytes INTEGER,
+    sha_url TEXT,
+    description TEXT,
+    added_at TEXT NOT NULL
+);
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    subject_id TEXT,
+    message TEXT NOT NULL,
+    details TEXT,
+    acknowledged INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX events_kind ON events(kind, id);
+CREATE INDEX events_subject ON events(subject_id, id);
+CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    progress_bytes INTEGER NOT NULL DEFAULT 0,
+    total_bytes INTEGER,
+    error TEXT,
+    created_at TEXT NOT NULL,
+    started_at TEXT,
+    finished_at TEXT
+);
+";
+
+/// Readers kept open for concurrent GETs; more requests wait for one.
+const READERS: usize = 4;
+
+/// The state database.
+pub struct Db {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+/// A machine as the API returns it (the spec's `Machine` wire type).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Machine {
+    pub mac: String,
+    pub bty_image_ref: Option<String>,
+    pub labels: Vec<String>,
+    pub discovered_at: Option<String>,
+    pub last_seen_at: Option<String>,
+    pub last_seen_ip: Option<String>,
+    pub boot_mode: String,
+    pub sanboot_drive: Option<String>,
+    pub last_flashed_at: Option<String>,
+    pub known_disks: Option<serde_json::Value>,
+    pub known_disks_at: Option<String>,
+    pub target_disk_serial: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    /// The live environment booted since the machine was last armed (not part of the wire type).
+    #[serde(skip)]
+    pub saw_flasher_boot: bool,
+}
+
+/// What an operator sets on a machine (`MachineUpsert`, validated by the caller).
+#[derive(Clone, Debug, Default)]
+pub struct MachineUpsert {
+    pub bty_image_ref: Option<String>,
+    pub labels: Vec<String>,
+    pub boot_mode: String,
+    pub sanboot_drive: Option<String>,
+    pub target_disk_serial: Option<String>,
+}
+
+/// An event row.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Event {
+    pub id: i64,
+    pub at: String,
+    pub kind: String,
+    pub subject_id: Option<String>,
+    pub message: String,
+    pub details: Option<serde_json::Value>,
+    pub acknowledged: bool,
+}
+
+const MACHINE_COLUMNS: &str = "m.mac, m.bty_image_ref, m.discovered_at, m.last_seen_at, \
+    m.last_seen_ip, m.boot_mode, m.sanboot_drive, m.last_flashed_at, m.known_disks, \
+    m.known_disks_at, m.target_disk_serial, m.created_at, m.updated_at, m.saw_flasher_boot, \
+    (SELECT group_concat(label, char(10)) FROM \
+        (SELECT label FROM machine_labels l WHERE l.mac = m.mac ORDER BY label))";
+
+fn machine_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Machine> {
+    let labels: Option<String> = r.get(14)?;
+    let disks: Option<String> = r.get(8)?;
+    Ok(Machine {
+        mac: r.get(0)?,
+        bty_image_ref: r.get(1)?,
+        discovered_at: r.get(2)?,
+        last_seen_at: r.get(3)?,
+        last_seen_ip: r.get(4)?,
+        boot_mode: r.get(5)?,
+        sanboot_drive: r.get(6)?,
+        last_flashed_at: r.get(7)?,
+        known_disks: disks.and_then(|d| serde_json::from_str(&d).ok()),
+        known_disks_at: r.get(9)?,
+        target_disk_serial: r.get(10)?,
+        created_at: r.get(11)?,
+        updated_at: r.get(12)?,
+        saw_flasher_boot: r.get::<_, i64>(13)? != 0,
+        labels: labels.map(|l| l.split('\n').map(str::to_string).collect()).unwrap_or_default(),
+    })
+}
+
+impl Db {
+    /// Opens (or creates) `<state_dir>/state.db`. A database of another schema version, or one
+    /// without a marker, is renamed aside and replaced by a fresh one.
+    pub fn open(state_dir: &Path) -> Result<Db> {
+        let path = state_dir.join("state.db");
+        let mut reset = None;
+        if path.exists() {
+            let found = read_marker(&path)?;
+            if found.as_deref() != Some(SCHEMA_VERSION) {
+                let from = found.unwrap_or_else(|| "unversioned".into());
+                let at = now_iso8601();
+                let bak = state_dir.join(format!("state.db.{from}.{at}.bak"));
+                std::fs::rename(&path, &bak).with_context(|| {
+                    format!("setting aside {} (schema {from}) as {}", path.display(), bak.display())
+                })?;
+                for ext in ["-wal", "-shm"] {
+                    let side = state_dir.join(format!("state.db{ext}"));
+                    let _ = std::fs::remove_file(&side);
+                }
+                crate::warn!(
+                    "{} had schema {from}, this build uses {SCHEMA_VERSION}: kept it as {}, starting fresh",
+                    path.display(),
+                    bak.display()
+                );
+                reset = Some((from, at));
+            }
+        }
+        let writer = connect(&path, true)?;
+        let fresh: bool = writer
+            .query_row("SELECT count(*) = 0 FROM sqlite_master WHERE name = 'meta'", [], |r| {
+                r.get(0)
+            })
+            .with_context(|| format!("reading {}", path.display()))?;
+        if fresh {
+            writer
+                .execute_batch(&format!(
+                    "BEGIN; {SCHEMA} INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'); COMMIT;"
+                ))
+                .with_context(|| format!("creating the schema in {}", path.display()))?;
+        }
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            readers.push(connect(&path, false)?);
+        }
+        let db = Db { path, writer: Mutex::new(writer), readers: Mutex::new(readers) };
+        if let Some((from, archived_at)) = reset {
+            db.add_event(
+                "system.schema.reset",
+                None,
+                &format!("state.db had schema {from}; it was archived and a fresh one created"),
+                Some(serde_json::json!({
+                    "from_version": from, "to_version": SCHEMA_VERSION, "archived_at": archived_at,
+                })),
+            )?;
+        }
+        Ok(db)
+    }
+
+    /// Where the database file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn write(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent (the transaction rolls back).
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on a reader connection (WAL readers never block the writer).
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
+        let conn = loop {
+            if let Some(c) = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+                break c;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        let out = f(&conn);
+        self.readers.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+        out.with_context(|| format!("reading {}", self.path.display()))
+    }
+
+    /// One machine by normalised MAC.
+    pub fn machine(&self, mac: &str) -> Result<Option<Machine>> {
+        self.read(|c| {
+            c.prepare_cached(&format!("SELECT {MACHINE_COLUMNS} FROM machines m WHERE m.mac = ?1"))?
+                .query_row([mac], machine_from_row)
+                .optional()
+        })
+    }
+
+    /// Every machine, ordered by MAC, labels included, in one query.
+    pub fn machines(&self) -> Result<Vec<Machine>> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {MACHINE_COLUMNS} FROM machines m ORDER BY m.mac"
+            ))?;
+            st.query_map([], machine_from_row)?.collect()
+        })
+    }
+
+    /// Creates or replaces a machine's operator settings. Changing boot mode, image or target
+    /// serial re-arms it (clears the live-environment mark, last flash and inventory time);
+    /// labels and sanboot drive do not. Returns the stored machine.
+    pub fn put_machine(&self, mac: &str, m: &MachineUpsert) -> Result<Machine> {
+        let now = now_iso8601();
+        {
+            let mut conn = self.write();
+            let tx = conn.transaction().context("starting a transaction")?;
+            let old: Option<(Option<String>, String, Option<String>)> = tx
+                .prepare_cached(
+                    "SELECT bty_image_ref, boot_mode, target_disk_serial FROM machines WHERE mac = ?1",
+                )?
+                .query_row([mac], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?;
+            match old {
+                None => {
+                    tx.prepare_cached(
+                        "INSERT INTO machines (mac, bty_image_ref, boot_mode, sanboot_drive, \
+                         target_disk_serial, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+                    )?
+                    .execute(params![
+                        mac,
+                        m.bty_image_ref,
+                        m.boot_mode,
+                        m.sanboot_drive,
+                        m.target_disk_serial,
+                        now
+                    ])?;
+                }
+                Some((image, mode, serial)) => {
+                    let rearm = image != m.bty_image_ref
+                        || mode != m.boot_mode
+                        || serial != m.target_disk_serial;
+                    tx.prepare_cached(
+                        "UPDATE machines SET bty_image_ref = ?2, boot_mode = ?3, sanboot_drive = ?4, \
+                         target_disk_serial = ?5, updated_at = ?6, \
+                         saw_flasher_boot = CASE WHEN ?7 THEN 0 ELSE saw_flasher_boot END, \
+                         last_flashed_at = CASE WHEN ?7 THEN NULL ELSE last_flashed_at END, \
+                         known_disks_at = CASE WHEN ?7 THEN NULL ELSE known_disks_at END \
+                         WHERE mac = ?1",
+                    )?
+                    .execute(params![
+                        mac,
+                        m.bty_image_ref,
+                        m.boot_mode,
+                        m.sanboot_drive,
+                        m.target_disk_serial,
+                        now,
+                        rearm
+                    ])?;
+                }
+            }
+            tx.prepare_cached("DELETE FROM machine_labels WHERE mac = ?1")?.execute([mac])?;
+            {
+                let mut ins = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO machine_labels (mac, label) VALUES (?1, ?2)",
+                )?;
+                for l in &m.labels {
+                    ins.execute(params![mac, l])?;
+                }
+            }
+            tx.commit().with_context(|| format!("saving machine {mac}"))?;
+        }
+        self.machine(mac)?.with_context(|| format!("reading back machine {mac}"))
+    }
+
+    /// Deletes a machine; false when there was none.
+    pub fn delete_machine(&self, mac: &str) -> Result<bool> {
+        let n = self
+            .write()
+            .prepare_cached("DELETE FROM machines WHERE mac = ?1")?
+            .execute([mac])
+            .with_context(|| format!("deleting machine {mac}"))?;
+        Ok(n > 0)
+    }
+
+    /// Records an event; returns its id.
+    pub fn add_event(
+        &self,
+        kind: &str,
+        subject: Option<&str>,
+        message: &str,
+        details: Option<serde_json::Value>,
+    ) -> Result<i64> {
+        let conn = self.write();
+        conn.prepare_cached(
+            "INSERT INTO events (at, kind, subject_id, message, details) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![now_iso8601(), kind, subject, message, details.map(|d| d.to_string())])
+        .with_context(|| format!("recording event {kind}"))?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    /// Events newest first, optionally filtered, at most `limit` (1..=500), older than `before_id`.
+    pub fn events(
+        &self,
+        kind: Option<&str>,
+        subject: Option<&str>,
+        limit: u32,
+        before_id: Option<i64>,
+    ) -> Result<Vec<Event>> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT id, at, kind, subject_id, message, details, acknowledged FROM events \
+                 WHERE (?1 IS NULL OR kind = ?1) AND (?2 IS NULL OR subject_id = ?2) \
+                 AND (?3 IS NULL OR id < ?3) ORDER BY id DESC LIMIT ?4",
+            )?;
+            st.query_map(params![kind, subject, before_id, limit.clamp(1, 500)], |r| {
+                let details: Option<String> = r.get(5)?;
+                Ok(Event {
+                    id: r.get(0)?,
+                    at: r.get(1)?,
+                    kind: r.get(2)?,
+                    subject_id: r.get(3)?,
+                    message: r.get(4)?,
+                    details: details.and_then(|d| serde_json::from_str(&d).ok()),
+                    acknowledged: r.get::<_, i64>(6)? != 0,
+                })
+            })?
+            .collect()
+        })
+    }
+
+    /// Marks an event acknowledged; false when there is no such event.
+    pub fn ack_event(&self, id: i64) -> Result<bool> {
+        let n = self
+            .write()
+            .prepare_cached("UPDATE events SET acknowledged = 1 WHERE id = ?1")?
+            .execute([id])
+            .with_context(|| format!("acknowledging event {id}"))?;
+        Ok(n > 0)
+    }
+}
+
+/// Opens a connection with the pragmas every connection needs.
+fn connect(path: &Path, writer: bool) -> Result<Connection> {
+    let flags = if writer {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+    } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)
+        .with_context(|| format!("opening {}", path.display()))?;
+    conn.busy_timeout(Duration::from_secs(5)).context("setting the busy timeout")?;
+    // WAL: readers do not block the writer; NORMAL: a commit survives a process kill (the WAL
+    // is in the OS before the commit returns), and only a power loss can lose the last ones.
+    let pragmas = if writer {
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;"
+    } else {
+        "PRAGMA foreign_keys = ON;"
+    };
+    conn.execute_batch(pragmas).with_context(|| format!("configuring {}", path.display()))?;
+    Ok(conn)
+}
+
+/// The schema marker of an existing database file, None when it has none (or is not ours).
+fn read_marker(path: &Path) -> Result<Option<String>> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let has_meta: bool = match conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE name = 'meta'",
+        [],
+        |r| r.get(0),
+    ) {
+        Ok(b) => b,
+        // Not a database at all (garbage, truncated): treat as unversioned, so it is set aside.
+        Err(_) => return Ok(None),
+    };
+    if !has_meta {
+        return Ok(None);
+    }
+    let marker = conn
+        .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
+        .optional()
+        .unwrap_or(None);
+    // Fold the WAL into the main file, so the renamed .bak is complete on its own.
+    let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+    Ok(marker)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("bty-db-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn upsert(mode: &str, labels: &[&str]) -> MachineUpsert {
+        MachineUpsert {
+            boot_mode: mode.into(),
+            labels: labels.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn machines_round_trip_with_sorted_labels_and_survive_reopen() {
+        let d = tmp("machines");
+        let db = Db::open(&d).unwrap();
+        let m = db
+            .put_machine("aa:bb:cc:dd:ee:ff", &upsert("ipxe-exit", &["rack-3", "a b", "rack-3"]))
+            .unwrap();
+        assert_eq!(m.labels, vec!["a b", "rack-3"]);
+        assert_eq!(m.boot_mode, "ipxe-exit");
+        db.put_machine("00:11:22:33:44:55", &upsert("bty-inventory", &[])).unwrap();
+        drop(db);
+        let db = Db::open(&d).unwrap();
+        let all = db.machines().unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].mac, "00:11:22:33:44:55");
+        assert!(all[0].labels.is_empty());
+        assert!(db.delete_machine("00:11:22:33:44:55").unwrap());
+        assert!(!db.delete_machine("00:11:22:33:44:55").unwrap());
+        assert_eq!(db.machine("00:11:22:33:44:55").unwrap(), None);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn changing_mode_rearms_but_labels_do_not() {
+        let d = tmp("rearm");
+        let db = Db::open(&d).unwrap();
+        let mac = "aa:bb:cc:dd:ee:01";
+        db.put_machine(mac, &upsert("bty-flash-once", &[])).unwrap();
+        db.write()
+            .execute(
+                "UPDATE machines SET saw_flasher_boot = 1, last_flashed_at = 'x' WHERE mac = ?1",
+                [mac],
+            )
+            .unwrap();
+        let m = db.put_machine(mac, &upsert("bty-flash-once", &["new-label"])).unwrap();
+        assert!(m.saw_flasher_boot && m.last_flashed_at.is_some(), "labels alone do not re-arm");
+        let m = db.put_machine(mac, &upsert("bty-flash-always", &["new-label"])).unwrap();
+        assert!(!m.saw_flasher_boot && m.last_flashed_at.is_none(), "a new mode re-arms");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn another_schema_is_set_aside_with_an_event() {
+        let d = tmp("reset");
+        {
+            let c = Connection::open(d.join("state.db")).unwrap();
+            c.execute_batch("CREATE TABLE meta (key TEXT, value TEXT); INSERT INTO meta VALUES ('schema_version', 'old-7'); CREATE TABLE precious (x); INSERT INTO precious VALUES (42);").unwrap();
+        }
+        let db = Db::open(&d).unwrap();
+        let ev = db.events(Some("system.schema.reset"), None, 10, None).unwrap();
+        assert_eq!(ev.len(), 1);
+        let details = ev[0].details.as_ref().unwrap();
+        assert_eq!(details["from_version"], "old-7");
+        assert_eq!(details["to_version"], SCHEMA_VERSION);
+        let bak: Vec<_> = std::fs::read_dir(&d)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("state.db.old-7.") && n.ends_with(".bak"))
+            .collect();
+        assert_eq!(bak.len(), 1, "{bak:?}");
+        let old = Connection::open(d.join(&bak[0])).unwrap();
+        let x: i64 = old.query_row("SELECT x FROM precious", [], |r| r.get(0)).unwrap();
+        assert_eq!(x, 42, "the archived database keeps its rows");
+        drop(db);
+        // Reopening the fresh one does not reset again.
+        let db = Db::open(&d).unwrap();
+        assert_eq!(db.events(Some("system.schema.reset"), None, 10, None).unwrap().len(), 1);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn garbage_file_is_set_aside_as_unversioned() {
+        let d = tmp("garbage");
+        std::fs::write(d.join("state.db"), b"this is not sqlite at all, just bytes").unwrap();
+        let db = Db::open(&d).unwrap();
+        let ev = db.events(Some("system.schema.reset"), None, 10, None).unwrap();
+        assert_eq!(ev[0].details.as_ref().unwrap()["from_version"], "unversioned");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn events_filter_page_and_acknowledge() {
+        let d = tmp("events");
+        let db = Db::open(&d).unwrap();
+        for i in 0..5 {
+            db.add_event(
+                if i % 2 == 0 { "pxe.offered" } else { "auth.login.failed" },
+                Some("m1"),
+                "x",
+                None,
+            )
+            .unwrap();
+        }
+        let all = db.events(None, None, 50, None).unwrap();
+        assert_eq!(all.len(), 5);
+        assert!(all[0].id > all[1].id, "newest first");
+        assert_eq!(db.events(Some("pxe.offered"), None, 50, None).unwrap().len(), 3);
+        assert_eq!(db.events(None, None, 2, None).unwrap().len(), 2);
+        assert_eq!(db.events(None, None, 50, Some(all[1].id)).unwrap().len(), 3);
+        assert!(db.ack_event(all[0].id).unwrap());
+        assert!(!db.ack_event(9999).unwrap());
+        assert!(db.events(None, None, 1, None).unwrap()[0].acknowledged);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
