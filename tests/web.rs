@@ -107,3 +107,63 @@ fn config_prints_every_setting_with_its_source() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// Sends raw bytes and returns the raw answer.
+fn raw(addr: &str, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(request).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn bootstrap_script_limits_and_graceful_stop() {
+    let state = std::env::temp_dir().join(format!("bty-web-test2-{}", std::process::id()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bty-web"))
+        .args(["--listen", "127.0.0.1:0", "--state-dir"])
+        .arg(&state)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.trim().strip_prefix("listening on http://").unwrap().to_string();
+
+    let script = raw(
+        &addr,
+        b"GET /pxe-bootstrap.ipxe HTTP/1.1\r\nHost: bty.lab:8080\r\nConnection: close\r\n\r\n",
+    );
+    assert!(script.starts_with("HTTP/1.1 200"), "{script}");
+    assert!(
+        script.ends_with("#!ipxe\nchain http://bty.lab:8080/pxe/${net0/mac:hexhyp}\n"),
+        "{script}"
+    );
+    let evil =
+        raw(&addr, b"GET /pxe-bootstrap.ipxe HTTP/1.1\r\nHost: a b\r\nConnection: close\r\n\r\n");
+    assert!(evil.starts_with("HTTP/1.1 400"), "{evil}");
+    let post = raw(
+        &addr,
+        b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    assert!(post.starts_with("HTTP/1.1 405"), "{post}");
+    // Over the 64 KiB limit by Content-Length: refused without reading it all.
+    let big = raw(
+        &addr,
+        b"PUT /machines/aa:bb:cc:dd:ee:ff HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\nConnection: close\r\n\r\n{",
+    );
+    assert!(big.starts_with("HTTP/1.1 413") && big.contains("too large"), "{big}");
+    let head = raw(&addr, b"HEAD /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(head.starts_with("HTTP/1.1 200") && !head.contains("status"), "{head}");
+
+    let st = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(st.success());
+    let out = child.wait_with_output().unwrap();
+    let _ = std::fs::remove_dir_all(&state);
+    assert_eq!(out.status.code(), Some(0), "SIGTERM stops cleanly");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("GET /pxe-bootstrap.ipxe 200"), "one access-log line per request: {log}");
+    assert!(log.contains("PUT /machines/aa:bb:cc:dd:ee:ff 413"), "{log}");
+    assert!(log.contains("stopped"), "{log}");
+}

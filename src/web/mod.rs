@@ -7,6 +7,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use lexopt::prelude::*;
 
@@ -14,6 +15,8 @@ use crate::error::{Context, Result};
 
 pub mod config;
 pub mod db;
+pub mod http;
+pub mod routes;
 
 use config::Settings;
 
@@ -33,7 +36,7 @@ BTY_<SECTION>_<KEY> environment variables override the files (BTY_SERVER_PORT,
 BTY_PATHS_STATE_DIR, BTY_ADMIN_PASSWORD, ...), and flags override both.
 
 The first line on stdout is \"listening on http://HOST:PORT\" once the socket is bound.
-Routes served by this build: GET /healthz, GET /version.
+Routes served by this build: GET /healthz, /version, /pxe-bootstrap.ipxe.\nSIGTERM or SIGINT stops it after the requests in flight (at most 5 s).
 ";
 
 /// Entry point of the `bty-web` binary.
@@ -109,6 +112,7 @@ fn serve(settings: &Settings) -> Result<ExitCode> {
             "BTY_ADMIN_PASSWORD is not set: the operator UI will be open to anyone who can reach it"
         );
     }
+    crate::sys::catch_cancel_signals().context("installing the SIGTERM/SIGINT handler")?;
     let server = tiny_http::Server::http(&listen)
         .map_err(|e| crate::error::Error::msg(format!("listening on {listen}: {e}")))?;
     let addr = server.server_addr().to_ip().context("reading the bound address")?;
@@ -117,23 +121,11 @@ fn serve(settings: &Settings) -> Result<ExitCode> {
         let _ = writeln!(out, "listening on http://{addr}");
         let _ = out.flush();
     }
-    for rq in server.incoming_requests() {
-        let (status, body) = match (rq.method(), rq.url().split('?').next().unwrap_or("")) {
-            (tiny_http::Method::Get, "/healthz") => (200, r#"{"status":"ok"}"#.to_string()),
-            (tiny_http::Method::Get, "/version") => {
-                (200, serde_json::json!({ "version": crate::VERSION }).to_string())
-            }
-            _ => (404, r#"{"detail":"Not Found"}"#.to_string()),
-        };
-        crate::info!("{} {} {status}", rq.method(), rq.url());
-        let header = tiny_http::Header::from_bytes("Content-Type", "application/json")
-            .map_err(|_| crate::error::Error::msg("building a header"))?;
-        let resp =
-            tiny_http::Response::from_string(body).with_status_code(status).with_header(header);
-        if let Err(e) = rq.respond(resp) {
-            crate::debug!("answering a request: {e}");
-        }
-    }
+    let app = Arc::new(routes::App { settings: settings.clone(), db });
+    let handler: Arc<dyn Fn(&http::Req) -> http::Resp + Send + Sync> =
+        Arc::new(move |req: &http::Req| routes::route(&app, req));
+    http::serve(Arc::new(server), handler, routes::body_limit, http::Limits::default());
+    crate::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
 
