@@ -13,6 +13,7 @@ use lexopt::prelude::*;
 
 use crate::error::{Context, Result};
 
+pub mod auth;
 pub mod config;
 pub mod db;
 pub mod http;
