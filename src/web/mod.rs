@@ -18,6 +18,7 @@ pub mod config;
 pub mod db;
 pub mod http;
 pub mod routes;
+pub mod validate;
 
 use config::Settings;
 
@@ -122,7 +123,8 @@ fn serve(settings: &Settings) -> Result<ExitCode> {
         let _ = writeln!(out, "listening on http://{addr}");
         let _ = out.flush();
     }
-    let app = Arc::new(routes::App { settings: settings.clone(), db });
+    let auth = auth::Auth::new(settings.get("admin", "password"), &state_dir)?;
+    let app = Arc::new(routes::App { settings: settings.clone(), db, auth });
     let handler: Arc<dyn Fn(&http::Req) -> http::Resp + Send + Sync> =
         Arc::new(move |req: &http::Req| routes::route(&app, req));
     http::serve(Arc::new(server), handler, routes::body_limit, http::Limits::default());

@@ -2,14 +2,17 @@
 
 use std::sync::Arc;
 
+use crate::web::auth::{self, Auth, Session};
 use crate::web::config::Settings;
 use crate::web::db::Db;
-use crate::web::http::{Req, Resp};
+use crate::web::http::{Req, Resp, pct_decode};
+use crate::web::validate;
 
 /// What every route can reach.
 pub struct App {
     pub settings: Settings,
     pub db: Db,
+    pub auth: Auth,
 }
 
 /// Largest request body accepted: inventory with lshw gets a few MiB, the rest little.
@@ -22,10 +25,40 @@ pub fn body_limit(method: &str, path: &str) -> usize {
 }
 
 /// Answers one request.
-pub fn route(_app: &Arc<App>, req: &Req) -> Resp {
+pub fn route(app: &Arc<App>, req: &Req) -> Resp {
     let segs: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
     let m = req.method.as_str();
-    match (m, segs.as_slice()) {
+    // Protected routes: a valid session cookie, else 401 for the API and 303 for pages.
+    let protected = matches!(segs.first(), Some(&"machines") | Some(&"events"));
+    let mut renew = None;
+    if protected {
+        match app.auth.check(req.header("cookie")) {
+            Session::Valid { renew: r } => renew = r,
+            Session::Missing => return Resp::error(401, "login required"),
+        }
+    }
+    let resp = match (m, segs.as_slice()) {
+        ("GET", ["ui", "login"]) => login_page(200, ""),
+        ("POST", ["ui", "login"]) => login(app, req),
+        ("POST", ["ui", "logout"]) => logout(app),
+        ("GET" | "HEAD", ["machines"]) => match app.db.machines() {
+            Ok(all) => Resp::json(200, &all),
+            Err(e) => internal(e),
+        },
+        (_, ["machines", mac]) => machine(app, req, mac),
+        ("GET" | "HEAD", ["events"]) => events(app, req),
+        ("POST", ["events", id, "ack"]) => ack_event(app, id),
+        _ => fixed(req, &segs),
+    };
+    match renew {
+        Some(v) => resp.with_header("Set-Cookie", &auth::set_cookie(&v)),
+        None => resp,
+    }
+}
+
+/// Routes that need no state.
+fn fixed(req: &Req, segs: &[&str]) -> Resp {
+    match (req.method.as_str(), segs) {
         ("GET" | "HEAD", ["healthz"]) => Resp::json(200, &serde_json::json!({"status": "ok"})),
         ("GET" | "HEAD", ["version"]) => {
             Resp::json(200, &serde_json::json!({"version": crate::VERSION}))
@@ -36,6 +69,134 @@ pub fn route(_app: &Arc<App>, req: &Req) -> Resp {
         }
         _ => Resp::error(404, "Not Found"),
     }
+}
+
+/// Logs an internal error and answers 500 without its details.
+fn internal(e: crate::error::Error) -> Resp {
+    crate::error!("{e}");
+    Resp::error(500, "internal error (see the server log)")
+}
+
+fn machine(app: &App, req: &Req, mac: &str) -> Resp {
+    let mac = match validate::normalize_mac(mac) {
+        Ok(m) => m,
+        Err(e) => return Resp::error(e.status(), &e.to_string()),
+    };
+    let missing = || Resp::error(404, &format!("no machine record for {mac}"));
+    match req.method.as_str() {
+        "GET" | "HEAD" => match app.db.machine(&mac) {
+            Ok(Some(m)) => Resp::json(200, &m),
+            Ok(None) => missing(),
+            Err(e) => internal(e),
+        },
+        "PUT" => {
+            let upsert = match validate::machine_upsert(&req.body) {
+                Ok(u) => u,
+                Err(e) => return Resp::error(e.status(), &e.to_string()),
+            };
+            match app.db.put_machine(&mac, &upsert) {
+                Ok(m) => {
+                    let _ = app.db.add_event(
+                        "machine.updated",
+                        Some(&mac),
+                        &format!("{mac} saved: boot mode {}", m.boot_mode),
+                        None,
+                    );
+                    Resp::json(200, &m)
+                }
+                Err(e) => internal(e),
+            }
+        }
+        "DELETE" => match app.db.delete_machine(&mac) {
+            Ok(true) => {
+                let _ = app.db.add_event(
+                    "machine.deleted",
+                    Some(&mac),
+                    &format!("{mac} deleted"),
+                    None,
+                );
+                Resp::no_content()
+            }
+            Ok(false) => missing(),
+            Err(e) => internal(e),
+        },
+        _ => Resp::error(405, "method not allowed").with_header("Allow", "GET, HEAD, PUT, DELETE"),
+    }
+}
+
+fn events(app: &App, req: &Req) -> Resp {
+    let limit = match req.param("limit").map(str::parse::<u32>) {
+        None => 50,
+        Some(Ok(n)) if (1..=500).contains(&n) => n,
+        Some(_) => return Resp::error(422, "limit: expected a number from 1 to 500"),
+    };
+    let before = match req.param("before_id").map(str::parse::<i64>) {
+        None => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(_)) => return Resp::error(422, "before_id: expected a number"),
+    };
+    match app.db.events(req.param("kind"), req.param("subject_id"), limit, before) {
+        Ok(ev) => Resp::json(200, &serde_json::json!({ "events": ev })),
+        Err(e) => internal(e),
+    }
+}
+
+fn ack_event(app: &App, id: &str) -> Resp {
+    let Ok(id) = id.parse::<i64>() else { return Resp::error(422, "event id: expected a number") };
+    match app.db.ack_event(id) {
+        Ok(true) => Resp::json(200, &serde_json::json!({"id": id, "acknowledged": true})),
+        Ok(false) => Resp::error(404, &format!("no event {id}")),
+        Err(e) => internal(e),
+    }
+}
+
+fn login(app: &App, req: &Req) -> Resp {
+    let ip = req.peer.map(|p| p.ip());
+    if !app.auth.may_try(ip) {
+        return login_page(429, "Too many failed logins from this address; wait a few minutes.");
+    }
+    let body = String::from_utf8_lossy(&req.body);
+    let password = body
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| *k == "password")
+        .map(|(_, v)| pct_decode(v, true))
+        .unwrap_or_default();
+    let who = ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into());
+    if app.auth.password_ok(&password) {
+        let _ = app.db.add_event("auth.login.succeeded", None, &format!("login from {who}"), None);
+        Resp::new(303, "text/plain", "")
+            .with_header("Location", "/ui/dashboard")
+            .with_header("Set-Cookie", &auth::set_cookie(&app.auth.issue()))
+    } else {
+        app.auth.failed(ip);
+        let _ =
+            app.db.add_event("auth.login.failed", None, &format!("failed login from {who}"), None);
+        login_page(401, "Wrong password.")
+    }
+}
+
+fn logout(app: &App) -> Resp {
+    let _ = app.db.add_event("auth.logout", None, "logout", None);
+    Resp::new(303, "text/plain", "")
+        .with_header("Location", "/ui/login")
+        .with_header("Set-Cookie", &auth::clear_cookie())
+}
+
+/// A minimal login form until the browser UI lands; `error` is one of our fixed messages.
+fn login_page(status: u16, error: &str) -> Resp {
+    let err =
+        if error.is_empty() { String::new() } else { format!("<p role=\"alert\">{error}</p>") };
+    Resp::new(
+        status,
+        "text/html; charset=utf-8",
+        format!(
+            "<!doctype html><title>bty: log in</title><h1>bty</h1>{err}\
+             <form method=\"post\" action=\"/ui/login\"><label>Password \
+             <input type=\"password\" name=\"password\" autofocus></label> \
+             <button>Log in</button></form>\n"
+        ),
+    )
 }
 
 /// The static script dnsmasq points iPXE at: chain back to this server, by whatever name the
