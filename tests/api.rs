@@ -165,3 +165,162 @@ fn machines_crud_with_validation() {
     assert_eq!(s.call("POST", "/events/999999/ack", Some(&c), "").0, 404);
     assert_eq!(s.call("GET", "/events?limit=0", Some(&c), "").0, 422);
 }
+
+impl Server {
+    fn boot_file(&self, name: &str, data: &[u8]) {
+        std::fs::write(self.state.join("boot").join(name), data).unwrap();
+    }
+
+    /// Seeds a catalog entry into the real state.db (the catalog routes are not built yet).
+    fn seed_catalog(&self, image_ref: &str, src: &str) {
+        let c = rusqlite::Connection::open(self.state.join("state.db")).unwrap();
+        c.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+        c.execute(
+            "INSERT INTO catalog_entries (bty_image_ref, src, name, format, added_at) VALUES (?1, ?2, 'debian.img.zst', 'img.zst', 'now')",
+            [image_ref, src],
+        )
+        .unwrap();
+    }
+
+    fn pxe(&self, mac: &str) -> String {
+        let (st, head, body) = self.call("GET", &format!("/pxe/{mac}"), None, "");
+        assert_eq!(st, 200, "{head}{body}");
+        assert!(body.starts_with("#!ipxe\n"), "{body}");
+        body
+    }
+}
+
+const KERNEL: &str = concat!("bty-netboot-pc-x86_64-v", env!("CARGO_PKG_VERSION"), ".vmlinuz");
+
+fn is_live(script: &str) -> bool {
+    script.contains(&format!("/boot/{KERNEL}?mac=")) && script.contains("bty.mac=")
+}
+fn is_disk(script: &str) -> bool {
+    script.contains("sanboot --no-describe --drive 0x80 || exit")
+}
+
+#[test]
+fn discovery_and_inventory_cycle() {
+    let s = Server::start("inventory");
+    s.boot_file(KERNEL, b"kernel bytes");
+    let mac = "52:54:00:12:34:56";
+    let first = s.pxe("52-54-00-12-34-56");
+    assert!(is_live(&first), "unknown MACs are discovered and inventoried: {first}");
+    assert!(first.contains(&format!("bty.server=http://{}", s.addr)), "{first}");
+    let (st, _, body) = s.call("GET", &format!("/boot/{KERNEL}?mac={mac}"), None, "");
+    assert_eq!((st, body.as_str()), (200, "kernel bytes"));
+    let inv = r#"{"disks":[{"path":"/dev/vda","size":"8G","serial":"QEMU-1","tran":null,"removable":false,"readonly":false,"vendor":null,"model":null}]}"#;
+    assert_eq!(s.call("POST", &format!("/pxe/{mac}/inventory"), None, inv).0, 204);
+    assert!(is_disk(&s.pxe(mac)), "after the inventory the disk boots once");
+    assert!(is_live(&s.pxe(mac)), "then it re-arms: the next power cycle collects again");
+    let c = s.login();
+    let (_, _, body) = s.call("GET", &format!("/machines/{mac}"), Some(&c), "");
+    let m: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(m["boot_mode"], "bty-inventory");
+    assert_eq!(m["known_disks"][0]["serial"], "QEMU-1");
+    assert!(m["discovered_at"].is_string() && m["last_seen_ip"] == "127.0.0.1", "{m}");
+    let (_, _, body) = s.call("GET", "/events?kind=pxe.offered", Some(&c), "");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["events"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+}
+
+#[test]
+fn flash_always_alternates_and_flash_once_stays_on_disk() {
+    let s = Server::start("flash");
+    let image_ref = "ab".repeat(32);
+    s.seed_catalog(&image_ref, "https://images.example/debian.img.zst");
+    let c = s.login();
+    let mac = "52:54:00:00:00:01";
+    let body = format!(
+        r#"{{"boot_mode":"bty-flash-always","bty_image_ref":"{image_ref}","target_disk_serial":"QEMU-1"}}"#
+    );
+    assert_eq!(s.call("PUT", &format!("/machines/{mac}"), Some(&c), &body).0, 200);
+    assert!(is_live(&s.pxe(mac)));
+    let (_, _, plan) = s.call("GET", &format!("/pxe/{mac}/plan"), None, "");
+    let plan: serde_json::Value = serde_json::from_str(&plan).unwrap();
+    assert_eq!(plan["mode"], "flash");
+    assert_eq!(plan["image"], "https://images.example/debian.img.zst");
+    assert_eq!(plan["target_disk_serial"], "QEMU-1");
+    // A reboot before "done" (a failed or interrupted flash) never boots the half-written disk.
+    assert!(is_live(&s.pxe(mac)));
+    assert_eq!(
+        s.call(
+            "POST",
+            &format!("/pxe/{mac}/progress"),
+            None,
+            r#"{"phase":"write","written_bytes":5,"total_bytes":10,"rate_bytes_per_s":1}"#
+        )
+        .0,
+        204
+    );
+    assert_eq!(s.call("POST", &format!("/pxe/{mac}/done"), None, "").0, 204);
+    assert!(is_disk(&s.pxe(mac)), "after done the new disk boots");
+    assert!(is_live(&s.pxe(mac)), "flash-always re-arms: the next boot flashes again");
+
+    let once = "52:54:00:00:00:02";
+    let body = body.replace("bty-flash-always", "bty-flash-once");
+    assert_eq!(s.call("PUT", &format!("/machines/{once}"), Some(&c), &body).0, 200);
+    assert!(is_live(&s.pxe(once)));
+    assert_eq!(s.call("POST", &format!("/pxe/{once}/status"), None, r#"{"status":"done"}"#).0, 204);
+    assert!(is_disk(&s.pxe(once)) && is_disk(&s.pxe(once)), "flash-once stays on the disk");
+    // Saving the machine again re-arms it.
+    assert_eq!(
+        s.call("PUT", &format!("/machines/{once}"), Some(&c), &body.replace("QEMU-1", "QEMU-2")).0,
+        200
+    );
+    assert!(is_live(&s.pxe(once)));
+
+    // An image that left the catalog: say why and hand back to the firmware.
+    let gone = "52:54:00:00:00:03";
+    let body = body.replace(&image_ref, &"cd".repeat(32));
+    assert_eq!(s.call("PUT", &format!("/machines/{gone}"), Some(&c), &body).0, 200);
+    let script = s.pxe(gone);
+    assert!(
+        script.contains("echo bty: image cdcdcdcdcdcd is no longer in the catalog")
+            && script.ends_with("exit\n"),
+        "{script}"
+    );
+    let (_, _, plan) = s.call("GET", &format!("/pxe/{gone}/plan"), None, "");
+    assert_eq!(plan, r#"{"mode":"exit"}"#);
+}
+
+#[test]
+fn pxe_bad_input_and_orphans() {
+    let s = Server::start("pxe-bad");
+    let (st, _, body) = s.call("POST", "/pxe/52:54:00:99:99:99/done", None, "");
+    assert_eq!(st, 404);
+    assert_eq!(body, r#"{"detail":"no machine record for 52:54:00:99:99:99"}"#);
+    assert!((400..500).contains(&s.call("GET", "/pxe/not-a-mac", None, "").0));
+    s.pxe("52:54:00:99:99:98");
+    for (body, want) in [
+        (r#"{"disks":[],"extra":1}"#, "extra"),
+        ("[1,2", "not valid JSON"),
+        (r#"{"disks":[{"path":"/etc/passwd"}]}"#, "path"),
+    ] {
+        let (st, _, resp) = s.call("POST", "/pxe/52:54:00:99:99:98/inventory", None, body);
+        assert_eq!(st, 422, "{body}: {resp}");
+        assert!(resp.contains(want), "{body}: {resp}");
+    }
+    let long = format!(r#"{{"status":"failed","reason":"{}"}}"#, "x".repeat(501));
+    assert_eq!(s.call("POST", "/pxe/52:54:00:99:99:98/status", None, &long).0, 422);
+    assert_eq!(
+        s.call(
+            "POST",
+            "/pxe/52:54:00:99:99:98/status",
+            None,
+            r#"{"status":"failed","reason":"disk gone"}"#
+        )
+        .0,
+        204
+    );
+    let (st, _, body) = s.call("GET", "/boot/missing.initrd", None, "");
+    assert_eq!((st, body.as_str()), (404, r#"{"detail":"no such file: missing.initrd"}"#));
+    let (st, _, body) = s.call("GET", "/boot/..%2Fstate.db", None, "");
+    assert!((400..500).contains(&st) && !body.contains("SQLite"), "{st} {body}");
+    assert_eq!(s.call("GET", "/boot/.hidden", None, "").0, 400);
+}

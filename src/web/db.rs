@@ -34,6 +34,8 @@ CREATE TABLE machines (
     known_disks_at TEXT,
     lshw TEXT,
     saw_flasher_boot INTEGER NOT NULL DEFAULT 0,
+    boot_disk_next INTEGER NOT NULL DEFAULT 0,
+    last_status TEXT,
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL
 );
@@ -108,6 +110,11 @@ pub struct Machine {
     /// The live environment booted since the machine was last armed (not part of the wire type).
     #[serde(skip)]
     pub saw_flasher_boot: bool,
+    /// The next PXE contact boots the disk once (after an inventory or a flash-always flash).
+    #[serde(skip)]
+    pub boot_disk_next: bool,
+    /// The last status the live environment reported ("done" or "failed: reason").
+    pub last_status: Option<String>,
 }
 
 /// What an operator sets on a machine (`MachineUpsert`, validated by the caller).
@@ -118,6 +125,31 @@ pub struct MachineUpsert {
     pub boot_mode: String,
     pub sanboot_drive: Option<String>,
     pub target_disk_serial: Option<String>,
+}
+
+/// PXE bookkeeping updates.
+#[derive(Clone, Copy, Debug)]
+pub enum PxeMark {
+    /// The live environment fetched its kernel or initrd.
+    FlasherBooted,
+    /// The machine was sent to boot its disk once.
+    DiskBooted,
+    /// The live environment reported a finished flash.
+    FlashDone,
+}
+
+/// A catalog entry (the spec's `CatalogEntry`).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct CatalogEntry {
+    pub bty_image_ref: String,
+    pub src: String,
+    pub disk_image_sha: Option<String>,
+    pub name: String,
+    pub format: String,
+    pub size_bytes: Option<i64>,
+    pub sha_url: Option<String>,
+    pub description: Option<String>,
+    pub added_at: String,
 }
 
 /// An event row.
@@ -135,11 +167,11 @@ pub struct Event {
 const MACHINE_COLUMNS: &str = "m.mac, m.bty_image_ref, m.discovered_at, m.last_seen_at, \
     m.last_seen_ip, m.boot_mode, m.sanboot_drive, m.last_flashed_at, m.known_disks, \
     m.known_disks_at, m.target_disk_serial, m.created_at, m.updated_at, m.saw_flasher_boot, \
-    (SELECT group_concat(label, char(10)) FROM \
+    m.boot_disk_next, m.last_status, (SELECT group_concat(label, char(10)) FROM \
         (SELECT label FROM machine_labels l WHERE l.mac = m.mac ORDER BY label))";
 
 fn machine_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Machine> {
-    let labels: Option<String> = r.get(14)?;
+    let labels: Option<String> = r.get(16)?;
     let disks: Option<String> = r.get(8)?;
     Ok(Machine {
         mac: r.get(0)?,
@@ -156,6 +188,8 @@ fn machine_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Machine> {
         created_at: r.get(11)?,
         updated_at: r.get(12)?,
         saw_flasher_boot: r.get::<_, i64>(13)? != 0,
+        boot_disk_next: r.get::<_, i64>(14)? != 0,
+        last_status: r.get(15)?,
         labels: labels.map(|l| l.split('\n').map(str::to_string).collect()).unwrap_or_default(),
     })
 }
@@ -297,6 +331,7 @@ impl Db {
                         "UPDATE machines SET bty_image_ref = ?2, boot_mode = ?3, sanboot_drive = ?4, \
                          target_disk_serial = ?5, updated_at = ?6, \
                          saw_flasher_boot = CASE WHEN ?7 THEN 0 ELSE saw_flasher_boot END, \
+                         boot_disk_next = CASE WHEN ?7 THEN 0 ELSE boot_disk_next END, \
                          last_flashed_at = CASE WHEN ?7 THEN NULL ELSE last_flashed_at END, \
                          known_disks_at = CASE WHEN ?7 THEN NULL ELSE known_disks_at END \
                          WHERE mac = ?1",
@@ -334,6 +369,109 @@ impl Db {
             .execute([mac])
             .with_context(|| format!("deleting machine {mac}"))?;
         Ok(n > 0)
+    }
+
+    /// A PXE contact: creates the discovered row for an unknown MAC (bty-inventory, no image)
+    /// and records when and from where it was seen. One short write; returns the machine and
+    /// whether it was just discovered.
+    pub fn pxe_contact(&self, mac: &str, ip: Option<&str>) -> Result<(Machine, bool)> {
+        let now = now_iso8601();
+        let discovered = {
+            let conn = self.write();
+            let n = conn
+                .prepare_cached(
+                    "UPDATE machines SET last_seen_at = ?2, last_seen_ip = ?3 WHERE mac = ?1",
+                )?
+                .execute(params![mac, now, ip])
+                .with_context(|| format!("recording a PXE contact of {mac}"))?;
+            if n == 0 {
+                conn.prepare_cached(
+                    "INSERT INTO machines (mac, boot_mode, discovered_at, last_seen_at, last_seen_ip, \
+                     created_at, updated_at) VALUES (?1, 'bty-inventory', ?2, ?2, ?3, ?2, ?2)",
+                )?
+                .execute(params![mac, now, ip])
+                .with_context(|| format!("recording the discovery of {mac}"))?;
+            }
+            n == 0
+        };
+        let m = self.machine(mac)?.with_context(|| format!("reading back machine {mac}"))?;
+        Ok((m, discovered))
+    }
+
+    /// Updates PXE bookkeeping columns of one machine; false when there is no such machine.
+    /// `what` names a fixed statement, never input.
+    pub fn pxe_mark(&self, mac: &str, what: PxeMark) -> Result<bool> {
+        let now = now_iso8601();
+        let sql = match what {
+            PxeMark::FlasherBooted => "UPDATE machines SET saw_flasher_boot = 1 WHERE mac = ?1",
+            PxeMark::DiskBooted => {
+                "UPDATE machines SET boot_disk_next = 0, saw_flasher_boot = 0 WHERE mac = ?1"
+            }
+            PxeMark::FlashDone => {
+                "UPDATE machines SET last_flashed_at = ?2, last_status = 'done', \
+                 boot_disk_next = CASE WHEN boot_mode = 'bty-flash-always' THEN 1 ELSE 0 END \
+                 WHERE mac = ?1"
+            }
+        };
+        let conn = self.write();
+        let mut st = conn.prepare_cached(sql)?;
+        let n = if sql.contains("?2") { st.execute(params![mac, now]) } else { st.execute([mac]) }
+            .with_context(|| format!("updating machine {mac}"))?;
+        Ok(n > 0)
+    }
+
+    /// Records a failed flash reported by the live environment.
+    pub fn flash_failed(&self, mac: &str, reason: &str) -> Result<bool> {
+        let n = self
+            .write()
+            .prepare_cached("UPDATE machines SET last_status = ?2 WHERE mac = ?1")?
+            .execute(params![mac, format!("failed: {reason}")])
+            .with_context(|| format!("updating machine {mac}"))?;
+        Ok(n > 0)
+    }
+
+    /// Stores a posted inventory (and lshw unless None: an absent or dropped blob keeps the
+    /// previous one). In bty-inventory mode the next contact boots the disk. False: no machine.
+    pub fn set_inventory(
+        &self,
+        mac: &str,
+        disks: &serde_json::Value,
+        lshw: Option<&serde_json::Value>,
+    ) -> Result<bool> {
+        let n = self
+            .write()
+            .prepare_cached(
+                "UPDATE machines SET known_disks = ?2, known_disks_at = ?3, lshw = COALESCE(?4, lshw), \
+                 boot_disk_next = CASE WHEN boot_mode = 'bty-inventory' THEN 1 ELSE boot_disk_next END \
+                 WHERE mac = ?1",
+            )?
+            .execute(params![mac, disks.to_string(), now_iso8601(), lshw.map(|l| l.to_string())])
+            .with_context(|| format!("storing the inventory of {mac}"))?;
+        Ok(n > 0)
+    }
+
+    /// A catalog entry by its reference.
+    pub fn catalog_entry(&self, image_ref: &str) -> Result<Option<CatalogEntry>> {
+        self.read(|c| {
+            c.prepare_cached(
+                "SELECT bty_image_ref, src, disk_image_sha, name, format, size_bytes, sha_url, \
+                 description, added_at FROM catalog_entries WHERE bty_image_ref = ?1",
+            )?
+            .query_row([image_ref], |r| {
+                Ok(CatalogEntry {
+                    bty_image_ref: r.get(0)?,
+                    src: r.get(1)?,
+                    disk_image_sha: r.get(2)?,
+                    name: r.get(3)?,
+                    format: r.get(4)?,
+                    size_bytes: r.get(5)?,
+                    sha_url: r.get(6)?,
+                    description: r.get(7)?,
+                    added_at: r.get(8)?,
+                })
+            })
+            .optional()
+        })
     }
 
     /// Records an event; returns its id.

@@ -17,6 +17,7 @@ pub mod auth;
 pub mod config;
 pub mod db;
 pub mod http;
+pub mod pxe;
 pub mod routes;
 pub mod validate;
 
@@ -124,7 +125,12 @@ fn serve(settings: &Settings) -> Result<ExitCode> {
         let _ = out.flush();
     }
     let auth = auth::Auth::new(settings.get("admin", "password"), &state_dir)?;
-    let app = Arc::new(routes::App { settings: settings.clone(), db, auth });
+    let app = Arc::new(routes::App {
+        settings: settings.clone(),
+        db,
+        auth,
+        progress: Default::default(),
+    });
     let handler: Arc<dyn Fn(&http::Req) -> http::Resp + Send + Sync> =
         Arc::new(move |req: &http::Req| routes::route(&app, req));
     http::serve(Arc::new(server), handler, routes::body_limit, http::Limits::default());

@@ -1,24 +1,26 @@
 //! The URL map: one `match` on (method, path segments), each arm a small function.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use crate::web::auth::{self, Auth, Session};
 use crate::web::config::Settings;
-use crate::web::db::Db;
+use crate::web::db::{CatalogEntry, Db, Machine, PxeMark};
 use crate::web::http::{Req, Resp, pct_decode};
-use crate::web::validate;
+use crate::web::{pxe, validate};
 
 /// What every route can reach.
 pub struct App {
     pub settings: Settings,
     pub db: Db,
     pub auth: Auth,
+    /// Latest flash progress per MAC, as the live environment reports it (not persisted).
+    pub progress: Mutex<HashMap<String, validate::PxeProgress>>,
 }
 
 /// Largest request body accepted: inventory with lshw gets a few MiB, the rest little.
 pub fn body_limit(method: &str, path: &str) -> usize {
     match (method, path) {
-        ("PUT", p) if p.starts_with("/boot/") => 4 << 30,
         ("POST", p) if p.ends_with("/inventory") => 4 << 20,
         _ => 64 << 10,
     }
@@ -47,6 +49,10 @@ pub fn route(app: &Arc<App>, req: &Req) -> Resp {
         },
         (_, ["machines", mac]) => machine(app, req, mac),
         ("GET" | "HEAD", ["events"]) => events(app, req),
+        ("GET" | "HEAD", ["pxe", mac]) => pxe_script(app, req, mac),
+        ("GET" | "HEAD", ["pxe", mac, "plan"]) => pxe_plan(app, req, mac),
+        ("POST", ["pxe", mac, what]) => pxe_post(app, req, mac, what),
+        ("GET" | "HEAD", ["boot", name]) => boot_file(app, req, name),
         ("POST", ["events", id, "ack"]) => ack_event(app, id),
         _ => fixed(req, &segs),
     };
@@ -68,6 +74,162 @@ fn fixed(req: &Req, segs: &[&str]) -> Resp {
             Resp::error(405, "method not allowed").with_header("Allow", "GET, HEAD")
         }
         _ => Resp::error(404, "Not Found"),
+    }
+}
+
+/// A PXE contact: records it (discovering unknown MACs), decides, logs the decision.
+fn pxe_decide(
+    app: &App,
+    req: &Req,
+    mac: &str,
+) -> Result<(Machine, pxe::Decision, Option<CatalogEntry>, String), Resp> {
+    let mac = validate::normalize_mac(mac).map_err(|e| Resp::error(e.status(), &e.to_string()))?;
+    let host = host_for_scripts(req.host())
+        .ok_or_else(|| Resp::error(400, "invalid Host header"))?
+        .to_string();
+    let ip = req.peer.map(|p| p.ip().to_string());
+    let (m, discovered) = app.db.pxe_contact(&mac, ip.as_deref()).map_err(internal)?;
+    if discovered {
+        let _ = app.db.add_event(
+            "machine.discovered",
+            Some(&mac),
+            &format!("{mac} discovered by PXE"),
+            None,
+        );
+    }
+    let image = match &m.bty_image_ref {
+        Some(r) => app.db.catalog_entry(r).map_err(internal)?,
+        None => None,
+    };
+    let d = pxe::decide(&m, image.as_ref());
+    Ok((m, d, image, host))
+}
+
+fn pxe_script(app: &App, req: &Req, mac: &str) -> Resp {
+    let (m, d, _, host) = match pxe_decide(app, req, mac) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    if let pxe::Decision::Disk { once: true, .. } = d {
+        if let Err(e) = app.db.pxe_mark(&m.mac, PxeMark::DiskBooted) {
+            return internal(e);
+        }
+    }
+    let _ = app.db.add_event("pxe.offered", Some(&m.mac), d.reason(), None);
+    let s = &app.settings;
+    Resp::text(200, pxe::script(&d, &m, &host, s.get("boot", "kernel"), s.get("boot", "initrd")))
+}
+
+fn pxe_plan(app: &App, req: &Req, mac: &str) -> Resp {
+    match pxe_decide(app, req, mac) {
+        Ok((m, d, image, host)) => Resp::json(200, &pxe::plan(&d, &m, image.as_ref(), &host)),
+        Err(r) => r,
+    }
+}
+
+/// POSTs from the live environment: inventory, done, status, progress.
+fn pxe_post(app: &App, req: &Req, mac: &str, what: &str) -> Resp {
+    let mac = match validate::normalize_mac(mac) {
+        Ok(m) => m,
+        Err(e) => return Resp::error(e.status(), &e.to_string()),
+    };
+    let orphan = |app: &App| {
+        let _ = app.db.add_event(
+            "pxe.orphan",
+            Some(&mac),
+            &format!("{what} from {mac}, which has no machine record"),
+            None,
+        );
+        Resp::error(404, &format!("no machine record for {mac}"))
+    };
+    let found = match what {
+        "inventory" => match validate::inventory(&req.body) {
+            Ok(inv) => {
+                if inv.lshw_dropped {
+                    crate::warn!(
+                        "{mac}: lshw blob over the size cap dropped; keeping the previous one"
+                    );
+                }
+                app.db.set_inventory(&mac, &inv.disks, inv.lshw.as_ref())
+            }
+            Err(e) => return Resp::error(e.status(), &e.to_string()),
+        },
+        "done" => app.db.pxe_mark(&mac, PxeMark::FlashDone),
+        "status" => match validate::pxe_status(&req.body) {
+            Ok(validate::PxeStatus::Done) => app.db.pxe_mark(&mac, PxeMark::FlashDone),
+            Ok(validate::PxeStatus::Failed { reason }) => {
+                let r = app.db.flash_failed(&mac, &reason);
+                if let Ok(true) = r {
+                    let _ = app.db.add_event(
+                        "flash.failed",
+                        Some(&mac),
+                        &format!("{mac}: flash failed: {reason}"),
+                        None,
+                    );
+                }
+                r
+            }
+            Err(e) => return Resp::error(e.status(), &e.to_string()),
+        },
+        "progress" => match validate::pxe_progress(&req.body) {
+            Ok(p) => match app.db.machine(&mac) {
+                Ok(Some(_)) => {
+                    app.progress.lock().unwrap_or_else(|p| p.into_inner()).insert(mac.clone(), p);
+                    Ok(true)
+                }
+                Ok(None) => Ok(false),
+                Err(e) => Err(e),
+            },
+            Err(e) => return Resp::error(e.status(), &e.to_string()),
+        },
+        _ => return Resp::error(404, "Not Found"),
+    };
+    match found {
+        Ok(true) => {
+            if what == "done" || (what == "status" && req.body.windows(6).any(|w| w == b"\"done\""))
+            {
+                let _ =
+                    app.db.add_event("flash.done", Some(&mac), &format!("{mac}: flash done"), None);
+            }
+            Resp::no_content()
+        }
+        Ok(false) => orphan(app),
+        Err(e) => internal(e),
+    }
+}
+
+/// Serves a netboot artifact; `?mac=` from the live environment marks that it booted.
+fn boot_file(app: &App, req: &Req, name: &str) -> Resp {
+    let name = match validate::boot_file_name(name) {
+        Ok(n) => n,
+        Err(e) => return Resp::error(e.status(), &e.to_string()),
+    };
+    let path = app.settings.boot_dir().join(name);
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Resp::error(404, &format!("no such file: {name}"));
+        }
+        Err(e) => {
+            return internal(
+                crate::error::Error::from(e).wrap(format!("opening {}", path.display())),
+            );
+        }
+    };
+    let len = file.metadata().map(|m| m.len() as usize).ok();
+    let s = &app.settings;
+    if let Some(mac) = req.param("mac").and_then(|m| validate::normalize_mac(m).ok()) {
+        if name == s.get("boot", "kernel") || name == s.get("boot", "initrd") {
+            match app.db.pxe_mark(&mac, PxeMark::FlasherBooted) {
+                Ok(_) => {}
+                Err(e) => crate::warn!("{e}"),
+            }
+        }
+    }
+    Resp {
+        status: 200,
+        headers: vec![("Content-Type".into(), "application/octet-stream".into())],
+        body: crate::web::http::Body::Stream(Box::new(file), len),
     }
 }
 
@@ -236,7 +398,6 @@ mod tests {
 
     #[test]
     fn body_limits_per_route() {
-        assert_eq!(body_limit("PUT", "/boot/x.initrd"), 4 << 30);
         assert_eq!(body_limit("POST", "/pxe/aa:bb:cc:dd:ee:ff/inventory"), 4 << 20);
         assert_eq!(body_limit("PUT", "/machines/aa:bb:cc:dd:ee:ff"), 64 << 10);
     }

@@ -1,0 +1,200 @@
+//! The per-MAC boot policy: what `GET /pxe/{mac}` answers and what `/pxe/{mac}/plan` tells the
+//! live environment, decided by one pure function from the machine's row.
+
+use crate::web::db::{CatalogEntry, Machine};
+
+/// What a machine gets on this contact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Boot the local disk (firmware order on UEFI, sanboot on BIOS).
+    Disk { reason: String, once: bool },
+    /// Chain the live environment in a plan mode ("flash", "interactive", "inventory").
+    LiveEnv { mode: &'static str, reason: String },
+    /// Cannot act: say why, then hand back to the firmware boot order.
+    Exit { reason: String },
+}
+
+impl Decision {
+    pub fn reason(&self) -> &str {
+        match self {
+            Decision::Disk { reason, .. }
+            | Decision::LiveEnv { reason, .. }
+            | Decision::Exit { reason } => reason,
+        }
+    }
+}
+
+/// Decides from the row (and the catalog entry of its image, if it exists).
+pub fn decide(m: &Machine, image: Option<&CatalogEntry>) -> Decision {
+    let disk = |reason: &str, once| Decision::Disk { reason: reason.into(), once };
+    let live = |mode, reason: &str| Decision::LiveEnv { mode, reason: reason.into() };
+    match m.boot_mode.as_str() {
+        "bty-tui" => live("interactive", "boot mode bty-tui: the wizard"),
+        "bty-inventory" if m.boot_disk_next => {
+            disk("inventory collected: booting the disk once, then re-arming", true)
+        }
+        "bty-inventory" => {
+            live("inventory", "boot mode bty-inventory: collecting the disk inventory")
+        }
+        "bty-flash-once" | "bty-flash-always" => {
+            if m.target_disk_serial.is_none() {
+                return Decision::Exit {
+                    reason: format!(
+                        "boot mode {} needs a target disk serial: pick one on the machine page",
+                        m.boot_mode
+                    ),
+                };
+            }
+            if image.is_none() {
+                return Decision::Exit {
+                    reason: match &m.bty_image_ref {
+                        Some(r) => format!(
+                            "image {} is no longer in the catalog: assign another",
+                            &r[..r.len().min(12)]
+                        ),
+                        None => "no image assigned: assign one on the machine page".into(),
+                    },
+                };
+            }
+            if m.boot_mode == "bty-flash-once" && m.last_flashed_at.is_some() {
+                disk(
+                    "flashed once already: booting the disk until the machine is saved again",
+                    false,
+                )
+            } else if m.boot_mode == "bty-flash-always" && m.boot_disk_next {
+                disk("flashed: booting the new disk once, the next boot flashes again", true)
+            } else {
+                live("flash", "flash pending: chaining the live environment")
+            }
+        }
+        _ => disk("boot mode ipxe-exit: local disk", false),
+    }
+}
+
+/// The iPXE script for a decision. `host` was allow-listed by the caller; `mac` is normalised.
+pub fn script(d: &Decision, m: &Machine, host: &str, kernel: &str, initrd: &str) -> String {
+    match d {
+        Decision::Disk { .. } => {
+            let drive = m.sanboot_drive.as_deref().unwrap_or("0x80");
+            format!(
+                "#!ipxe\n# {}\niseq ${{platform}} efi && exit ||\nsanboot --no-describe --drive {drive} || exit\n",
+                d.reason()
+            )
+        }
+        Decision::LiveEnv { .. } => {
+            let mac = &m.mac;
+            format!(
+                "#!ipxe\n# {}\nkernel http://{host}/boot/{kernel}?mac={mac} console=tty0 console=ttyS0,115200 bty.server=http://{host} bty.mac={mac}\ninitrd http://{host}/boot/{initrd}?mac={mac}\nboot\n",
+                d.reason()
+            )
+        }
+        Decision::Exit { reason } => format!("#!ipxe\necho bty: {reason}\nsleep 5\nexit\n"),
+    }
+}
+
+/// The `/pxe/{mac}/plan` answer for a decision.
+pub fn plan(
+    d: &Decision,
+    m: &Machine,
+    image: Option<&CatalogEntry>,
+    host: &str,
+) -> serde_json::Value {
+    match (d, image) {
+        (Decision::LiveEnv { mode: "flash", .. }, Some(img)) => serde_json::json!({
+            "mode": "flash", "image": img.src, "target_disk_serial": m.target_disk_serial,
+            "name": img.name, "format": img.format, "disk_image_sha": img.disk_image_sha,
+        }),
+        (Decision::LiveEnv { mode: "interactive", .. }, _) => {
+            serde_json::json!({"mode": "interactive", "catalog": format!("http://{host}/catalog.toml")})
+        }
+        (Decision::LiveEnv { mode: "inventory", .. }, _) => {
+            serde_json::json!({"mode": "inventory"})
+        }
+        _ => serde_json::json!({"mode": "exit"}),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machine(mode: &str) -> Machine {
+        Machine {
+            mac: "aa:bb:cc:dd:ee:ff".into(),
+            bty_image_ref: Some("ab".repeat(32)),
+            labels: vec![],
+            discovered_at: None,
+            last_seen_at: None,
+            last_seen_ip: None,
+            boot_mode: mode.into(),
+            sanboot_drive: None,
+            last_flashed_at: None,
+            known_disks: None,
+            known_disks_at: None,
+            target_disk_serial: Some("S123".into()),
+            created_at: String::new(),
+            updated_at: String::new(),
+            saw_flasher_boot: false,
+            boot_disk_next: false,
+            last_status: None,
+        }
+    }
+
+    fn entry() -> CatalogEntry {
+        CatalogEntry {
+            bty_image_ref: "ab".repeat(32),
+            src: "https://example.com/debian.img.zst".into(),
+            disk_image_sha: None,
+            name: "debian.img.zst".into(),
+            format: "img.zst".into(),
+            size_bytes: None,
+            sha_url: None,
+            description: None,
+            added_at: String::new(),
+        }
+    }
+
+    #[test]
+    fn flash_once_flashes_then_stays_on_disk() {
+        let mut m = machine("bty-flash-once");
+        assert!(matches!(decide(&m, Some(&entry())), Decision::LiveEnv { mode: "flash", .. }));
+        m.last_flashed_at = Some("t".into());
+        assert!(matches!(decide(&m, Some(&entry())), Decision::Disk { once: false, .. }));
+    }
+
+    #[test]
+    fn flash_always_alternates_flash_and_disk() {
+        let mut m = machine("bty-flash-always");
+        assert!(matches!(decide(&m, Some(&entry())), Decision::LiveEnv { mode: "flash", .. }));
+        m.boot_disk_next = true;
+        assert!(matches!(decide(&m, Some(&entry())), Decision::Disk { once: true, .. }));
+    }
+
+    #[test]
+    fn flash_modes_without_serial_or_image_exit_with_the_reason() {
+        let mut m = machine("bty-flash-once");
+        assert!(decide(&m, None).reason().contains("no longer in the catalog"));
+        m.target_disk_serial = None;
+        let d = decide(&m, Some(&entry()));
+        assert!(d.reason().contains("target disk serial"));
+        assert!(script(&d, &m, "h", "k", "i").contains("echo bty: boot mode bty-flash-once needs"));
+    }
+
+    #[test]
+    fn scripts_carry_host_mac_and_serial_consoles() {
+        let m = machine("bty-tui");
+        let d = decide(&m, None);
+        let s = script(&d, &m, "10.0.2.2:8080", "k.vmlinuz", "i.initrd");
+        assert!(s.starts_with("#!ipxe\n"));
+        assert!(s.contains("kernel http://10.0.2.2:8080/boot/k.vmlinuz?mac=aa:bb:cc:dd:ee:ff console=tty0 console=ttyS0,115200 bty.server=http://10.0.2.2:8080 bty.mac=aa:bb:cc:dd:ee:ff"));
+        assert!(
+            s.contains("initrd http://10.0.2.2:8080/boot/i.initrd?mac=aa:bb:cc:dd:ee:ff\nboot\n")
+        );
+        assert_eq!(plan(&d, &m, None, "h:1")["catalog"], "http://h:1/catalog.toml");
+        let m = machine("ipxe-exit");
+        let s = script(&decide(&m, None), &m, "h", "k", "i");
+        assert!(s.contains(
+            "iseq ${platform} efi && exit ||\nsanboot --no-describe --drive 0x80 || exit"
+        ));
+    }
+}
