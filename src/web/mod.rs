@@ -1,6 +1,5 @@
-//! bty-web: the lab server. This first cut serves the open health and version routes on the
-//! state directory layout of the spec; the machine registry, PXE scripts, catalog and UI are
-//! built on it next.
+//! bty-web: the lab server: configuration, state, auth, the machine registry and the PXE
+//! boot policy. The catalog routes, uploads, live updates and the browser UI are built next.
 
 use std::fs;
 use std::io::Write;
@@ -39,7 +38,7 @@ BTY_<SECTION>_<KEY> environment variables override the files (BTY_SERVER_PORT,
 BTY_PATHS_STATE_DIR, BTY_ADMIN_PASSWORD, ...), and flags override both.
 
 The first line on stdout is \"listening on http://HOST:PORT\" once the socket is bound.
-Routes served by this build: GET /healthz, /version, /pxe-bootstrap.ipxe.\nSIGTERM or SIGINT stops it after the requests in flight (at most 5 s).
+Open routes: GET /healthz, /version, /pxe-bootstrap.ipxe, /pxe/MAC, /pxe/MAC/plan,\n/boot/NAME; POST /pxe/MAC/{inventory,done,status,progress}, /ui/login, /ui/logout.\nWith a session cookie: GET/PUT/DELETE /machines[/MAC], GET /events, POST /events/ID/ack.\nSIGTERM or SIGINT stops it after the requests in flight (at most 5 s).
 ";
 
 /// Entry point of the `bty-web` binary.
