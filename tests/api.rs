@@ -324,3 +324,49 @@ fn pxe_bad_input_and_orphans() {
     assert!((400..500).contains(&st) && !body.contains("SQLite"), "{st} {body}");
     assert_eq!(s.call("GET", "/boot/.hidden", None, "").0, 400);
 }
+
+#[test]
+fn live_updates_stream_snapshots_after_changes() {
+    let s = Server::start("sse");
+    let c = s.login();
+    assert_eq!(s.call("GET", "/events/machines", None, "").0, 401);
+    let mut stream = TcpStream::connect(&s.addr).unwrap();
+    write!(stream, "GET /events/machines HTTP/1.1\r\nHost: {}\r\nCookie: {c}\r\n\r\n", s.addr)
+        .unwrap();
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let mut reader = BufReader::new(stream);
+    // Reads lines until an event whose data satisfies `want`; bounded by the read timeout.
+    let mut next_event = |want: &dyn Fn(&str) -> bool| -> String {
+        for _ in 0..1000 {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                break;
+            }
+            if let Some(data) = line.strip_prefix("data: ") {
+                if want(data) {
+                    return data.to_string();
+                }
+            }
+        }
+        panic!("no matching event");
+    };
+    assert_eq!(next_event(&|d| d.starts_with('[')).trim(), "[]", "the snapshot comes at once");
+    assert_eq!(
+        s.call("PUT", "/machines/52:54:00:00:00:0a", Some(&c), r#"{"labels":["x"]}"#).0,
+        200
+    );
+    let data = next_event(&|d| d.contains("52:54:00:00:00:0a"));
+    assert!(data.contains(r#""labels":["x"]"#), "{data}");
+    assert_eq!(
+        s.call(
+            "POST",
+            "/pxe/52:54:00:00:00:0a/progress",
+            None,
+            r#"{"phase":"write","written_bytes":42,"total_bytes":100}"#
+        )
+        .0,
+        204
+    );
+    let data = next_event(&|d| d.contains("\"written_bytes\":42"));
+    assert!(data.contains("flash_progress"), "{data}");
+}

@@ -44,8 +44,10 @@ impl Req {
 /// A response body.
 pub enum Body {
     Bytes(Vec<u8>),
-    /// Streamed with chunked encoding (files, server-sent events).
+    /// Streamed (files): with a length when known, chunked otherwise.
     Stream(Box<dyn Read + Send>, Option<usize>),
+    /// Server-sent events, each written and flushed as it arrives; keep-alive comments in between.
+    Events(std::sync::mpsc::Receiver<Arc<str>>),
 }
 
 /// A response: status, headers, body.
@@ -194,6 +196,14 @@ fn handle(
         }
     };
     let status = resp.status;
+    if let Body::Events(rx) = resp.body {
+        crate::info!(
+            "{method} {path} {status} stream {}",
+            peer.map(|p| p.ip().to_string()).unwrap_or_else(|| "-".into())
+        );
+        stream_events(rq, rx);
+        return;
+    }
     // tiny_http leaves the body out for HEAD itself.
     if let Err(e) = rq.respond(to_tiny(resp)) {
         crate::debug!("answering {method} {path}: {e}");
@@ -204,6 +214,40 @@ fn handle(
         started.elapsed().as_millis(),
         peer.map(|p| p.ip().to_string()).unwrap_or_else(|| "-".into())
     );
+}
+
+/// Writes server-sent events straight to the connection: tiny_http's chunked encoder would hold
+/// small events back until 8 KiB had gathered. The body ends when the connection closes.
+fn stream_events(rq: tiny_http::Request, rx: std::sync::mpsc::Receiver<Arc<str>>) {
+    use std::io::Write;
+    use std::sync::mpsc::RecvTimeoutError;
+    let stop = crate::sys::cancel_flag();
+    let mut w = rq.into_writer();
+    let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\nX-Accel-Buffering: no\r\n\r\n";
+    if w.write_all(head.as_bytes()).and_then(|_| w.flush()).is_err() {
+        return;
+    }
+    let mut idle = Duration::ZERO;
+    while !stop.load(Ordering::Relaxed) {
+        let chunk: Arc<str> = match rx.recv_timeout(Duration::from_millis(250)) {
+            Ok(ev) => {
+                idle = Duration::ZERO;
+                ev
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                idle += Duration::from_millis(250);
+                if idle < Duration::from_secs(15) {
+                    continue;
+                }
+                idle = Duration::ZERO;
+                Arc::from(": keep-alive\n\n")
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        if w.write_all(chunk.as_bytes()).and_then(|_| w.flush()).is_err() {
+            break;
+        }
+    }
 }
 
 /// Reads the body, refusing (413) one larger than `max`, by Content-Length or by counting.
@@ -274,6 +318,7 @@ fn to_tiny(resp: Resp) -> tiny_http::Response<Box<dyn Read + Send>> {
             (Box::new(std::io::Cursor::new(b)), Some(n))
         }
         Body::Stream(r, n) => (r, n),
+        Body::Events(_) => (Box::new(std::io::empty()), Some(0)),
     };
     tiny_http::Response::new(tiny_http::StatusCode(resp.status), headers, data, len, None)
 }

@@ -18,6 +18,7 @@ pub mod db;
 pub mod http;
 pub mod pxe;
 pub mod routes;
+pub mod sse;
 pub mod validate;
 
 use config::Settings;
@@ -38,7 +39,7 @@ BTY_<SECTION>_<KEY> environment variables override the files (BTY_SERVER_PORT,
 BTY_PATHS_STATE_DIR, BTY_ADMIN_PASSWORD, ...), and flags override both.
 
 The first line on stdout is \"listening on http://HOST:PORT\" once the socket is bound.
-Open routes: GET /healthz, /version, /pxe-bootstrap.ipxe, /pxe/MAC, /pxe/MAC/plan,\n/boot/NAME; POST /pxe/MAC/{inventory,done,status,progress}, /ui/login, /ui/logout.\nWith a session cookie: GET/PUT/DELETE /machines[/MAC], GET /events, POST /events/ID/ack.\nSIGTERM or SIGINT stops it after the requests in flight (at most 5 s).
+Open routes: GET /healthz, /version, /pxe-bootstrap.ipxe, /pxe/MAC, /pxe/MAC/plan,\n/boot/NAME; POST /pxe/MAC/{inventory,done,status,progress}, /ui/login, /ui/logout.\nWith a session cookie: GET/PUT/DELETE /machines[/MAC], GET /events, POST /events/ID/ack,\nGET /events/machines (server-sent machines-update events).\nSIGTERM or SIGINT stops it after the requests in flight (at most 5 s).
 ";
 
 /// Entry point of the `bty-web` binary.
@@ -129,7 +130,23 @@ fn serve(settings: &Settings) -> Result<ExitCode> {
         db,
         auth,
         progress: Default::default(),
+        hub: Default::default(),
     });
+    {
+        let app = Arc::clone(&app);
+        let hub = Arc::clone(&app.hub);
+        hub.run_publisher(
+            move || match app.snapshot() {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    crate::error!("building the live-update snapshot: {e}");
+                    None
+                }
+            },
+            crate::sys::cancel_flag(),
+        )
+        .context("starting the live-update publisher")?;
+    }
     let handler: Arc<dyn Fn(&http::Req) -> http::Resp + Send + Sync> =
         Arc::new(move |req: &http::Req| routes::route(&app, req));
     http::serve(Arc::new(server), handler, routes::body_limit, http::Limits::default());

@@ -7,6 +7,7 @@ use crate::web::auth::{self, Auth, Session};
 use crate::web::config::Settings;
 use crate::web::db::{CatalogEntry, Db, Machine, PxeMark};
 use crate::web::http::{Req, Resp, pct_decode};
+use crate::web::sse::{self, Hub};
 use crate::web::{pxe, validate};
 
 /// What every route can reach.
@@ -16,6 +17,28 @@ pub struct App {
     pub auth: Auth,
     /// Latest flash progress per MAC, as the live environment reports it (not persisted).
     pub progress: Mutex<HashMap<String, validate::PxeProgress>>,
+    /// Live-update subscribers.
+    pub hub: Arc<Hub>,
+}
+
+impl App {
+    /// The machines table as the live updates send it: every machine with its flash progress.
+    pub fn snapshot(&self) -> crate::error::Result<String> {
+        let machines = self.db.machines()?;
+        let progress = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        let rows: Vec<serde_json::Value> = machines
+            .into_iter()
+            .map(|m| {
+                let p = progress.get(&m.mac).map(|p| serde_json::json!(p));
+                let mut v = serde_json::json!(m);
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("flash_progress".into(), p.unwrap_or(serde_json::Value::Null));
+                }
+                v
+            })
+            .collect();
+        Ok(serde_json::Value::Array(rows).to_string())
+    }
 }
 
 /// Largest request body accepted: inventory with lshw gets a few MiB, the rest little.
@@ -49,6 +72,16 @@ pub fn route(app: &Arc<App>, req: &Req) -> Resp {
         },
         (_, ["machines", mac]) => machine(app, req, mac),
         ("GET" | "HEAD", ["events"]) => events(app, req),
+        ("GET", ["events", "machines"]) => match app.snapshot() {
+            Ok(s) => Resp {
+                status: 200,
+                headers: Vec::new(),
+                body: crate::web::http::Body::Events(
+                    app.hub.subscribe(sse::event("machines-update", &s)),
+                ),
+            },
+            Err(e) => internal(e),
+        },
         ("GET" | "HEAD", ["pxe", mac]) => pxe_script(app, req, mac),
         ("GET" | "HEAD", ["pxe", mac, "plan"]) => pxe_plan(app, req, mac),
         ("POST", ["pxe", mac, what]) => pxe_post(app, req, mac, what),
@@ -89,6 +122,7 @@ fn pxe_decide(
         .to_string();
     let ip = req.peer.map(|p| p.ip().to_string());
     let (m, discovered) = app.db.pxe_contact(&mac, ip.as_deref()).map_err(internal)?;
+    app.hub.changed();
     if discovered {
         let _ = app.db.add_event(
             "machine.discovered",
@@ -186,6 +220,7 @@ fn pxe_post(app: &App, req: &Req, mac: &str, what: &str) -> Resp {
     };
     match found {
         Ok(true) => {
+            app.hub.changed();
             if what == "done" || (what == "status" && req.body.windows(6).any(|w| w == b"\"done\""))
             {
                 let _ =
@@ -258,6 +293,7 @@ fn machine(app: &App, req: &Req, mac: &str) -> Resp {
             };
             match app.db.put_machine(&mac, &upsert) {
                 Ok(m) => {
+                    app.hub.changed();
                     let _ = app.db.add_event(
                         "machine.updated",
                         Some(&mac),
