@@ -370,3 +370,73 @@ fn live_updates_stream_snapshots_after_changes() {
     let data = next_event(&|d| d.contains("\"written_bytes\":42"));
     assert!(data.contains("flash_progress"), "{data}");
 }
+
+#[test]
+fn catalog_entries_images_and_catalog_toml() {
+    let s = Server::start("catalog");
+    let c = s.login();
+    assert_eq!(s.call("POST", "/catalog/entries", None, "{}").0, 401);
+    let (st, _, body) = s.call(
+        "POST",
+        "/catalog/entries",
+        Some(&c),
+        r#"{"image_url":"https://Images.Example/debian/debian-12.img.zst","description":"Debian"}"#,
+    );
+    assert_eq!(st, 201, "{body}");
+    let e: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(e["name"], "debian-12.img.zst");
+    assert_eq!(e["format"], "img.zst");
+    let image_ref = e["bty_image_ref"].as_str().unwrap().to_string();
+    assert_eq!(image_ref.len(), 64);
+    // The same src (up to host case and default port) is not added twice.
+    let (st, _, body) = s.call(
+        "POST",
+        "/catalog/entries",
+        Some(&c),
+        r#"{"image_url":"https://images.example:443/debian/debian-12.img.zst"}"#,
+    );
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains(&image_ref));
+    for (body, want) in [
+        (r#"{"image_url":"ftp://h/x.img"}"#, "not supported"),
+        (r#"{"image_url":"https:///x.img"}"#, "no host"),
+        (r#"{"image_url":"oras://ghcr.io/o/r:latest"}"#, "oras://"),
+        (r#"{"image_url":"https://h/x.img","sha_url":"https://h/x.sha256"}"#, "sha_url"),
+        (r#"{"image_url":"https://h/x.img","size":1}"#, "unknown field"),
+        (r#"{}"#, "required"),
+        ("nope", "not valid JSON"),
+    ] {
+        let (st, _, resp) = s.call("POST", "/catalog/entries", Some(&c), body);
+        assert_eq!(st, 422, "{body}: {resp}");
+        assert!(resp.contains(want), "{body}: {resp}");
+    }
+    let (st, _, body) = s.call("GET", "/images", None, "");
+    assert_eq!(st, 200);
+    let images: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(images[0]["ref"], image_ref.as_str());
+    assert_eq!(images[0]["cached"], false);
+    let (st, head, body) = s.call("GET", "/catalog.toml", None, "");
+    assert_eq!(st, 200);
+    assert!(head.contains("application/toml"));
+    let t: toml::Table = toml::from_str(&body).unwrap();
+    assert_eq!(t["version"].as_integer(), Some(1));
+    assert_eq!(
+        t["images"][0]["src"].as_str(),
+        Some("https://Images.Example/debian/debian-12.img.zst")
+    );
+
+    // The entry drives a flash plan.
+    let mac = "52:54:00:00:00:0b";
+    let m = format!(
+        r#"{{"boot_mode":"bty-flash-once","bty_image_ref":"{image_ref}","target_disk_serial":"S1"}}"#
+    );
+    assert_eq!(s.call("PUT", &format!("/machines/{mac}"), Some(&c), &m).0, 200);
+    let (_, _, plan) = s.call("GET", &format!("/pxe/{mac}/plan"), None, "");
+    assert!(plan.contains(r#""mode":"flash""#) && plan.contains("debian-12.img.zst"), "{plan}");
+
+    let src = "https%3A%2F%2FImages.Example%2Fdebian%2Fdebian-12.img.zst";
+    assert_eq!(s.call("DELETE", &format!("/catalog/entries?src={src}"), Some(&c), "").0, 204);
+    assert_eq!(s.call("DELETE", &format!("/catalog/entries?src={src}"), Some(&c), "").0, 404);
+    let (_, _, plan) = s.call("GET", &format!("/pxe/{mac}/plan"), None, "");
+    assert_eq!(plan, r#"{"mode":"exit"}"#, "an image that left the catalog is not flashed");
+}

@@ -170,6 +170,23 @@ const MACHINE_COLUMNS: &str = "m.mac, m.bty_image_ref, m.discovered_at, m.last_s
     m.boot_disk_next, m.last_status, (SELECT group_concat(label, char(10)) FROM \
         (SELECT label FROM machine_labels l WHERE l.mac = m.mac ORDER BY label))";
 
+const CATALOG_COLUMNS: &str = "bty_image_ref, src, disk_image_sha, name, format, size_bytes, \
+    sha_url, description, added_at";
+
+fn catalog_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CatalogEntry> {
+    Ok(CatalogEntry {
+        bty_image_ref: r.get(0)?,
+        src: r.get(1)?,
+        disk_image_sha: r.get(2)?,
+        name: r.get(3)?,
+        format: r.get(4)?,
+        size_bytes: r.get(5)?,
+        sha_url: r.get(6)?,
+        description: r.get(7)?,
+        added_at: r.get(8)?,
+    })
+}
+
 fn machine_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Machine> {
     let labels: Option<String> = r.get(16)?;
     let disks: Option<String> = r.get(8)?;
@@ -450,26 +467,60 @@ impl Db {
         Ok(n > 0)
     }
 
+    /// Every catalog entry, by name.
+    pub fn catalog(&self) -> Result<Vec<CatalogEntry>> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {CATALOG_COLUMNS} FROM catalog_entries ORDER BY name, src"
+            ))?;
+            st.query_map([], catalog_from_row)?.collect()
+        })
+    }
+
+    /// Adds an entry unless one with the same src exists; returns the stored entry and whether
+    /// it was created.
+    pub fn add_catalog_entry(&self, e: &CatalogEntry) -> Result<(CatalogEntry, bool)> {
+        let n = self
+            .write()
+            .prepare_cached(
+                "INSERT OR IGNORE INTO catalog_entries (bty_image_ref, src, disk_image_sha, name, format, \
+                 size_bytes, sha_url, description, added_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?
+            .execute(params![
+                e.bty_image_ref,
+                e.src,
+                e.disk_image_sha,
+                e.name,
+                e.format,
+                e.size_bytes,
+                e.sha_url,
+                e.description,
+                e.added_at
+            ])
+            .with_context(|| format!("adding {} to the catalog", e.src))?;
+        let stored = self
+            .catalog_entry(&e.bty_image_ref)?
+            .with_context(|| format!("reading back {}", e.src))?;
+        Ok((stored, n > 0))
+    }
+
+    /// Deletes the entry with this src; false when there is none.
+    pub fn delete_catalog_entry(&self, src: &str) -> Result<bool> {
+        let n = self
+            .write()
+            .prepare_cached("DELETE FROM catalog_entries WHERE src = ?1")?
+            .execute([src])
+            .with_context(|| format!("deleting {src} from the catalog"))?;
+        Ok(n > 0)
+    }
+
     /// A catalog entry by its reference.
     pub fn catalog_entry(&self, image_ref: &str) -> Result<Option<CatalogEntry>> {
         self.read(|c| {
-            c.prepare_cached(
-                "SELECT bty_image_ref, src, disk_image_sha, name, format, size_bytes, sha_url, \
-                 description, added_at FROM catalog_entries WHERE bty_image_ref = ?1",
-            )?
-            .query_row([image_ref], |r| {
-                Ok(CatalogEntry {
-                    bty_image_ref: r.get(0)?,
-                    src: r.get(1)?,
-                    disk_image_sha: r.get(2)?,
-                    name: r.get(3)?,
-                    format: r.get(4)?,
-                    size_bytes: r.get(5)?,
-                    sha_url: r.get(6)?,
-                    description: r.get(7)?,
-                    added_at: r.get(8)?,
-                })
-            })
+            c.prepare_cached(&format!(
+                "SELECT {CATALOG_COLUMNS} FROM catalog_entries WHERE bty_image_ref = ?1"
+            ))?
+            .query_row([image_ref], catalog_from_row)
             .optional()
         })
     }

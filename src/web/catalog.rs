@@ -1,0 +1,170 @@
+//! The image catalog as bty-web serves it: adding entries, their reference, and the
+//! `catalog.toml` and `/images` views.
+
+use sha2::{Digest, Sha256};
+
+use crate::web::db::CatalogEntry;
+
+/// Canonical form of an image URL, hashed into its `bty_image_ref`: surrounding space trimmed,
+/// scheme and host lower-cased, a default port dropped. Path and query keep their case.
+pub fn canonical_src(src: &str) -> String {
+    let src = src.trim();
+    let Some((scheme, rest)) = src.split_once("://") else { return src.to_string() };
+    let scheme = scheme.to_ascii_lowercase();
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let mut authority = authority.to_ascii_lowercase();
+    for (s, port) in [("http", ":80"), ("https", ":443")] {
+        if scheme == s && authority.ends_with(port) {
+            authority.truncate(authority.len() - port.len());
+        }
+    }
+    format!("{scheme}://{authority}{path}")
+}
+
+/// The reference of a src: sha256 of its canonical form, hex.
+pub fn image_ref(src: &str) -> String {
+    crate::flash::hex(&Sha256::digest(canonical_src(src).as_bytes()))
+}
+
+/// The catalog format of a file name ("img.zst", "qcow2", "iso", ...).
+pub fn format_of(name: &str) -> String {
+    let lower = name.to_ascii_lowercase();
+    for f in ["img.gz", "img.zst", "img.xz", "img.bz2", "raw.gz", "raw.zst", "raw.xz", "raw.bz2"] {
+        if lower.ends_with(&format!(".{f}")) {
+            return f.to_string();
+        }
+    }
+    for f in ["qcow2", "img", "raw", "iso", "gz", "zst", "xz", "bz2"] {
+        if lower.ends_with(&format!(".{f}")) {
+            return f.to_string();
+        }
+    }
+    "raw".into()
+}
+
+/// Why an image URL cannot be added.
+pub fn check_image_url(url: &str) -> Result<(), String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(format!("image_url {url:?}: expected an http(s):// or oras:// URL"));
+    };
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    match scheme.to_ascii_lowercase().as_str() {
+        "http" | "https" | "oras" if host.is_empty() => Err(format!("image_url {url:?}: no host")),
+        "http" | "https" => Ok(()),
+        "oras" => Err("oras:// entries are resolved to their layer digest when added, which needs the OCI client of the sources work; add the http(s) URL of the blob for now".into()),
+        other => Err(format!("image_url: {other}:// is not supported (http, https or oras)")),
+    }
+}
+
+/// The last path segment of a URL, as the entry's default name.
+pub fn name_of(url: &str) -> String {
+    let path = url.split(['?', '#']).next().unwrap_or(url);
+    path.rsplit('/').find(|s| !s.is_empty()).unwrap_or("image").to_string()
+}
+
+/// `catalog.toml` (version 1) of the entries.
+pub fn to_toml(entries: &[CatalogEntry]) -> String {
+    let mut out = String::from("version = 1\n");
+    for e in entries {
+        out.push_str("\n[[images]]\n");
+        out.push_str(&format!("name = {}\n", toml_str(&e.name)));
+        out.push_str(&format!("src = {}\n", toml_str(&e.src)));
+        if let Some(sha) = &e.disk_image_sha {
+            out.push_str(&format!("sha256 = {}\n", toml_str(sha)));
+        }
+        out.push_str(&format!("format = {}\n", toml_str(&e.format)));
+        if let Some(n) = e.size_bytes {
+            out.push_str(&format!("size_bytes = {n}\n"));
+        }
+    }
+    out
+}
+
+/// A TOML basic string: quotes, backslashes and control characters escaped.
+fn toml_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The spec's `ImageEntry` for `GET /images`.
+pub fn image_entry(e: &CatalogEntry) -> serde_json::Value {
+    serde_json::json!({
+        "name": e.name,
+        "format": e.format,
+        "size_bytes": e.size_bytes,
+        "url": e.src,
+        "ref": e.bty_image_ref,
+        "sha_short": e.disk_image_sha.as_ref().map(|s| s[..s.len().min(12)].to_string()),
+        "cached": false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_src_folds_scheme_host_and_default_ports() {
+        assert_eq!(
+            canonical_src(" HTTPS://Images.Example:443/A/b.img "),
+            "https://images.example/A/b.img"
+        );
+        assert_eq!(
+            image_ref("https://images.example/A/b.img"),
+            image_ref("https://IMAGES.example:443/A/b.img")
+        );
+        assert_ne!(
+            image_ref("https://images.example/a/b.img"),
+            image_ref("https://images.example/A/b.img")
+        );
+        assert_eq!(canonical_src("http://h:8080/x"), "http://h:8080/x");
+    }
+
+    #[test]
+    fn formats_names_and_urls() {
+        assert_eq!(format_of("debian-12.img.zst"), "img.zst");
+        assert_eq!(format_of("disk.QCOW2"), "qcow2");
+        assert_eq!(name_of("https://h/p/debian.img.xz?sig=1"), "debian.img.xz");
+        assert!(check_image_url("https://h/x.img").is_ok());
+        assert!(check_image_url("https:///x.img").is_err());
+        assert!(check_image_url("ftp://h/x").is_err());
+        assert!(check_image_url("/local/file").is_err());
+        assert!(check_image_url("oras://ghcr.io/o/r:latest").unwrap_err().contains("oras://"));
+    }
+
+    #[test]
+    fn toml_strings_are_escaped_and_parse_back() {
+        let e = CatalogEntry {
+            bty_image_ref: "r".into(),
+            src: "https://h/a \"b\"\\c\n.img".into(),
+            disk_image_sha: Some("ab".repeat(32)),
+            name: "<script>\"x\"".into(),
+            format: "img".into(),
+            size_bytes: Some(5),
+            sha_url: None,
+            description: None,
+            added_at: String::new(),
+        };
+        let text = to_toml(std::slice::from_ref(&e));
+        let v: toml::Table = toml::from_str(&text).unwrap();
+        let img = &v["images"].as_array().unwrap()[0];
+        assert_eq!(img["src"].as_str(), Some(e.src.as_str()));
+        assert_eq!(img["name"].as_str(), Some(e.name.as_str()));
+        assert_eq!(v["version"].as_integer(), Some(1));
+    }
+}
