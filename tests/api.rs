@@ -14,6 +14,11 @@ impl Server {
     fn start(name: &str) -> Server {
         let state = std::env::temp_dir().join(format!("bty-api-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&state);
+        Server::start_in(state)
+    }
+
+    /// Starts on an existing state directory (for restarts).
+    fn start_in(state: std::path::PathBuf) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_bty-web"))
             .args(["--listen", "127.0.0.1:0", "--state-dir"])
             .arg(&state)
@@ -439,4 +444,49 @@ fn catalog_entries_images_and_catalog_toml() {
     assert_eq!(s.call("DELETE", &format!("/catalog/entries?src={src}"), Some(&c), "").0, 404);
     let (_, _, plan) = s.call("GET", &format!("/pxe/{mac}/plan"), None, "");
     assert_eq!(plan, r#"{"mode":"exit"}"#, "an image that left the catalog is not flashed");
+}
+
+#[test]
+fn sigkill_during_a_burst_of_puts_loses_no_acknowledged_write() {
+    let s = Server::start("sigkill");
+    let c = s.login();
+    let pid = s.child.id();
+    let mut acked = Vec::new();
+    for i in 0..400u32 {
+        if i == 150 {
+            // Kill from another thread while requests keep coming.
+            std::thread::spawn(move || {
+                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            });
+        }
+        let mac = format!("52:54:00:00:{:02x}:{:02x}", i / 256, i % 256);
+        let r = std::panic::catch_unwind(|| {
+            s.call("PUT", &format!("/machines/{mac}"), Some(&c), r#"{"labels":["burst"]}"#)
+        });
+        match r {
+            Ok((200, _, _)) => acked.push(mac),
+            _ => break,
+        }
+    }
+    assert!(acked.len() >= 150, "the burst ran before the kill");
+    let state = s.state.clone();
+    // Keep the state dir: take it out of the first server before it is dropped.
+    let mut first = s;
+    let _ = first.child.wait();
+    first.state = std::path::PathBuf::from("/nonexistent-bty-keep");
+    drop(first);
+    let s = Server::start_in(state);
+    let c = s.login();
+    let (_, _, body) = s.call("GET", "/machines", Some(&c), "");
+    let all: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    let stored: std::collections::HashSet<&str> =
+        all.iter().filter_map(|m| m["mac"].as_str()).collect();
+    for mac in &acked {
+        assert!(
+            stored.contains(mac.as_str()),
+            "acknowledged {mac} was lost ({} acked, {} stored)",
+            acked.len(),
+            stored.len()
+        );
+    }
 }

@@ -320,7 +320,9 @@ fn to_tiny(resp: Resp) -> tiny_http::Response<Box<dyn Read + Send>> {
         Body::Stream(r, n) => (r, n),
         Body::Events(_) => (Box::new(std::io::empty()), Some(0)),
     };
+    // A known length is always sent as Content-Length (tiny_http would chunk above 32 KiB).
     tiny_http::Response::new(tiny_http::StatusCode(resp.status), headers, data, len, None)
+        .with_chunked_threshold(usize::MAX)
 }
 
 #[cfg(test)]
