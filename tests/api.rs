@@ -490,3 +490,33 @@ fn sigkill_during_a_burst_of_puts_loses_no_acknowledged_write() {
         );
     }
 }
+
+#[test]
+fn metrics_count_requests_offers_flashes_and_boot_bytes() {
+    let s = Server::start("metrics");
+    assert_eq!(s.call("GET", "/metrics", None, "").0, 401);
+    let c = s.login();
+    s.boot_file(KERNEL, &[0u8; 1000]);
+    let mac = "52:54:00:00:00:0c";
+    s.pxe(mac);
+    assert_eq!(s.call("GET", &format!("/boot/{KERNEL}?mac={mac}"), None, "").0, 200);
+    assert_eq!(
+        s.call("POST", &format!("/pxe/{mac}/status"), None, r#"{"status":"failed","reason":"x"}"#)
+            .0,
+        204
+    );
+    assert_eq!(s.call("POST", &format!("/pxe/{mac}/done"), None, "").0, 204);
+    let (st, head, body) = s.call("GET", "/metrics", Some(&c), "");
+    assert_eq!(st, 200);
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    for want in [
+        "bty_pxe_offers_total{decision=\"live\"} 1",
+        "bty_flashes_total{result=\"done\"} 1",
+        "bty_flashes_total{result=\"failed\"} 1",
+        "bty_boot_bytes_served_total 1000",
+        "bty_machines{boot_mode=\"bty-inventory\"} 1",
+        "bty_http_requests_total{code=\"4xx\"} 1",
+    ] {
+        assert!(body.contains(want), "missing {want}:\n{body}");
+    }
+}

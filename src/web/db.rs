@@ -292,6 +292,16 @@ impl Db {
         out.with_context(|| format!("reading {}", self.path.display()))
     }
 
+    /// Machine counts by boot mode (one grouped query, for /metrics).
+    pub fn machines_by_mode(&self) -> Result<Vec<(String, u64)>> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT boot_mode, count(*) FROM machines GROUP BY boot_mode ORDER BY boot_mode",
+            )?;
+            st.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?.collect()
+        })
+    }
+
     /// One machine by normalised MAC.
     pub fn machine(&self, mac: &str) -> Result<Option<Machine>> {
         self.read(|c| {

@@ -17,6 +17,7 @@ pub mod catalog;
 pub mod config;
 pub mod db;
 pub mod http;
+pub mod metrics;
 pub mod pxe;
 pub mod routes;
 pub mod sse;
@@ -40,7 +41,7 @@ BTY_<SECTION>_<KEY> environment variables override the files (BTY_SERVER_PORT,
 BTY_PATHS_STATE_DIR, BTY_ADMIN_PASSWORD, ...), and flags override both.
 
 The first line on stdout is \"listening on http://HOST:PORT\" once the socket is bound.
-Open routes: GET /healthz, /version, /pxe-bootstrap.ipxe, /pxe/MAC, /pxe/MAC/plan,\n/boot/NAME; POST /pxe/MAC/{inventory,done,status,progress}, /ui/login, /ui/logout.\nWith a session cookie: GET/PUT/DELETE /machines[/MAC], GET /events, POST /events/ID/ack,\nGET /events/machines (server-sent machines-update events), GET/POST/DELETE\n/catalog/entries. Open: GET /images, /catalog.toml.\nSIGTERM or SIGINT stops it after the requests in flight (at most 5 s).
+Open routes: GET /healthz, /version, /pxe-bootstrap.ipxe, /pxe/MAC, /pxe/MAC/plan,\n/boot/NAME; POST /pxe/MAC/{inventory,done,status,progress}, /ui/login, /ui/logout.\nWith a session cookie: GET/PUT/DELETE /machines[/MAC], GET /events, POST /events/ID/ack,\nGET /events/machines (server-sent machines-update events), GET/POST/DELETE\n/catalog/entries, GET /metrics (Prometheus). Open: GET /images, /catalog.toml.\nSIGTERM or SIGINT stops it after the requests in flight (at most 5 s).
 ";
 
 /// Entry point of the `bty-web` binary.
@@ -132,6 +133,7 @@ fn serve(settings: &Settings) -> Result<ExitCode> {
         auth,
         progress: Default::default(),
         hub: Default::default(),
+        metrics: Default::default(),
     });
     {
         let app = Arc::clone(&app);
@@ -149,7 +151,12 @@ fn serve(settings: &Settings) -> Result<ExitCode> {
         .context("starting the live-update publisher")?;
     }
     let handler: Arc<dyn Fn(&http::Req) -> http::Resp + Send + Sync> =
-        Arc::new(move |req: &http::Req| routes::route(&app, req));
+        Arc::new(move |req: &http::Req| {
+            let started = std::time::Instant::now();
+            let resp = routes::route(&app, req);
+            app.metrics.request(resp.status, started.elapsed());
+            resp
+        });
     http::serve(Arc::new(server), handler, routes::body_limit, http::Limits::default());
     crate::info!("stopped");
     Ok(ExitCode::SUCCESS)

@@ -7,6 +7,7 @@ use crate::web::auth::{self, Auth, Session};
 use crate::web::config::Settings;
 use crate::web::db::{CatalogEntry, Db, Machine, PxeMark};
 use crate::web::http::{Req, Resp, pct_decode};
+use crate::web::metrics::Metrics;
 use crate::web::sse::{self, Hub};
 use crate::web::{catalog, pxe, validate};
 
@@ -19,6 +20,8 @@ pub struct App {
     pub progress: Mutex<HashMap<String, validate::PxeProgress>>,
     /// Live-update subscribers.
     pub hub: Arc<Hub>,
+    /// Counters for /metrics.
+    pub metrics: Metrics,
 }
 
 impl App {
@@ -54,7 +57,10 @@ pub fn route(app: &Arc<App>, req: &Req) -> Resp {
     let segs: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
     let m = req.method.as_str();
     // Protected routes: a valid session cookie, else 401 for the API and 303 for pages.
-    let protected = matches!(segs.first(), Some(&"machines") | Some(&"events") | Some(&"catalog"));
+    let protected = matches!(
+        segs.first(),
+        Some(&"machines") | Some(&"events") | Some(&"catalog") | Some(&"metrics")
+    );
     let mut renew = None;
     if protected {
         match app.auth.check(req.header("cookie")) {
@@ -80,6 +86,14 @@ pub fn route(app: &Arc<App>, req: &Req) -> Resp {
                     app.hub.subscribe(sse::event("machines-update", &s)),
                 ),
             },
+            Err(e) => internal(e),
+        },
+        ("GET" | "HEAD", ["metrics"]) => match app.db.machines_by_mode() {
+            Ok(modes) => Resp::new(
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                app.metrics.render(&modes, app.hub.subscribers()),
+            ),
             Err(e) => internal(e),
         },
         ("GET" | "HEAD", ["images"]) => match app.db.catalog() {
@@ -171,6 +185,12 @@ fn pxe_script(app: &App, req: &Req, mac: &str) -> Resp {
         }
     }
     let _ = app.db.add_event("pxe.offered", Some(&m.mac), d.reason(), None);
+    let counter = match d {
+        pxe::Decision::Disk { .. } => &app.metrics.offers_disk,
+        pxe::Decision::LiveEnv { .. } => &app.metrics.offers_live,
+        pxe::Decision::Exit { .. } => &app.metrics.offers_exit,
+    };
+    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let s = &app.settings;
     Resp::text(200, pxe::script(&d, &m, &host, s.get("boot", "kernel"), s.get("boot", "initrd")))
 }
@@ -197,6 +217,7 @@ fn pxe_post(app: &App, req: &Req, mac: &str, what: &str) -> Resp {
         );
         Resp::error(404, &format!("no machine record for {mac}"))
     };
+    let mut done = false;
     let found = match what {
         "inventory" => match validate::inventory(&req.body) {
             Ok(inv) => {
@@ -209,12 +230,19 @@ fn pxe_post(app: &App, req: &Req, mac: &str, what: &str) -> Resp {
             }
             Err(e) => return Resp::error(e.status(), &e.to_string()),
         },
-        "done" => app.db.pxe_mark(&mac, PxeMark::FlashDone),
+        "done" => {
+            done = true;
+            app.db.pxe_mark(&mac, PxeMark::FlashDone)
+        }
         "status" => match validate::pxe_status(&req.body) {
-            Ok(validate::PxeStatus::Done) => app.db.pxe_mark(&mac, PxeMark::FlashDone),
+            Ok(validate::PxeStatus::Done) => {
+                done = true;
+                app.db.pxe_mark(&mac, PxeMark::FlashDone)
+            }
             Ok(validate::PxeStatus::Failed { reason }) => {
                 let r = app.db.flash_failed(&mac, &reason);
                 if let Ok(true) = r {
+                    app.metrics.flashes_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let _ = app.db.add_event(
                         "flash.failed",
                         Some(&mac),
@@ -242,8 +270,8 @@ fn pxe_post(app: &App, req: &Req, mac: &str, what: &str) -> Resp {
     match found {
         Ok(true) => {
             app.hub.changed();
-            if what == "done" || (what == "status" && req.body.windows(6).any(|w| w == b"\"done\""))
-            {
+            if done {
+                app.metrics.flashes_done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let _ =
                     app.db.add_event("flash.done", Some(&mac), &format!("{mac}: flash done"), None);
             }
@@ -273,6 +301,11 @@ fn boot_file(app: &App, req: &Req, name: &str) -> Resp {
         }
     };
     let len = file.metadata().map(|m| m.len() as usize).ok();
+    if req.method == "GET" {
+        app.metrics
+            .boot_bytes
+            .fetch_add(len.unwrap_or(0) as u64, std::sync::atomic::Ordering::Relaxed);
+    }
     let s = &app.settings;
     if let Some(mac) = req.param("mac").and_then(|m| validate::normalize_mac(m).ok()) {
         if name == s.get("boot", "kernel") || name == s.get("boot", "initrd") {
