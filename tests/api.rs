@@ -217,6 +217,19 @@ fn discovery_and_inventory_cycle() {
     let inv = r#"{"disks":[{"path":"/dev/vda","size":"8G","serial":"QEMU-1","tran":null,"removable":false,"readonly":false,"vendor":null,"model":null}]}"#;
     assert_eq!(s.call("POST", &format!("/pxe/{mac}/inventory"), None, inv).0, 204);
     assert!(is_disk(&s.pxe(mac)), "after the inventory the disk boots once");
+    let lshw = r#"{"disks":[],"lshw":{"id":"qemu","children":[]}}"#;
+    assert_eq!(s.call("POST", &format!("/pxe/{mac}/inventory"), None, lshw).0, 204);
+    let c0 = s.login();
+    let (st, _, body) = s.call("GET", &format!("/machines/{mac}/lshw.json"), Some(&c0), "");
+    assert_eq!((st, body.as_str()), (200, r#"{"children":[],"id":"qemu"}"#));
+    // An inventory without lshw keeps the previous blob.
+    assert_eq!(s.call("POST", &format!("/pxe/{mac}/inventory"), None, inv).0, 204);
+    let (_, _, body) = s.call("GET", &format!("/machines/{mac}/lshw.json"), Some(&c0), "");
+    assert!(body.contains("qemu"));
+    let (st, _, body) = s.call("GET", &format!("/machines/{mac}/disks.json"), Some(&c0), "");
+    assert_eq!(st, 200);
+    assert!(body.contains("QEMU-1"), "{body}");
+    assert!(is_disk(&s.pxe(mac)), "still the one disk boot");
     assert!(is_live(&s.pxe(mac)), "then it re-arms: the next power cycle collects again");
     let c = s.login();
     let (_, _, body) = s.call("GET", &format!("/machines/{mac}"), Some(&c), "");
@@ -230,7 +243,7 @@ fn discovery_and_inventory_cycle() {
             .as_array()
             .unwrap()
             .len(),
-        3
+        4
     );
 }
 

@@ -292,6 +292,15 @@ impl Db {
         out.with_context(|| format!("reading {}", self.path.display()))
     }
 
+    /// The stored lshw blob of a machine: Ok(None) for no machine, Ok(Some(None)) for no blob.
+    pub fn lshw(&self, mac: &str) -> Result<Option<Option<String>>> {
+        self.read(|c| {
+            c.prepare_cached("SELECT lshw FROM machines WHERE mac = ?1")?
+                .query_row([mac], |r| r.get(0))
+                .optional()
+        })
+    }
+
     /// Machine counts by boot mode (one grouped query, for /metrics).
     pub fn machines_by_mode(&self) -> Result<Vec<(String, u64)>> {
         self.read(|c| {

@@ -77,6 +77,8 @@ pub fn route(app: &Arc<App>, req: &Req) -> Resp {
             Err(e) => internal(e),
         },
         (_, ["machines", mac]) => machine(app, req, mac),
+        ("GET" | "HEAD", ["machines", mac, "disks.json"]) => machine_disks(app, mac),
+        ("GET" | "HEAD", ["machines", mac, "lshw.json"]) => machine_lshw(app, mac),
         ("GET" | "HEAD", ["events"]) => events(app, req),
         ("GET", ["events", "machines"]) => match app.snapshot() {
             Ok(s) => Resp {
@@ -447,6 +449,36 @@ fn machine(app: &App, req: &Req, mac: &str) -> Resp {
             Err(e) => internal(e),
         },
         _ => Resp::error(405, "method not allowed").with_header("Allow", "GET, HEAD, PUT, DELETE"),
+    }
+}
+
+/// The disks from the machine's last inventory (`[]` before the first one).
+fn machine_disks(app: &App, mac: &str) -> Resp {
+    let mac = match validate::normalize_mac(mac) {
+        Ok(m) => m,
+        Err(e) => return Resp::error(e.status(), &e.to_string()),
+    };
+    match app.db.machine(&mac) {
+        Ok(Some(m)) => Resp::json(200, &m.known_disks.unwrap_or_else(|| serde_json::json!([]))),
+        Ok(None) => Resp::error(404, &format!("no machine record for {mac}")),
+        Err(e) => internal(e),
+    }
+}
+
+/// The raw lshw tree the live environment posted, as a download.
+fn machine_lshw(app: &App, mac: &str) -> Resp {
+    let mac = match validate::normalize_mac(mac) {
+        Ok(m) => m,
+        Err(e) => return Resp::error(e.status(), &e.to_string()),
+    };
+    match app.db.lshw(&mac) {
+        Ok(Some(Some(blob))) => Resp::new(200, "application/json", blob).with_header(
+            "Content-Disposition",
+            &format!("attachment; filename=\"lshw-{}.json\"", mac.replace(':', "")),
+        ),
+        Ok(Some(None)) => Resp::error(404, &format!("no lshw data for {mac} yet")),
+        Ok(None) => Resp::error(404, &format!("no machine record for {mac}")),
+        Err(e) => internal(e),
     }
 }
 
