@@ -27,7 +27,7 @@ run: release
 	@if [ ! -s $(STATE_DIR)/admin-password ]; then \
 		(umask 077; head -c 18 /dev/urandom | base64 | tr '+/' '-_' > $(STATE_DIR)/admin-password); fi
 	@echo "bty-web: state dir $(STATE_DIR), admin password: $$(cat $(STATE_DIR)/admin-password)"
-	@echo "bty-web: open http://$(LISTEN)/ (Ctrl+C stops it)"
+	@echo "bty-web: http://$(LISTEN)/ (log in at http://$(LISTEN)/ui/login; Ctrl+C stops it)"
 	BTY_ADMIN_PASSWORD="$$(cat $(STATE_DIR)/admin-password)" \
 		./target/release/bty-web --listen $(LISTEN) --state-dir $(STATE_DIR)
 
