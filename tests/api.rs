@@ -106,9 +106,20 @@ fn protected_routes_need_a_session_and_login_works() {
     assert_eq!(st, 401);
     assert!(!head.contains("set-cookie"), "no cookie for a wrong password");
     assert!(body.contains("Wrong password"));
+    for p in ["/", "/ui"] {
+        let (st, head, _) = s.call("GET", p, None, "");
+        assert_eq!(st, 303);
+        assert!(head.contains("location: /ui/login"), "{p}: {head}");
+    }
+    assert_eq!(s.call("GET", "/ui/login", None, "").0, 200);
     let cookie = s.login();
     let (st, _, body) = s.call("GET", "/machines", Some(&cookie), "");
     assert_eq!((st, body.as_str()), (200, "[]"));
+    for p in ["/", "/ui", "/ui/login"] {
+        let (st, head, _) = s.call("GET", p, Some(&cookie), "");
+        assert_eq!(st, 303);
+        assert!(head.contains("location: /ui/dashboard"), "{p}: {head}");
+    }
     let (st, head, _) = s.call("POST", "/ui/logout", Some(&cookie), "");
     assert_eq!(st, 303);
     assert!(head.contains("bty-token=;") && head.contains("max-age=0"), "{head}");

@@ -69,7 +69,14 @@ pub fn route(app: &Arc<App>, req: &Req) -> Resp {
         }
     }
     let resp = match (m, segs.as_slice()) {
-        ("GET", ["ui", "login"]) => login_page(200, ""),
+        ("GET" | "HEAD", [""] | ["ui"]) | ("GET", ["ui", "login"]) => {
+            let logged_in = matches!(app.auth.check(req.header("cookie")), Session::Valid { .. });
+            match (logged_in, segs.as_slice()) {
+                (false, ["ui", "login"]) => login_page(200, ""),
+                (false, _) => redirect("/ui/login"),
+                (true, _) => redirect("/ui/dashboard"),
+            }
+        }
         ("POST", ["ui", "login"]) => login(app, req),
         ("POST", ["ui", "logout"]) => logout(app),
         ("GET" | "HEAD", ["machines"]) => match app.db.machines() {
@@ -532,6 +539,10 @@ fn login(app: &App, req: &Req) -> Resp {
             app.db.add_event("auth.login.failed", None, &format!("failed login from {who}"), None);
         login_page(401, "Wrong password.")
     }
+}
+
+fn redirect(to: &str) -> Resp {
+    Resp::new(303, "text/plain", "").with_header("Location", to)
 }
 
 fn logout(app: &App) -> Resp {
