@@ -160,7 +160,7 @@ fn pxe_decide(
     req: &Req,
     mac: &str,
 ) -> Result<(Machine, pxe::Decision, Option<CatalogEntry>, String), Resp> {
-    let mac = validate::normalize_mac(mac).map_err(|e| Resp::error(e.status(), &e.to_string()))?;
+    let mac = validate::normalize_mac(mac).map_err(bad)?;
     let host = host_for_scripts(req.host())
         .ok_or_else(|| Resp::error(400, "invalid Host header"))?
         .to_string();
@@ -215,7 +215,7 @@ fn pxe_plan(app: &App, req: &Req, mac: &str) -> Resp {
 fn pxe_post(app: &App, req: &Req, mac: &str, what: &str) -> Resp {
     let mac = match validate::normalize_mac(mac) {
         Ok(m) => m,
-        Err(e) => return Resp::error(e.status(), &e.to_string()),
+        Err(e) => return bad(e),
     };
     let orphan = |app: &App| {
         let _ = app.db.add_event(
@@ -237,7 +237,7 @@ fn pxe_post(app: &App, req: &Req, mac: &str, what: &str) -> Resp {
                 }
                 app.db.set_inventory(&mac, &inv.disks, inv.lshw.as_ref())
             }
-            Err(e) => return Resp::error(e.status(), &e.to_string()),
+            Err(e) => return bad(e),
         },
         "done" => {
             done = true;
@@ -261,7 +261,7 @@ fn pxe_post(app: &App, req: &Req, mac: &str, what: &str) -> Resp {
                 }
                 r
             }
-            Err(e) => return Resp::error(e.status(), &e.to_string()),
+            Err(e) => return bad(e),
         },
         "progress" => match validate::pxe_progress(&req.body) {
             Ok(p) => match app.db.machine(&mac) {
@@ -272,7 +272,7 @@ fn pxe_post(app: &App, req: &Req, mac: &str, what: &str) -> Resp {
                 Ok(None) => Ok(false),
                 Err(e) => Err(e),
             },
-            Err(e) => return Resp::error(e.status(), &e.to_string()),
+            Err(e) => return bad(e),
         },
         _ => return Resp::error(404, "Not Found"),
     };
@@ -295,7 +295,7 @@ fn pxe_post(app: &App, req: &Req, mac: &str, what: &str) -> Resp {
 fn boot_file(app: &App, req: &Req, name: &str) -> Resp {
     let name = match validate::boot_file_name(name) {
         Ok(n) => n,
-        Err(e) => return Resp::error(e.status(), &e.to_string()),
+        Err(e) => return bad(e),
     };
     let path = app.settings.boot_dir().join(name);
     let file = match std::fs::File::open(&path) {
@@ -414,7 +414,7 @@ fn internal(e: crate::error::Error) -> Resp {
 fn machine(app: &App, req: &Req, mac: &str) -> Resp {
     let mac = match validate::normalize_mac(mac) {
         Ok(m) => m,
-        Err(e) => return Resp::error(e.status(), &e.to_string()),
+        Err(e) => return bad(e),
     };
     let missing = || Resp::error(404, &format!("no machine record for {mac}"));
     match req.method.as_str() {
@@ -426,7 +426,7 @@ fn machine(app: &App, req: &Req, mac: &str) -> Resp {
         "PUT" => {
             let upsert = match validate::machine_upsert(&req.body) {
                 Ok(u) => u,
-                Err(e) => return Resp::error(e.status(), &e.to_string()),
+                Err(e) => return bad(e),
             };
             match app.db.put_machine(&mac, &upsert) {
                 Ok(m) => {
@@ -463,7 +463,7 @@ fn machine(app: &App, req: &Req, mac: &str) -> Resp {
 fn machine_disks(app: &App, mac: &str) -> Resp {
     let mac = match validate::normalize_mac(mac) {
         Ok(m) => m,
-        Err(e) => return Resp::error(e.status(), &e.to_string()),
+        Err(e) => return bad(e),
     };
     match app.db.machine(&mac) {
         Ok(Some(m)) => Resp::json(200, &m.known_disks.unwrap_or_else(|| serde_json::json!([]))),
@@ -476,7 +476,7 @@ fn machine_disks(app: &App, mac: &str) -> Resp {
 fn machine_lshw(app: &App, mac: &str) -> Resp {
     let mac = match validate::normalize_mac(mac) {
         Ok(m) => m,
-        Err(e) => return Resp::error(e.status(), &e.to_string()),
+        Err(e) => return bad(e),
     };
     match app.db.lshw(&mac) {
         Ok(Some(Some(blob))) => Resp::new(200, "application/json", blob).with_header(
@@ -539,6 +539,11 @@ fn login(app: &App, req: &Req) -> Resp {
             app.db.add_event("auth.login.failed", None, &format!("failed login from {who}"), None);
         login_page(401, "Wrong password.")
     }
+}
+
+/// Answers rejected input: 422, or 400 for a bad file name, with the field named.
+fn bad(e: validate::Invalid) -> Resp {
+    Resp::error(e.status(), &e.to_string())
 }
 
 fn redirect(to: &str) -> Resp {
