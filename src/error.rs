@@ -35,21 +35,6 @@ impl Error {
         None
     }
 
-    /// The raw OS error number of the first I/O error in the chain, if any.
-    pub fn raw_os_error(&self) -> Option<i32> {
-        let mut cur: Option<&(dyn std::error::Error + 'static)> = match &self.source {
-            Some(s) => Some(s.as_ref()),
-            None => None,
-        };
-        while let Some(e) = cur {
-            if let Some(io) = e.downcast_ref::<std::io::Error>() {
-                return io.raw_os_error();
-            }
-            cur = e.source();
-        }
-        None
-    }
-
     /// Prefixes the message with what was being done.
     pub fn wrap(self, outer: String) -> Error {
         let msg = if self.msg.is_empty() { outer } else { format!("{outer}: {}", self.msg) };

@@ -304,7 +304,7 @@ impl Read for SparseReader {
 fn local_path(spec: &str) -> Result<PathBuf> {
     if let Some(rest) = spec.strip_prefix("file://") {
         crate::ensure!(rest.starts_with('/'), "opening {spec}: file:// URLs need an absolute path");
-        return Ok(PathBuf::from(percent_decode(rest)));
+        return Ok(PathBuf::from(percent_decode(rest, false)));
     }
     if let Some((scheme, _)) = spec.split_once("://") {
         crate::bail!(
@@ -314,19 +314,28 @@ fn local_path(spec: &str) -> Result<PathBuf> {
     Ok(Path::new(spec).to_path_buf())
 }
 
-fn percent_decode(s: &str) -> String {
+/// Decodes %XX escapes, and '+' as a space when `plus` (queries and forms; in a path '+' is
+/// itself). Invalid escapes stay as they are.
+pub fn percent_decode(s: &str, plus: bool) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
+        match b[i] {
+            b'%' if i + 3 <= b.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+                {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
             }
+            b'+' if plus => out.push(b' '),
+            c => out.push(c),
         }
-        out.push(b[i]);
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()

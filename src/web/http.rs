@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::source::percent_decode;
+
 /// A request as routes see it: method, path, decoded query, headers, the whole body.
 #[derive(Debug, Default, Clone)]
 pub struct Req {
@@ -273,37 +275,10 @@ pub fn split_url(url: &str) -> (String, Vec<(String, String)>) {
         .filter(|p| !p.is_empty())
         .map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (pct_decode(k, true), pct_decode(v, true))
+            (percent_decode(k, true), percent_decode(v, true))
         })
         .collect();
-    (pct_decode(path, false), query)
-}
-
-/// Decodes %XX escapes, and '+' as a space when `plus` (queries and forms; in a path '+' is
-/// itself). Invalid escapes stay as they are.
-pub fn pct_decode(s: &str, plus: bool) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 3 <= b.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
-                {
-                    Ok(v) => {
-                        out.push(v);
-                        i += 3;
-                        continue;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            b'+' if plus => out.push(b' '),
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    (percent_decode(path, false), query)
 }
 
 fn to_tiny(resp: Resp) -> tiny_http::Response<Box<dyn Read + Send>> {
@@ -343,8 +318,8 @@ mod tests {
             ]
         );
         assert_eq!(split_url("/a+b").0, "/a+b");
-        assert_eq!(pct_decode("%", false), "%");
-        assert_eq!(pct_decode("%4", false), "%4");
+        assert_eq!(percent_decode("%", false), "%");
+        assert_eq!(percent_decode("%4", false), "%4");
     }
 
     #[test]

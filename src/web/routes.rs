@@ -3,10 +3,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crate::source::percent_decode;
 use crate::web::auth::{self, Auth, Session};
 use crate::web::config::Settings;
 use crate::web::db::{CatalogEntry, Db, Machine, PxeMark};
-use crate::web::http::{Req, Resp, pct_decode};
+use crate::web::http::{Req, Resp};
 use crate::web::metrics::Metrics;
 use crate::web::sse::{self, Hub};
 use crate::web::{catalog, pxe, validate};
@@ -525,7 +526,7 @@ fn login(app: &App, req: &Req) -> Resp {
         .split('&')
         .filter_map(|p| p.split_once('='))
         .find(|(k, _)| *k == "password")
-        .map(|(_, v)| pct_decode(v, true))
+        .map(|(_, v)| percent_decode(v, true))
         .unwrap_or_default();
     let who = ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into());
     if app.auth.password_ok(&password) {
