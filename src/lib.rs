@@ -10,6 +10,7 @@ pub mod sys;
 pub mod cli;
 pub mod disks;
 pub mod flash;
+pub mod hex;
 pub mod image;
 pub mod source;
 pub mod units;

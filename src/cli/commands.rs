@@ -159,5 +159,5 @@ fn hash_source(src: &Source) -> Result<String> {
         }
         h.update(&buf[..n]);
     }
-    Ok(flash::hex(&h.finalize()))
+    Ok(crate::hex::encode(&h.finalize()))
 }

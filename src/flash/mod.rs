@@ -162,12 +162,14 @@ pub fn run(
     };
     if let Some(want) = opts.sha256 {
         // A pinned digest with nothing computed must fail too, never pass by default.
-        let got = digest.map(|d| hex(&d)).unwrap_or_else(|| "nothing (no digest computed)".into());
-        if got != hex(&want) {
+        let got = digest
+            .map(|d| crate::hex::encode(&d))
+            .unwrap_or_else(|| "nothing (no digest computed)".into());
+        if got != crate::hex::encode(&want) {
             let e = Error::msg(format!(
                 "sha256 mismatch for {}: expected {}, got {got}; the image was not activated (first MiB left blank)",
                 plan.source.display,
-                hex(&want),
+                crate::hex::encode(&want),
             ));
             return Err(fail(&mut writer, FlashError::Failed(e)));
         }
@@ -204,7 +206,7 @@ pub fn run(
         image_bytes,
         written_bytes: counters.written.load(Ordering::Relaxed),
         zeroed_bytes: counters.zeroed.load(Ordering::Relaxed),
-        sha256: digest.map(|d| hex(&d)),
+        sha256: digest.map(|d| crate::hex::encode(&d)),
         verified: opts.verify,
         seconds: started.elapsed().as_secs_f64(),
         direct_io: writer.direct(),
@@ -379,22 +381,11 @@ fn write_all(
     Ok(Stage::Done(writer.finish_body()?))
 }
 
-/// Lower-case hex of a digest.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Parses a 64-hex-digit sha256 (case-insensitive, an optional "sha256:" prefix).
 pub fn parse_sha256(s: &str) -> Result<[u8; 32]> {
     let t = s.trim();
     let t = t.strip_prefix("sha256:").unwrap_or(t);
-    crate::ensure!(
-        t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()),
-        "invalid sha256 {s:?}: expected 64 hex digits"
-    );
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&t[2 * i..2 * i + 2], 16).map_err(Error::from)?;
-    }
-    Ok(out)
+    crate::hex::decode(t)
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .with_context(|| format!("invalid sha256 {s:?}: expected 64 hex digits"))
 }

@@ -72,7 +72,7 @@ impl Auth {
 
     fn issue_at(&self, now: u64) -> String {
         let expiry = now + SESSION_SECS;
-        format!("{expiry}.{}", crate::flash::hex(&self.sign(expiry)))
+        format!("{expiry}.{}", crate::hex::encode(&self.sign(expiry)))
     }
 
     fn sign(&self, expiry: u64) -> Vec<u8> {
@@ -92,7 +92,9 @@ impl Auth {
             return Session::Missing;
         };
         let Some((exp, sig)) = token.split_once('.') else { return Session::Missing };
-        let (Ok(expiry), Some(sig)) = (exp.parse::<u64>(), unhex(sig)) else {
+        let (Ok(expiry), Some(sig)) =
+            (exp.parse::<u64>(), Some(sig).filter(|s| s.len() <= 128).and_then(crate::hex::decode))
+        else {
             return Session::Missing;
         };
         let mut m = self.mac();
@@ -143,13 +145,6 @@ fn cookie<'a>(header: &'a str, name: &str) -> Option<&'a str> {
         .filter_map(|p| p.trim().split_once('='))
         .find(|(k, _)| *k == name)
         .map(|(_, v)| v)
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || s.len() > 128 {
-        return None;
-    }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }
 
 fn now_secs() -> u64 {

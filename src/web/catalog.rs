@@ -26,7 +26,7 @@ pub fn canonical_src(src: &str) -> String {
 
 /// The reference of a src: sha256 of its canonical form, hex.
 pub fn image_ref(src: &str) -> String {
-    crate::flash::hex(&Sha256::digest(canonical_src(src).as_bytes()))
+    crate::hex::encode(&Sha256::digest(canonical_src(src).as_bytes()))
 }
 
 /// The catalog format of a file name ("img.zst", "qcow2", "iso", ...).

@@ -181,7 +181,7 @@ fn prepare_state_dir(dir: &Path, boot: &Path) -> Result<()> {
             .mode(0o600)
             .open(&secret)
             .with_context(|| format!("creating {}", secret.display()))?;
-        f.write_all(crate::flash::hex(&bytes).as_bytes())
+        f.write_all(crate::hex::encode(&bytes).as_bytes())
             .with_context(|| format!("writing {}", secret.display()))?;
     }
     Ok(())
