@@ -304,7 +304,8 @@ pub fn check_writable(target: &Target) -> Result<()> {
     if dev.read_only {
         crate::bail!("refusing {path}: the device is read-only");
     }
-    for m in mounts()? {
+    let mounts = mounts()?;
+    for m in &mounts {
         let src_dev = rdev_of(&m.source);
         if ours.contains(&m.dev) || src_dev.is_some_and(|d| ours.contains(&d)) {
             crate::bail!("refusing {path}: {} is mounted on {}", m.source, m.mount_point);
@@ -334,7 +335,7 @@ pub fn check_writable(target: &Target) -> Result<()> {
     }
     // The disk under / and the disk bty runs from, through partitions and dm/md stacking.
     let mut system = BTreeSet::new();
-    for m in mounts()? {
+    for m in &mounts {
         if m.mount_point == "/" {
             backing_devices(m.dev, &mut system, 0);
             if let Some(d) = rdev_of(&m.source) {
