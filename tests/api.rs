@@ -1,8 +1,10 @@
 //! bty-web's JSON API through real HTTP on 127.0.0.1: auth, machines, events.
 
+mod util;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
 struct Server {
     child: Child,
@@ -19,20 +21,9 @@ impl Server {
 
     /// Starts on an existing state directory (for restarts).
     fn start_in(state: std::path::PathBuf) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_bty-web"))
-            .args(["--listen", "127.0.0.1:0", "--state-dir"])
-            .arg(&state)
-            .env("BTY_ADMIN_PASSWORD", "pw-for-tests")
-            .env_remove("BTY_CONFIG_FILE")
-            .env_remove("BTY_CONFIG_DIR")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let addr =
-            line.trim().strip_prefix("listening on http://").expect("address line").to_string();
+        let mut cmd = util::bty_web(&state);
+        cmd.env("BTY_ADMIN_PASSWORD", "pw-for-tests");
+        let (child, addr) = util::spawn_web(cmd);
         Server { child, addr, state }
     }
 

@@ -1,34 +1,24 @@
 //! `bty-web` as a process: binds, answers the open routes, reports its version.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod util;
+
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 
+use util::{bty_web, spawn_web};
+
 fn get(addr: &str, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
+    raw(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
 }
 
 #[test]
 fn serves_health_and_version_on_an_ephemeral_port() {
     let state = std::env::temp_dir().join(format!("bty-web-test-{}", std::process::id()));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bty-web"))
-        .args(["--listen", "127.0.0.1:0", "--state-dir"])
-        .arg(&state)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on http://")
-        .expect("first line names the address")
-        .to_string();
+    let (mut child, addr) = spawn_web(bty_web(&state));
     let health = get(&addr, "/healthz");
     let version = get(&addr, "/version");
     let missing = get(&addr, "/nope");
@@ -120,16 +110,9 @@ fn raw(addr: &str, request: &[u8]) -> String {
 #[test]
 fn bootstrap_script_limits_and_graceful_stop() {
     let state = std::env::temp_dir().join(format!("bty-web-test2-{}", std::process::id()));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bty-web"))
-        .args(["--listen", "127.0.0.1:0", "--state-dir"])
-        .arg(&state)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line.trim().strip_prefix("listening on http://").unwrap().to_string();
+    let mut cmd = bty_web(&state);
+    cmd.stderr(Stdio::piped());
+    let (child, addr) = spawn_web(cmd);
 
     let script = raw(
         &addr,

@@ -249,3 +249,32 @@ pub fn assert_blank(l: &Loop) {
         l.dev.display()
     );
 }
+
+/// `bty-web` on 127.0.0.1, any free port, with `state` as its state directory and no config
+/// files from the machine; stdout piped (for the address line), stderr discarded.
+pub fn bty_web(state: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_bty-web"));
+    c.args(["--listen", "127.0.0.1:0", "--state-dir"])
+        .arg(state)
+        .env_remove("BTY_CONFIG_FILE")
+        .env_remove("BTY_CONFIG_DIR")
+        .env_remove("BTY_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    c
+}
+
+/// Starts it and returns the process with the address of its first stdout line.
+pub fn spawn_web(mut cmd: Command) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = cmd.spawn().expect("starting bty-web");
+    let mut line = String::new();
+    let out = child.stdout.take().expect("stdout is piped");
+    std::io::BufReader::new(out).read_line(&mut line).expect("reading the address line");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .expect("the first line names the address")
+        .to_string();
+    (child, addr)
+}
