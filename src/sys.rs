@@ -151,6 +151,14 @@ pub fn reread_partitions(file: &File) -> io::Result<()> {
     if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
+/// Shuts a listening socket down so that a thread blocked in `accept` on it returns (with
+/// EINVAL on Linux): how a server stops accepting without a self-connection or a poll loop.
+pub fn shutdown_listener(listener: &std::net::TcpListener) -> io::Result<()> {
+    // SAFETY: shutdown on a borrowed, open socket fd; no memory is passed.
+    let rc = unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
 /// Deallocates `[offset, offset + len)` of a regular file, keeping its size: the range then
 /// reads as zeros whatever it held before.
 pub fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {

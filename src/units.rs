@@ -39,9 +39,9 @@ pub fn duration(d: Duration) -> String {
     }
 }
 
-/// Formats seconds since the Unix epoch as ISO 8601 UTC, "2026-11-23T10:48:00Z".
-pub fn iso8601(secs: u64) -> String {
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm), no time crate needed.
+/// Civil date and time (year, month, day, hour, minute, second) of seconds since the Unix epoch,
+/// UTC, by Howard Hinnant's days-from-civil inverse: no time crate needed.
+fn civil(secs: u64) -> (i64, i64, i64, u64, u64, u64) {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     let z = days + 719_468;
@@ -53,16 +53,37 @@ pub fn iso8601(secs: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem / 60 % 60, rem % 60)
+    (year, month, day, rem / 3600, rem / 60 % 60, rem % 60)
+}
+
+/// Formats seconds since the Unix epoch as ISO 8601 UTC, "2026-11-23T10:48:00Z".
+pub fn iso8601(secs: u64) -> String {
+    let (y, mo, d, h, mi, s) = civil(secs);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+}
+
+/// Formats seconds since the Unix epoch as an HTTP date, "Mon, 23 Nov 2026 10:48:00 GMT".
+pub fn http_date(secs: u64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] =
+        ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let (y, mo, d, h, mi, s) = civil(secs);
+    let wd = DAYS[(secs / 86_400 % 7) as usize];
+    let mon = MONTHS[(mo - 1) as usize];
+    format!("{wd}, {d:02} {mon} {y:04} {h:02}:{mi:02}:{s:02} GMT")
+}
+
+/// Seconds since the Unix epoch now (0 if the clock is before 1970).
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// The current time as ISO 8601 UTC.
 pub fn now_iso8601() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    iso8601(secs)
+    iso8601(now_secs())
 }
 
 #[cfg(test)]

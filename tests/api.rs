@@ -2,85 +2,11 @@
 
 mod util;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use util::Server;
+
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command};
-
-struct Server {
-    child: Child,
-    addr: String,
-    state: std::path::PathBuf,
-}
-
-impl Server {
-    fn start(name: &str) -> Server {
-        let state = std::env::temp_dir().join(format!("bty-api-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&state);
-        Server::start_in(state)
-    }
-
-    /// Starts on an existing state directory (for restarts).
-    fn start_in(state: std::path::PathBuf) -> Server {
-        let mut cmd = util::bty_web(&state);
-        cmd.env("BTY_ADMIN_PASSWORD", "pw-for-tests");
-        let (child, addr) = util::spawn_web(cmd);
-        Server { child, addr, state }
-    }
-
-    /// Sends one request; returns (status, headers lower-cased, body).
-    fn call(
-        &self,
-        method: &str,
-        path: &str,
-        cookie: Option<&str>,
-        body: &str,
-    ) -> (u16, String, String) {
-        let mut s = TcpStream::connect(&self.addr).unwrap();
-        let cookie = cookie.map(|c| format!("Cookie: {c}\r\n")).unwrap_or_default();
-        let ctype = if path == "/ui/login" {
-            "application/x-www-form-urlencoded"
-        } else {
-            "application/json"
-        };
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{cookie}Content-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            self.addr,
-            body.len()
-        )
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-        let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        (status, head.to_ascii_lowercase(), body.to_string())
-    }
-
-    fn login(&self) -> String {
-        let (st, head, _) = self.call("POST", "/ui/login", None, "password=pw-for-tests");
-        assert_eq!(st, 303, "{head}");
-        assert!(head.contains("location: /ui/dashboard"), "{head}");
-        let line = head
-            .lines()
-            .find(|l| l.starts_with("set-cookie: bty-token="))
-            .expect("a session cookie");
-        assert!(
-            line.contains("httponly")
-                && line.contains("samesite=strict")
-                && line.contains("max-age=604800")
-        );
-        // The cookie value keeps its case; take it from the header as lower-cased hex is fine.
-        line.trim_start_matches("set-cookie: ").split(';').next().unwrap().to_string()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.state);
-    }
-}
+use std::process::Command;
 
 #[test]
 fn protected_routes_need_a_session_and_login_works() {

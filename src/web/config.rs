@@ -56,6 +56,27 @@ const KEYS: &[Key] = &[
         help: "listen port",
     },
     Key {
+        section: "server",
+        key: "max_connections",
+        default: |_| "512".into(),
+        secret: false,
+        help: "open connections at once; more get 503",
+    },
+    Key {
+        section: "server",
+        key: "header_timeout",
+        default: |_| "10".into(),
+        secret: false,
+        help: "seconds a client has to send a request head",
+    },
+    Key {
+        section: "server",
+        key: "idle_timeout",
+        default: |_| "60".into(),
+        secret: false,
+        help: "seconds an idle keep-alive connection is kept",
+    },
+    Key {
         section: "paths",
         key: "state_dir",
         default: |_| "/var/lib/bty".into(),
@@ -103,6 +124,13 @@ const KEYS: &[Key] = &[
         default: |_| format!("bty-netboot-pc-x86_64-v{}.initrd", crate::VERSION),
         secret: false,
         help: "live-environment initrd file name",
+    },
+    Key {
+        section: "boot",
+        key: "max_upload_mib",
+        default: |_| "2048".into(),
+        secret: false,
+        help: "largest artifact PUT /boot/{name} accepts, in MiB",
     },
     Key {
         section: "withcache",
@@ -206,6 +234,18 @@ impl Settings {
             port.parse::<u16>().is_ok(),
             "invalid [server] port {port:?} (from {src}): expected a number from 0 to 65535"
         );
+        for (section, key) in [
+            ("server", "max_connections"),
+            ("server", "header_timeout"),
+            ("server", "idle_timeout"),
+            ("boot", "max_upload_mib"),
+        ] {
+            let (v, src) = self.entry(section, key);
+            crate::ensure!(
+                v.parse::<u64>().is_ok_and(|n| n > 0),
+                "invalid [{section}] {key} {v:?} (from {src}): expected a whole number above 0"
+            );
+        }
         for key in ["state_dir", "boot_dir"] {
             let (v, src) = self.entry("paths", key);
             crate::ensure!(!v.is_empty(), "invalid [paths] {key} (from {src}): empty path");
@@ -239,6 +279,28 @@ impl Settings {
         } else {
             format!("{host}:{port}")
         }
+    }
+
+    /// A setting that `validate` checked to be a positive whole number.
+    pub fn number(&self, section: &str, key: &str) -> u64 {
+        self.get(section, key).parse().unwrap_or(1)
+    }
+
+    /// The connection limits of the HTTP server.
+    pub fn limits(&self) -> crate::web::http::Limits {
+        let secs = |k| std::time::Duration::from_secs(self.number("server", k));
+        crate::web::http::Limits {
+            max_connections: usize::try_from(self.number("server", "max_connections"))
+                .unwrap_or(usize::MAX),
+            header_timeout: secs("header_timeout"),
+            idle_timeout: secs("idle_timeout"),
+            ..Default::default()
+        }
+    }
+
+    /// Largest boot artifact upload, in bytes.
+    pub fn max_upload(&self) -> u64 {
+        self.number("boot", "max_upload_mib").saturating_mul(1 << 20)
     }
 
     pub fn state_dir(&self) -> PathBuf {

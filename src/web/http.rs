@@ -1,9 +1,15 @@
-//! The HTTP layer over tiny_http: our own `Req` and `Resp` (so routes are plain functions that
-//! tests can call), a handler thread per request with a cap, per-route body limits, JSON errors,
-//! an access-log line per request, and graceful shutdown on SIGTERM/SIGINT.
+//! Our HTTP/1.1 server: one thread per connection under a cap, a deadline on each request head,
+//! an idle timeout between keep-alive requests, per-route body policies (buffered with a limit,
+//! or streamed to the handler), JSON errors, an access-log line per request, server-sent events,
+//! and graceful shutdown on SIGTERM/SIGINT.
+//!
+//! Why not tiny_http (as DESIGN.md first planned): 0.12 allocates the declared Content-Length of
+//! an unread body when dropping the request, so one `Content-Length: 10^14` header aborts the
+//! process; it has no read timeouts and starts a thread for every connection without a bound.
+//! A lab server must survive a broken firmware or a port scan, so the parsing is ours.
 
-use std::io::Read;
-use std::net::SocketAddr;
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,7 +20,8 @@ use serde::Serialize;
 
 use crate::source::percent_decode;
 
-/// A request as routes see it: method, path, decoded query, headers, the whole body.
+/// A request as routes see it: method, path, decoded query, headers and, for buffered routes,
+/// the whole body.
 #[derive(Debug, Default, Clone)]
 pub struct Req {
     pub method: String,
@@ -37,9 +44,14 @@ impl Req {
         self.query.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 
-    /// The Host header, or the local address as a fallback (HTTP/1.0 clients).
+    /// The Host header, or "localhost" for HTTP/1.0 clients that send none.
     pub fn host(&self) -> &str {
         self.header("host").unwrap_or("localhost")
+    }
+
+    /// The declared body length, if any.
+    pub fn content_length(&self) -> Option<u64> {
+        self.header("content-length").and_then(|v| v.parse().ok())
     }
 }
 
@@ -47,7 +59,7 @@ impl Req {
 pub enum Body {
     Bytes(Vec<u8>),
     /// Streamed (files): with a length when known, chunked otherwise.
-    Stream(Box<dyn Read + Send>, Option<usize>),
+    Stream(Box<dyn Read + Send>, Option<u64>),
     /// Server-sent events, each written and flushed as it arrives; keep-alive comments in between.
     Events(std::sync::mpsc::Receiver<Arc<str>>),
 }
@@ -99,133 +111,800 @@ impl Resp {
 /// Server limits.
 #[derive(Clone, Debug)]
 pub struct Limits {
-    /// Requests handled at once; beyond it clients get 503 at once instead of queueing.
-    pub max_in_flight: usize,
+    /// Open connections at once; beyond it a new connection gets 503 and is closed.
+    pub max_connections: usize,
+    /// Time allowed from the first byte of a request to the end of its head.
+    pub header_timeout: Duration,
+    /// How long a keep-alive connection may sit idle between requests.
+    pub idle_timeout: Duration,
+    /// Longest stall while reading a body or writing a response before the peer is dropped.
+    pub io_timeout: Duration,
     /// How long shutdown waits for requests in flight.
     pub drain: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { max_in_flight: 256, drain: Duration::from_secs(5) }
+        Limits {
+            max_connections: 512,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            io_timeout: Duration::from_secs(30),
+            drain: Duration::from_secs(5),
+        }
     }
 }
 
-/// Route-specific body limit: uploads of boot artifacts are big, everything else small.
-pub type BodyLimit = fn(method: &str, path: &str) -> usize;
+/// How a route takes its request body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyPolicy {
+    /// Read whole into `Req::body` before the handler runs; larger bodies get 413.
+    Buffer(usize),
+    /// Left on the connection for the handler to read from its reader, at most this many bytes:
+    /// uploads go to disk and the handler checks auth before a byte is read.
+    Stream(u64),
+}
+
+/// Picks the body policy of a route from its method and path.
+pub type Policy = fn(method: &str, path: &str) -> BodyPolicy;
+
+/// Answers one request; the reader yields the body for `Stream` routes and nothing otherwise.
+pub type Handler = dyn Fn(&Req, &mut dyn Read) -> Resp + Send + Sync;
+
+/// Longest request head (request line and headers) accepted.
+const MAX_HEAD: usize = 16 << 10;
+/// Most header lines accepted.
+const MAX_HEADERS: usize = 100;
+/// An unread body up to this size is skipped to keep the connection; a larger one closes it.
+const MAX_DRAIN: u64 = 256 << 10;
+
+/// Binds the listen address ("host:port", "[v6]:port").
+pub fn bind(listen: &str) -> io::Result<TcpListener> {
+    TcpListener::bind(listen)
+}
+
+struct Shared {
+    handler: Arc<Handler>,
+    policy: Policy,
+    limits: Limits,
+    connections: AtomicUsize,
+    in_flight: AtomicUsize,
+}
 
 /// Serves until SIGTERM/SIGINT, then stops accepting, waits (bounded) for requests in flight
 /// and returns.
-pub fn serve(
-    server: Arc<tiny_http::Server>,
-    handler: Arc<dyn Fn(&Req) -> Resp + Send + Sync>,
-    body_limit: BodyLimit,
-    limits: Limits,
-) {
+pub fn serve(listener: TcpListener, handler: Arc<Handler>, policy: Policy, limits: Limits) {
     let stop = crate::sys::cancel_flag();
+    let listener = Arc::new(listener);
     {
-        let server = Arc::clone(&server);
-        // tiny_http's accept loop blocks; this watcher unblocks it once a signal arrives.
+        let listener = Arc::clone(&listener);
+        // accept() blocks; shutting the socket down is what wakes it once a signal arrives.
         let _ = thread::Builder::new().name("shutdown".into()).spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 thread::sleep(Duration::from_millis(100));
             }
-            server.unblock();
+            if let Err(e) = crate::sys::shutdown_listener(&listener) {
+                crate::warn!("stopping the listener: {e}");
+            }
         });
     }
-    let in_flight = Arc::new(AtomicUsize::new(0));
-    for rq in server.incoming_requests() {
+    let shared = Arc::new(Shared {
+        handler,
+        policy,
+        limits,
+        connections: AtomicUsize::new(0),
+        in_flight: AtomicUsize::new(0),
+    });
+    loop {
+        let (stream, peer) = match listener.accept() {
+            Ok(c) => c,
+            Err(_) if stop.load(Ordering::Relaxed) => break,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                crate::warn!("accepting a connection: {e}");
+                thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
         if stop.load(Ordering::Relaxed) {
-            let _ = rq.respond(to_tiny(Resp::error(503, "shutting down")));
             break;
         }
-        if in_flight.fetch_add(1, Ordering::SeqCst) >= limits.max_in_flight {
-            in_flight.fetch_sub(1, Ordering::SeqCst);
-            crate::warn!(
-                "busy: {} requests in flight, refusing {} {}",
-                limits.max_in_flight,
-                rq.method(),
-                rq.url()
-            );
-            let _ = rq.respond(to_tiny(Resp::error(503, "server busy, try again")));
+        let max = shared.limits.max_connections;
+        if shared.connections.fetch_add(1, Ordering::SeqCst) >= max {
+            shared.connections.fetch_sub(1, Ordering::SeqCst);
+            crate::warn!("busy: {max} connections open, refusing {peer}");
+            refuse(stream, "server busy, try again");
             continue;
         }
-        let (handler, counter) = (Arc::clone(&handler), Arc::clone(&in_flight));
-        let spawned = thread::Builder::new().name("http".into()).spawn(move || {
-            handle(rq, handler.as_ref(), body_limit);
-            counter.fetch_sub(1, Ordering::SeqCst);
-        });
+        let conn = Arc::clone(&shared);
+        // Small stacks: thousands of idle connections must not cost real memory.
+        let spawned =
+            thread::Builder::new().name("http".into()).stack_size(512 << 10).spawn(move || {
+                connection(stream, peer, &conn);
+                conn.connections.fetch_sub(1, Ordering::SeqCst);
+            });
         if let Err(e) = spawned {
-            in_flight.fetch_sub(1, Ordering::SeqCst);
-            crate::error!("starting a request thread: {e}");
+            shared.connections.fetch_sub(1, Ordering::SeqCst);
+            crate::error!("starting a connection thread: {e}");
         }
     }
-    let deadline = Instant::now() + limits.drain;
-    while in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+    let deadline = Instant::now() + shared.limits.drain;
+    while shared.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(20));
     }
 }
 
-/// Reads one request into a `Req`, runs the handler (a panic becomes a 500), answers and logs.
-fn handle(
-    mut rq: tiny_http::Request,
-    handler: &(dyn Fn(&Req) -> Resp + Send + Sync),
-    limit: BodyLimit,
-) {
-    let started = Instant::now();
-    let method = rq.method().as_str().to_ascii_uppercase();
-    let url = rq.url().to_string();
-    let (path, query) = split_url(&url);
-    let peer = rq.remote_addr().copied();
-    let headers: Vec<(String, String)> = rq
-        .headers()
-        .iter()
-        .map(|h| (h.field.as_str().as_str().to_ascii_lowercase(), h.value.as_str().to_string()))
-        .collect();
-    let max = limit(&method, &path);
-    let resp = match read_body(&mut rq, max) {
-        Err(resp) => resp,
-        Ok(body) => {
-            let req =
-                Req { method: method.clone(), path: path.clone(), query, headers, body, peer };
-            match catch_unwind(AssertUnwindSafe(|| handler(&req))) {
-                Ok(r) => r,
-                Err(_) => {
-                    crate::error!("handler panicked on {method} {path}");
-                    Resp::error(500, "internal error")
+/// Answers 503 on a connection over the cap, spending at most a few tens of milliseconds of
+/// the accept thread on it.
+fn refuse(stream: TcpStream, detail: &str) {
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+    let resp = Resp::error(503, detail).with_header("Retry-After", "1");
+    let mut w = BufWriter::new(&stream);
+    if write_response(&mut w, resp, false, true).is_ok() {
+        linger(&stream, Duration::from_millis(50));
+    }
+}
+
+/// Closes our side and discards what the peer still sends, for a bounded time: closing a socket
+/// with unread input makes Linux send a reset, and the reset can destroy the response we just
+/// wrote before the client reads it (a 413 or 503 would never be seen).
+fn linger(stream: &TcpStream, wait: Duration) {
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let deadline = Instant::now() + wait;
+    let mut sink = [0u8; 8192];
+    let mut left = MAX_DRAIN * 4;
+    while left > 0 {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        let _ = stream.set_read_timeout(Some(deadline - now));
+        match (&mut &*stream).read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => left = left.saturating_sub(n as u64),
+        }
+    }
+}
+
+/// A parsed request head.
+#[derive(Debug)]
+struct Head {
+    method: String,
+    target: String,
+    http10: bool,
+    headers: Vec<(String, String)>,
+}
+
+impl Head {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// Whether the client asked to keep the connection open after this request.
+    fn keep_alive(&self) -> bool {
+        let conn = self.header("connection").unwrap_or("").to_ascii_lowercase();
+        let has = |t: &str| conn.split(',').any(|p| p.trim() == t);
+        if self.http10 { has("keep-alive") } else { !has("close") }
+    }
+}
+
+/// Why a request head could not be read.
+#[derive(Debug)]
+enum HeadError {
+    /// The peer closed or the socket failed: nothing to answer.
+    Gone,
+    /// Answer with this status and detail, then close.
+    Reject(u16, String),
+}
+
+/// Serves requests on one connection until the peer closes, misbehaves, idles out, or the
+/// server stops.
+fn connection(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
+    let stop = crate::sys::cancel_flag();
+    let limits = &shared.limits;
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_write_timeout(Some(limits.io_timeout));
+    let mut reader = BufReader::with_capacity(8 << 10, &stream);
+    let mut writer = BufWriter::with_capacity(16 << 10, &stream);
+    loop {
+        // Idle: wait for the first byte of the next request.
+        let _ = stream.set_read_timeout(Some(limits.idle_timeout));
+        match reader.fill_buf() {
+            Ok([]) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let deadline = Instant::now() + limits.header_timeout;
+        let head = match read_head(&mut reader, &stream, deadline) {
+            Ok(h) => h,
+            Err(HeadError::Gone) => return,
+            Err(HeadError::Reject(status, detail)) => {
+                crate::info!("- - {status} {detail} {}", peer.ip());
+                if write_response(&mut writer, Resp::error(status, &detail), false, true).is_ok() {
+                    linger(&stream, Duration::from_secs(1));
                 }
+                return;
+            }
+        };
+        shared.in_flight.fetch_add(1, Ordering::SeqCst);
+        let outcome = request(head, &stream, &mut reader, &mut writer, peer, shared);
+        shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+        match outcome {
+            Outcome::KeepAlive if !stop.load(Ordering::Relaxed) => {}
+            Outcome::KeepAlive | Outcome::Close => return,
+            Outcome::CloseUnread => {
+                linger(&stream, Duration::from_secs(1));
+                return;
+            }
+        }
+    }
+}
+
+/// What becomes of a connection after a request.
+enum Outcome {
+    KeepAlive,
+    Close,
+    /// Close, with request bytes possibly still unread.
+    CloseUnread,
+}
+
+/// Handles one request whose head has been read.
+fn request<'s>(
+    head: Head,
+    stream: &'s TcpStream,
+    reader: &mut BufReader<&'s TcpStream>,
+    writer: &mut BufWriter<&'s TcpStream>,
+    peer: SocketAddr,
+    shared: &Shared,
+) -> Outcome {
+    let started = Instant::now();
+    let (path, query) = split_url(&head.target);
+    let method = head.method.clone();
+    let head_only = method == "HEAD";
+    let mut keep = head.keep_alive();
+    let framing = match framing(&head) {
+        Ok(f) => f,
+        Err(resp) => {
+            let status = resp.status;
+            let _ = write_response(writer, resp, head_only, true);
+            log(&method, &path, status, started, peer);
+            return Outcome::CloseUnread;
+        }
+    };
+    let _ = stream.set_read_timeout(Some(shared.limits.io_timeout));
+    let expects_continue =
+        head.header("expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+    let mut body = BodyReader {
+        inner: reader,
+        stream,
+        framing,
+        continue_to: expects_continue.then_some(stream),
+        failed: false,
+    };
+    let policy = (shared.policy)(&method, &path);
+    let mut req = Req {
+        method: method.clone(),
+        path: path.clone(),
+        query,
+        headers: head.headers,
+        body: Vec::new(),
+        peer: Some(peer),
+    };
+    let resp = match policy {
+        BodyPolicy::Buffer(max) => match read_all(&mut body, max) {
+            Ok(b) => {
+                req.body = b;
+                call(shared, &req, &mut io::empty())
+            }
+            Err(resp) => resp,
+        },
+        BodyPolicy::Stream(max) => {
+            if req.content_length().is_some_and(|n| n > max) {
+                too_large(max)
+            } else {
+                let mut limited = LimitedBody { inner: &mut body, left: max, over: false };
+                let resp = call(shared, &req, &mut limited);
+                if limited.over { too_large(max) } else { resp }
             }
         }
     };
+    // Whatever of the body the handler left unread must go before the next request can be
+    // parsed; a large remainder is cheaper to drop with the connection.
+    let unread = !body.finish(MAX_DRAIN);
+    if unread {
+        keep = false;
+    }
     let status = resp.status;
     if let Body::Events(rx) = resp.body {
-        crate::info!(
-            "{method} {path} {status} stream {}",
-            peer.map(|p| p.ip().to_string()).unwrap_or_else(|| "-".into())
-        );
-        stream_events(rq, rx);
-        return;
+        log(&method, &path, status, started, peer);
+        stream_events(writer, rx);
+        return Outcome::Close;
     }
-    // tiny_http leaves the body out for HEAD itself.
-    if let Err(e) = rq.respond(to_tiny(resp)) {
-        crate::debug!("answering {method} {path}: {e}");
+    let sent = write_response(writer, resp, head_only, !keep);
+    log(&method, &path, status, started, peer);
+    match (sent.is_ok(), keep, unread) {
+        (true, true, _) => Outcome::KeepAlive,
+        (true, false, true) => Outcome::CloseUnread,
+        _ => Outcome::Close,
     }
-    // The path only: query strings can carry secrets, and /ui/login bodies are never logged.
-    crate::info!(
-        "{method} {path} {status} {}ms {}",
-        started.elapsed().as_millis(),
-        peer.map(|p| p.ip().to_string()).unwrap_or_else(|| "-".into())
-    );
 }
 
-/// Writes server-sent events straight to the connection: tiny_http's chunked encoder would hold
-/// small events back until 8 KiB had gathered. The body ends when the connection closes.
-fn stream_events(rq: tiny_http::Request, rx: std::sync::mpsc::Receiver<Arc<str>>) {
-    use std::io::Write;
+/// Runs the handler; a panic becomes a 500 instead of a dead connection thread.
+fn call(shared: &Shared, req: &Req, body: &mut dyn Read) -> Resp {
+    match catch_unwind(AssertUnwindSafe(|| (shared.handler)(req, body))) {
+        Ok(r) => r,
+        Err(_) => {
+            crate::error!("handler panicked on {} {}", req.method, req.path);
+            Resp::error(500, "internal error")
+        }
+    }
+}
+
+/// The access-log line: the path only, since query strings can carry secrets.
+fn log(method: &str, path: &str, status: u16, started: Instant, peer: SocketAddr) {
+    crate::info!("{method} {path} {status} {}ms {}", started.elapsed().as_millis(), peer.ip());
+}
+
+fn too_large(max: impl std::fmt::Display) -> Resp {
+    Resp::error(413, &format!("request body too large (limit {max} bytes)"))
+}
+
+/// Reads the head up to the blank line, within the deadline and the size caps.
+fn read_head(
+    reader: &mut BufReader<&TcpStream>,
+    stream: &TcpStream,
+    deadline: Instant,
+) -> Result<Head, HeadError> {
+    let mut raw: Vec<u8> = Vec::with_capacity(1024);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(HeadError::Reject(408, "request head not received in time".into()));
+        }
+        let _ = stream.set_read_timeout(Some(left));
+        let buf = match reader.fill_buf() {
+            Ok([]) => return Err(HeadError::Gone),
+            Ok(b) => b,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                return Err(HeadError::Reject(408, "request head not received in time".into()));
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return Err(HeadError::Gone),
+        };
+        // Copy up to and including the blank line, leaving the body in the reader.
+        let before = raw.len();
+        raw.extend_from_slice(buf);
+        let end = find_head_end(&raw, before.saturating_sub(3));
+        let used = match end {
+            Some(e) => e - before,
+            None => buf.len(),
+        };
+        reader.consume(used);
+        if let Some(e) = end {
+            raw.truncate(e);
+            return parse_head(&raw);
+        }
+        if raw.len() > MAX_HEAD {
+            return Err(HeadError::Reject(431, format!("request head over {MAX_HEAD} bytes")));
+        }
+    }
+}
+
+/// The index just past the first blank line ("\r\n\r\n" or bare "\n\n") at or after `from`.
+fn find_head_end(raw: &[u8], from: usize) -> Option<usize> {
+    (from..raw.len()).find_map(|i| {
+        if raw[i..].starts_with(b"\r\n\r\n") {
+            Some(i + 4)
+        } else if raw[i..].starts_with(b"\n\n") {
+            Some(i + 2)
+        } else {
+            None
+        }
+    })
+}
+
+fn parse_head(raw: &[u8]) -> Result<Head, HeadError> {
+    let bad = |m: &str| HeadError::Reject(400, m.to_string());
+    let text = std::str::from_utf8(raw).map_err(|_| bad("request head is not UTF-8"))?;
+    // Leading blank lines before a request line are allowed (RFC 9112 section 2.2).
+    let mut lines =
+        text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).skip_while(|l| l.is_empty());
+    let line = lines.next().ok_or_else(|| bad("empty request"))?;
+    let mut parts = line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad("malformed request line"));
+    };
+    if method.is_empty() || !method.bytes().all(is_token) {
+        return Err(bad("malformed request method"));
+    }
+    let http10 = match version {
+        "HTTP/1.1" => false,
+        "HTTP/1.0" => true,
+        v if v.starts_with("HTTP/") => {
+            return Err(HeadError::Reject(505, format!("{v} is not supported (HTTP/1.1 only)")));
+        }
+        _ => return Err(bad("malformed HTTP version")),
+    };
+    // Absolute form ("http://host/path") is allowed from proxies; keep the path.
+    let target = match target.split_once("://") {
+        Some((_, rest)) => match rest.find('/') {
+            Some(i) => &rest[i..],
+            None => "/",
+        },
+        None => target,
+    };
+    if !target.starts_with('/') || target.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err(bad("malformed request target"));
+    }
+    let mut headers = Vec::new();
+    for l in lines.take_while(|l| !l.is_empty()) {
+        if headers.len() == MAX_HEADERS {
+            return Err(HeadError::Reject(431, format!("more than {MAX_HEADERS} header lines")));
+        }
+        if l.starts_with([' ', '\t']) {
+            return Err(bad("folded header lines are not accepted"));
+        }
+        let (name, value) = l.split_once(':').ok_or_else(|| bad("header line without a colon"))?;
+        if name.is_empty() || !name.bytes().all(is_token) {
+            return Err(bad("malformed header name"));
+        }
+        headers.push((name.to_ascii_lowercase(), value.trim().to_string()));
+    }
+    Ok(Head { method: method.to_ascii_uppercase(), target: target.to_string(), http10, headers })
+}
+
+fn is_token(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// How the request body is delimited.
+#[derive(Debug, Clone, Copy)]
+enum Framing {
+    Length(u64),
+    /// Chunked: bytes left in the current chunk, or None before a chunk-size line.
+    Chunked {
+        left: Option<u64>,
+        done: bool,
+    },
+}
+
+/// Works out the body framing, refusing the ambiguous cases request smuggling relies on.
+fn framing(head: &Head) -> Result<Framing, Resp> {
+    let lengths: Vec<&str> = head
+        .headers
+        .iter()
+        .filter(|(n, _)| n == "content-length")
+        .flat_map(|(_, v)| v.split(','))
+        .map(str::trim)
+        .collect();
+    let te = head.header("transfer-encoding");
+    match (te, lengths.as_slice()) {
+        (Some(_), [_, ..]) => {
+            Err(Resp::error(400, "both Transfer-Encoding and Content-Length were sent"))
+        }
+        (Some(te), []) if te.eq_ignore_ascii_case("chunked") => {
+            Ok(Framing::Chunked { left: None, done: false })
+        }
+        (Some(te), []) => {
+            Err(Resp::error(501, &format!("transfer encoding {te} is not supported")))
+        }
+        (None, []) => Ok(Framing::Length(0)),
+        (None, [first, rest @ ..]) => {
+            if rest.iter().any(|v| v != first) {
+                return Err(Resp::error(400, "conflicting Content-Length headers"));
+            }
+            if first.is_empty() || !first.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(Resp::error(400, "malformed Content-Length"));
+            }
+            first
+                .parse()
+                .map(Framing::Length)
+                .map_err(|_| Resp::error(400, "Content-Length too large"))
+        }
+    }
+}
+
+/// The request body on the connection, decoded from its framing; sends `100 Continue` before
+/// the first read when the client waits for it.
+struct BodyReader<'a, 'b> {
+    inner: &'a mut BufReader<&'b TcpStream>,
+    stream: &'b TcpStream,
+    framing: Framing,
+    continue_to: Option<&'b TcpStream>,
+    /// A read failed or the framing was broken: the connection cannot carry another request.
+    failed: bool,
+}
+
+impl BodyReader<'_, '_> {
+    fn remaining_is_empty(&self) -> bool {
+        matches!(self.framing, Framing::Length(0) | Framing::Chunked { done: true, .. })
+    }
+
+    /// Skips an unread remainder up to `max` bytes; whether the connection is still usable.
+    fn finish(&mut self, max: u64) -> bool {
+        if self.failed {
+            return false;
+        }
+        if self.remaining_is_empty() {
+            return true;
+        }
+        if self.continue_to.is_some() {
+            // The client is still waiting for permission to send: it will not send anything.
+            return false;
+        }
+        if matches!(self.framing, Framing::Length(n) if n > max) {
+            return false;
+        }
+        // A client that declared a body and does not send it must not hold the thread long.
+        let _ = self.stream.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut sink = [0u8; 8192];
+        let mut skipped = 0u64;
+        while skipped <= max {
+            match self.read(&mut sink) {
+                Ok(0) => return !self.failed && self.remaining_is_empty(),
+                Ok(n) => skipped += n as u64,
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
+    fn chunk_size_line(&mut self) -> io::Result<u64> {
+        let mut line = Vec::new();
+        (&mut *self.inner).take(1024).read_until(b'\n', &mut line)?;
+        let text = std::str::from_utf8(&line).unwrap_or("");
+        let hex = text.trim_end_matches(['\r', '\n']).split(';').next().unwrap_or("").trim();
+        if !line.ends_with(b"\n") || hex.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "malformed chunk size line"));
+        }
+        u64::from_str_radix(hex, 16)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "malformed chunk size"))
+    }
+
+    fn read_inner(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if !self.remaining_is_empty() {
+            if let Some(mut s) = self.continue_to.take() {
+                s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+            }
+        }
+        match self.framing {
+            Framing::Length(0) | Framing::Chunked { done: true, .. } => Ok(0),
+            Framing::Length(left) => {
+                let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                let n = self.inner.read(&mut buf[..want])?;
+                if n == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                self.framing = Framing::Length(left - n as u64);
+                Ok(n)
+            }
+            Framing::Chunked { left: None, .. } => {
+                let size = self.chunk_size_line()?;
+                if size == 0 {
+                    // Trailer fields, then the blank line.
+                    loop {
+                        let mut line = Vec::new();
+                        (&mut *self.inner).take(8192).read_until(b'\n', &mut line)?;
+                        if !line.ends_with(b"\n") {
+                            return Err(io::ErrorKind::UnexpectedEof.into());
+                        }
+                        if line == b"\r\n" || line == b"\n" {
+                            break;
+                        }
+                    }
+                    self.framing = Framing::Chunked { left: None, done: true };
+                    return Ok(0);
+                }
+                self.framing = Framing::Chunked { left: Some(size), done: false };
+                self.read_inner(buf)
+            }
+            Framing::Chunked { left: Some(left), .. } => {
+                let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                let n = self.inner.read(&mut buf[..want])?;
+                if n == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                let left = left - n as u64;
+                if left == 0 {
+                    let mut crlf = Vec::new();
+                    (&mut *self.inner).take(2).read_until(b'\n', &mut crlf)?;
+                    if crlf != b"\r\n" && crlf != b"\n" {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "chunk not followed by CRLF",
+                        ));
+                    }
+                }
+                self.framing = Framing::Chunked { left: (left > 0).then_some(left), done: false };
+                Ok(n)
+            }
+        }
+    }
+}
+
+impl Read for BodyReader<'_, '_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let r = self.read_inner(buf);
+        if r.is_err() {
+            self.failed = true;
+        }
+        r
+    }
+}
+
+/// A streamed body cut at the route's limit: reading past it is an error and marks the
+/// request as too large.
+struct LimitedBody<'a, R: Read> {
+    inner: &'a mut R,
+    left: u64,
+    over: bool,
+}
+
+impl<R: Read> Read for LimitedBody<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            let mut probe = [0u8; 1];
+            if self.inner.read(&mut probe)? == 0 {
+                return Ok(0);
+            }
+            self.over = true;
+            return Err(io::Error::new(io::ErrorKind::FileTooLarge, "request body too large"));
+        }
+        let want = buf.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// Reads a whole body, refusing (413) one larger than `max` by its declared length or by count.
+fn read_all(body: &mut BodyReader, max: usize) -> Result<Vec<u8>, Resp> {
+    if let Framing::Length(n) = body.framing {
+        if n > max as u64 {
+            return Err(too_large(max));
+        }
+    }
+    let mut out = Vec::new();
+    match body.take(max as u64 + 1).read_to_end(&mut out) {
+        Ok(_) if out.len() > max => Err(too_large(max)),
+        Ok(_) => Ok(out),
+        Err(e) => Err(Resp::error(400, &format!("reading the request body: {e}"))),
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        206 => "Partial Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        413 => "Content Too Large",
+        415 => "Unsupported Media Type",
+        416 => "Range Not Satisfiable",
+        422 => "Unprocessable Content",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        505 => "HTTP Version Not Supported",
+        507 => "Insufficient Storage",
+        _ => "",
+    }
+}
+
+thread_local! {
+    /// The Date header value, formatted once per second per thread.
+    static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) };
+}
+
+fn date() -> String {
+    let now = crate::units::now_secs();
+    DATE.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.0 != now || d.1.is_empty() {
+            *d = (now, crate::units::http_date(now));
+        }
+        d.1.clone()
+    })
+}
+
+/// Writes status line, headers and body; `close` adds `Connection: close`.
+fn write_response(
+    w: &mut BufWriter<&TcpStream>,
+    resp: Resp,
+    head_only: bool,
+    close: bool,
+) -> io::Result<()> {
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\nServer: bty-web\r\nDate: {}\r\n",
+        resp.status,
+        reason(resp.status),
+        date()
+    );
+    for (n, v) in &resp.headers {
+        // A value with a line break would split the response: drop it rather than send it.
+        if !v.contains(['\r', '\n']) && !n.contains(['\r', '\n', ':']) {
+            head.push_str(&format!("{n}: {v}\r\n"));
+        }
+    }
+    if close {
+        head.push_str("Connection: close\r\n");
+    }
+    match resp.body {
+        Body::Bytes(b) => {
+            if resp.status != 204 && resp.status != 304 {
+                head.push_str(&format!("Content-Length: {}\r\n", b.len()));
+            }
+            head.push_str("\r\n");
+            w.write_all(head.as_bytes())?;
+            if !head_only {
+                w.write_all(&b)?;
+            }
+        }
+        Body::Stream(mut r, Some(n)) => {
+            head.push_str(&format!("Content-Length: {n}\r\n\r\n"));
+            w.write_all(head.as_bytes())?;
+            if !head_only {
+                let copied = io::copy(&mut (&mut r).take(n), w)?;
+                if copied < n {
+                    // The file shrank under us: the length is a lie, so the connection must go.
+                    w.flush()?;
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+        }
+        Body::Stream(mut r, None) => {
+            head.push_str("Transfer-Encoding: chunked\r\n\r\n");
+            w.write_all(head.as_bytes())?;
+            if !head_only {
+                let mut buf = vec![0u8; 64 << 10];
+                loop {
+                    let n = r.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    write!(w, "{n:x}\r\n")?;
+                    w.write_all(&buf[..n])?;
+                    w.write_all(b"\r\n")?;
+                }
+                w.write_all(b"0\r\n\r\n")?;
+            }
+        }
+        Body::Events(_) => {
+            head.push_str("Content-Length: 0\r\n\r\n");
+            w.write_all(head.as_bytes())?;
+        }
+    }
+    w.flush()
+}
+
+/// Writes server-sent events straight to the connection, each flushed at once. The body ends
+/// when the connection closes; a peer that stops reading is dropped by the write timeout.
+fn stream_events(w: &mut BufWriter<&TcpStream>, rx: std::sync::mpsc::Receiver<Arc<str>>) {
     use std::sync::mpsc::RecvTimeoutError;
     let stop = crate::sys::cancel_flag();
-    let mut w = rq.into_writer();
-    let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\nX-Accel-Buffering: no\r\n\r\n";
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nServer: bty-web\r\nDate: {}\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\nX-Accel-Buffering: no\r\n\r\n",
+        date()
+    );
     if w.write_all(head.as_bytes()).and_then(|_| w.flush()).is_err() {
         return;
     }
@@ -252,21 +931,6 @@ fn stream_events(rq: tiny_http::Request, rx: std::sync::mpsc::Receiver<Arc<str>>
     }
 }
 
-/// Reads the body, refusing (413) one larger than `max`, by Content-Length or by counting.
-fn read_body(rq: &mut tiny_http::Request, max: usize) -> Result<Vec<u8>, Resp> {
-    if rq.body_length().is_some_and(|n| n > max) {
-        return Err(Resp::error(413, &format!("request body too large (limit {max} bytes)")));
-    }
-    let mut body = Vec::new();
-    match rq.as_reader().take(max as u64 + 1).read_to_end(&mut body) {
-        Ok(_) if body.len() > max => {
-            Err(Resp::error(413, &format!("request body too large (limit {max} bytes)")))
-        }
-        Ok(_) => Ok(body),
-        Err(e) => Err(Resp::error(400, &format!("reading the request body: {e}"))),
-    }
-}
-
 /// Splits "/a/b?x=1&y=%20" into the path and decoded query pairs.
 pub fn split_url(url: &str) -> (String, Vec<(String, String)>) {
     let (path, q) = url.split_once('?').unwrap_or((url, ""));
@@ -279,25 +943,6 @@ pub fn split_url(url: &str) -> (String, Vec<(String, String)>) {
         })
         .collect();
     (percent_decode(path, false), query)
-}
-
-fn to_tiny(resp: Resp) -> tiny_http::Response<Box<dyn Read + Send>> {
-    let headers = resp
-        .headers
-        .iter()
-        .filter_map(|(n, v)| tiny_http::Header::from_bytes(n.as_bytes(), v.as_bytes()).ok())
-        .collect();
-    let (data, len): (Box<dyn Read + Send>, Option<usize>) = match resp.body {
-        Body::Bytes(b) => {
-            let n = b.len();
-            (Box::new(std::io::Cursor::new(b)), Some(n))
-        }
-        Body::Stream(r, n) => (r, n),
-        Body::Events(_) => (Box::new(std::io::empty()), Some(0)),
-    };
-    // A known length is always sent as Content-Length (tiny_http would chunk above 32 KiB).
-    tiny_http::Response::new(tiny_http::StatusCode(resp.status), headers, data, len, None)
-        .with_chunked_threshold(usize::MAX)
 }
 
 #[cfg(test)]
@@ -330,5 +975,78 @@ mod tests {
             String::from_utf8(b).unwrap(),
             r#"{"detail":"no machine record for aa:bb:cc:dd:ee:ff"}"#
         );
+    }
+
+    fn head(raw: &str) -> Result<Head, u16> {
+        parse_head(raw.as_bytes()).map_err(|e| match e {
+            HeadError::Reject(s, _) => s,
+            HeadError::Gone => 0,
+        })
+    }
+
+    #[test]
+    fn parses_heads_and_refuses_malformed_ones() {
+        let h = head("\r\nget /pxe/x?y=1 HTTP/1.1\r\nHost: a:8080\r\nX-A:  b \r\n\r\n").unwrap();
+        assert_eq!((h.method.as_str(), h.target.as_str(), h.http10), ("GET", "/pxe/x?y=1", false));
+        assert_eq!(h.header("host"), Some("a:8080"));
+        assert_eq!(h.header("x-a"), Some("b"));
+        assert!(h.keep_alive());
+        let h = head("GET http://h:1/a/b HTTP/1.0\n\n").unwrap();
+        assert_eq!((h.target.as_str(), h.http10, h.keep_alive()), ("/a/b", true, false));
+        assert_eq!(head("GET / HTTP/2.0\r\n\r\n").unwrap_err(), 505);
+        for bad in [
+            "GET /\r\n\r\n",
+            "GET  / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1 x\r\n\r\n",
+            "G(T / HTTP/1.1\r\n\r\n",
+            "GET x HTTP/1.1\r\n\r\n",
+            "GET /a\x01 HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nNo colon\r\n\r\n",
+            "GET / HTTP/1.1\r\nA: b\r\n c\r\n\r\n",
+            "GET / HTTP/1.1\r\nBad name: c\r\n\r\n",
+            "GET / FTP/1.1\r\n\r\n",
+        ] {
+            assert_eq!(head(bad).unwrap_err(), 400, "{bad:?}");
+        }
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("H{i}: v\r\n")).collect();
+        assert_eq!(head(&format!("GET / HTTP/1.1\r\n{many}\r\n")).unwrap_err(), 431);
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\n\r\nbody", 0), Some(18));
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\n", 0), None);
+    }
+
+    #[test]
+    fn framing_refuses_smuggling_shapes() {
+        let f = |raw: &str| framing(&head(raw).unwrap()).map_err(|r| r.status);
+        assert!(matches!(f("POST / HTTP/1.1\r\n\r\n"), Ok(Framing::Length(0))));
+        assert!(matches!(
+            f("POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n"),
+            Ok(Framing::Length(12))
+        ));
+        assert!(matches!(
+            f("POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n"),
+            Ok(Framing::Length(5))
+        ));
+        assert!(matches!(
+            f("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Ok(Framing::Chunked { .. })
+        ));
+        assert_eq!(f("POST / HTTP/1.1\r\nContent-Length: 5, 6\r\n\r\n").err(), Some(400));
+        assert_eq!(f("POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n").err(), Some(400));
+        assert_eq!(f("POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\n").err(), Some(400));
+        assert_eq!(
+            f("POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n").err(),
+            Some(400)
+        );
+        assert_eq!(
+            f("POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n").err(),
+            Some(400)
+        );
+        assert_eq!(f("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n").err(), Some(501));
+    }
+
+    #[test]
+    fn http_dates() {
+        assert_eq!(crate::units::http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(crate::units::http_date(1_795_436_457), "Mon, 23 Nov 2026 12:20:57 GMT");
     }
 }

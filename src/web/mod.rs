@@ -13,6 +13,7 @@ use lexopt::prelude::*;
 use crate::error::{Context, Result};
 
 pub mod auth;
+pub mod boot;
 pub mod catalog;
 pub mod config;
 pub mod db;
@@ -118,9 +119,8 @@ fn serve(settings: &Settings) -> Result<ExitCode> {
         );
     }
     crate::sys::catch_cancel_signals().context("installing the SIGTERM/SIGINT handler")?;
-    let server = tiny_http::Server::http(&listen)
-        .map_err(|e| crate::error::Error::msg(format!("listening on {listen}: {e}")))?;
-    let addr = server.server_addr().to_ip().context("reading the bound address")?;
+    let listener = http::bind(&listen).with_context(|| format!("listening on {listen}"))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
     {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "listening on http://{addr}");
@@ -150,14 +150,15 @@ fn serve(settings: &Settings) -> Result<ExitCode> {
         )
         .context("starting the live-update publisher")?;
     }
-    let handler: Arc<dyn Fn(&http::Req) -> http::Resp + Send + Sync> =
-        Arc::new(move |req: &http::Req| {
+    let limits = settings.limits();
+    let handler: Arc<http::Handler> =
+        Arc::new(move |req: &http::Req, body: &mut dyn std::io::Read| {
             let started = std::time::Instant::now();
-            let resp = routes::route(&app, req);
+            let resp = routes::route(&app, req, body);
             app.metrics.request(resp.status, started.elapsed());
             resp
         });
-    http::serve(Arc::new(server), handler, routes::body_limit, http::Limits::default());
+    http::serve(listener, handler, routes::body_policy, limits);
     crate::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }

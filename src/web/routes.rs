@@ -1,16 +1,17 @@
 //! The URL map: one `match` on (method, path segments), each arm a small function.
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::sync::{Arc, Mutex};
 
 use crate::source::percent_decode;
 use crate::web::auth::{self, Auth, Session};
 use crate::web::config::Settings;
 use crate::web::db::{CatalogEntry, Db, Machine, PxeMark};
-use crate::web::http::{Req, Resp};
+use crate::web::http::{BodyPolicy, Req, Resp};
 use crate::web::metrics::Metrics;
 use crate::web::sse::{self, Hub};
-use crate::web::{catalog, pxe, validate};
+use crate::web::{boot, catalog, pxe, validate};
 
 /// What every route can reach.
 pub struct App {
@@ -45,23 +46,25 @@ impl App {
     }
 }
 
-/// Largest request body accepted: inventory with lshw gets a few MiB, the rest little.
-pub fn body_limit(method: &str, path: &str) -> usize {
+/// How each route takes its body: artifact uploads stream to disk (the route applies the
+/// configured size limit), inventory with lshw gets a few MiB, the rest little.
+pub fn body_policy(method: &str, path: &str) -> BodyPolicy {
     match (method, path) {
-        ("POST", p) if p.ends_with("/inventory") => 4 << 20,
-        _ => 64 << 10,
+        ("PUT", p) if p.starts_with("/boot/") => BodyPolicy::Stream(u64::MAX),
+        ("POST", p) if p.ends_with("/inventory") => BodyPolicy::Buffer(4 << 20),
+        _ => BodyPolicy::Buffer(64 << 10),
     }
 }
 
 /// Answers one request.
-pub fn route(app: &Arc<App>, req: &Req) -> Resp {
+pub fn route(app: &Arc<App>, req: &Req, body: &mut dyn Read) -> Resp {
     let segs: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
     let m = req.method.as_str();
     // Protected routes: a valid session cookie, else 401 for the API and 303 for pages.
     let protected = matches!(
         segs.first(),
         Some(&"machines") | Some(&"events") | Some(&"catalog") | Some(&"metrics")
-    );
+    ) || (m == "PUT" && segs.first() == Some(&"boot"));
     let mut renew = None;
     if protected {
         match app.auth.check(req.header("cookie")) {
@@ -130,7 +133,9 @@ pub fn route(app: &Arc<App>, req: &Req) -> Resp {
         ("GET" | "HEAD", ["pxe", mac]) => pxe_script(app, req, mac),
         ("GET" | "HEAD", ["pxe", mac, "plan"]) => pxe_plan(app, req, mac),
         ("POST", ["pxe", mac, what]) => pxe_post(app, req, mac, what),
-        ("GET" | "HEAD", ["boot", name]) => boot_file(app, req, name),
+        ("GET" | "HEAD", ["boot", name]) => boot::serve(app, req, name),
+        // A name with a slash reaches here in pieces; it is refused as a name (400), not a 404.
+        ("PUT", ["boot", rest @ ..]) => boot::upload(app, req, &rest.join("/"), body),
         ("POST", ["events", id, "ack"]) => ack_event(app, id),
         _ => fixed(req, &segs),
     };
@@ -293,45 +298,6 @@ fn pxe_post(app: &App, req: &Req, mac: &str, what: &str) -> Resp {
 }
 
 /// Serves a netboot artifact; `?mac=` from the live environment marks that it booted.
-fn boot_file(app: &App, req: &Req, name: &str) -> Resp {
-    let name = match validate::boot_file_name(name) {
-        Ok(n) => n,
-        Err(e) => return bad(e),
-    };
-    let path = app.settings.boot_dir().join(name);
-    let file = match std::fs::File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Resp::error(404, &format!("no such file: {name}"));
-        }
-        Err(e) => {
-            return internal(
-                crate::error::Error::from(e).wrap(format!("opening {}", path.display())),
-            );
-        }
-    };
-    let len = file.metadata().map(|m| m.len() as usize).ok();
-    if req.method == "GET" {
-        app.metrics
-            .boot_bytes
-            .fetch_add(len.unwrap_or(0) as u64, std::sync::atomic::Ordering::Relaxed);
-    }
-    let s = &app.settings;
-    if let Some(mac) = req.param("mac").and_then(|m| validate::normalize_mac(m).ok()) {
-        if name == s.get("boot", "kernel") || name == s.get("boot", "initrd") {
-            match app.db.pxe_mark(&mac, PxeMark::FlasherBooted) {
-                Ok(_) => {}
-                Err(e) => crate::warn!("{e}"),
-            }
-        }
-    }
-    Resp {
-        status: 200,
-        headers: vec![("Content-Type".into(), "application/octet-stream".into())],
-        body: crate::web::http::Body::Stream(Box::new(file), len),
-    }
-}
-
 /// `POST /catalog/entries`: `{"image_url", "sha_url", "name", "description"}`.
 fn add_catalog_entry(app: &App, req: &Req) -> Resp {
     let v: serde_json::Value = match serde_json::from_slice(&req.body) {
@@ -407,7 +373,7 @@ fn add_catalog_entry(app: &App, req: &Req) -> Resp {
 }
 
 /// Logs an internal error and answers 500 without its details.
-fn internal(e: crate::error::Error) -> Resp {
+pub(crate) fn internal(e: crate::error::Error) -> Resp {
     crate::error!("{e}");
     Resp::error(500, "internal error (see the server log)")
 }
@@ -543,7 +509,7 @@ fn login(app: &App, req: &Req) -> Resp {
 }
 
 /// Answers rejected input: 422, or 400 for a bad file name, with the field named.
-fn bad(e: validate::Invalid) -> Resp {
+pub(crate) fn bad(e: validate::Invalid) -> Resp {
     Resp::error(e.status(), &e.to_string())
 }
 
@@ -610,8 +576,12 @@ mod tests {
     }
 
     #[test]
-    fn body_limits_per_route() {
-        assert_eq!(body_limit("POST", "/pxe/aa:bb:cc:dd:ee:ff/inventory"), 4 << 20);
-        assert_eq!(body_limit("PUT", "/machines/aa:bb:cc:dd:ee:ff"), 64 << 10);
+    fn body_policies_per_route() {
+        assert_eq!(
+            body_policy("POST", "/pxe/aa:bb:cc:dd:ee:ff/inventory"),
+            BodyPolicy::Buffer(4 << 20)
+        );
+        assert_eq!(body_policy("PUT", "/machines/aa:bb:cc:dd:ee:ff"), BodyPolicy::Buffer(64 << 10));
+        assert_eq!(body_policy("PUT", "/boot/x.initrd"), BodyPolicy::Stream(u64::MAX));
     }
 }

@@ -3,9 +3,11 @@
 #![allow(dead_code)]
 
 use std::fs;
+use std::io::Read;
 use std::io::Write;
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use sha2::{Digest, Sha256};
@@ -277,4 +279,91 @@ pub fn spawn_web(mut cmd: Command) -> (std::process::Child, String) {
         .expect("the first line names the address")
         .to_string();
     (child, addr)
+}
+
+/// A real bty-web on 127.0.0.1 with a temp state dir and the password `pw-for-tests`; killed
+/// and its state removed on drop.
+pub struct Server {
+    pub child: Child,
+    pub addr: String,
+    pub state: std::path::PathBuf,
+}
+
+impl Server {
+    pub fn start(name: &str) -> Server {
+        Server::start_env(name, &[])
+    }
+
+    /// Starts with extra environment (settings such as `BTY_SERVER_IDLE_TIMEOUT`).
+    pub fn start_env(name: &str, env: &[(&str, &str)]) -> Server {
+        let state = std::env::temp_dir().join(format!("bty-api-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&state);
+        Server::start_in_env(state, env)
+    }
+
+    /// Starts on an existing state directory (for restarts).
+    pub fn start_in(state: std::path::PathBuf) -> Server {
+        Server::start_in_env(state, &[])
+    }
+
+    pub fn start_in_env(state: std::path::PathBuf, env: &[(&str, &str)]) -> Server {
+        let mut cmd = bty_web(&state);
+        cmd.env("BTY_ADMIN_PASSWORD", "pw-for-tests").envs(env.iter().copied());
+        let (child, addr) = spawn_web(cmd);
+        Server { child, addr, state }
+    }
+
+    /// Sends one request; returns (status, headers lower-cased, body).
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        cookie: Option<&str>,
+        body: &str,
+    ) -> (u16, String, String) {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        let cookie = cookie.map(|c| format!("Cookie: {c}\r\n")).unwrap_or_default();
+        let ctype = if path == "/ui/login" {
+            "application/x-www-form-urlencoded"
+        } else {
+            "application/json"
+        };
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{cookie}Content-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.addr,
+            body.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+        let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        (status, head.to_ascii_lowercase(), body.to_string())
+    }
+
+    pub fn login(&self) -> String {
+        let (st, head, _) = self.call("POST", "/ui/login", None, "password=pw-for-tests");
+        assert_eq!(st, 303, "{head}");
+        assert!(head.contains("location: /ui/dashboard"), "{head}");
+        let line = head
+            .lines()
+            .find(|l| l.starts_with("set-cookie: bty-token="))
+            .expect("a session cookie");
+        assert!(
+            line.contains("httponly")
+                && line.contains("samesite=strict")
+                && line.contains("max-age=604800")
+        );
+        // The cookie value keeps its case; take it from the header as lower-cased hex is fine.
+        line.trim_start_matches("set-cookie: ").split(';').next().unwrap().to_string()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.state);
+    }
 }

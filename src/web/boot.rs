@@ -1,0 +1,177 @@
+//! Netboot artifacts under the boot dir: served at `GET /boot/{name}` (marking that a machine's
+//! live environment booted when `?mac=` comes along) and uploaded with `PUT /boot/{name}`,
+//! streamed to a temporary file and renamed into place so a reader never sees half a file.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::web::db::PxeMark;
+use crate::web::http::{Body, Req, Resp};
+use crate::web::routes::{App, bad, internal};
+use crate::web::validate;
+
+/// `GET|HEAD /boot/{name}`.
+pub fn serve(app: &App, req: &Req, name: &str) -> Resp {
+    let name = match validate::boot_file_name(name) {
+        Ok(n) => n,
+        Err(e) => return bad(e),
+    };
+    let path = app.settings.boot_dir().join(name);
+    let file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Resp::error(404, &format!("no such file: {name}"));
+        }
+        Err(e) => {
+            return internal(
+                crate::error::Error::from(e).wrap(format!("opening {}", path.display())),
+            );
+        }
+    };
+    let len = file.metadata().map(|m| m.len()).ok();
+    if req.method == "GET" {
+        app.metrics.boot_bytes.fetch_add(len.unwrap_or(0), Ordering::Relaxed);
+    }
+    let s = &app.settings;
+    if let Some(mac) = req.param("mac").and_then(|m| validate::normalize_mac(m).ok()) {
+        if name == s.get("boot", "kernel") || name == s.get("boot", "initrd") {
+            if let Err(e) = app.db.pxe_mark(&mac, PxeMark::FlasherBooted) {
+                crate::warn!("{e}");
+            }
+        }
+    }
+    Resp {
+        status: 200,
+        headers: vec![("Content-Type".into(), "application/octet-stream".into())],
+        body: Body::Stream(Box::new(file), len),
+    }
+}
+
+/// `PUT /boot/{name}`: the body is the file. 200 `{"name", "size_bytes", "path"}`.
+pub fn upload(app: &App, req: &Req, name: &str, body: &mut dyn Read) -> Resp {
+    let name = match validate::boot_file_name(name) {
+        Ok(n) => n,
+        Err(e) => return bad(e),
+    };
+    let max = app.settings.max_upload();
+    if req.content_length().is_some_and(|n| n > max) {
+        return Resp::error(413, &format!("{name}: larger than the upload limit of {max} bytes"));
+    }
+    let dir = app.settings.boot_dir();
+    let dest = dir.join(name);
+    // A leading dot keeps the partial file out of GET /boot (names may not start with one).
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let tmp = dir.join(format!(
+        ".{name}.upload-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = receive(body, &tmp, max).and_then(|size| {
+        fs::rename(&tmp, &dest).map_err(|e| Failure::Disk(format!("renaming to {name}: {e}")))?;
+        // The rename is durable only once the directory is synced.
+        if let Err(e) = File::open(&dir).and_then(|d| d.sync_all()) {
+            crate::warn!("syncing {}: {e}", dir.display());
+        }
+        Ok(size)
+    });
+    let size = match result {
+        Ok(size) => size,
+        Err(f) => {
+            let _ = fs::remove_file(&tmp);
+            crate::warn!("upload of {name} failed: {}", f.detail());
+            let _ = app.db.add_event(
+                "boot.upload.failed",
+                None,
+                &format!("upload of {name} failed: {}", f.detail()),
+                None,
+            );
+            return f.response(name, max);
+        }
+    };
+    let msg = format!("uploaded {name} ({})", crate::units::bytes(size));
+    crate::info!("{msg}");
+    let _ = app.db.add_event(
+        "boot.uploaded",
+        None,
+        &msg,
+        Some(serde_json::json!({ "name": name, "size_bytes": size })),
+    );
+    Resp::json(
+        200,
+        &serde_json::json!({ "name": name, "size_bytes": size, "path": dest.display().to_string() }),
+    )
+}
+
+/// Why an upload did not land.
+enum Failure {
+    /// The body went over the limit.
+    TooLarge,
+    /// The client's side: dropped connection, stalled, malformed chunks.
+    Client(String),
+    /// Our side: the boot dir is full or unwritable.
+    Full(String),
+    Disk(String),
+}
+
+impl Failure {
+    fn detail(&self) -> String {
+        match self {
+            Failure::TooLarge => "over the upload limit".into(),
+            Failure::Client(m) | Failure::Full(m) | Failure::Disk(m) => m.clone(),
+        }
+    }
+
+    fn response(&self, name: &str, max: u64) -> Resp {
+        match self {
+            Failure::TooLarge => {
+                Resp::error(413, &format!("{name}: larger than the upload limit of {max} bytes"))
+            }
+            Failure::Client(m) => Resp::error(400, &format!("{name}: {m}")),
+            Failure::Full(m) => Resp::error(507, &format!("{name}: {m}")),
+            Failure::Disk(m) => internal(crate::error::Error::msg(format!("{name}: {m}"))),
+        }
+    }
+}
+
+/// Copies the body into a new file at `tmp` and syncs it; the byte count.
+fn receive(body: &mut dyn Read, tmp: &Path, max: u64) -> Result<u64, Failure> {
+    let disk = |what: &str, e: io::Error| {
+        let m = format!("{what} {}: {e}", tmp.display());
+        if e.raw_os_error() == Some(crate::sys::ENOSPC) {
+            Failure::Full(m)
+        } else {
+            Failure::Disk(m)
+        }
+    };
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(tmp)
+        .map_err(|e| disk("creating", e))?;
+    let mut buf = vec![0u8; 256 << 10];
+    let mut total = 0u64;
+    loop {
+        let n = match body.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::FileTooLarge => return Err(Failure::TooLarge),
+            Err(e) => {
+                return Err(Failure::Client(format!(
+                    "reading the upload after {total} bytes: {e}"
+                )));
+            }
+        };
+        total += n as u64;
+        if total > max {
+            return Err(Failure::TooLarge);
+        }
+        file.write_all(&buf[..n]).map_err(|e| disk("writing", e))?;
+    }
+    file.sync_all().map_err(|e| disk("syncing", e))?;
+    Ok(total)
+}
