@@ -9,11 +9,12 @@ MUSL_TARGET := x86_64-unknown-linux-musl
 #   qemu-utils: qemu-img/qemu-io to build qcow2 test images; e2fsprogs: mkfs.ext4 for the
 #   mounted-target test; gdisk/fdisk: sgdisk/sfdisk for partition-table tests; util-linux:
 #   losetup/mount; zstd xz-utils bzip2 pigz bmap-tools mbuffer: the reference pipelines of the
-#   benchmark; musl-tools: the static build.
+#   benchmark; musl-tools: the static build; wrk: the HTTP load generator of `make bench-web`,
+#   python3-venv: the venv (target/bench-venv) it installs the reference bty-web into.
 DEB_PACKAGES := qemu-utils e2fsprogs gdisk fdisk util-linux zstd xz-utils bzip2 pigz \
-	bmap-tools mbuffer musl-tools python3 time bsdutils
+	bmap-tools mbuffer musl-tools python3 time bsdutils wrk python3-venv
 
-.PHONY: help run test deps lint build release static bench bench-flash clean
+.PHONY: help run test deps lint build release static bench bench-flash bench-web clean
 
 help:
 	@echo "make run          build and start bty-web on $(STATE_DIR) (prints URL and password)"
@@ -21,6 +22,7 @@ help:
 	@echo "make deps         install the Debian packages and Rust targets the tests need"
 	@echo "make static       build a static bty (musl, LTO, stripped) and print its size"
 	@echo "make bench-flash  flash benchmark against the reference pipelines -> bench/RESULTS.md"
+	@echo "make bench-web    bty-web against the reference server (PyPI bty-lab), ~4 min -> bench/RESULTS.md"
 
 run: release
 	@mkdir -p $(STATE_DIR)
@@ -68,6 +70,10 @@ bench: bench-flash
 
 bench-flash: deps release
 	bench/flash.sh
+
+# Installs the reference (pip, into target/bench-venv) on first use; then only 127.0.0.1.
+bench-web: deps release
+	bench/web.sh
 
 clean:
 	$(CARGO) clean
