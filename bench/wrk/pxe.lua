@@ -1,0 +1,26 @@
+-- GET /pxe/{mac} cycling over the N machines bench/web.sh seeded:
+--   wrk -tT ... -s bench/wrk/pxe.lua http://HOST:PORT -- N T
+-- MAC i (0 <= i < N) is 52:54:00:00:HH:LL with HH:LL = i as 16 bits, as web.sh seeds them.
+-- wrk thread k of T starts at MAC k*N/T and takes the next MAC for each request, so the
+-- threads together sweep every machine.
+local dir = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
+dofile(dir .. "report.lua")
+
+local next_id = 0
+function setup(thread)     -- runs in the main Lua state, once per wrk thread
+  thread:set("id", next_id)
+  next_id = next_id + 1
+end
+
+local n, i
+function init(args)        -- runs in each thread's own Lua state; `id` was set by setup
+  n = tonumber(args[1]) or 1000
+  local t = tonumber(args[2]) or 1
+  i = math.floor((id or 0) * n / t) % n
+end
+
+function request()
+  local path = string.format("/pxe/52:54:00:00:%02x:%02x", math.floor(i / 256), i % 256)
+  i = (i + 1) % n
+  return wrk.format("GET", path)
+end
