@@ -461,3 +461,46 @@ fn metrics_count_requests_offers_flashes_and_boot_bytes() {
         assert!(body.contains(want), "missing {want}:\n{body}");
     }
 }
+
+#[test]
+fn a_burst_of_200_pxe_contacts_costs_a_bounded_number_of_snapshots() {
+    let s = Server::start("sse-burst");
+    let c = s.login();
+    let mut stream = TcpStream::connect(&s.addr).unwrap();
+    write!(stream, "GET /events/machines HTTP/1.1\r\nHost: {}\r\nCookie: {c}\r\n\r\n", s.addr)
+        .unwrap();
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    let mut reader = BufReader::new(stream);
+    let macs: Vec<String> =
+        (0..200).map(|i| format!("52:54:00:01:{:02x}:{:02x}", i / 256, i % 256)).collect();
+    std::thread::scope(|scope| {
+        for part in macs.chunks(50) {
+            let s = &s;
+            scope.spawn(move || {
+                for mac in part {
+                    assert_eq!(s.call("GET", &format!("/pxe/{mac}"), None, "").0, 200);
+                }
+            });
+        }
+    });
+    // Every contact discovered a machine; the snapshots that follow must end with all of them,
+    // and there must be far fewer snapshots than changes.
+    let mut snapshots = 0;
+    let mut last = String::new();
+    for _ in 0..100_000 {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        if let Some(data) = line.strip_prefix("data: ") {
+            snapshots += 1;
+            last = data.to_string();
+            if macs.iter().all(|m| last.contains(m.as_str())) {
+                break;
+            }
+        }
+    }
+    let rows: serde_json::Value = serde_json::from_str(&last).expect("a JSON snapshot");
+    assert_eq!(rows.as_array().map(Vec::len), Some(200), "the final snapshot has every machine");
+    assert!(snapshots <= 40, "{snapshots} snapshots for 200 changes: not coalesced");
+}
