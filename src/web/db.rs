@@ -6,7 +6,7 @@
 //! and a fresh one records a `system.schema.reset` event.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -88,6 +88,8 @@ pub struct Db {
     path: PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
+    /// Signalled when a reader goes back to the pool.
+    reader_back: Condvar,
 }
 
 /// A machine as the API returns it (the spec's `Machine` wire type).
@@ -255,7 +257,12 @@ impl Db {
         for _ in 0..READERS {
             readers.push(connect(&path, false)?);
         }
-        let db = Db { path, writer: Mutex::new(writer), readers: Mutex::new(readers) };
+        let db = Db {
+            path,
+            writer: Mutex::new(writer),
+            readers: Mutex::new(readers),
+            reader_back: Condvar::new(),
+        };
         if let Some((from, archived_at)) = reset {
             db.add_event(
                 "system.schema.reset",
@@ -281,14 +288,31 @@ impl Db {
 
     /// Runs `f` on a reader connection (WAL readers never block the writer).
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
-        let conn = loop {
-            if let Some(c) = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop() {
-                break c;
+        let conn = {
+            let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                if let Some(c) = pool.pop() {
+                    break c;
+                }
+                pool = self.reader_back.wait(pool).unwrap_or_else(|p| p.into_inner());
             }
-            std::thread::sleep(Duration::from_millis(1));
         };
-        let out = f(&conn);
-        self.readers.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+        // Back to the pool on every path, a panic in `f` included.
+        struct Lease<'a>(&'a Db, Option<Connection>);
+        impl Drop for Lease<'_> {
+            fn drop(&mut self) {
+                if let Some(c) = self.1.take() {
+                    self.0.readers.lock().unwrap_or_else(|p| p.into_inner()).push(c);
+                    self.0.reader_back.notify_one();
+                }
+            }
+        }
+        let lease = Lease(self, Some(conn));
+        let out = match &lease.1 {
+            Some(c) => f(c),
+            None => unreachable!("the lease holds its connection until dropped"),
+        };
+        drop(lease);
         out.with_context(|| format!("reading {}", self.path.display()))
     }
 
@@ -407,53 +431,68 @@ impl Db {
         Ok(n > 0)
     }
 
-    /// A PXE contact: creates the discovered row for an unknown MAC (bty-inventory, no image)
-    /// and records when and from where it was seen. One short write; returns the machine and
-    /// whether it was just discovered.
-    pub fn pxe_contact(&self, mac: &str, ip: Option<&str>) -> Result<(Machine, bool)> {
+    /// One PXE contact in one short write transaction: records it (an unknown MAC becomes a
+    /// discovered machine), reads the machine and its catalog entry, lets `decide` pick the
+    /// offer, applies the bookkeeping mark the offer needs and logs the events. The cost does
+    /// not depend on the fleet size: a few statements on one row, all prepared once.
+    pub fn pxe_contact<T>(
+        &self,
+        mac: &str,
+        ip: Option<&str>,
+        decide: impl FnOnce(&Machine, Option<&CatalogEntry>) -> (T, Option<PxeMark>, Option<String>),
+    ) -> Result<(Machine, Option<CatalogEntry>, T)> {
         let now = now_iso8601();
-        let discovered = {
-            let conn = self.write();
-            let n = conn
-                .prepare_cached(
-                    "UPDATE machines SET last_seen_at = ?2, last_seen_ip = ?3 WHERE mac = ?1",
-                )?
-                .execute(params![mac, now, ip])
-                .with_context(|| format!("recording a PXE contact of {mac}"))?;
-            if n == 0 {
-                conn.prepare_cached(
-                    "INSERT INTO machines (mac, boot_mode, discovered_at, last_seen_at, last_seen_ip, \
-                     created_at, updated_at) VALUES (?1, 'bty-inventory', ?2, ?2, ?3, ?2, ?2)",
-                )?
-                .execute(params![mac, now, ip])
-                .with_context(|| format!("recording the discovery of {mac}"))?;
-            }
-            n == 0
+        let mut conn = self.write();
+        let tx = conn.transaction().context("starting a transaction")?;
+        let n = tx
+            .prepare_cached(
+                "UPDATE machines SET last_seen_at = ?2, last_seen_ip = ?3 WHERE mac = ?1",
+            )?
+            .execute(params![mac, now, ip])
+            .with_context(|| format!("recording a PXE contact of {mac}"))?;
+        if n == 0 {
+            tx.prepare_cached(
+                "INSERT INTO machines (mac, boot_mode, discovered_at, last_seen_at, last_seen_ip, \
+                 created_at, updated_at) VALUES (?1, 'bty-inventory', ?2, ?2, ?3, ?2, ?2)",
+            )?
+            .execute(params![mac, now, ip])
+            .with_context(|| format!("recording the discovery of {mac}"))?;
+            insert_event(
+                &tx,
+                "machine.discovered",
+                Some(mac),
+                &format!("{mac} discovered by PXE"),
+                None,
+            )?;
+        }
+        let m = tx
+            .prepare_cached(&format!("SELECT {MACHINE_COLUMNS} FROM machines m WHERE m.mac = ?1"))?
+            .query_row([mac], machine_from_row)
+            .with_context(|| format!("reading back machine {mac}"))?;
+        let image = match &m.bty_image_ref {
+            Some(r) => tx
+                .prepare_cached(&format!(
+                    "SELECT {CATALOG_COLUMNS} FROM catalog_entries WHERE bty_image_ref = ?1"
+                ))?
+                .query_row([r], catalog_from_row)
+                .optional()
+                .with_context(|| format!("reading catalog entry {r}"))?,
+            None => None,
         };
-        let m = self.machine(mac)?.with_context(|| format!("reading back machine {mac}"))?;
-        Ok((m, discovered))
+        let (out, mark, offered) = decide(&m, image.as_ref());
+        if let Some(what) = mark {
+            apply_mark(&tx, mac, what, &now)?;
+        }
+        if let Some(reason) = offered {
+            insert_event(&tx, "pxe.offered", Some(mac), &reason, None)?;
+        }
+        tx.commit().with_context(|| format!("committing the PXE contact of {mac}"))?;
+        Ok((m, image, out))
     }
 
     /// Updates PXE bookkeeping columns of one machine; false when there is no such machine.
-    /// `what` names a fixed statement, never input.
     pub fn pxe_mark(&self, mac: &str, what: PxeMark) -> Result<bool> {
-        let now = now_iso8601();
-        let sql = match what {
-            PxeMark::FlasherBooted => "UPDATE machines SET saw_flasher_boot = 1 WHERE mac = ?1",
-            PxeMark::DiskBooted => {
-                "UPDATE machines SET boot_disk_next = 0, saw_flasher_boot = 0 WHERE mac = ?1"
-            }
-            PxeMark::FlashDone => {
-                "UPDATE machines SET last_flashed_at = ?2, last_status = 'done', \
-                 boot_disk_next = CASE WHEN boot_mode = 'bty-flash-always' THEN 1 ELSE 0 END \
-                 WHERE mac = ?1"
-            }
-        };
-        let conn = self.write();
-        let mut st = conn.prepare_cached(sql)?;
-        let n = if sql.contains("?2") { st.execute(params![mac, now]) } else { st.execute([mac]) }
-            .with_context(|| format!("updating machine {mac}"))?;
-        Ok(n > 0)
+        apply_mark(&self.write(), mac, what, &now_iso8601())
     }
 
     /// Records a failed flash reported by the live environment.
@@ -552,13 +591,7 @@ impl Db {
         message: &str,
         details: Option<serde_json::Value>,
     ) -> Result<i64> {
-        let conn = self.write();
-        conn.prepare_cached(
-            "INSERT INTO events (at, kind, subject_id, message, details) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?
-        .execute(params![now_iso8601(), kind, subject, message, details.map(|d| d.to_string())])
-        .with_context(|| format!("recording event {kind}"))?;
-        Ok(conn.last_insert_rowid())
+        insert_event(&self.write(), kind, subject, message, details)
     }
 
     /// Events newest first, optionally filtered, at most `limit` (1..=500), older than `before_id`.
@@ -646,6 +679,57 @@ fn read_marker(path: &Path) -> Result<Option<String>> {
     // Fold the WAL into the main file, so the renamed .bak is complete on its own.
     let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
     Ok(marker)
+}
+
+/// Sets PXE bookkeeping columns of one machine; false when there is no such machine. The
+/// statements are fixed text, never input.
+fn apply_mark(conn: &Connection, mac: &str, what: PxeMark, now: &str) -> Result<bool> {
+    let n = match what {
+        PxeMark::FlasherBooted => conn
+            .prepare_cached("UPDATE machines SET saw_flasher_boot = 1 WHERE mac = ?1")?
+            .execute([mac]),
+        PxeMark::DiskBooted => conn
+            .prepare_cached(
+                "UPDATE machines SET boot_disk_next = 0, saw_flasher_boot = 0 WHERE mac = ?1",
+            )?
+            .execute([mac]),
+        PxeMark::FlashDone => conn
+            .prepare_cached(
+                "UPDATE machines SET last_flashed_at = ?2, last_status = 'done', \
+                 boot_disk_next = CASE WHEN boot_mode = 'bty-flash-always' THEN 1 ELSE 0 END \
+                 WHERE mac = ?1",
+            )?
+            .execute(params![mac, now]),
+    }
+    .with_context(|| format!("updating machine {mac}"))?;
+    Ok(n > 0)
+}
+
+/// Events kept: older ones are pruned as new ones arrive, so a lab that PXE-boots all day does
+/// not grow state.db without bound.
+const EVENTS_KEPT: i64 = 100_000;
+
+/// Inserts an event on `conn` (inside the caller's transaction, if any); returns its id.
+fn insert_event(
+    conn: &Connection,
+    kind: &str,
+    subject: Option<&str>,
+    message: &str,
+    details: Option<serde_json::Value>,
+) -> Result<i64> {
+    conn.prepare_cached(
+        "INSERT INTO events (at, kind, subject_id, message, details) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![now_iso8601(), kind, subject, message, details.map(|d| d.to_string())])
+    .with_context(|| format!("recording event {kind}"))?;
+    let id = conn.last_insert_rowid();
+    // Pruning in batches every 1000 events keeps the per-event cost flat.
+    if id % 1000 == 0 {
+        conn.prepare_cached("DELETE FROM events WHERE id <= ?1")?
+            .execute([id - EVENTS_KEPT])
+            .context("pruning old events")?;
+    }
+    Ok(id)
 }
 
 #[cfg(test)]

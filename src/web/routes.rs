@@ -160,46 +160,40 @@ fn fixed(req: &Req, segs: &[&str]) -> Resp {
     }
 }
 
-/// A PXE contact: records it (discovering unknown MACs), decides, logs the decision.
+/// A PXE contact: records it (discovering unknown MACs) and decides, in one transaction; the
+/// script route also applies the decision's mark and logs it.
 fn pxe_decide(
     app: &App,
     req: &Req,
     mac: &str,
+    offer: bool,
 ) -> Result<(Machine, pxe::Decision, Option<CatalogEntry>, String), Resp> {
     let mac = validate::normalize_mac(mac).map_err(bad)?;
     let host = host_for_scripts(req.host())
         .ok_or_else(|| Resp::error(400, "invalid Host header"))?
         .to_string();
     let ip = req.peer.map(|p| p.ip().to_string());
-    let (m, discovered) = app.db.pxe_contact(&mac, ip.as_deref()).map_err(internal)?;
+    let (m, image, d) = app
+        .db
+        .pxe_contact(&mac, ip.as_deref(), |m, image| {
+            let d = pxe::decide(m, image);
+            let mark = match d {
+                pxe::Decision::Disk { once: true, .. } if offer => Some(PxeMark::DiskBooted),
+                _ => None,
+            };
+            let reason = offer.then(|| d.reason().to_string());
+            (d, mark, reason)
+        })
+        .map_err(internal)?;
     app.hub.changed();
-    if discovered {
-        let _ = app.db.add_event(
-            "machine.discovered",
-            Some(&mac),
-            &format!("{mac} discovered by PXE"),
-            None,
-        );
-    }
-    let image = match &m.bty_image_ref {
-        Some(r) => app.db.catalog_entry(r).map_err(internal)?,
-        None => None,
-    };
-    let d = pxe::decide(&m, image.as_ref());
     Ok((m, d, image, host))
 }
 
 fn pxe_script(app: &App, req: &Req, mac: &str) -> Resp {
-    let (m, d, _, host) = match pxe_decide(app, req, mac) {
+    let (m, d, _, host) = match pxe_decide(app, req, mac, true) {
         Ok(x) => x,
         Err(r) => return r,
     };
-    if let pxe::Decision::Disk { once: true, .. } = d {
-        if let Err(e) = app.db.pxe_mark(&m.mac, PxeMark::DiskBooted) {
-            return internal(e);
-        }
-    }
-    let _ = app.db.add_event("pxe.offered", Some(&m.mac), d.reason(), None);
     let counter = match d {
         pxe::Decision::Disk { .. } => &app.metrics.offers_disk,
         pxe::Decision::LiveEnv { .. } => &app.metrics.offers_live,
@@ -211,7 +205,7 @@ fn pxe_script(app: &App, req: &Req, mac: &str) -> Resp {
 }
 
 fn pxe_plan(app: &App, req: &Req, mac: &str) -> Resp {
-    match pxe_decide(app, req, mac) {
+    match pxe_decide(app, req, mac, false) {
         Ok((m, d, image, host)) => Resp::json(200, &pxe::plan(&d, &m, image.as_ref(), &host)),
         Err(r) => r,
     }
