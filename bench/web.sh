@@ -12,7 +12,9 @@
 #      GET /pxe/{mac} cycling over every seeded MAC (bench/wrk/pxe.lua)
 #   5. peak RSS (VmHWM) after the load
 # then prints a table (metric | reference | bty | ratio) and the targets, and under
-# `make bench-web` (or WRITE=1) replaces the "bty-web" section of bench/RESULTS.md.
+# `make bench-web` (or WRITE=1) replaces the section between the bench-web markers of
+# bench/RESULTS.md (appended when absent; the rest of the file is kept). Note: bench/flash.sh
+# rewrites RESULTS.md whole, so run `make bench-web` again after `make bench-flash`.
 #
 # Network traffic goes to 127.0.0.1 only, except pip's install of the reference into
 # $VENV (target/bench-venv) when that venv does not have it yet.
@@ -69,7 +71,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # ---- prerequisites ----
-for t in wrk curl python3 git timeout; do command -v $t >/dev/null || die "$t is missing (make deps)"; done
+for t in wrk curl python3 git timeout /usr/bin/time; do command -v $t >/dev/null || die "$t is missing (make deps)"; done
 [[ -x $BTY_WEB ]] || die "$BTY_WEB not found: cargo build --release (or make bench-web)"
 mkdir -p "$WORK"
 : > "$KV"
@@ -211,8 +213,7 @@ def render(kvpath):
               ("pxe", f"GET /pxe/{{mac}} over {kv['machines']} MACs")]
     rows = []  # (metric, ref, bty, ratio)
     sm = {s: med(s) for s in ("ref", "bty")}
-    rows.append((f"start-up: spawn → first 200 /healthz, ms (median of {kv['starts']}; "
-                 f"runs: ref {kv.get('ref.start_ms')}; bty {kv.get('bty.start_ms')})",
+    rows.append((f"start-up: spawn → first 200 from GET /healthz, ms (median of {kv['starts']})",
                  f(sm["ref"]), f(sm["bty"]), ratio(sm["ref"], sm["bty"], False)))
     for k, label in [("rss_idle_kb", "idle RSS 1 s after start, MiB"),
                      ("rss_seeded_kb", f"idle RSS after seeding {kv['machines']} machines, MiB"),
@@ -237,11 +238,17 @@ def render(kvpath):
         o.append(f"| {m} | {r} | {b} | {x} |")
     # per-run details: what wrk saw, what the access log says, server CPU
     o.append("")
-    o.append("wrk runs (`-t%s -c%s --latency --timeout 30s`): " % (kv["threads"], kv["conns"]))
+    o.append(f"Start-up runs, ms: reference {kv.get('ref.start_ms')}; bty {kv.get('bty.start_ms')}.")
+    o.append("")
+    o.append("wrk runs (`-t%s -c%s --latency --timeout 30s`), in this order. wrk and the server share "
+             "the 2 cores: server CPU + wrk CPU near 2 x the run's seconds means the machine, not "
+             "the server alone, was the limit. *VmHWM after* is the server's peak RSS so far "
+             "(after seeding: ref %s MiB, bty %s MiB):"
+             % (kv["threads"], kv["conns"], f(mib("ref", "hwm_seeded_kb")), f(mib("bty", "hwm_seeded_kb"))))
     o.append("")
     o.append("| server | route | s | requests | requests/s | p50 ms | p90 ms | p99 ms | max ms | "
-             "non-2xx/3xx | socket errors (connect/read/write/timeout) | server CPU s |")
-    o.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+             "non-2xx/3xx | socket errors (connect/read/write/timeout) | server CPU s | wrk CPU s | VmHWM after, MiB |")
+    o.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for s in ("ref", "bty"):
         for route, _ in routes:
             w = wrk(s, route)
@@ -250,7 +257,7 @@ def render(kvpath):
             o.append(f"| {s} | {route} | {num(w['duration_us']) / 1e6:.1f} | {w['requests']} | "
                      f"{f(num(w['rps']))} | {ms('p50_us')} | {ms('p90_us')} | {ms('p99_us')} | "
                      f"{ms('max_us')} | {w['status']} | {w['connect']}/{w['read']}/{w['write']}/"
-                     f"{w['timeout']} | {kv.get(f'{s}.cpu.{route}', '?')} |")
+                     f"{w['timeout']} | {kv.get(f'{s}.cpu.{route}', '?')} | {kv.get(f'{s}.wrkcpu.{route}', '?')} | {f(mib(s, f'hwm.{route}'))} |")
     # targets
     def wv(s, route, k): return num(wrk(s, route).get(k))
     pxe, pxe99 = wv("bty", "pxe", "rps"), wv("bty", "pxe", "p99_us") / 1000
@@ -339,12 +346,14 @@ run_wrk() {
   local out=$WORK/wrk-$who-$route.txt a b line
   log "  wrk $route: ${secs}s, -t$THREADS -c$CONNS"
   a=$(cpu_ticks "$pid")
-  timeout $((secs + 60)) wrk -t"$THREADS" -c"$CONNS" -d"${secs}s" --timeout 30s --latency "$@" > "$out" 2>&1 \
+  /usr/bin/time -o "$out.time" -f '%U %S' timeout $((secs + 60)) wrk -t"$THREADS" -c"$CONNS" -d"${secs}s" --timeout 30s --latency "$@" > "$out" 2>&1 \
     || { cat "$out" >&2; die "wrk $who $route failed"; }
   b=$(cpu_ticks "$pid")
   line=$(sed -n 's/^WRK_RESULT //p' "$out")
   [[ -n $line ]] || { cat "$out" >&2; die "wrk $who $route printed no WRK_RESULT line"; }
   put "$who.wrk.$route" "$line"
+  put "$who.hwm.$route" "$(status_kb "$pid" VmHWM)"
+  put "$who.wrkcpu.$route" "$(awk 'END{printf "%.1f", $1 + $2}' "$out.time")"
   put "$who.cpu.$route" "$(awk -v t=$((b - a)) -v hz="$(getconf CLK_TCK)" 'BEGIN{printf "%.1f", t / hz}')"
   log "    $line"
   alive "$pid" "$who" "$WORK/$who/server.log"
@@ -377,6 +386,7 @@ measure() { # ref|bty: everything but the start-up series, on a fresh state dir
   wait_idle "$pid"
   sleep 1
   put "$who.rss_seeded_kb" "$(status_kb "$pid" VmRSS)"
+  put "$who.hwm_seeded_kb" "$(status_kb "$pid" VmHWM)"
   log "$who: idle RSS $(status_kb "$pid" VmRSS) kB after seeding (seeding took ${seed}s)"
 
   local base=http://127.0.0.1:$port pxe_secs=$DURATION
