@@ -159,6 +159,20 @@ pub fn shutdown_listener(listener: &std::net::TcpListener) -> io::Result<()> {
     if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
+/// Caps glibc's malloc arenas. By default glibc gives busy threads arenas of their own (up to
+/// eight per core) and keeps freed memory in each, so a thread-per-connection server's RSS
+/// grows with the number of threads that ever ran. A no-op on other C libraries (musl has no
+/// per-thread arenas).
+pub fn limit_malloc_arenas(n: i32) {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator tunable; called before the server's threads start.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, n);
+    }
+    #[cfg(not(target_env = "gnu"))]
+    let _ = n;
+}
+
 /// Deallocates `[offset, offset + len)` of a regular file, keeping its size: the range then
 /// reads as zeros whatever it held before.
 pub fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {

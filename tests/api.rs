@@ -84,8 +84,14 @@ fn machines_crud_with_validation() {
     }
     let (st, _, resp) = s.call("PUT", "/machines/../etc", Some(&c), "{}");
     assert!((400..500).contains(&st), "{resp}");
+    // The list is served from a cache that every write invalidates.
+    let list = || s.call("GET", "/machines", Some(&c), "").2;
+    assert!(list().contains("aa:bb:cc:dd:ee:01"));
+    assert_eq!(s.call("GET", "/pxe/aa:bb:cc:dd:ee:01", None, "").0, 200);
+    assert!(list().contains(r#""last_seen_ip":"127.0.0.1""#), "{}", list());
     let (st, _, _) = s.call("DELETE", "/machines/aa:bb:cc:dd:ee:01", Some(&c), "");
     assert_eq!(st, 204);
+    assert!(!list().contains("aa:bb:cc:dd:ee:01"));
     let (st, _, body) = s.call("DELETE", "/machines/aa:bb:cc:dd:ee:01", Some(&c), "");
     assert_eq!(st, 404);
     assert_eq!(body, r#"{"detail":"no machine record for aa:bb:cc:dd:ee:01"}"#);

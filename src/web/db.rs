@@ -6,7 +6,8 @@
 //! and a fresh one records a `system.schema.reset` event.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -90,6 +91,66 @@ pub struct Db {
     readers: Mutex<Vec<Connection>>,
     /// Signalled when a reader goes back to the pool.
     reader_back: Condvar,
+    /// Bumped after every use of the writer, so views built from reads can be cached until the
+    /// next write.
+    generation: AtomicU64,
+    /// Tells the checkpoint thread to end when the database is dropped.
+    closed: Arc<AtomicBool>,
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        self.closed.store(true, Ordering::Release);
+    }
+}
+
+/// How often the WAL is copied back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// Copies the WAL into the database file from a thread of its own. SQLite would otherwise do it
+/// inside whichever commit crosses 1000 pages, fsync included, and that request (a PXE contact
+/// in a boot storm) would wait for the disk. PASSIVE never blocks the writer or readers.
+fn spawn_checkpointer(path: &Path, closed: Arc<AtomicBool>) -> Result<()> {
+    let conn = connect(path, true)?;
+    std::thread::Builder::new()
+        .name("checkpoint".into())
+        .spawn(move || {
+            while !closed.load(Ordering::Acquire) {
+                std::thread::sleep(CHECKPOINT_EVERY);
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    crate::warn!("checkpointing the state database: {e}");
+                }
+            }
+        })
+        .context("starting the checkpoint thread")?;
+    Ok(())
+}
+
+/// The writer connection, held exclusively; dropping it bumps the generation.
+pub struct Writer<'a> {
+    conn: MutexGuard<'a, Connection>,
+    generation: &'a AtomicU64,
+}
+
+impl std::ops::Deref for Writer<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Writer<'_> {
+    fn deref_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+}
+
+impl Drop for Writer<'_> {
+    fn drop(&mut self) {
+        // After the statement or transaction is done: a reader that saw the old generation
+        // before this write will not keep its view.
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
 }
 
 /// A machine as the API returns it (the spec's `Machine` wire type).
@@ -262,7 +323,11 @@ impl Db {
             writer: Mutex::new(writer),
             readers: Mutex::new(readers),
             reader_back: Condvar::new(),
+            generation: AtomicU64::new(0),
+            closed: Arc::new(AtomicBool::new(false)),
         };
+        // The writer leaves checkpoints to this thread (wal_autocheckpoint = 0 below).
+        spawn_checkpointer(&db.path, Arc::clone(&db.closed))?;
         if let Some((from, archived_at)) = reset {
             db.add_event(
                 "system.schema.reset",
@@ -281,9 +346,17 @@ impl Db {
         &self.path
     }
 
-    fn write(&self) -> MutexGuard<'_, Connection> {
+    fn write(&self) -> Writer<'_> {
         // A panic while holding the lock leaves SQLite consistent (the transaction rolls back).
-        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+        Writer {
+            conn: self.writer.lock().unwrap_or_else(|p| p.into_inner()),
+            generation: &self.generation,
+        }
+    }
+
+    /// Changes with every write; equal values mean nothing was written in between.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Runs `f` on a reader connection (WAL readers never block the writer).
@@ -648,11 +721,15 @@ fn connect(path: &Path, writer: bool) -> Result<Connection> {
     // WAL: readers do not block the writer; NORMAL: a commit survives a process kill (the WAL
     // is in the OS before the commit returns), and only a power loss can lose the last ones.
     let pragmas = if writer {
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;"
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+         PRAGMA wal_autocheckpoint = 0;"
     } else {
         "PRAGMA foreign_keys = ON;"
     };
-    conn.execute_batch(pragmas).with_context(|| format!("configuring {}", path.display()))?;
+    // A lab's state is a few MiB at most; SQLite's default 2 MiB page cache per connection
+    // would be most of bty-web's memory.
+    let pragmas = format!("{pragmas} PRAGMA cache_size = -512;");
+    conn.execute_batch(&pragmas).with_context(|| format!("configuring {}", path.display()))?;
     Ok(conn)
 }
 

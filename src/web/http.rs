@@ -58,6 +58,8 @@ impl Req {
 /// A response body.
 pub enum Body {
     Bytes(Vec<u8>),
+    /// Bytes shared between responses (a cached view).
+    Shared(Arc<[u8]>),
     /// Streamed (files): with a length when known, chunked otherwise.
     Stream(Box<dyn Read + Send>, Option<u64>),
     /// Server-sent events, each written and flushed as it arrives; keep-alive comments in between.
@@ -854,6 +856,13 @@ fn write_response(
                 head.push_str(&format!("Content-Length: {}\r\n", b.len()));
             }
             head.push_str("\r\n");
+            w.write_all(head.as_bytes())?;
+            if !head_only {
+                w.write_all(&b)?;
+            }
+        }
+        Body::Shared(b) => {
+            head.push_str(&format!("Content-Length: {}\r\n\r\n", b.len()));
             w.write_all(head.as_bytes())?;
             if !head_only {
                 w.write_all(&b)?;

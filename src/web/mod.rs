@@ -108,6 +108,7 @@ fn print_config(settings: &Settings) {
 }
 
 fn serve(settings: &Settings) -> Result<ExitCode> {
+    crate::sys::limit_malloc_arenas(2);
     let state_dir = settings.state_dir();
     let listen = settings.listen();
     prepare_state_dir(&state_dir, &settings.boot_dir())?;
@@ -134,6 +135,7 @@ fn serve(settings: &Settings) -> Result<ExitCode> {
         progress: Default::default(),
         hub: Default::default(),
         metrics: Default::default(),
+        machines_json: Default::default(),
     });
     {
         let app = Arc::clone(&app);

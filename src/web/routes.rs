@@ -8,7 +8,7 @@ use crate::source::percent_decode;
 use crate::web::auth::{self, Auth, Session};
 use crate::web::config::Settings;
 use crate::web::db::{CatalogEntry, Db, Machine, PxeMark};
-use crate::web::http::{BodyPolicy, Req, Resp};
+use crate::web::http::{Body, BodyPolicy, Req, Resp};
 use crate::web::metrics::Metrics;
 use crate::web::sse::{self, Hub};
 use crate::web::{boot, catalog, pxe, validate};
@@ -24,9 +24,30 @@ pub struct App {
     pub hub: Arc<Hub>,
     /// Counters for /metrics.
     pub metrics: Metrics,
+    /// `GET /machines` as last serialised, with the database generation it was built at.
+    pub machines_json: Mutex<Option<(u64, Arc<[u8]>)>>,
 }
 
 impl App {
+    /// `GET /machines`: the whole table as JSON, built once per database change. Polling
+    /// dashboards and scripts then cost a copy of a shared buffer, not a query and a
+    /// serialisation of the fleet each.
+    pub fn machines_json(&self) -> crate::error::Result<Arc<[u8]>> {
+        let generation = self.db.generation();
+        if let Some((g, json)) = &*self.machines_json.lock().unwrap_or_else(|p| p.into_inner()) {
+            if *g == generation {
+                return Ok(Arc::clone(json));
+            }
+        }
+        let all = self.db.machines()?;
+        let json: Arc<[u8]> = serde_json::to_vec(&all)
+            .map_err(|e| crate::error::Error::msg(format!("encoding the machines: {e}")))?
+            .into();
+        *self.machines_json.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((generation, Arc::clone(&json)));
+        Ok(json)
+    }
+
     /// The machines table as the live updates send it: every machine with its flash progress.
     pub fn snapshot(&self) -> crate::error::Result<String> {
         let machines = self.db.machines()?;
@@ -83,8 +104,12 @@ pub fn route(app: &Arc<App>, req: &Req, body: &mut dyn Read) -> Resp {
         }
         ("POST", ["ui", "login"]) => login(app, req),
         ("POST", ["ui", "logout"]) => logout(app),
-        ("GET" | "HEAD", ["machines"]) => match app.db.machines() {
-            Ok(all) => Resp::json(200, &all),
+        ("GET" | "HEAD", ["machines"]) => match app.machines_json() {
+            Ok(json) => Resp {
+                status: 200,
+                headers: vec![("Content-Type".into(), "application/json".into())],
+                body: Body::Shared(json),
+            },
             Err(e) => internal(e),
         },
         (_, ["machines", mac]) => machine(app, req, mac),
@@ -95,9 +120,7 @@ pub fn route(app: &Arc<App>, req: &Req, body: &mut dyn Read) -> Resp {
             Ok(s) => Resp {
                 status: 200,
                 headers: Vec::new(),
-                body: crate::web::http::Body::Events(
-                    app.hub.subscribe(sse::event("machines-update", &s)),
-                ),
+                body: Body::Events(app.hub.subscribe(sse::event("machines-update", &s))),
             },
             Err(e) => internal(e),
         },
