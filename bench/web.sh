@@ -21,6 +21,7 @@
 #
 # Env: MACHINES=1000  STARTS=5  DURATION=10 (s per wrk run)  REF_PXE_DURATION=15 (the
 #      reference's /pxe run: a few requests per second)  CONNS=16  THREADS=2
+#      QUIET_WAIT=120 (s to wait for other load to stop before starting)
 #      WORK=/tmp/bench-web.XXXX (state dirs, logs, raw wrk output; kept)
 #      VENV=<repo>/target/bench-venv  BTY_WEB=<repo>/target/release/bty-web
 #      RESULTS=<repo>/bench/RESULTS.md  WRITE=1|0 (default: 1 under make, else 0)
@@ -41,6 +42,7 @@ DURATION=${DURATION:-10}
 REF_PXE_DURATION=${REF_PXE_DURATION:-15}
 CONNS=${CONNS:-16}
 THREADS=${THREADS:-2}
+QUIET_WAIT=${QUIET_WAIT:-120}
 WRITE=${WRITE:-$([[ -n ${MAKELEVEL:-} ]] && echo 1 || echo 0)}
 PASSWORD=bench-web-password
 WORK=${WORK:-$(mktemp -d /tmp/bench-web.XXXXXX)}
@@ -242,13 +244,17 @@ def render(kvpath):
     o.append("")
     o.append("wrk runs (`-t%s -c%s --latency --timeout 30s`), in this order. wrk and the server share "
              "the 2 cores: server CPU + wrk CPU near 2 x the run's seconds means the machine, not "
-             "the server alone, was the limit. *VmHWM after* is the server's peak RSS so far "
+             "the server alone, was the limit. *Rest of the machine* = all busy CPU time "
+             "(/proc/stat) less the server's and wrk's: softirq for loopback traffic, and any other "
+             "process (more than a second or two means something else was running and the run is "
+             "suspect). *VmHWM after* is the server's peak RSS so far "
              "(after seeding: ref %s MiB, bty %s MiB):"
              % (kv["threads"], kv["conns"], f(mib("ref", "hwm_seeded_kb")), f(mib("bty", "hwm_seeded_kb"))))
     o.append("")
     o.append("| server | route | s | requests | requests/s | p50 ms | p90 ms | p99 ms | max ms | "
-             "non-2xx/3xx | socket errors (connect/read/write/timeout) | server CPU s | wrk CPU s | VmHWM after, MiB |")
-    o.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+             "non-2xx/3xx | socket errors (connect/read/write/timeout) | server CPU s | wrk CPU s | "
+             "rest of the machine CPU s | VmHWM after, MiB |")
+    o.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for s in ("ref", "bty"):
         for route, _ in routes:
             w = wrk(s, route)
@@ -257,7 +263,9 @@ def render(kvpath):
             o.append(f"| {s} | {route} | {num(w['duration_us']) / 1e6:.1f} | {w['requests']} | "
                      f"{f(num(w['rps']))} | {ms('p50_us')} | {ms('p90_us')} | {ms('p99_us')} | "
                      f"{ms('max_us')} | {w['status']} | {w['connect']}/{w['read']}/{w['write']}/"
-                     f"{w['timeout']} | {kv.get(f'{s}.cpu.{route}', '?')} | {kv.get(f'{s}.wrkcpu.{route}', '?')} | {f(mib(s, f'hwm.{route}'))} |")
+                     f"{w['timeout']} | {kv.get(f'{s}.cpu.{route}', '?')} | {kv.get(f'{s}.wrkcpu.{route}', '?')} | "
+                     f"{f(num(kv.get(f'{s}.busy.{route}')) - num(kv.get(f'{s}.cpu.{route}')) - num(kv.get(f'{s}.wrkcpu.{route}')))} | "
+                     f"{f(mib(s, f'hwm.{route}'))} |")
     # targets
     def wv(s, route, k): return num(wrk(s, route).get(k))
     pxe, pxe99 = wv("bty", "pxe", "rps"), wv("bty", "pxe", "p99_us") / 1000
@@ -323,6 +331,8 @@ start_server() {
 
 status_kb() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# busy ticks of the whole machine (user nice system irq softirq; not idle, iowait, steal)
+busy_ticks() { awk '$1 == "cpu" {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
 # wait until PID uses (almost) no CPU for 0.5 s (the reference goes on with queued requests
 # after wrk has hung up); at most 60 s
 wait_idle() {
@@ -343,18 +353,19 @@ login() { # PORT -> the cookie "bty-token=..."
 # wrk WHO ROUTE PORT SECONDS [wrk args...]: runs it, records the WRK_RESULT line and server CPU
 run_wrk() {
   local who=$1 route=$2 port=$3 secs=$4 pid=$5; shift 5
-  local out=$WORK/wrk-$who-$route.txt a b line
+  local out=$WORK/wrk-$who-$route.txt a b m0 m1 line
   log "  wrk $route: ${secs}s, -t$THREADS -c$CONNS"
-  a=$(cpu_ticks "$pid")
+  a=$(cpu_ticks "$pid") m0=$(busy_ticks)
   /usr/bin/time -o "$out.time" -f '%U %S' timeout $((secs + 60)) wrk -t"$THREADS" -c"$CONNS" -d"${secs}s" --timeout 30s --latency "$@" > "$out" 2>&1 \
     || { cat "$out" >&2; die "wrk $who $route failed"; }
-  b=$(cpu_ticks "$pid")
+  b=$(cpu_ticks "$pid") m1=$(busy_ticks)
   line=$(sed -n 's/^WRK_RESULT //p' "$out")
   [[ -n $line ]] || { cat "$out" >&2; die "wrk $who $route printed no WRK_RESULT line"; }
   put "$who.wrk.$route" "$line"
   put "$who.hwm.$route" "$(status_kb "$pid" VmHWM)"
   put "$who.wrkcpu.$route" "$(awk 'END{printf "%.1f", $1 + $2}' "$out.time")"
   put "$who.cpu.$route" "$(awk -v t=$((b - a)) -v hz="$(getconf CLK_TCK)" 'BEGIN{printf "%.1f", t / hz}')"
+  put "$who.busy.$route" "$(awk -v t=$((m1 - m0)) -v hz="$(getconf CLK_TCK)" 'BEGIN{printf "%.1f", t / hz}')"
   log "    $line"
   alive "$pid" "$who" "$WORK/$who/server.log"
   wait_idle "$pid"
@@ -417,6 +428,17 @@ put ref "$REF_PKG ($(timeout 60 "$REF_WEB" --version); uvicorn $("$VENV/bin/pyth
 put bty "$(timeout 10 "$BTY_WEB" --version 2>&1 | head -1), $(stat -c %s "$BTY_WEB") bytes"
 put machines "$MACHINES"; put starts "$STARTS"; put conns "$CONNS"; put threads "$THREADS"
 
+# Anything else running skews every figure here (2 cores): wait up to QUIET_WAIT seconds for
+# the machine to be at most 10% busy over 2 s, then go on regardless (and say so).
+for ((waited = 0; ; waited += 2)); do
+  b0=$(busy_ticks); sleep 2; b1=$(busy_ticks)
+  quiet=$(awk -v t=$((b1 - b0)) -v hz="$(getconf CLK_TCK)" -v n="$(nproc)" 'BEGIN{printf "%.0f", 100 * t / hz / 2 / n}')
+  (( quiet <= 10 || waited >= QUIET_WAIT )) && break
+  (( waited % 20 == 0 )) && log "the machine is ${quiet}% busy (load $(cut -d' ' -f1 /proc/loadavg)): waiting up to ${QUIET_WAIT}s for it to calm down"
+done
+put background "$quiet% of the machine's CPU busy in the 2 s before the run ($(cut -d' ' -f1-3 /proc/loadavg) load average)"
+(( quiet <= 10 )) || log "warning: the machine is ${quiet}% busy before the benchmark (load $(cut -d' ' -f1 /proc/loadavg)); the figures will suffer"
+
 # ---- 1. start-up, interleaved ----
 log "start-up: $STARTS runs each, interleaved, fresh state dir each"
 for ((i = 1; i <= STARTS; i++)); do
@@ -449,6 +471,7 @@ Raw output (wrk, server logs, state dirs) was in \`$WORK\`.
 - reference: $(kvget ref), started as \`bty-web\` with BTY_PATHS_STATE_DIR, BTY_SERVER_HOST=127.0.0.1, BTY_SERVER_PORT, BTY_ADMIN_PASSWORD and an empty BTY_CONFIG_FILE (uvicorn, one worker, its default INFO access log to a file)
 - bty: $(kvget bty), started as \`bty-web --listen 127.0.0.1:PORT --state-dir DIR\` with BTY_ADMIN_PASSWORD and an empty BTY_CONFIG_FILE (its access log to a file)
 - tools: $(kvget tools)
+- background: $(kvget background)
 - procedure: one server at a time, each on a fresh state dir; start-up = spawn to the first 200 from GET /healthz (polled every ~1 ms), $(kvget starts) runs each interleaved, each on a fresh state dir; RSS from /proc/PID/status (1 MiB = 1024 KiB); $(kvget machines) machines seeded with PUT /machines/{mac} (7/8 ipxe-exit, 1/16 bty-flash-once with an image ref and a target disk, 1/16 bty-inventory; one label each); wrk \`-t$(kvget threads) -c$(kvget conns) --latency --timeout 30s\` on the same 2 cores as the server, in the order /healthz, /machines, /pxe (${DURATION} s each; the reference's /pxe ${REF_PXE_DURATION} s), waiting for the server to go idle between runs. /pxe cycles over every seeded MAC (bench/wrk/pxe.lua) and, in both servers, writes last-seen and a pxe.offered event per request.
 - access-log status classes over the whole run: reference $(kvget ref.log); bty $(kvget bty.log)
 
