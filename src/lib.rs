@@ -7,6 +7,7 @@ pub mod error;
 pub mod log;
 pub mod sys;
 
+pub mod catalog;
 pub mod cli;
 pub mod disks;
 pub mod flash;
