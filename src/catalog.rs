@@ -212,7 +212,9 @@ fn parse_entry(t: &toml::Table, origin: Origin) -> Result<Entry, (&'static str, 
     let format = match optional_str(t, "format")? {
         Some(f) if f.trim().is_empty() => return Err(("format", "is empty".into())),
         Some(f) => f.trim().to_string(),
-        None => format_of(&name),
+        None => known_format(&name)
+            .or_else(|| known_format(last_segment(&src)))
+            .unwrap_or_else(|| "raw".into()),
     };
     let size_bytes =
         match t.get("size_bytes") {
@@ -467,20 +469,29 @@ fn canonical_file(rest: &str) -> Result<String> {
 /// The catalog format of a file name ("img.zst", "qcow2", "iso.gz", ...); "raw" when the name
 /// says nothing.
 pub fn format_of(name: &str) -> String {
+    known_format(name).unwrap_or_else(|| "raw".into())
+}
+
+/// The catalog format a file name's suffix names, if any.
+fn known_format(name: &str) -> Option<String> {
     let lower = name.to_ascii_lowercase();
     for base in ["img", "raw", "iso"] {
         for comp in ["gz", "zst", "xz", "bz2"] {
             if lower.ends_with(&format!(".{base}.{comp}")) {
-                return format!("{base}.{comp}");
+                return Some(format!("{base}.{comp}"));
             }
         }
     }
-    for f in ["qcow2", "img", "raw", "iso", "gz", "zst", "xz", "bz2"] {
-        if lower.ends_with(&format!(".{f}")) {
-            return f.to_string();
-        }
-    }
-    "raw".into()
+    ["qcow2", "img", "raw", "iso", "gz", "zst", "xz", "bz2"]
+        .into_iter()
+        .find(|f| lower.ends_with(&format!(".{f}")))
+        .map(str::to_string)
+}
+
+/// The last path segment of a URL, without query or fragment.
+pub fn last_segment(url: &str) -> &str {
+    let path = url.split(['?', '#']).next().unwrap_or(url);
+    path.rsplit('/').next().unwrap_or("")
 }
 
 #[cfg(test)]
@@ -581,10 +592,14 @@ ref = "8901A5E57899D932786EEEE7B6DB93EC98A0E2C386CF3DC3541F2203A90F9DBE"
 name = "bar"
 src = "oras://ghcr.io/safl/foo:latest"
 format = "qcow2"
+
+[[images]]
+name = "named without suffix"
+src = "https://h/d/debian.img.xz?sig=1"
 "#
         );
         let c = load(&text).unwrap();
-        assert_eq!(c.entries.len(), 2);
+        assert_eq!(c.entries.len(), 3);
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
         let e = &c.entries[0];
         assert_eq!(e.sha256.as_deref(), Some("ab".repeat(32).as_str()));
@@ -594,6 +609,7 @@ format = "qcow2"
         assert_eq!(e.image_ref, image_ref(src).unwrap());
         assert_eq!(c.entries[1].format, "qcow2");
         assert_eq!(c.entries[1].sha256, None);
+        assert_eq!(c.entries[2].format, "img.xz", "from the src when the name has no suffix");
         assert_eq!(load("version = 1").unwrap().entries, vec![]);
     }
 

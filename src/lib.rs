@@ -13,6 +13,7 @@ pub mod disks;
 pub mod flash;
 pub mod hex;
 pub mod image;
+pub mod images;
 pub mod source;
 pub mod units;
 pub mod web;
