@@ -278,7 +278,15 @@ fn toml_error(text: &str, e: &toml::de::Error) -> String {
             let before = &text[..span.start.min(text.len())];
             let line = before.matches('\n').count() + 1;
             let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-            format!("invalid TOML at line {line}, column {col}: {msg}")
+            // The line itself, since some messages ("duplicate key") do not say which.
+            let text_line = text.lines().nth(line - 1).unwrap_or("").trim();
+            let mut shown: String = text_line.chars().take(60).collect();
+            if shown.len() < text_line.len() {
+                shown.push_str("...");
+            }
+            let shown: String =
+                shown.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+            format!("invalid TOML at line {line}, column {col} (`{shown}`): {msg}")
         }
         None => format!("invalid TOML: {msg}"),
     }
