@@ -90,8 +90,11 @@ pub fn fetch_bytes(src: &str, fetch: Fetch<'_>) -> Result<(Vec<u8>, Origin)> {
     Ok((bytes, origin))
 }
 
-/// The fetcher the binaries hand to `load_source`. The http(s) and oras:// clients are not part
-/// of this build yet, so every remote source is refused with a message that says so.
+/// The fetcher the binaries hand to `load_source`: the one place where remote catalogs meet the
+/// http(s) and oras:// clients. For http(s) (a bty-web `/catalog.toml` included) it returns the
+/// response body, for oras:// the bytes of the artifact's TOML layer; at most `limit` bytes, or
+/// `limit + 1` to show that there are more. Those clients are not part of this build yet, so
+/// every remote source is refused with a message that says so.
 pub fn fetch_remote(src: &str, _limit: u64) -> Result<Vec<u8>> {
     let scheme = src.split_once("://").map(|(s, _)| s.to_ascii_lowercase()).unwrap_or_default();
     crate::bail!(
@@ -166,8 +169,16 @@ pub fn load_bytes(bytes: &[u8], source: &str, origin: Origin) -> Result<Catalog>
         }
         entries.push(entry);
     }
+    if warnings.len() > MAX_WARNINGS {
+        let more = warnings.len() - MAX_WARNINGS;
+        warnings.truncate(MAX_WARNINGS);
+        warnings.push(format!("catalog {source}: {more} more unknown keys ignored"));
+    }
     Ok(Catalog { source: source.to_string(), origin, entries, warnings })
 }
+
+/// Unknown keys reported one by one; a catalog full of them gets a count for the rest.
+const MAX_WARNINGS: usize = 20;
 
 /// The fields of an entry this bty reads.
 const ENTRY_KEYS: [&str; 8] =
@@ -275,7 +286,11 @@ fn toml_error(text: &str, e: &toml::de::Error) -> String {
     let msg = e.message().trim().replace('\n', "; ");
     match e.span() {
         Some(span) => {
-            let before = &text[..span.start.min(text.len())];
+            let mut start = span.start.min(text.len());
+            while !text.is_char_boundary(start) {
+                start -= 1;
+            }
+            let before = &text[..start];
             let line = before.matches('\n').count() + 1;
             let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
             // The line itself, since some messages ("duplicate key") do not say which.
@@ -630,6 +645,10 @@ src = "https://h/d/debian.img.xz?sig=1"
         assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
         assert!(c.warnings[0].contains("unknown key \"extra\""));
         assert!(c.warnings[1].contains("entry #1 (\"a\"): unknown field \"shasum\""));
+        let many: String = (0..30).map(|i| format!("k{i} = 1\n")).collect();
+        let c = load(&format!("version = 1\n{many}")).unwrap();
+        assert_eq!(c.warnings.len(), MAX_WARNINGS + 1);
+        assert!(c.warnings[MAX_WARNINGS].ends_with(": 10 more unknown keys ignored"));
     }
 
     /// Every validation error names the source, the entry and the field.
