@@ -7,11 +7,13 @@ pub mod error;
 pub mod log;
 pub mod sys;
 
+pub mod catalog;
 pub mod cli;
 pub mod disks;
 pub mod flash;
 pub mod hex;
 pub mod image;
+pub mod images;
 pub mod source;
 pub mod units;
 pub mod web;

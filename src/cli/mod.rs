@@ -1,6 +1,7 @@
 //! The `bty` command line: argument parsing (lexopt) and the scripted subcommands.
 
 mod commands;
+mod images;
 
 use std::process::ExitCode;
 
@@ -15,6 +16,8 @@ Usage:
   bty flash SOURCE TARGET [options]   write an image to a disk (or a file)
   bty inspect SOURCE [--json] [--sha256]
                                       show an image's format, sizes and partitions
+  bty images [--catalog SRC] [--json]
+                                      list the image root and a catalog's images
   bty --version | --help
 
 SOURCE is a local path or a file:// URL. Formats are detected by their magic
@@ -41,7 +44,26 @@ again, so the disk never looks like a half-written bootable disk.
 Exit status: 0 done, 1 refused (nothing written), 2 failed (target blanked),
 130 cancelled (target blanked).
 
-Environment: BTY_LOG=error|warn|info|debug sets the log level.
+bty images lists the image files directly in the image root (BTY_IMAGE_ROOT,
+default /var/lib/bty/images): names ending in .img, .raw or .iso (each optionally
+followed by .gz, .zst, .xz or .bz2) or .qcow2 whose magic bytes agree with the
+name. Shown: format, an architecture guessed from the name (amd64, arm64, ...),
+file size and on-disk size (where the format records it). Files named like
+images that are not (wrong magic, tarballs, empty) are reported on stderr.
+
+images options:
+  --catalog SRC       add the images of a catalog (TOML, version = 1, one
+                      [[images]] table per image) that are not already listed
+                      (same bty_image_ref). SRC is a path or a file:// URL;
+                      http(s)://, oras:// and bty-web's /catalog.toml are not
+                      supported by this build yet. Catalogs larger than 4 MiB
+                      are refused; any error names the catalog, entry and field.
+  --json              print a JSON array of ImageEntry objects (name, format,
+                      size_bytes, url, ref, sha_short, cached) with origin
+                      (local or catalog), arch, virtual_size and description
+
+Environment: BTY_LOG=error|warn|info|debug sets the log level; BTY_IMAGE_ROOT
+the image root.
 ";
 
 /// Entry point of the `bty` binary.
@@ -80,6 +102,7 @@ fn run() -> Result<ExitCode> {
         }
         Value(cmd) if cmd == "flash" => commands::flash(parse_flash(&mut parser)?),
         Value(cmd) if cmd == "inspect" => commands::inspect(parse_inspect(&mut parser)?),
+        Value(cmd) if cmd == "images" => images::images(parse_images(&mut parser)?),
         Value(cmd) => crate::bail!("unknown command {:?} (see bty --help)", cmd.to_string_lossy()),
         _ => Err(arg.unexpected().into()),
     }
@@ -167,4 +190,26 @@ fn parse_inspect(parser: &mut lexopt::Parser) -> Result<InspectArgs> {
     let source = source
         .ok_or_else(|| crate::error::Error::msg("bty inspect takes SOURCE (see bty --help)"))?;
     Ok(InspectArgs { source, json, sha256 })
+}
+
+/// Arguments of `bty images`.
+pub struct ImagesArgs {
+    pub catalog: Option<String>,
+    pub json: bool,
+}
+
+fn parse_images(parser: &mut lexopt::Parser) -> Result<ImagesArgs> {
+    let mut args = ImagesArgs { catalog: None, json: false };
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Long("catalog") => args.catalog = Some(parser.value()?.string()?),
+            Long("json") => args.json = true,
+            Short('h') | Long("help") => {
+                print!("{HELP}");
+                std::process::exit(0);
+            }
+            _ => return Err(arg.unexpected().into()),
+        }
+    }
+    Ok(args)
 }

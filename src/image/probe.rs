@@ -9,7 +9,7 @@ use crate::error::{Context, Result};
 use crate::image::format::{self, Format};
 use crate::image::partitions::{self, PartitionTable};
 use crate::image::{qcow2, size};
-use crate::source::Source;
+use crate::source::{ReadAt, Source};
 
 /// How much of the decoded image the probe reads: the first MiB holds MBR/GPT and boot code.
 pub const HEAD_LEN: usize = 1 << 20;
@@ -68,30 +68,7 @@ pub fn probe(src: &Source) -> Result<ImageInfo> {
     }
     let ra = src.random_access()?;
 
-    let (virtual_size, how) = match fmt {
-        Format::Raw => (src.size(), "file size".to_string()),
-        Format::Qcow2 => {
-            let h = qcow2::read_header(ra.as_ref())
-                .with_context(|| format!("reading the qcow2 header of {}", src.display))?;
-            (Some(h.virtual_size), "qcow2 header".into())
-        }
-        Format::Xz => {
-            let info = size::xz_info(ra.as_ref())
-                .with_context(|| format!("reading the xz index of {}", src.display))?;
-            (
-                Some(info.uncompressed),
-                format!("xz index ({} streams, {} blocks)", info.streams, info.blocks),
-            )
-        }
-        Format::Zstd => match size::zstd_content_size(ra.as_ref())
-            .with_context(|| format!("reading the zstd frame headers of {}", src.display))?
-        {
-            Some(n) => (Some(n), "zstd frame headers".into()),
-            None => (None, "unknown: a zstd frame does not record its content size".into()),
-        },
-        Format::Gzip => (None, "unknown: gzip does not record it".into()),
-        Format::Bzip2 => (None, "unknown: bzip2 does not record it".into()),
-    };
+    let (virtual_size, how) = virtual_size(fmt, ra.as_ref(), src.size(), &src.display)?;
 
     let head = decode_head(src, fmt)?;
     crate::ensure!(
@@ -108,6 +85,41 @@ pub fn probe(src: &Source) -> Result<ImageInfo> {
         virtual_size_source: how,
         partition_table: partitions::parse(&head),
         head,
+    })
+}
+
+/// The decoded size of an image from its metadata alone (qcow2 header, xz index, zstd frame
+/// headers, the file size of a raw image), and where it came from or why it is unknown.
+/// `display` names the image in errors.
+pub fn virtual_size(
+    fmt: Format,
+    ra: &dyn ReadAt,
+    file_size: Option<u64>,
+    display: &str,
+) -> Result<(Option<u64>, String)> {
+    Ok(match fmt {
+        Format::Raw => (file_size, "file size".to_string()),
+        Format::Qcow2 => {
+            let h = qcow2::read_header(ra)
+                .with_context(|| format!("reading the qcow2 header of {display}"))?;
+            (Some(h.virtual_size), "qcow2 header".into())
+        }
+        Format::Xz => {
+            let info =
+                size::xz_info(ra).with_context(|| format!("reading the xz index of {display}"))?;
+            (
+                Some(info.uncompressed),
+                format!("xz index ({} streams, {} blocks)", info.streams, info.blocks),
+            )
+        }
+        Format::Zstd => match size::zstd_content_size(ra)
+            .with_context(|| format!("reading the zstd frame headers of {display}"))?
+        {
+            Some(n) => (Some(n), "zstd frame headers".into()),
+            None => (None, "unknown: a zstd frame does not record its content size".into()),
+        },
+        Format::Gzip => (None, "unknown: gzip does not record it".into()),
+        Format::Bzip2 => (None, "unknown: bzip2 does not record it".into()),
     })
 }
 

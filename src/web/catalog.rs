@@ -1,49 +1,7 @@
-//! The image catalog as bty-web serves it: adding entries, their reference, and the
-//! `catalog.toml` and `/images` views.
-
-use sha2::{Digest, Sha256};
+//! The image catalog as bty-web serves it: which URLs can be added, and the `catalog.toml` and
+//! `/images` views. Canonical srcs, references and formats are `crate::catalog`'s.
 
 use crate::web::db::CatalogEntry;
-
-/// Canonical form of an image URL, hashed into its `bty_image_ref`: surrounding space trimmed,
-/// scheme and host lower-cased, a default port dropped. Path and query keep their case.
-pub fn canonical_src(src: &str) -> String {
-    let src = src.trim();
-    let Some((scheme, rest)) = src.split_once("://") else { return src.to_string() };
-    let scheme = scheme.to_ascii_lowercase();
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    let mut authority = authority.to_ascii_lowercase();
-    for (s, port) in [("http", ":80"), ("https", ":443")] {
-        if scheme == s && authority.ends_with(port) {
-            authority.truncate(authority.len() - port.len());
-        }
-    }
-    format!("{scheme}://{authority}{path}")
-}
-
-/// The reference of a src: sha256 of its canonical form, hex.
-pub fn image_ref(src: &str) -> String {
-    crate::hex::encode(&Sha256::digest(canonical_src(src).as_bytes()))
-}
-
-/// The catalog format of a file name ("img.zst", "qcow2", "iso", ...).
-pub fn format_of(name: &str) -> String {
-    let lower = name.to_ascii_lowercase();
-    for f in ["img.gz", "img.zst", "img.xz", "img.bz2", "raw.gz", "raw.zst", "raw.xz", "raw.bz2"] {
-        if lower.ends_with(&format!(".{f}")) {
-            return f.to_string();
-        }
-    }
-    for f in ["qcow2", "img", "raw", "iso", "gz", "zst", "xz", "bz2"] {
-        if lower.ends_with(&format!(".{f}")) {
-            return f.to_string();
-        }
-    }
-    "raw".into()
-}
 
 /// Why an image URL cannot be added.
 pub fn check_image_url(url: &str) -> Result<(), String> {
@@ -119,26 +77,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn canonical_src_folds_scheme_host_and_default_ports() {
-        assert_eq!(
-            canonical_src(" HTTPS://Images.Example:443/A/b.img "),
-            "https://images.example/A/b.img"
-        );
-        assert_eq!(
-            image_ref("https://images.example/A/b.img"),
-            image_ref("https://IMAGES.example:443/A/b.img")
-        );
-        assert_ne!(
-            image_ref("https://images.example/a/b.img"),
-            image_ref("https://images.example/A/b.img")
-        );
-        assert_eq!(canonical_src("http://h:8080/x"), "http://h:8080/x");
-    }
-
-    #[test]
-    fn formats_names_and_urls() {
-        assert_eq!(format_of("debian-12.img.zst"), "img.zst");
-        assert_eq!(format_of("disk.QCOW2"), "qcow2");
+    fn names_and_urls() {
         assert_eq!(name_of("https://h/p/debian.img.xz?sig=1"), "debian.img.xz");
         assert!(check_image_url("https://h/x.img").is_ok());
         assert!(check_image_url("https:///x.img").is_err());
@@ -166,5 +105,12 @@ mod tests {
         assert_eq!(img["src"].as_str(), Some(e.src.as_str()));
         assert_eq!(img["name"].as_str(), Some(e.name.as_str()));
         assert_eq!(v["version"].as_integer(), Some(1));
+        // What bty-web serves is what `bty --catalog` reads.
+        let c = crate::catalog::load_bytes(text.as_bytes(), "t", crate::catalog::Origin::Remote)
+            .unwrap();
+        assert_eq!(c.entries[0].name, e.name);
+        assert_eq!(c.entries[0].src, e.src);
+        assert_eq!(c.entries[0].sha256, e.disk_image_sha);
+        assert_eq!(c.entries[0].size_bytes, Some(5));
     }
 }

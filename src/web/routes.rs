@@ -362,10 +362,14 @@ fn add_catalog_entry(app: &App, req: &Req) -> Resp {
             "sha_url: fetching a digest manifest needs the HTTP client of the sources work; add the entry without it for now",
         );
     }
+    let image_ref = match crate::catalog::image_ref(&url) {
+        Ok(r) => r,
+        Err(e) => return Resp::error(422, &format!("image_url {url:?}: {e}")),
+    };
     let name = name.filter(|n| !n.is_empty()).unwrap_or_else(|| catalog::name_of(&url));
     let entry = CatalogEntry {
-        bty_image_ref: catalog::image_ref(&url),
-        format: catalog::format_of(&name),
+        bty_image_ref: image_ref,
+        format: crate::catalog::format_of(&name),
         name,
         src: url,
         disk_image_sha: None,
