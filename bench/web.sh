@@ -21,7 +21,8 @@
 #
 # Env: MACHINES=1000  STARTS=5  DURATION=10 (s per wrk run)  REF_PXE_DURATION=15 (the
 #      reference's /pxe run: a few requests per second)  CONNS=16  THREADS=2
-#      QUIET_WAIT=120 (s to wait for other load to stop before starting)
+#      QUIET_WAIT=120, RUN_QUIET_WAIT=30 (s to wait for other load to stop before starting,
+#      and before each wrk run; then it goes on anyway and the tables show it)
 #      WORK=/tmp/bench-web.XXXX (logs, raw wrk output; kept; the databases are deleted
 #      after their size is taken unless KEEP_STATE=1)
 #      VENV=<repo>/target/bench-venv  BTY_WEB=<repo>/target/release/bty-web
@@ -44,6 +45,7 @@ REF_PXE_DURATION=${REF_PXE_DURATION:-15}
 CONNS=${CONNS:-16}
 THREADS=${THREADS:-2}
 QUIET_WAIT=${QUIET_WAIT:-120}
+RUN_QUIET_WAIT=${RUN_QUIET_WAIT:-30}
 WRITE=${WRITE:-$([[ -n ${MAKELEVEL:-} ]] && echo 1 || echo 0)}
 PASSWORD=bench-web-password
 WORK=${WORK:-$(mktemp -d /tmp/bench-web.XXXXXX)}
@@ -258,8 +260,8 @@ def render(kvpath):
     o.append("")
     o.append("| server | route | s | requests | requests/s | p50 ms | p90 ms | p99 ms | max ms | "
              "non-2xx/3xx | socket errors (connect/read/write/timeout) | server CPU s | wrk CPU s | "
-             "rest of the machine CPU s | VmHWM after, MiB |")
-    o.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+             "rest of the machine CPU s | machine busy just before | VmHWM after, MiB |")
+    o.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for s in ("ref", "bty"):
         for route, _ in routes:
             w = wrk(s, route)
@@ -270,7 +272,7 @@ def render(kvpath):
                      f"{ms('max_us')} | {w['status']} | {w['connect']}/{w['read']}/{w['write']}/"
                      f"{w['timeout']} | {kv.get(f'{s}.cpu.{route}', '?')} | {kv.get(f'{s}.wrkcpu.{route}', '?')} | "
                      f"{f(num(kv.get(f'{s}.busy.{route}')) - num(kv.get(f'{s}.cpu.{route}')) - num(kv.get(f'{s}.wrkcpu.{route}')))} | "
-                     f"{f(mib(s, f'hwm.{route}'))} |")
+                     f"{kv.get(f'{s}.quiet.{route}', '?')}% | {f(mib(s, f'hwm.{route}'))} |")
     # targets
     def wv(s, route, k): return num(wrk(s, route).get(k))
     pxe, pxe99 = wv("bty", "pxe", "rps"), wv("bty", "pxe", "p99_us") / 1000
@@ -348,6 +350,18 @@ wait_idle() {
   done
   log "  (pid $pid still busy after 60 s)"
 }
+# wait_quiet WINDOW MAX: wait until the machine (our servers included) was at most 10% busy
+# over WINDOW seconds, for at most MAX seconds; QUIET = the last window's busy percentage
+wait_quiet() {
+  local window=$1 max=$2 waited b0 b1
+  for ((waited = 0; ; waited += window)); do
+    b0=$(busy_ticks); sleep "$window"; b1=$(busy_ticks)
+    QUIET=$(awk -v t=$((b1 - b0)) -v hz="$(getconf CLK_TCK)" -v n="$(nproc)" -v w="$window" \
+      'BEGIN{printf "%.0f", 100 * t / hz / w / n}')
+    (( QUIET <= 10 || waited >= max )) && return 0
+    (( waited % 20 == 0 )) && log "  the machine is ${QUIET}% busy (load $(cut -d' ' -f1 /proc/loadavg)): waiting up to ${max}s for it to calm down"
+  done
+}
 alive() { running "$1" || { log "$2 (pid $1) died; its log:"; tail -n 40 "$3" >&2; exit 1; }; }
 
 login() { # PORT -> the cookie "bty-token=..."
@@ -359,7 +373,9 @@ login() { # PORT -> the cookie "bty-token=..."
 run_wrk() {
   local who=$1 route=$2 port=$3 secs=$4 pid=$5; shift 5
   local out=$WORK/wrk-$who-$route.txt a b m0 m1 line
-  log "  wrk $route: ${secs}s, -t$THREADS -c$CONNS"
+  wait_quiet 1 "$RUN_QUIET_WAIT"
+  put "$who.quiet.$route" "$QUIET"
+  log "  wrk $route: ${secs}s, -t$THREADS -c$CONNS (machine ${QUIET}% busy just before)"
   a=$(cpu_ticks "$pid") m0=$(busy_ticks)
   /usr/bin/time -o "$out.time" -f '%U %S' timeout $((secs + 60)) wrk -t"$THREADS" -c"$CONNS" -d"${secs}s" --timeout 30s --latency "$@" > "$out" 2>&1 \
     || { cat "$out" >&2; die "wrk $who $route failed"; }
@@ -437,16 +453,10 @@ put ref "$REF_PKG ($(timeout 60 "$REF_WEB" --version); uvicorn $("$VENV/bin/pyth
 put bty "$(timeout 10 "$BTY_WEB" --version 2>&1 | head -1), $(stat -c %s "$BTY_WEB") bytes"
 put machines "$MACHINES"; put starts "$STARTS"; put conns "$CONNS"; put threads "$THREADS"
 
-# Anything else running skews every figure here (2 cores): wait up to QUIET_WAIT seconds for
-# the machine to be at most 10% busy over 2 s, then go on regardless (and say so).
-for ((waited = 0; ; waited += 2)); do
-  b0=$(busy_ticks); sleep 2; b1=$(busy_ticks)
-  quiet=$(awk -v t=$((b1 - b0)) -v hz="$(getconf CLK_TCK)" -v n="$(nproc)" 'BEGIN{printf "%.0f", 100 * t / hz / 2 / n}')
-  (( quiet <= 10 || waited >= QUIET_WAIT )) && break
-  (( waited % 20 == 0 )) && log "the machine is ${quiet}% busy (load $(cut -d' ' -f1 /proc/loadavg)): waiting up to ${QUIET_WAIT}s for it to calm down"
-done
-put background "$quiet% of the machine's CPU busy in the 2 s before the run ($(cut -d' ' -f1-3 /proc/loadavg) load average)"
-(( quiet <= 10 )) || log "warning: the machine is ${quiet}% busy before the benchmark (load $(cut -d' ' -f1 /proc/loadavg)); the figures will suffer"
+# Anything else running skews every figure here (2 cores).
+wait_quiet 2 "$QUIET_WAIT"
+put background "$QUIET% of the machine's CPU busy in the 2 s before the run ($(cut -d' ' -f1-3 /proc/loadavg) load average)"
+(( QUIET <= 10 )) || log "warning: the machine is ${QUIET}% busy before the benchmark (load $(cut -d' ' -f1 /proc/loadavg)); the figures will suffer"
 
 # ---- 1. start-up, interleaved ----
 log "start-up: $STARTS runs each, interleaved, fresh state dir each"
