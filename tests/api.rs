@@ -510,3 +510,57 @@ fn a_burst_of_200_pxe_contacts_costs_a_bounded_number_of_snapshots() {
     assert_eq!(rows.as_array().map(Vec::len), Some(200), "the final snapshot has every machine");
     assert!(snapshots <= 40, "{snapshots} snapshots for 200 changes: not coalesced");
 }
+
+#[test]
+fn catalog_import_is_idempotent_and_names_bad_input() {
+    let s = Server::start("catalog-import");
+    let c = s.login();
+    let dir = util::TestDir::new("catalog-import");
+    let sha = "a".repeat(64);
+    let good = dir.path("lab.toml");
+    std::fs::write(
+        &good,
+        format!(
+            "version = 1\n\n[[images]]\nname = \"debian-12.img.zst\"\nsrc = \"https://img.lab/debian-12.img.zst\"\nsha256 = \"{sha}\"\nsize_bytes = 1234\n\n[[images]]\nname = \"<script>.qcow2\"\nsrc = \"https://img.lab/x.qcow2\"\n"
+        ),
+    )
+    .unwrap();
+    let q = |p: &std::path::Path| format!("/catalog/import?source={}", p.display());
+    assert_eq!(s.call("POST", &q(&good), None, "").0, 401);
+    let (st, _, body) = s.call("POST", &q(&good), Some(&c), "");
+    assert_eq!(st, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((v["imported"].as_u64(), v["skipped"].as_u64()), (Some(2), Some(0)), "{body}");
+    assert_eq!(v["errors"].as_array().map(Vec::len), Some(0));
+    let (_, _, body) = s.call("POST", &q(&good), Some(&c), "");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((v["imported"].as_u64(), v["skipped"].as_u64()), (Some(0), Some(2)), "{body}");
+    let (_, _, list) = s.call("GET", "/catalog/entries", Some(&c), "");
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let deb = list.as_array().unwrap().iter().find(|e| e["name"] == "debian-12.img.zst").unwrap();
+    assert_eq!(deb["disk_image_sha"], sha.as_str());
+    assert_eq!(deb["size_bytes"], 1234);
+    assert_eq!(deb["format"], "img.zst");
+    // The hostile name is stored as text and comes back escaped in TOML, not as markup.
+    let (_, _, toml_text) = s.call("GET", "/catalog.toml", None, "");
+    let t: toml::Table = toml::from_str(&toml_text).unwrap();
+    assert_eq!(t["images"].as_array().map(Vec::len), Some(2));
+
+    let bad = dir.path("bad.toml");
+    std::fs::write(
+        &bad,
+        "version = 1\n[[images]]\nname = \"x\"\nsrc = \"https://a/x.img\"\nsha256 = \"nope\"\n",
+    )
+    .unwrap();
+    let (st, _, body) = s.call("POST", &q(&bad), Some(&c), "");
+    assert_eq!(st, 422, "{body}");
+    assert!(body.contains("bad.toml") && body.contains("sha256"), "{body}");
+    std::fs::write(&bad, "version = [\n").unwrap();
+    let (st, _, body) = s.call("POST", &q(&bad), Some(&c), "");
+    assert_eq!(st, 422, "{body}");
+    let (st, _, body) = s.call("POST", "/catalog/import", Some(&c), "");
+    assert_eq!(st, 422, "{body}");
+    let (st, _, body) = s.call("POST", &q(&dir.path("missing.toml")), Some(&c), "");
+    assert_eq!(st, 422, "{body}");
+    assert!(body.contains("missing.toml"), "{body}");
+}

@@ -144,7 +144,8 @@ pub fn route(app: &Arc<App>, req: &Req, body: &mut dyn Read) -> Resp {
             Ok(all) => Resp::json(200, &all),
             Err(e) => internal(e),
         },
-        ("POST", ["catalog", "entries"]) => add_catalog_entry(app, req),
+        ("POST", ["catalog", "entries"]) => catalog::add(app, req),
+        ("POST", ["catalog", "import"]) => catalog::import(app, req),
         ("DELETE", ["catalog", "entries"]) => match req.param("src") {
             None => Resp::error(422, "src: required query parameter"),
             Some(src) => match app.db.delete_catalog_entry(src) {
@@ -315,84 +316,6 @@ fn pxe_post(app: &App, req: &Req, mac: &str, what: &str) -> Resp {
 }
 
 /// Serves a netboot artifact; `?mac=` from the live environment marks that it booted.
-/// `POST /catalog/entries`: `{"image_url", "sha_url", "name", "description"}`.
-fn add_catalog_entry(app: &App, req: &Req) -> Resp {
-    let v: serde_json::Value = match serde_json::from_slice(&req.body) {
-        Ok(v) => v,
-        Err(e) => return Resp::error(422, &format!("body is not valid JSON: {e}")),
-    };
-    let Some(obj) = v.as_object() else { return Resp::error(422, "body: expected a JSON object") };
-    const KEYS: [&str; 4] = ["image_url", "sha_url", "name", "description"];
-    if let Some(k) = obj.keys().find(|k| !KEYS.contains(&k.as_str())) {
-        return Resp::error(
-            422,
-            &format!("{k}: unknown field (expected one of: {})", KEYS.join(", ")),
-        );
-    }
-    let text = |k: &str, max: usize| -> Result<Option<String>, Resp> {
-        match obj.get(k) {
-            None | Some(serde_json::Value::Null) => Ok(None),
-            Some(serde_json::Value::String(s))
-                if s.len() <= max && !s.chars().any(char::is_control) =>
-            {
-                Ok(Some(s.trim().to_string()))
-            }
-            Some(_) => Err(Resp::error(
-                422,
-                &format!("{k}: expected a string of at most {max} characters"),
-            )),
-        }
-    };
-    let (url, sha_url, name, description) = match (
-        text("image_url", 2048),
-        text("sha_url", 2048),
-        text("name", 255),
-        text("description", 1000),
-    ) {
-        (Ok(Some(u)), Ok(s), Ok(n), Ok(d)) => (u, s, n, d),
-        (Ok(None), ..) => return Resp::error(422, "image_url: required"),
-        (Err(r), ..) | (_, Err(r), ..) | (_, _, Err(r), _) | (_, _, _, Err(r)) => return r,
-    };
-    if let Err(msg) = catalog::check_image_url(&url) {
-        return Resp::error(422, &msg);
-    }
-    if sha_url.is_some() {
-        return Resp::error(
-            422,
-            "sha_url: fetching a digest manifest needs the HTTP client of the sources work; add the entry without it for now",
-        );
-    }
-    let image_ref = match crate::catalog::image_ref(&url) {
-        Ok(r) => r,
-        Err(e) => return Resp::error(422, &format!("image_url {url:?}: {e}")),
-    };
-    let name = name.filter(|n| !n.is_empty()).unwrap_or_else(|| catalog::name_of(&url));
-    let entry = CatalogEntry {
-        bty_image_ref: image_ref,
-        format: crate::catalog::format_of(&name),
-        name,
-        src: url,
-        disk_image_sha: None,
-        size_bytes: None,
-        sha_url: None,
-        description,
-        added_at: crate::units::now_iso8601(),
-    };
-    match app.db.add_catalog_entry(&entry) {
-        Ok((e, true)) => {
-            let _ = app.db.add_event(
-                "catalog.added",
-                Some(&e.bty_image_ref),
-                &format!("{} added", e.src),
-                None,
-            );
-            Resp::json(201, &e)
-        }
-        Ok((e, false)) => Resp::json(200, &e),
-        Err(e) => internal(e),
-    }
-}
-
 /// Logs an internal error and answers 500 without its details.
 pub(crate) fn internal(e: crate::error::Error) -> Resp {
     crate::error!("{e}");
