@@ -12,6 +12,7 @@ pub mod disks;
 pub mod flash;
 pub mod hex;
 pub mod image;
+pub mod inventory;
 pub mod source;
 pub mod units;
 pub mod web;
