@@ -384,4 +384,20 @@ mod tests {
             assert!(b.iter().all(|&x| x == 0));
         }
     }
+
+    #[test]
+    fn sg_io_on_a_device_without_it_is_an_error() {
+        // No SCSI device on the test machines: this checks only that a device without SG_IO
+        // answers with an error rather than garbage.
+        let f = open_for_query(Path::new("/dev/null")).unwrap();
+        let e = scsi_inquiry_vpd(&f, 0x80).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(ENOTTY), "{e}");
+    }
+
+    #[test]
+    fn refuses_to_kill_our_own_group_or_init() {
+        for pgid in [0, 1, u32::MAX] {
+            assert_eq!(kill_process_group(pgid).unwrap_err().kind(), io::ErrorKind::InvalidInput);
+        }
+    }
 }

@@ -9,6 +9,7 @@ use crate::error::{Context, Result};
 use crate::inventory::{self, Options, Source};
 use crate::units;
 
+/// `bty disks`: the table, or the JSON array.
 pub fn disks(args: DisksArgs) -> Result<ExitCode> {
     let disks = disks::list(&ListOptions { all: args.all })?;
     if args.json {
@@ -20,6 +21,7 @@ pub fn disks(args: DisksArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `bty inventory`: a short summary and the table, or the JSON body bty-web takes.
 pub fn inventory(args: InventoryArgs) -> Result<ExitCode> {
     let inv = inventory::collect(&Options { all: args.all, lshw: args.lshw })?;
     if args.json {

@@ -1,5 +1,5 @@
 //! Block devices: a flash target's description ([`Target`]), the disks of this machine
-//! ([`list`]), and the safety rules that decide whether bty may write one ([`check_writable`]).
+//! ([`list()`]), and the safety rules that decide whether bty may write one ([`check_writable`]).
 
 pub mod list;
 pub mod safety;

@@ -23,6 +23,7 @@ pub struct Options {
 /// Where the hardware tree came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
+    /// `lshw -json` ran and its output parsed.
     Lshw,
     /// bty's own summary ([`summary`]): lshw not installed, not wanted, or it failed.
     Summary,
@@ -31,16 +32,20 @@ pub enum Source {
 /// A machine's inventory.
 #[derive(Clone, Debug)]
 pub struct Inventory {
+    /// Every disk listed (the wire form carries at most 64).
     pub disks: Vec<Disk>,
     /// The lshw-shaped hardware tree.
     pub hardware: Value,
+    /// Where `hardware` came from.
     pub source: Source,
 }
 
 /// The body of `POST /pxe/{mac}/inventory`: `{"disks": [InventoryDisk, ...], "lshw": tree}`.
 #[derive(Serialize)]
 pub struct Wire<'a> {
+    /// The disks as the spec's `InventoryDisk`.
     pub disks: Vec<&'a InventoryDisk>,
+    /// The hardware tree, stored by bty-web as the machine's lshw blob.
     pub lshw: &'a Value,
 }
 

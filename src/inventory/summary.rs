@@ -17,6 +17,7 @@ use crate::disks::sysfs::{clean, read_trim};
 /// What the summary is built from; read from the running system by [`Facts::read`].
 #[derive(Clone, Debug, Default)]
 pub struct Facts {
+    /// The kernel's host name; the tree's root id, as lshw makes it.
     pub hostname: String,
     /// /sys/class/dmi/id attributes by file name ("sys_vendor", "product_name", ...).
     pub dmi: BTreeMap<String, String>,
@@ -24,6 +25,7 @@ pub struct Facts {
     pub cpuinfo: Vec<BTreeMap<String, String>>,
     /// MemTotal from /proc/meminfo, in bytes.
     pub memory: Option<u64>,
+    /// Network interfaces with a device behind them, by name.
     pub nics: Vec<Nic>,
 }
 
@@ -31,14 +33,19 @@ pub struct Facts {
 /// left out, as lshw leaves them out).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Nic {
+    /// Interface name ("eth0", "enp3s0").
     pub name: String,
+    /// Hardware address as the kernel prints it.
     pub mac: Option<String>,
+    /// Kernel driver bound to the device ("e1000e", "virtio_net").
     pub driver: Option<String>,
     /// Bus address of the device ("0000:00:03.0" for PCI).
     pub bus: Option<String>,
     /// Link speed in Mbit/s, when the link is up and the driver knows it.
     pub speed_mbps: Option<u64>,
+    /// operstate is "up".
     pub link_up: bool,
+    /// A Wi-Fi interface (lshw describes it differently).
     pub wireless: bool,
 }
 
