@@ -10,9 +10,12 @@ MUSL_TARGET := x86_64-unknown-linux-musl
 #   mounted-target test; gdisk/fdisk: sgdisk/sfdisk for partition-table tests; util-linux:
 #   losetup/mount; zstd xz-utils bzip2 pigz bmap-tools mbuffer: the reference pipelines of the
 #   benchmark; musl-tools: the static build; wrk: the HTTP load generator of `make bench-web`,
-#   python3-venv: the venv (target/bench-venv) it installs the reference bty-web into.
+#   python3-venv: the venv (target/bench-venv) it installs the reference bty-web into;
+#   lshw: `bty inventory` runs it when installed (tests/disks.rs checks that path; the other
+#   path, bty's own summary, is forced there with BTY_NO_LSHW=1). util-linux's lsblk is what
+#   tests/disks.rs compares `bty disks` with.
 DEB_PACKAGES := qemu-utils e2fsprogs gdisk fdisk util-linux zstd xz-utils bzip2 pigz \
-	bmap-tools mbuffer musl-tools python3 time bsdutils wrk python3-venv
+	bmap-tools mbuffer musl-tools python3 time bsdutils wrk python3-venv lshw
 
 .PHONY: help run test deps lint build release static bench bench-flash bench-web clean
 

@@ -14,6 +14,7 @@ pub mod flash;
 pub mod hex;
 pub mod image;
 pub mod images;
+pub mod inventory;
 pub mod source;
 pub mod units;
 pub mod web;

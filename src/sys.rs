@@ -151,6 +151,111 @@ pub fn reread_partitions(file: &File) -> io::Result<()> {
     if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
+/// Opens a device read-only to query it (ioctls such as SG_IO). O_NONBLOCK keeps the open from
+/// waiting on a removable drive with no medium.
+pub fn open_for_query(path: &Path) -> io::Result<File> {
+    OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(path)
+}
+
+// SG_IO from <scsi/sg.h>; the header struct is not in the libc crate.
+const SG_IO: u64 = 0x2285;
+const SG_DXFER_FROM_DEV: libc::c_int = -3;
+const SG_INFO_OK_MASK: libc::c_uint = 0x1;
+const SCSI_INQUIRY: u8 = 0x12;
+/// How long the kernel waits for the device to answer, in milliseconds: long enough for a
+/// sleepy USB bridge, short enough that a dead one does not stall an inventory.
+const SG_TIMEOUT_MS: libc::c_uint = 3000;
+
+/// `struct sg_io_hdr` (the SG v3 interface) from <scsi/sg.h>.
+#[repr(C)]
+struct SgIoHdr {
+    interface_id: libc::c_int,
+    dxfer_direction: libc::c_int,
+    cmd_len: libc::c_uchar,
+    mx_sb_len: libc::c_uchar,
+    iovec_count: libc::c_ushort,
+    dxfer_len: libc::c_uint,
+    dxferp: *mut libc::c_void,
+    cmdp: *mut libc::c_uchar,
+    sbp: *mut libc::c_uchar,
+    timeout: libc::c_uint,
+    flags: libc::c_uint,
+    pack_id: libc::c_int,
+    usr_ptr: *mut libc::c_void,
+    status: libc::c_uchar,
+    masked_status: libc::c_uchar,
+    msg_status: libc::c_uchar,
+    sb_len_wr: libc::c_uchar,
+    host_status: libc::c_ushort,
+    driver_status: libc::c_ushort,
+    resid: libc::c_int,
+    duration: libc::c_uint,
+    info: libc::c_uint,
+}
+
+/// Sends a SCSI INQUIRY for vital product data page `page` (EVPD set) through SG_IO and returns
+/// the bytes the device sent back (at most 255).
+pub fn scsi_inquiry_vpd(file: &File, page: u8) -> io::Result<Vec<u8>> {
+    const ALLOC: usize = 255;
+    let mut data = vec![0u8; ALLOC];
+    let mut sense = [0u8; 32];
+    // INQUIRY CDB (SPC-4 6.6): EVPD=1, page code, 16-bit allocation length, control.
+    let mut cdb = [SCSI_INQUIRY, 0x01, page, 0, ALLOC as u8, 0];
+    let mut hdr = SgIoHdr {
+        interface_id: libc::c_int::from(b'S'),
+        dxfer_direction: SG_DXFER_FROM_DEV,
+        cmd_len: cdb.len() as libc::c_uchar,
+        mx_sb_len: sense.len() as libc::c_uchar,
+        iovec_count: 0,
+        dxfer_len: ALLOC as libc::c_uint,
+        dxferp: data.as_mut_ptr().cast(),
+        cmdp: cdb.as_mut_ptr(),
+        sbp: sense.as_mut_ptr(),
+        timeout: SG_TIMEOUT_MS,
+        flags: 0,
+        pack_id: 0,
+        usr_ptr: std::ptr::null_mut(),
+        status: 0,
+        masked_status: 0,
+        msg_status: 0,
+        sb_len_wr: 0,
+        host_status: 0,
+        driver_status: 0,
+        resid: 0,
+        duration: 0,
+        info: 0,
+    };
+    // SAFETY: SG_IO reads the header and the CDB, writes at most dxfer_len bytes to dxferp and
+    // mx_sb_len bytes to sbp; all three point to live buffers of those sizes that outlive the
+    // call, which is synchronous.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), SG_IO as _, &mut hdr as *mut SgIoHdr) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if hdr.info & SG_INFO_OK_MASK != 0 || hdr.status != 0 || hdr.host_status != 0 {
+        return Err(io::Error::other(format!(
+            "SCSI status {:#04x}, host status {:#06x}, driver status {:#06x}",
+            hdr.status, hdr.host_status, hdr.driver_status
+        )));
+    }
+    let got = ALLOC.saturating_sub(usize::try_from(hdr.resid).unwrap_or(0));
+    data.truncate(got);
+    Ok(data)
+}
+
+/// Sends SIGKILL to every process of the process group `pgid`: a child started as the leader
+/// of its own group, and whatever it started in turn.
+pub fn kill_process_group(pgid: u32) -> io::Result<()> {
+    // 0 and 1 would address our own group and init: never what a caller means.
+    let pgid = match libc::pid_t::try_from(pgid) {
+        Ok(p) if p > 1 => p,
+        _ => return Err(io::Error::from(io::ErrorKind::InvalidInput)),
+    };
+    // SAFETY: kill takes integers only; a negative pid addresses the process group.
+    let rc = unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
 /// Shuts a listening socket down so that a thread blocked in `accept` on it returns (with
 /// EINVAL on Linux): how a server stops accepting without a self-connection or a poll loop.
 pub fn shutdown_listener(listener: &std::net::TcpListener) -> io::Result<()> {
@@ -291,6 +396,22 @@ mod tests {
             assert_eq!(b.as_ptr() as usize % IO_ALIGN, 0);
             assert_eq!(b.len(), len);
             assert!(b.iter().all(|&x| x == 0));
+        }
+    }
+
+    #[test]
+    fn sg_io_on_a_device_without_it_is_an_error() {
+        // No SCSI device on the test machines: this checks only that a device without SG_IO
+        // answers with an error rather than garbage.
+        let f = open_for_query(Path::new("/dev/null")).unwrap();
+        let e = scsi_inquiry_vpd(&f, 0x80).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(ENOTTY), "{e}");
+    }
+
+    #[test]
+    fn refuses_to_kill_our_own_group_or_init() {
+        for pgid in [0, 1, u32::MAX] {
+            assert_eq!(kill_process_group(pgid).unwrap_err().kind(), io::ErrorKind::InvalidInput);
         }
     }
 }

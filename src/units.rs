@@ -18,6 +18,38 @@ pub fn bytes(n: u64) -> String {
     format!("{v:.1} {}", UNITS[unit])
 }
 
+/// Formats a byte count exactly as lsblk prints a size ("256G", "1.8T", "512M", "0B"): binary
+/// units with a one-letter suffix and at most one decimal, rounded half up (util-linux
+/// `size_to_human_string` with `SIZE_SUFFIX_1LETTER`, arithmetic included, so that bty-web shows
+/// the same strings whether a machine reported through bty or through lsblk).
+pub fn lsblk_size(n: u64) -> String {
+    const LETTERS: [char; 7] = ['B', 'K', 'M', 'G', 'T', 'P', 'E'];
+    let mut exp = 0;
+    for shift in (10..=60).step_by(10) {
+        if n < 1u64 << shift {
+            break;
+        }
+        exp = shift;
+    }
+    let letter = LETTERS[exp / 10];
+    let mut dec = n >> exp;
+    let mut frac = if exp > 0 { n & ((1u64 << exp) - 1) } else { 0 };
+    if frac > 0 {
+        // Thousandths, computed as util-linux does to stay clear of overflow for exabytes.
+        frac = if frac >= u64::MAX / 1000 {
+            (frac / 1024) * 1000 / (1u64 << (exp - 10))
+        } else {
+            frac * 1000 / (1u64 << exp)
+        };
+        frac = (frac + 50) / 100;
+        if frac == 10 {
+            dec += 1;
+            frac = 0;
+        }
+    }
+    if frac > 0 { format!("{dec}.{frac}{letter}") } else { format!("{dec}{letter}") }
+}
+
 /// Formats a rate in decimal megabytes per second, as dd and the benchmarks report it.
 pub fn rate(bytes: u64, elapsed: Duration) -> String {
     let secs = elapsed.as_secs_f64();
@@ -88,6 +120,28 @@ pub fn now_iso8601() -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn formats_sizes_as_lsblk_does() {
+        use super::lsblk_size;
+        assert_eq!(lsblk_size(0), "0B");
+        assert_eq!(lsblk_size(512), "512B");
+        assert_eq!(lsblk_size(1023), "1023B");
+        assert_eq!(lsblk_size(1024), "1K");
+        assert_eq!(lsblk_size(1536), "1.5K");
+        assert_eq!(lsblk_size(512 << 20), "512M");
+        assert_eq!(lsblk_size(256 << 30), "256G");
+        // A "2 TB" disk and a "500 GB" one, as vendors count.
+        assert_eq!(lsblk_size(2_000_398_934_016), "1.8T");
+        assert_eq!(lsblk_size(500_107_862_016), "465.8G");
+        // 1.96 rounds up to 2; 1023.96 K to "1024K", as lsblk prints it.
+        assert_eq!(lsblk_size((1 << 30) + (1 << 30) * 96 / 100), "2G");
+        assert_eq!(lsblk_size(1023 * 1024 + 1000), "1024K");
+        // 1.04 rounds down; the exabyte branch stays in range.
+        assert_eq!(lsblk_size((1 << 20) + (1 << 20) * 4 / 100), "1M");
+        assert_eq!(lsblk_size(u64::MAX), "16E");
+        assert_eq!(lsblk_size((1 << 60) + (1 << 59)), "1.5E");
+    }
+
     #[test]
     fn formats_iso8601() {
         assert_eq!(super::iso8601(0), "1970-01-01T00:00:00Z");

@@ -2,6 +2,7 @@
 
 mod commands;
 mod images;
+mod inventory;
 
 use std::process::ExitCode;
 
@@ -18,6 +19,10 @@ Usage:
                                       show an image's format, sizes and partitions
   bty images [--catalog SRC] [--json]
                                       list the image root and a catalog's images
+  bty disks [--json] [--all]          list this machine's disks and whether bty
+                                      may write them (bty disks --help)
+  bty inventory [--json] [--all]      disks and hardware, as reported to bty-web
+                                      (bty inventory --help)
   bty --version | --help
 
 SOURCE is a local path or a file:// URL. Formats are detected by their magic
@@ -103,6 +108,8 @@ fn run() -> Result<ExitCode> {
         Value(cmd) if cmd == "flash" => commands::flash(parse_flash(&mut parser)?),
         Value(cmd) if cmd == "inspect" => commands::inspect(parse_inspect(&mut parser)?),
         Value(cmd) if cmd == "images" => images::images(parse_images(&mut parser)?),
+        Value(cmd) if cmd == "disks" => inventory::disks(parse_disks(&mut parser)?),
+        Value(cmd) if cmd == "inventory" => inventory::inventory(parse_inventory(&mut parser)?),
         Value(cmd) => crate::bail!("unknown command {:?} (see bty --help)", cmd.to_string_lossy()),
         _ => Err(arg.unexpected().into()),
     }
@@ -206,6 +213,98 @@ fn parse_images(parser: &mut lexopt::Parser) -> Result<ImagesArgs> {
             Long("json") => args.json = true,
             Short('h') | Long("help") => {
                 print!("{HELP}");
+                std::process::exit(0);
+            }
+            _ => return Err(arg.unexpected().into()),
+        }
+    }
+    Ok(args)
+}
+
+const DISKS_HELP: &str = "\
+bty disks: list this machine's disks and whether bty may write them
+
+Usage:
+  bty disks [--json] [--all]
+
+Reads sysfs and the udev database (no lsblk needed). One row per whole disk:
+path, size (as lsblk prints it), model, transport, serial, and the verdict:
+\"yes\", or \"no\" with the reason bty flash would refuse it (it holds the
+running system or its boot medium, is read-only, mounted or has a mounted
+partition, is swap, is held by RAID/LVM/device-mapper, or has no medium).
+
+Serials come from the udev database, then sysfs, then the disk itself (SCSI
+INQUIRY, VPD page 0x80), so they match lsblk's even where there is no udev.
+
+Options:
+  --json    print a JSON array: the InventoryDisk fields bty-web stores (path,
+            size, vendor, model, serial, tran, removable, readonly) followed by
+            name, size_bytes, rotational, logical_block_size,
+            physical_block_size, mountpoints, holders, root, boot_medium,
+            writable and refusal
+  --all     also list loop, ram, zram, optical and device-mapper/md devices
+";
+
+const INVENTORY_HELP: &str = "\
+bty inventory: this machine's disks and hardware, as reported to bty-web
+
+Usage:
+  bty inventory [--json] [--all] [--no-lshw]
+
+The hardware tree is `lshw -json` when lshw is installed (killed after 30 s);
+otherwise bty builds an lshw-shaped tree itself from /sys/class/dmi/id,
+/proc/cpuinfo, /proc/meminfo and /sys/class/net (system, firmware, processors,
+memory, network interfaces and their MACs), so a live environment needs no lshw.
+
+Options:
+  --json      print the body of POST /pxe/{mac}/inventory as bty-web takes it:
+              {\"disks\": [InventoryDisk, ...], \"lshw\": tree} (at most 64 disks)
+  --all       also list loop, ram, zram, optical and device-mapper/md devices
+  --no-lshw   use bty's own summary even when lshw is installed
+
+Environment: BTY_NO_LSHW=1 (or true, yes, on) is --no-lshw.
+";
+
+/// Arguments of `bty disks`.
+pub struct DisksArgs {
+    pub json: bool,
+    pub all: bool,
+}
+
+fn parse_disks(parser: &mut lexopt::Parser) -> Result<DisksArgs> {
+    let mut args = DisksArgs { json: false, all: false };
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Long("json") => args.json = true,
+            Long("all") | Short('a') => args.all = true,
+            Short('h') | Long("help") => {
+                print!("{DISKS_HELP}");
+                std::process::exit(0);
+            }
+            _ => return Err(arg.unexpected().into()),
+        }
+    }
+    Ok(args)
+}
+
+/// Arguments of `bty inventory`.
+pub struct InventoryArgs {
+    pub json: bool,
+    pub all: bool,
+    pub lshw: bool,
+}
+
+fn parse_inventory(parser: &mut lexopt::Parser) -> Result<InventoryArgs> {
+    let no_lshw = std::env::var("BTY_NO_LSHW")
+        .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"));
+    let mut args = InventoryArgs { json: false, all: false, lshw: !no_lshw };
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Long("json") => args.json = true,
+            Long("all") | Short('a') => args.all = true,
+            Long("no-lshw") => args.lshw = false,
+            Short('h') | Long("help") => {
+                print!("{INVENTORY_HELP}");
                 std::process::exit(0);
             }
             _ => return Err(arg.unexpected().into()),
