@@ -6,8 +6,8 @@
 //! and a fresh one records a `system.schema.reset` event.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -94,36 +94,12 @@ pub struct Db {
     /// Bumped after every use of the writer, so views built from reads can be cached until the
     /// next write.
     generation: AtomicU64,
-    /// Tells the checkpoint thread to end when the database is dropped.
-    closed: Arc<AtomicBool>,
 }
 
 impl Drop for Db {
     fn drop(&mut self) {
-        self.closed.store(true, Ordering::Release);
+        self.checkpoint_truncate();
     }
-}
-
-/// How often the WAL is copied back into the database file.
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
-
-/// Copies the WAL into the database file from a thread of its own. SQLite would otherwise do it
-/// inside whichever commit crosses 1000 pages, fsync included, and that request (a PXE contact
-/// in a boot storm) would wait for the disk. PASSIVE never blocks the writer or readers.
-fn spawn_checkpointer(path: &Path, closed: Arc<AtomicBool>) -> Result<()> {
-    let conn = connect(path, true)?;
-    std::thread::Builder::new()
-        .name("checkpoint".into())
-        .spawn(move || {
-            while !closed.load(Ordering::Acquire) {
-                std::thread::sleep(CHECKPOINT_EVERY);
-                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                    crate::warn!("checkpointing the state database: {e}");
-                }
-            }
-        })
-        .context("starting the checkpoint thread")?;
-    Ok(())
 }
 
 /// The writer connection, held exclusively; dropping it bumps the generation.
@@ -324,10 +300,7 @@ impl Db {
             readers: Mutex::new(readers),
             reader_back: Condvar::new(),
             generation: AtomicU64::new(0),
-            closed: Arc::new(AtomicBool::new(false)),
         };
-        // The writer leaves checkpoints to this thread (wal_autocheckpoint = 0 below).
-        spawn_checkpointer(&db.path, Arc::clone(&db.closed))?;
         if let Some((from, archived_at)) = reset {
             db.add_event(
                 "system.schema.reset",
@@ -351,6 +324,15 @@ impl Db {
         Writer {
             conn: self.writer.lock().unwrap_or_else(|p| p.into_inner()),
             generation: &self.generation,
+        }
+    }
+
+    /// Copies the whole WAL into the database and empties it, so that the next start has
+    /// nothing to replay; for shutdown.
+    pub fn checkpoint_truncate(&self) {
+        let conn = self.write();
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+            crate::warn!("checkpointing {}: {e}", self.path.display());
         }
     }
 
@@ -722,7 +704,7 @@ fn connect(path: &Path, writer: bool) -> Result<Connection> {
     // is in the OS before the commit returns), and only a power loss can lose the last ones.
     let pragmas = if writer {
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
-         PRAGMA wal_autocheckpoint = 0;"
+         PRAGMA journal_size_limit = 16777216;"
     } else {
         "PRAGMA foreign_keys = ON;"
     };

@@ -153,6 +153,7 @@ fn serve(settings: &Settings) -> Result<ExitCode> {
         .context("starting the live-update publisher")?;
     }
     let limits = settings.limits();
+    let db_for_close = Arc::clone(&app);
     let handler: Arc<http::Handler> =
         Arc::new(move |req: &http::Req, body: &mut dyn std::io::Read| {
             let started = std::time::Instant::now();
@@ -161,6 +162,7 @@ fn serve(settings: &Settings) -> Result<ExitCode> {
             resp
         });
     http::serve(listener, handler, routes::body_policy, limits);
+    db_for_close.db.checkpoint_truncate();
     crate::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
