@@ -252,7 +252,13 @@ p("|---|---|---|")
 for t in rows_t:
     p(f"| {t[0]} | {t[1]} | {t[2]} |")
 
-open(results, "w").write("\n".join(o) + "\n")
+# Keep the sections other benchmarks own (bench/web.sh writes one between its markers).
+kept = ""
+if os.path.exists(results):
+    import re
+    m = re.search(r"<!-- bench-web:begin.*?<!-- bench-web:end -->\n?", open(results).read(), re.S)
+    kept = "\n" + m.group(0) if m else ""
+open(results, "w").write("\n".join(o) + "\n" + kept)
 print(f"wrote {results}", file=sys.stderr)
 PYEOF
 }

@@ -13,8 +13,8 @@
 #   5. peak RSS (VmHWM) after the load
 # then prints a table (metric | reference | bty | ratio) and the targets, and under
 # `make bench-web` (or WRITE=1) replaces the section between the bench-web markers of
-# bench/RESULTS.md (appended when absent; the rest of the file is kept). Note: bench/flash.sh
-# rewrites RESULTS.md whole, so run `make bench-web` again after `make bench-flash`.
+# bench/RESULTS.md (appended when absent; the rest of the file is kept; bench/flash.sh keeps
+# this section when it rewrites the rest).
 #
 # Network traffic goes to 127.0.0.1 only, except pip's install of the reference into
 # $VENV (target/bench-venv) when that venv does not have it yet.
