@@ -10,9 +10,10 @@ MUSL_TARGET := x86_64-unknown-linux-musl
 #   mounted-target test; gdisk/fdisk: sgdisk/sfdisk for partition-table tests; util-linux:
 #   losetup/mount; zstd xz-utils bzip2 pigz bmap-tools mbuffer: the reference pipelines of the
 #   benchmark; musl-tools: the static build; wrk: the HTTP load generator of `make bench-web`,
-#   python3-venv: the venv (target/bench-venv) it installs the reference bty-web into.
+#   python3-venv: the venv (target/bench-venv) it installs the reference bty-web into;
+#   docker-registry: the real OCI registry (distribution v2) the oras:// tests start on loopback.
 DEB_PACKAGES := qemu-utils e2fsprogs gdisk fdisk util-linux zstd xz-utils bzip2 pigz \
-	bmap-tools mbuffer musl-tools python3 time bsdutils wrk python3-venv
+	bmap-tools mbuffer musl-tools python3 time bsdutils wrk python3-venv docker-registry
 
 .PHONY: help run test deps lint build release static bench bench-flash bench-web clean
 

@@ -17,7 +17,8 @@ Usage:
                                       show an image's format, sizes and partitions
   bty --version | --help
 
-SOURCE is a local path or a file:// URL. Formats are detected by their magic
+SOURCE is a local path, a file:// URL, - (standard input) or an http(s):// URL
+(streamed; a dropped connection resumes with Range). Formats are detected by their magic
 bytes (and must agree with the file name): raw/ISO, gzip, zstd, xz, bzip2, qcow2.
 TARGET is a block device (/dev/sdX, /dev/disk/by-id/...) or a regular file.
 
@@ -41,7 +42,9 @@ again, so the disk never looks like a half-written bootable disk.
 Exit status: 0 done, 1 refused (nothing written), 2 failed (target blanked),
 130 cancelled (target blanked).
 
-Environment: BTY_LOG=error|warn|info|debug sets the log level.
+Environment: BTY_LOG=error|warn|info|debug sets the log level; BTY_CA_FILE and
+SSL_CERT_FILE add PEM CA certificates to the built-in roots; BTY_HTTP_TIMEOUT sets
+the seconds allowed to connect and for each network read (default 30).
 ";
 
 /// Entry point of the `bty` binary.
