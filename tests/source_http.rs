@@ -194,3 +194,47 @@ fn flash_to_a_file_target_streams_raw_bytes_exactly() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(sha256(&fs::read(&out).unwrap()), sha256(&raw));
 }
+
+#[test]
+fn qcow2_streams_over_range_requests() {
+    let dir = TestDir::new("http-qcow2");
+    let raw = disk_image(19, 20 * MIB + 4096);
+    fs::write(dir.path("disk.img"), &raw).unwrap();
+    let srv = Httpd::start();
+    for (name, extra) in [("plain.qcow2", &[][..]), ("packed.qcow2", &["-c"][..])] {
+        qcow2(&dir.path("disk.img"), &dir.path(name), extra);
+        let body = fs::read(dir.path(name)).unwrap();
+        let path = format!("/{name}");
+        srv.file(&path, body.clone(), true, Some("\"q\""));
+        // A cut in the middle of the clusters is retried from the offset that was asked for.
+        srv.faults(&path, vec![Fault::Cut(1 << 30), Fault::Cut(1 << 30), Fault::Cut(200_000)]);
+        let l = Loop::new(&dir, "target", 32 * MIB);
+        let o = flash_url(&srv.url(&path), &l.dev, &["--sha256", &sha256(&body)]);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        assert!(stderr(&o).contains("connection lost at byte"), "{name}: {}", stderr(&o));
+        assert_eq!(sha256(&l.read(0, raw.len())), sha256(&raw), "{name}");
+        let seen: Vec<_> = srv.seen().into_iter().filter(|s| s.path == path).collect();
+        let ranged = seen.iter().filter(|s| s.range.is_some()).count();
+        // Header, L1, then the clusters mostly in one forward stream: a handful of requests,
+        // not one per cluster (a 20 MiB image has 320 clusters of 64 KiB).
+        assert!((2..40).contains(&ranged), "{name}: {ranged} range requests: {seen:?}");
+        eprintln!("{name}: {} requests, {ranged} with Range", seen.len());
+    }
+}
+
+#[test]
+fn qcow2_from_a_server_without_range_is_refused_with_the_reason() {
+    let dir = TestDir::new("http-qcow2-norange");
+    fs::write(dir.path("disk.img"), disk_image(20, 4 * MIB)).unwrap();
+    qcow2(&dir.path("disk.img"), &dir.path("disk.qcow2"), &[]);
+    let srv = Httpd::start();
+    srv.file("/disk.qcow2", fs::read(dir.path("disk.qcow2")).unwrap(), false, None);
+    let l = Loop::new(&dir, "target", 8 * MIB);
+    let before = sha256(&l.read(0, 8 * MIB));
+    let o = flash_url(&srv.url("/disk.qcow2"), &l.dev, &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("does not support Range requests"), "{err}");
+    assert!(err.contains("qcow2 images need them"), "{err}");
+    assert_eq!(sha256(&l.read(0, 8 * MIB)), before, "a refused flash changed the target");
+}

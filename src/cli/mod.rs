@@ -18,7 +18,8 @@ Usage:
   bty --version | --help
 
 SOURCE is a local path, a file:// URL, - (standard input) or an http(s):// URL
-(streamed; a dropped connection resumes with Range). Formats are detected by their magic
+(streamed; a dropped connection resumes with Range; qcow2 is read through Range
+requests, no temporary file). Formats are detected by their magic
 bytes (and must agree with the file name): raw/ISO, gzip, zstd, xz, bzip2, qcow2.
 TARGET is a block device (/dev/sdX, /dev/disk/by-id/...) or a regular file.
 

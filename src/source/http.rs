@@ -617,7 +617,29 @@ impl Read for Resumable {
 /// through few requests; a read elsewhere opens a new range.
 pub(crate) struct Ranged {
     res: Arc<Resource>,
-    cur: Mutex<Option<(u64, ureq::BodyReader<'static>)>>,
+    cur: Mutex<Option<Cursor>>,
+}
+
+/// The open Range response and the last bytes it gave.
+struct Cursor {
+    /// File offset of the next byte of `body`.
+    pos: u64,
+    body: ureq::BodyReader<'static>,
+    /// The bytes just before `pos`: qcow2 reads compressed clusters in whole sectors, so each
+    /// read overlaps the start of the next cluster; those overlaps are served from here.
+    tail: Vec<u8>,
+}
+
+/// Bytes kept behind the cursor (a sector of overlap is what qcow2 needs; a cluster is ample).
+const TAIL: usize = 64 << 10;
+
+impl Cursor {
+    fn keep(&mut self, bytes: &[u8]) {
+        let bytes = &bytes[bytes.len().saturating_sub(TAIL)..];
+        let excess = (self.tail.len() + bytes.len()).saturating_sub(TAIL);
+        self.tail.drain(..excess);
+        self.tail.extend_from_slice(bytes);
+    }
 }
 
 impl Ranged {
@@ -627,12 +649,21 @@ impl Ranged {
 
     fn try_read_at(
         &self,
-        cur: &mut Option<(u64, ureq::BodyReader<'static>)>,
+        cur: &mut Option<Cursor>,
         buf: &mut [u8],
         offset: u64,
     ) -> Result<usize, Fail> {
-        if cur.as_ref().is_some_and(|(pos, _)| *pos > offset || offset - *pos > SKIP_AHEAD) {
-            *cur = None;
+        if let Some(c) = cur.as_ref() {
+            let tail_start = c.pos - c.tail.len() as u64;
+            if (tail_start..c.pos).contains(&offset) {
+                let i = (offset - tail_start) as usize;
+                let n = buf.len().min(c.tail.len() - i);
+                buf[..n].copy_from_slice(&c.tail[i..i + n]);
+                return Ok(n);
+            }
+            if c.pos > offset || offset - c.pos > SKIP_AHEAD {
+                *cur = None;
+            }
         }
         if cur.is_none() {
             let (resp, ranged) = self.res.get_from(offset)?;
@@ -644,30 +675,34 @@ impl Ranged {
                     self.res.display
                 ))));
             }
-            *cur = Some((offset, resp.body.into_reader()));
+            *cur = Some(Cursor { pos: offset, body: resp.body.into_reader(), tail: Vec::new() });
         }
-        let Some((pos, body)) = cur.as_mut() else { return Ok(0) };
+        let Some(c) = cur.as_mut() else { return Ok(0) };
         let lost = |at: u64, e: &dyn std::fmt::Display| {
             Fail::Transient(Error::msg(format!(
                 "{}: connection lost at byte {at}: {e}",
                 self.res.display
             )))
         };
-        while *pos < offset {
+        while c.pos < offset {
             let mut scratch = [0u8; 64 << 10];
-            let want = scratch.len().min((offset - *pos) as usize);
-            match body.read(&mut scratch[..want]) {
-                Ok(0) => return Err(lost(*pos, &"end of response")),
-                Ok(n) => *pos += n as u64,
-                Err(e) => return Err(lost(*pos, &e)),
+            let want = scratch.len().min((offset - c.pos) as usize);
+            match c.body.read(&mut scratch[..want]) {
+                Ok(0) => return Err(lost(c.pos, &"end of response")),
+                Ok(n) => {
+                    c.pos += n as u64;
+                    c.keep(&scratch[..n]);
+                }
+                Err(e) => return Err(lost(c.pos, &e)),
             }
         }
-        match body.read(buf) {
+        match c.body.read(buf) {
             Ok(0) if self.res.len.is_some_and(|len| offset < len) => {
                 Err(lost(offset, &"end of response"))
             }
             Ok(n) => {
-                *pos += n as u64;
+                c.pos += n as u64;
+                c.keep(&buf[..n]);
                 Ok(n)
             }
             Err(e) => Err(lost(offset, &e)),
