@@ -17,9 +17,11 @@ Usage:
                                       show an image's format, sizes and partitions
   bty --version | --help
 
-SOURCE is a local path, a file:// URL, - (standard input) or an http(s):// URL
-(streamed; a dropped connection resumes with Range; qcow2 is read through Range
-requests, no temporary file). Formats are detected by their magic
+SOURCE is a local path, a file:// URL, - (standard input), an http(s):// URL or
+an oras://host[:port]/owner/repo:tag (or @sha256:...) reference to an OCI artifact
+whose image layer is flashed, its digest checked like --sha256. Remote sources are
+streamed; a dropped connection resumes with Range; qcow2 is read through Range
+requests, no temporary file. Formats are detected by their magic
 bytes (and must agree with the file name): raw/ISO, gzip, zstd, xz, bzip2, qcow2.
 TARGET is a block device (/dev/sdX, /dev/disk/by-id/...) or a regular file.
 
@@ -45,7 +47,9 @@ Exit status: 0 done, 1 refused (nothing written), 2 failed (target blanked),
 
 Environment: BTY_LOG=error|warn|info|debug sets the log level; BTY_CA_FILE and
 SSL_CERT_FILE add PEM CA certificates to the built-in roots; BTY_HTTP_TIMEOUT sets
-the seconds allowed to connect and for each network read (default 30).
+the seconds allowed to connect and for each network read (default 30);
+REGISTRY_AUTH_FILE (else ~/.docker/config.json) holds registry credentials;
+BTY_INSECURE_REGISTRIES lists host:port registries that speak plain http.
 ";
 
 /// Entry point of the `bty` binary.

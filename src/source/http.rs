@@ -333,18 +333,23 @@ fn pem_certs(pem: &[u8]) -> impl Iterator<Item = Certificate<'static>> + '_ {
 
 /// Whether a transport error is worth another attempt.
 fn transport_fail(e: ureq::Error, what: &str) -> Fail {
-    let transient = matches!(
-        e,
-        ureq::Error::Io(_)
-            | ureq::Error::Timeout(_)
-            | ureq::Error::ConnectionFailed
-            | ureq::Error::Protocol(_)
-            | ureq::Error::BodyStalled
-    );
+    // rustls reports a refused certificate through an io::Error: no retry will change it.
+    let tls = match &e {
+        ureq::Error::Rustls(_) | ureq::Error::Tls(_) => true,
+        ureq::Error::Io(io) => io.get_ref().is_some_and(|i| i.is::<rustls::Error>()),
+        _ => false,
+    };
+    let transient = !tls
+        && matches!(
+            e,
+            ureq::Error::Io(_)
+                | ureq::Error::Timeout(_)
+                | ureq::Error::ConnectionFailed
+                | ureq::Error::Protocol(_)
+                | ureq::Error::BodyStalled
+        );
     let text = e.to_string();
-    let hint = if matches!(e, ureq::Error::Rustls(_) | ureq::Error::Tls(_))
-        && (text.contains("UnknownIssuer") || text.contains("certificate"))
-    {
+    let hint = if tls && (text.contains("UnknownIssuer") || text.contains("certificate")) {
         "; if the server uses a lab CA, point BTY_CA_FILE at its certificate (PEM)"
     } else {
         ""
@@ -416,6 +421,16 @@ impl Resource {
     /// Sends the first GET (retrying transient failures) and returns the resource with a stream
     /// over that response's body.
     pub fn open(fetch: Box<dyn Fetch>, display: String) -> Result<(Arc<Resource>, Resumable)> {
+        Resource::open_sized(fetch, display, None)
+    }
+
+    /// As `open`, for a file whose length is known beforehand (a blob's size in its manifest):
+    /// a response of another length is refused.
+    pub fn open_sized(
+        fetch: Box<dyn Fetch>,
+        display: String,
+        expected: Option<u64>,
+    ) -> Result<(Arc<Resource>, Resumable)> {
         let what = format!("fetching {display}");
         let resp = with_retries(|| {
             let resp = fetch.get(&[])?;
@@ -424,8 +439,14 @@ impl Resource {
             }
             Ok(resp)
         })?;
+        let len = match (resp.content_length(), expected) {
+            (Some(got), Some(want)) if got != want => crate::bail!(
+                "{what}: the server sends {got} bytes, but the manifest says the blob has {want}"
+            ),
+            (got, want) => got.or(want),
+        };
         let res = Arc::new(Resource {
-            len: resp.content_length(),
+            len,
             etag: resp.header("etag").map(str::to_string),
             last_modified: resp.header("last-modified").map(str::to_string),
             fetch,

@@ -6,6 +6,7 @@
 //! http these are Range requests).
 
 pub mod http;
+pub mod oras;
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -148,6 +149,16 @@ impl Source {
             let o = http::open(spec)?;
             return Ok(Source::remote(o.display, o.name, o.resource, Box::new(o.stream), None));
         }
+        if lower.starts_with("oras://") {
+            let o = oras::open(spec)?;
+            return Ok(Source::remote(
+                o.display,
+                o.name,
+                o.resource,
+                Box::new(o.stream),
+                Some(o.digest),
+            ));
+        }
         if spec == "-" {
             return Ok(Source::pipe("standard input".into(), Box::new(std::io::stdin())));
         }
@@ -281,6 +292,31 @@ impl Source {
     }
 }
 
+/// Reads a small document (a catalog TOML, a sha256 list) from a local path, a `file://` URL,
+/// an http(s) URL ([`http::get_bytes`]) or an `oras://` reference (its TOML layer,
+/// [`oras::fetch_toml`]); more than `max_bytes` is refused.
+pub fn fetch_document(spec: &str, max_bytes: u64) -> Result<Vec<u8>> {
+    let lower = spec.get(..8).unwrap_or(spec).to_ascii_lowercase();
+    if lower.starts_with("http://") || lower.starts_with("https://") {
+        return http::get_bytes(spec, max_bytes);
+    }
+    if lower.starts_with("oras://") {
+        return oras::fetch_toml(spec, max_bytes);
+    }
+    let path = local_path(spec)?;
+    let f = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let mut out = Vec::new();
+    f.take(max_bytes + 1)
+        .read_to_end(&mut out)
+        .with_context(|| format!("reading {}", path.display()))?;
+    crate::ensure!(
+        out.len() as u64 <= max_bytes,
+        "reading {}: larger than the {max_bytes} bytes allowed",
+        path.display()
+    );
+    Ok(out)
+}
+
 /// Locks a mutex, recovering the data if a panicking thread poisoned it (the data is plain bytes).
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -372,7 +408,7 @@ fn local_path(spec: &str) -> Result<PathBuf> {
     }
     if let Some((scheme, _)) = spec.split_once("://") {
         crate::bail!(
-            "opening {spec}: {scheme}:// sources are not supported (use a local path, file:// or http(s)://)"
+            "opening {spec}: {scheme}:// sources are not supported (use a local path, file://, http(s):// or oras://)"
         );
     }
     Ok(Path::new(spec).to_path_buf())
@@ -415,6 +451,16 @@ mod tests {
         assert_eq!(local_path("/x/y.img").unwrap(), PathBuf::from("/x/y.img"));
         assert!(local_path("file://relative").is_err());
         assert!(local_path("ftp://host/x").is_err());
+    }
+
+    #[test]
+    fn local_documents_are_read_with_a_cap() {
+        let p = std::env::temp_dir().join(format!("bty-doc-{}.toml", std::process::id()));
+        std::fs::write(&p, b"version = 1\n").unwrap();
+        let spec = p.display().to_string();
+        assert_eq!(fetch_document(&spec, 64).unwrap(), b"version = 1\n");
+        assert!(fetch_document(&spec, 4).unwrap_err().to_string().contains("larger than"));
+        let _ = std::fs::remove_file(&p);
     }
 
     #[test]

@@ -44,6 +44,8 @@ struct State {
     redirects: HashMap<String, String>,
     faults: HashMap<String, Vec<Fault>>,
     seen: Vec<Seen>,
+    /// Files not in `files` are looked up under this directory.
+    root: Option<std::path::PathBuf>,
 }
 
 /// The server; stops accepting when dropped.
@@ -81,6 +83,11 @@ impl Httpd {
     pub fn file(&self, path: &str, body: Vec<u8>, ranges: bool, etag: Option<&str>) {
         let f = File { body: Arc::new(body), ranges, etag: etag.map(str::to_string) };
         self.state.lock().unwrap().files.insert(path.into(), f);
+    }
+
+    /// Serves the files under `root` too (Range, no ETag), read on each request.
+    pub fn serve_dir(&self, root: std::path::PathBuf) {
+        self.state.lock().unwrap().root = Some(root);
     }
 
     pub fn redirect(&self, from: &str, to: &str) {
@@ -139,7 +146,12 @@ fn serve(conn: TcpStream, state: &Mutex<State>) {
         let mut st = state.lock().unwrap();
         st.seen.push(seen.clone());
         let fault = st.faults.get_mut(&path).and_then(|f| (!f.is_empty()).then(|| f.remove(0)));
-        (st.files.get(&path).cloned(), st.redirects.get(&path).cloned(), fault)
+        let file = st.files.get(&path).cloned().or_else(|| {
+            let p = st.root.as_ref()?.join(path.trim_start_matches('/'));
+            let body = std::fs::read(p).ok()?;
+            Some(File { body: Arc::new(body), ranges: true, etag: None })
+        });
+        (file, st.redirects.get(&path).cloned(), fault)
     };
     if let Some(to) = redirect {
         let _ = write!(

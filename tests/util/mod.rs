@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use sha2::{Digest, Sha256};
 
 pub mod httpd;
+pub mod registry;
 
 /// A fresh directory under the system temp dir, removed on drop.
 pub struct TestDir(pub PathBuf);
