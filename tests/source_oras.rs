@@ -306,6 +306,7 @@ fn plain_http_registries_must_be_listed() {
         .unwrap();
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains(&format!("https://{}", reg.addr)), "{}", stderr(&o));
+    assert!(stderr(&o).contains("BTY_INSECURE_REGISTRIES"), "{}", stderr(&o));
     let o = bty_for(&reg)
         .args(["flash", "--yes", "--progress", "none"])
         .arg(&reference)

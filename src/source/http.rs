@@ -351,6 +351,8 @@ fn transport_fail(e: ureq::Error, what: &str) -> Fail {
     let text = e.to_string();
     let hint = if tls && (text.contains("UnknownIssuer") || text.contains("certificate")) {
         "; if the server uses a lab CA, point BTY_CA_FILE at its certificate (PEM)"
+    } else if tls && text.contains("InvalidContentType") {
+        "; the server seems to speak plain http (for a registry, list it in BTY_INSECURE_REGISTRIES)"
     } else {
         ""
     };
