@@ -11,11 +11,12 @@ MUSL_TARGET := x86_64-unknown-linux-musl
 #   losetup/mount; zstd xz-utils bzip2 pigz bmap-tools mbuffer: the reference pipelines of the
 #   benchmark; musl-tools: the static build; wrk: the HTTP load generator of `make bench-web`,
 #   python3-venv: the venv (target/bench-venv) it installs the reference bty-web into;
-#   docker-registry: the real OCI registry (distribution v2) the oras:// tests start on loopback.
+#   docker-registry: the real OCI registry (distribution v2) the oras:// tests start on loopback;
+#   curl: the reference pipeline of `make bench-http`.
 DEB_PACKAGES := qemu-utils e2fsprogs gdisk fdisk util-linux zstd xz-utils bzip2 pigz \
-	bmap-tools mbuffer musl-tools python3 time bsdutils wrk python3-venv docker-registry
+	bmap-tools mbuffer musl-tools python3 time bsdutils wrk python3-venv docker-registry curl
 
-.PHONY: help run test deps lint build release static bench bench-flash bench-web clean
+.PHONY: help run test deps lint build release static bench bench-flash bench-http bench-web clean
 
 help:
 	@echo "make run          build and start bty-web on $(STATE_DIR) (prints URL and password)"
@@ -23,6 +24,7 @@ help:
 	@echo "make deps         install the Debian packages and Rust targets the tests need"
 	@echo "make static       build a static bty (musl, LTO, stripped) and print its size"
 	@echo "make bench-flash  flash benchmark against the reference pipelines -> bench/RESULTS.md"
+	@echo "make bench-http   flash over http from 127.0.0.1 against curl | zstd -dc | dd -> bench/RESULTS.md"
 	@echo "make bench-web    bty-web against the reference server (PyPI bty-lab), ~4 min -> bench/RESULTS.md"
 
 run: release
@@ -71,6 +73,9 @@ bench: bench-flash
 
 bench-flash: deps release
 	bench/flash.sh
+
+bench-http: deps release
+	bench/http.sh
 
 # Installs the reference (pip, into target/bench-venv) on first use; then only 127.0.0.1.
 bench-web: deps release
