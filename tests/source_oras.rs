@@ -113,6 +113,13 @@ fn a_tampered_blob_fails_like_a_wrong_sha256() {
     assert!(stderr(&o).contains("sha256 mismatch"), "{}", stderr(&o));
     assert!(stderr(&o).contains(&sha256(&raw)), "names the expected layer digest: {}", stderr(&o));
     assert_blank(&l);
+    let o = bty_for(&reg)
+        .args(["inspect", "--sha256"])
+        .arg(format!("oras://{}/lab/raw:v1", reg.addr))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("sha256 mismatch"), "{}", stderr(&o));
 
     // A --sha256 that contradicts the layer digest is refused before anything is written.
     let o = flash_ref(
