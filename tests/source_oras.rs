@@ -82,11 +82,23 @@ fn flash_from_a_token_registry_over_tls_skips_sidecars() {
     assert_eq!(v["format"], "zstd");
     assert_eq!(v["compressed_size"].as_u64(), Some(z.len() as u64));
 
+    // SSL_CERT_FILE adds a CA as BTY_CA_FILE does.
+    let o = bty_for(&reg)
+        .args(["inspect"])
+        .arg(&reference)
+        .env("BTY_CA_FILE", "")
+        .env("SSL_CERT_FILE", &reg.pki.ca_pem)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+
     // Without the test CA the TLS handshake fails, and the message says what to do.
     let o = bty()
         .args(["inspect"])
         .arg(&reference)
         .env("BTY_INSECURE_REGISTRIES", reg.env()[1].1.clone())
+        .env("BTY_CA_FILE", "")
+        .env("SSL_CERT_FILE", "")
         .env("BTY_HTTP_TIMEOUT", "5")
         .output()
         .unwrap();
