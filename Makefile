@@ -14,10 +14,13 @@ MUSL_TARGET := x86_64-unknown-linux-musl
 #   lshw: `bty inventory` runs it when installed (tests/disks.rs checks that path; the other
 #   path, bty's own summary, is forced there with BTY_NO_LSHW=1). util-linux's lsblk is what
 #   tests/disks.rs compares `bty disks` with.
+#   docker-registry: the real OCI registry (distribution v2) the oras:// tests start on loopback;
+#   curl: the reference pipeline of `make bench-http`.
 DEB_PACKAGES := qemu-utils e2fsprogs gdisk fdisk util-linux zstd xz-utils bzip2 pigz \
-	bmap-tools mbuffer musl-tools python3 time bsdutils wrk python3-venv lshw
+	bmap-tools mbuffer musl-tools python3 time bsdutils wrk python3-venv lshw \
+	docker-registry curl
 
-.PHONY: help run test deps lint build release static bench bench-flash bench-web clean
+.PHONY: help run test deps lint build release static bench bench-flash bench-http bench-web clean
 
 help:
 	@echo "make run          build and start bty-web on $(STATE_DIR) (prints URL and password)"
@@ -25,6 +28,7 @@ help:
 	@echo "make deps         install the Debian packages and Rust targets the tests need"
 	@echo "make static       build a static bty (musl, LTO, stripped) and print its size"
 	@echo "make bench-flash  flash benchmark against the reference pipelines -> bench/RESULTS.md"
+	@echo "make bench-http   flash over http from 127.0.0.1 against curl | zstd -dc | dd -> bench/RESULTS.md"
 	@echo "make bench-web    bty-web against the reference server (PyPI bty-lab), ~4 min -> bench/RESULTS.md"
 
 run: release
@@ -73,6 +77,9 @@ bench: bench-flash
 
 bench-flash: deps release
 	bench/flash.sh
+
+bench-http: deps release
+	bench/http.sh
 
 # Installs the reference (pip, into target/bench-venv) on first use; then only 127.0.0.1.
 bench-web: deps release

@@ -214,6 +214,13 @@ notes = os.path.join(os.path.dirname(os.path.abspath(results)), "NOTES.md")
 if os.path.exists(notes):
     p("")
     p(open(notes).read().rstrip("\n"))
+# the flash-over-http section bench/http.sh writes (kept between its markers)
+http_md = os.path.join(os.path.dirname(os.path.abspath(results)), "HTTP.md")
+if os.path.exists(http_md):
+    p("")
+    p("<!-- bench/http.sh -->")
+    p(open(http_md).read().rstrip("\n"))
+    p("<!-- /bench/http.sh -->")
 # targets, computed
 p("")
 p("## Targets (computed from the medians above)")

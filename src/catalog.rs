@@ -92,14 +92,10 @@ pub fn fetch_bytes(src: &str, fetch: Fetch<'_>) -> Result<(Vec<u8>, Origin)> {
 
 /// The fetcher the binaries hand to `load_source`: the one place where remote catalogs meet the
 /// http(s) and oras:// clients. For http(s) (a bty-web `/catalog.toml` included) it returns the
-/// response body, for oras:// the bytes of the artifact's TOML layer; at most `limit` bytes, or
-/// `limit + 1` to show that there are more. Those clients are not part of this build yet, so
-/// every remote source is refused with a message that says so.
-pub fn fetch_remote(src: &str, _limit: u64) -> Result<Vec<u8>> {
-    let scheme = src.split_once("://").map(|(s, _)| s.to_ascii_lowercase()).unwrap_or_default();
-    crate::bail!(
-        "{scheme}:// catalogs are not supported by this build yet (use a local file or a file:// URL)"
-    )
+/// response body, for oras:// the bytes of the artifact's TOML layer (digest checked); more than
+/// `limit` bytes is refused.
+pub fn fetch_remote(src: &str, limit: u64) -> Result<Vec<u8>> {
+    crate::source::fetch_document(src, limit)
 }
 
 /// Parses and validates catalog text. `source` names it in messages.
@@ -756,8 +752,6 @@ src = "https://h/d/debian.img.xz?sig=1"
         assert!(!e.contains("tok"), "{e}");
         assert!(load_source("oras://ghcr.io/o/catalog:latest", &remote).is_err());
 
-        let e = load_source("https://lab.example/c.toml", &fetch_remote).unwrap_err().to_string();
-        assert!(e.contains("https:// catalogs are not supported by this build yet"), "{e}");
         for (bad, want) in [
             ("ftp://h/c.toml", "\"ftp\" sources are not supported"),
             ("http:///c.toml", "has no host"),

@@ -29,6 +29,40 @@ fn by_name<'a>(list: &'a [serde_json::Value], name: &str) -> &'a serde_json::Val
 }
 
 /// The `bty_image_ref` of a src, computed here independently: sha256 of the canonical form.
+/// A plain HTTP server on 127.0.0.1 that answers GETs for these paths and 404 otherwise, for
+/// as long as the test runs; returns its `host:port`.
+fn serve_files(files: &[(&'static str, &'static str)]) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let files = files.to_vec();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(200) {
+            let Ok(mut conn) = conn else { continue };
+            let mut line = String::new();
+            let mut r = BufReader::new(conn.try_clone().unwrap());
+            if r.read_line(&mut line).is_err() {
+                continue;
+            }
+            let mut h = String::new();
+            while r.read_line(&mut h).is_ok_and(|n| n > 2) {
+                h.clear();
+            }
+            let path = line.split(' ').nth(1).unwrap_or("");
+            let resp = match files.iter().find(|(p, _)| *p == path) {
+                Some((_, body)) => format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                ),
+                None => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .into(),
+            };
+            let _ = conn.write_all(resp.as_bytes());
+        }
+    });
+    addr
+}
+
 fn reference(canonical: &str) -> String {
     sha256(canonical.as_bytes())
 }
@@ -293,9 +327,19 @@ ref = "{}"
 
 #[test]
 fn bad_catalogs_fail_with_the_source_named() {
+    let web = serve_files(&[
+        ("/bad.toml", "version = 1\n[[images]]\nname = \"x\"\nsrc = \"file:///srv/x.img\"\n"),
+        (
+            "/good.toml",
+            "version = 1\n[[images]]\nname = \"y.img.zst\"\nsrc = \"https://h/y.img.zst\"\n",
+        ),
+    ]);
     let dir = TestDir::new("images-badcat");
     fs::write(dir.path("good.img"), disk_image(5, MIB)).unwrap();
     let at = |name: &str| dir.path(name).display().to_string();
+    // A catalog over http, as a bty-web's /catalog.toml is served.
+    let (list, _) = images_json(&dir.0, &["--catalog", &format!("http://{web}/good.toml")]);
+    assert_eq!(by_name(&list, "y.img.zst")["url"], "https://h/y.img.zst");
 
     let mut big = b"version = 1\n".to_vec();
     big.resize(4 * MIB + 1, b'\n');
@@ -334,14 +378,22 @@ fn bad_catalogs_fail_with_the_source_named() {
             format!("reading catalog {}: is a directory", dir.0.display()),
         ),
         (
-            "https://user:secret@lab.example/catalog.toml".into(),
-            "fetching catalog https://lab.example/catalog.toml: https:// catalogs are not \
-             supported by this build yet"
-                .into(),
+            format!("http://user:secret@{web}/missing.toml"),
+            format!(
+                "fetching catalog http://{web}/missing.toml: http://{web}/missing.toml: user names"
+            ),
         ),
         (
-            "oras://ghcr.io/o/catalog:latest".into(),
-            "fetching catalog oras://ghcr.io/o/catalog:latest: oras:// catalogs are not".into(),
+            format!("http://{web}/missing.toml"),
+            format!(
+                "fetching catalog http://{web}/missing.toml: fetching http://{web}/missing.toml: HTTP 404"
+            ),
+        ),
+        (
+            format!("http://{web}/bad.toml"),
+            format!(
+                "catalog http://{web}/bad.toml: entry #1 (\"x\"): src: \"file:///srv/x.img\": file:// sources are not allowed in a remote catalog"
+            ),
         ),
         ("ftp://h/c.toml".into(), "catalog ftp://h/c.toml: \"ftp\" sources are not".into()),
     ];

@@ -118,6 +118,15 @@ pub fn inspect(args: InspectArgs) -> Result<ExitCode> {
     let src = Source::open(&args.source)?;
     let info = probe::probe(&src)?;
     let digest = if args.sha256 { Some(hash_source(&src)?) } else { None };
+    // An oras:// layer promises its digest: hashing it all is the chance to check it.
+    if let (Some(got), Some(want)) = (&digest, src.digest()) {
+        let want = crate::hex::encode(&want);
+        crate::ensure!(
+            *got == want,
+            "sha256 mismatch for {}: the layer digest is {want}, the bytes hash to {got}",
+            src.display
+        );
+    }
     if args.json {
         let mut v = serde_json::to_value(&info).context("encoding the result as JSON")?;
         if let Some(o) = v.as_object_mut() {

@@ -25,7 +25,11 @@ Usage:
                                       (bty inventory --help)
   bty --version | --help
 
-SOURCE is a local path or a file:// URL. Formats are detected by their magic
+SOURCE is a local path, a file:// URL, - (standard input), an http(s):// URL or
+an oras://host[:port]/owner/repo:tag (or @sha256:...) reference to an OCI artifact
+whose image layer is flashed, its digest checked like --sha256. Remote sources are
+streamed; a dropped connection resumes with Range; qcow2 is read through Range
+requests, no temporary file. Formats are detected by their magic
 bytes (and must agree with the file name): raw/ISO, gzip, zstd, xz, bzip2, qcow2.
 TARGET is a block device (/dev/sdX, /dev/disk/by-id/...) or a regular file.
 
@@ -59,16 +63,20 @@ images that are not (wrong magic, tarballs, empty) are reported on stderr.
 images options:
   --catalog SRC       add the images of a catalog (TOML, version = 1, one
                       [[images]] table per image) that are not already listed
-                      (same bty_image_ref). SRC is a path or a file:// URL;
-                      http(s)://, oras:// and bty-web's /catalog.toml are not
-                      supported by this build yet. Catalogs larger than 4 MiB
-                      are refused; any error names the catalog, entry and field.
+                      (same bty_image_ref). SRC is a path, a file://,
+                      http(s):// or oras:// URL, or a bty-web's /catalog.toml.
+                      Catalogs larger than 4 MiB are refused; any error names
+                      the catalog, entry and field.
   --json              print a JSON array of ImageEntry objects (name, format,
                       size_bytes, url, ref, sha_short, cached) with origin
                       (local or catalog), arch, virtual_size and description
 
-Environment: BTY_LOG=error|warn|info|debug sets the log level; BTY_IMAGE_ROOT
-the image root.
+Environment: BTY_LOG=error|warn|info|debug sets the log level; BTY_CA_FILE and
+SSL_CERT_FILE add PEM CA certificates to the built-in roots; BTY_HTTP_TIMEOUT sets
+the seconds allowed to connect and for each network read (default 30);
+REGISTRY_AUTH_FILE (else ~/.docker/config.json) holds registry credentials;
+BTY_INSECURE_REGISTRIES lists host:port registries that speak plain http;
+BTY_IMAGE_ROOT the image root.
 ";
 
 /// Entry point of the `bty` binary.

@@ -131,6 +131,19 @@ pub fn run(
     cancel: &'static AtomicBool,
 ) -> std::result::Result<Report, FlashError> {
     let started = Instant::now();
+    // A digest the source promises (an OCI layer digest) is checked like a pinned --sha256.
+    let sha256 = match (opts.sha256, plan.source.digest()) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(FlashError::Refused(Error::msg(format!(
+                "--sha256 {} differs from the digest {} promises ({}); nothing was written",
+                crate::hex::encode(&a),
+                plan.source.display,
+                crate::hex::encode(&b)
+            ))));
+        }
+        (a, b) => a.or(b),
+    };
+    let opts = &Options { sha256, ..opts.clone() };
     let counters = Arc::new(Counters::default());
     let mut writer =
         Writer::open(&plan.target, opts.zero_skip, opts.verify).map_err(FlashError::Refused)?;

@@ -43,7 +43,11 @@ pub fn probe(src: &Source) -> Result<ImageInfo> {
     let (magic, _) = src.peek(format::SNIFF_LEN)?;
     crate::ensure!(!magic.is_empty(), "reading {}: the source is empty", src.display);
     let fmt = format::detect(&src.name, &magic)?;
-    if !src.is_seekable() {
+    // A remote qcow2 is read by offset through Range requests; everything else remote is
+    // probed from the start of its stream, like a pipe (walking zstd frames or an xz index over
+    // the network would cost a request per frame).
+    let remote_qcow2 = src.is_remote() && fmt == Format::Qcow2;
+    if !src.is_seekable() && !remote_qcow2 {
         crate::ensure!(
             fmt != Format::Qcow2,
             "{} is qcow2 from a stream: qcow2 needs random access (save it to a file first)",
@@ -59,9 +63,13 @@ pub fn probe(src: &Source) -> Result<ImageInfo> {
             source: src.display.clone(),
             format: fmt,
             iso9660: fmt == Format::Raw && format::is_iso9660(&magic),
-            compressed_size: None,
+            compressed_size: src.size(),
             virtual_size: None,
-            virtual_size_source: "unknown: the source is a stream".into(),
+            virtual_size_source: if src.is_remote() {
+                "unknown: not read ahead from a remote source".into()
+            } else {
+                "unknown: the source is a stream".into()
+            },
             partition_table: partitions::parse(&head),
             head,
         });

@@ -1,13 +1,18 @@
-//! Where image bytes come from: a local path or `file://` URL today; http(s) and oras:// later.
+//! Where image bytes come from: a local path, a `file://` URL, standard input, an http(s) URL
+//! ([`http`]) or an `oras://` reference to an OCI artifact ([`oras`]).
 //!
 //! A source offers two views: a sequential `Read` (for streaming formats, hashed as it passes) and
-//! positioned reads through `ReadAt` (for qcow2, whose clusters are not in stream order).
+//! positioned reads through `ReadAt` (for qcow2, whose clusters are not in stream order; over
+//! http these are Range requests).
+
+pub mod http;
+pub mod oras;
 
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::error::{Context, Result};
 
@@ -78,19 +83,82 @@ pub struct Source {
     /// The file name part, used to cross-check the format against the content ("" for a pipe).
     pub name: String,
     kind: Kind,
+    /// The sha256 the source itself promises for its bytes (an OCI layer digest).
+    digest: Option<[u8; 32]>,
 }
 
 enum Kind {
     /// A regular file (or block device): random access, known size.
     File(File),
-    /// A pipe (stdin, a FIFO): read once, front to back. The bytes peeked at by the probe are
-    /// kept and replayed in front of the rest.
-    Pipe { rest: Mutex<Option<Box<dyn Read + Send>>>, prefix: Mutex<Vec<u8>>, ended: Mutex<bool> },
+    /// A pipe (stdin, a FIFO): read once, front to back.
+    Pipe(Stream),
+    /// An http(s) file or registry blob: the first response is read as a stream (like a pipe);
+    /// further readers and positioned reads send new requests.
+    Remote { stream: Stream, res: Arc<http::Resource> },
+}
+
+/// A stream read once front to back. The bytes peeked at by the probe are kept and replayed in
+/// front of the rest.
+struct Stream {
+    rest: Mutex<Option<Box<dyn Read + Send>>>,
+    prefix: Mutex<Vec<u8>>,
+    ended: Mutex<bool>,
+}
+
+impl Stream {
+    fn new(r: Box<dyn Read + Send>) -> Stream {
+        Stream {
+            rest: Mutex::new(Some(r)),
+            prefix: Mutex::new(Vec::new()),
+            ended: Mutex::new(false),
+        }
+    }
+
+    fn peek(&self, n: usize, display: &str) -> Result<(Vec<u8>, bool)> {
+        let mut prefix = lock(&self.prefix);
+        let mut ended = lock(&self.ended);
+        if prefix.len() < n && !*ended {
+            let mut rest = lock(&self.rest);
+            let r = rest.as_mut().context("the input stream was already consumed")?;
+            let have = prefix.len();
+            prefix.resize(n, 0);
+            let got = crate::image::format::read_full(r.as_mut(), &mut prefix[have..])
+                .with_context(|| format!("reading the start of {display}"))?;
+            prefix.truncate(have + got);
+            *ended = have + got < n;
+        }
+        let k = n.min(prefix.len());
+        Ok((prefix[..k].to_vec(), *ended))
+    }
+
+    /// The stream from its start, once; None when it was taken already.
+    fn take(&self) -> Option<Box<dyn Read + Send>> {
+        let r = lock(&self.rest).take()?;
+        let prefix = std::mem::take(&mut *lock(&self.prefix));
+        Some(Box::new(std::io::Cursor::new(prefix).chain(r)))
+    }
 }
 
 impl Source {
-    /// Opens a local path, a `file://` URL, or `-` for standard input.
+    /// Opens a local path, a `file://` URL, `-` for standard input, an http(s) URL or an
+    /// `oras://` reference. A remote source sends its first request now, so that a 404 or a TLS
+    /// failure is reported before any planning.
     pub fn open(spec: &str) -> Result<Source> {
+        let lower = spec.get(..8).unwrap_or(spec).to_ascii_lowercase();
+        if lower.starts_with("http://") || lower.starts_with("https://") {
+            let o = http::open(spec)?;
+            return Ok(Source::remote(o.display, o.name, o.resource, Box::new(o.stream), None));
+        }
+        if lower.starts_with("oras://") {
+            let o = oras::open(spec)?;
+            return Ok(Source::remote(
+                o.display,
+                o.name,
+                o.resource,
+                Box::new(o.stream),
+                Some(o.digest),
+            ));
+        }
         if spec == "-" {
             return Ok(Source::pipe("standard input".into(), Box::new(std::io::stdin())));
         }
@@ -105,25 +173,44 @@ impl Source {
             src.name = name;
             return Ok(src);
         }
-        Ok(Source { display: path.display().to_string(), name, kind: Kind::File(file) })
+        Ok(Source {
+            display: path.display().to_string(),
+            name,
+            kind: Kind::File(file),
+            digest: None,
+        })
     }
 
     /// A source over any byte stream (read once).
     pub fn pipe(display: String, r: Box<dyn Read + Send>) -> Source {
-        Source {
-            display,
-            name: String::new(),
-            kind: Kind::Pipe {
-                rest: Mutex::new(Some(r)),
-                prefix: Mutex::new(Vec::new()),
-                ended: Mutex::new(false),
-            },
-        }
+        Source { display, name: String::new(), kind: Kind::Pipe(Stream::new(r)), digest: None }
     }
 
-    /// Whether the source can be read by offset (a file) rather than only front to back.
+    fn remote(
+        display: String,
+        name: String,
+        res: Arc<http::Resource>,
+        first: Box<dyn Read + Send>,
+        digest: Option<[u8; 32]>,
+    ) -> Source {
+        Source { display, name, kind: Kind::Remote { stream: Stream::new(first), res }, digest }
+    }
+
+    /// Whether the source is a local file, cheap to read by offset, rather than a stream.
     pub fn is_seekable(&self) -> bool {
         matches!(self.kind, Kind::File(_))
+    }
+
+    /// Whether the source is remote (http(s), oras://): streamed, with positioned reads through
+    /// Range requests where the server supports them.
+    pub fn is_remote(&self) -> bool {
+        matches!(self.kind, Kind::Remote { .. })
+    }
+
+    /// The sha256 the source promises for its bytes (an oras:// layer digest), checked by the
+    /// flash like a pinned `--sha256`.
+    pub fn digest(&self) -> Option<[u8; 32]> {
+        self.digest
     }
 
     /// The first `n` bytes (fewer if the source is shorter), without consuming a pipe.
@@ -141,38 +228,23 @@ impl Source {
                 let whole = self.size().is_some_and(|s| s <= got as u64);
                 Ok((buf, whole))
             }
-            Kind::Pipe { rest, prefix, ended } => {
-                let mut prefix = lock(prefix);
-                let mut ended = lock(ended);
-                if prefix.len() < n && !*ended {
-                    let mut rest = lock(rest);
-                    let r = rest.as_mut().context("the input stream was already consumed")?;
-                    let have = prefix.len();
-                    prefix.resize(n, 0);
-                    let got = crate::image::format::read_full(r.as_mut(), &mut prefix[have..])
-                        .with_context(|| format!("reading the start of {}", self.display))?;
-                    prefix.truncate(have + got);
-                    *ended = have + got < n;
-                }
-                let k = n.min(prefix.len());
-                Ok((prefix[..k].to_vec(), *ended))
-            }
+            Kind::Pipe(s) | Kind::Remote { stream: s, .. } => s.peek(n, &self.display),
         }
     }
 
-    /// A sequential reader from the start of the source. A pipe can be read this way once.
+    /// A sequential reader from the start of the source. A pipe can be read this way once; a
+    /// remote source hands out its first response, then sends a new request for each reader.
     pub fn reader(&self) -> Result<Box<dyn Read + Send>> {
         match &self.kind {
             Kind::File(f) => {
                 let f = f.try_clone().with_context(|| format!("reopening {}", self.display))?;
                 Ok(Box::new(ReadAtCursor { inner: f, pos: 0 }))
             }
-            Kind::Pipe { rest, prefix, .. } => {
-                let r = lock(rest).take().with_context(|| {
-                    format!("reading {}: the stream was already consumed", self.display)
-                })?;
-                let prefix = std::mem::take(&mut *lock(prefix));
-                Ok(Box::new(std::io::Cursor::new(prefix).chain(r)))
+            Kind::Pipe(s) => s.take().with_context(|| {
+                format!("reading {}: the stream was already consumed", self.display)
+            }),
+            Kind::Remote { stream, res } => {
+                Ok(stream.take().unwrap_or_else(|| Box::new(http::Resumable::new(Arc::clone(res)))))
             }
         }
     }
@@ -194,14 +266,16 @@ impl Source {
         })))
     }
 
-    /// Random access to the source (for qcow2); pipes have none.
+    /// Random access to the source (for qcow2); pipes have none, remote sources go through
+    /// Range requests (a server without them fails on the first read, saying so).
     pub fn random_access(&self) -> Result<Box<dyn ReadAt>> {
         match &self.kind {
             Kind::File(f) => {
                 let f = f.try_clone().with_context(|| format!("reopening {}", self.display))?;
                 Ok(Box::new(f))
             }
-            Kind::Pipe { .. } => crate::bail!(
+            Kind::Remote { res, .. } => Ok(Box::new(http::Ranged::new(Arc::clone(res)))),
+            Kind::Pipe(_) => crate::bail!(
                 "{} is a stream: this needs random access (save it to a file first)",
                 self.display
             ),
@@ -212,9 +286,35 @@ impl Source {
     pub fn size(&self) -> Option<u64> {
         match &self.kind {
             Kind::File(f) => ReadAt::size(f),
-            Kind::Pipe { .. } => None,
+            Kind::Remote { res, .. } => res.len,
+            Kind::Pipe(_) => None,
         }
     }
+}
+
+/// Reads a small document (a catalog TOML, a sha256 list) from a local path, a `file://` URL,
+/// an http(s) URL ([`http::get_bytes`]) or an `oras://` reference (its TOML layer,
+/// [`oras::fetch_toml`]); more than `max_bytes` is refused.
+pub fn fetch_document(spec: &str, max_bytes: u64) -> Result<Vec<u8>> {
+    let lower = spec.get(..8).unwrap_or(spec).to_ascii_lowercase();
+    if lower.starts_with("http://") || lower.starts_with("https://") {
+        return http::get_bytes(spec, max_bytes);
+    }
+    if lower.starts_with("oras://") {
+        return oras::fetch_toml(spec, max_bytes);
+    }
+    let path = local_path(spec)?;
+    let f = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let mut out = Vec::new();
+    f.take(max_bytes + 1)
+        .read_to_end(&mut out)
+        .with_context(|| format!("reading {}", path.display()))?;
+    crate::ensure!(
+        out.len() as u64 <= max_bytes,
+        "reading {}: larger than the {max_bytes} bytes allowed",
+        path.display()
+    );
+    Ok(out)
 }
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it (the data is plain bytes).
@@ -300,7 +400,7 @@ impl Read for SparseReader {
     }
 }
 
-/// Turns a CLI source argument into a local path; other schemes are not supported yet.
+/// Turns a CLI source argument into a local path; other schemes are refused.
 fn local_path(spec: &str) -> Result<PathBuf> {
     if let Some(rest) = spec.strip_prefix("file://") {
         crate::ensure!(rest.starts_with('/'), "opening {spec}: file:// URLs need an absolute path");
@@ -308,7 +408,7 @@ fn local_path(spec: &str) -> Result<PathBuf> {
     }
     if let Some((scheme, _)) = spec.split_once("://") {
         crate::bail!(
-            "opening {spec}: {scheme}:// sources are not supported by this build yet (use a local path or file://)"
+            "opening {spec}: {scheme}:// sources are not supported (use a local path, file://, http(s):// or oras://)"
         );
     }
     Ok(Path::new(spec).to_path_buf())
@@ -351,6 +451,16 @@ mod tests {
         assert_eq!(local_path("/x/y.img").unwrap(), PathBuf::from("/x/y.img"));
         assert!(local_path("file://relative").is_err());
         assert!(local_path("ftp://host/x").is_err());
+    }
+
+    #[test]
+    fn local_documents_are_read_with_a_cap() {
+        let p = std::env::temp_dir().join(format!("bty-doc-{}.toml", std::process::id()));
+        std::fs::write(&p, b"version = 1\n").unwrap();
+        let spec = p.display().to_string();
+        assert_eq!(fetch_document(&spec, 64).unwrap(), b"version = 1\n");
+        assert!(fetch_document(&spec, 4).unwrap_err().to_string().contains("larger than"));
+        let _ = std::fs::remove_file(&p);
     }
 
     #[test]

@@ -12,6 +12,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use sha2::{Digest, Sha256};
 
+pub mod httpd;
+pub mod registry;
+
 /// A fresh directory under the system temp dir, removed on drop.
 pub struct TestDir(pub PathBuf);
 
