@@ -352,8 +352,8 @@ fn catalog_entries_images_and_catalog_toml() {
     for (body, want) in [
         (r#"{"image_url":"ftp://h/x.img"}"#, "not supported"),
         (r#"{"image_url":"https:///x.img"}"#, "no host"),
-        (r#"{"image_url":"oras://ghcr.io/o/r:latest"}"#, "oras://"),
-        (r#"{"image_url":"https://h/x.img","sha_url":"https://h/x.sha256"}"#, "sha_url"),
+        (r#"{"image_url":"oras:///r:latest"}"#, "no host"),
+        (r#"{"image_url":"https://h/x.img","sha_url":"ftp://h/x.sha256"}"#, "sha_url"),
         (r#"{"image_url":"https://h/x.img","size":1}"#, "unknown field"),
         (r#"{}"#, "required"),
         ("nope", "not valid JSON"),
@@ -590,4 +590,67 @@ fn the_wal_stays_small_under_pxe_load_and_is_emptied_at_shutdown() {
     assert!(code.success(), "{code:?}");
     let size = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
     assert_eq!(size, 0, "a clean stop leaves nothing to replay");
+}
+
+#[test]
+fn catalog_entries_pin_digests_from_sha_url_and_oras_layers() {
+    use util::registry::{Options, Registry};
+    let dir = util::TestDir::new("catalog-pins");
+    let reg = Registry::start(&dir, Options { tls: true, token: true, redirect_to: None });
+    let image = util::zstd(&util::disk_image(41, 1 << 20));
+    let sidecar = format!("{}  disk.img.zst\n", util::sha256(&image));
+    reg.push_artifact(
+        "lab/debian",
+        "v1",
+        &[("disk.img.zst.sha256", sidecar.as_bytes()), ("disk.img.zst", &image)],
+    );
+    let web = util::httpd::Httpd::start();
+    let a = "a".repeat(64);
+    web.file(
+        "/images/SHA256SUMS",
+        format!("{a}  other.img\n{}  debian.img.zst\n", "C".repeat(64)).into_bytes(),
+        false,
+        None,
+    );
+    let env: Vec<(String, String)> = reg.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let s = Server::start_env("catalog-pins", &env);
+    let c = s.login();
+    let add = |body: String| s.call("POST", "/catalog/entries", Some(&c), &body);
+
+    // http(s) with a manifest: the digest listed for the file becomes the pin.
+    let (st, _, body) = add(format!(
+        r#"{{"image_url":"https://img.lab/debian.img.zst","sha_url":"{}"}}"#,
+        web.url("/images/SHA256SUMS")
+    ));
+    assert_eq!(st, 201, "{body}");
+    let e: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(e["disk_image_sha"], "c".repeat(64));
+    assert_eq!(e["sha_url"], web.url("/images/SHA256SUMS"));
+    // A manifest that does not list the file, or that is not there, is a 422 that says so.
+    let (st, _, body) = add(format!(
+        r#"{{"image_url":"https://img.lab/ubuntu.img.xz","sha_url":"{}"}}"#,
+        web.url("/images/SHA256SUMS")
+    ));
+    assert_eq!(st, 422, "{body}");
+    assert!(body.contains("no sha256 listed for ubuntu.img.xz"), "{body}");
+    let (st, _, body) = add(format!(
+        r#"{{"image_url":"https://img.lab/ubuntu.img.xz","sha_url":"{}"}}"#,
+        web.url("/missing.sha256")
+    ));
+    assert_eq!(st, 422, "{body}");
+    assert!(body.contains("404"), "{body}");
+
+    // oras: resolved at add time; the image layer (not the sidecar) gives digest, name, size.
+    let reference = format!("oras://{}/lab/debian:v1", reg.addr);
+    let (st, _, body) = add(format!(r#"{{"image_url":"{reference}"}}"#));
+    assert_eq!(st, 201, "{body}");
+    let e: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(e["disk_image_sha"], util::sha256(&image));
+    assert_eq!(e["name"], "disk.img.zst");
+    assert_eq!(e["format"], "img.zst");
+    assert_eq!(e["size_bytes"], image.len() as u64);
+    let (st, _, body) = add(format!(r#"{{"image_url":"oras://{}/lab/nothing:v1"}}"#, reg.addr));
+    assert_eq!(st, 422, "{body}");
+    assert!(body.contains("lab/nothing"), "{body}");
 }

@@ -13,8 +13,7 @@ pub fn check_image_url(url: &str) -> Result<(), String> {
     let host = rest.split(['/', '?', '#']).next().unwrap_or("");
     match scheme.to_ascii_lowercase().as_str() {
         "http" | "https" | "oras" if host.is_empty() => Err(format!("image_url {url:?}: no host")),
-        "http" | "https" => Ok(()),
-        "oras" => Err("oras:// entries are resolved to their layer digest when added, which needs the OCI client of the sources work; add the http(s) URL of the blob for now".into()),
+        "http" | "https" | "oras" => Ok(()),
         other => Err(format!("image_url: {other}:// is not supported (http, https or oras)")),
     }
 }
@@ -112,43 +111,121 @@ pub fn add(app: &App, req: &Req) -> Resp {
         (Ok(None), ..) => return Resp::error(422, "image_url: required"),
         (Err(r), ..) | (_, Err(r), ..) | (_, _, Err(r), _) | (_, _, _, Err(r)) => return r,
     };
-    if let Err(msg) = check_image_url(&url) {
-        return Resp::error(422, &msg);
+    match add_entry(app, NewEntry { image_url: url, sha_url, name, description }) {
+        Ok((e, true)) => Resp::json(201, &e),
+        Ok((e, false)) => Resp::json(200, &e),
+        Err(resp) => resp,
     }
-    if sha_url.is_some() {
-        return Resp::error(
-            422,
-            "sha_url: fetching a digest manifest needs the HTTP client of the sources work; add the entry without it for now",
-        );
-    }
-    let image_ref = match crate::catalog::image_ref(&url) {
-        Ok(r) => r,
-        Err(e) => return Resp::error(422, &format!("image_url {url:?}: {e}")),
+}
+
+/// What an operator asks to add to the catalog (JSON API or the UI form).
+#[derive(Debug, Clone, Default)]
+pub struct NewEntry {
+    pub image_url: String,
+    pub sha_url: Option<String>,
+    pub name: Option<String>,
+    pub description: Option<String>,
+}
+
+/// Largest sha256 manifest fetched for `sha_url`.
+const MANIFEST_MAX: u64 = 1 << 20;
+
+/// Adds an entry: an http(s) URL is stored as given (its digest taken from the `sha_url`
+/// manifest when there is one, which must list the file); an oras:// reference is resolved now
+/// and its image layer's digest, title and size become the entry's pin, name and size (the
+/// manifest is authoritative, so `sha_url` is not used). The entry and whether it is new, or
+/// the response to send.
+pub fn add_entry(app: &App, n: NewEntry) -> Result<(CatalogEntry, bool), Resp> {
+    let url = n.image_url.trim().to_string();
+    check_image_url(&url).map_err(|msg| Resp::error(422, &msg))?;
+    let image_ref = crate::catalog::image_ref(&url)
+        .map_err(|e| Resp::error(422, &format!("image_url {url:?}: {e}")))?;
+    let given_name = n.name.filter(|s| !s.trim().is_empty());
+    let (name, sha, size, sha_url) = if url.to_ascii_lowercase().starts_with("oras://") {
+        let r = crate::source::oras::resolve(&url)
+            .map_err(|e| Resp::error(422, &format!("image_url: resolving {url}: {e}")))?;
+        let sha = r.layer_digest.strip_prefix("sha256:").unwrap_or(&r.layer_digest).to_string();
+        (given_name.unwrap_or(r.name), Some(sha), i64::try_from(r.layer_size).ok(), None)
+    } else {
+        let file = name_of(&url);
+        let sha = match &n.sha_url {
+            None => None,
+            Some(m) => Some(digest_from_manifest(m, &file)?),
+        };
+        (given_name.unwrap_or(file), sha, None, n.sha_url)
     };
-    let name = name.filter(|n| !n.is_empty()).unwrap_or_else(|| name_of(&url));
     let entry = CatalogEntry {
         bty_image_ref: image_ref,
         format: crate::catalog::format_of(&name),
         name,
         src: url,
-        disk_image_sha: None,
-        size_bytes: None,
-        sha_url: None,
-        description,
+        disk_image_sha: sha,
+        size_bytes: size,
+        sha_url,
+        description: n.description,
         added_at: crate::units::now_iso8601(),
     };
-    match app.db.add_catalog_entry(&entry) {
-        Ok((e, true)) => {
-            let _ = app.db.add_event(
-                "catalog.added",
-                Some(&e.bty_image_ref),
-                &format!("{} added", e.src),
-                None,
-            );
-            Resp::json(201, &e)
+    let (e, new) = app.db.add_catalog_entry(&entry).map_err(internal)?;
+    if new {
+        let _ = app.db.add_event(
+            "catalog.added",
+            Some(&e.bty_image_ref),
+            &format!("{} added", e.src),
+            None,
+        );
+    }
+    Ok((e, new))
+}
+
+/// Fetches a sha256 manifest and returns the digest it gives for `file`.
+fn digest_from_manifest(manifest_url: &str, file: &str) -> Result<String, Resp> {
+    let lower = manifest_url.to_ascii_lowercase();
+    if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+        return Err(Resp::error(
+            422,
+            &format!("sha_url {manifest_url:?}: expected an http(s):// URL"),
+        ));
+    }
+    let bytes = crate::source::http::get_bytes(manifest_url, MANIFEST_MAX)
+        .map_err(|e| Resp::error(422, &format!("sha_url: {e}")))?;
+    let text = String::from_utf8_lossy(&bytes);
+    find_digest(&text, file).ok_or_else(|| {
+        Resp::error(
+            422,
+            &format!("sha_url {manifest_url}: no sha256 listed for {file} (expected a line \"<64 hex>  {file}\")"),
+        )
+    })
+}
+
+/// The sha256 a manifest lists for `file`: GNU lines (`<hex>  name`, `<hex> *name`), BSD lines
+/// (`SHA256 (name) = <hex>`), a listed path whose last segment is `file`, or a manifest that is
+/// one bare digest. Lower-case hex.
+pub fn find_digest(text: &str, file: &str) -> Option<String> {
+    let is_hex = |h: &str| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit());
+    let names = |listed: &str| {
+        let listed = listed.trim();
+        listed == file || listed.rsplit('/').next() == Some(file)
+    };
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    for l in &lines {
+        if let Some(rest) = l.strip_prefix("SHA256 (") {
+            if let Some((name, hex)) = rest.split_once(") = ") {
+                if names(name) && is_hex(hex.trim()) {
+                    return Some(hex.trim().to_ascii_lowercase());
+                }
+            }
+            continue;
         }
-        Ok((e, false)) => Resp::json(200, &e),
-        Err(e) => internal(e),
+        if let Some((hex, name)) = l.split_once(char::is_whitespace) {
+            let name = name.trim_start().trim_start_matches('*');
+            if is_hex(hex) && names(name) {
+                return Some(hex.to_ascii_lowercase());
+            }
+        }
+    }
+    match lines.as_slice() {
+        [one] if is_hex(one) => Some(one.to_ascii_lowercase()),
+        _ => None,
     }
 }
 
@@ -214,7 +291,22 @@ mod tests {
         assert!(check_image_url("https:///x.img").is_err());
         assert!(check_image_url("ftp://h/x").is_err());
         assert!(check_image_url("/local/file").is_err());
-        assert!(check_image_url("oras://ghcr.io/o/r:latest").unwrap_err().contains("oras://"));
+        assert!(check_image_url("oras://ghcr.io/o/r:latest").is_ok());
+        assert!(check_image_url("oras:///r:latest").is_err());
+    }
+
+    #[test]
+    fn digests_from_manifests() {
+        let (a, b) = ("a".repeat(64), "B".repeat(64));
+        let gnu = format!("{a}  other.img\n{b} *debian.img.zst\n");
+        assert_eq!(find_digest(&gnu, "debian.img.zst"), Some("b".repeat(64)));
+        assert_eq!(find_digest(&gnu, "missing.img"), None);
+        let bsd = format!("SHA256 (images/debian.img.zst) = {a}\n");
+        assert_eq!(find_digest(&bsd, "debian.img.zst"), Some(a.clone()));
+        assert_eq!(find_digest(&format!("{a}\n"), "anything.img"), Some(a.clone()));
+        assert_eq!(find_digest(&format!("{a}\n{a}\n"), "anything.img"), None);
+        assert_eq!(find_digest("nothex  debian.img.zst\n", "debian.img.zst"), None);
+        assert_eq!(find_digest(&format!("{a}  ./debian.img.zst"), "debian.img.zst"), Some(a));
     }
 
     #[test]
