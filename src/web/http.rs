@@ -171,6 +171,19 @@ struct Shared {
     limits: Limits,
     connections: AtomicUsize,
     in_flight: AtomicUsize,
+    /// When the heap was last trimmed (seconds since the epoch).
+    trimmed_at: std::sync::atomic::AtomicU64,
+}
+
+impl Shared {
+    /// The last connection closed: give the memory of the burst back, at most once a second
+    /// (a client that connects for every request would otherwise pay for it each time).
+    fn went_idle(&self) {
+        let now = crate::units::now_secs();
+        if self.trimmed_at.swap(now, Ordering::Relaxed) != now {
+            crate::sys::trim_heap();
+        }
+    }
 }
 
 /// Serves until SIGTERM/SIGINT, then stops accepting, waits (bounded) for requests in flight
@@ -196,6 +209,7 @@ pub fn serve(listener: TcpListener, handler: Arc<Handler>, policy: Policy, limit
         limits,
         connections: AtomicUsize::new(0),
         in_flight: AtomicUsize::new(0),
+        trimmed_at: Default::default(),
     });
     loop {
         let (stream, peer) = match listener.accept() {
@@ -223,7 +237,9 @@ pub fn serve(listener: TcpListener, handler: Arc<Handler>, policy: Policy, limit
         let spawned =
             thread::Builder::new().name("http".into()).stack_size(512 << 10).spawn(move || {
                 connection(stream, peer, &conn);
-                conn.connections.fetch_sub(1, Ordering::SeqCst);
+                if conn.connections.fetch_sub(1, Ordering::SeqCst) == 1 {
+                    conn.went_idle();
+                }
             });
         if let Err(e) = spawned {
             shared.connections.fetch_sub(1, Ordering::SeqCst);
