@@ -26,7 +26,7 @@ help:
 	@echo "make run          build and start bty-web on $(STATE_DIR) (prints URL and password)"
 	@echo "make test         install test dependencies, then lint and run every test"
 	@echo "make deps         install the Debian packages and Rust targets the tests need"
-	@echo "make static       build a static bty (musl, LTO, stripped) and print its size"
+	@echo "make static       build static bty and bty-web (musl, LTO, stripped), print sizes"
 	@echo "make bench-flash  flash benchmark against the reference pipelines -> bench/RESULTS.md"
 	@echo "make bench-http   flash over http from 127.0.0.1 against curl | zstd -dc | dd -> bench/RESULTS.md"
 	@echo "make bench-web    bty-web against the reference server (PyPI bty-lab), ~4 min -> bench/RESULTS.md"
@@ -66,7 +66,8 @@ release:
 static: deps
 	@rustup target list --installed 2>/dev/null | grep -qx $(MUSL_TARGET) || rustup target add $(MUSL_TARGET)
 	CC_x86_64_unknown_linux_musl=musl-gcc RUSTFLAGS="-C target-feature=+crt-static" \
-		$(CARGO) build --profile static --target $(MUSL_TARGET) --bin bty
+		$(CARGO) build --profile static --target $(MUSL_TARGET) --bin bty --bin bty-web
+	@ls -l target/$(MUSL_TARGET)/static/bty-web
 	@f=target/$(MUSL_TARGET)/static/bty; \
 		size=$$(stat -c %s $$f); \
 		echo "$$f: $$size bytes ($$((size / 1024)) KiB), limit 4 MiB"; \
@@ -82,8 +83,9 @@ bench-http: deps release
 	bench/http.sh
 
 # Installs the reference (pip, into target/bench-venv) on first use; then only 127.0.0.1.
-bench-web: deps release
-	bench/web.sh
+# Measures the static musl bty-web: the binary the container image and the host install ship.
+bench-web: static
+	BTY_WEB=target/$(MUSL_TARGET)/static/bty-web bench/web.sh
 
 clean:
 	$(CARGO) clean

@@ -25,7 +25,8 @@
 #      and before each wrk run; then it goes on anyway and the tables show it)
 #      WORK=/tmp/bench-web.XXXX (logs, raw wrk output; kept; the databases are deleted
 #      after their size is taken unless KEEP_STATE=1)
-#      VENV=<repo>/target/bench-venv  BTY_WEB=<repo>/target/release/bty-web
+#      VENV=<repo>/target/bench-venv  BTY_WEB=<repo>/target/release/bty-web (make bench-web passes
+#      the static musl build, which is what deployments run)
 #      RESULTS=<repo>/bench/RESULTS.md  WRITE=1|0 (default: 1 under make, else 0)
 set -euo pipefail
 
