@@ -289,21 +289,7 @@ fn parse_swaps(text: &str) -> Vec<String> {
 
 /// Undoes the octal escapes (`\040` for space) of /proc mount and swap tables.
 fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 4 <= b.len() {
-            if let Some(v) = s.get(i + 1..i + 4).and_then(|o| u8::from_str_radix(o, 8).ok()) {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    super::sysfs::unescape(s, "\\", 8)
 }
 
 /// The device number of a block device node.
@@ -324,6 +310,7 @@ mod tests {
         assert_eq!(unescape("/mnt/a\\040b"), "/mnt/a b");
         assert_eq!(unescape("/plain"), "/plain");
         assert_eq!(unescape("tail\\04"), "tail\\04");
+        assert_eq!(unescape("a\\+12"), "a\\+12");
         assert_eq!(unescape("\\é12"), "\\é12");
     }
 

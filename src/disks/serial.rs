@@ -28,21 +28,7 @@ pub fn parse_udev_db(text: &str) -> BTreeMap<String, String> {
 
 /// Undoes udev's `\xHH` escapes (`ID_MODEL_ENC=Samsung\x20SSD`); a malformed escape is kept.
 pub fn unhexmangle(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && b.get(i + 1) == Some(&b'x') && i + 4 <= b.len() {
-            if let Some(v) = s.get(i + 2..i + 4).and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    super::sysfs::unescape(s, "\\x", 16)
 }
 
 /// The model of a whole disk: udev's `ID_MODEL_ENC`, `ID_MODEL`, then sysfs `device/model`.

@@ -125,6 +125,33 @@ fn scsi_transport(host: u32, sys: &Path) -> Option<&'static str> {
     }
 }
 
+/// Replaces each `marker` followed by a byte written in `radix` (three octal or two hex
+/// digits) with that byte; anything else, an incomplete escape included, stays as it is. The
+/// kernel (octal, in /proc tables) and udev (`\x` hex) escape names this way.
+pub fn unescape(s: &str, marker: &str, radix: u32) -> String {
+    let digits = if radix == 8 { 3 } else { 2 };
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if s.get(i..).is_some_and(|r| r.starts_with(marker)) {
+            let at = i + marker.len();
+            if let Some(v) = s
+                .get(at..at + digits)
+                .filter(|d| d.bytes().all(|c| c.is_ascii_hexdigit()))
+                .and_then(|d| u8::from_str_radix(d, radix).ok())
+            {
+                out.push(v);
+                i = at + digits;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
