@@ -84,10 +84,15 @@ pub fn progress_body(s: &Snapshot<'_>) -> Value {
     let decoded = s.counters.decoded.load(Ordering::Relaxed);
     let secs = s.elapsed.as_secs_f64();
     let rate = if secs > 0.0 { Some((decoded as f64 / secs) as u64) } else { None };
+    // A stream that does not record its decoded size (most zstd and xz images) has a total
+    // only once it ended.
+    let total = s.image_total.or((s.phase == "done").then_some(decoded));
+    // written_bytes counts image bytes through the writer, zero runs skipped cheaply included:
+    // what the operator compares with the image size.
     json!({
         "phase": s.phase,
         "written_bytes": decoded,
-        "total_bytes": s.image_total,
+        "total_bytes": total,
         "rate_bytes_per_s": rate,
     })
 }

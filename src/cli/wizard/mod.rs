@@ -275,8 +275,8 @@ impl Wizard {
             let _ = writeln!(body, "Pick an image:\n");
             let _ = writeln!(
                 body,
-                "  {:>3}  {:<34} {:<8} {:<7} {:>9}  {}",
-                "#", "name", "format", "arch", "size", "where"
+                "  {:>3}  {:<34} {:<8} {:<7} {:>9}  where",
+                "#", "name", "format", "arch", "size"
             );
             for (i, e) in self.images.iter().enumerate().take(MAX_ROWS) {
                 let size = e.virtual_size.or(e.size_bytes).map_or("?".to_string(), units::bytes);
@@ -366,8 +366,8 @@ impl Wizard {
             let _ = writeln!(body, "Pick the disk to overwrite:\n");
             let _ = writeln!(
                 body,
-                "  {:>3}  {:<14} {:>8}  {:<22} {:<6} {}",
-                "#", "path", "size", "model", "tran", "serial"
+                "  {:>3}  {:<14} {:>8}  {:<22} {:<6} serial",
+                "#", "path", "size", "model", "tran"
             );
             for (i, d) in self.disks.iter().enumerate().take(MAX_ROWS) {
                 let inv = &d.inventory;
