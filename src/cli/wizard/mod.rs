@@ -366,17 +366,17 @@ impl Wizard {
             let _ = writeln!(body, "Pick the disk to overwrite:\n");
             let _ = writeln!(
                 body,
-                "  {:>3}  {:<14} {:>8}  {:<22} {:<6} serial",
+                "  {:>3}  {:<14} {:>9}  {:<21} {:<6} serial",
                 "#", "path", "size", "model", "tran"
             );
             for (i, d) in self.disks.iter().enumerate().take(MAX_ROWS) {
                 let inv = &d.inventory;
                 let row = format!(
-                    "  {:>3}  {:<14} {:>8}  {:<22} {:<6} {}",
+                    "  {:>3}  {:<14} {:>9}  {:<21} {:<6} {}",
                     i + 1,
                     fit(&inv.path, 14),
                     units::bytes(d.size_bytes),
-                    fit(inv.model.as_deref().unwrap_or("-"), 22),
+                    fit(inv.model.as_deref().unwrap_or("-"), 21),
                     fit(inv.tran.as_deref().unwrap_or("-"), 6),
                     fit(inv.serial.as_deref().unwrap_or("-"), 20)
                 );
@@ -386,8 +386,12 @@ impl Wizard {
                     }
                     Some(r) => {
                         let _ = writeln!(body, "{}", self.screen.dim(&row));
-                        let why = fit(&format!("not writable: {r}"), 68);
-                        let _ = writeln!(body, "{}", self.screen.dim(&format!("         - {why}")));
+                        // The whole reason, wrapped: it names the mount point or holder
+                        // the operator has to deal with.
+                        for (i, l) in wrap(&format!("not writable: {r}"), 66).iter().enumerate() {
+                            let lead = if i == 0 { "         - " } else { "           " };
+                            let _ = writeln!(body, "{}", self.screen.dim(&format!("{lead}{l}")));
+                        }
                     }
                 }
             }
@@ -461,7 +465,7 @@ impl Wizard {
             (None, None) => "none: the bytes are not checked against a known digest".into(),
         };
         let _ = writeln!(body, "  digest pin    {pin}");
-        let _ = writeln!(body, "  target        {}", fit(&plan.target.describe(), 62));
+        let _ = writeln!(body, "  target        {}", fit(&describe_disk(&disk), 62));
         let _ = writeln!(body, "  destroys      {}", fit(&destroyed(&disk), 62));
         let _ = writeln!(body, "\n  Type yes to flash, b to go back, q to quit.");
         self.draw(Step::Confirm, &body);
@@ -608,6 +612,37 @@ fn catalog_source(src: &str) -> String {
     src.to_string()
 }
 
+/// The disk as the operator picked it from the table: path, size, model, serial, transport.
+fn describe_disk(d: &Disk) -> String {
+    let inv = &d.inventory;
+    let mut s = format!("{} ({}", inv.path, units::bytes(d.size_bytes));
+    for extra in [&inv.model, &inv.serial, &inv.tran].into_iter().flatten() {
+        let _ = write!(s, ", {extra}");
+    }
+    s.push(')');
+    s
+}
+
+/// Splits `text` into lines of at most `width` characters at spaces (a longer word gets a
+/// line of its own).
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut cur = String::new();
+    for word in text.split(' ') {
+        if !cur.is_empty() && cur.chars().count() + 1 + word.chars().count() > width {
+            lines.push(std::mem::take(&mut cur));
+        }
+        if !cur.is_empty() {
+            cur.push(' ');
+        }
+        cur.push_str(word);
+    }
+    if !cur.is_empty() {
+        lines.push(cur);
+    }
+    lines
+}
+
 /// What flashing `disk` destroys: its partitions as sysfs lists them, or its whole content.
 fn destroyed(disk: &Disk) -> String {
     let dir = std::path::Path::new("/sys/block").join(&disk.name);
@@ -655,6 +690,12 @@ mod tests {
             bad_key(&Input::Empty, "d, c, l or q", 0),
             "nothing was typed: type d, c, l or q"
         );
+    }
+
+    #[test]
+    fn wrap_breaks_at_spaces() {
+        assert_eq!(wrap("aa bb cc", 5), ["aa bb", "cc"]);
+        assert_eq!(wrap("a verylongword b", 4), ["a", "verylongword", "b"]);
     }
 
     #[test]
