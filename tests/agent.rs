@@ -219,3 +219,23 @@ fn bad_plan_json_falls_through_to_the_wizard_with_the_servers_catalog() {
     assert!(stdout.contains("[Image]") && stdout.contains("served-by-the-server.img"), "{stdout}");
     assert!(!reboot.exists());
 }
+
+#[test]
+fn interactive_plan_opens_the_wizard_with_the_servers_catalog() {
+    let dir = TestDir::new("agent-tui");
+    let s = Server::start("agent-tui");
+    let cookie = s.login();
+    add_image(&s, &cookie, "http://127.0.0.1:9/from-the-lab-catalog.img.zst");
+    let mac = "52:54:00:aa:00:07";
+    let body = r#"{"boot_mode":"bty-tui"}"#;
+    assert_eq!(s.call("PUT", &format!("/machines/{mac}"), Some(&cookie), body).0, 200);
+    let reboot = dir.path("reboot");
+    let out = agent(&s.addr, mac, "", &reboot);
+    let (err, stdout) = (util::stderr(&out), String::from_utf8_lossy(&out.stdout));
+    assert!(out.status.success(), "{err}");
+    let catalog = format!("http://{}/catalog.toml", s.addr);
+    assert!(stdout.contains("[Image]") && stdout.contains(&catalog), "{stdout}");
+    assert!(stdout.contains("from-the-lab-catalog.img.zst"), "{stdout}");
+    assert!(stdout.contains(&format!("MAC {mac}")), "{stdout}");
+    assert!(!reboot.exists());
+}
