@@ -255,6 +255,9 @@ pub struct ImageEntry {
     pub image_ref: String,
     /// First 12 hex digits of the known sha256.
     pub sha_short: Option<String>,
+    /// The whole known sha256 (the wizard pins the flash to it); not part of `ImageEntry`.
+    #[serde(skip)]
+    pub sha256: Option<String>,
     /// Whether the bytes are on this machine.
     pub cached: bool,
     pub origin: Origin,
@@ -276,6 +279,7 @@ pub fn merge(local: &[LocalImage], catalog: Option<&Catalog>) -> Vec<ImageEntry>
             url: img.url.clone(),
             image_ref: img.image_ref.clone(),
             sha_short: short(&img.sha256),
+            sha256: img.sha256.clone(),
             cached: true,
             origin: Origin::Local,
             arch: img.arch.map(str::to_string),
@@ -301,6 +305,7 @@ pub fn merge(local: &[LocalImage], catalog: Option<&Catalog>) -> Vec<ImageEntry>
             url: e.src.clone(),
             image_ref: e.image_ref.clone(),
             sha_short: short(&e.sha256),
+            sha256: e.sha256.clone(),
             cached: false,
             origin: Origin::Catalog,
             arch,

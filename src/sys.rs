@@ -395,6 +395,94 @@ pub fn cancel_flag() -> &'static AtomicBool {
     &CANCELLED
 }
 
+/// Clears the cancel flag, so a wizard can flash again after a cancelled flash.
+pub fn reset_cancel() {
+    CANCEL_SIGNAL.store(0, Ordering::SeqCst);
+    CANCELLED.store(false, Ordering::SeqCst);
+}
+
+/// Gives SIGINT and SIGTERM back their default action (end the process): outside a flash,
+/// Ctrl+C in the wizard should quit, not set a flag nobody reads.
+pub fn default_cancel_signals() -> io::Result<()> {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: SIG_DFL is a valid disposition for both signals; no handler code runs.
+        if unsafe { libc::signal(sig, libc::SIG_DFL) } == libc::SIG_ERR {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// A terminal whose echo and line editing are off until this is dropped (then the saved
+/// settings come back). Signals (ISIG) stay on, so Ctrl+C still raises SIGINT.
+pub struct QuietTerminal {
+    fd: i32,
+    saved: libc::termios,
+}
+
+impl QuietTerminal {
+    /// Turns echo and canonical mode off on `fd`; Err when it is not a terminal.
+    pub fn new(fd: i32) -> io::Result<QuietTerminal> {
+        // SAFETY: a zeroed termios is a plain C struct that tcgetattr overwrites.
+        let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: tcgetattr writes one termios through a pointer to a live value.
+        if unsafe { libc::tcgetattr(fd, &mut saved) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut quiet = saved;
+        quiet.c_lflag &= !(libc::ECHO | libc::ICANON);
+        // SAFETY: tcsetattr reads one termios through a pointer to a live value.
+        if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &quiet) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(QuietTerminal { fd, saved })
+    }
+}
+
+impl Drop for QuietTerminal {
+    fn drop(&mut self) {
+        // SAFETY: as in new; TCSAFLUSH also drops the keys typed while quiet, so they do not
+        // turn up as input to the next prompt.
+        unsafe { libc::tcsetattr(self.fd, libc::TCSAFLUSH, &self.saved) };
+    }
+}
+
+/// Flushes every file system's dirty data to disk.
+pub fn sync_all() {
+    // SAFETY: sync takes no arguments and cannot fail.
+    unsafe { libc::sync() }
+}
+
+/// What to do with the machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PowerAction {
+    Reboot,
+    PowerOff,
+}
+
+/// Syncs, then reboots or powers off the machine through reboot(2): no init system needed
+/// (an initramfs may have none). Returns only on failure (EPERM without CAP_SYS_BOOT).
+pub fn power(action: PowerAction) -> io::Error {
+    sync_all();
+    let cmd = match action {
+        PowerAction::Reboot => libc::RB_AUTOBOOT,
+        PowerAction::PowerOff => libc::RB_POWER_OFF,
+    };
+    // SAFETY: reboot takes an integer command; on success it does not return.
+    unsafe { libc::reboot(cmd) };
+    io::Error::last_os_error()
+}
+
+/// Opens the system console for writing when we may (never becoming its controlling process,
+/// never blocking on a stuck serial line).
+pub fn open_console() -> Option<File> {
+    OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open("/dev/console")
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

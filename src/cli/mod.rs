@@ -1,8 +1,12 @@
 //! The `bty` command line: argument parsing (lexopt) and the scripted subcommands.
 
+pub mod agent;
 mod commands;
 mod images;
 mod inventory;
+pub mod power;
+pub mod progress;
+pub mod wizard;
 
 use std::process::ExitCode;
 
@@ -14,6 +18,10 @@ const HELP: &str = "\
 bty: put pre-built OS disk images onto disks, fast and safely
 
 Usage:
+  bty [--catalog SRC] [--image-root DIR]
+                                      the wizard: pick an image and a disk, flash
+  bty --server URL --mac MAC [--image-root DIR]
+                                      server-driven: do what bty-web plans for MAC
   bty flash SOURCE TARGET [options]   write an image to a disk (or a file)
   bty inspect SOURCE [--json] [--sha256]
                                       show an image's format, sizes and partitions
@@ -24,6 +32,34 @@ Usage:
   bty inventory [--json] [--all]      disks and hardware, as reported to bty-web
                                       (bty inventory --help)
   bty --version | --help
+
+The wizard (bty with no command) runs on any terminal, 80x24 is enough: steps
+Catalog, Image, Disk, Confirm, Flash, Done. Answer with a number and Enter, or
+a letter (b goes back, q quits). Disks bty may not write are greyed out with the
+reason. Nothing is written before you type yes on the Confirm step; Ctrl+C
+during the flash cancels it (the disk is blanked). NO_COLOR or TERM=dumb gives
+plain text.
+
+wizard and server options:
+  --catalog SRC       load this catalog (path, http(s)://, oras://, or a bty-web
+                      /catalog.toml) and skip the Catalog step
+  --image-root DIR    local images (default BTY_IMAGE_ROOT, else
+                      /var/lib/bty/images); the Catalog step is skipped when it
+                      holds images
+  --server URL        bty-web base URL or bare host (http:// is added; default
+                      bty-server)
+  --mac MAC           server-driven mode: POST this machine's inventory to
+                      <server>/pxe/<MAC>/inventory, GET <server>/pxe/<MAC>/plan and
+                      do it: flash (the disk whose serial the plan names; progress
+                      posted every 2 s; /done, then reboot), interactive (the
+                      wizard with the plan's catalog), inventory (then reboot) or
+                      exit. An unreachable server or a bad plan opens the wizard
+                      with <server>/catalog.toml; a failed flash is reported to
+                      /status, then the wizard opens with the plan's image.
+                      Markers on stderr and /dev/console: `bty: auto-flash
+                      starting`, `bty: write 25%` ... `100%`, `bty: flash
+                      complete; rebooting`. Reboot and power off use reboot(2)
+                      after sync (no init system needed).
 
 SOURCE is a local path, a file:// URL, - (standard input), an http(s):// URL or
 an oras://host[:port]/owner/repo:tag (or @sha256:...) reference to an OCI artifact
@@ -97,30 +133,80 @@ pub fn run_main(body: fn() -> Result<ExitCode>) -> ExitCode {
     }
 }
 
+/// The bty-web that `--server` defaults to (a LAN DNS name or /etc/hosts entry).
+pub const DEFAULT_SERVER: &str = "bty-server";
+
+/// Options of the wizard and of server-driven mode (`bty` with no command).
+#[derive(Clone, Debug)]
+pub struct WizardArgs {
+    pub catalog: Option<String>,
+    /// bty-web base URL, scheme included, no trailing slash.
+    pub server: String,
+    pub mac: Option<String>,
+    pub image_root: std::path::PathBuf,
+}
+
 fn run() -> Result<ExitCode> {
     let mut parser = lexopt::Parser::from_env();
-    let Some(arg) = parser.next()? else {
-        eprint!("{HELP}");
-        crate::error!("no command given (the interactive wizard is not part of this build yet)");
-        return Ok(ExitCode::from(2));
+    let mut args = WizardArgs {
+        catalog: None,
+        server: server_url(DEFAULT_SERVER),
+        mac: None,
+        image_root: crate::images::default_image_root(),
     };
-    match arg {
-        Short('h') | Long("help") => {
-            print!("{HELP}");
-            Ok(ExitCode::SUCCESS)
+    let mut first = true;
+    while let Some(arg) = parser.next()? {
+        // Commands come first; after a wizard option, a word is an error, not a command.
+        let command = first;
+        first = false;
+        match arg {
+            Short('h') | Long("help") => {
+                print!("{HELP}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            Short('V') | Long("version") => {
+                println!("bty {}", crate::VERSION);
+                return Ok(ExitCode::SUCCESS);
+            }
+            Value(cmd) if command => {
+                return match cmd.to_string_lossy().as_ref() {
+                    "flash" => commands::flash(parse_flash(&mut parser)?),
+                    "inspect" => commands::inspect(parse_inspect(&mut parser)?),
+                    "images" => images::images(parse_images(&mut parser)?),
+                    "disks" => inventory::disks(parse_disks(&mut parser)?),
+                    "inventory" => inventory::inventory(parse_inventory(&mut parser)?),
+                    other => crate::bail!("unknown command {other:?} (see bty --help)"),
+                };
+            }
+            Long("catalog") => args.catalog = Some(parser.value()?.string()?),
+            Long("server") => {
+                let v = parser.value()?.string()?;
+                crate::ensure!(!v.trim().is_empty(), "--server needs a URL or a host name");
+                args.server = server_url(&v);
+            }
+            Long("mac") => args.mac = Some(parser.value()?.string()?),
+            Long("image-root") => args.image_root = parser.value()?.into(),
+            _ => return Err(arg.unexpected().into()),
         }
-        Short('V') | Long("version") => {
-            println!("bty {}", crate::VERSION);
-            Ok(ExitCode::SUCCESS)
-        }
-        Value(cmd) if cmd == "flash" => commands::flash(parse_flash(&mut parser)?),
-        Value(cmd) if cmd == "inspect" => commands::inspect(parse_inspect(&mut parser)?),
-        Value(cmd) if cmd == "images" => images::images(parse_images(&mut parser)?),
-        Value(cmd) if cmd == "disks" => inventory::disks(parse_disks(&mut parser)?),
-        Value(cmd) if cmd == "inventory" => inventory::inventory(parse_inventory(&mut parser)?),
-        Value(cmd) => crate::bail!("unknown command {:?} (see bty --help)", cmd.to_string_lossy()),
-        _ => Err(arg.unexpected().into()),
     }
+    match args.mac.clone() {
+        Some(mac) => {
+            if args.catalog.is_some() {
+                crate::warn!(
+                    "--catalog is ignored with --mac: the server's plan names the catalog"
+                );
+                args.catalog = None;
+            }
+            agent::run(&args, &mac)
+        }
+        None => wizard::run(&args, None, None),
+    }
+}
+
+/// `--server` as a base URL: a bare host gets http://, a trailing slash goes.
+pub fn server_url(s: &str) -> String {
+    let s = s.trim().trim_end_matches('/');
+    if s.contains("://") { s.to_string() } else { format!("http://{s}") }
 }
 
 /// Arguments of `bty flash`.

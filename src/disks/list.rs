@@ -122,10 +122,13 @@ pub fn list(opts: &ListOptions) -> Result<Vec<Disk>> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     names.sort_by(|a, b| natural_cmp(a, b));
+    let fake = test_serials();
     let mut out = Vec::new();
     for name in names {
         let sys = Path::new("/sys/block").join(&name);
-        let kind = kind_of(&name, &sys);
+        let path = format!("/dev/{name}");
+        let faked = fake.iter().find(|(p, _)| *p == path).map(|(_, s)| s.clone());
+        let kind = if faked.is_some() { Kind::Disk } else { kind_of(&name, &sys) };
         if kind != Kind::Disk && !opts.all {
             continue;
         }
@@ -134,9 +137,8 @@ pub fn list(opts: &ListOptions) -> Result<Vec<Disk>> {
         }
         // A device that vanished since the directory was listed is skipped, not an error.
         let Some(dev) = sysfs::parse_dev(&read_trim(&sys.join("dev"))) else { continue };
-        let path = format!("/dev/{name}");
         let bd = match BlockDevice::from_sysfs(dev, &path) {
-            Ok(bd) => bd,
+            Ok(bd) => BlockDevice { serial: faked.unwrap_or(bd.serial), ..bd },
             Err(e) => {
                 crate::debug!("{e}");
                 continue;
@@ -145,6 +147,18 @@ pub fn list(opts: &ListOptions) -> Result<Vec<Disk>> {
         out.push(describe(bd, path, kind, &sys, &in_use));
     }
     Ok(out)
+}
+
+/// Test hook, set only by bty's own tests: `BTY_TEST_SERIALS="/dev/loop3=SERIAL-A,..."` lists
+/// those loop devices as disks carrying those serials, so that the server-driven flash (which
+/// finds its target by serial) can be tested on loop devices, which have none. Unset, every disk
+/// reports exactly what udev, sysfs or the device itself say.
+fn test_serials() -> Vec<(String, String)> {
+    let Ok(v) = std::env::var("BTY_TEST_SERIALS") else { return Vec::new() };
+    v.split(',')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(p, s)| (p.trim().to_string(), s.trim().to_string()))
+        .collect()
 }
 
 fn describe(bd: BlockDevice, path: String, kind: Kind, sys: &Path, in_use: &InUse) -> Disk {

@@ -277,8 +277,6 @@ fn agent() -> Result<&'static ureq::Agent> {
 }
 
 fn build_agent() -> Result<ureq::Agent> {
-    // ring is our only provider; install_default fails only if one is installed already.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let timeout = match std::env::var("BTY_HTTP_TIMEOUT") {
         Ok(v) => v
             .trim()
@@ -288,7 +286,16 @@ fn build_agent() -> Result<ureq::Agent> {
             .with_context(|| format!("BTY_HTTP_TIMEOUT={v:?}: expected a number of seconds"))?,
         Err(_) => DEFAULT_TIMEOUT_S,
     };
-    let timeout = Some(Duration::from_secs(timeout));
+    agent_with_timeout(Duration::from_secs(timeout))
+}
+
+/// An agent like the sources' (same trust store, no redirects followed, statuses returned
+/// rather than raised) with its own timeout: bty-web calls use a short one, so an unreachable
+/// server costs seconds, not minutes.
+pub(crate) fn agent_with_timeout(timeout: Duration) -> Result<ureq::Agent> {
+    // ring is our only provider; install_default fails only if one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let timeout = Some(timeout);
     let tls = TlsConfig::builder().root_certs(RootCerts::Specific(Arc::new(root_certs()?))).build();
     let config = ureq::Agent::config_builder()
         .http_status_as_error(false)

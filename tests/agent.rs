@@ -1,0 +1,241 @@
+//! Server-driven mode (`bty --server URL --mac MAC`) against the real bty-web on 127.0.0.1,
+//! with loop devices as disks. Loop devices have no serial: `BTY_TEST_SERIALS` gives them one
+//! (a test hook real disks never see), and `BTY_TEST_NO_REBOOT` turns reboot(2) into a line in
+//! a file.
+
+mod util;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use util::httpd::Httpd;
+use util::{Loop, Server, TestDir};
+
+/// Runs `bty --server <server> --mac <mac>` with the test hooks and no terminal.
+fn agent(server: &str, mac: &str, serials: &str, reboot_file: &std::path::Path) -> Output {
+    util::bty()
+        .args(["--server", server, "--mac", mac, "--image-root", "/nonexistent-bty-root"])
+        .env("BTY_TEST_SERIALS", serials)
+        .env("BTY_TEST_NO_REBOOT", reboot_file)
+        .env("BTY_NO_LSHW", "1")
+        .env("TERM", "dumb")
+        .stdin(Stdio::null())
+        .output()
+        .expect("running bty")
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// Adds `url` to the catalog and returns its ref.
+fn add_image(s: &Server, cookie: &str, url: &str) -> String {
+    let (st, _, body) =
+        s.call("POST", "/catalog/entries", Some(cookie), &format!(r#"{{"image_url":"{url}"}}"#));
+    assert!(st == 201 || st == 200, "{st} {body}");
+    json(&body)["bty_image_ref"].as_str().unwrap().to_string()
+}
+
+fn machine(s: &Server, cookie: &str, mac: &str) -> serde_json::Value {
+    let (st, _, body) = s.call("GET", &format!("/machines/{mac}"), Some(cookie), "");
+    assert_eq!(st, 200, "{body}");
+    json(&body)
+}
+
+/// The first `machines-update` of the live stream: every machine with its flash progress.
+fn live_snapshot(s: &Server, cookie: &str) -> serde_json::Value {
+    let mut c = TcpStream::connect(&s.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(c, "GET /events/machines HTTP/1.1\r\nHost: {}\r\nCookie: {cookie}\r\n\r\n", s.addr)
+        .unwrap();
+    let mut r = BufReader::new(c);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(r.read_line(&mut line).unwrap() > 0, "the stream ended before any data");
+        if let Some(d) = line.strip_prefix("data: ").or_else(|| line.strip_prefix("data:")) {
+            return json(d.trim());
+        }
+    }
+}
+
+#[test]
+fn flash_once_plan_flashes_the_disk_with_that_serial_and_reboots() {
+    let dir = TestDir::new("agent-flash");
+    let s = Server::start("agent-flash");
+    let cookie = s.login();
+    let http = Httpd::start();
+    let image = util::disk_image(61, 12 << 20);
+    http.file("/disk.img.zst", util::zstd(&image), true, None);
+    let image_ref = add_image(&s, &cookie, &http.url("/disk.img.zst"));
+    let disk = Loop::new(&dir, "disk", 16 << 20);
+    let other = Loop::new(&dir, "other", 16 << 20);
+    let other_before = other.read(0, 1 << 20);
+    let mac = "52:54:00:aa:00:01";
+    let m = format!(
+        r#"{{"boot_mode":"bty-flash-once","bty_image_ref":"{image_ref}","target_disk_serial":"SERIAL-A"}}"#
+    );
+    assert_eq!(s.call("PUT", &format!("/machines/{mac}"), Some(&cookie), &m).0, 200);
+
+    let reboot = dir.path("reboot");
+    let serials = format!("{}=SERIAL-A,{}=SERIAL-B", disk.dev.display(), other.dev.display());
+    let out = agent(&format!("http://{}", s.addr), mac, &serials, &reboot);
+    let err = util::stderr(&out);
+    assert!(out.status.success(), "{err}");
+    for marker in [
+        "bty: auto-flash starting",
+        "bty: write 25%",
+        "bty: write 50%",
+        "bty: write 75%",
+        "bty: write 100%",
+        "bty: flash complete; rebooting",
+    ] {
+        assert!(err.contains(marker), "missing {marker:?} in:\n{err}");
+    }
+    assert_eq!(std::fs::read_to_string(&reboot).unwrap(), "reboot\n");
+    assert_eq!(disk.read(0, image.len()), image, "the disk holds the image");
+    assert_eq!(other.read(0, 1 << 20), other_before, "the other disk is untouched");
+
+    let m = machine(&s, &cookie, mac);
+    assert!(m["last_flashed_at"].is_string(), "{m}");
+    let disks = m["known_disks"].as_array().expect("the inventory was posted");
+    assert!(disks.iter().any(|d| d["serial"] == "SERIAL-A"), "{m}");
+    let snap = live_snapshot(&s, &cookie);
+    let row = snap.as_array().unwrap().iter().find(|r| r["mac"] == mac).unwrap().clone();
+    let p = &row["flash_progress"];
+    assert_eq!(p["phase"], "done", "{row}");
+    assert_eq!(p["written_bytes"], image.len() as u64, "{row}");
+    assert_eq!(p["total_bytes"], image.len() as u64, "{row}");
+    // The plan is flash-once: the next contact boots the disk.
+    let (_, _, plan) = s.call("GET", &format!("/pxe/{mac}/plan"), None, "");
+    assert_eq!(plan, r#"{"mode":"exit"}"#);
+}
+
+#[test]
+fn wrong_serial_reports_failed_and_opens_the_wizard_on_the_disk_step() {
+    let dir = TestDir::new("agent-wrong");
+    let s = Server::start("agent-wrong");
+    let cookie = s.login();
+    let image_ref = add_image(&s, &cookie, "http://127.0.0.1:9/never-fetched.img");
+    let disk = Loop::new(&dir, "disk", 8 << 20);
+    let before = disk.read(0, 1 << 20);
+    let mac = "52:54:00:aa:00:02";
+    let m = format!(
+        r#"{{"boot_mode":"bty-flash-once","bty_image_ref":"{image_ref}","target_disk_serial":"NOT-HERE"}}"#
+    );
+    assert_eq!(s.call("PUT", &format!("/machines/{mac}"), Some(&cookie), &m).0, 200);
+    let reboot = dir.path("reboot");
+    let serials = format!("{}=SERIAL-A", disk.dev.display());
+    let out = agent(&s.addr, mac, &serials, &reboot);
+    let (err, stdout) = (util::stderr(&out), String::from_utf8_lossy(&out.stdout));
+    assert!(err.contains("bty: auto-flash starting"), "{err}");
+    assert!(err.contains(r#"no disk with serial "NOT-HERE""#), "{err}");
+    assert!(stdout.contains("[Disk]") && stdout.contains("never-fetched.img"), "{stdout}");
+    assert!(stdout.contains("unattended flash of never-fetched.img failed"), "{stdout}");
+    assert!(!reboot.exists(), "no reboot after a failed flash");
+    assert_eq!(disk.read(0, 1 << 20), before, "nothing was written");
+    let m = machine(&s, &cookie, mac);
+    let status = m["last_status"].as_str().unwrap_or_default();
+    assert!(status.contains("NOT-HERE"), "{m}");
+    assert!(m["last_flashed_at"].is_null(), "{m}");
+}
+
+#[test]
+fn inventory_plan_posts_the_disks_and_reboots() {
+    let dir = TestDir::new("agent-inv");
+    let s = Server::start("agent-inv");
+    let cookie = s.login();
+    let disk = Loop::new(&dir, "disk", 8 << 20);
+    // An unknown MAC: the first inventory post is refused (no record), the plan request
+    // creates the record in bty-inventory mode, and the inventory is posted again.
+    let mac = "52:54:00:aa:00:03";
+    let reboot = dir.path("reboot");
+    let serials = format!("{}=INV-SERIAL", disk.dev.display());
+    let out = agent(&format!("http://{}/", s.addr), mac, &serials, &reboot);
+    let err = util::stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("inventory posted; rebooting"), "{err}");
+    assert_eq!(std::fs::read_to_string(&reboot).unwrap(), "reboot\n");
+    let (st, _, body) = s.call("GET", &format!("/machines/{mac}/disks.json"), Some(&cookie), "");
+    assert_eq!(st, 200, "{body}");
+    let disks = json(&body);
+    let d = disks.as_array().unwrap().iter().find(|d| d["serial"] == "INV-SERIAL");
+    let d = d.unwrap_or_else(|| panic!("the loop disk is in {body}"));
+    assert_eq!(d["path"], disk.dev.display().to_string());
+}
+
+#[test]
+fn exit_plan_prints_a_notice_and_exits() {
+    let dir = TestDir::new("agent-exit");
+    let s = Server::start("agent-exit");
+    let cookie = s.login();
+    let mac = "52:54:00:aa:00:04";
+    assert_eq!(
+        s.call("PUT", &format!("/machines/{mac}"), Some(&cookie), r#"{"boot_mode":"ipxe-exit"}"#).0,
+        200
+    );
+    let reboot = dir.path("reboot");
+    let out = agent(&s.addr, mac, "", &reboot);
+    let err = util::stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("nothing for this machine to do"), "{err}");
+    assert!(!reboot.exists());
+    assert!(out.stdout.is_empty(), "no wizard: {}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn unreachable_server_falls_through_to_the_wizard_with_its_catalog() {
+    let dir = TestDir::new("agent-down");
+    // A port nobody listens on: bound, then closed.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let reboot = dir.path("reboot");
+    let out = agent(&addr.to_string(), "52:54:00:aa:00:05", "", &reboot);
+    let (err, stdout) = (util::stderr(&out), String::from_utf8_lossy(&out.stdout));
+    let catalog = format!("http://{addr}/catalog.toml");
+    assert!(err.contains(&format!("opening the wizard with {catalog}")), "{err}");
+    assert!(stdout.contains("[Catalog]") && stdout.contains(&catalog), "{stdout}");
+    assert!(!reboot.exists());
+}
+
+#[test]
+fn bad_plan_json_falls_through_to_the_wizard_with_the_servers_catalog() {
+    let dir = TestDir::new("agent-badplan");
+    let http = Httpd::start();
+    let mac = "52:54:00:aa:00:06";
+    http.file(&format!("/pxe/{mac}/plan"), b"{\"mode\": \"dance\"}".to_vec(), false, None);
+    let image = util::disk_image(7, 2 << 20);
+    http.file("/d.img", image, true, None);
+    let catalog = format!(
+        "version = 1\n[[images]]\nname = \"served-by-the-server.img\"\nsrc = \"{}\"\n",
+        http.url("/d.img")
+    );
+    http.file("/catalog.toml", catalog.into_bytes(), false, None);
+    let reboot = dir.path("reboot");
+    let out = agent(&http.url(""), mac, "", &reboot);
+    let (err, stdout) = (util::stderr(&out), String::from_utf8_lossy(&out.stdout));
+    assert!(err.contains("is not one bty understands"), "{err}");
+    assert!(stdout.contains("[Image]") && stdout.contains("served-by-the-server.img"), "{stdout}");
+    assert!(!reboot.exists());
+}
+
+#[test]
+fn interactive_plan_opens_the_wizard_with_the_servers_catalog() {
+    let dir = TestDir::new("agent-tui");
+    let s = Server::start("agent-tui");
+    let cookie = s.login();
+    add_image(&s, &cookie, "http://127.0.0.1:9/from-the-lab-catalog.img.zst");
+    let mac = "52:54:00:aa:00:07";
+    let body = r#"{"boot_mode":"bty-tui"}"#;
+    assert_eq!(s.call("PUT", &format!("/machines/{mac}"), Some(&cookie), body).0, 200);
+    let reboot = dir.path("reboot");
+    let out = agent(&s.addr, mac, "", &reboot);
+    let (err, stdout) = (util::stderr(&out), String::from_utf8_lossy(&out.stdout));
+    assert!(out.status.success(), "{err}");
+    let catalog = format!("http://{}/catalog.toml", s.addr);
+    assert!(stdout.contains("[Image]") && stdout.contains(&catalog), "{stdout}");
+    assert!(stdout.contains("from-the-lab-catalog.img.zst"), "{stdout}");
+    assert!(stdout.contains(&format!("MAC {mac}")), "{stdout}");
+    assert!(!reboot.exists());
+}
