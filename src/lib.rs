@@ -16,6 +16,7 @@ pub mod image;
 pub mod images;
 pub mod inventory;
 pub mod source;
+pub mod uefi;
 pub mod units;
 pub mod web;
 

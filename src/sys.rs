@@ -288,6 +288,25 @@ pub fn trim_heap() {
     }
 }
 
+/// Clears the immutable attribute of a file (efivarfs marks its variables immutable so that a
+/// stray `rm` cannot brick a machine; writing one first needs the flag off).
+pub fn clear_immutable(file: &File) -> io::Result<()> {
+    const FS_IMMUTABLE_FL: libc::c_long = 0x10;
+    let mut flags: libc::c_long = 0;
+    // SAFETY: FS_IOC_GETFLAGS writes one long through the pointer to a live local.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::FS_IOC_GETFLAGS as _, &mut flags) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if flags & FS_IMMUTABLE_FL == 0 {
+        return Ok(());
+    }
+    flags &= !FS_IMMUTABLE_FL;
+    // SAFETY: FS_IOC_SETFLAGS reads one long through the pointer to a live local.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::FS_IOC_SETFLAGS as _, &flags) };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
 /// Deallocates `[offset, offset + len)` of a regular file, keeping its size: the range then
 /// reads as zeros whatever it held before.
 pub fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {

@@ -15,7 +15,18 @@ use util::{Loop, Server, TestDir};
 
 /// Runs `bty --server <server> --mac <mac>` with the test hooks and no terminal.
 fn agent(server: &str, mac: &str, serials: &str, reboot_file: &std::path::Path) -> Output {
+    agent_env(server, mac, serials, reboot_file, &[])
+}
+
+fn agent_env(
+    server: &str,
+    mac: &str,
+    serials: &str,
+    reboot_file: &std::path::Path,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> Output {
     util::bty()
+        .envs(env.iter().copied())
         .args(["--server", server, "--mac", mac, "--image-root", "/nonexistent-bty-root"])
         .env("BTY_TEST_SERIALS", serials)
         .env("BTY_TEST_NO_REBOOT", reboot_file)
@@ -238,4 +249,96 @@ fn interactive_plan_opens_the_wizard_with_the_servers_catalog() {
     assert!(stdout.contains("from-the-lab-catalog.img.zst"), "{stdout}");
     assert!(stdout.contains(&format!("MAC {mac}")), "{stdout}");
     assert!(!reboot.exists());
+}
+
+/// The on-disk (mixed-endian) bytes of a GUID written as text.
+fn guid_bytes(text: &str) -> [u8; 16] {
+    let hex: String = text.chars().filter(|c| *c != '-').collect();
+    let b: Vec<u8> =
+        (0..16).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap()).collect();
+    let mut out = [0u8; 16];
+    out[..4].copy_from_slice(&[b[3], b[2], b[1], b[0]]);
+    out[4..6].copy_from_slice(&[b[5], b[4]]);
+    out[6..8].copy_from_slice(&[b[7], b[6]]);
+    out[8..].copy_from_slice(&b[8..]);
+    out
+}
+
+#[test]
+fn a_flash_with_uefi_registration_adds_a_boot_entry_and_sets_boot_next() {
+    let dir = TestDir::new("agent-uefi");
+    let s = Server::start("agent-uefi");
+    let cookie = s.login();
+    // A GPT image with an EFI system partition at LBA 2048, 4 MiB long.
+    let img = dir.path("esp.img");
+    std::fs::write(&img, util::prng_bytes(71, 12 << 20)).unwrap();
+    let st = std::process::Command::new("sgdisk")
+        .args(["-o", "-n", "1:2048:+4M", "-t", "1:ef00", "-n", "2:0:0"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", util::stderr(&st));
+    let info = std::process::Command::new("sgdisk").args(["-i", "1"]).arg(&img).output().unwrap();
+    let info = String::from_utf8_lossy(&info.stdout).into_owned();
+    let guid = info
+        .lines()
+        .find_map(|l| l.strip_prefix("Partition unique GUID: "))
+        .expect("sgdisk names the partition GUID")
+        .trim()
+        .to_string();
+    let http = Httpd::start();
+    http.file("/esp.img.zst", util::zstd(&std::fs::read(&img).unwrap()), true, None);
+    let image_ref = add_image(&s, &cookie, &http.url("/esp.img.zst"));
+    let disk = Loop::new(&dir, "disk", 16 << 20);
+    let mac = "52:54:00:aa:00:07";
+    let m = format!(
+        r#"{{"boot_mode":"bty-flash-always","bty_image_ref":"{image_ref}","target_disk_serial":"SERIAL-U"}}"#
+    );
+    assert_eq!(s.call("PUT", &format!("/machines/{mac}"), Some(&cookie), &m).0, 200);
+    // A stand-in for efivarfs with an entry of the firmware's own already there.
+    let vars = dir.path("efivars");
+    std::fs::create_dir_all(&vars).unwrap();
+    let global = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
+    std::fs::write(vars.join(format!("Boot0000-{global}")), b"\x07\0\0\0firmware").unwrap();
+    let serials = format!("{}=SERIAL-U", disk.dev.display());
+    let env: [(&str, &std::ffi::OsStr); 2] =
+        [("BTY_REGISTER_UEFI_BOOT", "1".as_ref()), ("BTY_EFIVARS_DIR", vars.as_os_str())];
+    for round in 0..2 {
+        let out =
+            agent_env(&format!("http://{}", s.addr), mac, &serials, &dir.path("reboot"), &env);
+        let err = util::stderr(&out);
+        assert!(out.status.success(), "{err}");
+        assert!(err.contains("UEFI boot entry Boot0001"), "round {round}: {err}");
+        let entry = std::fs::read(vars.join(format!("Boot0001-{global}"))).unwrap();
+        let want = bty::uefi::load_option(
+            "bty: esp.img.zst",
+            1,
+            2048,
+            (4 << 20) / 512,
+            &guid_bytes(&guid),
+            "\\EFI\\BOOT\\BOOTX64.EFI",
+        );
+        assert_eq!(&entry[..4], &[7, 0, 0, 0]);
+        assert_eq!(&entry[4..], &want[..], "round {round}");
+        let next = std::fs::read(vars.join(format!("BootNext-{global}"))).unwrap();
+        assert_eq!(next, [7, 0, 0, 0, 1, 0]);
+        // Flash-always: the next plan flashes again, and the entry is reused, not added.
+        let (_, _, plan) = s.call("GET", &format!("/pxe/{mac}"), None, "");
+        assert!(plan.contains("sanboot") || plan.contains("exit"), "{plan}");
+    }
+    assert_eq!(std::fs::read_dir(&vars).unwrap().count(), 3, "Boot0000, Boot0001, BootNext");
+
+    // An image without GPT: the flash succeeds, the registration is only a warning.
+    let plain = util::disk_image(72, 4 << 20);
+    http.file("/plain.img", plain.clone(), true, None);
+    let plain_ref = add_image(&s, &cookie, &http.url("/plain.img"));
+    let m = format!(
+        r#"{{"boot_mode":"bty-flash-once","bty_image_ref":"{plain_ref}","target_disk_serial":"SERIAL-U"}}"#
+    );
+    assert_eq!(s.call("PUT", &format!("/machines/{mac}"), Some(&cookie), &m).0, 200);
+    let out = agent_env(&format!("http://{}", s.addr), mac, &serials, &dir.path("reboot"), &env);
+    let err = util::stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("registering a UEFI boot entry") && err.contains("no GPT"), "{err}");
+    assert_eq!(disk.read(0, plain.len()), plain);
 }

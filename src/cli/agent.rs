@@ -152,7 +152,8 @@ pub fn run(args: &WizardArgs, mac: &str) -> Result<ExitCode> {
                 sha256: disk_image_sha,
             };
             match auto_flash(&client, &choice, target_disk_serial.as_deref()) {
-                Ok(()) => {
+                Ok(target) => {
+                    register_uefi_boot(&target, &choice.name);
                     if let Err(e) = client.post("done", &json!({})) {
                         crate::error!("{e}");
                     }
@@ -184,8 +185,26 @@ fn post_inventory(client: &Client) -> Result<()> {
     client.post("inventory", &body)
 }
 
-/// Finds the plan's disk by serial and flashes it, posting progress as it goes.
-fn auto_flash(client: &Client, choice: &Choice, serial: Option<&str>) -> Result<()> {
+/// With `BTY_REGISTER_UEFI_BOOT=1`, makes the firmware boot the flashed disk next; a failure is
+/// a warning, never a failed flash.
+pub fn register_uefi_boot(disk: &std::path::Path, image: &str) {
+    if !crate::uefi::requested() {
+        return;
+    }
+    match crate::uefi::register(disk, &format!("bty: {image}"), &crate::uefi::efivars_dir()) {
+        Ok(n) => {
+            eprintln!("bty: UEFI boot entry Boot{n:04X} for {} set as BootNext", disk.display())
+        }
+        Err(e) => crate::warn!("registering a UEFI boot entry for {}: {e}", disk.display()),
+    }
+}
+
+/// Finds the plan's disk by serial and flashes it, posting progress as it goes; the disk.
+fn auto_flash(
+    client: &Client,
+    choice: &Choice,
+    serial: Option<&str>,
+) -> Result<std::path::PathBuf> {
     let mut markers = Markers::new();
     markers.say("auto-flash starting");
     let serial = serial
@@ -239,7 +258,7 @@ fn auto_flash(client: &Client, choice: &Choice, serial: Option<&str>) -> Result<
         Ok(report) => {
             markers.complete();
             reporter.finish(&plan.target.resolved.display().to_string(), &report);
-            Ok(())
+            Ok(plan.target.resolved.clone())
         }
         Err(FlashError::Refused(e)) => Err(e),
         Err(FlashError::Failed(e)) => Err(e.wrap(format!(

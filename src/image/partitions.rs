@@ -52,6 +52,10 @@ pub struct Partition {
     pub size: u64,
     /// MBR boot flag (0x80), or the GPT "legacy BIOS bootable" attribute (bit 2).
     pub bootable: bool,
+    /// GPT only: the partition's unique GUID as stored on disk (mixed-endian), which a UEFI
+    /// boot entry names the partition by.
+    #[serde(skip)]
+    pub unique_guid: Option<[u8; 16]>,
 }
 
 /// Most GPT entries we accept. The UEFI default is 128; 1024 leaves room for odd tools while
@@ -325,6 +329,7 @@ fn parse_gpt(first: &[u8], ss: usize) -> Option<PartitionTable> {
             start: first_lba.saturating_mul(ss as u64),
             size: sectors.saturating_mul(ss as u64),
             bootable: attrs & (1 << 2) != 0,
+            unique_guid: e.get(16..32).and_then(|g| g.try_into().ok()),
         });
     }
     Some(PartitionTable {
@@ -357,6 +362,7 @@ fn mbr_partition(number: u32, boot: u8, t: u8, start_lba: u64, sectors: u32) -> 
         start: start_lba * MBR_SECTOR,
         size: u64::from(sectors) * MBR_SECTOR,
         bootable: boot == 0x80,
+        unique_guid: None,
     }
 }
 

@@ -525,6 +525,7 @@ impl Wizard {
         match outcome {
             Ok(report) => {
                 reporter.finish(&target, &report);
+                crate::cli::agent::register_uefi_boot(&plan.target.resolved, &img.name);
                 self.result = Some(format!(
                     "Wrote {} ({}) to {target} in {}.",
                     img.name,
