@@ -342,3 +342,62 @@ fn a_flash_with_uefi_registration_adds_a_boot_entry_and_sets_boot_next() {
     assert!(err.contains("registering a UEFI boot entry") && err.contains("no GPT"), "{err}");
     assert_eq!(disk.read(0, plain.len()), plain);
 }
+
+#[test]
+fn progress_reaches_the_server_while_the_write_is_under_way() {
+    let dir = TestDir::new("agent-progress");
+    let s = Server::start("agent-progress");
+    let cookie = s.login();
+    let http = Httpd::start();
+    let image = util::prng_bytes(81, 24 << 20);
+    http.file("/disk.img", image.clone(), true, None);
+    // Half the image, then five seconds of silence (resumed with Range afterwards): the
+    // poster's two-second beat must show the write under way meanwhile.
+    http.faults("/disk.img", vec![util::httpd::Fault::Stall(12 << 20, Duration::from_secs(5))]);
+    let image_ref = add_image(&s, &cookie, &http.url("/disk.img"));
+    let disk = Loop::new(&dir, "disk", 32 << 20);
+    let mac = "52:54:00:aa:00:08";
+    let m = format!(
+        r#"{{"boot_mode":"bty-flash-once","bty_image_ref":"{image_ref}","target_disk_serial":"SERIAL-P"}}"#
+    );
+    assert_eq!(s.call("PUT", &format!("/machines/{mac}"), Some(&cookie), &m).0, 200);
+    let mut c = TcpStream::connect(&s.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(c, "GET /events/machines HTTP/1.1\r\nHost: {}\r\nCookie: {cookie}\r\n\r\n", s.addr)
+        .unwrap();
+    let watcher = std::thread::spawn(move || {
+        let mut r = BufReader::new(c);
+        let mut seen = Vec::new();
+        let mut line = String::new();
+        for _ in 0..10_000 {
+            line.clear();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                break;
+            }
+            let Some(d) = line.strip_prefix("data: ") else { continue };
+            let rows: serde_json::Value = json(d.trim());
+            let Some(row) = rows.as_array().and_then(|a| a.iter().find(|r| r["mac"] == mac)) else {
+                continue;
+            };
+            let p = row["flash_progress"].clone();
+            let done = p["phase"] == "done";
+            seen.push(p);
+            if done {
+                break;
+            }
+        }
+        seen
+    });
+    let serials = format!("{}=SERIAL-P", disk.dev.display());
+    let out = agent(&format!("http://{}", s.addr), mac, &serials, &dir.path("reboot"));
+    assert!(out.status.success(), "{}", util::stderr(&out));
+    let seen = watcher.join().unwrap();
+    let total = image.len() as u64;
+    assert!(
+        seen.iter().any(|p| p["phase"] == "write"
+            && p["written_bytes"].as_u64().is_some_and(|w| w > 0 && w < total)),
+        "no progress during the write: {seen:?}"
+    );
+    assert_eq!(seen.last().map(|p| p["phase"].clone()), Some("done".into()));
+    assert_eq!(disk.read(0, image.len()), image);
+}
