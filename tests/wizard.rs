@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use util::httpd::{Fault, Httpd};
 use util::{Loop, TestDir};
 
-/// A bty wizard in a detached tmux session of 100x30 on a tmux server of its own.
+/// A bty wizard in a detached tmux session of 80x24 (a framebuffer console) on a tmux server of its own.
 struct Tmux {
     socket: String,
 }
@@ -31,7 +31,7 @@ impl Tmux {
         }
         cmd.push_str("; echo EXITED=$?; sleep 600");
         let st = Command::new("tmux")
-            .args(["-L", &socket, "-f", "/dev/null", "new-session", "-d", "-x", "100", "-y", "30"])
+            .args(["-L", &socket, "-f", "/dev/null", "new-session", "-d", "-x", "80", "-y", "24"])
             .args(["sh", "-c", &cmd])
             .status()
             .expect("running tmux (make deps installs it)");
