@@ -307,6 +307,18 @@ pub fn clear_immutable(file: &File) -> io::Result<()> {
     if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
+/// Takes an exclusive advisory lock on a file without waiting; false when another process
+/// holds it. Released when the file is closed (or the process dies, even by SIGKILL).
+pub fn try_lock_exclusive(file: &File) -> io::Result<bool> {
+    // SAFETY: flock on a borrowed, open fd; no memory is passed.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) { Ok(false) } else { Err(e) }
+}
+
 /// Deallocates `[offset, offset + len)` of a regular file, keeping its size: the range then
 /// reads as zeros whatever it held before.
 pub fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {

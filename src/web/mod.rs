@@ -13,11 +13,14 @@ use lexopt::prelude::*;
 use crate::error::{Context, Result};
 
 pub mod auth;
+pub mod backup;
 pub mod boot;
 pub mod catalog;
 pub mod config;
 pub mod db;
+pub mod export;
 pub mod http;
+pub mod jobs;
 pub mod metrics;
 pub mod pxe;
 pub mod routes;
@@ -31,6 +34,9 @@ bty-web: the bty lab server
 
 Usage: bty-web [--listen HOST:PORT] [--state-dir DIR]   serve
        bty-web config [--listen ...] [--state-dir ...]  print every setting and its source
+       bty-web restore FILE [--state-dir DIR]       put a backup back (bty-web stopped)
+       bty-web export DIR [--state-dir DIR]         write DIR/inventory.json (version 3)
+       bty-web import DIR [--state-dir DIR]         add the machines of an export (stopped)
        bty-web --version | --help
 
   --listen HOST:PORT  address to serve on (default 0.0.0.0:8080; [server] host/port)
@@ -42,7 +48,8 @@ BTY_<SECTION>_<KEY> environment variables override the files (BTY_SERVER_PORT,
 BTY_PATHS_STATE_DIR, BTY_ADMIN_PASSWORD, ...), and flags override both.
 
 The first line on stdout is \"listening on http://HOST:PORT\" once the socket is bound.
-Open routes: GET /healthz, /version, /pxe-bootstrap.ipxe, /pxe/MAC, /pxe/MAC/plan,\n/boot/NAME; POST /pxe/MAC/{inventory,done,status,progress}, /ui/login, /ui/logout.\nWith a session cookie: GET/PUT/DELETE /machines[/MAC], GET /machines/MAC/{disks,lshw}.json, GET /events, POST /events/ID/ack,\nGET /events/machines (server-sent machines-update events), GET/POST/DELETE\n/catalog/entries, GET /metrics (Prometheus). Open: GET /images, /catalog.toml.\nSIGTERM or SIGINT stops it after the requests in flight (at most 5 s).
+Open routes: GET /healthz, /version, /pxe-bootstrap.ipxe, /pxe/MAC, /pxe/MAC/plan,\n/boot/NAME; POST /pxe/MAC/{inventory,done,status,progress}, /ui/login, /ui/logout.\nWith a session cookie: GET/PUT/DELETE /machines[/MAC], GET /machines/MAC/{disks,lshw}.json, GET /events, POST /events/ID/ack,\nGET /events/machines (server-sent machines-update events), GET/POST/DELETE\n/catalog/entries, POST /catalog/import, PUT /boot/NAME, GET/POST /workers/backups,
+DELETE /workers/backups/ID, GET /metrics (Prometheus). Open: GET /images, /catalog.toml.\nSIGTERM or SIGINT stops it after the requests in flight (at most 5 s).
 ";
 
 /// Entry point of the `bty-web` binary.
@@ -52,7 +59,8 @@ pub fn main() -> ExitCode {
 
 fn run() -> Result<ExitCode> {
     let mut flags: Vec<(&'static str, &'static str, String, &'static str)> = Vec::new();
-    let mut show_config = false;
+    let mut command: Option<String> = None;
+    let mut operand: Option<std::path::PathBuf> = None;
     let mut parser = lexopt::Parser::from_env();
     while let Some(arg) = parser.next()? {
         match arg {
@@ -76,7 +84,17 @@ fn run() -> Result<ExitCode> {
             Long("state-dir") => {
                 flags.push(("paths", "state_dir", parser.value()?.string()?, "--state-dir"))
             }
-            Value(cmd) if cmd == "config" => show_config = true,
+            Value(v) if command.is_none() => {
+                let cmd = v.string()?;
+                crate::ensure!(
+                    ["config", "restore", "export", "import"].contains(&cmd.as_str()),
+                    "unknown command {cmd:?} (see bty-web --help)"
+                );
+                command = Some(cmd);
+            }
+            Value(v) if operand.is_none() && command.as_deref() != Some("config") => {
+                operand = Some(v.into())
+            }
             _ => return Err(arg.unexpected().into()),
         }
     }
@@ -85,11 +103,69 @@ fn run() -> Result<ExitCode> {
     for u in &settings.unknown {
         crate::warn!("unknown setting ignored: {u}");
     }
-    if show_config {
-        print_config(&settings);
-        return Ok(ExitCode::SUCCESS);
+    let need = |what: &str| {
+        operand.clone().ok_or_else(|| {
+            crate::error::Error::msg(format!(
+                "bty-web {what} needs its operand (see bty-web --help)"
+            ))
+        })
+    };
+    let state = settings.state_dir();
+    match command.as_deref() {
+        Some("config") => {
+            print_config(&settings);
+            Ok(ExitCode::SUCCESS)
+        }
+        Some("restore") => {
+            for line in backup::restore(&need("restore")?, &state)? {
+                println!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some("export") => {
+            let dir = need("export")?;
+            let db = db::Db::open(&state)?;
+            let n = export::export(&db, &dir)?;
+            println!("exported {n} machines to {}", dir.join("inventory.json").display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Some("import") => {
+            let dir = need("import")?;
+            let machines = export::parse(&dir)?;
+            let _lock = lock_state_dir(&state)?;
+            let db = db::Db::open(&state)?;
+            db.import_machines(&machines)?;
+            let _ = db.add_event(
+                "machines.imported",
+                None,
+                &format!("{} machines imported from {}", machines.len(), dir.display()),
+                None,
+            );
+            println!(
+                "imported {} machines as bty-inventory (image and disk bindings cleared)",
+                machines.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => serve(&settings),
     }
-    serve(&settings)
+}
+
+/// An exclusive lock on the state dir, held by a serving bty-web for its whole life: restore
+/// and import refuse to run beside it instead of swapping a database under its feet.
+pub fn lock_state_dir(state: &Path) -> Result<std::fs::File> {
+    fs::create_dir_all(state).with_context(|| format!("creating {}", state.display()))?;
+    let path = state.join("state.lock");
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let got = crate::sys::try_lock_exclusive(&f)
+        .with_context(|| format!("locking {}", path.display()))?;
+    crate::ensure!(got, "a bty-web is running on {} (stop it first)", state.display());
+    Ok(f)
 }
 
 fn print_config(settings: &Settings) {
@@ -112,6 +188,7 @@ fn serve(settings: &Settings) -> Result<ExitCode> {
     let state_dir = settings.state_dir();
     let listen = settings.listen();
     prepare_state_dir(&state_dir, &settings.boot_dir())?;
+    let _lock = lock_state_dir(&state_dir)?;
     let db = db::Db::open(&state_dir)?;
     crate::debug!("state in {}", db.path().display());
     if std::env::var_os("BTY_ADMIN_PASSWORD").is_none_or(|p| p.is_empty()) {
@@ -136,7 +213,11 @@ fn serve(settings: &Settings) -> Result<ExitCode> {
         hub: Default::default(),
         metrics: Default::default(),
         machines_json: Default::default(),
+        jobs: Default::default(),
     });
+    jobs::Jobs::recover(&app)?;
+    backup::remove_leftovers(&state_dir);
+    backup::run_scheduler(Arc::clone(&app)).context("starting the backup scheduler")?;
     {
         let app = Arc::clone(&app);
         let hub = Arc::clone(&app.hub);

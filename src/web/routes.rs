@@ -24,6 +24,8 @@ pub struct App {
     pub hub: Arc<Hub>,
     /// Counters for /metrics.
     pub metrics: Metrics,
+    /// Background jobs' cancel flags.
+    pub jobs: crate::web::jobs::Jobs,
     /// `GET /machines` as last serialised, with the database generation it was built at.
     pub machines_json: Mutex<Option<(u64, Arc<[u8]>)>>,
 }
@@ -84,7 +86,11 @@ pub fn route(app: &Arc<App>, req: &Req, body: &mut dyn Read) -> Resp {
     // Protected routes: a valid session cookie, else 401 for the API and 303 for pages.
     let protected = matches!(
         segs.first(),
-        Some(&"machines") | Some(&"events") | Some(&"catalog") | Some(&"metrics")
+        Some(&"machines")
+            | Some(&"events")
+            | Some(&"catalog")
+            | Some(&"metrics")
+            | Some(&"workers")
     ) || (m == "PUT" && segs.first() == Some(&"boot"));
     let mut renew = None;
     if protected {
@@ -161,6 +167,17 @@ pub fn route(app: &Arc<App>, req: &Req, body: &mut dyn Read) -> Resp {
         // A name with a slash reaches here in pieces; it is refused as a name (400), not a 404.
         ("PUT", ["boot", rest @ ..]) => boot::upload(app, req, &rest.join("/"), body),
         ("POST", ["events", id, "ack"]) => ack_event(app, id),
+        ("GET" | "HEAD", ["workers", "backups"]) => backups(app),
+        ("POST", ["workers", "backups"]) => match crate::web::backup::start(app) {
+            Ok(Some(id)) => Resp::json(202, &serde_json::json!({ "job": id, "state": "queued" })),
+            Ok(None) => Resp::error(409, "a backup is already running"),
+            Err(e) => internal(e),
+        },
+        ("DELETE", ["workers", "backups", id]) => match id.parse::<i64>() {
+            Ok(id) if app.jobs.cancel(id) => Resp::no_content(),
+            Ok(id) => Resp::error(404, &format!("no running backup job {id}")),
+            Err(_) => Resp::error(422, &format!("job id: expected a number, got {id:?}")),
+        },
         _ => fixed(req, &segs),
     };
     match renew {
@@ -316,6 +333,21 @@ fn pxe_post(app: &App, req: &Req, mac: &str, what: &str) -> Resp {
 }
 
 /// Serves a netboot artifact; `?mac=` from the live environment marks that it booted.
+/// `GET /workers/backups`: recent backup jobs and the backup files present.
+fn backups(app: &App) -> Resp {
+    let jobs = match app.db.jobs(Some("backup"), 50) {
+        Ok(j) => j,
+        Err(e) => return internal(e),
+    };
+    match crate::web::backup::list(&app.settings.state_dir()) {
+        Ok(files) => Resp::json(
+            200,
+            &serde_json::json!({ "jobs": jobs, "backups": files, "keep": crate::web::backup::keep(app) }),
+        ),
+        Err(e) => internal(e),
+    }
+}
+
 /// Logs an internal error and answers 500 without its details.
 pub(crate) fn internal(e: crate::error::Error) -> Resp {
     crate::error!("{e}");

@@ -345,6 +345,13 @@ impl Server {
         (status, head.to_ascii_lowercase(), body.to_string())
     }
 
+    /// Stops the server (SIGKILL) and keeps its state dir, for a restart or an offline command.
+    pub fn stop_keeping_state(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::forget(self);
+    }
+
     pub fn login(&self) -> String {
         let (st, head, _) = self.call("POST", "/ui/login", None, "password=pw-for-tests");
         assert_eq!(st, 303, "{head}");

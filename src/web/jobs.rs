@@ -1,0 +1,158 @@
+//! Background jobs (backups, netboot release fetches): a thread per running job, a row in the
+//! `jobs` table for each, one job per kind at a time, cancel honoured at the job's next check
+//! (they check at least every second), and every state change recorded as an event and pushed
+//! to live-update clients as `jobs-update`. Jobs a killed process left behind are marked
+//! `failed: interrupted` at start, never silently lost.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Context, Result};
+use crate::web::routes::App;
+use crate::web::sse;
+
+/// The running jobs' cancel flags.
+#[derive(Default)]
+pub struct Jobs {
+    cancel: Mutex<HashMap<i64, Arc<AtomicBool>>>,
+}
+
+/// What a job's work sees: its id, its cancel flag, and how to report progress.
+pub struct Ctx {
+    pub id: i64,
+    pub app: Arc<App>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Ctx {
+    /// Whether the operator asked to stop: the work returns `Err` soon after.
+    pub fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+
+    /// Records progress (not an event: progress is frequent).
+    pub fn progress(&self, bytes: u64, total: Option<u64>) {
+        if let Err(e) = self.app.db.job_progress(self.id, bytes, total) {
+            crate::warn!("{e}");
+        }
+        publish(&self.app);
+    }
+}
+
+impl Jobs {
+    /// At start: what a killed process left running is failed as interrupted.
+    pub fn recover(app: &App) -> Result<()> {
+        for (id, kind) in app.db.jobs_interrupted()? {
+            crate::warn!("{kind} job {id} was interrupted by a restart");
+            let _ = app.db.add_event(
+                &format!("{kind}.failed"),
+                Some(&id.to_string()),
+                &format!("{kind} job {id} failed: interrupted (bty-web stopped while it ran)"),
+                Some(serde_json::json!({ "job": id, "kind": kind, "error": "interrupted" })),
+            );
+        }
+        Ok(())
+    }
+
+    /// Starts `work` as a job of `kind` on a thread of its own; None when one of that kind is
+    /// already queued or running. `work` returns a summary for the done event.
+    pub fn start(
+        app: &Arc<App>,
+        kind: &'static str,
+        work: impl FnOnce(&Ctx) -> Result<String> + Send + 'static,
+    ) -> Result<Option<i64>> {
+        let Some(id) = app.db.job_create(kind)? else { return Ok(None) };
+        let cancel = Arc::new(AtomicBool::new(false));
+        app.jobs.lock().insert(id, Arc::clone(&cancel));
+        let ctx = Ctx { id, app: Arc::clone(app), cancel };
+        let spawned = std::thread::Builder::new().name(format!("job-{kind}")).spawn(move || {
+            let app = Arc::clone(&ctx.app);
+            change(&app, id, kind, "running", None, None);
+            let outcome = work(&ctx);
+            app.jobs.lock().remove(&id);
+            match outcome {
+                Ok(summary) => change(&app, id, kind, "done", None, Some(summary)),
+                Err(_) if ctx.cancelled() => change(&app, id, kind, "cancelled", None, None),
+                Err(e) => change(&app, id, kind, "failed", Some(e.to_string()), None),
+            }
+        });
+        if let Err(e) = spawned {
+            app.jobs.lock().remove(&id);
+            let msg = format!("starting a thread for {kind} job {id}: {e}");
+            change(app, id, kind, "failed", Some(msg.clone()), None);
+            return Err(crate::error::Error::msg(msg));
+        }
+        Ok(Some(id))
+    }
+
+    /// Asks a running job to stop; false when no such job is running.
+    pub fn cancel(&self, id: i64) -> bool {
+        match self.lock().get(&id) {
+            Some(flag) => {
+                flag.store(true, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The ids of running jobs.
+    pub fn running(&self) -> Vec<i64> {
+        self.lock().keys().copied().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Arc<AtomicBool>>> {
+        self.cancel.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Records a state change: the row, an event, a live update.
+fn change(
+    app: &App,
+    id: i64,
+    kind: &str,
+    state: &str,
+    error: Option<String>,
+    summary: Option<String>,
+) {
+    if let Err(e) = app.db.job_state(id, state, error.as_deref()) {
+        crate::error!("{e}");
+    }
+    let message = match (&error, &summary) {
+        (Some(e), _) => format!("{kind} job {id} {state}: {e}"),
+        (None, Some(s)) => format!("{kind} job {id} {state}: {s}"),
+        (None, None) => format!("{kind} job {id} {state}"),
+    };
+    if state == "failed" {
+        crate::error!("{message}");
+    } else {
+        crate::info!("{message}");
+    }
+    let _ = app.db.add_event(
+        &format!("job.{state}"),
+        Some(&id.to_string()),
+        &message,
+        Some(serde_json::json!({ "job": id, "kind": kind, "error": error })),
+    );
+    publish(app);
+}
+
+/// Sends the recent jobs to live-update clients.
+fn publish(app: &App) {
+    match app.db.jobs(None, 20) {
+        Ok(jobs) => match serde_json::to_string(&jobs) {
+            Ok(json) => app.hub.publish(sse::event("jobs-update", &json)),
+            Err(e) => crate::warn!("encoding jobs: {e}"),
+        },
+        Err(e) => crate::warn!("{e}"),
+    }
+}
+
+/// Fails the job with a message when its work should stop (cancel).
+pub fn check_cancel(ctx: &Ctx) -> Result<()> {
+    if ctx.cancelled() {
+        return Err(crate::error::Error::msg("cancelled")).context("job stopped by the operator");
+    }
+    Ok(())
+}
