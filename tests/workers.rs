@@ -283,3 +283,81 @@ fn export_then_import_round_trips_disks_and_lshw_and_refuses_bad_bundles() {
     }
     assert!(!empty.join("state.db").exists(), "a refused import writes nothing");
 }
+
+/// Polls `GET /boot/releases` until job `id` is in one of `states` (bounded).
+fn wait_release(s: &Server, cookie: &str, id: i64, states: &[&str]) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, _, body) = s.call("GET", "/boot/releases", Some(cookie), "");
+        let v = json(&body);
+        if let Some(job) = v["jobs"].as_array().and_then(|j| j.iter().find(|j| j["id"] == id)) {
+            if states.iter().any(|st| job["state"] == *st) {
+                return job.clone();
+            }
+        }
+        assert!(Instant::now() < deadline, "release job {id} never reached {states:?}: {body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn netboot_release_fetch_installs_verified_files_and_keeps_the_old_ones_on_failure() {
+    use util::httpd::{Fault, Httpd};
+    let http = Httpd::start();
+    let kernel = util::prng_bytes(91, 3 << 20);
+    let initrd = util::prng_bytes(92, 5 << 20);
+    let manifest = |k: &[u8], i: &[u8]| {
+        format!("{}  k.vmlinuz\n{}  k.initrd\n", util::sha256(k), util::sha256(i)).into_bytes()
+    };
+    let base = http.url("/rel");
+    let s = Server::start_env(
+        "workers-release",
+        &[
+            ("BTY_BOOT_RELEASE_URL", base.as_str()),
+            ("BTY_BOOT_KERNEL", "k.vmlinuz"),
+            ("BTY_BOOT_INITRD", "k.initrd"),
+        ],
+    );
+    let cookie = s.login();
+    assert_eq!(s.call("POST", "/boot/releases", None, "").0, 401);
+    let boot = s.state.join("boot");
+    let fetch = |want: &str| -> serde_json::Value {
+        let (st, _, body) = s.call("POST", "/boot/releases", Some(&cookie), "");
+        assert_eq!(st, 202, "{body}");
+        let id = json(&body)["job"].as_i64().unwrap();
+        wait_release(&s, &cookie, id, &[want])
+    };
+
+    // A good release, with one connection cut on the way (resumed with Range).
+    http.file("/rel/k.vmlinuz", kernel.clone(), true, None);
+    http.file("/rel/k.initrd", initrd.clone(), true, None);
+    http.file("/rel/k.sha256", manifest(&kernel, &initrd), false, None);
+    http.faults("/rel/k.initrd", vec![Fault::Cut(2 << 20)]);
+    fetch("done");
+    assert_eq!(std::fs::read(boot.join("k.vmlinuz")).unwrap(), kernel);
+    assert_eq!(std::fs::read(boot.join("k.initrd")).unwrap(), initrd);
+    // Served to machines at once.
+    let (st, _, _) = s.call("HEAD", "/boot/k.initrd", None, "");
+    assert_eq!(st, 200);
+
+    // A corrupted file: the job fails and the installed pair stays.
+    let mut bad = util::prng_bytes(93, 5 << 20);
+    http.file("/rel/k.vmlinuz", util::prng_bytes(94, 3 << 20), true, None);
+    http.file("/rel/k.initrd", bad.clone(), true, None);
+    bad[0] ^= 1;
+    http.file("/rel/k.sha256", manifest(&util::prng_bytes(94, 3 << 20), &bad), false, None);
+    let job = fetch("failed");
+    assert!(job["error"].as_str().unwrap().contains("does not match"), "{job}");
+    // A missing file.
+    http.file("/rel/k.sha256", b"0000  nothing-listed\n".to_vec(), false, None);
+    let job = fetch("failed");
+    assert!(job["error"].as_str().unwrap().contains("lists no sha256 for k.vmlinuz"), "{job}");
+    assert_eq!(std::fs::read(boot.join("k.vmlinuz")).unwrap(), kernel);
+    assert_eq!(std::fs::read(boot.join("k.initrd")).unwrap(), initrd);
+    let names: Vec<String> = std::fs::read_dir(&boot)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.starts_with('.')), "temp files left: {names:?}");
+}

@@ -61,17 +61,6 @@ pub fn list(state: &Path) -> Result<Vec<BackupFile>> {
     Ok(out)
 }
 
-/// Removes the temporary files of a backup that did not finish, whatever happened.
-struct Cleanup(Vec<PathBuf>);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for p in &self.0 {
-            let _ = fs::remove_file(p);
-        }
-    }
-}
-
 /// The backup job.
 fn create(ctx: &Ctx) -> Result<String> {
     let app = &ctx.app;
@@ -80,7 +69,7 @@ fn create(ctx: &Ctx) -> Result<String> {
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let tmp_db = dir.join(format!(".job-{}-state.db", ctx.id));
     let tmp_tar = dir.join(format!(".job-{}{SUFFIX}", ctx.id));
-    let _cleanup = Cleanup(vec![tmp_db.clone(), tmp_tar.clone()]);
+    let _cleanup = jobs::TempFiles(vec![tmp_db.clone(), tmp_tar.clone()]);
     app.db.backup_to(&tmp_db)?;
     jobs::check_cancel(ctx)?;
 

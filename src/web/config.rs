@@ -113,6 +113,13 @@ const KEYS: &[Key] = &[
     },
     Key {
         section: "boot",
+        key: "release_url",
+        default: |_| String::new(),
+        secret: false,
+        help: "base URL or directory of the netboot artifacts (empty: the GitHub release of release_repo/release_tag)",
+    },
+    Key {
+        section: "boot",
         key: "kernel",
         default: |_| format!("bty-netboot-pc-x86_64-v{}.vmlinuz", crate::VERSION),
         secret: false,

@@ -149,6 +149,18 @@ fn publish(app: &App) {
     }
 }
 
+/// Temporary files of a job, removed when the job ends, however it ends (those already renamed
+/// into place are simply gone).
+pub struct TempFiles(pub Vec<std::path::PathBuf>);
+
+impl Drop for TempFiles {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
 /// Fails the job with a message when its work should stop (cancel).
 pub fn check_cancel(ctx: &Ctx) -> Result<()> {
     if ctx.cancelled() {

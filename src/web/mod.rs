@@ -23,6 +23,7 @@ pub mod http;
 pub mod jobs;
 pub mod metrics;
 pub mod pxe;
+pub mod release;
 pub mod routes;
 pub mod sse;
 pub mod validate;
@@ -49,7 +50,7 @@ BTY_PATHS_STATE_DIR, BTY_ADMIN_PASSWORD, ...), and flags override both.
 
 The first line on stdout is \"listening on http://HOST:PORT\" once the socket is bound.
 Open routes: GET /healthz, /version, /pxe-bootstrap.ipxe, /pxe/MAC, /pxe/MAC/plan,\n/boot/NAME; POST /pxe/MAC/{inventory,done,status,progress}, /ui/login, /ui/logout.\nWith a session cookie: GET/PUT/DELETE /machines[/MAC], GET /machines/MAC/{disks,lshw}.json, GET /events, POST /events/ID/ack,\nGET /events/machines (server-sent machines-update events), GET/POST/DELETE\n/catalog/entries, POST /catalog/import, PUT /boot/NAME, GET/POST /workers/backups,
-DELETE /workers/backups/ID, GET /metrics (Prometheus). Open: GET /images, /catalog.toml.\nSIGTERM or SIGINT stops it after the requests in flight (at most 5 s).
+DELETE /workers/backups/ID, GET/POST /boot/releases, GET /metrics (Prometheus). Open: GET /images, /catalog.toml.\nSIGTERM or SIGINT stops it after the requests in flight (at most 5 s).
 ";
 
 /// Entry point of the `bty-web` binary.

@@ -91,7 +91,8 @@ pub fn route(app: &Arc<App>, req: &Req, body: &mut dyn Read) -> Resp {
             | Some(&"catalog")
             | Some(&"metrics")
             | Some(&"workers")
-    ) || (m == "PUT" && segs.first() == Some(&"boot"));
+    ) || (m == "PUT" && segs.first() == Some(&"boot"))
+        || segs.as_slice() == ["boot", "releases"];
     let mut renew = None;
     if protected {
         match app.auth.check(req.header("cookie")) {
@@ -163,6 +164,15 @@ pub fn route(app: &Arc<App>, req: &Req, body: &mut dyn Read) -> Resp {
         ("GET" | "HEAD", ["pxe", mac]) => pxe_script(app, req, mac),
         ("GET" | "HEAD", ["pxe", mac, "plan"]) => pxe_plan(app, req, mac),
         ("POST", ["pxe", mac, what]) => pxe_post(app, req, mac, what),
+        ("POST", ["boot", "releases"]) => match crate::web::release::start(app) {
+            Ok(Some(id)) => Resp::json(202, &serde_json::json!({ "job": id, "state": "queued" })),
+            Ok(None) => Resp::error(409, "a netboot release fetch is already running"),
+            Err(e) => internal(e),
+        },
+        ("GET" | "HEAD", ["boot", "releases"]) => match app.db.jobs(Some("release"), 20) {
+            Ok(jobs) => Resp::json(200, &serde_json::json!({ "jobs": jobs })),
+            Err(e) => internal(e),
+        },
         ("GET" | "HEAD", ["boot", name]) => boot::serve(app, req, name),
         // A name with a slash reaches here in pieces; it is refused as a name (400), not a 404.
         ("PUT", ["boot", rest @ ..]) => boot::upload(app, req, &rest.join("/"), body),
