@@ -15,10 +15,11 @@ MUSL_TARGET := x86_64-unknown-linux-musl
 #   path, bty's own summary, is forced there with BTY_NO_LSHW=1). util-linux's lsblk is what
 #   tests/disks.rs compares `bty disks` with.
 #   docker-registry: the real OCI registry (distribution v2) the oras:// tests start on loopback;
-#   curl: the reference pipeline of `make bench-http`.
+#   curl: the reference pipeline of `make bench-http`; tftp-hpa: a second, independent TFTP
+#   client for tests/tftp.rs.
 DEB_PACKAGES := qemu-utils e2fsprogs gdisk fdisk util-linux zstd xz-utils bzip2 pigz \
 	bmap-tools mbuffer musl-tools python3 time bsdutils wrk python3-venv lshw \
-	docker-registry curl
+	docker-registry curl tftp-hpa
 
 .PHONY: help run test deps lint build release static bench bench-flash bench-http bench-web clean
 

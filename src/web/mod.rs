@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod pxe;
 pub mod routes;
 pub mod sse;
+pub mod tftp;
 pub mod validate;
 
 use config::Settings;
@@ -31,6 +32,7 @@ bty-web: the bty lab server
 
 Usage: bty-web [--listen HOST:PORT] [--state-dir DIR]   serve
        bty-web config [--listen ...] [--state-dir ...]  print every setting and its source
+       bty-web tftp [--state-dir DIR]                   serve only the boot dir over TFTP
        bty-web --version | --help
 
   --listen HOST:PORT  address to serve on (default 0.0.0.0:8080; [server] host/port)
@@ -42,6 +44,9 @@ BTY_<SECTION>_<KEY> environment variables override the files (BTY_SERVER_PORT,
 BTY_PATHS_STATE_DIR, BTY_ADMIN_PASSWORD, ...), and flags override both.
 
 The first line on stdout is \"listening on http://HOST:PORT\" once the socket is bound.
+With [tftp] enabled = true (BTY_TFTP_ENABLED=1) bty-web also serves the boot dir over TFTP
+on [tftp] listen (default 0.0.0.0:69) and prints \"tftp listening on udp://HOST:PORT\" next;
+`bty-web tftp` serves only that (the TFTP sidecar of the compose and Quadlet stacks).
 Open routes: GET /healthz, /version, /pxe-bootstrap.ipxe, /pxe/MAC, /pxe/MAC/plan,\n/boot/NAME; POST /pxe/MAC/{inventory,done,status,progress}, /ui/login, /ui/logout.\nWith a session cookie: GET/PUT/DELETE /machines[/MAC], GET /machines/MAC/{disks,lshw}.json, GET /events, POST /events/ID/ack,\nGET /events/machines (server-sent machines-update events), GET/POST/DELETE\n/catalog/entries, GET /metrics (Prometheus). Open: GET /images, /catalog.toml.\nSIGTERM or SIGINT stops it after the requests in flight (at most 5 s).
 ";
 
@@ -52,7 +57,7 @@ pub fn main() -> ExitCode {
 
 fn run() -> Result<ExitCode> {
     let mut flags: Vec<(&'static str, &'static str, String, &'static str)> = Vec::new();
-    let mut show_config = false;
+    let mut mode = Mode::Serve;
     let mut parser = lexopt::Parser::from_env();
     while let Some(arg) = parser.next()? {
         match arg {
@@ -76,7 +81,8 @@ fn run() -> Result<ExitCode> {
             Long("state-dir") => {
                 flags.push(("paths", "state_dir", parser.value()?.string()?, "--state-dir"))
             }
-            Value(cmd) if cmd == "config" => show_config = true,
+            Value(cmd) if cmd == "config" => mode = Mode::Config,
+            Value(cmd) if cmd == "tftp" => mode = Mode::Tftp,
             _ => return Err(arg.unexpected().into()),
         }
     }
@@ -85,11 +91,39 @@ fn run() -> Result<ExitCode> {
     for u in &settings.unknown {
         crate::warn!("unknown setting ignored: {u}");
     }
-    if show_config {
-        print_config(&settings);
-        return Ok(ExitCode::SUCCESS);
+    match mode {
+        Mode::Config => {
+            print_config(&settings);
+            Ok(ExitCode::SUCCESS)
+        }
+        Mode::Tftp => serve_tftp_only(&settings),
+        Mode::Serve => serve(&settings),
     }
-    serve(&settings)
+}
+
+enum Mode {
+    Serve,
+    Config,
+    Tftp,
+}
+
+/// `bty-web tftp`: only the TFTP server, for a sidecar container or a host that keeps HTTP
+/// elsewhere; it needs the boot dir and nothing of the state dir.
+fn serve_tftp_only(settings: &Settings) -> Result<ExitCode> {
+    let boot = settings.boot_dir();
+    crate::ensure!(boot.is_dir(), "TFTP root {}: no such directory", boot.display());
+    crate::sys::catch_cancel_signals().context("installing the SIGTERM/SIGINT handler")?;
+    let sock = tftp::bind(settings.tftp_listen())?;
+    let addr = sock.local_addr().context("reading the bound TFTP address")?;
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "tftp listening on udp://{addr}");
+        let _ = out.flush();
+    }
+    crate::info!("tftp: serving {}", boot.display());
+    tftp::serve(sock, boot, crate::sys::cancel_flag());
+    crate::info!("stopped");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn print_config(settings: &Settings) {
@@ -122,11 +156,28 @@ fn serve(settings: &Settings) -> Result<ExitCode> {
     crate::sys::catch_cancel_signals().context("installing the SIGTERM/SIGINT handler")?;
     let listener = http::bind(&listen).with_context(|| format!("listening on {listen}"))?;
     let addr = listener.local_addr().context("reading the bound address")?;
+    // Bound before the address line, so a port clash stops the start instead of a later warning.
+    let tftp_sock =
+        if settings.tftp_enabled() { Some(tftp::bind(settings.tftp_listen())?) } else { None };
     {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "listening on http://{addr}");
+        if let Some(t) = tftp_sock.as_ref().and_then(|s| s.local_addr().ok()) {
+            let _ = writeln!(out, "tftp listening on udp://{t}");
+        }
         let _ = out.flush();
     }
+    let tftp_thread = match tftp_sock {
+        Some(sock) => {
+            let boot = settings.boot_dir();
+            let t = std::thread::Builder::new()
+                .name("tftp-listen".into())
+                .spawn(move || tftp::serve(sock, boot, crate::sys::cancel_flag()))
+                .context("starting the TFTP server thread")?;
+            Some(t)
+        }
+        None => None,
+    };
     let auth = auth::Auth::new(settings.get("admin", "password"), &state_dir)?;
     let app = Arc::new(routes::App {
         settings: settings.clone(),
@@ -163,6 +214,10 @@ fn serve(settings: &Settings) -> Result<ExitCode> {
         });
     http::serve(listener, handler, routes::body_policy, limits);
     db_for_close.db.checkpoint_truncate();
+    if let Some(t) = tftp_thread {
+        // The cancel flag that stopped HTTP stops it within its poll interval.
+        let _ = t.join();
+    }
     crate::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
