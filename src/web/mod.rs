@@ -17,6 +17,7 @@ pub mod boot;
 pub mod catalog;
 pub mod config;
 pub mod db;
+pub mod deploy;
 pub mod http;
 pub mod metrics;
 pub mod pxe;
@@ -33,6 +34,10 @@ bty-web: the bty lab server
 Usage: bty-web [--listen HOST:PORT] [--state-dir DIR]   serve
        bty-web config [--listen ...] [--state-dir ...]  print every setting and its source
        bty-web tftp [--state-dir DIR]                   serve only the boot dir over TFTP
+       bty-web health                                   exit 0 if the local server answers /healthz
+       bty-web init DIR [--host-addr IP] [--image REF] [--force] [--dry-run]
+       bty-web deploy DIR [same flags]                  init, then start the stack
+       bty-web upgrade DIR [--image REF] [--dry-run]    regenerate, pull and restart
        bty-web --version | --help
 
   --listen HOST:PORT  address to serve on (default 0.0.0.0:8080; [server] host/port)
@@ -47,6 +52,14 @@ The first line on stdout is \"listening on http://HOST:PORT\" once the socket is
 With [tftp] enabled = true (BTY_TFTP_ENABLED=1) bty-web also serves the boot dir over TFTP
 on [tftp] listen (default 0.0.0.0:69) and prints \"tftp listening on udp://HOST:PORT\" next;
 `bty-web tftp` serves only that (the TFTP sidecar of the compose and Quadlet stacks).
+
+init writes DIR/compose.yaml, DIR/quadlet/*.{container,volume}, DIR/bty.toml and DIR/envvars
+(mode 0600: HOST_ADDR, detected from the default route unless --host-addr, and a generated
+BTY_ADMIN_PASSWORD) and touches nothing else; it refuses an existing stack without --force.
+deploy starts it: as root with Quadlet units in /etc/containers/systemd and systemctl, as a
+user with podman compose or docker compose (no TFTP, no autostart), and says what it skipped.
+upgrade keeps envvars, bty.toml and the bty-data volume, rewrites the other files for this
+version, pulls the image and restarts. --dry-run prints instead of writing or running.
 Open routes: GET /healthz, /version, /pxe-bootstrap.ipxe, /pxe/MAC, /pxe/MAC/plan,\n/boot/NAME; POST /pxe/MAC/{inventory,done,status,progress}, /ui/login, /ui/logout.\nWith a session cookie: GET/PUT/DELETE /machines[/MAC], GET /machines/MAC/{disks,lshw}.json, GET /events, POST /events/ID/ack,\nGET /events/machines (server-sent machines-update events), GET/POST/DELETE\n/catalog/entries, GET /metrics (Prometheus). Open: GET /images, /catalog.toml.\nSIGTERM or SIGINT stops it after the requests in flight (at most 5 s).
 ";
 
@@ -83,6 +96,16 @@ fn run() -> Result<ExitCode> {
             }
             Value(cmd) if cmd == "config" => mode = Mode::Config,
             Value(cmd) if cmd == "tftp" => mode = Mode::Tftp,
+            Value(cmd) if cmd == "health" => mode = Mode::Health,
+            Value(cmd) if cmd == "init" => {
+                return deploy::command(deploy::Action::Init, &mut parser);
+            }
+            Value(cmd) if cmd == "deploy" => {
+                return deploy::command(deploy::Action::Deploy, &mut parser);
+            }
+            Value(cmd) if cmd == "upgrade" => {
+                return deploy::command(deploy::Action::Upgrade, &mut parser);
+            }
             _ => return Err(arg.unexpected().into()),
         }
     }
@@ -97,6 +120,7 @@ fn run() -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Mode::Tftp => serve_tftp_only(&settings),
+        Mode::Health => health(&settings),
         Mode::Serve => serve(&settings),
     }
 }
@@ -105,6 +129,41 @@ enum Mode {
     Serve,
     Config,
     Tftp,
+    Health,
+}
+
+/// `bty-web health`: asks the local server's /healthz, for container healthchecks (the image
+/// has no curl). Exit 0 when it answers 200, 1 otherwise.
+fn health(settings: &Settings) -> Result<ExitCode> {
+    use std::io::Read;
+    let port = settings.get("server", "port");
+    let addr = format!("127.0.0.1:{port}");
+    let timeout = std::time::Duration::from_secs(3);
+    let answer = (|| -> std::io::Result<String> {
+        let sock =
+            addr.parse().map_err(|_| std::io::Error::other(format!("invalid address {addr}")))?;
+        let mut s = std::net::TcpStream::connect_timeout(&sock, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let mut head = [0u8; 64];
+        let n = s.read(&mut head)?;
+        Ok(String::from_utf8_lossy(&head[..n]).into_owned())
+    })();
+    match answer {
+        Ok(a) if a.starts_with("HTTP/1.1 200") || a.starts_with("HTTP/1.0 200") => {
+            println!("ok");
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(a) => {
+            let line = a.lines().next().unwrap_or("");
+            crate::error!("GET http://{addr}/healthz answered {line:?}");
+            Ok(ExitCode::from(1))
+        }
+        Err(e) => {
+            crate::error!("GET http://{addr}/healthz: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
 }
 
 /// `bty-web tftp`: only the TFTP server, for a sidecar container or a host that keeps HTTP
