@@ -16,18 +16,25 @@ MUSL_TARGET := x86_64-unknown-linux-musl
 #   tests/disks.rs compares `bty disks` with.
 #   docker-registry: the real OCI registry (distribution v2) the oras:// tests start on loopback;
 #   curl: the reference pipeline of `make bench-http`; tmux: tests/wizard.rs drives the wizard
-#   through it (send-keys, capture-pane).
+#   through it (send-keys, capture-pane); tftp-hpa: a second, independent TFTP client for
+#   tests/tftp.rs; ca-certificates: the CA bundle of `make image`; podman: tests/image.rs loads
+#   that image.
 DEB_PACKAGES := qemu-utils e2fsprogs gdisk fdisk util-linux zstd xz-utils bzip2 pigz \
 	bmap-tools mbuffer musl-tools python3 time bsdutils wrk python3-venv lshw \
-	docker-registry curl tmux
+	docker-registry curl tmux tftp-hpa ca-certificates podman
 
-.PHONY: help run test deps lint build release static bench bench-flash bench-http bench-web clean
+IMAGE_DIR ?= target/image
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+IMAGE_TAG ?= localhost/bty-web:$(VERSION)
+
+.PHONY: help run test deps lint build release static image bench bench-flash bench-http bench-web clean
 
 help:
 	@echo "make run          build and start bty-web on $(STATE_DIR) (prints URL and password)"
 	@echo "make test         install test dependencies, then lint and run every test"
 	@echo "make deps         install the Debian packages and Rust targets the tests need"
 	@echo "make static       build static bty and bty-web (musl, LTO, stripped), print sizes"
+	@echo "make image        reproducible OCI image of bty-web (no daemon) -> $(IMAGE_DIR)"
 	@echo "make bench-flash  flash benchmark against the reference pipelines -> bench/RESULTS.md"
 	@echo "make bench-http   flash over http from 127.0.0.1 against curl | zstd -dc | dd -> bench/RESULTS.md"
 	@echo "make bench-web    bty-web against the reference server (PyPI bty-lab), ~4 min -> bench/RESULTS.md"
@@ -74,6 +81,12 @@ static: deps
 		echo "$$f: $$size bytes ($$((size / 1024)) KiB), limit 4 MiB"; \
 		file $$f 2>/dev/null || true; \
 		test $$size -le $$((4 * 1024 * 1024))
+
+# The image's files carry the last commit's time, so two builds of one commit are identical.
+image: static
+	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct) python3 deploy/mkimage.py \
+		--binary target/$(MUSL_TARGET)/static/bty-web --out $(IMAGE_DIR) --tag $(IMAGE_TAG) \
+		--version $(VERSION) --revision $$(git rev-parse HEAD) --arch amd64
 
 bench: bench-flash
 

@@ -256,6 +256,12 @@ pub fn kill_process_group(pgid: u32) -> io::Result<()> {
     if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
+/// The effective user id: root decides between the Quadlet and the compose deploy.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid takes nothing, touches no memory of ours and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
 /// Shuts a listening socket down so that a thread blocked in `accept` on it returns (with
 /// EINVAL on Linux): how a server stops accepting without a self-connection or a poll loop.
 pub fn shutdown_listener(listener: &std::net::TcpListener) -> io::Result<()> {

@@ -146,6 +146,20 @@ const KEYS: &[Key] = &[
         secret: false,
         help: "image cache sidecar base URL (empty: none)",
     },
+    Key {
+        section: "tftp",
+        key: "enabled",
+        default: |_| "false".into(),
+        secret: false,
+        help: "serve the boot dir over TFTP too (legacy PXE firmware)",
+    },
+    Key {
+        section: "tftp",
+        key: "listen",
+        default: |_| "0.0.0.0:69".into(),
+        secret: false,
+        help: "UDP address of the TFTP server",
+    },
 ];
 
 /// The password used when none is configured; bty-web warns about it at start.
@@ -253,6 +267,16 @@ impl Settings {
                 "invalid [{section}] {key} {v:?} (from {src}): expected a whole number above 0"
             );
         }
+        let (v, src) = self.entry("tftp", "enabled");
+        crate::ensure!(
+            parse_bool(v).is_some(),
+            "invalid [tftp] enabled {v:?} (from {src}): expected true or false"
+        );
+        let (v, src) = self.entry("tftp", "listen");
+        crate::ensure!(
+            v.parse::<std::net::SocketAddr>().is_ok(),
+            "invalid [tftp] listen {v:?} (from {src}): expected IP:PORT, e.g. 0.0.0.0:69"
+        );
         for key in ["state_dir", "boot_dir"] {
             let (v, src) = self.entry("paths", key);
             crate::ensure!(!v.is_empty(), "invalid [paths] {key} (from {src}): empty path");
@@ -318,6 +342,18 @@ impl Settings {
         PathBuf::from(self.get("paths", "boot_dir"))
     }
 
+    /// Whether bty-web serves the boot dir over TFTP as well (`[tftp] enabled`, validated).
+    pub fn tftp_enabled(&self) -> bool {
+        parse_bool(self.get("tftp", "enabled")).unwrap_or(false)
+    }
+
+    /// The UDP address of the TFTP server (`[tftp] listen`, validated).
+    pub fn tftp_listen(&self) -> std::net::SocketAddr {
+        self.get("tftp", "listen")
+            .parse()
+            .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 69)))
+    }
+
     /// Whether the admin password is still the built-in default.
     pub fn default_password(&self) -> bool {
         *self.source("admin", "password") == Source::Default
@@ -341,6 +377,15 @@ impl Settings {
                 (format!("[{}] {}", k.section, k.key), shown, src.to_string(), k.help)
             })
             .collect()
+    }
+}
+
+/// A boolean setting as TOML, env vars and flags spell it.
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" | "" => Some(false),
+        _ => None,
     }
 }
 

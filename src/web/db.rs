@@ -440,7 +440,9 @@ impl Db {
         let now = now_iso8601();
         {
             let mut conn = self.write();
-            let tx = conn.transaction().context("starting a transaction")?;
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .context("starting a transaction")?;
             let old: Option<(Option<String>, String, Option<String>)> = tx
                 .prepare_cached(
                     "SELECT bty_image_ref, boot_mode, target_disk_serial FROM machines WHERE mac = ?1",
@@ -522,7 +524,9 @@ impl Db {
     ) -> Result<(Machine, Option<CatalogEntry>, T)> {
         let now = now_iso8601();
         let mut conn = self.write();
-        let tx = conn.transaction().context("starting a transaction")?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .context("starting a transaction")?;
         let n = tx
             .prepare_cached(
                 "UPDATE machines SET last_seen_at = ?2, last_seen_ip = ?3 WHERE mac = ?1",
@@ -677,7 +681,9 @@ impl Db {
     /// (one job per kind at a time).
     pub fn job_create(&self, kind: &str) -> Result<Option<i64>> {
         let mut conn = self.write();
-        let tx = conn.transaction().context("starting a transaction")?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .context("starting a transaction")?;
         let busy: bool = tx
             .prepare_cached(
                 "SELECT count(*) > 0 FROM jobs WHERE kind = ?1 AND state IN ('queued', 'running')",
@@ -723,7 +729,9 @@ impl Db {
     /// ids, so that each can be logged.
     pub fn jobs_interrupted(&self) -> Result<Vec<(i64, String)>> {
         let mut conn = self.write();
-        let tx = conn.transaction().context("starting a transaction")?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .context("starting a transaction")?;
         let left: Vec<(i64, String)> = tx
             .prepare_cached("SELECT id, kind FROM jobs WHERE state IN ('queued', 'running')")?
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -810,7 +818,9 @@ impl Db {
     pub fn import_machines(&self, machines: &[ImportedMachine]) -> Result<()> {
         let now = now_iso8601();
         let mut conn = self.write();
-        let tx = conn.transaction().context("starting a transaction")?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .context("starting a transaction")?;
         for m in machines {
             tx.prepare_cached("DELETE FROM machine_labels WHERE mac = ?1")?
                 .execute([&m.mac])

@@ -18,6 +18,7 @@ pub mod boot;
 pub mod catalog;
 pub mod config;
 pub mod db;
+pub mod deploy;
 pub mod export;
 pub mod http;
 pub mod jobs;
@@ -26,6 +27,7 @@ pub mod pxe;
 pub mod release;
 pub mod routes;
 pub mod sse;
+pub mod tftp;
 pub mod validate;
 
 use config::Settings;
@@ -38,6 +40,11 @@ Usage: bty-web [--listen HOST:PORT] [--state-dir DIR]   serve
        bty-web restore FILE [--state-dir DIR]       put a backup back (bty-web stopped)
        bty-web export DIR [--state-dir DIR]         write DIR/inventory.json (version 3)
        bty-web import DIR [--state-dir DIR]         add the machines of an export (stopped)
+       bty-web tftp [--state-dir DIR]                   serve only the boot dir over TFTP
+       bty-web health                                   exit 0 if the local server answers /healthz
+       bty-web init DIR [--host-addr IP] [--image REF] [--force] [--dry-run]
+       bty-web deploy DIR [same flags]                  init, then start the stack
+       bty-web upgrade DIR [--image REF] [--dry-run]    regenerate, pull and restart
        bty-web --version | --help
 
   --listen HOST:PORT  address to serve on (default 0.0.0.0:8080; [server] host/port)
@@ -49,6 +56,17 @@ BTY_<SECTION>_<KEY> environment variables override the files (BTY_SERVER_PORT,
 BTY_PATHS_STATE_DIR, BTY_ADMIN_PASSWORD, ...), and flags override both.
 
 The first line on stdout is \"listening on http://HOST:PORT\" once the socket is bound.
+With [tftp] enabled = true (BTY_TFTP_ENABLED=1) bty-web also serves the boot dir over TFTP
+on [tftp] listen (default 0.0.0.0:69) and prints \"tftp listening on udp://HOST:PORT\" next;
+`bty-web tftp` serves only that (the TFTP sidecar of the compose and Quadlet stacks).
+
+init writes DIR/compose.yaml, DIR/quadlet/*.{container,volume}, DIR/bty.toml and DIR/envvars
+(mode 0600: HOST_ADDR, detected from the default route unless --host-addr, and a generated
+BTY_ADMIN_PASSWORD) and touches nothing else; it refuses an existing stack without --force.
+deploy starts it: as root with Quadlet units in /etc/containers/systemd and systemctl, as a
+user with podman compose or docker compose (no TFTP, no autostart), and says what it skipped.
+upgrade keeps envvars, bty.toml and the bty-data volume, rewrites the other files for this
+version, pulls the image and restarts. --dry-run prints instead of writing or running.
 Open routes: GET /healthz, /version, /pxe-bootstrap.ipxe, /pxe/MAC, /pxe/MAC/plan,\n/boot/NAME; POST /pxe/MAC/{inventory,done,status,progress}, /ui/login, /ui/logout.\nWith a session cookie: GET/PUT/DELETE /machines[/MAC], GET /machines/MAC/{disks,lshw}.json, GET /events, POST /events/ID/ack,\nGET /events/machines (server-sent machines-update events), GET/POST/DELETE\n/catalog/entries, POST /catalog/import, PUT /boot/NAME, GET/POST /workers/backups,
 DELETE /workers/backups/ID, GET/POST /boot/releases, GET /metrics (Prometheus). Open: GET /images, /catalog.toml.\nSIGTERM or SIGINT stops it after the requests in flight (at most 5 s).
 ";
@@ -60,8 +78,7 @@ pub fn main() -> ExitCode {
 
 fn run() -> Result<ExitCode> {
     let mut flags: Vec<(&'static str, &'static str, String, &'static str)> = Vec::new();
-    let mut command: Option<String> = None;
-    let mut operand: Option<std::path::PathBuf> = None;
+    let mut mode = Mode::Serve;
     let mut parser = lexopt::Parser::from_env();
     while let Some(arg) = parser.next()? {
         match arg {
@@ -85,16 +102,22 @@ fn run() -> Result<ExitCode> {
             Long("state-dir") => {
                 flags.push(("paths", "state_dir", parser.value()?.string()?, "--state-dir"))
             }
-            Value(v) if command.is_none() => {
-                let cmd = v.string()?;
-                crate::ensure!(
-                    ["config", "restore", "export", "import"].contains(&cmd.as_str()),
-                    "unknown command {cmd:?} (see bty-web --help)"
-                );
-                command = Some(cmd);
+            Value(cmd) if cmd == "restore" => {
+                mode = Mode::Restore(operand(&mut parser, "restore")?)
             }
-            Value(v) if operand.is_none() && command.as_deref() != Some("config") => {
-                operand = Some(v.into())
+            Value(cmd) if cmd == "export" => mode = Mode::Export(operand(&mut parser, "export")?),
+            Value(cmd) if cmd == "import" => mode = Mode::Import(operand(&mut parser, "import")?),
+            Value(cmd) if cmd == "config" => mode = Mode::Config,
+            Value(cmd) if cmd == "tftp" => mode = Mode::Tftp,
+            Value(cmd) if cmd == "health" => mode = Mode::Health,
+            Value(cmd) if cmd == "init" => {
+                return deploy::command(deploy::Action::Init, &mut parser);
+            }
+            Value(cmd) if cmd == "deploy" => {
+                return deploy::command(deploy::Action::Deploy, &mut parser);
+            }
+            Value(cmd) if cmd == "upgrade" => {
+                return deploy::command(deploy::Action::Upgrade, &mut parser);
             }
             _ => return Err(arg.unexpected().into()),
         }
@@ -104,34 +127,28 @@ fn run() -> Result<ExitCode> {
     for u in &settings.unknown {
         crate::warn!("unknown setting ignored: {u}");
     }
-    let need = |what: &str| {
-        operand.clone().ok_or_else(|| {
-            crate::error::Error::msg(format!(
-                "bty-web {what} needs its operand (see bty-web --help)"
-            ))
-        })
-    };
     let state = settings.state_dir();
-    match command.as_deref() {
-        Some("config") => {
+    match mode {
+        Mode::Config => {
             print_config(&settings);
             Ok(ExitCode::SUCCESS)
         }
-        Some("restore") => {
-            for line in backup::restore(&need("restore")?, &state)? {
+        Mode::Tftp => serve_tftp_only(&settings),
+        Mode::Health => health(&settings),
+        Mode::Serve => serve(&settings),
+        Mode::Restore(file) => {
+            for line in backup::restore(&file, &state)? {
                 println!("{line}");
             }
             Ok(ExitCode::SUCCESS)
         }
-        Some("export") => {
-            let dir = need("export")?;
+        Mode::Export(dir) => {
             let db = db::Db::open(&state)?;
             let n = export::export(&db, &dir)?;
             println!("exported {n} machines to {}", dir.join("inventory.json").display());
             Ok(ExitCode::SUCCESS)
         }
-        Some("import") => {
-            let dir = need("import")?;
+        Mode::Import(dir) => {
             let machines = export::parse(&dir)?;
             let _lock = lock_state_dir(&state)?;
             let db = db::Db::open(&state)?;
@@ -148,7 +165,77 @@ fn run() -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        _ => serve(&settings),
+    }
+}
+
+enum Mode {
+    Serve,
+    Config,
+    Tftp,
+    Health,
+    Restore(std::path::PathBuf),
+    Export(std::path::PathBuf),
+    Import(std::path::PathBuf),
+}
+
+/// `bty-web health`: asks the local server's /healthz, for container healthchecks (the image
+/// has no curl). Exit 0 when it answers 200, 1 otherwise.
+fn health(settings: &Settings) -> Result<ExitCode> {
+    use std::io::Read;
+    let port = settings.get("server", "port");
+    let addr = format!("127.0.0.1:{port}");
+    let timeout = std::time::Duration::from_secs(3);
+    let answer = (|| -> std::io::Result<String> {
+        let sock =
+            addr.parse().map_err(|_| std::io::Error::other(format!("invalid address {addr}")))?;
+        let mut s = std::net::TcpStream::connect_timeout(&sock, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let mut head = [0u8; 64];
+        let n = s.read(&mut head)?;
+        Ok(String::from_utf8_lossy(&head[..n]).into_owned())
+    })();
+    match answer {
+        Ok(a) if a.starts_with("HTTP/1.1 200") || a.starts_with("HTTP/1.0 200") => {
+            println!("ok");
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(a) => {
+            let line = a.lines().next().unwrap_or("");
+            crate::error!("GET http://{addr}/healthz answered {line:?}");
+            Ok(ExitCode::from(1))
+        }
+        Err(e) => {
+            crate::error!("GET http://{addr}/healthz: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+/// `bty-web tftp`: only the TFTP server, for a sidecar container or a host that keeps HTTP
+/// elsewhere; it needs the boot dir and nothing of the state dir.
+fn serve_tftp_only(settings: &Settings) -> Result<ExitCode> {
+    let boot = settings.boot_dir();
+    crate::ensure!(boot.is_dir(), "TFTP root {}: no such directory", boot.display());
+    crate::sys::catch_cancel_signals().context("installing the SIGTERM/SIGINT handler")?;
+    let sock = tftp::bind(settings.tftp_listen())?;
+    let addr = sock.local_addr().context("reading the bound TFTP address")?;
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "tftp listening on udp://{addr}");
+        let _ = out.flush();
+    }
+    crate::info!("tftp: serving {}", boot.display());
+    tftp::serve(sock, boot, crate::sys::cancel_flag());
+    crate::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The operand of a subcommand (a file or directory).
+fn operand(parser: &mut lexopt::Parser, what: &str) -> Result<std::path::PathBuf> {
+    match parser.next()? {
+        Some(lexopt::Arg::Value(v)) => Ok(v.into()),
+        _ => crate::bail!("bty-web {what} needs a file or directory (see bty-web --help)"),
     }
 }
 
@@ -200,11 +287,28 @@ fn serve(settings: &Settings) -> Result<ExitCode> {
     crate::sys::catch_cancel_signals().context("installing the SIGTERM/SIGINT handler")?;
     let listener = http::bind(&listen).with_context(|| format!("listening on {listen}"))?;
     let addr = listener.local_addr().context("reading the bound address")?;
+    // Bound before the address line, so a port clash stops the start instead of a later warning.
+    let tftp_sock =
+        if settings.tftp_enabled() { Some(tftp::bind(settings.tftp_listen())?) } else { None };
     {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "listening on http://{addr}");
+        if let Some(t) = tftp_sock.as_ref().and_then(|s| s.local_addr().ok()) {
+            let _ = writeln!(out, "tftp listening on udp://{t}");
+        }
         let _ = out.flush();
     }
+    let tftp_thread = match tftp_sock {
+        Some(sock) => {
+            let boot = settings.boot_dir();
+            let t = std::thread::Builder::new()
+                .name("tftp-listen".into())
+                .spawn(move || tftp::serve(sock, boot, crate::sys::cancel_flag()))
+                .context("starting the TFTP server thread")?;
+            Some(t)
+        }
+        None => None,
+    };
     let auth = auth::Auth::new(settings.get("admin", "password"), &state_dir)?;
     let app = Arc::new(routes::App {
         settings: settings.clone(),
@@ -245,6 +349,10 @@ fn serve(settings: &Settings) -> Result<ExitCode> {
         });
     http::serve(listener, handler, routes::body_policy, limits);
     db_for_close.db.checkpoint_truncate();
+    if let Some(t) = tftp_thread {
+        // The cancel flag that stopped HTTP stops it within its poll interval.
+        let _ = t.join();
+    }
     crate::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
