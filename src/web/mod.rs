@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod pxe;
 pub mod routes;
 pub mod sse;
+pub mod ui;
 pub mod validate;
 
 use config::Settings;
