@@ -16,9 +16,11 @@ MUSL_TARGET := x86_64-unknown-linux-musl
 #   tests/disks.rs compares `bty disks` with.
 #   docker-registry: the real OCI registry (distribution v2) the oras:// tests start on loopback;
 #   curl: the reference pipeline of `make bench-http`.
+#   chromium, chromium-driver: tests/browser.rs drives the UI in headless Chromium over
+#   WebDriver (chromedriver on a free 127.0.0.1 port); without them that test skips.
 DEB_PACKAGES := qemu-utils e2fsprogs gdisk fdisk util-linux zstd xz-utils bzip2 pigz \
 	bmap-tools mbuffer musl-tools python3 time bsdutils wrk python3-venv lshw \
-	docker-registry curl
+	docker-registry curl chromium chromium-driver
 
 .PHONY: help run test deps lint build release static bench bench-flash bench-http bench-web clean
 

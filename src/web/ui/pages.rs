@@ -353,7 +353,7 @@ pub fn machine(ctx: &Ctx<'_>, mac: &str, state: Option<FormState>) -> PageResult
     let mut mode_options = Html::new();
     for bm in validate::BOOT_MODES {
         let sel = if bm == mode { " selected" } else { "" };
-        mode_options.push(format_args!("<option{sel}>{bm}</option>\n"));
+        mode_options.push(format_args!("<option value=\"{bm}\"{sel}>{bm}</option>\n"));
     }
 
     let mut facts = Html::new();
