@@ -315,6 +315,20 @@ fn cross_site_posts_are_refused_and_the_token_works_without_origin() {
     assert_eq!(st, 403, "{body}");
     let (st, _, _) = req(&s, "POST", &path, &[("Cookie", &cookie), ct], form.as_bytes());
     assert_eq!(st, 403, "no Origin and no token");
+    // A multipart body is still a form post to this route: the same check applies.
+    let mp = "--B\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\na&boot_mode=bty-tui&\r\n--B--\r\n";
+    let (st, _, _) = req(
+        &s,
+        "POST",
+        &path,
+        &[
+            ("Cookie", &cookie),
+            ("Origin", "http://evil.example"),
+            ("Content-Type", "multipart/form-data; boundary=B"),
+        ],
+        mp.as_bytes(),
+    );
+    assert_eq!(st, 403, "multipart is not a way around the check");
     let (_, _, json) = s.call("GET", &format!("/machines/{mac}"), Some(&cookie), "");
     assert!(json.contains("bty-inventory"), "unchanged: {json}");
     // The token from the page's hidden field lets a client without Origin through.

@@ -1,5 +1,5 @@
-//! bty-web: the lab server: configuration, state, auth, the machine registry and the PXE
-//! boot policy. The catalog routes, uploads, live updates and the browser UI are built next.
+//! bty-web: the lab server: configuration, state, auth, the machine registry, the PXE boot
+//! policy, the catalog, artifact uploads, live updates and the browser UI (`ui`).
 
 use std::fs;
 use std::io::Write;
@@ -43,7 +43,7 @@ BTY_<SECTION>_<KEY> environment variables override the files (BTY_SERVER_PORT,
 BTY_PATHS_STATE_DIR, BTY_ADMIN_PASSWORD, ...), and flags override both.
 
 The first line on stdout is \"listening on http://HOST:PORT\" once the socket is bound.
-Open routes: GET /healthz, /version, /pxe-bootstrap.ipxe, /pxe/MAC, /pxe/MAC/plan,\n/boot/NAME; POST /pxe/MAC/{inventory,done,status,progress}, /ui/login, /ui/logout.\nWith a session cookie: GET/PUT/DELETE /machines[/MAC], GET /machines/MAC/{disks,lshw}.json, GET /events, POST /events/ID/ack,\nGET /events/machines (server-sent machines-update events), GET/POST/DELETE\n/catalog/entries, GET /metrics (Prometheus). Open: GET /images, /catalog.toml.\nSIGTERM or SIGINT stops it after the requests in flight (at most 5 s).
+Open routes: GET /healthz, /version, /pxe-bootstrap.ipxe, /pxe/MAC, /pxe/MAC/plan,\n/boot/NAME; POST /pxe/MAC/{inventory,done,status,progress}, /ui/login, /ui/logout.\nWith a session cookie: GET/PUT/DELETE /machines[/MAC], GET /machines/MAC/{disks,lshw}.json, GET /events, POST /events/ID/ack,\nGET /events/machines (server-sent machines-update events), GET/POST/DELETE\n/catalog/entries, GET /metrics (Prometheus). Open: GET /images, /catalog.toml.\nBrowser UI: /ui/ (log in at /ui/login), assets under /static/.\nSIGTERM or SIGINT stops it after the requests in flight (at most 5 s).
 ";
 
 /// Entry point of the `bty-web` binary.

@@ -95,12 +95,11 @@ fn route_inner(app: &Arc<App>, req: &Req, segs: &[&str], body: &mut dyn Read) ->
     let mut resp = match m {
         "GET" => pages::get(&ctx, &segs[1..]),
         "POST" => {
-            // Multipart uploads carry their token inside the body; the handler checks it there
-            // before it reads any file data.
-            let multipart = req
-                .header("content-type")
-                .is_some_and(|t| t.to_ascii_lowercase().starts_with("multipart/form-data"));
-            if !multipart && !post_allowed(&ctx, &form(&req.body)) {
+            // The upload forms carry their token inside the multipart body; their handlers
+            // check it there before they read any file data. Every other post is checked here,
+            // whatever its content type claims.
+            let upload = matches!(segs, ["ui", "catalog" | "netboot", "upload"]);
+            if !upload && !post_allowed(&ctx, &form(&req.body)) {
                 return refused();
             }
             forms::post(&ctx, &segs[1..], body)
