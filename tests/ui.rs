@@ -134,6 +134,7 @@ fn check_pages(s: &Server, cookie: &str, mac: Option<&str>) -> Vec<(String, usiz
                     "/ui/catalog/delete",
                     "/ui/catalog/fetch-release",
                     "/ui/netboot/upload",
+                    "/ui/settings/upstream",
                 ]
                 .contains(&a.as_str());
             assert!(ok, "{p}: form action {a} is not a route");
@@ -472,4 +473,41 @@ fn events_acknowledge_and_netboot_upload_through_forms() {
     assert!(
         page.contains(">ipxe.efi</td><td>other</td><td><span class=\"badge ok\">present</span>")
     );
+}
+
+#[test]
+fn settings_store_the_default_catalog_which_the_images_page_fetches() {
+    let s = Server::start("ui-settings");
+    let cookie = s.login();
+    let (_, _, page) = get(&s, &cookie, "/ui/settings");
+    assert!(page.contains("[admin] password") && page.contains("(set)"), "config rows");
+    assert!(page.contains("env BTY_ADMIN_PASSWORD"), "with their source");
+    assert!(page.contains("pxe-bootstrap.ipxe") && page.contains("HTTPClient"), "the cheatsheet");
+    let (st, _, page) = post_form(
+        &s,
+        &cookie,
+        "/ui/settings/upstream",
+        "catalog_url=&release_repo=no-slash&release_tag=latest",
+    );
+    assert_eq!(st, 422);
+    assert!(
+        page.contains("release_repo: no-slash: expected owner/name")
+            && page.contains("value=\"no-slash\"")
+    );
+    let file = s.state.join("lab.toml");
+    std::fs::write(
+        &file,
+        "version = 1\n[[images]]\nname = \"x.img\"\nsrc = \"https://images.example/x.img\"\n",
+    )
+    .unwrap();
+    let body = format!("catalog_url={}&release_repo=lab%2Fbty&release_tag=v1.2.3", file.display());
+    let (_, page) = post_and_follow(&s, &cookie, "/ui/settings/upstream", &body);
+    assert!(
+        page.contains("Upstream sources saved.") && page.contains("value=\"lab/bty\""),
+        "{page}"
+    );
+    let (_, _, page) = get(&s, &cookie, "/ui/netboot");
+    assert!(page.contains("<code>lab/bty</code> tag <code>v1.2.3</code>"));
+    let (_, page) = post_and_follow(&s, &cookie, "/ui/catalog/fetch-release", "");
+    assert!(page.contains("Imported 1 entries, skipped 0"), "{page}");
 }

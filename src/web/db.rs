@@ -688,6 +688,31 @@ impl Db {
             .with_context(|| format!("acknowledging event {id}"))?;
         Ok(n > 0)
     }
+
+    /// An operator setting stored from the UI (`settings` table), if set.
+    pub fn setting(&self, key: &str) -> Result<Option<String>> {
+        self.read(|c| {
+            c.prepare_cached("SELECT value FROM settings WHERE key = ?1")?
+                .query_row([key], |r| r.get(0))
+                .optional()
+        })
+    }
+
+    /// Stores an operator setting; an empty value removes it (back to the default).
+    pub fn set_setting(&self, key: &str, value: &str) -> Result<()> {
+        let w = self.write();
+        if value.is_empty() {
+            w.prepare_cached("DELETE FROM settings WHERE key = ?1")?.execute([key])
+        } else {
+            w.prepare_cached(
+                "INSERT INTO settings (key, value) VALUES (?1, ?2) \
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute([key, value])
+        }
+        .with_context(|| format!("storing setting {key}"))?;
+        Ok(())
+    }
 }
 
 /// Opens a connection with the pragmas every connection needs.

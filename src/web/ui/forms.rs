@@ -25,10 +25,14 @@ pub fn post(ctx: &Ctx<'_>, segs: &[&str], body: &mut dyn Read) -> Resp {
         ["catalog", "entries"] => add_entry(ctx, fields()),
         ["catalog", "delete"] => delete_entry(ctx, &fields()),
         ["catalog", "upload"] => upload_catalog(ctx),
-        ["catalog", "fetch-release"] => import(ctx, pages::DEFAULT_CATALOG),
+        ["catalog", "fetch-release"] => match pages::upstream(ctx) {
+            Ok((url, ..)) => import(ctx, &url),
+            Err(e) => internal(e),
+        },
+        ["settings", "upstream"] => save_upstream(ctx, fields()),
         ["events", id, "ack"] => ack(ctx, id),
         ["netboot", "upload"] => upload_artifact(ctx, body),
-        ["netboot", "fetch-release"] | ["settings", ..] | ["backups", ..] => redirect_with(
+        ["netboot", "fetch-release"] | ["backups", ..] => redirect_with(
             "/ui/dashboard",
             true,
             "Not available yet: this action comes with the worker jobs.",
@@ -308,5 +312,55 @@ fn upload_artifact(ctx: &Ctx<'_>, body: &mut dyn Read) -> Resp {
         redirect_with(back, false, &format!("Uploaded {name} ({}).", crate::units::bytes(size)))
     } else {
         redirect_with(back, true, &format!("Upload failed: {}", detail(&resp)))
+    }
+}
+
+/// `POST /ui/settings/upstream`: the default catalog and the netboot release, kept in the state
+/// database; an empty field goes back to the default.
+fn save_upstream(ctx: &Ctx<'_>, fields: Vec<(String, String)>) -> Resp {
+    let get = |k: &str| field(&fields, k).unwrap_or("").trim().to_string();
+    let (url, repo, tag) = (get("catalog_url"), get("release_repo"), get("release_tag"));
+    let name_ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 100
+            && !s.starts_with('.')
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    };
+    let problem = if url.len() > 2048 || url.chars().any(char::is_control) {
+        Some(("catalog_url", "at most 2048 characters, no control characters".to_string()))
+    } else if url.contains("://")
+        && !["http://", "https://", "oras://", "file://"].iter().any(|p| url.starts_with(p))
+    {
+        Some(("catalog_url", format!("{url}: expected http(s)://, oras://, file:// or a path")))
+    } else if !repo.is_empty()
+        && !repo.split_once('/').is_some_and(|(o, n)| name_ok(o) && name_ok(n))
+    {
+        Some(("release_repo", format!("{repo}: expected owner/name")))
+    } else if !tag.is_empty() && !name_ok(&tag) {
+        Some(("release_tag", format!("{tag}: letters, digits, '.', '_' and '-' only")))
+    } else {
+        None
+    };
+    if let Some((name, msg)) = problem {
+        let error = (name.to_string(), format!("{name}: {msg}"));
+        return pages::settings(ctx, Some(FormState { fields, error })).unwrap_or_else(internal);
+    }
+    let db = &ctx.app.db;
+    let saved = db
+        .set_setting("catalog_url", if url == pages::DEFAULT_CATALOG { "" } else { &url })
+        .and_then(|_| {
+            let default_repo = ctx.app.settings.get("boot", "release_repo");
+            db.set_setting("release_repo", if repo == default_repo { "" } else { &repo })
+        })
+        .and_then(|_| {
+            let default_tag = ctx.app.settings.get("boot", "release_tag");
+            db.set_setting("release_tag", if tag == default_tag { "" } else { &tag })
+        });
+    match saved {
+        Ok(()) => {
+            let _ = db.add_event("settings.updated", None, "upstream sources saved", None);
+            redirect_with("/ui/settings", false, "Upstream sources saved.")
+        }
+        Err(e) => internal(e),
     }
 }

@@ -37,7 +37,7 @@ pub fn get(ctx: &Ctx<'_>, segs: &[&str]) -> Resp {
         ["events"] => events(ctx),
         ["netboot"] => netboot(ctx),
         ["backups"] => backups(ctx),
-        ["settings"] => settings(ctx),
+        ["settings"] => settings(ctx, None),
         ["account"] => account(ctx),
         _ => Ok(not_found(ctx, "There is no such page.")),
     };
@@ -594,7 +594,7 @@ pub fn images(ctx: &Ctx<'_>, state: Option<AddState>) -> PageResult {
         IMAGES,
         &[
             ("csrf", Val::Text(&ctx.csrf)),
-            ("default_catalog", Val::Text(DEFAULT_CATALOG)),
+            ("default_catalog", Val::Text(&upstream(ctx)?.0)),
             ("entries", Val::Html(&entries)),
             ("add_error", Val::Html(&add_error)),
             ("image_url", Val::Text(&f("image_url"))),
@@ -718,6 +718,7 @@ fn netboot(ctx: &Ctx<'_>) -> PageResult {
         extra.sort_by(|a, b| a.0.cmp(&b.0));
         files.extend(extra);
     }
+    let (_, repo, tag) = upstream(ctx)?;
     let mut t = Html::new();
     t.push(format_args!(
         "<div class=\"scroll\"><table class=\"list\"><thead><tr><th scope=\"col\">File</th>\
@@ -758,8 +759,8 @@ fn netboot(ctx: &Ctx<'_>) -> PageResult {
             ("csrf", Val::Text(&ctx.csrf)),
             ("max_upload", Val::Text(&crate::units::bytes(s.max_upload()))),
             ("base", Val::Text(&base_url(ctx))),
-            ("release_repo", Val::Text(s.get("boot", "release_repo"))),
-            ("release_tag", Val::Text(s.get("boot", "release_tag"))),
+            ("release_repo", Val::Text(&repo)),
+            ("release_tag", Val::Text(&tag)),
         ],
     ));
     Ok(page(ctx, "netboot", "Netboot", 200, &body))
@@ -779,7 +780,19 @@ fn backups(ctx: &Ctx<'_>) -> PageResult {
     Ok(page(ctx, "backups", "Backups", 200, &body))
 }
 
-fn settings(ctx: &Ctx<'_>) -> PageResult {
+/// The upstream sources as the operator set them on the settings page, else the defaults:
+/// (catalog URL, netboot release repo, release tag).
+pub fn upstream(ctx: &Ctx<'_>) -> crate::error::Result<(String, String, String)> {
+    let db = &ctx.app.db;
+    let s = &ctx.app.settings;
+    Ok((
+        db.setting("catalog_url")?.unwrap_or_else(|| DEFAULT_CATALOG.to_string()),
+        db.setting("release_repo")?.unwrap_or_else(|| s.get("boot", "release_repo").to_string()),
+        db.setting("release_tag")?.unwrap_or_else(|| s.get("boot", "release_tag").to_string()),
+    ))
+}
+
+pub fn settings(ctx: &Ctx<'_>, state: Option<FormState>) -> PageResult {
     let s = &ctx.app.settings;
     let mut rows = Html::new();
     for (name, value, source, help) in s.rows() {
@@ -800,23 +813,87 @@ fn settings(ctx: &Ctx<'_>) -> PageResult {
     let host = ctx.req.host();
     let hostname = crate::web::routes::host_for_scripts(host)
         .map(|h| match h.rsplit_once(':') {
-            Some((name, port)) if !name.ends_with(']') || h.starts_with('[') => {
-                if port.bytes().all(|b| b.is_ascii_digit()) { name } else { h }
+            // host:port, [v6]:port; a bare v6 address has colons but no brackets.
+            Some((name, port))
+                if port.bytes().all(|b| b.is_ascii_digit())
+                    && (!name.contains(':') || name.ends_with(']')) =>
+            {
+                name
             }
             _ => h,
         })
         .unwrap_or("HOST");
+    let mut addresses = Html::new();
+    let list = host_addresses();
+    if list.is_empty() {
+        addresses.push(format_args!("none found"));
+    }
+    for (i, a) in list.iter().enumerate() {
+        let sep = if i > 0 { ", " } else { "" };
+        addresses.push(format_args!("{sep}<code>{}</code>", Escape(a)));
+    }
+    let (catalog_url, repo, tag) = upstream(ctx)?;
+    let value = |k: &str, current: &str| -> String {
+        match &state {
+            Some(st) => super::field(&st.fields, k).unwrap_or("").to_string(),
+            None => current.to_string(),
+        }
+    };
+    let mut upstream_error = Html::new();
+    if let Some(st) = &state {
+        upstream_error.push(format_args!(
+            "<p class=\"field-error\" role=\"alert\">{}</p>",
+            Escape(&st.error.1)
+        ));
+    }
     let body = Html(render(
         SETTINGS,
         &[
+            ("csrf", Val::Text(&ctx.csrf)),
+            ("upstream_error", Val::Html(&upstream_error)),
+            ("catalog_url", Val::Text(&value("catalog_url", &catalog_url))),
+            ("release_repo", Val::Text(&value("release_repo", &repo))),
+            ("release_tag", Val::Text(&value("release_tag", &tag))),
             ("files", Val::Text(&files)),
             ("rows", Val::Html(&rows)),
             ("host", Val::Text(host)),
             ("hostname", Val::Text(hostname)),
+            ("addresses", Val::Html(&addresses)),
             ("base", Val::Text(&base_url(ctx))),
         ],
     ));
-    Ok(page(ctx, "settings", "Settings", 200, &body))
+    let status = if state.is_some() { 422 } else { 200 };
+    Ok(page(ctx, "settings", "Settings", status, &body))
+}
+
+/// This host's IPv4 addresses (the kernel's local routes) and global IPv6 addresses, from
+/// /proc, for the DHCP cheatsheet; loopback left out.
+fn host_addresses() -> Vec<String> {
+    let mut out = BTreeSet::new();
+    if let Ok(trie) = std::fs::read_to_string("/proc/net/fib_trie") {
+        let mut last = "";
+        for line in trie.lines() {
+            let t = line.trim_start();
+            if let Some(a) = t.strip_prefix("|-- ") {
+                last = a.trim();
+            } else if t.starts_with("/32 host LOCAL") && !last.starts_with("127.") {
+                out.insert(last.to_string());
+            }
+        }
+    }
+    let mut v6 = Vec::new();
+    if let Ok(list) = std::fs::read_to_string("/proc/net/if_inet6") {
+        for line in list.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // Scope 00 is global; link-local and loopback addresses are no use to DHCP.
+            if f.len() >= 4 && f[3] == "00" && f[0].len() == 32 {
+                if let Ok(a) = u128::from_str_radix(f[0], 16) {
+                    v6.push(std::net::Ipv6Addr::from(a).to_string());
+                }
+            }
+        }
+    }
+    out.into_iter().chain(v6).collect()
 }
 
 fn account(ctx: &Ctx<'_>) -> PageResult {
