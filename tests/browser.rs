@@ -153,6 +153,10 @@ fn operator_workflow_in_headless_chromium() {
     assert!(d.wait(Duration::from_secs(5), |d| !d.find_all(row).is_empty()));
     d.screenshot("07-machines-phone");
     d.set_window(1920, 1080);
+    d.color_scheme("dark");
+    d.goto(&format!("{base}/ui/machines/{MAC}"));
+    d.screenshot("07-machine-dark-1920");
+    d.color_scheme("light");
 
     // A form on another origin is refused even though the browser sends the cookie.
     let evil = attacker(&s.addr);

@@ -179,6 +179,16 @@ impl Driver {
         self.cmd("POST", "/window/rect", Some(json!({"width": width, "height": height})));
     }
 
+    /// Makes pages see `prefers-color-scheme: dark` (or light), through Chromium's DevTools.
+    pub fn color_scheme(&self, scheme: &str) {
+        self.cmd(
+            "POST",
+            "/goog/cdp/execute",
+            Some(json!({"cmd": "Emulation.setEmulatedMedia",
+                "params": {"features": [{"name": "prefers-color-scheme", "value": scheme}]}})),
+        );
+    }
+
     /// Saves a PNG screenshot as target/ui-screens/<name>.png for a person to look at.
     pub fn screenshot(&self, name: &str) {
         let b64 = self.cmd("GET", "/screenshot", None);

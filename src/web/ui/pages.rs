@@ -58,7 +58,14 @@ fn dashboard(ctx: &Ctx<'_>) -> PageResult {
     let catalog = app.db.catalog()?;
     let discovered = machines.iter().filter(|m| m.bty_image_ref.is_none()).count();
     let recent = app.db.events(None, None, 10, None)?;
-    let unacked = app.db.events(None, None, 500, None)?.iter().filter(|e| !e.acknowledged).count();
+    // Logins and saves are routine; failures, orphan contacts and schema resets want a look.
+    let warning = |k: &str| k.ends_with(".failed") || k.contains("orphan") || k.contains("reset");
+    let unacked = app
+        .db
+        .events(None, None, 500, None)?
+        .iter()
+        .filter(|e| !e.acknowledged && warning(&e.kind))
+        .count();
     let s = &app.settings;
     let boot = s.boot_dir();
     let missing: Vec<&str> = [s.get("boot", "kernel"), s.get("boot", "initrd")]
@@ -77,8 +84,10 @@ fn dashboard(ctx: &Ctx<'_>) -> PageResult {
             Escape(what),
             Escape(&detail)
         ));
-        if ok != Some(true) {
-            checks.push(format_args!(" <a href=\"{fix}\">Fix this</a>"));
+        match ok {
+            Some(true) => {}
+            Some(false) => checks.push(format_args!(" <a href=\"{fix}\">Fix this</a>")),
+            None => checks.push(format_args!(" <a href=\"{fix}\">Details</a>")),
         }
         checks.push(format_args!("</td></tr>\n"));
     };
@@ -126,6 +135,12 @@ fn dashboard(ctx: &Ctx<'_>) -> PageResult {
         ],
     ));
     Ok(page(ctx, "dashboard", "Dashboard", 200, &body))
+}
+
+/// The first 12 characters of a digest or reference, for display (cut on a character boundary
+/// whatever the stored text holds).
+fn short(s: &str) -> &str {
+    s.char_indices().nth(12).map(|(i, _)| &s[..i]).unwrap_or(s)
 }
 
 /// ref → name of every catalog entry.
@@ -233,7 +248,7 @@ fn machine_row(
     match m.bty_image_ref.as_deref() {
         Some(r) => match names.get(r) {
             Some(n) => out.push(format_args!("{}", Escape(n))),
-            None => out.push(format_args!("{}", Escape(&r[..r.len().min(12)]))),
+            None => out.push(format_args!("{}", Escape(short(r)))),
         },
         None => out.push(format_args!("-")),
     }
@@ -553,8 +568,7 @@ pub fn images(ctx: &Ctx<'_>, state: Option<AddState>) -> PageResult {
              </tr></thead><tbody>\n"
         ));
         for e in &catalog {
-            let sha =
-                e.disk_image_sha.as_deref().map(|s| &s[..s.len().min(12)]).unwrap_or("not pinned");
+            let sha = e.disk_image_sha.as_deref().map(short).unwrap_or("not pinned");
             let size = e.size_bytes.and_then(|n| u64::try_from(n).ok()).map(crate::units::bytes);
             entries.push(format_args!(
                 "<tr><td>{}{}</td><td>{}</td><td>{}</td><td class=\"mono\" title=\"{}\">{}</td>\
@@ -633,10 +647,7 @@ fn event_table(ctx: &Ctx<'_>, events: &[Event], ack: bool) -> Html {
                     Escape(s)
                 ));
             } else {
-                h.push(format_args!(
-                    "<span class=\"mono\">{}</span>",
-                    Escape(&s[..s.len().min(12)])
-                ));
+                h.push(format_args!("<span class=\"mono\">{}</span>", Escape(short(s))));
             }
         }
         h.push(format_args!("</td><td>{}</td><td>", Escape(&e.message)));
