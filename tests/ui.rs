@@ -79,7 +79,8 @@ fn post_and_follow(s: &Server, cookie: &str, path: &str, body: &str) -> (String,
     assert_eq!(st, 303, "{path}: {head}");
     let loc = head.lines().find_map(|l| l.strip_prefix("location: ")).unwrap().trim().to_string();
     let flash = flash_cookie(&head);
-    let (st, _, page) = get(s, &format!("{cookie}; {flash}"), &loc);
+    let page_path = loc.split('#').next().unwrap();
+    let (st, _, page) = get(s, &format!("{cookie}; {flash}"), page_path);
     assert_eq!(st, 200, "{loc}");
     (loc, page)
 }
@@ -135,6 +136,7 @@ fn check_pages(s: &Server, cookie: &str, mac: Option<&str>) -> Vec<(String, usiz
                     "/ui/catalog/fetch-release",
                     "/ui/netboot/upload",
                     "/ui/settings/upstream",
+                    "/ui/settings/config/edit",
                 ]
                 .contains(&a.as_str());
             assert!(ok, "{p}: form action {a} is not a route");
@@ -510,4 +512,48 @@ fn settings_store_the_default_catalog_which_the_images_page_fetches() {
     assert!(page.contains("<code>lab/bty</code> tag <code>v1.2.3</code>"));
     let (_, page) = post_and_follow(&s, &cookie, "/ui/catalog/fetch-release", "");
     assert!(page.contains("Imported 1 entries, skipped 0"), "{page}");
+}
+
+#[test]
+fn toml_settings_are_edited_in_their_file() {
+    let dir = util::TestDir::new("ui-config");
+    let file = dir.path("bty.toml");
+    std::fs::write(
+        &file,
+        "# lab\n[boot]\nmax_upload_mib = 100 # small disks\nrelease_tag = \"v1\"\n",
+    )
+    .unwrap();
+    let s = Server::start_env("ui-config", &[("BTY_CONFIG_FILE", file.to_str().unwrap())]);
+    let cookie = s.login();
+    let (_, _, page) = get(&s, &cookie, "/ui/settings");
+    html::check(&page).unwrap();
+    assert!(
+        page.contains("name=\"name\" value=\"[boot] max_upload_mib\""),
+        "an inline form for TOML rows"
+    );
+    assert!(!page.contains("value=\"[server] port\""), "none for defaults");
+    let (_, page) = post_and_follow(
+        &s,
+        &cookie,
+        "/ui/settings/config/edit",
+        "name=%5Bboot%5D+max_upload_mib&value=abc",
+    );
+    assert!(
+        page.contains("Not saved: ") && page.contains("expected a whole number above 0"),
+        "{page}"
+    );
+    let (_, page) = post_and_follow(
+        &s,
+        &cookie,
+        "/ui/settings/config/edit",
+        "name=%5Bboot%5D+max_upload_mib&value=200",
+    );
+    assert!(page.contains("Saved [boot] max_upload_mib = 200"), "{page}");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "# lab\n[boot]\nmax_upload_mib = 200\nrelease_tag = \"v1\"\n"
+    );
+    let (_, page) =
+        post_and_follow(&s, &cookie, "/ui/settings/config/edit", "name=%5Bserver%5D+port&value=1");
+    assert!(page.contains("does not come from a TOML file"), "{page}");
 }

@@ -30,15 +30,19 @@ pub fn post(ctx: &Ctx<'_>, segs: &[&str], body: &mut dyn Read) -> Resp {
             Err(e) => internal(e),
         },
         ["settings", "upstream"] => save_upstream(ctx, fields()),
+        ["settings", "config", "edit"] => edit_config(ctx, &fields()),
         ["events", id, "ack"] => ack(ctx, id),
         ["netboot", "upload"] => upload_artifact(ctx, body),
-        ["netboot", "fetch-release"] | ["backups", ..] => redirect_with(
-            "/ui/dashboard",
-            true,
-            "Not available yet: this action comes with the worker jobs.",
-        ),
+        // Routes of the reference UI whose work is not built yet: say so on their page.
+        ["netboot", "fetch-release"] => not_yet("/ui/netboot"),
+        ["backups", ..] => not_yet("/ui/backups"),
+        ["settings", "backup"] => not_yet("/ui/settings"),
         _ => pages::not_found(ctx, "There is no such form."),
     }
+}
+
+fn not_yet(page: &str) -> Resp {
+    redirect_with(page, true, "Not available yet: this action comes with the worker jobs.")
 }
 
 /// The `detail` of one of our JSON error responses.
@@ -362,5 +366,20 @@ fn save_upstream(ctx: &Ctx<'_>, fields: Vec<(String, String)>) -> Resp {
             redirect_with("/ui/settings", false, "Upstream sources saved.")
         }
         Err(e) => internal(e),
+    }
+}
+
+/// `POST /ui/settings/config/edit`: one TOML-sourced setting, rewritten in its file.
+fn edit_config(ctx: &Ctx<'_>, fields: &[(String, String)]) -> Resp {
+    let name = field(fields, "name").unwrap_or("");
+    let value = field(fields, "value").unwrap_or("");
+    match super::config_edit::edit(&ctx.app.settings, name, value) {
+        Ok(file) => {
+            let msg =
+                format!("Saved {name} = {} in {file}; restart bty-web to apply it.", value.trim());
+            let _ = ctx.app.db.add_event("settings.config.edited", None, &msg, None);
+            redirect_with("/ui/settings#config", false, &msg)
+        }
+        Err(e) => redirect_with("/ui/settings#config", true, &format!("Not saved: {e}")),
     }
 }

@@ -15,6 +15,7 @@ use crate::web::auth::{self, Session};
 use crate::web::http::{Req, Resp};
 use crate::web::routes::App;
 
+mod config_edit;
 mod forms;
 mod multipart;
 mod pages;

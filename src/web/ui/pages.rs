@@ -807,6 +807,25 @@ pub fn settings(ctx: &Ctx<'_>, state: Option<FormState>) -> PageResult {
     let s = &ctx.app.settings;
     let mut rows = Html::new();
     for (name, value, source, help) in s.rows() {
+        // Rows from a TOML file get an inline form; secrets never (their value is not shown).
+        if source.starts_with("toml ") && !name.starts_with("[admin]") {
+            let id = name.replace(['[', ']', ' '], "");
+            rows.push(format_args!(
+                "<tr><td class=\"mono\"><label for=\"cfg-{id}\">{}</label></td><td>\
+                 <form method=\"post\" action=\"/ui/settings/config/edit\" class=\"inline\">\
+                 <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+                 <input type=\"hidden\" name=\"name\" value=\"{}\">\
+                 <input id=\"cfg-{id}\" name=\"value\" value=\"{}\">\
+                 <button type=\"submit\">Save</button></form></td><td>{}</td><td>{}</td></tr>\n",
+                Escape(&name),
+                Escape(&ctx.csrf),
+                Escape(&name),
+                Escape(&value),
+                Escape(&source),
+                Escape(help)
+            ));
+            continue;
+        }
         rows.push(format_args!(
             "<tr><td class=\"mono\">{}</td><td class=\"mono\">{}</td><td>{}</td><td>{}</td></tr>\n",
             Escape(&name),
