@@ -62,6 +62,13 @@ fn operator_workflow_in_headless_chromium() {
     d.click(&d.find("form button[type=submit]"));
     assert!(d.wait(Duration::from_secs(5), |d| d.url().ends_with("/ui/dashboard")), "{}", d.url());
     d.screenshot("02-dashboard");
+    // Keyboard users get to the content first, then the navigation.
+    d.tab();
+    assert_eq!(d.focused_text(), "Skip to content");
+    d.tab();
+    assert_eq!(d.focused_text(), "bty");
+    d.tab();
+    assert_eq!(d.focused_text(), "Dashboard");
 
     // A machine that PXE-boots shows up without a reload.
     d.goto(&format!("{base}/ui/machines"));
@@ -78,6 +85,14 @@ fn operator_workflow_in_headless_chromium() {
     );
     eprintln!("machine row appeared {} ms after the PXE contact", t.elapsed().as_millis());
     assert!(d.text(&d.find(row)).contains("discovered"));
+    // Flash progress from the live environment moves the bar without a reload.
+    let p = r#"{"phase": "writing", "written_bytes": 750, "total_bytes": 1000}"#;
+    assert_eq!(s.call("POST", &format!("/pxe/{MAC}/progress"), None, p).0, 204);
+    assert!(
+        d.wait(Duration::from_secs(2), |d| d.find_all(&format!("{row} progress")).len() == 1
+            && d.text(&d.find(row)).contains("writing 75%")),
+        "no live progress bar within 2 s"
+    );
     d.screenshot("03-machines-live");
 
     // The live environment reports its disks; the operator adds images.

@@ -173,6 +173,13 @@ fn every_page_is_well_formed_empty_and_with_500_machines() {
     let (_, _, body) = get(&s, &cookie, "/ui/machines");
     assert_eq!(body.matches("<tr id=\"m-").count(), 500);
     assert!(body.contains("500 of 500 machines"));
+    let p = r#"{"phase": "writing", "written_bytes": 512, "total_bytes": 2048}"#;
+    assert_eq!(s.call("POST", "/pxe/02:00:00:00:00:05/progress", None, p).0, 204);
+    let (_, _, body) = get(&s, &cookie, "/ui/machines?q=02:00:00:00:00:05");
+    assert!(
+        body.contains("<progress max=\"2048\" value=\"512\"") && body.contains("writing 25%"),
+        "{body}"
+    );
     let (_, _, body) = get(&s, &cookie, "/ui/machines?label=rack-1");
     assert_eq!(body.matches("<tr id=\"m-").count(), 13, "label filter");
     let (_, _, body) = get(&s, &cookie, "/ui/machines?status=discovered&q=02:00:00:00:01");

@@ -179,6 +179,25 @@ impl Driver {
         self.cmd("POST", "/window/rect", Some(json!({"width": width, "height": height})));
     }
 
+    /// Presses Tab once.
+    pub fn tab(&self) {
+        let tab = "\u{E004}";
+        self.cmd(
+            "POST",
+            "/actions",
+            Some(json!({"actions": [{"type": "key", "id": "keyboard", "actions": [
+                {"type": "keyDown", "value": tab}, {"type": "keyUp", "value": tab}]}]})),
+        );
+    }
+
+    /// The text of the element that has the keyboard focus.
+    pub fn focused_text(&self) -> String {
+        let v = self.cmd("GET", "/element/active", None);
+        let id =
+            v.as_object().and_then(|o| o.values().next()).and_then(|v| v.as_str()).unwrap_or("");
+        self.text(id)
+    }
+
     /// Makes pages see `prefers-color-scheme: dark` (or light), through Chromium's DevTools.
     pub fn color_scheme(&self, scheme: &str) {
         self.cmd(
