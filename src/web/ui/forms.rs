@@ -9,8 +9,8 @@ use crate::web::db::MachineUpsert;
 use crate::web::http::{Body, Req, Resp};
 use crate::web::routes::internal;
 use crate::web::ui::multipart::{self, Multipart};
-use crate::web::ui::pages::{self, AddState, FormState};
-use crate::web::ui::{Ctx, field, form, redirect_with};
+use crate::web::ui::pages::{self, AddState};
+use crate::web::ui::{Ctx, FormState, field, form, machines, redirect_with};
 use crate::web::{boot, catalog, validate};
 
 /// Largest catalog file the upload form accepts (the body policy buffers this much).
@@ -87,7 +87,7 @@ fn save_machine(ctx: &Ctx<'_>, mac: &str, fields: Vec<(String, String)>) -> Resp
             // labels[2] is reported next to the labels field.
             let name = e.field().map(|f| f.split('[').next().unwrap_or(f)).unwrap_or("");
             let error = (name.to_string(), e.to_string());
-            return pages::machine(ctx, &mac, Some(FormState { fields, error }))
+            return machines::detail(ctx, &mac, Some(FormState { fields, error }))
                 .unwrap_or_else(internal);
         }
     };

@@ -17,6 +17,7 @@ use crate::web::routes::App;
 
 mod config_edit;
 mod forms;
+mod machines;
 mod multipart;
 mod pages;
 pub mod template;
@@ -44,6 +45,13 @@ const NAV: [(&str, &str); 8] = [
     ("settings", "Settings"),
     ("account", "Account"),
 ];
+
+/// What a form showed and why it was refused, to render it again.
+pub struct FormState {
+    pub fields: Vec<(String, String)>,
+    /// (field name or "" for the form as a whole, message)
+    pub error: (String, String),
+}
 
 /// What a page handler knows about the request.
 pub struct Ctx<'a> {
@@ -201,6 +209,12 @@ pub fn form(body: &[u8]) -> Vec<(String, String)> {
 /// The first value of a form field.
 pub fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
     fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+/// The first 12 characters of a digest or reference, for display (cut on a character boundary
+/// whatever the stored text holds).
+pub fn short(s: &str) -> &str {
+    s.char_indices().nth(12).map(|(i, _)| &s[..i]).unwrap_or(s)
 }
 
 /// 303 to a page.
