@@ -9,6 +9,21 @@
     });
   });
 
+  // One machine's page: keep its flash progress current.
+  var live = document.getElementById('live-progress');
+  if (live && window.EventSource) {
+    new EventSource('/events/machines').addEventListener('machines-update', function (ev) {
+      var all;
+      try { all = JSON.parse(ev.data); } catch (e) { return; }
+      var m = all.find(function (x) { return x.mac === live.dataset.mac; });
+      var p = m && m.flash_progress;
+      if (!p) { live.textContent = '-'; return; }
+      live.textContent = p.total_bytes
+        ? p.phase + ' ' + Math.floor(100 * Math.min(p.written_bytes, p.total_bytes) / p.total_bytes) + '%'
+        : p.phase + ' ' + p.written_bytes + ' bytes';
+    });
+  }
+
   var table = document.getElementById('machines');
   if (!table || !window.EventSource) { return; }
   var body = table.tBodies[0];
@@ -57,7 +72,7 @@
       if (p.total_bytes) { bar.max = p.total_bytes; bar.value = p.written_bytes; }
       bar.setAttribute('aria-label', 'flash progress of ' + m.mac);
       td.appendChild(bar);
-      var pct = p.total_bytes ? ' ' + Math.floor(100 * p.written_bytes / p.total_bytes) + '%' : '';
+      var pct = p.total_bytes ? ' ' + Math.floor(100 * Math.min(p.written_bytes, p.total_bytes) / p.total_bytes) + '%' : '';
       td.appendChild(el('span', ' ' + p.phase + pct));
     } else {
       td.textContent = m.last_flashed_at ? 'done ' + m.last_flashed_at : '-';

@@ -73,7 +73,7 @@ fn operator_workflow_in_headless_chromium() {
     // A machine that PXE-boots shows up without a reload.
     d.goto(&format!("{base}/ui/machines"));
     assert!(
-        d.wait(Duration::from_secs(5), |d| d.text(&d.find("#live-state")).contains("live")),
+        d.wait(Duration::from_secs(5), |d| d.text_of("#live-state").contains("live")),
         "the live stream did not connect"
     );
     let t = Instant::now();
@@ -84,16 +84,24 @@ fn operator_workflow_in_headless_chromium() {
         "no live row within 2 s"
     );
     eprintln!("machine row appeared {} ms after the PXE contact", t.elapsed().as_millis());
-    assert!(d.text(&d.find(row)).contains("discovered"));
+    assert!(d.text_of(row).contains("discovered"));
     // Flash progress from the live environment moves the bar without a reload.
     let p = r#"{"phase": "writing", "written_bytes": 750, "total_bytes": 1000}"#;
     assert_eq!(s.call("POST", &format!("/pxe/{MAC}/progress"), None, p).0, 204);
     assert!(
         d.wait(Duration::from_secs(2), |d| d.find_all(&format!("{row} progress")).len() == 1
-            && d.text(&d.find(row)).contains("writing 75%")),
+            && d.text_of(row).contains("writing 75%")),
         "no live progress bar within 2 s"
     );
     d.screenshot("03-machines-live");
+    d.goto(&format!("{base}/ui/machines/{MAC}"));
+    let p = r#"{"phase": "verifying", "written_bytes": 1000, "total_bytes": 1000}"#;
+    assert_eq!(s.call("POST", &format!("/pxe/{MAC}/progress"), None, p).0, 204);
+    assert!(
+        d.wait(Duration::from_secs(2), |d| d.text_of("#live-progress") == "verifying 100%"),
+        "the machine page follows the flash: {}",
+        d.text_of("#live-progress")
+    );
 
     // The live environment reports its disks; the operator adds images.
     let inv = r#"{"disks": [{"path": "/dev/vda", "size": "20G", "vendor": "virtio", "model": "disk", "serial": "VD-0042", "tran": null, "removable": false, "readonly": false}]}"#;

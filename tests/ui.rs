@@ -449,8 +449,29 @@ fn events_acknowledge_and_netboot_upload_through_forms() {
     let id = serde_json::from_str::<serde_json::Value>(&json).unwrap()["events"][0]["id"]
         .as_i64()
         .unwrap();
-    let (_, page) = post_and_follow(&s, &cookie, &format!("/ui/events/{id}/ack"), "");
+    let (_, _, list) = get(&s, &cookie, "/ui/events?kind=auth.login.succeeded");
+    assert!(
+        list.contains("name=\"back\" value=\"/ui/events?kind=auth.login.succeeded\""),
+        "{list}"
+    );
+    let (loc, page) = post_and_follow(
+        &s,
+        &cookie,
+        &format!("/ui/events/{id}/ack"),
+        "back=%2Fui%2Fevents%3Fkind%3Dauth.login.succeeded",
+    );
+    assert_eq!(loc, "/ui/events?kind=auth.login.succeeded", "back to the filtered list");
     assert!(page.contains(&format!("Event {id} acknowledged.")), "{page}");
+    let (st, head, _) = post_form(
+        &s,
+        &cookie,
+        &format!("/ui/events/{id}/ack"),
+        "back=https%3A%2F%2Fevil.example%2F",
+    );
+    assert!(
+        st == 303 && head.contains("location: /ui/events\n"),
+        "no redirect off the site: {head}"
+    );
     let (_, _, json) = s.call("GET", "/events?kind=auth.login.succeeded", Some(&cookie), "");
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(&json).unwrap()["events"][0]["acknowledged"],

@@ -163,6 +163,14 @@ impl Driver {
         self.cmd("GET", &format!("/element/{el}/text"), None).as_str().unwrap_or("").to_string()
     }
 
+    /// The text of the first element matching, "" when there is none or it was replaced
+    /// between finding and reading (live pages redraw under the test).
+    pub fn text_of(&self, css: &str) -> String {
+        let Some(el) = self.find_all(css).into_iter().next() else { return String::new() };
+        let v = self.raw("GET", &format!("/session/{}/element/{el}/text", self.session), None);
+        v["value"].as_str().unwrap_or("").to_string()
+    }
+
     /// Picks the option with this value in a select element.
     pub fn select(&self, select_css: &str, value: &str) {
         let el = self.find(&format!("{select_css} option[value=\"{value}\"]"));

@@ -31,7 +31,7 @@ pub fn post(ctx: &Ctx<'_>, segs: &[&str], body: &mut dyn Read) -> Resp {
         },
         ["settings", "upstream"] => save_upstream(ctx, fields()),
         ["settings", "config", "edit"] => edit_config(ctx, &fields()),
-        ["events", id, "ack"] => ack(ctx, id),
+        ["events", id, "ack"] => ack(ctx, id, &fields()),
         ["netboot", "upload"] => upload_artifact(ctx, body),
         // Routes of the reference UI whose work is not built yet: say so on their page.
         ["netboot", "fetch-release"] => not_yet("/ui/netboot"),
@@ -281,13 +281,17 @@ fn upload_catalog(ctx: &Ctx<'_>) -> Resp {
     resp
 }
 
-fn ack(ctx: &Ctx<'_>, id: &str) -> Resp {
+fn ack(ctx: &Ctx<'_>, id: &str, fields: &[(String, String)]) -> Resp {
+    // Back to the list the button was on, if that is one of our pages.
+    let back = field(fields, "back")
+        .filter(|b| b.starts_with("/ui/") && b.bytes().all(|c| c.is_ascii_graphic()))
+        .unwrap_or("/ui/events");
     let Ok(id) = id.parse::<i64>() else {
-        return redirect_with("/ui/events", true, "Not an event number.");
+        return redirect_with(back, true, "Not an event number.");
     };
     match ctx.app.db.ack_event(id) {
-        Ok(true) => redirect_with("/ui/events", false, &format!("Event {id} acknowledged.")),
-        Ok(false) => redirect_with("/ui/events", true, &format!("No event {id}.")),
+        Ok(true) => redirect_with(back, false, &format!("Event {id} acknowledged.")),
+        Ok(false) => redirect_with(back, true, &format!("No event {id}.")),
         Err(e) => internal(e),
     }
 }

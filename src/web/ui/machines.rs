@@ -259,14 +259,20 @@ pub fn detail(ctx: &Ctx<'_>, mac: &str, state: Option<FormState>) -> PageResult 
     fact("Last flashed", m.last_flashed_at.as_deref());
     fact("Last status", m.last_status.as_deref());
     fact("Inventory posted", m.known_disks_at.as_deref());
-    if let Some(p) = app.progress.lock().unwrap_or_else(|p| p.into_inner()).get(mac) {
-        let of = p.total_bytes.map(crate::units::bytes).unwrap_or_else(|| "?".into());
-        fact(
-            "Flash progress",
-            Some(&format!("{} {} of {of}", p.phase, crate::units::bytes(p.written_bytes))),
-        );
-    }
     fact("Updated", Some(&m.updated_at));
+    // app.js keeps this one current from the live snapshot, in the same words.
+    let progress = match app.progress.lock().unwrap_or_else(|p| p.into_inner()).get(mac) {
+        Some(p) => match p.total_bytes.filter(|t| *t > 0) {
+            Some(t) => format!("{} {}%", p.phase, p.written_bytes.min(t) * 100 / t),
+            None => format!("{} {} bytes", p.phase, p.written_bytes),
+        },
+        None => "-".to_string(),
+    };
+    facts.push(format_args!(
+        "<dt>Flash progress</dt><dd id=\"live-progress\" data-mac=\"{}\">{}</dd>\n",
+        Escape(&m.mac),
+        Escape(&progress)
+    ));
 
     let mut disk_table = Html::new();
     if disks.is_empty() {

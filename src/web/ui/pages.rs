@@ -209,6 +209,17 @@ pub fn images(ctx: &Ctx<'_>, state: Option<AddState>) -> PageResult {
     Ok(page(ctx, "images", "Images", if state.is_some() { 422 } else { 200 }, &body))
 }
 
+/// This page's path and query, for forms that should come back to it.
+fn here(ctx: &Ctx<'_>) -> String {
+    let q: Vec<String> = ctx
+        .req
+        .query
+        .iter()
+        .map(|(k, v)| format!("{}={}", super::percent_encode(k), super::percent_encode(v)))
+        .collect();
+    if q.is_empty() { ctx.req.path.clone() } else { format!("{}?{}", ctx.req.path, q.join("&")) }
+}
+
 /// A table of events; with acknowledge buttons when `ack`.
 pub fn event_table(ctx: &Ctx<'_>, events: &[Event], ack: bool) -> Html {
     let mut h = Html::new();
@@ -245,9 +256,11 @@ pub fn event_table(ctx: &Ctx<'_>, events: &[Event], ack: bool) -> Html {
         } else if ack {
             h.push(format_args!(
                 "<form method=\"post\" action=\"/ui/events/{}/ack\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+                 <input type=\"hidden\" name=\"back\" value=\"{}\">\
                  <button type=\"submit\" class=\"link\">Acknowledge</button></form>",
                 e.id,
-                Escape(&ctx.csrf)
+                Escape(&ctx.csrf),
+                Escape(&here(ctx))
             ));
         } else {
             h.push(format_args!("no"));
