@@ -18,10 +18,12 @@ MUSL_TARGET := x86_64-unknown-linux-musl
 #   curl: the reference pipeline of `make bench-http`; tmux: tests/wizard.rs drives the wizard
 #   through it (send-keys, capture-pane); tftp-hpa: a second, independent TFTP client for
 #   tests/tftp.rs; ca-certificates: the CA bundle of `make image`; podman: tests/image.rs loads
-#   that image.
+#   that image; chromium, chromium-driver: tests/browser.rs drives the UI in headless Chromium
+#   over WebDriver (chromedriver on a free 127.0.0.1 port).
 DEB_PACKAGES := qemu-utils e2fsprogs gdisk fdisk util-linux zstd xz-utils bzip2 pigz \
 	bmap-tools mbuffer musl-tools python3 time bsdutils wrk python3-venv lshw \
-	docker-registry curl tmux tftp-hpa ca-certificates podman
+	docker-registry curl tmux tftp-hpa ca-certificates podman \
+	chromium chromium-driver
 
 IMAGE_DIR ?= target/image
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)

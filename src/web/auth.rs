@@ -109,6 +109,29 @@ impl Auth {
         Session::Valid { renew }
     }
 
+    /// The anti-CSRF token of the session in this `Cookie` header, for the hidden field of every
+    /// form: an HMAC of the session cookie, so it is useless without the session and another
+    /// site cannot compute it.
+    pub fn csrf_token(&self, cookie_header: Option<&str>) -> String {
+        let token = cookie_header.and_then(|h| cookie(h, "bty-token")).unwrap_or("");
+        let mut m = self.mac();
+        m.update(b"csrf\0");
+        m.update(token.as_bytes());
+        crate::hex::encode(&m.finalize().into_bytes())
+    }
+
+    /// Whether `given` is the anti-CSRF token of this session (compared in constant time).
+    pub fn csrf_ok(&self, cookie_header: Option<&str>, given: &str) -> bool {
+        let token = cookie_header.and_then(|h| cookie(h, "bty-token")).unwrap_or("");
+        let Some(given) = Some(given).filter(|g| g.len() == 64).and_then(crate::hex::decode) else {
+            return false;
+        };
+        let mut m = self.mac();
+        m.update(b"csrf\0");
+        m.update(token.as_bytes());
+        m.verify_slice(&given).is_ok()
+    }
+
     /// Whether this address may try a login now (fewer than 10 failures in 5 minutes).
     pub fn may_try(&self, ip: Option<IpAddr>) -> bool {
         let Some(ip) = ip else { return true };
@@ -141,7 +164,7 @@ pub fn clear_cookie() -> String {
 }
 
 /// The value of cookie `name` in a `Cookie` header.
-fn cookie<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+pub fn cookie<'a>(header: &'a str, name: &str) -> Option<&'a str> {
     header
         .split(';')
         .filter_map(|p| p.trim().split_once('='))

@@ -772,27 +772,6 @@ impl Db {
         })
     }
 
-    /// A value of the settings table (what the UI's settings forms persist).
-    pub fn setting(&self, key: &str) -> Result<Option<String>> {
-        self.read(|c| {
-            c.prepare_cached("SELECT value FROM settings WHERE key = ?1")?
-                .query_row([key], |r| r.get(0))
-                .optional()
-        })
-    }
-
-    /// Stores a value in the settings table.
-    pub fn set_setting(&self, key: &str, value: &str) -> Result<()> {
-        self.write()
-            .prepare_cached(
-                "INSERT INTO settings (key, value) VALUES (?1, ?2) \
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            )?
-            .execute([key, value])
-            .with_context(|| format!("storing setting {key}"))?;
-        Ok(())
-    }
-
     /// Copies the whole database into a new file at `dest` with SQLite's online backup API, in
     /// one step: one read transaction, so the copy is one consistent state while writers go on
     /// in the WAL (a step-wise copy would restart on every write of a busy server).
@@ -884,6 +863,31 @@ impl Db {
             .execute([id])
             .with_context(|| format!("acknowledging event {id}"))?;
         Ok(n > 0)
+    }
+
+    /// An operator setting stored from the UI (`settings` table), if set.
+    pub fn setting(&self, key: &str) -> Result<Option<String>> {
+        self.read(|c| {
+            c.prepare_cached("SELECT value FROM settings WHERE key = ?1")?
+                .query_row([key], |r| r.get(0))
+                .optional()
+        })
+    }
+
+    /// Stores an operator setting; an empty value removes it (back to the default).
+    pub fn set_setting(&self, key: &str, value: &str) -> Result<()> {
+        let w = self.write();
+        if value.is_empty() {
+            w.prepare_cached("DELETE FROM settings WHERE key = ?1")?.execute([key])
+        } else {
+            w.prepare_cached(
+                "INSERT INTO settings (key, value) VALUES (?1, ?2) \
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute([key, value])
+        }
+        .with_context(|| format!("storing setting {key}"))?;
+        Ok(())
     }
 }
 

@@ -1,5 +1,5 @@
-//! bty-web: the lab server: configuration, state, auth, the machine registry and the PXE
-//! boot policy. The catalog routes, uploads, live updates and the browser UI are built next.
+//! bty-web: the lab server: configuration, state, auth, the machine registry, the PXE boot
+//! policy, the catalog, artifact uploads, live updates and the browser UI (`ui`).
 
 use std::fs;
 use std::io::Write;
@@ -28,6 +28,7 @@ pub mod release;
 pub mod routes;
 pub mod sse;
 pub mod tftp;
+pub mod ui;
 pub mod validate;
 
 use config::Settings;
@@ -68,7 +69,7 @@ user with podman compose or docker compose (no TFTP, no autostart), and says wha
 upgrade keeps envvars, bty.toml and the bty-data volume, rewrites the other files for this
 version, pulls the image and restarts. --dry-run prints instead of writing or running.
 Open routes: GET /healthz, /version, /pxe-bootstrap.ipxe, /pxe/MAC, /pxe/MAC/plan,\n/boot/NAME; POST /pxe/MAC/{inventory,done,status,progress}, /ui/login, /ui/logout.\nWith a session cookie: GET/PUT/DELETE /machines[/MAC], GET /machines/MAC/{disks,lshw}.json, GET /events, POST /events/ID/ack,\nGET /events/machines (server-sent machines-update events), GET/POST/DELETE\n/catalog/entries, POST /catalog/import, PUT /boot/NAME, GET/POST /workers/backups,
-DELETE /workers/backups/ID, GET/POST /boot/releases, GET /metrics (Prometheus). Open: GET /images, /catalog.toml.\nSIGTERM or SIGINT stops it after the requests in flight (at most 5 s).
+DELETE /workers/backups/ID, GET/POST /boot/releases, GET /metrics (Prometheus). Open: GET /images, /catalog.toml.\nBrowser UI: /ui/ (log in at /ui/login), assets under /static/.\nSIGTERM or SIGINT stops it after the requests in flight (at most 5 s).
 ";
 
 /// Entry point of the `bty-web` binary.

@@ -4,14 +4,13 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::sync::{Arc, Mutex};
 
-use crate::source::percent_decode;
 use crate::web::auth::{self, Auth, Session};
 use crate::web::config::Settings;
 use crate::web::db::{CatalogEntry, Db, Machine, PxeMark};
 use crate::web::http::{Body, BodyPolicy, Req, Resp};
 use crate::web::metrics::Metrics;
 use crate::web::sse::{self, Hub};
-use crate::web::{boot, catalog, pxe, validate};
+use crate::web::{boot, catalog, pxe, ui, validate};
 
 /// What every route can reach.
 pub struct App {
@@ -75,6 +74,10 @@ pub fn body_policy(method: &str, path: &str) -> BodyPolicy {
     match (method, path) {
         ("PUT", p) if p.starts_with("/boot/") => BodyPolicy::Stream(u64::MAX),
         ("POST", p) if p.ends_with("/inventory") => BodyPolicy::Buffer(4 << 20),
+        // A catalog file, plus the multipart framing around it.
+        ("POST", "/ui/catalog/upload") => BodyPolicy::Buffer(ui::CATALOG_UPLOAD_MAX + (64 << 10)),
+        // Artifact uploads from the netboot page stream to disk like PUT /boot/{name}.
+        ("POST", "/ui/netboot/upload") => BodyPolicy::Stream(u64::MAX),
         _ => BodyPolicy::Buffer(64 << 10),
     }
 }
@@ -101,16 +104,12 @@ pub fn route(app: &Arc<App>, req: &Req, body: &mut dyn Read) -> Resp {
         }
     }
     let resp = match (m, segs.as_slice()) {
-        ("GET" | "HEAD", [""] | ["ui"]) | ("GET", ["ui", "login"]) => {
+        ("GET" | "HEAD", [""]) => {
             let logged_in = matches!(app.auth.check(req.header("cookie")), Session::Valid { .. });
-            match (logged_in, segs.as_slice()) {
-                (false, ["ui", "login"]) => login_page(200, ""),
-                (false, _) => redirect("/ui/login"),
-                (true, _) => redirect("/ui/dashboard"),
-            }
+            redirect(if logged_in { "/ui/dashboard" } else { "/ui/login" })
         }
-        ("POST", ["ui", "login"]) => login(app, req),
-        ("POST", ["ui", "logout"]) => logout(app),
+        (_, ["ui", ..]) => ui::route(app, req, &segs, body),
+        ("GET" | "HEAD", ["static", name]) => ui::static_asset(req, name),
         ("GET" | "HEAD", ["machines"]) => match app.machines_json() {
             Ok(json) => Resp {
                 status: 200,
@@ -397,6 +396,7 @@ fn machine(app: &App, req: &Req, mac: &str) -> Resp {
         }
         "DELETE" => match app.db.delete_machine(&mac) {
             Ok(true) => {
+                app.hub.changed();
                 let _ = app.db.add_event(
                     "machine.deleted",
                     Some(&mac),
@@ -468,32 +468,6 @@ fn ack_event(app: &App, id: &str) -> Resp {
     }
 }
 
-fn login(app: &App, req: &Req) -> Resp {
-    let ip = req.peer.map(|p| p.ip());
-    if !app.auth.may_try(ip) {
-        return login_page(429, "Too many failed logins from this address; wait a few minutes.");
-    }
-    let body = String::from_utf8_lossy(&req.body);
-    let password = body
-        .split('&')
-        .filter_map(|p| p.split_once('='))
-        .find(|(k, _)| *k == "password")
-        .map(|(_, v)| percent_decode(v, true))
-        .unwrap_or_default();
-    let who = ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into());
-    if app.auth.password_ok(&password) {
-        let _ = app.db.add_event("auth.login.succeeded", None, &format!("login from {who}"), None);
-        Resp::new(303, "text/plain", "")
-            .with_header("Location", "/ui/dashboard")
-            .with_header("Set-Cookie", &auth::set_cookie(&app.auth.issue()))
-    } else {
-        app.auth.failed(ip);
-        let _ =
-            app.db.add_event("auth.login.failed", None, &format!("failed login from {who}"), None);
-        login_page(401, "Wrong password.")
-    }
-}
-
 /// Answers rejected input: 422, or 400 for a bad file name, with the field named.
 pub(crate) fn bad(e: validate::Invalid) -> Resp {
     Resp::error(e.status(), &e.to_string())
@@ -501,29 +475,6 @@ pub(crate) fn bad(e: validate::Invalid) -> Resp {
 
 fn redirect(to: &str) -> Resp {
     Resp::new(303, "text/plain", "").with_header("Location", to)
-}
-
-fn logout(app: &App) -> Resp {
-    let _ = app.db.add_event("auth.logout", None, "logout", None);
-    Resp::new(303, "text/plain", "")
-        .with_header("Location", "/ui/login")
-        .with_header("Set-Cookie", &auth::clear_cookie())
-}
-
-/// A minimal login form until the browser UI lands; `error` is one of our fixed messages.
-fn login_page(status: u16, error: &str) -> Resp {
-    let err =
-        if error.is_empty() { String::new() } else { format!("<p role=\"alert\">{error}</p>") };
-    Resp::new(
-        status,
-        "text/html; charset=utf-8",
-        format!(
-            "<!doctype html><title>bty: log in</title><h1>bty</h1>{err}\
-             <form method=\"post\" action=\"/ui/login\"><label>Password \
-             <input type=\"password\" name=\"password\" autofocus></label> \
-             <button>Log in</button></form>\n"
-        ),
-    )
 }
 
 /// The static script dnsmasq points iPXE at: chain back to this server, by whatever name the

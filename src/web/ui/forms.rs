@@ -1,0 +1,389 @@
+//! The form posts (POST /ui/...): each validates, acts through the same code as the JSON API,
+//! and answers 303 back to its page with a flash message, or the form again with the input and
+//! the error (422). CSRF has been checked by the caller for urlencoded forms; multipart forms
+//! are checked here, from their `csrf` part, before any file data is read.
+
+use std::io::Read;
+
+use crate::web::db::MachineUpsert;
+use crate::web::http::{Body, Req, Resp};
+use crate::web::routes::internal;
+use crate::web::ui::multipart::{self, Multipart};
+use crate::web::ui::pages::{self, AddState};
+use crate::web::ui::{Ctx, FormState, field, form, machines, redirect_with};
+use crate::web::{boot, catalog, validate};
+
+/// Largest catalog file the upload form accepts (the body policy buffers this much).
+pub const CATALOG_UPLOAD_MAX: usize = 4 << 20;
+
+/// Answers `POST /ui/<segs>`.
+pub fn post(ctx: &Ctx<'_>, segs: &[&str], body: &mut dyn Read) -> Resp {
+    let fields = || form(&ctx.req.body);
+    match segs {
+        ["machines", mac] => save_machine(ctx, mac, fields()),
+        ["machines", mac, "delete"] => delete_machine(ctx, mac, &fields()),
+        ["catalog", "entries"] => add_entry(ctx, fields()),
+        ["catalog", "delete"] => delete_entry(ctx, &fields()),
+        ["catalog", "upload"] => upload_catalog(ctx),
+        ["catalog", "fetch-release"] => match pages::upstream(ctx) {
+            Ok((url, ..)) => import(ctx, &url),
+            Err(e) => internal(e),
+        },
+        ["settings", "upstream"] => save_upstream(ctx, fields()),
+        ["settings", "config", "edit"] => edit_config(ctx, &fields()),
+        ["events", id, "ack"] => ack(ctx, id, &fields()),
+        ["netboot", "upload"] => upload_artifact(ctx, body),
+        // Routes of the reference UI whose work is not built yet: say so on their page.
+        ["netboot", "fetch-release"] => not_yet("/ui/netboot"),
+        ["backups", ..] => not_yet("/ui/backups"),
+        ["settings", "backup"] => not_yet("/ui/settings"),
+        _ => pages::not_found(ctx, "There is no such form."),
+    }
+}
+
+fn not_yet(page: &str) -> Resp {
+    redirect_with(page, true, "Not available yet: this action comes with the worker jobs.")
+}
+
+/// The `detail` of one of our JSON error responses.
+fn detail(resp: &Resp) -> String {
+    let Body::Bytes(b) = &resp.body else { return format!("status {}", resp.status) };
+    serde_json::from_slice::<serde_json::Value>(b)
+        .ok()
+        .and_then(|v| v.get("detail").and_then(|d| d.as_str()).map(str::to_string))
+        .unwrap_or_else(|| format!("status {}", resp.status))
+}
+
+fn json_body(resp: &Resp) -> serde_json::Value {
+    match &resp.body {
+        Body::Bytes(b) => serde_json::from_slice(b).unwrap_or(serde_json::Value::Null),
+        _ => serde_json::Value::Null,
+    }
+}
+
+fn save_machine(ctx: &Ctx<'_>, mac: &str, fields: Vec<(String, String)>) -> Resp {
+    let mac = match validate::normalize_mac(mac) {
+        Ok(m) => m,
+        Err(e) => return pages::not_found(ctx, &e.to_string()),
+    };
+    let opt =
+        |k: &str| field(&fields, k).map(str::trim).filter(|v| !v.is_empty()).map(str::to_string);
+    let upsert = MachineUpsert {
+        bty_image_ref: opt("bty_image_ref"),
+        labels: field(&fields, "labels")
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect(),
+        boot_mode: opt("boot_mode").unwrap_or_else(|| validate::DEFAULT_BOOT_MODE.to_string()),
+        sanboot_drive: opt("sanboot_drive"),
+        target_disk_serial: opt("target_disk_serial"),
+    };
+    let upsert = match validate::normalize_upsert(upsert) {
+        Ok(u) => u,
+        Err(e) => {
+            // labels[2] is reported next to the labels field.
+            let name = e.field().map(|f| f.split('[').next().unwrap_or(f)).unwrap_or("");
+            let error = (name.to_string(), e.to_string());
+            return machines::detail(ctx, &mac, Some(FormState { fields, error }))
+                .unwrap_or_else(internal);
+        }
+    };
+    match ctx.app.db.machine(&mac) {
+        Ok(Some(_)) => {}
+        Ok(None) => return pages::not_found(ctx, &format!("No machine record for {mac}.")),
+        Err(e) => return internal(e),
+    }
+    match ctx.app.db.put_machine(&mac, &upsert) {
+        Ok(m) => {
+            ctx.app.hub.changed();
+            let _ = ctx.app.db.add_event(
+                "machine.updated",
+                Some(&mac),
+                &format!("{mac} saved: boot mode {}", m.boot_mode),
+                None,
+            );
+            redirect_with(&format!("/ui/machines/{mac}"), false, &format!("Saved {mac}."))
+        }
+        Err(e) => internal(e),
+    }
+}
+
+fn delete_machine(ctx: &Ctx<'_>, mac: &str, fields: &[(String, String)]) -> Resp {
+    let mac = match validate::normalize_mac(mac) {
+        Ok(m) => m,
+        Err(e) => return pages::not_found(ctx, &e.to_string()),
+    };
+    if field(fields, "confirm") != Some("yes") {
+        return redirect_with(
+            &format!("/ui/machines/{mac}"),
+            true,
+            "Not deleted: tick the confirmation box first.",
+        );
+    }
+    match ctx.app.db.delete_machine(&mac) {
+        Ok(true) => {
+            ctx.app.hub.changed();
+            let _ = ctx.app.db.add_event(
+                "machine.deleted",
+                Some(&mac),
+                &format!("{mac} deleted"),
+                None,
+            );
+            redirect_with("/ui/machines", false, &format!("Deleted {mac}."))
+        }
+        Ok(false) => redirect_with("/ui/machines", true, &format!("No machine record for {mac}.")),
+        Err(e) => internal(e),
+    }
+}
+
+/// A request for the catalog routes, which take their input as JSON or query parameters.
+fn inner_req(ctx: &Ctx<'_>, body: Vec<u8>, query: Vec<(String, String)>) -> Req {
+    Req {
+        method: "POST".into(),
+        path: ctx.req.path.clone(),
+        query,
+        headers: Vec::new(),
+        body,
+        peer: ctx.req.peer,
+    }
+}
+
+fn add_entry(ctx: &Ctx<'_>, fields: Vec<(String, String)>) -> Resp {
+    let v = |k: &str| {
+        field(&fields, k)
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| serde_json::Value::String(s.to_string()))
+            .unwrap_or(serde_json::Value::Null)
+    };
+    let json = serde_json::json!({
+        "image_url": v("image_url"), "sha_url": v("sha_url"),
+        "name": v("name"), "description": v("description"),
+    });
+    let resp = catalog::add(ctx.app, &inner_req(ctx, json.to_string().into_bytes(), Vec::new()));
+    match resp.status {
+        200 | 201 => {
+            let e = json_body(&resp);
+            let name = e.get("name").and_then(|n| n.as_str()).unwrap_or("the image");
+            let msg = if resp.status == 201 {
+                format!("Added {name}.")
+            } else {
+                format!("{name} is already in the catalog.")
+            };
+            redirect_with("/ui/images", false, &msg)
+        }
+        s if s >= 500 => resp,
+        _ => pages::images(ctx, Some(AddState { fields, error: detail(&resp) }))
+            .unwrap_or_else(internal),
+    }
+}
+
+fn delete_entry(ctx: &Ctx<'_>, fields: &[(String, String)]) -> Resp {
+    let Some(src) = field(fields, "src") else {
+        return redirect_with("/ui/images", true, "No entry named.");
+    };
+    match ctx.app.db.delete_catalog_entry(src) {
+        Ok(true) => {
+            let _ = ctx.app.db.add_event("catalog.deleted", None, &format!("{src} deleted"), None);
+            redirect_with("/ui/images", false, &format!("Deleted {src}."))
+        }
+        Ok(false) => {
+            redirect_with("/ui/images", true, &format!("No catalog entry with src {src}."))
+        }
+        Err(e) => internal(e),
+    }
+}
+
+/// Imports a catalog through `POST /catalog/import` and reports its counts.
+fn import(ctx: &Ctx<'_>, source: &str) -> Resp {
+    let resp = catalog::import(
+        ctx.app,
+        &inner_req(ctx, Vec::new(), vec![("source".into(), source.to_string())]),
+    );
+    if resp.status != 200 {
+        return redirect_with("/ui/images", true, &format!("Import failed: {}", detail(&resp)));
+    }
+    let v = json_body(&resp);
+    let n = |k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
+    let errors: Vec<&str> = v
+        .get("errors")
+        .and_then(|e| e.as_array())
+        .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
+        .unwrap_or_default();
+    let mut msg =
+        format!("Imported {} entries, skipped {} already present.", n("imported"), n("skipped"));
+    if !errors.is_empty() {
+        msg.push_str(&format!(" Errors: {}", errors.join("; ")));
+    }
+    redirect_with("/ui/images", !errors.is_empty(), &msg)
+}
+
+/// The session token of a multipart form, checked before the file part is read.
+fn multipart_allowed(ctx: &Ctx<'_>, token: Option<&str>) -> bool {
+    match super::origin_ok(ctx.req) {
+        Some(ok) => ok,
+        None => token.is_some_and(|t| ctx.app.auth.csrf_ok(ctx.req.header("cookie"), t)),
+    }
+}
+
+/// Reads the parts before the file: returns the csrf token and leaves `m` at the file part.
+fn until_file(m: &mut Multipart<'_>) -> Result<(Option<String>, multipart::Part), String> {
+    let mut token = None;
+    loop {
+        match m.next_part() {
+            Ok(Some(p)) if p.filename.is_some() => return Ok((token, p)),
+            Ok(Some(p)) if p.name == "csrf" => {
+                token = Some(m.text(256).map_err(|e| e.to_string())?)
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => return Err("the form carried no file".into()),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+fn upload_catalog(ctx: &Ctx<'_>) -> Resp {
+    let Some(b) = ctx.req.header("content-type").and_then(multipart::boundary) else {
+        return redirect_with("/ui/images", true, "Upload failed: not a multipart form.");
+    };
+    let mut raw: &[u8] = &ctx.req.body;
+    let mut m = Multipart::new(&mut raw, &b);
+    let (token, _) = match until_file(&mut m) {
+        Ok(x) => x,
+        Err(e) => return redirect_with("/ui/images", true, &format!("Upload failed: {e}")),
+    };
+    if !multipart_allowed(ctx, token.as_deref()) {
+        return super::refused();
+    }
+    let mut bytes = Vec::new();
+    if let Err(e) = m.take(CATALOG_UPLOAD_MAX as u64 + 1).read_to_end(&mut bytes) {
+        return redirect_with("/ui/images", true, &format!("Upload failed: {e}"));
+    }
+    if bytes.is_empty() {
+        return redirect_with("/ui/images", true, "Upload failed: the file is empty.");
+    }
+    // The catalog loader reads sources by path or URL: hand it the upload as a private file.
+    let dir = ctx.app.settings.state_dir();
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let path = dir.join(format!(
+        ".catalog-upload-{}-{}.toml",
+        std::process::id(),
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    if let Err(e) = std::fs::write(&path, &bytes) {
+        return internal(crate::error::Error::msg(format!("writing {}: {e}", path.display())));
+    }
+    let resp = import(ctx, &path.display().to_string());
+    let _ = std::fs::remove_file(&path);
+    resp
+}
+
+fn ack(ctx: &Ctx<'_>, id: &str, fields: &[(String, String)]) -> Resp {
+    // Back to the list the button was on, if that is one of our pages.
+    let back = field(fields, "back")
+        .filter(|b| b.starts_with("/ui/") && b.bytes().all(|c| c.is_ascii_graphic()))
+        .unwrap_or("/ui/events");
+    let Ok(id) = id.parse::<i64>() else {
+        return redirect_with(back, true, "Not an event number.");
+    };
+    match ctx.app.db.ack_event(id) {
+        Ok(true) => redirect_with(back, false, &format!("Event {id} acknowledged.")),
+        Ok(false) => redirect_with(back, true, &format!("No event {id}.")),
+        Err(e) => internal(e),
+    }
+}
+
+/// `POST /ui/netboot/upload`: the file part streams into `PUT /boot/{name}`'s code.
+fn upload_artifact(ctx: &Ctx<'_>, body: &mut dyn Read) -> Resp {
+    let back = "/ui/netboot";
+    let Some(b) = ctx.req.header("content-type").and_then(multipart::boundary) else {
+        return redirect_with(back, true, "Upload failed: not a multipart form.");
+    };
+    let mut m = Multipart::new(body, &b);
+    let (token, part) = match until_file(&mut m) {
+        Ok(x) => x,
+        Err(e) => return redirect_with(back, true, &format!("Upload failed: {e}")),
+    };
+    if !multipart_allowed(ctx, token.as_deref()) {
+        return super::refused();
+    }
+    // Browsers send the bare file name; some older ones a whole path.
+    let name = part.filename.unwrap_or_default();
+    let name = name.rsplit(['/', '\\']).next().unwrap_or("").to_string();
+    let resp = boot::upload(ctx.app, ctx.req, &name, &mut m);
+    if resp.status == 200 {
+        let v = json_body(&resp);
+        let size = v.get("size_bytes").and_then(|s| s.as_u64()).unwrap_or(0);
+        redirect_with(back, false, &format!("Uploaded {name} ({}).", crate::units::bytes(size)))
+    } else {
+        redirect_with(back, true, &format!("Upload failed: {}", detail(&resp)))
+    }
+}
+
+/// `POST /ui/settings/upstream`: the default catalog and the netboot release, kept in the state
+/// database; an empty field goes back to the default.
+fn save_upstream(ctx: &Ctx<'_>, fields: Vec<(String, String)>) -> Resp {
+    let get = |k: &str| field(&fields, k).unwrap_or("").trim().to_string();
+    let (url, repo, tag) = (get("catalog_url"), get("release_repo"), get("release_tag"));
+    let name_ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 100
+            && !s.starts_with('.')
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    };
+    let problem = if url.len() > 2048 || url.chars().any(char::is_control) {
+        Some(("catalog_url", "at most 2048 characters, no control characters".to_string()))
+    } else if url.contains("://")
+        && !["http://", "https://", "oras://", "file://"].iter().any(|p| url.starts_with(p))
+    {
+        Some(("catalog_url", format!("{url}: expected http(s)://, oras://, file:// or a path")))
+    } else if !repo.is_empty()
+        && !repo.split_once('/').is_some_and(|(o, n)| name_ok(o) && name_ok(n))
+    {
+        Some(("release_repo", format!("{repo}: expected owner/name")))
+    } else if !tag.is_empty() && !name_ok(&tag) {
+        Some(("release_tag", format!("{tag}: letters, digits, '.', '_' and '-' only")))
+    } else {
+        None
+    };
+    if let Some((name, msg)) = problem {
+        let error = (name.to_string(), format!("{name}: {msg}"));
+        return pages::settings(ctx, Some(FormState { fields, error })).unwrap_or_else(internal);
+    }
+    let db = &ctx.app.db;
+    let saved = db
+        .set_setting("catalog_url", if url == pages::DEFAULT_CATALOG { "" } else { &url })
+        .and_then(|_| {
+            let default_repo = ctx.app.settings.get("boot", "release_repo");
+            db.set_setting("release_repo", if repo == default_repo { "" } else { &repo })
+        })
+        .and_then(|_| {
+            let default_tag = ctx.app.settings.get("boot", "release_tag");
+            db.set_setting("release_tag", if tag == default_tag { "" } else { &tag })
+        });
+    match saved {
+        Ok(()) => {
+            let _ = db.add_event("settings.updated", None, "upstream sources saved", None);
+            redirect_with("/ui/settings", false, "Upstream sources saved.")
+        }
+        Err(e) => internal(e),
+    }
+}
+
+/// `POST /ui/settings/config/edit`: one TOML-sourced setting, rewritten in its file.
+fn edit_config(ctx: &Ctx<'_>, fields: &[(String, String)]) -> Resp {
+    let name = field(fields, "name").unwrap_or("");
+    let value = field(fields, "value").unwrap_or("");
+    match super::config_edit::edit(&ctx.app.settings, name, value) {
+        Ok(file) => {
+            let msg =
+                format!("Saved {name} = {} in {file}; restart bty-web to apply it.", value.trim());
+            let _ = ctx.app.db.add_event("settings.config.edited", None, &msg, None);
+            redirect_with("/ui/settings#config", false, &msg)
+        }
+        Err(e) => redirect_with("/ui/settings#config", true, &format!("Not saved: {e}")),
+    }
+}

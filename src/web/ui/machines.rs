@@ -1,0 +1,416 @@
+//! The machines pages: the live table and one machine's detail with its assignment form.
+
+use std::collections::{BTreeSet, HashMap};
+
+use crate::web::db::{CatalogEntry, Machine};
+use crate::web::ui::pages::{PageResult, event_table, not_found};
+use crate::web::ui::template::{Escape, Html, Val, render};
+use crate::web::ui::{Ctx, FormState, page, short};
+use crate::web::validate;
+
+const MACHINES: &str = include_str!("../../../html/machines.html");
+const MACHINE: &str = include_str!("../../../html/machine.html");
+
+/// ref → name of every catalog entry.
+fn image_names(catalog: &[CatalogEntry]) -> HashMap<&str, &str> {
+    catalog.iter().map(|e| (e.bty_image_ref.as_str(), e.name.as_str())).collect()
+}
+
+/// `GET /ui/machines`, filtered by `q` (text), `label` and `status`.
+pub fn list(ctx: &Ctx<'_>) -> PageResult {
+    let app = ctx.app;
+    let all = app.db.machines()?;
+    let catalog = app.db.catalog()?;
+    let names = image_names(&catalog);
+    let progress = app.progress.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let q = ctx.req.param("q").unwrap_or("").trim().to_lowercase();
+    let label = ctx.req.param("label").unwrap_or("");
+    let status = ctx.req.param("status").unwrap_or("");
+    let labels: BTreeSet<&str> =
+        all.iter().flat_map(|m| m.labels.iter().map(String::as_str)).collect();
+    let mut label_options = Html::new();
+    for l in &labels {
+        let sel = if *l == label { " selected" } else { "" };
+        label_options.push(format_args!("<option{sel}>{}</option>\n", Escape(l)));
+    }
+    let mut status_options = Html::new();
+    for (v, text) in [("", "all"), ("discovered", "discovered only"), ("assigned", "assigned only")]
+    {
+        let sel = if v == status { " selected" } else { "" };
+        status_options.push(format_args!("<option value=\"{v}\"{sel}>{text}</option>\n"));
+    }
+    let keep = |m: &Machine| {
+        if !label.is_empty() && !m.labels.iter().any(|l| l == label) {
+            return false;
+        }
+        match status {
+            "discovered" if m.bty_image_ref.is_some() => return false,
+            "assigned" if m.bty_image_ref.is_none() => return false,
+            _ => {}
+        }
+        if q.is_empty() {
+            return true;
+        }
+        let image = m.bty_image_ref.as_deref().and_then(|r| names.get(r)).copied().unwrap_or("");
+        let hay = format!(
+            "{} {} {} {} {}",
+            m.mac,
+            m.last_seen_ip.as_deref().unwrap_or(""),
+            m.boot_mode,
+            image,
+            m.labels.join(" ")
+        );
+        hay.to_lowercase().contains(&q)
+    };
+    let mut rows = Html(String::with_capacity(all.len() * 400));
+    let mut shown = 0;
+    for m in all.iter().filter(|m| keep(m)) {
+        shown += 1;
+        machine_row(&mut rows, m, &names, progress.get(&m.mac));
+    }
+    // For the script's live rows; `<` is escaped so the JSON cannot end the script element.
+    let names_json = serde_json::to_string(&names)
+        .unwrap_or_else(|_| "{}".into())
+        .replace('<', "\\u003c")
+        .replace('>', "\\u003e")
+        .replace('&', "\\u0026");
+    let count = format!("{shown} of {} machines", all.len());
+    let body = Html(render(
+        MACHINES,
+        &[
+            ("q", Val::Text(ctx.req.param("q").unwrap_or(""))),
+            ("label_options", Val::Html(&label_options)),
+            ("status_options", Val::Html(&status_options)),
+            ("count", Val::Text(&count)),
+            ("image_names", Val::Html(&Html(names_json))),
+            ("rows", Val::Html(&rows)),
+        ],
+    ));
+    Ok(page(ctx, "machines", "Machines", 200, &body))
+}
+
+/// One row of the machines table; app.js builds the same row from the live snapshot.
+fn machine_row(
+    out: &mut Html,
+    m: &Machine,
+    names: &HashMap<&str, &str>,
+    progress: Option<&validate::PxeProgress>,
+) {
+    let mac = Escape(&m.mac);
+    out.push(format_args!(
+        "<tr id=\"m-{}\"><td><a class=\"mono\" href=\"/ui/machines/{mac}\">{mac}</a></td><td>",
+        m.mac.replace(':', "")
+    ));
+    if m.bty_image_ref.is_some() {
+        out.push(format_args!("<span class=\"badge ok\">assigned</span>"));
+    } else {
+        out.push(format_args!("<span class=\"badge new\">discovered</span>"));
+    }
+    if m.last_status.as_deref().is_some_and(|s| s.starts_with("failed")) {
+        out.push(format_args!("<span class=\"badge bad\">failed</span>"));
+    }
+    out.push(format_args!("</td><td>"));
+    for l in &m.labels {
+        out.push(format_args!("<span class=\"label\">{}</span>", Escape(l)));
+    }
+    out.push(format_args!("</td><td>{}</td><td>", Escape(&m.boot_mode)));
+    match m.bty_image_ref.as_deref() {
+        Some(r) => match names.get(r) {
+            Some(n) => out.push(format_args!("{}", Escape(n))),
+            None => out.push(format_args!("{}", Escape(short(r)))),
+        },
+        None => out.push(format_args!("-")),
+    }
+    out.push(format_args!("</td><td>"));
+    match (&m.last_seen_at, &m.last_seen_ip) {
+        (Some(at), Some(ip)) => out.push(format_args!("{} from {}", Escape(at), Escape(ip))),
+        (Some(at), None) => out.push(format_args!("{}", Escape(at))),
+        _ => out.push(format_args!("never")),
+    }
+    out.push(format_args!("</td><td>"));
+    match (progress, &m.last_flashed_at) {
+        (Some(p), _) => {
+            let pct = p.total_bytes.filter(|t| *t > 0).map(|t| p.written_bytes.min(t) * 100 / t);
+            match p.total_bytes {
+                Some(t) => out.push(format_args!(
+                    "<progress max=\"{t}\" value=\"{}\" aria-label=\"flash progress of {mac}\"></progress>",
+                    p.written_bytes.min(t)
+                )),
+                None => out.push(format_args!(
+                    "<progress aria-label=\"flash progress of {mac}\"></progress>"
+                )),
+            }
+            out.push(format_args!("<span> {}", Escape(&p.phase)));
+            if let Some(pct) = pct {
+                out.push(format_args!(" {pct}%"));
+            }
+            out.push(format_args!("</span>"));
+        }
+        (None, Some(at)) => out.push(format_args!("done {}", Escape(at))),
+        (None, None) => out.push(format_args!("-")),
+    }
+    out.push(format_args!("</td></tr>\n"));
+}
+
+/// `GET /ui/machines/{mac}`, or the form again with the user's input and the error.
+pub fn detail(ctx: &Ctx<'_>, mac: &str, state: Option<FormState>) -> PageResult {
+    let app = ctx.app;
+    let Some(m) = app.db.machine(mac)? else {
+        return Ok(not_found(ctx, &format!("No machine record for {mac}.")));
+    };
+    let catalog = app.db.catalog()?;
+    let events = app.db.events(None, Some(mac), 20, None)?;
+    let lshw = app.db.lshw(mac)?.flatten();
+    let input = |name: &str, current: Option<&str>| -> String {
+        match &state {
+            Some(s) => super::field(&s.fields, name).unwrap_or("").to_string(),
+            None => current.unwrap_or("").to_string(),
+        }
+    };
+    let image = input("bty_image_ref", m.bty_image_ref.as_deref());
+    let serial = input("target_disk_serial", m.target_disk_serial.as_deref());
+    let mode = input("boot_mode", Some(&m.boot_mode));
+    let labels = match &state {
+        Some(s) => super::field(&s.fields, "labels").unwrap_or("").to_string(),
+        None => m.labels.join(", "),
+    };
+    let sanboot = input("sanboot_drive", m.sanboot_drive.as_deref());
+
+    let mut image_options = Html::new();
+    image_options.push(format_args!("<option value=\"\">none (not assigned)</option>\n"));
+    let mut image_known = image.is_empty();
+    for e in &catalog {
+        let sel = if e.bty_image_ref == image { " selected" } else { "" };
+        image_known |= e.bty_image_ref == image;
+        image_options.push(format_args!(
+            "<option value=\"{}\"{sel}>{} ({})</option>\n",
+            Escape(&e.bty_image_ref),
+            Escape(&e.name),
+            Escape(&e.src)
+        ));
+    }
+    if !image_known {
+        image_options.push(format_args!(
+            "<option value=\"{}\" selected>{} (not in the catalog)</option>\n",
+            Escape(&image),
+            Escape(&image)
+        ));
+    }
+    let disks: Vec<serde_json::Value> =
+        m.known_disks.as_ref().and_then(|d| d.as_array().cloned()).unwrap_or_default();
+    let s = |d: &serde_json::Value, k: &str| {
+        d.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string()
+    };
+    let mut disk_options = Html::new();
+    disk_options.push(format_args!("<option value=\"\">none</option>\n"));
+    let mut serial_known = serial.is_empty();
+    for d in &disks {
+        let ser = s(d, "serial");
+        if ser.is_empty() {
+            continue;
+        }
+        let sel = if ser == serial { " selected" } else { "" };
+        serial_known |= ser == serial;
+        disk_options.push(format_args!(
+            "<option value=\"{}\"{sel}>{} {} {} (serial {})</option>\n",
+            Escape(&ser),
+            Escape(&s(d, "path")),
+            Escape(&s(d, "size")),
+            Escape(&s(d, "model")),
+            Escape(&ser)
+        ));
+    }
+    if !serial_known {
+        disk_options.push(format_args!(
+            "<option value=\"{}\" selected>serial {} (not in the last inventory)</option>\n",
+            Escape(&serial),
+            Escape(&serial)
+        ));
+    }
+    let mut mode_options = Html::new();
+    for bm in validate::BOOT_MODES {
+        let sel = if bm == mode { " selected" } else { "" };
+        mode_options.push(format_args!("<option value=\"{bm}\"{sel}>{bm}</option>\n"));
+    }
+
+    let mut facts = Html::new();
+    let mut fact = |k: &str, v: Option<&str>| {
+        facts.push(format_args!(
+            "<dt>{}</dt><dd>{}</dd>\n",
+            Escape(k),
+            Escape(v.filter(|v| !v.is_empty()).unwrap_or("-"))
+        ));
+    };
+    fact("MAC", Some(&m.mac));
+    fact(
+        "State",
+        Some(if m.bty_image_ref.is_some() { "assigned" } else { "discovered, not assigned" }),
+    );
+    fact("Boot mode", Some(&m.boot_mode));
+    fact("Labels", Some(&m.labels.join(", ")));
+    fact("Discovered", m.discovered_at.as_deref());
+    fact(
+        "Last seen",
+        m.last_seen_at
+            .as_deref()
+            .map(|at| format!("{at} from {}", m.last_seen_ip.as_deref().unwrap_or("?")))
+            .as_deref(),
+    );
+    fact("Last flashed", m.last_flashed_at.as_deref());
+    fact("Last status", m.last_status.as_deref());
+    fact("Inventory posted", m.known_disks_at.as_deref());
+    fact("Updated", Some(&m.updated_at));
+    // app.js keeps this one current from the live snapshot, in the same words.
+    let progress = match app.progress.lock().unwrap_or_else(|p| p.into_inner()).get(mac) {
+        Some(p) => match p.total_bytes.filter(|t| *t > 0) {
+            Some(t) => format!("{} {}%", p.phase, p.written_bytes.min(t) * 100 / t),
+            None => format!("{} {} bytes", p.phase, p.written_bytes),
+        },
+        None => "-".to_string(),
+    };
+    facts.push(format_args!(
+        "<dt>Flash progress</dt><dd id=\"live-progress\" data-mac=\"{}\">{}</dd>\n",
+        Escape(&m.mac),
+        Escape(&progress)
+    ));
+
+    let mut disk_table = Html::new();
+    if disks.is_empty() {
+        disk_table.push(format_args!(
+            "<p>No inventory yet: the live environment posts one when the machine boots it \
+             (boot mode bty-inventory).</p>"
+        ));
+    } else {
+        disk_table.push(format_args!(
+            "<div class=\"scroll\"><table class=\"list\"><thead><tr><th scope=\"col\">Path</th>\
+             <th scope=\"col\">Size</th><th scope=\"col\">Vendor</th><th scope=\"col\">Model</th>\
+             <th scope=\"col\">Serial</th><th scope=\"col\">Transport</th><th scope=\"col\">Flags</th>\
+             </tr></thead><tbody>\n"
+        ));
+        for d in &disks {
+            let mut flags = Vec::new();
+            if d.get("removable").and_then(|v| v.as_bool()) == Some(true) {
+                flags.push("removable");
+            }
+            if d.get("readonly").and_then(|v| v.as_bool()) == Some(true) {
+                flags.push("read-only");
+            }
+            disk_table.push(format_args!(
+                "<tr><td class=\"mono\">{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"mono\">{}</td><td>{}</td><td>{}</td></tr>\n",
+                Escape(&s(d, "path")),
+                Escape(&s(d, "size")),
+                Escape(&s(d, "vendor")),
+                Escape(&s(d, "model")),
+                Escape(&s(d, "serial")),
+                Escape(&s(d, "tran")),
+                flags.join(", ")
+            ));
+        }
+        disk_table.push(format_args!("</tbody></table></div>"));
+    }
+
+    let hardware = hardware_summary(&m.mac, lshw.as_deref());
+    let err = |name: &str| -> Html {
+        let mut h = Html::new();
+        if let Some(s) = &state {
+            if s.error.0 == name {
+                h.push(format_args!(
+                    "<p class=\"field-error\" role=\"alert\">{}</p>",
+                    Escape(&s.error.1)
+                ));
+            }
+        }
+        h
+    };
+    let body = Html(render(
+        MACHINE,
+        &[
+            ("mac", Val::Text(&m.mac)),
+            ("csrf", Val::Text(&ctx.csrf)),
+            ("facts", Val::Html(&facts)),
+            ("hardware", Val::Html(&hardware)),
+            ("disks", Val::Html(&disk_table)),
+            ("form_error", Val::Html(&err(""))),
+            ("image_options", Val::Html(&image_options)),
+            ("err_bty_image_ref", Val::Html(&err("bty_image_ref"))),
+            ("disk_options", Val::Html(&disk_options)),
+            ("err_target_disk_serial", Val::Html(&err("target_disk_serial"))),
+            ("mode_options", Val::Html(&mode_options)),
+            ("err_boot_mode", Val::Html(&err("boot_mode"))),
+            ("labels", Val::Text(&labels)),
+            ("err_labels", Val::Html(&err("labels"))),
+            ("sanboot_drive", Val::Text(&sanboot)),
+            ("err_sanboot_drive", Val::Html(&err("sanboot_drive"))),
+            ("events", Val::Html(&event_table(ctx, &events, true))),
+        ],
+    ));
+    let status = if state.is_some() { 422 } else { 200 };
+    Ok(page(ctx, "machines", &format!("Machine {}", m.mac), status, &body))
+}
+
+/// The parts of an lshw tree an operator looks for first: system, CPUs, memory, NICs.
+fn hardware_summary(mac: &str, lshw: Option<&str>) -> Html {
+    let mut h = Html::new();
+    let Some(tree) = lshw.and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok()) else {
+        h.push(format_args!(
+            "<p>No hardware report yet: the live environment sends one (lshw) with its inventory.</p>"
+        ));
+        return h;
+    };
+    let text =
+        |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+    let mut cpus = Vec::new();
+    let mut memory = 0u64;
+    let mut nics = Vec::new();
+    let mut stack = vec![&tree];
+    let mut seen = 0;
+    while let Some(n) = stack.pop() {
+        seen += 1;
+        if seen > 10_000 {
+            break;
+        }
+        match n.get("class").and_then(|c| c.as_str()) {
+            Some("processor") => cpus.extend(text(n, "product")),
+            Some("memory")
+                if text(n, "id").is_some_and(|i| i == "memory" || i.starts_with("memory:")) =>
+            {
+                memory += n.get("size").and_then(|s| s.as_u64()).unwrap_or(0)
+            }
+            Some("network") => nics.push(format!(
+                "{} {}",
+                text(n, "product").unwrap_or_default(),
+                text(n, "serial").unwrap_or_default()
+            )),
+            _ => {}
+        }
+        if let Some(c) = n.get("children").and_then(|c| c.as_array()) {
+            stack.extend(c.iter());
+        }
+    }
+    let system = format!(
+        "{} {}",
+        text(&tree, "vendor").unwrap_or_default(),
+        text(&tree, "product").unwrap_or_default()
+    );
+    h.push(format_args!("<dl class=\"facts\">"));
+    let mut row = |k: &str, v: &str| {
+        h.push(format_args!(
+            "<dt>{}</dt><dd>{}</dd>\n",
+            Escape(k),
+            Escape(if v.trim().is_empty() { "-" } else { v.trim() })
+        ))
+    };
+    row("System", &system);
+    row("Serial", &text(&tree, "serial").unwrap_or_default());
+    row(
+        "CPUs",
+        &if cpus.is_empty() { String::new() } else { format!("{} × {}", cpus.len(), cpus[0]) },
+    );
+    row("Memory", &if memory > 0 { crate::units::bytes(memory) } else { String::new() });
+    row("Network", &nics.join("; "));
+    h.push(format_args!(
+        "</dl><p><a href=\"/machines/{}/lshw.json\">Download the full lshw report</a></p>",
+        Escape(mac)
+    ));
+    h
+}

@@ -1,0 +1,549 @@
+//! The pages (GET) but the machines' (machines.rs): each gathers what it shows and fills its
+//! template. Tables are built here
+//! with every value escaped; templates hold the fixed markup.
+
+use std::collections::BTreeSet;
+
+use crate::web::db::Event;
+use crate::web::http::Resp;
+use crate::web::routes::internal;
+use crate::web::ui::template::{Escape, Html, Val, render};
+use crate::web::ui::{Ctx, FormState, machines, page, short};
+use crate::web::validate;
+
+const DASHBOARD: &str = include_str!("../../../html/dashboard.html");
+const IMAGES: &str = include_str!("../../../html/images.html");
+const EVENTS: &str = include_str!("../../../html/events.html");
+const NETBOOT: &str = include_str!("../../../html/netboot.html");
+const SETTINGS: &str = include_str!("../../../html/settings.html");
+const ACCOUNT: &str = include_str!("../../../html/account.html");
+const BACKUPS: &str = include_str!("../../../html/backups.html");
+
+/// Where "Fetch the default catalog" imports from (the upstream image builder's release).
+pub const DEFAULT_CATALOG: &str =
+    "https://github.com/safl/nosi/releases/latest/download/catalog.toml";
+
+/// Answers `GET /ui/<segs>`.
+pub fn get(ctx: &Ctx<'_>, segs: &[&str]) -> Resp {
+    let r = match segs {
+        ["dashboard"] => dashboard(ctx),
+        ["machines"] => machines::list(ctx),
+        ["machines", mac] => match validate::normalize_mac(mac) {
+            Ok(mac) => machines::detail(ctx, &mac, None),
+            Err(e) => Ok(not_found(ctx, &e.to_string())),
+        },
+        ["images"] => images(ctx, None),
+        ["events"] => events(ctx),
+        ["netboot"] => netboot(ctx),
+        ["backups"] => backups(ctx),
+        ["settings"] => settings(ctx, None),
+        ["account"] => account(ctx),
+        _ => Ok(not_found(ctx, "There is no such page.")),
+    };
+    r.unwrap_or_else(internal)
+}
+
+pub type PageResult = crate::error::Result<Resp>;
+
+pub fn not_found(ctx: &Ctx<'_>, msg: &str) -> Resp {
+    let mut body = Html::new();
+    body.push(format_args!("<p>{}</p><p><a href=\"/ui/dashboard\">Dashboard</a></p>", Escape(msg)));
+    page(ctx, "", "Not found", 404, &body)
+}
+
+fn dashboard(ctx: &Ctx<'_>) -> PageResult {
+    let app = ctx.app;
+    let machines = app.db.machines()?;
+    let catalog = app.db.catalog()?;
+    let discovered = machines.iter().filter(|m| m.bty_image_ref.is_none()).count();
+    let recent = app.db.events(None, None, 10, None)?;
+    // Logins and saves are routine; failures, orphan contacts and schema resets want a look.
+    let warning = |k: &str| k.ends_with(".failed") || k.contains("orphan") || k.contains("reset");
+    let unacked = app
+        .db
+        .events(None, None, 500, None)?
+        .iter()
+        .filter(|e| !e.acknowledged && warning(&e.kind))
+        .count();
+    let s = &app.settings;
+    let boot = s.boot_dir();
+    let missing: Vec<&str> = [s.get("boot", "kernel"), s.get("boot", "initrd")]
+        .into_iter()
+        .filter(|n| !boot.join(n).is_file())
+        .collect();
+    let mut checks = Html::new();
+    let mut check = |ok: Option<bool>, what: &str, detail: String, fix: &str| {
+        let (cls, word) = match ok {
+            Some(true) => ("ok", "ok"),
+            Some(false) => ("bad", "needs attention"),
+            None => ("new", "not checked"),
+        };
+        checks.push(format_args!(
+            "<tr><td>{}</td><td><span class=\"badge {cls}\">{word}</span></td><td>{}",
+            Escape(what),
+            Escape(&detail)
+        ));
+        match ok {
+            Some(true) => {}
+            Some(false) => checks.push(format_args!(" <a href=\"{fix}\">Fix this</a>")),
+            None => checks.push(format_args!(" <a href=\"{fix}\">Details</a>")),
+        }
+        checks.push(format_args!("</td></tr>\n"));
+    };
+    check(
+        Some(missing.is_empty()),
+        "Netboot artifacts present",
+        if missing.is_empty() {
+            format!("kernel and initrd are in {}", boot.display())
+        } else {
+            format!("missing from {}: {}", boot.display(), missing.join(", "))
+        },
+        "/ui/netboot",
+    );
+    check(
+        Some(!catalog.is_empty()),
+        "Image catalog not empty",
+        format!("{} entries", catalog.len()),
+        "/ui/images",
+    );
+    check(
+        None,
+        "TFTP daemon",
+        "bty-web does not run or watch a TFTP daemon yet".into(),
+        "/ui/netboot#tftp",
+    );
+    check(
+        Some(!s.default_password()),
+        "Admin password changed",
+        if s.default_password() {
+            "the built-in default password is in use".into()
+        } else {
+            format!("set ({})", s.source("admin", "password"))
+        },
+        "/ui/account",
+    );
+    let body = Html(render(
+        DASHBOARD,
+        &[
+            ("machines", Val::Text(&machines.len().to_string())),
+            ("discovered", Val::Text(&discovered.to_string())),
+            ("images", Val::Text(&catalog.len().to_string())),
+            ("unacked", Val::Text(&unacked.to_string())),
+            ("checks", Val::Html(&checks)),
+            ("events", Val::Html(&event_table(ctx, &recent, false))),
+        ],
+    ));
+    Ok(page(ctx, "dashboard", "Dashboard", 200, &body))
+}
+
+/// Values of the add-by-URL form to show again, with the error.
+pub struct AddState {
+    pub fields: Vec<(String, String)>,
+    pub error: String,
+}
+
+pub fn images(ctx: &Ctx<'_>, state: Option<AddState>) -> PageResult {
+    let catalog = ctx.app.db.catalog()?;
+    let mut entries = Html::new();
+    if catalog.is_empty() {
+        entries.push(format_args!(
+            "<p>The catalog is empty. Add an image by URL, upload a catalog file or fetch the default catalog.</p>"
+        ));
+    } else {
+        entries.push(format_args!(
+            "<div class=\"scroll\"><table class=\"list\"><thead><tr><th scope=\"col\">Name</th>\
+             <th scope=\"col\">Format</th><th scope=\"col\">Size</th><th scope=\"col\">sha256</th>\
+             <th scope=\"col\">Source</th><th scope=\"col\">Added</th><th scope=\"col\">Delete</th>\
+             </tr></thead><tbody>\n"
+        ));
+        for e in &catalog {
+            let sha = e.disk_image_sha.as_deref().map(short).unwrap_or("not pinned");
+            let size = e.size_bytes.and_then(|n| u64::try_from(n).ok()).map(crate::units::bytes);
+            entries.push(format_args!(
+                "<tr><td>{}{}</td><td>{}</td><td>{}</td><td class=\"mono\" title=\"{}\">{}</td>\
+                 <td class=\"mono\">{}</td><td>{}</td><td>\
+                 <form method=\"post\" action=\"/ui/catalog/delete\" data-confirm=\"Delete {}?\">\
+                 <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+                 <input type=\"hidden\" name=\"src\" value=\"{}\">\
+                 <button type=\"submit\" class=\"danger\" aria-label=\"Delete {}\">Delete</button></form></td></tr>\n",
+                Escape(&e.name),
+                e.description
+                    .as_deref()
+                    .map(|d| format!("<br><span class=\"hint\">{}</span>", Escape(d)))
+                    .unwrap_or_default(),
+                Escape(&e.format),
+                Escape(size.as_deref().unwrap_or("-")),
+                Escape(e.disk_image_sha.as_deref().unwrap_or("")),
+                Escape(sha),
+                Escape(&e.src),
+                Escape(&e.added_at),
+                Escape(&e.name),
+                Escape(&ctx.csrf),
+                Escape(&e.src),
+                Escape(&e.name),
+            ));
+        }
+        entries.push(format_args!("</tbody></table></div>"));
+    }
+    let f = |k: &str| -> String {
+        state.as_ref().and_then(|s| super::field(&s.fields, k)).unwrap_or("").to_string()
+    };
+    let mut add_error = Html::new();
+    if let Some(s) = &state {
+        add_error
+            .push(format_args!("<p class=\"field-error\" role=\"alert\">{}</p>", Escape(&s.error)));
+    }
+    let body = Html(render(
+        IMAGES,
+        &[
+            ("csrf", Val::Text(&ctx.csrf)),
+            ("default_catalog", Val::Text(&upstream(ctx)?.0)),
+            ("entries", Val::Html(&entries)),
+            ("add_error", Val::Html(&add_error)),
+            ("image_url", Val::Text(&f("image_url"))),
+            ("sha_url", Val::Text(&f("sha_url"))),
+            ("name", Val::Text(&f("name"))),
+            ("description", Val::Text(&f("description"))),
+        ],
+    ));
+    Ok(page(ctx, "images", "Images", if state.is_some() { 422 } else { 200 }, &body))
+}
+
+/// This page's path and query, for forms that should come back to it.
+fn here(ctx: &Ctx<'_>) -> String {
+    let q: Vec<String> = ctx
+        .req
+        .query
+        .iter()
+        .map(|(k, v)| format!("{}={}", super::percent_encode(k), super::percent_encode(v)))
+        .collect();
+    if q.is_empty() { ctx.req.path.clone() } else { format!("{}?{}", ctx.req.path, q.join("&")) }
+}
+
+/// A table of events; with acknowledge buttons when `ack`.
+pub fn event_table(ctx: &Ctx<'_>, events: &[Event], ack: bool) -> Html {
+    let mut h = Html::new();
+    if events.is_empty() {
+        h.push(format_args!("<p>No events.</p>"));
+        return h;
+    }
+    h.push(format_args!(
+        "<div class=\"scroll\"><table class=\"list\"><thead><tr><th scope=\"col\">#</th>\
+         <th scope=\"col\">Time</th><th scope=\"col\">Kind</th><th scope=\"col\">Subject</th>\
+         <th scope=\"col\">Message</th><th scope=\"col\">Acknowledged</th></tr></thead><tbody>\n"
+    ));
+    for e in events {
+        h.push(format_args!(
+            "<tr><td>{}</td><td>{}</td><td><a href=\"/ui/events?kind={}\">{}</a></td><td>",
+            e.id,
+            Escape(&e.at),
+            Escape(&super::percent_encode(&e.kind)),
+            Escape(&e.kind)
+        ));
+        if let Some(s) = &e.subject_id {
+            if validate::normalize_mac(s).is_ok() {
+                h.push(format_args!(
+                    "<a class=\"mono\" href=\"/ui/machines/{0}\">{0}</a>",
+                    Escape(s)
+                ));
+            } else {
+                h.push(format_args!("<span class=\"mono\">{}</span>", Escape(short(s))));
+            }
+        }
+        h.push(format_args!("</td><td>{}</td><td>", Escape(&e.message)));
+        if e.acknowledged {
+            h.push(format_args!("yes"));
+        } else if ack {
+            h.push(format_args!(
+                "<form method=\"post\" action=\"/ui/events/{}/ack\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+                 <input type=\"hidden\" name=\"back\" value=\"{}\">\
+                 <button type=\"submit\" class=\"link\">Acknowledge</button></form>",
+                e.id,
+                Escape(&ctx.csrf),
+                Escape(&here(ctx))
+            ));
+        } else {
+            h.push(format_args!("no"));
+        }
+        h.push(format_args!("</td></tr>\n"));
+    }
+    h.push(format_args!("</tbody></table></div>"));
+    h
+}
+
+fn events(ctx: &Ctx<'_>) -> PageResult {
+    let p = |k| ctx.req.param(k).map(str::trim).filter(|v| !v.is_empty());
+    let kind = p("kind");
+    let subject = p("subject_id");
+    let unacked = p("unacked").is_some();
+    let before = p("before_id").and_then(|b| b.parse::<i64>().ok());
+    let page_size = 100;
+    let mut list =
+        ctx.app.db.events(kind, subject, if unacked { 500 } else { page_size }, before)?;
+    let full = list.len() as u32 >= page_size && !unacked;
+    if unacked {
+        list.retain(|e| !e.acknowledged);
+    }
+    let mut more = Html::new();
+    if let (true, Some(last)) = (full, list.last()) {
+        let mut q = format!("before_id={}", last.id);
+        if let Some(k) = kind {
+            q.push_str(&format!("&kind={}", super::percent_encode(k)));
+        }
+        if let Some(s) = subject {
+            q.push_str(&format!("&subject_id={}", super::percent_encode(s)));
+        }
+        more.push(format_args!("<p><a href=\"/ui/events?{}\">Older events</a></p>", Escape(&q)));
+    }
+    let body = Html(render(
+        EVENTS,
+        &[
+            ("kind", Val::Text(kind.unwrap_or(""))),
+            ("subject_id", Val::Text(subject.unwrap_or(""))),
+            ("unacked_checked", Val::Text(if unacked { " checked" } else { "" })),
+            ("events", Val::Html(&event_table(ctx, &list, true))),
+            ("more", Val::Html(&more)),
+        ],
+    ));
+    Ok(page(ctx, "events", "Events", 200, &body))
+}
+
+fn base_url(ctx: &Ctx<'_>) -> String {
+    format!("http://{}", crate::web::routes::host_for_scripts(ctx.req.host()).unwrap_or("HOST"))
+}
+
+fn netboot(ctx: &Ctx<'_>) -> PageResult {
+    let s = &ctx.app.settings;
+    let dir = s.boot_dir();
+    let expected = [s.get("boot", "kernel"), s.get("boot", "initrd")];
+    let mut files: Vec<(String, Option<std::fs::Metadata>)> =
+        expected.iter().map(|n| (n.to_string(), std::fs::metadata(dir.join(n)).ok())).collect();
+    if let Ok(rd) = std::fs::read_dir(&dir) {
+        let mut extra: Vec<(String, Option<std::fs::Metadata>)> = rd
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                (!name.starts_with('.') && !expected.contains(&name.as_str()))
+                    .then(|| (name, e.metadata().ok().filter(|m| m.is_file())))
+            })
+            .filter(|(_, m)| m.is_some())
+            .collect();
+        extra.sort_by(|a, b| a.0.cmp(&b.0));
+        files.extend(extra);
+    }
+    let (_, repo, tag) = upstream(ctx)?;
+    let mut t = Html::new();
+    t.push(format_args!(
+        "<div class=\"scroll\"><table class=\"list\"><thead><tr><th scope=\"col\">File</th>\
+         <th scope=\"col\">Role</th><th scope=\"col\">State</th><th scope=\"col\">Size</th>\
+         <th scope=\"col\">Modified (UTC)</th></tr></thead><tbody>\n"
+    ));
+    for (i, (name, meta)) in files.iter().enumerate() {
+        let role = match i {
+            0 => "live kernel",
+            1 => "live initrd",
+            _ => "other",
+        };
+        let state = match meta {
+            Some(_) => "<span class=\"badge ok\">present</span>",
+            None => "<span class=\"badge bad\">missing</span>",
+        };
+        let size =
+            meta.as_ref().map(|m| crate::units::bytes(m.len())).unwrap_or_else(|| "-".into());
+        let time = meta
+            .as_ref()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| crate::units::iso8601(d.as_secs()))
+            .unwrap_or_else(|| "-".into());
+        t.push(format_args!(
+            "<tr><td class=\"mono\">{}</td><td>{role}</td><td>{state}</td><td>{}</td><td>{}</td></tr>\n",
+            Escape(name),
+            Escape(&size),
+            Escape(&time)
+        ));
+    }
+    t.push(format_args!("</tbody></table></div>"));
+    let body = Html(render(
+        NETBOOT,
+        &[
+            ("boot_dir", Val::Text(&dir.display().to_string())),
+            ("artifacts", Val::Html(&t)),
+            ("csrf", Val::Text(&ctx.csrf)),
+            ("max_upload", Val::Text(&crate::units::bytes(s.max_upload()))),
+            ("base", Val::Text(&base_url(ctx))),
+            ("release_repo", Val::Text(&repo)),
+            ("release_tag", Val::Text(&tag)),
+        ],
+    ));
+    Ok(page(ctx, "netboot", "Netboot", 200, &body))
+}
+
+fn backups(ctx: &Ctx<'_>) -> PageResult {
+    let mut list = Vec::new();
+    for kind in ["backup.created", "backup.failed", "backup.pruned"] {
+        list.extend(ctx.app.db.events(Some(kind), None, 20, None)?);
+    }
+    list.sort_by_key(|e| std::cmp::Reverse(e.id));
+    let db = ctx.app.db.path().display().to_string();
+    let body = Html(render(
+        BACKUPS,
+        &[("db", Val::Text(&db)), ("events", Val::Html(&event_table(ctx, &list, true)))],
+    ));
+    Ok(page(ctx, "backups", "Backups", 200, &body))
+}
+
+/// The upstream sources as the operator set them on the settings page, else the defaults:
+/// (catalog URL, netboot release repo, release tag).
+pub fn upstream(ctx: &Ctx<'_>) -> crate::error::Result<(String, String, String)> {
+    let db = &ctx.app.db;
+    let s = &ctx.app.settings;
+    Ok((
+        db.setting("catalog_url")?.unwrap_or_else(|| DEFAULT_CATALOG.to_string()),
+        db.setting("release_repo")?.unwrap_or_else(|| s.get("boot", "release_repo").to_string()),
+        db.setting("release_tag")?.unwrap_or_else(|| s.get("boot", "release_tag").to_string()),
+    ))
+}
+
+pub fn settings(ctx: &Ctx<'_>, state: Option<FormState>) -> PageResult {
+    let s = &ctx.app.settings;
+    let mut rows = Html::new();
+    for (name, value, source, help) in s.rows() {
+        // Rows from a TOML file get an inline form; secrets never (their value is not shown).
+        if source.starts_with("toml ") && !name.starts_with("[admin]") {
+            let id = name.replace(['[', ']', ' '], "");
+            rows.push(format_args!(
+                "<tr><td class=\"mono\"><label for=\"cfg-{id}\">{}</label></td><td>\
+                 <form method=\"post\" action=\"/ui/settings/config/edit\" class=\"inline\">\
+                 <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+                 <input type=\"hidden\" name=\"name\" value=\"{}\">\
+                 <input id=\"cfg-{id}\" name=\"value\" value=\"{}\">\
+                 <button type=\"submit\">Save</button></form></td><td>{}</td><td>{}</td></tr>\n",
+                Escape(&name),
+                Escape(&ctx.csrf),
+                Escape(&name),
+                Escape(&value),
+                Escape(&source),
+                Escape(help)
+            ));
+            continue;
+        }
+        rows.push(format_args!(
+            "<tr><td class=\"mono\">{}</td><td class=\"mono\">{}</td><td>{}</td><td>{}</td></tr>\n",
+            Escape(&name),
+            Escape(&value),
+            Escape(&source),
+            Escape(help)
+        ));
+    }
+    let files: Vec<String> = s.files.iter().map(|f| f.display().to_string()).collect();
+    let files = if files.is_empty() {
+        "no configuration file (defaults and environment only)".into()
+    } else {
+        files.join(", ")
+    };
+    let host = ctx.req.host();
+    let hostname = crate::web::routes::host_for_scripts(host)
+        .map(|h| match h.rsplit_once(':') {
+            // host:port, [v6]:port; a bare v6 address has colons but no brackets.
+            Some((name, port))
+                if port.bytes().all(|b| b.is_ascii_digit())
+                    && (!name.contains(':') || name.ends_with(']')) =>
+            {
+                name
+            }
+            _ => h,
+        })
+        .unwrap_or("HOST");
+    let mut addresses = Html::new();
+    let list = host_addresses();
+    if list.is_empty() {
+        addresses.push(format_args!("none found"));
+    }
+    for (i, a) in list.iter().enumerate() {
+        let sep = if i > 0 { ", " } else { "" };
+        addresses.push(format_args!("{sep}<code>{}</code>", Escape(a)));
+    }
+    let (catalog_url, repo, tag) = upstream(ctx)?;
+    let value = |k: &str, current: &str| -> String {
+        match &state {
+            Some(st) => super::field(&st.fields, k).unwrap_or("").to_string(),
+            None => current.to_string(),
+        }
+    };
+    let mut upstream_error = Html::new();
+    if let Some(st) = &state {
+        upstream_error.push(format_args!(
+            "<p class=\"field-error\" role=\"alert\">{}</p>",
+            Escape(&st.error.1)
+        ));
+    }
+    let body = Html(render(
+        SETTINGS,
+        &[
+            ("csrf", Val::Text(&ctx.csrf)),
+            ("upstream_error", Val::Html(&upstream_error)),
+            ("catalog_url", Val::Text(&value("catalog_url", &catalog_url))),
+            ("release_repo", Val::Text(&value("release_repo", &repo))),
+            ("release_tag", Val::Text(&value("release_tag", &tag))),
+            ("files", Val::Text(&files)),
+            ("rows", Val::Html(&rows)),
+            ("host", Val::Text(host)),
+            ("hostname", Val::Text(hostname)),
+            ("addresses", Val::Html(&addresses)),
+            ("base", Val::Text(&base_url(ctx))),
+        ],
+    ));
+    let status = if state.is_some() { 422 } else { 200 };
+    Ok(page(ctx, "settings", "Settings", status, &body))
+}
+
+/// This host's IPv4 addresses (the kernel's local routes) and global IPv6 addresses, from
+/// /proc, for the DHCP cheatsheet; loopback left out.
+fn host_addresses() -> Vec<String> {
+    let mut out = BTreeSet::new();
+    if let Ok(trie) = std::fs::read_to_string("/proc/net/fib_trie") {
+        let mut last = "";
+        for line in trie.lines() {
+            let t = line.trim_start();
+            if let Some(a) = t.strip_prefix("|-- ") {
+                last = a.trim();
+            } else if t.starts_with("/32 host LOCAL") && !last.starts_with("127.") {
+                out.insert(last.to_string());
+            }
+        }
+    }
+    let mut v6 = Vec::new();
+    if let Ok(list) = std::fs::read_to_string("/proc/net/if_inet6") {
+        for line in list.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // Scope 00 is global; link-local and loopback addresses are no use to DHCP.
+            if f.len() >= 4 && f[3] == "00" && f[0].len() == 32 {
+                if let Ok(a) = u128::from_str_radix(f[0], 16) {
+                    v6.push(std::net::Ipv6Addr::from(a).to_string());
+                }
+            }
+        }
+    }
+    out.into_iter().chain(v6).collect()
+}
+
+fn account(ctx: &Ctx<'_>) -> PageResult {
+    let s = &ctx.app.settings;
+    let state = if s.default_password() {
+        "The built-in default password is in use: anyone who knows bty can log in. Change it."
+            .to_string()
+    } else {
+        format!("The password is set ({}).", s.source("admin", "password"))
+    };
+    let secret = s.state_dir().join("session-secret").display().to_string();
+    let body = Html(render(
+        ACCOUNT,
+        &[
+            ("csrf", Val::Text(&ctx.csrf)),
+            ("password_state", Val::Text(&state)),
+            ("secret", Val::Text(&secret)),
+        ],
+    ));
+    Ok(page(ctx, "account", "Account", 200, &body))
+}

@@ -1,0 +1,587 @@
+//! The browser UI over real HTTP, without a browser: every page well-formed with an empty state
+//! and with 500 machines, links that resolve, forms that work without JavaScript (POST → 303 →
+//! flash), validation errors shown next to the field, escaping, CSRF refusal, CSP, ETags.
+//! tests/browser.rs drives the same pages in headless Chromium.
+
+#[path = "util/html.rs"]
+mod html;
+mod util;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Instant;
+
+use util::Server;
+
+/// One request with extra headers; returns (status, lower-cased head, body).
+fn req(
+    s: &Server,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, String) {
+    let mut c = TcpStream::connect(&s.addr).unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n", s.addr);
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    c.write_all(head.as_bytes()).unwrap();
+    c.write_all(body).unwrap();
+    let mut out = Vec::new();
+    c.read_to_end(&mut out).unwrap();
+    let out = String::from_utf8_lossy(&out).into_owned();
+    let (h, b) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let status = h.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    // Header names and values lower-cased for matching, except cookie values (flash messages).
+    let head = h
+        .lines()
+        .map(|l| match l.split_once(": ") {
+            Some((n, v)) if n.eq_ignore_ascii_case("set-cookie") => format!("set-cookie: {v}"),
+            _ => l.to_ascii_lowercase(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    (status, head, b.to_string())
+}
+
+fn get(s: &Server, cookie: &str, path: &str) -> (u16, String, String) {
+    req(s, "GET", path, &[("Cookie", cookie)], b"")
+}
+
+/// A same-origin form post, as a browser sends it.
+fn post_form(s: &Server, cookie: &str, path: &str, body: &str) -> (u16, String, String) {
+    let origin = format!("http://{}", s.addr);
+    req(
+        s,
+        "POST",
+        path,
+        &[
+            ("Cookie", cookie),
+            ("Origin", &origin),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        body.as_bytes(),
+    )
+}
+
+fn flash_cookie(head: &str) -> String {
+    head.lines()
+        .find(|l| l.starts_with("set-cookie: bty-flash="))
+        .map(|l| l.trim_start_matches("set-cookie: ").split(';').next().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+/// Posts a form, follows the 303 with the flash cookie, and returns (location, page).
+fn post_and_follow(s: &Server, cookie: &str, path: &str, body: &str) -> (String, String) {
+    let (st, head, _) = post_form(s, cookie, path, body);
+    assert_eq!(st, 303, "{path}: {head}");
+    let loc = head.lines().find_map(|l| l.strip_prefix("location: ")).unwrap().trim().to_string();
+    let flash = flash_cookie(&head);
+    let page_path = loc.split('#').next().unwrap();
+    let (st, _, page) = get(s, &format!("{cookie}; {flash}"), page_path);
+    assert_eq!(st, 200, "{loc}");
+    (loc, page)
+}
+
+fn pxe(s: &Server, mac: &str) {
+    let (st, _, body) = s.call("GET", &format!("/pxe/{mac}"), None, "");
+    assert_eq!(st, 200, "{body}");
+}
+
+/// Every page once; each must be well-formed, carry the CSP, and link only to routes that exist.
+fn check_pages(s: &Server, cookie: &str, mac: Option<&str>) -> Vec<(String, usize, f64)> {
+    let mut pages: Vec<String> =
+        ["dashboard", "machines", "images", "netboot", "backups", "events", "settings", "account"]
+            .iter()
+            .map(|p| format!("/ui/{p}"))
+            .collect();
+    pages.push("/ui/machines?q=aa&label=rack-1&status=discovered".into());
+    pages.push("/ui/events?unacked=1&kind=pxe.discovered".into());
+    if let Some(m) = mac {
+        pages.push(format!("/ui/machines/{m}"));
+    }
+    let mut stats = Vec::new();
+    let mut links = std::collections::BTreeSet::new();
+    for p in &pages {
+        let t = Instant::now();
+        let (st, head, body) = get(s, cookie, p);
+        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        assert_eq!(st, 200, "{p}: {body}");
+        assert!(
+            head.contains("content-security-policy: default-src 'none'; script-src 'self'"),
+            "{p}: {head}"
+        );
+        assert!(!body.contains("{{"), "{p}: a placeholder was left unfilled");
+        html::check(&body).unwrap_or_else(|e| panic!("{p}: {e}"));
+        for l in html::attr_values(&body, "href").into_iter().chain(html::attr_values(&body, "src"))
+        {
+            if l.starts_with('/') {
+                links.insert(l.split('#').next().unwrap().to_string());
+            } else {
+                assert!(l.starts_with('#'), "{p}: external link {l}");
+            }
+        }
+        for a in html::attr_values(&body, "action") {
+            let ok = a == "/ui/logout"
+                || a == "/ui/machines"
+                || a == "/ui/events"
+                || a.starts_with("/ui/machines/")
+                || a.starts_with("/ui/events/") && a.ends_with("/ack")
+                || [
+                    "/ui/catalog/entries",
+                    "/ui/catalog/upload",
+                    "/ui/catalog/delete",
+                    "/ui/catalog/fetch-release",
+                    "/ui/netboot/upload",
+                    "/ui/settings/upstream",
+                    "/ui/settings/config/edit",
+                ]
+                .contains(&a.as_str());
+            assert!(ok, "{p}: form action {a} is not a route");
+        }
+        stats.push((p.clone(), body.len(), ms));
+    }
+    for l in links {
+        let (st, _, _) = get(s, cookie, &l);
+        assert!(st == 200 || st == 304, "link {l} answers {st}");
+    }
+    stats
+}
+
+#[test]
+fn every_page_is_well_formed_empty_and_with_500_machines() {
+    let s = Server::start("ui-pages");
+    let cookie = s.login();
+    check_pages(&s, &cookie, None);
+    for i in 0..500u32 {
+        pxe(&s, &format!("02:00:00:00:{:02x}:{:02x}", i >> 8, i & 0xff));
+    }
+    for i in 0..50u32 {
+        let mac = format!("02:00:00:00:{:02x}:{:02x}", i >> 8, i & 0xff);
+        let body =
+            format!(r#"{{"labels": ["rack-{}", "noisy box"], "boot_mode": "ipxe-exit"}}"#, i % 4);
+        assert_eq!(s.call("PUT", &format!("/machines/{mac}"), Some(&cookie), &body).0, 200);
+    }
+    let stats = check_pages(&s, &cookie, Some("02:00:00:00:00:01"));
+    for (p, size, ms) in &stats {
+        eprintln!("{p}: {size} bytes, {ms:.1} ms (debug build, over loopback)");
+    }
+    let (_, size, _) = stats.iter().find(|(p, ..)| p == "/ui/machines").unwrap();
+    assert!(*size < 300_000, "the 500-machine page is {size} bytes");
+    let (_, _, body) = get(&s, &cookie, "/ui/machines");
+    assert_eq!(body.matches("<tr id=\"m-").count(), 500);
+    assert!(body.contains("500 of 500 machines"));
+    let p = r#"{"phase": "writing", "written_bytes": 512, "total_bytes": 2048}"#;
+    assert_eq!(s.call("POST", "/pxe/02:00:00:00:00:05/progress", None, p).0, 204);
+    let (_, _, body) = get(&s, &cookie, "/ui/machines?q=02:00:00:00:00:05");
+    assert!(
+        body.contains("<progress max=\"2048\" value=\"512\"") && body.contains("writing 25%"),
+        "{body}"
+    );
+    let (_, _, body) = get(&s, &cookie, "/ui/machines?label=rack-1");
+    assert_eq!(body.matches("<tr id=\"m-").count(), 13, "label filter");
+    let (_, _, body) = get(&s, &cookie, "/ui/machines?status=discovered&q=02:00:00:00:01");
+    assert_eq!(body.matches("<tr id=\"m-").count(), 244, "text and state filters");
+}
+
+#[test]
+fn pages_need_a_session_and_static_assets_revalidate() {
+    let s = Server::start("ui-auth");
+    for p in ["/ui/dashboard", "/ui/machines", "/ui/machines/02:00:00:00:00:01", "/ui/settings"] {
+        let (st, head, _) = req(&s, "GET", p, &[], b"");
+        assert_eq!(st, 303, "{p}");
+        assert!(head.contains("location: /ui/login"), "{p}: {head}");
+    }
+    let (st, head, _) =
+        req(&s, "POST", "/ui/machines/02:00:00:00:00:01", &[], b"boot_mode=bty-tui");
+    assert!(st == 303 && head.contains("location: /ui/login"), "form posts too: {head}");
+    let (st, head, body) = req(&s, "GET", "/ui/login", &[], b"");
+    assert_eq!(st, 200);
+    assert!(head.contains("content-security-policy"));
+    html::check(&body).unwrap();
+    let (st, head, css) = req(&s, "GET", "/static/style.css", &[], b"");
+    assert_eq!(st, 200);
+    assert!(head.contains("content-type: text/css"));
+    assert!(css.contains("prefers-color-scheme: dark"));
+    let etag = head.lines().find_map(|l| l.strip_prefix("etag: ")).unwrap().trim().to_string();
+    let (st, _, body) = req(&s, "GET", "/static/style.css", &[("If-None-Match", &etag)], b"");
+    assert_eq!((st, body.as_str()), (304, ""));
+    let (st, head, js) = req(&s, "GET", "/static/app.js", &[], b"");
+    assert_eq!(st, 200);
+    assert!(head.contains("content-type: text/javascript"));
+    assert!(
+        js.contains("EventSource") && !js.contains("innerHTML"),
+        "rows are built as text nodes"
+    );
+    assert_eq!(req(&s, "GET", "/static/nope.js", &[], b"").0, 404);
+}
+
+#[test]
+fn machine_form_saves_without_javascript_and_reports_errors_at_the_field() {
+    let s = Server::start("ui-form");
+    let cookie = s.login();
+    let mac = "02:00:00:00:00:07";
+    pxe(&s, mac);
+    let inv = r#"{"disks": [{"path": "/dev/sda", "size": "20G", "vendor": "ATA", "model": "QEMU HARDDISK", "serial": "QM0001", "tran": "sata", "removable": false, "readonly": false}]}"#;
+    assert_eq!(s.call("POST", &format!("/pxe/{mac}/inventory"), None, inv).0, 204);
+    let (st, _, entry) = s.call(
+        "POST",
+        "/catalog/entries",
+        Some(&cookie),
+        r#"{"image_url": "https://images.example/debian-12.img.zst"}"#,
+    );
+    assert_eq!(st, 201, "{entry}");
+    let image_ref = serde_json::from_str::<serde_json::Value>(&entry).unwrap()["bty_image_ref"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, _, page) = get(&s, &cookie, &format!("/ui/machines/{mac}"));
+    assert!(
+        page.contains("QM0001") && page.contains("debian-12.img.zst"),
+        "disk and image offered"
+    );
+
+    // A flash mode without a disk: the form comes back with the input and the message.
+    let (st, _, page) = post_form(
+        &s,
+        &cookie,
+        &format!("/ui/machines/{mac}"),
+        &format!(
+            "bty_image_ref={image_ref}&target_disk_serial=&boot_mode=bty-flash-once&labels=rack+1%2C+%3Cscript%3Ealert(1)%3C%2Fscript%3E&sanboot_drive="
+        ),
+    );
+    assert_eq!(st, 422);
+    html::check(&page).unwrap();
+    assert!(page.contains("class=\"field-error\""), "{page}");
+    assert!(
+        page.contains("labels[1]: must start with a letter or digit"),
+        "the label error first: {page}"
+    );
+    assert!(
+        page.contains("value=\"rack 1, &lt;script&gt;alert(1)&lt;/script&gt;\""),
+        "input kept, escaped"
+    );
+    assert!(!page.contains("<script>alert"), "no markup from input");
+    let (st, _, page) = post_form(
+        &s,
+        &cookie,
+        &format!("/ui/machines/{mac}"),
+        &format!(
+            "bty_image_ref={image_ref}&target_disk_serial=&boot_mode=bty-flash-once&labels=rack+1&sanboot_drive="
+        ),
+    );
+    assert_eq!(st, 422);
+    assert!(
+        page.contains("target_disk_serial: required when boot_mode is bty-flash-once"),
+        "{page}"
+    );
+
+    let (loc, page) = post_and_follow(
+        &s,
+        &cookie,
+        &format!("/ui/machines/{mac}"),
+        &format!(
+            "csrf=x&bty_image_ref={image_ref}&target_disk_serial=QM0001&boot_mode=bty-flash-once&labels=rack+1%2C+web&sanboot_drive=0x81"
+        ),
+    );
+    assert_eq!(loc, format!("/ui/machines/{mac}"));
+    assert!(page.contains(&format!("Saved {mac}.")), "flash message shown");
+    let (_, _, json) = s.call("GET", &format!("/machines/{mac}"), Some(&cookie), "");
+    let m: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(m["boot_mode"], "bty-flash-once");
+    assert_eq!(m["target_disk_serial"], "QM0001");
+    assert_eq!(m["bty_image_ref"], image_ref.as_str());
+    assert_eq!(m["labels"], serde_json::json!(["rack 1", "web"]));
+    assert_eq!(m["sanboot_drive"], "0x81");
+
+    // Delete needs the confirmation box.
+    let (_, page) = post_and_follow(&s, &cookie, &format!("/ui/machines/{mac}/delete"), "");
+    assert!(page.contains("Not deleted"), "{page}");
+    let (loc, page) =
+        post_and_follow(&s, &cookie, &format!("/ui/machines/{mac}/delete"), "confirm=yes");
+    assert_eq!(loc, "/ui/machines");
+    assert!(page.contains(&format!("Deleted {mac}.")));
+    assert_eq!(s.call("GET", &format!("/machines/{mac}"), Some(&cookie), "").0, 404);
+}
+
+#[test]
+fn cross_site_posts_are_refused_and_the_token_works_without_origin() {
+    let s = Server::start("ui-csrf");
+    let cookie = s.login();
+    let mac = "02:00:00:00:00:09";
+    pxe(&s, mac);
+    let path = format!("/ui/machines/{mac}");
+    let form = "boot_mode=bty-tui&labels=x";
+    let ct = ("Content-Type", "application/x-www-form-urlencoded");
+    let (st, _, body) = req(
+        &s,
+        "POST",
+        &path,
+        &[("Cookie", &cookie), ("Origin", "http://evil.example"), ct],
+        form.as_bytes(),
+    );
+    assert_eq!(st, 403, "{body}");
+    let (st, _, _) = req(&s, "POST", &path, &[("Cookie", &cookie), ct], form.as_bytes());
+    assert_eq!(st, 403, "no Origin and no token");
+    // A multipart body is still a form post to this route: the same check applies.
+    let mp = "--B\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\na&boot_mode=bty-tui&\r\n--B--\r\n";
+    let (st, _, _) = req(
+        &s,
+        "POST",
+        &path,
+        &[
+            ("Cookie", &cookie),
+            ("Origin", "http://evil.example"),
+            ("Content-Type", "multipart/form-data; boundary=B"),
+        ],
+        mp.as_bytes(),
+    );
+    assert_eq!(st, 403, "multipart is not a way around the check");
+    let (_, _, json) = s.call("GET", &format!("/machines/{mac}"), Some(&cookie), "");
+    assert!(json.contains("bty-inventory"), "unchanged: {json}");
+    // The token from the page's hidden field lets a client without Origin through.
+    let (_, _, page) = get(&s, &cookie, &path);
+    let token = html::attr_values(&page, "value")
+        .into_iter()
+        .find(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+        .expect("a csrf field");
+    let (st, head, _) = req(
+        &s,
+        "POST",
+        &path,
+        &[("Cookie", &cookie), ct],
+        format!("csrf={token}&{form}").as_bytes(),
+    );
+    assert_eq!(st, 303, "{head}");
+    let (st, _, _) = req(
+        &s,
+        "POST",
+        &path,
+        &[("Cookie", &cookie), ct],
+        format!("csrf={}&{form}", "0".repeat(64)).as_bytes(),
+    );
+    assert_eq!(st, 403, "a wrong token");
+    let (st, _, _) = req(
+        &s,
+        "POST",
+        "/ui/login",
+        &[("Origin", "http://evil.example"), ct],
+        b"password=pw-for-tests",
+    );
+    assert_eq!(st, 403, "no login from another site");
+}
+
+#[test]
+fn images_page_adds_uploads_escapes_and_deletes() {
+    let s = Server::start("ui-images");
+    let cookie = s.login();
+    let (loc, page) = post_and_follow(
+        &s,
+        &cookie,
+        "/ui/catalog/entries",
+        "image_url=https%3A%2F%2Fimages.example%2Fa.img.xz&name=%3Cscript%3Ealert(1)%3C%2Fscript%3E&description=",
+    );
+    assert_eq!(loc, "/ui/images");
+    assert!(page.contains("Added &lt;script&gt;alert(1)&lt;/script&gt;."), "{page}");
+    assert!(page.contains("<td>&lt;script&gt;alert(1)&lt;/script&gt;</td>"));
+    assert!(!page.contains("<script>alert"));
+    html::check(&page).unwrap();
+    let (st, _, page) =
+        post_form(&s, &cookie, "/ui/catalog/entries", "image_url=ftp%3A%2F%2Fx%2Fy.img&name=kept");
+    assert_eq!(st, 422);
+    assert!(page.contains("ftp:// is not supported") && page.contains("value=\"kept\""), "{page}");
+
+    let toml = "version = 1\n\n[[images]]\nname = \"b.img.gz\"\nsrc = \"https://images.example/b.img.gz\"\n\n[[images]]\nname = \"c.img\"\nsrc = \"https://images.example/c.img\"\n";
+    let multipart = |csrf: &str| {
+        format!(
+            "--BoUnD\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\n{csrf}\r\n--BoUnD\r\n\
+             Content-Disposition: form-data; name=\"catalog\"; filename=\"lab.toml\"\r\n\
+             Content-Type: application/toml\r\n\r\n{toml}\r\n--BoUnD--\r\n"
+        )
+    };
+    let origin = format!("http://{}", s.addr);
+    let ct = ("Content-Type", "multipart/form-data; boundary=BoUnD");
+    let (st, _, _) = req(
+        &s,
+        "POST",
+        "/ui/catalog/upload",
+        &[("Cookie", &cookie), ct],
+        multipart("nope").as_bytes(),
+    );
+    assert_eq!(st, 403, "multipart posts are checked too");
+    let (st, head, _) = req(
+        &s,
+        "POST",
+        "/ui/catalog/upload",
+        &[("Cookie", &cookie), ("Origin", &origin), ct],
+        multipart("").as_bytes(),
+    );
+    assert_eq!(st, 303, "{head}");
+    let flash = flash_cookie(&head);
+    let (_, _, page) = get(&s, &format!("{cookie}; {flash}"), "/ui/images");
+    assert!(page.contains("Imported 2 entries, skipped 0"), "{page}");
+    let (_, _, json) = s.call("GET", "/catalog/entries", Some(&cookie), "");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&json).unwrap().as_array().unwrap().len(),
+        3
+    );
+    let (_, page) = post_and_follow(
+        &s,
+        &cookie,
+        "/ui/catalog/delete",
+        "src=https%3A%2F%2Fimages.example%2Fc.img",
+    );
+    assert!(page.contains("Deleted https://images.example/c.img."), "{page}");
+    let (_, _, json) = s.call("GET", "/catalog/entries", Some(&cookie), "");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&json).unwrap().as_array().unwrap().len(),
+        2
+    );
+}
+
+#[test]
+fn events_acknowledge_and_netboot_upload_through_forms() {
+    let s = Server::start("ui-events");
+    let cookie = s.login();
+    let (_, _, json) = s.call("GET", "/events?kind=auth.login.succeeded", Some(&cookie), "");
+    let id = serde_json::from_str::<serde_json::Value>(&json).unwrap()["events"][0]["id"]
+        .as_i64()
+        .unwrap();
+    let (_, _, list) = get(&s, &cookie, "/ui/events?kind=auth.login.succeeded");
+    assert!(
+        list.contains("name=\"back\" value=\"/ui/events?kind=auth.login.succeeded\""),
+        "{list}"
+    );
+    let (loc, page) = post_and_follow(
+        &s,
+        &cookie,
+        &format!("/ui/events/{id}/ack"),
+        "back=%2Fui%2Fevents%3Fkind%3Dauth.login.succeeded",
+    );
+    assert_eq!(loc, "/ui/events?kind=auth.login.succeeded", "back to the filtered list");
+    assert!(page.contains(&format!("Event {id} acknowledged.")), "{page}");
+    let (st, head, _) = post_form(
+        &s,
+        &cookie,
+        &format!("/ui/events/{id}/ack"),
+        "back=https%3A%2F%2Fevil.example%2F",
+    );
+    assert!(
+        st == 303 && head.contains("location: /ui/events\n"),
+        "no redirect off the site: {head}"
+    );
+    let (_, _, json) = s.call("GET", "/events?kind=auth.login.succeeded", Some(&cookie), "");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&json).unwrap()["events"][0]["acknowledged"],
+        true
+    );
+
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    let mut body =
+        b"--XX\r\nContent-Disposition: form-data; name=\"artifact\"; filename=\"ipxe.efi\"\r\n\r\n"
+            .to_vec();
+    body.extend_from_slice(&data);
+    body.extend_from_slice(b"\r\n--XX--\r\n");
+    let origin = format!("http://{}", s.addr);
+    let (st, head, _) = req(
+        &s,
+        "POST",
+        "/ui/netboot/upload",
+        &[
+            ("Cookie", &cookie),
+            ("Origin", &origin),
+            ("Content-Type", "multipart/form-data; boundary=XX"),
+        ],
+        &body,
+    );
+    assert_eq!(st, 303, "{head}");
+    assert_eq!(std::fs::read(s.state.join("boot/ipxe.efi")).unwrap(), data);
+    let (_, _, page) = get(&s, &format!("{cookie}; {}", flash_cookie(&head)), "/ui/netboot");
+    assert!(page.contains("Uploaded ipxe.efi"), "{page}");
+    assert!(
+        page.contains(">ipxe.efi</td><td>other</td><td><span class=\"badge ok\">present</span>")
+    );
+}
+
+#[test]
+fn settings_store_the_default_catalog_which_the_images_page_fetches() {
+    let s = Server::start("ui-settings");
+    let cookie = s.login();
+    let (_, _, page) = get(&s, &cookie, "/ui/settings");
+    assert!(page.contains("[admin] password") && page.contains("(set)"), "config rows");
+    assert!(page.contains("env BTY_ADMIN_PASSWORD"), "with their source");
+    assert!(page.contains("pxe-bootstrap.ipxe") && page.contains("HTTPClient"), "the cheatsheet");
+    let (st, _, page) = post_form(
+        &s,
+        &cookie,
+        "/ui/settings/upstream",
+        "catalog_url=&release_repo=no-slash&release_tag=latest",
+    );
+    assert_eq!(st, 422);
+    assert!(
+        page.contains("release_repo: no-slash: expected owner/name")
+            && page.contains("value=\"no-slash\"")
+    );
+    let file = s.state.join("lab.toml");
+    std::fs::write(
+        &file,
+        "version = 1\n[[images]]\nname = \"x.img\"\nsrc = \"https://images.example/x.img\"\n",
+    )
+    .unwrap();
+    let body = format!("catalog_url={}&release_repo=lab%2Fbty&release_tag=v1.2.3", file.display());
+    let (_, page) = post_and_follow(&s, &cookie, "/ui/settings/upstream", &body);
+    assert!(
+        page.contains("Upstream sources saved.") && page.contains("value=\"lab/bty\""),
+        "{page}"
+    );
+    let (_, _, page) = get(&s, &cookie, "/ui/netboot");
+    assert!(page.contains("<code>lab/bty</code> tag <code>v1.2.3</code>"));
+    let (_, page) = post_and_follow(&s, &cookie, "/ui/catalog/fetch-release", "");
+    assert!(page.contains("Imported 1 entries, skipped 0"), "{page}");
+}
+
+#[test]
+fn toml_settings_are_edited_in_their_file() {
+    let dir = util::TestDir::new("ui-config");
+    let file = dir.path("bty.toml");
+    std::fs::write(
+        &file,
+        "# lab\n[boot]\nmax_upload_mib = 100 # small disks\nrelease_tag = \"v1\"\n",
+    )
+    .unwrap();
+    let s = Server::start_env("ui-config", &[("BTY_CONFIG_FILE", file.to_str().unwrap())]);
+    let cookie = s.login();
+    let (_, _, page) = get(&s, &cookie, "/ui/settings");
+    html::check(&page).unwrap();
+    assert!(
+        page.contains("name=\"name\" value=\"[boot] max_upload_mib\""),
+        "an inline form for TOML rows"
+    );
+    assert!(!page.contains("value=\"[server] port\""), "none for defaults");
+    let (_, page) = post_and_follow(
+        &s,
+        &cookie,
+        "/ui/settings/config/edit",
+        "name=%5Bboot%5D+max_upload_mib&value=abc",
+    );
+    assert!(
+        page.contains("Not saved: ") && page.contains("expected a whole number above 0"),
+        "{page}"
+    );
+    let (_, page) = post_and_follow(
+        &s,
+        &cookie,
+        "/ui/settings/config/edit",
+        "name=%5Bboot%5D+max_upload_mib&value=200",
+    );
+    assert!(page.contains("Saved [boot] max_upload_mib = 200"), "{page}");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "# lab\n[boot]\nmax_upload_mib = 200\nrelease_tag = \"v1\"\n"
+    );
+    let (_, page) =
+        post_and_follow(&s, &cookie, "/ui/settings/config/edit", "name=%5Bserver%5D+port&value=1");
+    assert!(page.contains("does not come from a TOML file"), "{page}");
+}
