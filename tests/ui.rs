@@ -135,6 +135,9 @@ fn check_pages(s: &Server, cookie: &str, mac: Option<&str>) -> Vec<(String, usiz
                     "/ui/catalog/delete",
                     "/ui/catalog/fetch-release",
                     "/ui/netboot/upload",
+                    "/ui/netboot/fetch-release",
+                    "/ui/backups/run",
+                    "/ui/settings/backup",
                     "/ui/settings/upstream",
                     "/ui/settings/config/edit",
                 ]
@@ -537,7 +540,7 @@ fn settings_store_the_default_catalog_which_the_images_page_fetches() {
         "{page}"
     );
     let (_, _, page) = get(&s, &cookie, "/ui/netboot");
-    assert!(page.contains("<code>lab/bty</code> tag <code>v1.2.3</code>"));
+    assert!(page.contains("the GitHub release lab/bty v1.2.3"), "{page}");
     let (_, page) = post_and_follow(&s, &cookie, "/ui/catalog/fetch-release", "");
     assert!(page.contains("Imported 1 entries, skipped 0"), "{page}");
 }
@@ -584,4 +587,27 @@ fn toml_settings_are_edited_in_their_file() {
     let (_, page) =
         post_and_follow(&s, &cookie, "/ui/settings/config/edit", "name=%5Bserver%5D+port&value=1");
     assert!(page.contains("does not come from a TOML file"), "{page}");
+}
+
+#[test]
+fn backups_page_runs_a_backup_and_saves_the_schedule() {
+    let s = Server::start("ui-backups");
+    let cookie = s.login();
+    let (_, page) = post_and_follow(&s, &cookie, "/ui/backups/run", "");
+    assert!(page.contains("Backup started (job"), "{page}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, _, page) = get(&s, &cookie, "/ui/backups");
+        if page.contains("bty-backup-") && page.contains("<td>done</td>") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no finished backup listed: {page}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (_, page) =
+        post_and_follow(&s, &cookie, "/ui/settings/backup", "enabled=true&interval_hours=6&keep=3");
+    assert!(page.contains("Backups every 6 h, keeping 3."), "{page}");
+    assert!(page.contains("value=\"true\" checked>") && page.contains("value=\"6\""), "{page}");
+    let (_, page) = post_and_follow(&s, &cookie, "/ui/settings/backup", "interval_hours=0&keep=x");
+    assert!(page.contains("needs whole numbers"), "{page}");
 }

@@ -36,15 +36,31 @@ pub fn artifacts(app: &App) -> (Vec<String>, String) {
     (vec![kernel, initrd], manifest)
 }
 
+/// The release repo and tag: as saved on the settings page, else from the configuration.
+fn repo_and_tag(app: &App) -> (String, String) {
+    let s = &app.settings;
+    let saved = |k: &str| app.db.setting(k).ok().flatten().filter(|v| !v.is_empty());
+    (
+        saved("release_repo").unwrap_or_else(|| s.get("boot", "release_repo").to_string()),
+        saved("release_tag").unwrap_or_else(|| s.get("boot", "release_tag").to_string()),
+    )
+}
+
+/// Where the release's files come from, for people: the base URL or directory, or the GitHub
+/// release of `repo` at `tag`.
+pub fn origin(app: &App, repo: &str, tag: &str) -> String {
+    let base = app.settings.get("boot", "release_url").trim();
+    if base.is_empty() { format!("the GitHub release {repo} {tag}") } else { base.to_string() }
+}
+
 /// Where a file of the release is: under `release_url`, else the GitHub release download URL.
 fn location(app: &App, name: &str) -> String {
-    let s = &app.settings;
-    let base = s.get("boot", "release_url").trim();
+    let base = app.settings.get("boot", "release_url").trim();
     if !base.is_empty() {
         return format!("{}/{name}", base.trim_end_matches('/'));
     }
-    let repo = s.get("boot", "release_repo");
-    match s.get("boot", "release_tag") {
+    let (repo, tag) = repo_and_tag(app);
+    match tag.as_str() {
         "" | "latest" => format!("https://github.com/{repo}/releases/latest/download/{name}"),
         tag => format!("https://github.com/{repo}/releases/download/{tag}/{name}"),
     }

@@ -33,16 +33,59 @@ pub fn post(ctx: &Ctx<'_>, segs: &[&str], body: &mut dyn Read) -> Resp {
         ["settings", "config", "edit"] => edit_config(ctx, &fields()),
         ["events", id, "ack"] => ack(ctx, id, &fields()),
         ["netboot", "upload"] => upload_artifact(ctx, body),
-        // Routes of the reference UI whose work is not built yet: say so on their page.
-        ["netboot", "fetch-release"] => not_yet("/ui/netboot"),
-        ["backups", ..] => not_yet("/ui/backups"),
-        ["settings", "backup"] => not_yet("/ui/settings"),
+        ["netboot", "fetch-release"] => match crate::web::release::start(ctx.app) {
+            Ok(Some(id)) => {
+                redirect_with("/ui/netboot#fetch", false, &format!("Fetch started (job {id})."))
+            }
+            Ok(None) => redirect_with("/ui/netboot#fetch", true, "A fetch is already running."),
+            Err(e) => internal(e),
+        },
+        ["backups", "run"] => match crate::web::backup::start(ctx.app) {
+            Ok(Some(id)) => {
+                redirect_with("/ui/backups#jobs", false, &format!("Backup started (job {id})."))
+            }
+            Ok(None) => redirect_with("/ui/backups#jobs", true, "A backup is already running."),
+            Err(e) => internal(e),
+        },
+        ["settings", "backup"] => save_backup_schedule(ctx, &fields()),
         _ => pages::not_found(ctx, "There is no such form."),
     }
 }
 
-fn not_yet(page: &str) -> Resp {
-    redirect_with(page, true, "Not available yet: this action comes with the worker jobs.")
+/// `POST /ui/settings/backup`: enabled, interval_hours, keep; the scheduler reads them on its
+/// next one-minute tick.
+fn save_backup_schedule(ctx: &Ctx<'_>, fields: &[(String, String)]) -> Resp {
+    let enabled = field(fields, "enabled") == Some("true");
+    let number = |k: &str, max: u64| {
+        field(fields, k)
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|n| (1..=max).contains(n))
+    };
+    let (Some(interval), Some(keep)) = (number("interval_hours", 8760), number("keep", 1000))
+    else {
+        return redirect_with(
+            "/ui/backups#schedule",
+            true,
+            "The schedule needs whole numbers: every 1 to 8760 hours, keep 1 to 1000 backups.",
+        );
+    };
+    let db = &ctx.app.db;
+    let saved = db
+        .set_setting("backup.enabled", if enabled { "true" } else { "false" })
+        .and_then(|_| db.set_setting("backup.interval_hours", &interval.to_string()))
+        .and_then(|_| db.set_setting("backup.keep", &keep.to_string()));
+    match saved {
+        Ok(()) => {
+            let msg = if enabled {
+                format!("Backups every {interval} h, keeping {keep}.")
+            } else {
+                format!("Scheduled backups off; keeping {keep}.")
+            };
+            let _ = db.add_event("settings.backup", None, &msg, None);
+            redirect_with("/ui/backups#schedule", false, &msg)
+        }
+        Err(e) => internal(e),
+    }
 }
 
 /// The `detail` of one of our JSON error responses.

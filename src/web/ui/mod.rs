@@ -55,7 +55,7 @@ pub struct FormState {
 
 /// What a page handler knows about the request.
 pub struct Ctx<'a> {
-    pub app: &'a App,
+    pub app: &'a Arc<App>,
     pub req: &'a Req,
     /// This session's anti-CSRF token, for hidden form fields.
     pub csrf: String,

@@ -372,8 +372,9 @@ fn netboot(ctx: &Ctx<'_>) -> PageResult {
             ("csrf", Val::Text(&ctx.csrf)),
             ("max_upload", Val::Text(&crate::units::bytes(s.max_upload()))),
             ("base", Val::Text(&base_url(ctx))),
-            ("release_repo", Val::Text(&repo)),
-            ("release_tag", Val::Text(&tag)),
+            ("release_from", Val::Text(&crate::web::release::origin(ctx.app, &repo, &tag))),
+            ("jobs", Val::Html(&job_table(&ctx.app.db.jobs(Some("release"), 5)?))),
+            ("tftp", Val::Text(&tftp_status(&ctx.app.settings))),
         ],
     ));
     Ok(page(ctx, "netboot", "Netboot", 200, &body))
@@ -386,11 +387,93 @@ fn backups(ctx: &Ctx<'_>) -> PageResult {
     }
     list.sort_by_key(|e| std::cmp::Reverse(e.id));
     let db = ctx.app.db.path().display().to_string();
+    let state = ctx.app.settings.state_dir();
+    let mut files = Html::new();
+    let present = crate::web::backup::list(&state)?;
+    if present.is_empty() {
+        files.push(format_args!("<p>No backups yet.</p>"));
+    } else {
+        files.push(format_args!(
+            "<div class=\"scroll\"><table class=\"list\"><thead><tr><th scope=\"col\">File</th>\
+             <th scope=\"col\">Size</th></tr></thead><tbody>\n"
+        ));
+        for b in &present {
+            files.push(format_args!(
+                "<tr><td class=\"mono\">{}</td><td>{}</td></tr>\n",
+                Escape(&b.name),
+                Escape(&crate::units::bytes(b.size_bytes))
+            ));
+        }
+        files.push(format_args!("</tbody></table></div>"));
+    }
+    let setting = |k: &str| ctx.app.db.setting(k);
+    let enabled = setting("backup.enabled")?.is_some_and(|v| v == "true");
+    let interval = setting("backup.interval_hours")?.unwrap_or_else(|| "24".into());
+    let keep = crate::web::backup::keep(ctx.app).to_string();
+    let dir = crate::web::backup::dir(&state).display().to_string();
+    let checked = Html(if enabled { " checked".to_string() } else { String::new() });
     let body = Html(render(
         BACKUPS,
-        &[("db", Val::Text(&db)), ("events", Val::Html(&event_table(ctx, &list, true)))],
+        &[
+            ("db", Val::Text(&db)),
+            ("dir", Val::Text(&dir)),
+            ("csrf", Val::Text(&ctx.csrf)),
+            ("files", Val::Html(&files)),
+            ("enabled", Val::Html(&checked)),
+            ("interval", Val::Text(&interval)),
+            ("keep", Val::Text(&keep)),
+            ("jobs", Val::Html(&job_table(&ctx.app.db.jobs(Some("backup"), 10)?))),
+            ("events", Val::Html(&event_table(ctx, &list, true))),
+        ],
     ));
     Ok(page(ctx, "backups", "Backups", 200, &body))
+}
+
+/// Recent jobs as a table: state, progress, times, error.
+fn job_table(jobs: &[crate::web::db::Job]) -> Html {
+    let mut h = Html::new();
+    if jobs.is_empty() {
+        h.push(format_args!("<p>No jobs yet.</p>"));
+        return h;
+    }
+    h.push(format_args!(
+        "<div class=\"scroll\"><table class=\"list\"><thead><tr><th scope=\"col\">Job</th>\
+         <th scope=\"col\">State</th><th scope=\"col\">Progress</th><th scope=\"col\">Started</th>\
+         <th scope=\"col\">Finished</th><th scope=\"col\">Error</th></tr></thead><tbody>\n"
+    ));
+    for j in jobs {
+        let progress = match j.total_bytes {
+            Some(t) if t > 0 => {
+                format!("{} of {}", crate::units::bytes(j.progress_bytes), crate::units::bytes(t))
+            }
+            _ => crate::units::bytes(j.progress_bytes),
+        };
+        h.push(format_args!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            j.id,
+            Escape(&j.state),
+            Escape(&progress),
+            Escape(j.started_at.as_deref().unwrap_or("-")),
+            Escape(j.finished_at.as_deref().unwrap_or("-")),
+            Escape(j.error.as_deref().unwrap_or(""))
+        ));
+    }
+    h.push(format_args!("</tbody></table></div>"));
+    h
+}
+
+/// What the netboot page says about TFTP.
+fn tftp_status(s: &crate::web::config::Settings) -> String {
+    if s.tftp_enabled() {
+        format!(
+            "bty-web serves the boot dir over TFTP on {} (read only; the iPXE binaries go in the boot dir).",
+            s.tftp_listen()
+        )
+    } else {
+        "bty-web's TFTP server is off ([tftp] enabled = false). Turn it on for firmware that loads its \
+         first bootfile only over TFTP, or run `bty-web tftp` as a sidecar."
+            .to_string()
+    }
 }
 
 /// The upstream sources as the operator set them on the settings page, else the defaults:
