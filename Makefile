@@ -19,11 +19,12 @@ MUSL_TARGET := x86_64-unknown-linux-musl
 #   through it (send-keys, capture-pane); tftp-hpa: a second, independent TFTP client for
 #   tests/tftp.rs; ca-certificates: the CA bundle of `make image`; podman: tests/image.rs loads
 #   that image; chromium, chromium-driver: tests/browser.rs drives the UI in headless Chromium
-#   over WebDriver (chromedriver on a free 127.0.0.1 port).
+#   over WebDriver (chromedriver on a free 127.0.0.1 port); python3-yaml: tests/deploy.rs parses
+#   compose.yaml; systemd: systemd-analyze verifies the host unit.
 DEB_PACKAGES := qemu-utils e2fsprogs gdisk fdisk util-linux zstd xz-utils bzip2 pigz \
 	bmap-tools mbuffer musl-tools python3 time bsdutils wrk python3-venv lshw \
 	docker-registry curl tmux tftp-hpa ca-certificates podman \
-	chromium chromium-driver
+	chromium chromium-driver python3-yaml systemd
 
 IMAGE_DIR ?= target/image
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
@@ -64,7 +65,8 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-test: deps lint
+# The static binaries first: tests/image.rs packs the static bty-web into the image.
+test: deps lint static
 	$(CARGO) test --all-targets
 
 build:

@@ -325,6 +325,26 @@ pub fn try_lock_exclusive(file: &File) -> io::Result<bool> {
     if e.raw_os_error() == Some(libc::EWOULDBLOCK) { Ok(false) } else { Err(e) }
 }
 
+/// Fills `buf` from the kernel's random generator with getrandom(2): no /dev/urandom needed,
+/// which a from-scratch container or a chroot may not have.
+pub fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let rest = &mut buf[filled..];
+        // SAFETY: getrandom writes at most `rest.len()` bytes into the live slice it is given.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        filled += n as usize;
+    }
+    Ok(())
+}
+
 /// Deallocates `[offset, offset + len)` of a regular file, keeping its size: the range then
 /// reads as zeros whatever it held before.
 pub fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {

@@ -4,7 +4,7 @@
 //! for a user. Every file written and every command run is printed; `--dry-run` only prints.
 
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{IpAddr, UdpSocket};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -402,9 +402,7 @@ fn detect_host_addr() -> Option<IpAddr> {
 /// 128 random bits as hex: safe in env files, YAML and shell without quoting.
 fn random_secret() -> Result<String> {
     let mut bytes = [0u8; 16];
-    fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .context("reading /dev/urandom for the admin password")?;
+    crate::sys::random_bytes(&mut bytes).context("drawing random bytes for the admin password")?;
     Ok(crate::hex::encode(&bytes))
 }
 

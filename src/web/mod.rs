@@ -368,9 +368,8 @@ fn prepare_state_dir(dir: &Path, boot: &Path) -> Result<()> {
     let secret = dir.join("session-secret");
     if !secret.exists() {
         let mut bytes = [0u8; 32];
-        fs::File::open("/dev/urandom")
-            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
-            .context("reading /dev/urandom for the session secret")?;
+        crate::sys::random_bytes(&mut bytes)
+            .context("drawing random bytes for the session secret")?;
         let mut f = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
