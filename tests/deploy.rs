@@ -37,14 +37,6 @@ fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
-fn which(prog: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|d| d.join(prog))
-        .find(|p| p.is_file())
-}
-
 const FILES: &[&str] = &[
     "compose.yaml",
     "envvars",
@@ -113,7 +105,7 @@ fn compose_file_parses_as_yaml_with_both_services() {
         .expect("running python3");
     assert!(o.status.success(), "{}", text(&o));
     // Where a compose tool exists, it must accept the file too.
-    if which("podman-compose").is_some() {
+    if util::which("podman-compose").is_some() {
         let o = Command::new("podman-compose").arg("config").current_dir(&dir).output().unwrap();
         assert!(o.status.success(), "{}", text(&o));
     }
@@ -190,7 +182,8 @@ fn quadlet_units_are_well_formed() {
 
 #[test]
 fn host_install_unit_passes_systemd_analyze_verify() {
-    let analyze = which("systemd-analyze").expect("systemd-analyze (make deps installs systemd)");
+    let analyze =
+        util::which("systemd-analyze").expect("systemd-analyze (make deps installs systemd)");
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/systemd");
     let t = TestDir::new("deploy-systemd");
     // verify checks that ExecStart exists: point it at the binary under test.

@@ -225,7 +225,7 @@ fn serve_runs_tftp_next_to_http_when_enabled() {
 
 #[test]
 fn tftp_hpa_client_downloads_byte_exact() {
-    let tftp = which("tftp").expect("Debian's tftp-hpa client (make deps installs it)");
+    let tftp = util::which("tftp").expect("Debian's tftp-hpa client (make deps installs it)");
     let dir = TestDir::new("tftp-hpa");
     let server = Tftp::start(&dir.0);
     let want = prng_bytes(9, 300_000);
@@ -240,13 +240,4 @@ fn tftp_hpa_client_downloads_byte_exact() {
         .unwrap();
     assert!(status.success());
     assert!(std::fs::read(&out).unwrap() == want, "tftp-hpa got different bytes");
-}
-
-fn which(prog: &str) -> Result<std::path::PathBuf, ()> {
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|d| d.join(prog))
-        .find(|p| p.is_file())
-        .ok_or(())
 }

@@ -255,6 +255,15 @@ pub fn assert_blank(l: &Loop) {
     );
 }
 
+/// The path of a program on PATH.
+pub fn which(prog: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(prog))
+        .find(|p| p.is_file())
+}
+
 /// `bty-web` on 127.0.0.1, any free port, with `state` as its state directory and no config
 /// files from the machine; stdout piped (for the address line), stderr discarded.
 pub fn bty_web(state: &Path) -> Command {
