@@ -241,3 +241,26 @@ fn tftp_hpa_client_downloads_byte_exact() {
     assert!(status.success());
     assert!(std::fs::read(&out).unwrap() == want, "tftp-hpa got different bytes");
 }
+
+#[test]
+fn the_dashboard_sees_the_tftp_server_answer() {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let s = util::Server::start_env(
+        "tftp-dash",
+        &[("BTY_TFTP_ENABLED", "true"), ("BTY_TFTP_LISTEN", listen.as_str())],
+    );
+    let cookie = s.login();
+    let (st, _, page) = s.call("GET", "/ui/dashboard", Some(&cookie), "");
+    assert_eq!(st, 200);
+    assert!(page.contains(&format!("answering on {listen}")), "{page}");
+    // Off counts as ready too (HTTP boot, or another TFTP server), and says so.
+    let s = util::Server::start("tftp-dash-off");
+    let cookie = s.login();
+    let (_, _, page) = s.call("GET", "/ui/dashboard", Some(&cookie), "");
+    assert!(
+        page.contains("not configured: bty-web&#39;s TFTP server is off")
+            || page.contains("not configured: bty-web's TFTP server is off"),
+        "{page}"
+    );
+}

@@ -106,12 +106,8 @@ fn dashboard(ctx: &Ctx<'_>) -> PageResult {
         format!("{} entries", catalog.len()),
         "/ui/images",
     );
-    check(
-        None,
-        "TFTP daemon",
-        "bty-web does not run or watch a TFTP daemon yet".into(),
-        "/ui/netboot#tftp",
-    );
+    let (tftp_ok, tftp_detail) = tftp_check(s);
+    check(Some(tftp_ok), "TFTP reachable or not configured", tftp_detail, "/ui/netboot#tftp");
     check(
         Some(!s.default_password()),
         "Admin password changed",
@@ -460,6 +456,37 @@ fn job_table(jobs: &[crate::web::db::Job]) -> Html {
     }
     h.push(format_args!("</tbody></table></div>"));
     h
+}
+
+/// The readiness row for TFTP: off is fine (HTTP boot or another TFTP server), on must answer.
+/// The probe asks for a file that cannot exist and expects TFTP's error packet back.
+fn tftp_check(s: &crate::web::config::Settings) -> (bool, String) {
+    if !s.tftp_enabled() {
+        return (true, "not configured: bty-web's TFTP server is off ([tftp] enabled)".into());
+    }
+    let mut at = s.tftp_listen();
+    if at.ip().is_unspecified() {
+        at.set_ip(if at.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let probe = || -> std::io::Result<bool> {
+        let bind = if at.is_ipv4() { "127.0.0.1:0" } else { "[::1]:0" };
+        let sock = std::net::UdpSocket::bind(bind)?;
+        sock.set_read_timeout(Some(std::time::Duration::from_millis(500)))?;
+        sock.send_to(b"\0\x01.readiness-probe\0octet\0", at)?;
+        let mut buf = [0u8; 512];
+        let (n, _) = sock.recv_from(&mut buf)?;
+        // Opcode 5: ERROR, the answer for a name that cannot be served.
+        Ok(n >= 4 && buf[..2] == [0, 5])
+    };
+    match probe() {
+        Ok(true) => (true, format!("answering on {}", s.tftp_listen())),
+        Ok(false) => (false, format!("{at} answered something other than TFTP")),
+        Err(e) => (false, format!("no answer on {at}: {e}")),
+    }
 }
 
 /// What the netboot page says about TFTP.
