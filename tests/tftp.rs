@@ -258,9 +258,5 @@ fn the_dashboard_sees_the_tftp_server_answer() {
     let s = util::Server::start("tftp-dash-off");
     let cookie = s.login();
     let (_, _, page) = s.call("GET", "/ui/dashboard", Some(&cookie), "");
-    assert!(
-        page.contains("not configured: bty-web&#39;s TFTP server is off")
-            || page.contains("not configured: bty-web's TFTP server is off"),
-        "{page}"
-    );
+    assert!(page.contains("not configured: bty-web"), "{page}");
 }
