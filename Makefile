@@ -17,17 +17,25 @@ MUSL_TARGET := x86_64-unknown-linux-musl
 #   docker-registry: the real OCI registry (distribution v2) the oras:// tests start on loopback;
 #   curl: the reference pipeline of `make bench-http`; tmux: tests/wizard.rs drives the wizard
 #   through it (send-keys, capture-pane).
+#   The live environment (`make live`) and its end-to-end test (`make e2e`): busybox-static, cpio,
+#   kmod (depmod over the kernel package's modules), file; the kernel itself is fetched with
+#   `apt-get download` into target/live-cache, not installed on this machine.
+#   qemu-system-x86 ipxe-qemu ovmf: the guest that PXE-boots against bty-web (BIOS and UEFI).
 DEB_PACKAGES := qemu-utils e2fsprogs gdisk fdisk util-linux zstd xz-utils bzip2 pigz \
 	bmap-tools mbuffer musl-tools python3 time bsdutils wrk python3-venv lshw \
-	docker-registry curl tmux
+	docker-registry curl tmux \
+	busybox-static cpio kmod file qemu-system-x86 ipxe-qemu ovmf
 
-.PHONY: help run test deps lint build release static bench bench-flash bench-http bench-web clean
+.PHONY: help run test deps lint build release static static-bty live live-check e2e bench bench-flash bench-http bench-web clean
 
 help:
 	@echo "make run          build and start bty-web on $(STATE_DIR) (prints URL and password)"
 	@echo "make test         install test dependencies, then lint and run every test"
 	@echo "make deps         install the Debian packages and Rust targets the tests need"
 	@echo "make static       build static bty and bty-web (musl, LTO, stripped), print sizes"
+	@echo "make live         build the netboot kernel + initrd (+ .sha256) into build/live"
+	@echo "make live-check   build the live environment twice and compare the bytes"
+	@echo "make e2e          a QEMU guest PXE-boots from bty-web, is inventoried and flashed"
 	@echo "make bench-flash  flash benchmark against the reference pipelines -> bench/RESULTS.md"
 	@echo "make bench-http   flash over http from 127.0.0.1 against curl | zstd -dc | dd -> bench/RESULTS.md"
 	@echo "make bench-web    bty-web against the reference server (PyPI bty-lab), ~4 min -> bench/RESULTS.md"
@@ -55,7 +63,7 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-test: deps lint
+test: deps lint live-check
 	$(CARGO) test --all-targets
 
 build:
@@ -64,16 +72,35 @@ build:
 release:
 	$(CARGO) build --release
 
+STATIC_BUILD = CC_x86_64_unknown_linux_musl=musl-gcc RUSTFLAGS="-C target-feature=+crt-static" \
+	$(CARGO) build --profile static --target $(MUSL_TARGET)
+
 static: deps
 	@rustup target list --installed 2>/dev/null | grep -qx $(MUSL_TARGET) || rustup target add $(MUSL_TARGET)
-	CC_x86_64_unknown_linux_musl=musl-gcc RUSTFLAGS="-C target-feature=+crt-static" \
-		$(CARGO) build --profile static --target $(MUSL_TARGET) --bin bty --bin bty-web
+	$(STATIC_BUILD) --bin bty --bin bty-web
 	@ls -l target/$(MUSL_TARGET)/static/bty-web
 	@f=target/$(MUSL_TARGET)/static/bty; \
 		size=$$(stat -c %s $$f); \
 		echo "$$f: $$size bytes ($$((size / 1024)) KiB), limit 4 MiB"; \
 		file $$f 2>/dev/null || true; \
 		test $$size -le $$((4 * 1024 * 1024))
+
+# The live environment carries only bty, so it does not wait for the static bty-web.
+static-bty: deps
+	@rustup target list --installed 2>/dev/null | grep -qx $(MUSL_TARGET) || rustup target add $(MUSL_TARGET)
+	$(STATIC_BUILD) --bin bty
+
+live: static-bty
+	live/build.sh
+
+# Two builds from the same inputs (the second in another directory) must give the same bytes.
+live-check: live
+	OUT=target/live-check live/build.sh >/dev/null
+	cd build/live && for f in *; do cmp "$$f" "../../target/live-check/$$f"; done
+	@echo "live-check: the live environment builds reproducibly"
+
+e2e: live
+	$(CARGO) test --test e2e -- --nocapture
 
 bench: bench-flash
 

@@ -110,6 +110,12 @@ pub fn plan(
         (Decision::LiveEnv { mode: "inventory", .. }, _) => {
             serde_json::json!({"mode": "inventory"})
         }
+        // The live env posts its inventory before it asks for the plan, and that post already
+        // turned the next PXE answer into "boot the disk"; the running live env still has to
+        // finish its inventory job, which ends in the reboot that gets there.
+        (Decision::Disk { once: true, .. }, _) if m.boot_mode == "bty-inventory" => {
+            serde_json::json!({"mode": "inventory"})
+        }
         _ => serde_json::json!({"mode": "exit"}),
     }
 }
@@ -168,6 +174,15 @@ mod tests {
         assert!(matches!(decide(&m, Some(&entry())), Decision::LiveEnv { mode: "flash", .. }));
         m.boot_disk_next = true;
         assert!(matches!(decide(&m, Some(&entry())), Decision::Disk { once: true, .. }));
+    }
+
+    #[test]
+    fn inventory_plan_survives_the_inventory_post() {
+        let mut m = machine("bty-inventory");
+        m.boot_disk_next = true;
+        let d = decide(&m, None);
+        assert!(matches!(d, Decision::Disk { once: true, .. }), "the next PXE boot is the disk");
+        assert_eq!(plan(&d, &m, None, "h"), serde_json::json!({"mode": "inventory"}));
     }
 
     #[test]
