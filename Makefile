@@ -26,7 +26,7 @@ DEB_PACKAGES := qemu-utils e2fsprogs gdisk fdisk util-linux zstd xz-utils bzip2 
 	docker-registry curl tmux \
 	busybox-static cpio kmod file qemu-system-x86 ipxe-qemu ovmf
 
-.PHONY: help run test deps lint build release static static-bty live live-check e2e bench bench-flash bench-http bench-web clean
+.PHONY: help run test deps lint build release static static-bty live live-check e2e bench-e2e bench bench-flash bench-http bench-web clean
 
 help:
 	@echo "make run          build and start bty-web on $(STATE_DIR) (prints URL and password)"
@@ -36,6 +36,7 @@ help:
 	@echo "make live         build the netboot kernel + initrd (+ .sha256) into build/live"
 	@echo "make live-check   build the live environment twice and compare the bytes"
 	@echo "make e2e          a QEMU guest PXE-boots from bty-web, is inventoried and flashed"
+	@echo "make bench-e2e    the same with a 256 MiB image: power-on to done -> bench/RESULTS.md"
 	@echo "make bench-flash  flash benchmark against the reference pipelines -> bench/RESULTS.md"
 	@echo "make bench-http   flash over http from 127.0.0.1 against curl | zstd -dc | dd -> bench/RESULTS.md"
 	@echo "make bench-web    bty-web against the reference server (PyPI bty-lab), ~4 min -> bench/RESULTS.md"
@@ -101,6 +102,10 @@ live-check: live
 
 e2e: live
 	$(CARGO) test --test e2e -- --nocapture
+
+# Power-on to `done` for a 256 MiB image (the figure in bench/RESULTS.md).
+bench-e2e: live
+	BTY_E2E_IMAGE_MIB=256 $(CARGO) test --test e2e -- --nocapture
 
 bench: bench-flash
 

@@ -9,6 +9,7 @@
 //!
 //! Needs the artifacts of `make live` (or `BTY_E2E_BOOT_DIR`) and qemu-system-x86 with
 //! ipxe-qemu (`make deps`). It fails, never skips, when they are missing: CI runs it.
+//! `BTY_E2E_IMAGE_MIB` sets the image size (default 8 MiB; `make bench-e2e` uses 256).
 //! `BTY_E2E_ACCEL` picks the accelerator (default tcg: KVM inside these VMs stops with an
 //! emulation failure in the iPXE ROM).
 
@@ -188,7 +189,10 @@ fn life_of_a_machine(firmware: Firmware) {
     // bty-web reads its sha256 manifest through 127.0.0.1, so bty checks the digest it flashes.
     let http = Httpd::start();
     let http_port = http.addr.rsplit(':').next().unwrap();
-    let new = image(NEW_MARKER, 88, 8 << 20);
+    // `make bench-e2e` sets a bigger image to time the flash; the test proper keeps it small.
+    let mib: usize =
+        std::env::var("BTY_E2E_IMAGE_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
+    let new = image(NEW_MARKER, 88, mib << 20);
     let packed = util::zstd(&new);
     let manifest = format!("{}  disk.img.zst\n", util::sha256(&packed));
     http.file("/disk.img.zst", packed, true, None);
@@ -197,7 +201,7 @@ fn life_of_a_machine(firmware: Firmware) {
     // The machine's disk holds an older OS that says so when it boots.
     let disk = out.join("disk.raw");
     let mut old = image(OLD_MARKER, 7, 2 << 20);
-    old.resize(64 << 20, 0);
+    old.resize((mib + 56) << 20, 0);
     std::fs::write(&disk, &old).unwrap();
 
     // a. First power-on: the unknown MAC is discovered, the live env posts its inventory and
