@@ -81,10 +81,12 @@ pub fn script(d: &Decision, m: &Machine, host: &str, kernel: &str, initrd: &str)
                 d.reason()
             )
         }
+        // `initrd=initrd` names the initrd for the kernel's EFI stub, which loads it itself on
+        // UEFI with iPXE builds before 2022 (no LoadFile2 protocol); BIOS kernels ignore it.
         Decision::LiveEnv { .. } => {
             let mac = &m.mac;
             format!(
-                "#!ipxe\n# {}\nkernel http://{host}/boot/{kernel}?mac={mac} console=tty0 console=ttyS0,115200 bty.server=http://{host} bty.mac={mac}\ninitrd http://{host}/boot/{initrd}?mac={mac}\nboot\n",
+                "#!ipxe\n# {}\nkernel http://{host}/boot/{kernel}?mac={mac} initrd=initrd console=tty0 console=ttyS0,115200 bty.server=http://{host} bty.mac={mac}\ninitrd --name initrd http://{host}/boot/{initrd}?mac={mac}\nboot\n",
                 d.reason()
             )
         }
@@ -201,10 +203,10 @@ mod tests {
         let d = decide(&m, None);
         let s = script(&d, &m, "10.0.2.2:8080", "k.vmlinuz", "i.initrd");
         assert!(s.starts_with("#!ipxe\n"));
-        assert!(s.contains("kernel http://10.0.2.2:8080/boot/k.vmlinuz?mac=aa:bb:cc:dd:ee:ff console=tty0 console=ttyS0,115200 bty.server=http://10.0.2.2:8080 bty.mac=aa:bb:cc:dd:ee:ff"));
-        assert!(
-            s.contains("initrd http://10.0.2.2:8080/boot/i.initrd?mac=aa:bb:cc:dd:ee:ff\nboot\n")
-        );
+        assert!(s.contains("kernel http://10.0.2.2:8080/boot/k.vmlinuz?mac=aa:bb:cc:dd:ee:ff initrd=initrd console=tty0 console=ttyS0,115200 bty.server=http://10.0.2.2:8080 bty.mac=aa:bb:cc:dd:ee:ff"));
+        assert!(s.contains(
+            "initrd --name initrd http://10.0.2.2:8080/boot/i.initrd?mac=aa:bb:cc:dd:ee:ff\nboot\n"
+        ));
         assert_eq!(plan(&d, &m, None, "h:1")["catalog"], "http://h:1/catalog.toml");
         let m = machine("ipxe-exit");
         let s = script(&decide(&m, None), &m, "h", "k", "i");
