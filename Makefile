@@ -20,10 +20,11 @@ MUSL_TARGET := x86_64-unknown-linux-musl
 #   The live environment (`make live`) and its end-to-end test (`make e2e`): busybox-static, cpio,
 #   kmod (depmod over the kernel package's modules), file; the kernel itself is fetched with
 #   `apt-get download` into target/live-cache, not installed on this machine.
-#   qemu-system-x86 ipxe-qemu ovmf: the guest that PXE-boots against bty-web (BIOS and UEFI).
+#   qemu-system-x86 ipxe-qemu ovmf: the guest that PXE-boots against bty-web (BIOS and UEFI);
+#   dosfstools mtools: the EFI system partition of its test image, built without a mount.
 DEB_PACKAGES := qemu-utils e2fsprogs gdisk fdisk util-linux zstd xz-utils bzip2 pigz \
 	bmap-tools mbuffer musl-tools python3 time bsdutils wrk python3-venv lshw \
-	docker-registry curl tmux \
+	docker-registry curl tmux dosfstools mtools \
 	busybox-static cpio kmod file qemu-system-x86 ipxe-qemu ovmf
 
 .PHONY: help run test deps lint build release static static-bty live live-check e2e bench-e2e bench bench-flash bench-http bench-web clean
