@@ -106,7 +106,7 @@ e2e: live
 
 # Power-on to `done` for a 256 MiB image (the figure in bench/RESULTS.md).
 bench-e2e: live
-	BTY_E2E_IMAGE_MIB=256 $(CARGO) test --test e2e -- --nocapture
+	BTY_E2E_IMAGE_MIB=256 $(CARGO) test --test e2e -- --nocapture --test-threads=1
 
 bench: bench-flash
 

@@ -192,7 +192,7 @@ impl Guest {
             .arg(format!("file:{}", log.display()))
             .arg("-netdev")
             .arg(format!(
-                "user,id=n0,ipv6=off,bootfile=http://10.0.2.2:{server_port}/pxe-bootstrap.ipxe"
+                "user,id=n0,bootfile=http://10.0.2.2:{server_port}/pxe-bootstrap.ipxe"
             ))
             .arg("-device")
             .arg(format!("virtio-net-pci,netdev=n0,mac={MAC},bootindex=1"))
