@@ -191,9 +191,7 @@ impl Guest {
             .arg("-serial")
             .arg(format!("file:{}", log.display()))
             .arg("-netdev")
-            .arg(format!(
-                "user,id=n0,bootfile=http://10.0.2.2:{server_port}/pxe-bootstrap.ipxe"
-            ))
+            .arg(format!("user,id=n0,bootfile=http://10.0.2.2:{server_port}/pxe-bootstrap.ipxe"))
             .arg("-device")
             .arg(format!("virtio-net-pci,netdev=n0,mac={MAC},bootindex=1"))
             .arg("-drive")
