@@ -20,12 +20,19 @@ MUSL_TARGET := x86_64-unknown-linux-musl
 #   The live environment (`make live`) and its end-to-end test (`make e2e`): busybox-static, cpio,
 #   kmod (depmod over the kernel package's modules), file; the kernel itself is fetched with
 #   `apt-get download` into target/live-cache, not installed on this machine.
-#   qemu-system-x86 ipxe-qemu ovmf: the guest that PXE-boots against bty-web (BIOS and UEFI);
-#   dosfstools mtools: the EFI system partition of its test image, built without a mount.
+#   ipxe-qemu ovmf (and qemu-system-x86, below): the guest that PXE-boots against bty-web (BIOS
+#   and UEFI); dosfstools mtools: the EFI system partition of its test image, without a mount.
 DEB_PACKAGES := qemu-utils e2fsprogs gdisk fdisk util-linux zstd xz-utils bzip2 pigz \
 	bmap-tools mbuffer musl-tools python3 time bsdutils wrk python3-venv lshw \
 	docker-registry curl tmux dosfstools mtools \
-	busybox-static cpio kmod file qemu-system-x86 ipxe-qemu ovmf
+	busybox-static cpio kmod file ipxe-qemu ovmf
+# qemu-system-x86 comes from bookworm-backports, like the project machines' qemu-utils (10.x,
+# whose `qemu-img map` reports compressed clusters, which tests/qcow2.rs reads): bookworm's 7.2
+# would make apt remove that qemu-utils (it Breaks qemu-system-common << 8). The backports
+# source is handed to apt for this one install; the machine's own sources stay as they are.
+APT_BPO := $(CURDIR)/target/apt-bpo
+APT_BPO_OPTS := -o Dir::Etc::sourcelist=$(APT_BPO)/sources.list -o Dir::Etc::sourceparts=- \
+	-o Dir::State::lists=$(APT_BPO)/lists -o Dir::Cache::archives=$(APT_BPO)/archives
 
 .PHONY: help run test deps lint build release static static-bty live live-check e2e bench-e2e bench bench-flash bench-http bench-web clean
 
@@ -58,6 +65,17 @@ deps:
 		echo "installing:$$missing"; \
 		if [ "$$(id -u)" != 0 ]; then echo "make deps: need root to install:$$missing" >&2; exit 1; fi; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@if ! dpkg -s qemu-system-x86 >/dev/null 2>&1; then \
+		echo "installing: qemu-system-x86 qemu-utils (bookworm-backports)"; \
+		if [ "$$(id -u)" != 0 ]; then echo "make deps: need root to install qemu-system-x86" >&2; exit 1; fi; \
+		mkdir -p $(APT_BPO)/lists/partial $(APT_BPO)/archives/partial; \
+		for s in bookworm bookworm-updates bookworm-backports; do \
+			echo "deb http://deb.debian.org/debian $$s main"; done >$(APT_BPO)/sources.list; \
+		echo "deb http://deb.debian.org/debian-security bookworm-security main" >>$(APT_BPO)/sources.list; \
+		apt-get $(APT_BPO_OPTS) update -qq && DEBIAN_FRONTEND=noninteractive apt-get $(APT_BPO_OPTS) \
+			install -y -qq -t bookworm-backports --no-install-recommends --no-remove \
+			qemu-system-x86 qemu-utils >/dev/null; \
 	fi
 	@rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
 
