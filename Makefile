@@ -21,16 +21,28 @@ MUSL_TARGET := x86_64-unknown-linux-musl
 #   that image; chromium, chromium-driver: tests/browser.rs drives the UI in headless Chromium
 #   over WebDriver (chromedriver on a free 127.0.0.1 port); python3-yaml: tests/deploy.rs parses
 #   compose.yaml; systemd: systemd-analyze verifies the host unit.
+#   The live environment (`make live`) and its end-to-end test (`make e2e`): busybox-static, cpio,
+#   kmod (depmod over the kernel package's modules), file; the kernel itself is fetched with
+#   `apt-get download` into target/live-cache, not installed on this machine.
+#   ipxe-qemu ovmf (and qemu-system-x86, below): the guest that PXE-boots against bty-web (BIOS
+#   and UEFI); dosfstools mtools: the EFI system partition of its test image, without a mount.
 DEB_PACKAGES := qemu-utils e2fsprogs gdisk fdisk util-linux zstd xz-utils bzip2 pigz \
 	bmap-tools mbuffer musl-tools python3 time bsdutils wrk python3-venv lshw \
 	docker-registry curl tmux tftp-hpa ca-certificates podman \
-	chromium chromium-driver python3-yaml systemd
-
+	chromium chromium-driver python3-yaml systemd dosfstools mtools \
+	busybox-static cpio kmod file ipxe-qemu ovmf
 IMAGE_DIR ?= target/image
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 IMAGE_TAG ?= localhost/bty-web:$(VERSION)
 
-.PHONY: help run test deps lint build release static image bench bench-flash bench-http bench-web clean
+# qemu-system-x86 comes from bookworm-backports, like the project machines' qemu-utils (10.x):
+# bookworm's 7.2 would make apt remove that qemu-utils (it Breaks qemu-system-common << 8). The backports
+# source is handed to apt for this one install; the machine's own sources stay as they are.
+APT_BPO := $(CURDIR)/target/apt-bpo
+APT_BPO_OPTS := -o Dir::Etc::sourcelist=$(APT_BPO)/sources.list -o Dir::Etc::sourceparts=- \
+	-o Dir::State::lists=$(APT_BPO)/lists -o Dir::Cache::archives=$(APT_BPO)/archives
+
+.PHONY: help run test deps lint build release static static-bty image live live-check e2e bench-e2e bench bench-flash bench-http bench-web clean
 
 help:
 	@echo "make run          build and start bty-web on $(STATE_DIR) (prints URL and password)"
@@ -38,6 +50,10 @@ help:
 	@echo "make deps         install the Debian packages and Rust targets the tests need"
 	@echo "make static       build static bty and bty-web (musl, LTO, stripped), print sizes"
 	@echo "make image        reproducible OCI image of bty-web (no daemon) -> $(IMAGE_DIR)"
+	@echo "make live         build the netboot kernel + initrd (+ .sha256) into build/live"
+	@echo "make live-check   build the live environment twice and compare the bytes"
+	@echo "make e2e          a QEMU guest PXE-boots from bty-web, is inventoried and flashed"
+	@echo "make bench-e2e    the same with a 256 MiB image: power-on to done -> bench/RESULTS.md"
 	@echo "make bench-flash  flash benchmark against the reference pipelines -> bench/RESULTS.md"
 	@echo "make bench-http   flash over http from 127.0.0.1 against curl | zstd -dc | dd -> bench/RESULTS.md"
 	@echo "make bench-web    bty-web against the reference server (PyPI bty-lab), ~4 min -> bench/RESULTS.md"
@@ -59,14 +75,26 @@ deps:
 		if [ "$$(id -u)" != 0 ]; then echo "make deps: need root to install:$$missing" >&2; exit 1; fi; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
+	@if ! dpkg -s qemu-system-x86 >/dev/null 2>&1; then \
+		echo "installing: qemu-system-x86 qemu-utils (bookworm-backports)"; \
+		if [ "$$(id -u)" != 0 ]; then echo "make deps: need root to install qemu-system-x86" >&2; exit 1; fi; \
+		mkdir -p $(APT_BPO)/lists/partial $(APT_BPO)/archives/partial; \
+		for s in bookworm bookworm-updates bookworm-backports; do \
+			echo "deb http://deb.debian.org/debian $$s main"; done >$(APT_BPO)/sources.list; \
+		echo "deb http://deb.debian.org/debian-security bookworm-security main" >>$(APT_BPO)/sources.list; \
+		apt-get $(APT_BPO_OPTS) update -qq && DEBIAN_FRONTEND=noninteractive apt-get $(APT_BPO_OPTS) \
+			install -y -qq -t bookworm-backports --no-install-recommends --no-remove \
+			qemu-system-x86 qemu-utils >/dev/null; \
+	fi
 	@rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
 
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-# The static binaries first: tests/image.rs packs the static bty-web into the image.
-test: deps lint static
+# The static binaries first (tests/image.rs packs the static bty-web into the image), and the
+# live environment, built twice to show it is reproducible (tests/e2e.rs boots it).
+test: deps lint static live-check
 	$(CARGO) test --all-targets
 
 build:
@@ -75,10 +103,12 @@ build:
 release:
 	$(CARGO) build --release
 
+STATIC_BUILD = CC_x86_64_unknown_linux_musl=musl-gcc RUSTFLAGS="-C target-feature=+crt-static" \
+	$(CARGO) build --profile static --target $(MUSL_TARGET)
+
 static: deps
 	@rustup target list --installed 2>/dev/null | grep -qx $(MUSL_TARGET) || rustup target add $(MUSL_TARGET)
-	CC_x86_64_unknown_linux_musl=musl-gcc RUSTFLAGS="-C target-feature=+crt-static" \
-		$(CARGO) build --profile static --target $(MUSL_TARGET) --bin bty --bin bty-web
+	$(STATIC_BUILD) --bin bty --bin bty-web
 	@ls -l target/$(MUSL_TARGET)/static/bty-web
 	@f=target/$(MUSL_TARGET)/static/bty; \
 		size=$$(stat -c %s $$f); \
@@ -91,6 +121,27 @@ image: static
 	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct) python3 deploy/mkimage.py \
 		--binary target/$(MUSL_TARGET)/static/bty-web --out $(IMAGE_DIR) --tag $(IMAGE_TAG) \
 		--version $(VERSION) --revision $$(git rev-parse HEAD) --arch amd64
+
+# The live environment carries only bty, so it does not wait for the static bty-web.
+static-bty: deps
+	@rustup target list --installed 2>/dev/null | grep -qx $(MUSL_TARGET) || rustup target add $(MUSL_TARGET)
+	$(STATIC_BUILD) --bin bty
+
+live: static-bty
+	live/build.sh
+
+# Two builds from the same inputs (the second in another directory) must give the same bytes.
+live-check: live
+	OUT=target/live-check live/build.sh >/dev/null
+	cd build/live && for f in *; do cmp "$$f" "../../target/live-check/$$f"; done
+	@echo "live-check: the live environment builds reproducibly"
+
+e2e: live
+	$(CARGO) test --test e2e -- --nocapture
+
+# Power-on to `done` for a 256 MiB image (the figure in bench/RESULTS.md).
+bench-e2e: live
+	BTY_E2E_IMAGE_MIB=256 $(CARGO) test --test e2e -- --nocapture --test-threads=1
 
 bench: bench-flash
 

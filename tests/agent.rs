@@ -177,6 +177,28 @@ fn inventory_plan_posts_the_disks_and_reboots() {
     assert_eq!(d["path"], disk.dev.display().to_string());
 }
 
+/// The order on real machines: the iPXE contact discovers the MAC before the live env runs, so
+/// the live env's first inventory post is accepted and already points the next boot at the disk.
+#[test]
+fn inventory_after_a_pxe_contact_still_reboots() {
+    let dir = TestDir::new("agent-inv-pxe");
+    let s = Server::start("agent-inv-pxe");
+    let disk = Loop::new(&dir, "disk", 8 << 20);
+    let mac = "52:54:00:aa:00:05";
+    let (st, _, script) = s.call("GET", &format!("/pxe/{mac}"), None, "");
+    assert_eq!(st, 200);
+    assert!(script.contains("kernel http://"), "discovery chains the live env: {script}");
+    let reboot = dir.path("reboot");
+    let serials = format!("{}=INV-SERIAL-2", disk.dev.display());
+    let out = agent(&format!("http://{}", s.addr), mac, &serials, &reboot);
+    let err = util::stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("inventory posted; rebooting"), "{err}");
+    assert_eq!(std::fs::read_to_string(&reboot).unwrap(), "reboot\n");
+    let (_, _, script) = s.call("GET", &format!("/pxe/{mac}"), None, "");
+    assert!(script.contains("sanboot"), "the next boot is the disk: {script}");
+}
+
 #[test]
 fn exit_plan_prints_a_notice_and_exits() {
     let dir = TestDir::new("agent-exit");

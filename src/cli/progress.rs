@@ -15,6 +15,14 @@ use crate::flash::Snapshot;
 /// Time between two progress posts.
 const POST_EVERY: Duration = Duration::from_secs(2);
 
+fn same_device_as_stderr(console: &std::fs::File) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let (Ok(c), Ok(e)) = (console.metadata(), std::fs::metadata("/proc/self/fd/2")) else {
+        return false;
+    };
+    c.file_type().is_char_device() && e.file_type().is_char_device() && c.rdev() == e.rdev()
+}
+
 /// Lines on stderr and, where it can be opened, /dev/console.
 pub struct Markers {
     console: Option<std::fs::File>,
@@ -24,7 +32,9 @@ pub struct Markers {
 
 impl Markers {
     pub fn new() -> Markers {
-        Markers { console: crate::sys::open_console(), quarters: 0 }
+        // The live env runs bty with stderr on /dev/console already: one copy of each line.
+        let console = crate::sys::open_console().filter(|c| !same_device_as_stderr(c));
+        Markers { console, quarters: 0 }
     }
 
     /// Prints `bty: <what>` on both.

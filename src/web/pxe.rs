@@ -81,10 +81,12 @@ pub fn script(d: &Decision, m: &Machine, host: &str, kernel: &str, initrd: &str)
                 d.reason()
             )
         }
+        // `initrd=initrd` names the initrd for the kernel's EFI stub, which loads it itself on
+        // UEFI with iPXE builds before 2022 (no LoadFile2 protocol); BIOS kernels ignore it.
         Decision::LiveEnv { .. } => {
             let mac = &m.mac;
             format!(
-                "#!ipxe\n# {}\nkernel http://{host}/boot/{kernel}?mac={mac} console=tty0 console=ttyS0,115200 bty.server=http://{host} bty.mac={mac}\ninitrd http://{host}/boot/{initrd}?mac={mac}\nboot\n",
+                "#!ipxe\n# {}\nkernel http://{host}/boot/{kernel}?mac={mac} initrd=initrd console=tty0 console=ttyS0,115200 bty.server=http://{host} bty.mac={mac}\ninitrd --name initrd http://{host}/boot/{initrd}?mac={mac}\nboot\n",
                 d.reason()
             )
         }
@@ -108,6 +110,12 @@ pub fn plan(
             serde_json::json!({"mode": "interactive", "catalog": format!("http://{host}/catalog.toml")})
         }
         (Decision::LiveEnv { mode: "inventory", .. }, _) => {
+            serde_json::json!({"mode": "inventory"})
+        }
+        // The live env posts its inventory before it asks for the plan, and that post already
+        // turned the next PXE answer into "boot the disk"; the running live env still has to
+        // finish its inventory job, which ends in the reboot that gets there.
+        (Decision::Disk { once: true, .. }, _) if m.boot_mode == "bty-inventory" => {
             serde_json::json!({"mode": "inventory"})
         }
         _ => serde_json::json!({"mode": "exit"}),
@@ -171,6 +179,15 @@ mod tests {
     }
 
     #[test]
+    fn inventory_plan_survives_the_inventory_post() {
+        let mut m = machine("bty-inventory");
+        m.boot_disk_next = true;
+        let d = decide(&m, None);
+        assert!(matches!(d, Decision::Disk { once: true, .. }), "the next PXE boot is the disk");
+        assert_eq!(plan(&d, &m, None, "h"), serde_json::json!({"mode": "inventory"}));
+    }
+
+    #[test]
     fn flash_modes_without_serial_or_image_exit_with_the_reason() {
         let mut m = machine("bty-flash-once");
         assert!(decide(&m, None).reason().contains("no longer in the catalog"));
@@ -186,10 +203,10 @@ mod tests {
         let d = decide(&m, None);
         let s = script(&d, &m, "10.0.2.2:8080", "k.vmlinuz", "i.initrd");
         assert!(s.starts_with("#!ipxe\n"));
-        assert!(s.contains("kernel http://10.0.2.2:8080/boot/k.vmlinuz?mac=aa:bb:cc:dd:ee:ff console=tty0 console=ttyS0,115200 bty.server=http://10.0.2.2:8080 bty.mac=aa:bb:cc:dd:ee:ff"));
-        assert!(
-            s.contains("initrd http://10.0.2.2:8080/boot/i.initrd?mac=aa:bb:cc:dd:ee:ff\nboot\n")
-        );
+        assert!(s.contains("kernel http://10.0.2.2:8080/boot/k.vmlinuz?mac=aa:bb:cc:dd:ee:ff initrd=initrd console=tty0 console=ttyS0,115200 bty.server=http://10.0.2.2:8080 bty.mac=aa:bb:cc:dd:ee:ff"));
+        assert!(s.contains(
+            "initrd --name initrd http://10.0.2.2:8080/boot/i.initrd?mac=aa:bb:cc:dd:ee:ff\nboot\n"
+        ));
         assert_eq!(plan(&d, &m, None, "h:1")["catalog"], "http://h:1/catalog.toml");
         let m = machine("ipxe-exit");
         let s = script(&decide(&m, None), &m, "h", "k", "i");
