@@ -909,9 +909,12 @@ fn connect(path: &Path, writer: bool) -> Result<Connection> {
     } else {
         "PRAGMA foreign_keys = ON;"
     };
-    // A lab's state is a few MiB at most; SQLite's default 2 MiB page cache per connection
-    // would be most of bty-web's memory.
-    let pragmas = format!("{pragmas} PRAGMA cache_size = -512;");
+    // Readers get 512 KiB each: a lab's state is a few MiB, and SQLite's default 2 MiB per
+    // connection would be most of bty-web's memory. The writer gets 4 MiB: each PXE contact
+    // inserts into the events indexes at a position set by its MAC, and with a small cache those
+    // leaf pages are read back from the OS on every contact. Pages only cost memory once used.
+    let cache = if writer { 4096 } else { 512 };
+    let pragmas = format!("{pragmas} PRAGMA cache_size = -{cache};");
     conn.execute_batch(&pragmas).with_context(|| format!("configuring {}", path.display()))?;
     Ok(conn)
 }
