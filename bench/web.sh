@@ -292,7 +292,11 @@ def render(kvpath):
     t.append(("RSS under load ≤ 20 MiB (VmHWM)", met(hwm <= 20), f"{f(hwm)} MiB"))
     t.append(("first /healthz within 50 ms of spawn (median)", met(sm["bty"] <= 50),
               f"{f(sm['bty'])} ms"))
+    # The 20x goal is for /pxe and /machines; /healthz has its absolute target above
+    # (on 2 shared cores the load generator and loopback bound it, not the server).
     for route, label in routes:
+        if route == "healthz":
+            continue
         r, b = wv("ref", route, "rps"), wv("bty", route, "rps")
         t.append((f"≥ 20x the reference's requests/s on {label.split(' (')[0]}",
                   met(b == b and r == r and b >= 20 * r), ratio(r, b, True)))
