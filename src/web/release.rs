@@ -37,7 +37,7 @@ pub fn artifacts(app: &App) -> (Vec<String>, String) {
 }
 
 /// The release repo and tag: as saved on the settings page, else from the configuration.
-fn repo_and_tag(app: &App) -> (String, String) {
+pub fn repo_and_tag(app: &App) -> (String, String) {
     let s = &app.settings;
     let saved = |k: &str| app.db.setting(k).ok().flatten().filter(|v| !v.is_empty());
     (

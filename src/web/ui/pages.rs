@@ -506,13 +506,9 @@ fn tftp_status(s: &crate::web::config::Settings) -> String {
 /// The upstream sources as the operator set them on the settings page, else the defaults:
 /// (catalog URL, netboot release repo, release tag).
 pub fn upstream(ctx: &Ctx<'_>) -> crate::error::Result<(String, String, String)> {
-    let db = &ctx.app.db;
-    let s = &ctx.app.settings;
-    Ok((
-        db.setting("catalog_url")?.unwrap_or_else(|| DEFAULT_CATALOG.to_string()),
-        db.setting("release_repo")?.unwrap_or_else(|| s.get("boot", "release_repo").to_string()),
-        db.setting("release_tag")?.unwrap_or_else(|| s.get("boot", "release_tag").to_string()),
-    ))
+    let (repo, tag) = crate::web::release::repo_and_tag(ctx.app);
+    let catalog = ctx.app.db.setting("catalog_url")?.unwrap_or_else(|| DEFAULT_CATALOG.to_string());
+    Ok((catalog, repo, tag))
 }
 
 pub fn settings(ctx: &Ctx<'_>, state: Option<FormState>) -> PageResult {
