@@ -94,15 +94,6 @@ fn lsblk_version() -> (u32, u32) {
     (it.next().unwrap_or(0), it.next().unwrap_or(0))
 }
 
-/// Attaches `backing` with extra losetup flags; detached on drop like `Loop`.
-fn attach(backing: &Path, flags: &[&str]) -> Loop {
-    let out =
-        Command::new("losetup").args(["--show", "-f"]).args(flags).arg(backing).output().unwrap();
-    assert!(out.status.success(), "losetup: {}", String::from_utf8_lossy(&out.stderr));
-    let dev = String::from_utf8_lossy(&out.stdout).trim().into();
-    Loop { dev, backing: backing.to_path_buf() }
-}
-
 /// A mounted ext4 file system; unmounted on drop (before its loop device is detached).
 struct Mounted(std::path::PathBuf);
 
@@ -128,9 +119,9 @@ fn disks_agree_with_lsblk() {
     // Plain; read-only; 4 KiB logical blocks; mounted.
     let plain = Loop::new(&dir, "plain", 12 * MIB + 512 * 1024);
     fs::write(dir.path("ro"), prng_bytes(7, 8 * MIB)).unwrap();
-    let ro = attach(&dir.path("ro"), &["-r"]);
+    let ro = Loop::attach(&dir.path("ro"), &["-r"]);
     fs::write(dir.path("4k"), prng_bytes(8, 8 * MIB)).unwrap();
-    let four_k = attach(&dir.path("4k"), &["-b", "4096"]);
+    let four_k = Loop::attach(&dir.path("4k"), &["-b", "4096"]);
     let mounted = Loop::new(&dir, "mounted", 16 * MIB);
     let mnt = Mounted::new(&mounted.dev, dir.path("mnt"));
     let ours_loops: Vec<String> =

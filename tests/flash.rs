@@ -603,20 +603,11 @@ fn sparse_raw_source_reads_holes_as_zeros_and_pins_its_digest() {
     assert_blank(&l);
 }
 
-/// Attaches `backing` with extra losetup flags; detached on drop like `Loop`.
-fn attach(backing: &Path, flags: &[&str]) -> Loop {
-    let out =
-        Command::new("losetup").args(["--show", "-f"]).args(flags).arg(backing).output().unwrap();
-    assert!(out.status.success(), "losetup: {}", String::from_utf8_lossy(&out.stderr));
-    let dev = String::from_utf8_lossy(&out.stdout).trim().into();
-    Loop { dev, backing: backing.to_path_buf() }
-}
-
 #[test]
 fn read_only_device_is_refused() {
     let dir = TestDir::new("readonly");
     fs::write(dir.path("backing"), prng_bytes(1, 8 * MIB)).unwrap();
-    let l = attach(&dir.path("backing"), &["-r"]);
+    let l = Loop::attach(&dir.path("backing"), &["-r"]);
     let src = dir.path("disk.img");
     fs::write(&src, disk_image(21, 2 * MIB)).unwrap();
     let o = flash(&src, &l.dev, &[]);
@@ -631,7 +622,7 @@ fn disk_with_a_mounted_partition_is_refused() {
     fs::File::create(&backing).unwrap().set_len(32 * MIB as u64).unwrap();
     let st = Command::new("sgdisk").args(["-o", "-n", "1:2048:0"]).arg(&backing).output().unwrap();
     assert!(st.status.success());
-    let l = attach(&backing, &["-P"]);
+    let l = Loop::attach(&backing, &["-P"]);
     let name = l.dev.file_name().unwrap().to_string_lossy().into_owned();
     let sys = format!("/sys/block/{name}/{name}p1/dev");
     // Partition scanning on attach is not reliable everywhere; partx asks the kernel directly.

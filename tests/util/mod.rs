@@ -197,6 +197,20 @@ impl Loop {
         Loop { dev, backing }
     }
 
+    /// Attaches an existing `backing` file with extra losetup flags (`-r`, `-b 4096`, `-P`);
+    /// detached on drop like the others.
+    pub fn attach(backing: &Path, flags: &[&str]) -> Loop {
+        let out = Command::new("losetup")
+            .args(["--show", "-f"])
+            .args(flags)
+            .arg(backing)
+            .output()
+            .expect("running losetup (needs root and util-linux)");
+        assert!(out.status.success(), "losetup: {}", String::from_utf8_lossy(&out.stderr));
+        let dev = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().to_string());
+        Loop { dev, backing: backing.to_path_buf() }
+    }
+
     /// Reads `len` bytes at `off` straight from the device.
     pub fn read(&self, off: u64, len: usize) -> Vec<u8> {
         use std::os::unix::fs::FileExt;
