@@ -4,6 +4,7 @@ CARGO ?= cargo
 STATE_DIR ?= ./var
 LISTEN ?= 127.0.0.1:8080
 MUSL_TARGET := x86_64-unknown-linux-musl
+ARM64_TARGET := aarch64-unknown-linux-musl
 
 # Debian packages the tests and benchmarks use (installed by `make deps` when missing):
 #   qemu-utils: qemu-img/qemu-io to build qcow2 test images; e2fsprogs: mkfs.ext4 for the
@@ -26,11 +27,15 @@ MUSL_TARGET := x86_64-unknown-linux-musl
 #   `apt-get download` into target/live-cache, not installed on this machine.
 #   ipxe-qemu ovmf (and qemu-system-x86, below): the guest that PXE-boots against bty-web (BIOS
 #   and UEFI); dosfstools mtools: the EFI system partition of its test image, without a mount.
+#   gcc-aarch64-linux-gnu: the cross C compiler and linker of the static arm64 bty-web (ring and
+#   the bundled SQLite are C); qemu-user-static: tests/image.rs runs that arm64 binary with
+#   qemu-aarch64-static (bookworm's 7.2: unlike qemu-system-x86 it breaks nothing of the 10.x
+#   qemu-utils, so it needs no backports).
 DEB_PACKAGES := qemu-utils e2fsprogs gdisk fdisk util-linux zstd xz-utils bzip2 pigz \
 	bmap-tools mbuffer musl-tools python3 time bsdutils wrk python3-venv lshw \
 	docker-registry curl tmux tftp-hpa ca-certificates podman \
 	chromium chromium-driver python3-yaml systemd dosfstools mtools \
-	busybox-static cpio kmod file ipxe-qemu ovmf
+	busybox-static cpio kmod file ipxe-qemu ovmf gcc-aarch64-linux-gnu qemu-user-static
 IMAGE_DIR ?= target/image
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 IMAGE_TAG ?= localhost/bty-web:$(VERSION)
@@ -42,13 +47,26 @@ APT_BPO := $(CURDIR)/target/apt-bpo
 APT_BPO_OPTS := -o Dir::Etc::sourcelist=$(APT_BPO)/sources.list -o Dir::Etc::sourceparts=- \
 	-o Dir::State::lists=$(APT_BPO)/lists -o Dir::Cache::archives=$(APT_BPO)/archives
 
-.PHONY: help run test deps lint build release static static-bty image live live-check e2e bench-e2e bench bench-flash bench-http bench-web clean
+# The C code of the arm64 build (ring, SQLite) is compiled against musl's headers, like musl-gcc
+# does for x86_64, not against the cross compiler's glibc headers (glibc's pthread and LFS
+# symbols do not match the musl libc.a Rust links). Debian's cross toolchain has no musl, so
+# `make deps` downloads Debian's musl-dev for arm64 with apt (an arm64-only package list of
+# its own under target/, the machine's dpkg and sources untouched) and unpacks it here.
+APT_ARM64 := $(CURDIR)/target/apt-arm64
+APT_ARM64_OPTS := -o APT::Architecture=arm64 -o APT::Architectures::=arm64 \
+	-o Dir::Etc::sourcelist=$(APT_ARM64)/sources.list -o Dir::Etc::sourceparts=- \
+	-o Dir::State::lists=$(APT_ARM64)/lists -o Dir::Cache::archives=$(APT_ARM64)/archives \
+	-o Dir::State::status=/dev/null -o APT::Sandbox::User=root
+MUSL_ARM64_INC := $(APT_ARM64)/musl/usr/include/aarch64-linux-musl
+
+.PHONY: help run test deps lint build release static static-arm64 static-bty image live live-check e2e bench-e2e bench bench-flash bench-http bench-web clean
 
 help:
 	@echo "make run          build and start bty-web on $(STATE_DIR) (prints URL and password)"
 	@echo "make test         install test dependencies, then lint and run every test"
 	@echo "make deps         install the Debian packages and Rust targets the tests need"
 	@echo "make static       build static bty and bty-web (musl, LTO, stripped), print sizes"
+	@echo "make static-arm64 build the static arm64 bty-web (cross, musl), print its size"
 	@echo "make image        reproducible OCI image of bty-web (no daemon) -> $(IMAGE_DIR)"
 	@echo "make live         build the netboot kernel + initrd (+ .sha256) into build/live"
 	@echo "make live-check   build the live environment twice and compare the bytes"
@@ -87,14 +105,28 @@ deps:
 			qemu-system-x86 qemu-utils >/dev/null; \
 	fi
 	@rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
+	@for t in $(MUSL_TARGET) $(ARM64_TARGET); do \
+		rustup target list --installed 2>/dev/null | grep -qx $$t || rustup target add $$t; done
+	@if [ ! -f $(MUSL_ARM64_INC)/stdio.h ]; then \
+		echo "fetching: musl-dev:arm64 (headers for the arm64 static build) into $(APT_ARM64)"; \
+		rm -rf $(APT_ARM64) && mkdir -p $(APT_ARM64)/lists/partial $(APT_ARM64)/archives/partial \
+			$(APT_ARM64)/deb && \
+		echo "deb http://deb.debian.org/debian bookworm main" >$(APT_ARM64)/sources.list && \
+		apt-get $(APT_ARM64_OPTS) update -qq && \
+		(cd $(APT_ARM64)/deb && apt-get $(APT_ARM64_OPTS) download -qq musl-dev:arm64) && \
+		dpkg-deb -x $(APT_ARM64)/deb/musl-dev_*_arm64.deb $(APT_ARM64)/musl && \
+		test -f $(MUSL_ARM64_INC)/stdio.h; \
+	fi
 
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-# The static binaries first (tests/image.rs packs the static bty-web into the image), and the
-# live environment, built twice to show it is reproducible (tests/e2e.rs boots it).
-test: deps lint static live-check
+# The static binaries first (tests/image.rs packs both static bty-webs, x86_64 and arm64, into
+# the image and runs the arm64 one under qemu-user), and the live environment, built twice to
+# show it is reproducible (tests/e2e.rs boots it). The arm64 build adds about 2.5 min cold on
+# 2 cores.
+test: deps lint static static-arm64 live-check
 	$(CARGO) test --all-targets
 
 build:
@@ -105,6 +137,21 @@ release:
 
 STATIC_BUILD = CC_x86_64_unknown_linux_musl=musl-gcc RUSTFLAGS="-C target-feature=+crt-static" \
 	$(CARGO) build --profile static --target $(MUSL_TARGET)
+
+# The arm64 bty-web (the image's linux/arm64 half, and the Raspberry Pi host install): rustup's
+# musl target, Debian's cross gcc as C compiler and linker, musl's headers (see APT_ARM64). Set
+# per target through the environment, so no .cargo/config changes any other build.
+STATIC_ARM64_BUILD = CC_aarch64_unknown_linux_musl=aarch64-linux-gnu-gcc \
+	AR_aarch64_unknown_linux_musl=aarch64-linux-gnu-ar \
+	CFLAGS_aarch64_unknown_linux_musl="-nostdinc -isystem $(MUSL_ARM64_INC) -isystem $$(aarch64-linux-gnu-gcc -print-file-name=include)" \
+	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=aarch64-linux-gnu-gcc \
+	RUSTFLAGS="-C target-feature=+crt-static" \
+	$(CARGO) build --profile static --target $(ARM64_TARGET)
+
+static-arm64: deps
+	$(STATIC_ARM64_BUILD) --bin bty-web
+	@f=target/$(ARM64_TARGET)/static/bty-web; size=$$(stat -c %s $$f); \
+		echo "$$f: $$size bytes ($$((size / 1024)) KiB)"; file $$f 2>/dev/null || true
 
 static: deps
 	@rustup target list --installed 2>/dev/null | grep -qx $(MUSL_TARGET) || rustup target add $(MUSL_TARGET)
