@@ -67,7 +67,7 @@ help:
 	@echo "make deps         install the Debian packages and Rust targets the tests need"
 	@echo "make static       build static bty and bty-web (musl, LTO, stripped), print sizes"
 	@echo "make static-arm64 build the static arm64 bty-web (cross, musl), print its size"
-	@echo "make image        reproducible OCI image of bty-web (no daemon) -> $(IMAGE_DIR)"
+	@echo "make image        reproducible OCI image of bty-web, amd64 + arm64 (no daemon) -> $(IMAGE_DIR)"
 	@echo "make live         build the netboot kernel + initrd (+ .sha256) into build/live"
 	@echo "make live-check   build the live environment twice and compare the bytes"
 	@echo "make e2e          a QEMU guest PXE-boots from bty-web, is inventoried and flashed"
@@ -164,10 +164,13 @@ static: deps
 		test $$size -le $$((4 * 1024 * 1024))
 
 # The image's files carry the last commit's time, so two builds of one commit are identical.
-image: static
+# One index over linux/amd64 and linux/arm64 (target/image/oci and bty-web-VERSION.oci.tar),
+# plus one archive per architecture.
+image: static static-arm64
 	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct) python3 deploy/mkimage.py \
-		--binary target/$(MUSL_TARGET)/static/bty-web --out $(IMAGE_DIR) --tag $(IMAGE_TAG) \
-		--version $(VERSION) --revision $$(git rev-parse HEAD) --arch amd64
+		--binary amd64=target/$(MUSL_TARGET)/static/bty-web \
+		--binary arm64=target/$(ARM64_TARGET)/static/bty-web --out $(IMAGE_DIR) --tag $(IMAGE_TAG) \
+		--version $(VERSION) --revision $$(git rev-parse HEAD)
 
 # The live environment carries only bty, so it does not wait for the static bty-web.
 static-bty: deps

@@ -1,11 +1,18 @@
 #!/usr/bin/env python3
-"""Writes the bty-web container image as an OCI image layout and an oci-archive tar, without a
-container daemon: one layer with the static bty-web, Debian's CA bundle, passwd/group entries for
-uid 1000 and the volume dir. Bit-for-bit reproducible: every entry has a fixed owner, mode and
-mtime (SOURCE_DATE_EPOCH), entries are sorted, JSON is canonical, and the layer is an
-uncompressed tar so its digest does not depend on the gzip implementation.
+"""Writes the bty-web container image as an OCI image layout and oci-archive tars, without a
+container daemon: per architecture one layer with that architecture's static bty-web, Debian's CA
+bundle, passwd/group entries for uid 1000 and the volume dir, its config and manifest; one image
+index over all of them. Bit-for-bit reproducible: every entry has a fixed owner, mode and mtime
+(SOURCE_DATE_EPOCH), entries are sorted, JSON is canonical, and the layer is an uncompressed tar
+so its digest does not depend on the gzip implementation.
 
-    deploy/mkimage.py --binary target/.../bty-web --out target/image --tag localhost/bty-web:0.1.0
+    deploy/mkimage.py --binary amd64=target/x86_64-unknown-linux-musl/static/bty-web \
+        --binary arm64=target/aarch64-unknown-linux-musl/static/bty-web \
+        --out target/image --tag localhost/bty-web:0.1.0
+
+Writes OUT/oci (the multi-arch layout), OUT/bty-web-VERSION.oci.tar (the same as one archive:
+`podman load` takes the host's architecture from its index) and OUT/bty-web-VERSION-ARCH.oci.tar
+(one architecture each, for a host of that architecture or an air-gapped copy).
 """
 
 import argparse
@@ -20,6 +27,14 @@ from datetime import datetime, timezone
 UID = 1000
 STATE_DIR = "var/lib/bty"
 HEALTH = ["/usr/local/bin/bty-web", "health"]
+# OCI platforms (GOARCH names; arm64 with its conventional variant) and the ELF e_machine a
+# binary for each must have, so a binary given for the wrong architecture is refused.
+PLATFORMS = {
+    "amd64": ({"architecture": "amd64", "os": "linux"}, 62),
+    "arm64": ({"architecture": "arm64", "os": "linux", "variant": "v8"}, 183),
+}
+INDEX = "application/vnd.oci.image.index.v1+json"
+MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
 
 def canonical(obj):
@@ -73,24 +88,36 @@ def layer_entries(binary, ca):
     return e
 
 
-def build(args):
-    epoch = args.epoch
-    created = datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    layer = tar_bytes(layer_entries(args.binary, ca_bundle(args.ca_dir)), epoch)
-    layer_digest = "sha256:" + hashlib.sha256(layer).hexdigest()
-    labels = {
-        "org.opencontainers.image.title": "bty-web",
-        "org.opencontainers.image.version": args.version,
-        "org.opencontainers.image.revision": args.revision,
-        "org.opencontainers.image.created": created,
-        "org.opencontainers.image.source": "https://github.com/safl/bty",
-        # OCI configs have no healthcheck; these say what the compose/Quadlet files run.
-        "org.bty.healthcheck.cmd": " ".join(HEALTH),
-        "org.bty.healthcheck.interval": "30s",
-    }
-    config = {
-        "architecture": args.arch,
-        "os": "linux",
+def check_elf(binary, arch):
+    """Refuses a binary that is not an ELF executable for `arch`."""
+    try:
+        with open(binary, "rb") as f:
+            h = f.read(20)
+    except OSError as e:
+        sys.exit(f"mkimage: reading the {arch} bty-web {binary}: {e.strerror}")
+    want = PLATFORMS[arch][1]
+    if len(h) < 20 or h[:4] != b"\x7fELF":
+        sys.exit(f"mkimage: {binary} (for {arch}) is not an ELF file")
+    machine = int.from_bytes(h[18:20], "little" if h[5] == 1 else "big")
+    if machine != want:
+        sys.exit(f"mkimage: {binary} is an ELF for machine {machine}, not {arch} ({want})")
+
+
+def digest(blob):
+    return "sha256:" + hashlib.sha256(blob).hexdigest()
+
+
+def desc(media, blob):
+    return {"mediaType": media, "size": len(blob), "digest": digest(blob)}
+
+
+def arch_image(arch, binary, ca, epoch, created, labels):
+    """One architecture's layer, config and manifest: (blobs, manifest descriptor)."""
+    platform = PLATFORMS[arch][0]
+    check_elf(binary, arch)
+    layer = tar_bytes(layer_entries(binary, ca), epoch)
+    config = dict(platform)
+    config.update({
         "created": created,
         "config": {
             "User": f"{UID}:{UID}",
@@ -109,31 +136,74 @@ def build(args):
             "Healthcheck": {"Test": ["CMD"] + HEALTH, "Interval": 30_000_000_000,
                             "Timeout": 5_000_000_000, "Retries": 3},
         },
-        "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+        "rootfs": {"type": "layers", "diff_ids": [digest(layer)]},
         "history": [{"created": created, "created_by": "deploy/mkimage.py"}],
-    }
+    })
     config_blob = canonical(config)
-    desc = lambda media, blob: {"mediaType": media, "size": len(blob),
-                                "digest": "sha256:" + hashlib.sha256(blob).hexdigest()}
     manifest = {
         "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "mediaType": MANIFEST,
         "config": desc("application/vnd.oci.image.config.v1+json", config_blob),
         "layers": [desc("application/vnd.oci.image.layer.v1.tar", layer)],
-        "annotations": {k: v for k, v in labels.items() if k.startswith("org.opencontainers")},
+        "annotations": oci_annotations(labels),
     }
     manifest_blob = canonical(manifest)
-    mdesc = desc("application/vnd.oci.image.manifest.v1+json", manifest_blob)
-    mdesc["platform"] = {"architecture": args.arch, "os": "linux"}
-    mdesc["annotations"] = {"org.opencontainers.image.ref.name": args.tag}
-    index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-             "manifests": [mdesc]}
+    mdesc = desc(MANIFEST, manifest_blob)
+    mdesc["platform"] = platform
+    return [layer, config_blob, manifest_blob], mdesc
+
+
+def oci_annotations(labels):
+    return {k: v for k, v in labels.items() if k.startswith("org.opencontainers")}
+
+
+def layout_files(top, blobs, tag):
+    """An OCI image layout whose index.json names `top` (a manifest or an index) as `tag`."""
+    top = dict(top)
+    top["annotations"] = {"org.opencontainers.image.ref.name": tag}
+    index = {"schemaVersion": 2, "mediaType": INDEX, "manifests": [top]}
     files = {
         "oci-layout": canonical({"imageLayoutVersion": "1.0.0"}),
         "index.json": canonical(index),
     }
-    for blob in (layer, config_blob, manifest_blob):
+    for blob in blobs:
         files["blobs/sha256/" + hashlib.sha256(blob).hexdigest()] = blob
+    return files
+
+
+def write_archive(path, files, epoch):
+    """The layout as one tar (an oci-archive): what `podman load -i` takes."""
+    entries = [(d, "dir", 0o755, 0, b"") for d in ("blobs/", "blobs/sha256/")]
+    entries += [(n, "file", 0o644, 0, d) for n, d in files.items()]
+    with open(path, "wb") as f:
+        f.write(tar_bytes(entries, epoch))
+
+
+def build(args):
+    epoch = args.epoch
+    created = datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    labels = {
+        "org.opencontainers.image.title": "bty-web",
+        "org.opencontainers.image.version": args.version,
+        "org.opencontainers.image.revision": args.revision,
+        "org.opencontainers.image.created": created,
+        "org.opencontainers.image.source": "https://github.com/safl/bty",
+        # OCI configs have no healthcheck; these say what the compose/Quadlet files run.
+        "org.bty.healthcheck.cmd": " ".join(HEALTH),
+        "org.bty.healthcheck.interval": "30s",
+    }
+    ca = ca_bundle(args.ca_dir)
+    # Every architecture's blobs and manifest descriptor, in PLATFORMS order.
+    archs = [a for a in PLATFORMS if a in args.binaries]
+    images = {a: arch_image(a, args.binaries[a], ca, epoch, created, labels) for a in archs}
+    # The multi-arch image: an index over the manifests, named by the layout's index.json
+    # (one entry, as buildah and buildx write it; podman load picks the host's manifest from it).
+    index = {"schemaVersion": 2, "mediaType": INDEX,
+             "manifests": [mdesc for _, mdesc in images.values()],
+             "annotations": oci_annotations(labels)}
+    index_blob = canonical(index)
+    blobs = [b for bs, _ in images.values() for b in bs] + [index_blob]
+    files = layout_files(desc(INDEX, index_blob), blobs, args.tag)
 
     layout = os.path.join(args.out, "oci")
     for name, data in files.items():
@@ -141,30 +211,50 @@ def build(args):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "wb") as f:
             f.write(data)
-    # The same layout as one tar (an oci-archive): what `podman load -i` takes.
-    entries = [(d, "dir", 0o755, 0, b"") for d in ("blobs/", "blobs/sha256/")]
-    entries += [(n, "file", 0o644, 0, d) for n, d in files.items()]
-    archive = os.path.join(args.out, f"bty-web-{args.version}-{args.arch}.oci.tar")
-    with open(archive, "wb") as f:
-        f.write(tar_bytes(entries, epoch))
-    print(f"image {args.tag} ({args.arch}): manifest {mdesc['digest']}")
+    archive = os.path.join(args.out, f"bty-web-{args.version}.oci.tar")
+    write_archive(archive, files, epoch)
+    print(f"image {args.tag}: index {digest(index_blob)}")
     print(f"  layout  {layout}")
-    print(f"  archive {archive}  (podman load -i {archive})")
+    print(f"  archive {archive}  (podman load -i {archive}: the host's architecture)")
+    for arch, (bs, mdesc) in images.items():
+        one = os.path.join(args.out, f"bty-web-{args.version}-{arch}.oci.tar")
+        write_archive(one, layout_files(mdesc, bs, args.tag), epoch)
+        print(f"  {arch:7} manifest {mdesc['digest']}  archive {one}")
+
+
+def binary_arg(spec):
+    """ARCH=PATH, or a bare PATH for --arch."""
+    arch, sep, path = spec.partition("=")
+    if not sep:
+        return None, spec
+    if arch not in PLATFORMS:
+        raise argparse.ArgumentTypeError(f"unknown architecture {arch!r} in {spec!r}: "
+                                         f"use one of {', '.join(PLATFORMS)}")
+    return arch, path
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--binary", required=True, help="the static bty-web")
+    p.add_argument("--binary", required=True, action="append", type=binary_arg,
+                   help="ARCH=PATH of a static bty-web (once per architecture), or PATH for --arch")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--tag", required=True, help="image name, e.g. localhost/bty-web:0.1.0")
     p.add_argument("--version", required=True)
     p.add_argument("--revision", default="", help="the git commit")
-    p.add_argument("--arch", default="amd64")
+    p.add_argument("--arch", default="amd64", choices=list(PLATFORMS),
+                   help="the architecture of a --binary given without ARCH=")
     p.add_argument("--ca-dir", default="/usr/share/ca-certificates/mozilla")
     p.add_argument("--epoch", type=int,
                    default=int(os.environ.get("SOURCE_DATE_EPOCH", "0")),
                    help="mtime of every file (default $SOURCE_DATE_EPOCH)")
-    build(p.parse_args())
+    args = p.parse_args()
+    args.binaries = {}
+    for arch, path in args.binary:
+        arch = arch or args.arch
+        if arch in args.binaries:
+            p.error(f"--binary given twice for {arch}")
+        args.binaries[arch] = path
+    build(args)
 
 
 if __name__ == "__main__":
