@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import sys
 import tarfile
 from datetime import datetime, timezone
@@ -206,6 +207,9 @@ def build(args):
     files = layout_files(desc(INDEX, index_blob), blobs, args.tag)
 
     layout = os.path.join(args.out, "oci")
+    # A layout from an earlier build is replaced whole, so no stale blob stays behind.
+    if os.path.isfile(os.path.join(layout, "oci-layout")):
+        shutil.rmtree(layout)
     for name, data in files.items():
         path = os.path.join(layout, name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
