@@ -44,6 +44,7 @@ const FILES: &[&str] = &[
     "quadlet/bty-web.container",
     "quadlet/bty-tftp.container",
     "quadlet/bty-data.volume",
+    "quadlet/bty-cache.volume",
 ];
 
 #[test]
@@ -96,7 +97,9 @@ fn compose_file_parses_as_yaml_with_both_services() {
         assert s['bty-tftp']['command'] == ['tftp'] and s['bty-tftp']['profiles'] == ['tftp']\n\
         assert s['bty-tftp']['ports'] == ['69:1069/udp']\n\
         assert s['bty-web']['image'] == s['bty-tftp']['image']\n\
-        assert 'bty-data' in d['volumes']\n";
+        assert 'bty-data' in d['volumes'] and 'bty-cache' in d['volumes']\n\
+        assert 'bty-cache:/var/cache/bty' in s['bty-web']['volumes']\n\
+        assert s['bty-web']['environment']['BTY_CACHE_DIR'] == '/var/cache/bty'\n";
     // python3-yaml comes with make deps.
     let o = Command::new("python3")
         .args(["-c", script])
@@ -145,7 +148,7 @@ fn quadlet_units_are_well_formed() {
         "HealthInterval",
         "Exec",
     ];
-    for name in ["bty-web.container", "bty-tftp.container", "bty-data.volume"] {
+    for name in ["bty-web.container", "bty-tftp.container", "bty-data.volume", "bty-cache.volume"] {
         let text = std::fs::read_to_string(dir.join("quadlet").join(name)).unwrap();
         let sections = ini_sections(&text);
         for (section, keys) in &sections {
