@@ -153,6 +153,13 @@ fn two_flashes_pull_from_the_origin_once_and_a_cut_origin_still_serves() {
     assert_eq!(plan["image"], url, "{body}");
     assert_eq!(plan["disk_image_sha"], sha.as_str());
 
+    // The wizard's catalog (the interactive plan's) points at the cache too; the plain one, which
+    // other servers import, keeps the origin.
+    let (_, _, toml) = s.call("GET", "/catalog.toml?via=cache", None, "");
+    assert!(toml.contains(&format!("src = \"{url}\"")) && toml.contains(&sha), "{toml}");
+    let (_, _, toml) = s.call("GET", "/catalog.toml", None, "");
+    assert!(toml.contains("/img/debian.img.zst") && !toml.contains("/images/"), "{toml}");
+
     // Two flashes by the real bty through the cache: the origin is not asked again.
     for n in 0..2 {
         let target = util::Loop::new(&dir, &format!("disk{n}"), 12 << 20);
@@ -283,6 +290,51 @@ fn an_origin_that_sends_other_bytes_leaves_nothing_and_says_why() {
     assert_eq!(st, 502, "{body}");
     assert!(body.contains("/gone.img") && body.contains("404"), "{body}");
     assert_eq!(partials(&cache), 0);
+}
+
+#[test]
+fn a_full_cache_disk_fails_the_fetch_with_the_reason_and_keeps_nothing() {
+    let dir = util::TestDir::new("cache-full");
+    let cache = dir.path("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&cache)
+        .status()
+        .expect("running mount");
+    assert!(ok.success(), "mounting a 2 MiB tmpfs (tests run as root)");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(cache.clone());
+    let big = util::prng_bytes(40, 3 << 20);
+    let small = util::prng_bytes(41, 256 << 10);
+    let (big_sha, small_sha) = (util::sha256(&big), util::sha256(&small));
+    let origin = Httpd::start();
+    origin.file("/big.img", big.clone(), true, None);
+    origin.file("/small.img", small.clone(), true, None);
+    let s = start("cache-full", &cache, &[]);
+    import(
+        &s,
+        &dir,
+        &[
+            ("big.img", &origin.url("/big.img"), &big_sha, big.len()),
+            ("small.img", &origin.url("/small.img"), &small_sha, small.len()),
+        ],
+    );
+    let (st, _, body) = get(&s.addr, "GET", &format!("/images/{big_sha}/big.img"), "");
+    assert!(st == 502 || body.len() < big.len(), "{st}: {} bytes", body.len());
+    assert!(cache_files(&cache).is_empty());
+    assert_eq!(partials(&cache), 0, "the partial file is removed");
+    let failed = events(&s, "cache.failed");
+    assert!(failed.iter().any(|m| m.contains("No space left")), "{failed:?}");
+    // The cache still works for what fits.
+    let (st, _, body) = get(&s.addr, "GET", &format!("/images/{small_sha}/small.img"), "");
+    assert_eq!(st, 200);
+    assert!(body == small);
 }
 
 #[test]

@@ -91,9 +91,10 @@ fn is_digest(s: &str) -> bool {
 }
 
 impl Cache {
-    /// Opens (creating) the cache at `dir`, drops partial files a killed process left behind,
-    /// and evicts down to the cap if it was lowered.
-    pub fn open(dir: &Path, max_bytes: u64) -> Result<Cache> {
+    /// Opens (creating) the cache at `dir` and evicts down to the cap if it was lowered. The
+    /// server (`clean`) also drops the partial files a killed process left behind; `bty-web
+    /// cache` must not, as a running server may be filling them.
+    pub fn open(dir: &Path, max_bytes: u64, clean: bool) -> Result<Cache> {
         for sub in ["sha256", "partial"] {
             let d = dir.join(sub);
             fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
@@ -101,7 +102,7 @@ impl Cache {
         let partial = dir.join("partial");
         let entries =
             fs::read_dir(&partial).with_context(|| format!("reading {}", partial.display()))?;
-        for e in entries.flatten() {
+        for e in entries.flatten().filter(|_| clean) {
             if let Err(err) = fs::remove_file(e.path()) {
                 crate::warn!("removing the leftover {}: {err}", e.path().display());
             }

@@ -164,7 +164,7 @@ fn run() -> Result<ExitCode> {
             let Some(dir) = settings.cache_dir() else {
                 crate::bail!("the image cache is off: set [cache] dir (BTY_CACHE_DIR)");
             };
-            let c = cache::Cache::open(&dir, settings.cache_max_bytes())
+            let c = cache::Cache::open(&dir, settings.cache_max_bytes(), false)
                 .with_context(|| format!("opening the image cache {}", dir.display()))?;
             if let Mode::CacheAdd(files) = &mode {
                 for f in files {
@@ -365,7 +365,7 @@ fn serve(settings: &Settings) -> Result<ExitCode> {
     let auth = auth::Auth::new(settings.get("admin", "password"), &state_dir)?;
     let cache = match settings.cache_dir() {
         Some(dir) => Some(Arc::new(
-            cache::Cache::open(&dir, settings.cache_max_bytes())
+            cache::Cache::open(&dir, settings.cache_max_bytes(), true)
                 .with_context(|| format!("opening the image cache {}", dir.display()))?,
         )),
         None => None,
