@@ -113,6 +113,10 @@ fn two_flashes_pull_from_the_origin_once_and_a_cut_origin_still_serves() {
     assert_eq!(listed[0]["cached"], false);
 
     let path = format!("/images/{sha}/debian.img.zst");
+    let (st, head, _) = get(&s.addr, "HEAD", &path, "");
+    assert_eq!(st, 200, "{head}");
+    assert_eq!(header(&head, "content-length"), Some(image.len().to_string().as_str()));
+    assert!(origin.seen().is_empty(), "a HEAD starts no download");
     let clients: Vec<_> = (0..2)
         .map(|i| {
             let (addr, path) = (s.addr.clone(), path.clone());

@@ -692,6 +692,13 @@ pub fn serve(app: &Arc<App>, req: &Req, sha256: &str) -> Resp {
             Ok(None) => {}
             Err(e) => return internal(e),
         }
+        // A HEAD of an image not yet cached answers from the catalog instead of starting a
+        // download of gigabytes nobody asked for.
+        if let (true, Some(len)) = (req.method == "HEAD", size_of(&entry)) {
+            if cache.can_serve(&entry) {
+                return answer(req, &hex, len, |_, _| Box::new(std::io::empty()));
+            }
+        }
         if !cache.can_serve(&entry) {
             return Resp::error(
                 409,
