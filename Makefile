@@ -59,7 +59,7 @@ APT_ARM64_OPTS := -o APT::Architecture=arm64 -o APT::Architectures::=arm64 \
 	-o Dir::State::status=/dev/null -o APT::Sandbox::User=root
 MUSL_ARM64_INC := $(APT_ARM64)/musl/usr/include/aarch64-linux-musl
 
-.PHONY: help run test deps lint build release static static-arm64 static-bty image live live-check e2e bench-e2e bench bench-flash bench-http bench-web clean
+.PHONY: help run test deps quadlet lint build release static static-arm64 static-bty image live live-check e2e bench-e2e bench bench-flash bench-http bench-web clean
 
 help:
 	@echo "make run          build and start bty-web on $(STATE_DIR) (prints URL and password)"
@@ -118,6 +118,25 @@ deps:
 		test -f $(MUSL_ARM64_INC)/stdio.h; \
 	fi
 
+# Quadlet's generator: tests/deploy.rs runs its dry run over the units `bty-web init` writes.
+# Bookworm's podman 4.3 predates Quadlet (4.4), so the one binary is taken from trixie's podman
+# package with `apt-get download` (apt's state for it kept under target/; nothing installed).
+QUADLET := target/quadlet/quadlet
+QUADLET_APT := $(CURDIR)/target/quadlet/apt
+QUADLET_APT_OPTS := -o Dir::Etc::sourcelist=$(QUADLET_APT)/sources.list -o Dir::Etc::sourceparts=- \
+	-o Dir::State::lists=$(QUADLET_APT)/lists -o Dir::Cache::archives=$(QUADLET_APT)/archives \
+	-o APT::Sandbox::User=root
+
+quadlet: $(QUADLET)
+
+$(QUADLET):
+	@mkdir -p $(QUADLET_APT)/lists/partial $(QUADLET_APT)/archives/partial
+	@echo "deb http://deb.debian.org/debian trixie main" >$(QUADLET_APT)/sources.list
+	apt-get $(QUADLET_APT_OPTS) update -qq
+	cd target/quadlet && rm -f podman_*.deb && apt-get $(QUADLET_APT_OPTS) download -qq podman/trixie
+	dpkg-deb --fsys-tarfile target/quadlet/podman_*.deb | tar -xO ./usr/libexec/podman/quadlet >$@.tmp
+	chmod 0755 $@.tmp && mv $@.tmp $@ && rm -f target/quadlet/podman_*.deb
+
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
@@ -126,7 +145,7 @@ lint:
 # the image and runs the arm64 one under qemu-user), and the live environment, built twice to
 # show it is reproducible (tests/e2e.rs boots it). The arm64 build adds about 2.5 min cold on
 # 2 cores.
-test: deps lint static static-arm64 live-check
+test: deps quadlet lint static static-arm64 live-check
 	$(CARGO) test --all-targets
 
 build:

@@ -79,6 +79,8 @@ def layer_entries(binary, ca):
     # Owned by uid 1000 so a fresh named volume mounted here is writable by the server.
     e.append((STATE_DIR + "/", "dir", 0o755, UID, b""))
     e.append((STATE_DIR + "/boot/", "dir", 0o755, UID, b""))
+    e.append(("var/cache/", "dir", 0o755, 0, b""))
+    e.append(("var/cache/bty/", "dir", 0o750, UID, b""))
     e.append(("etc/passwd", "file", 0o644, 0,
               b"root:x:0:0:root:/root:/sbin/nologin\n"
               b"bty:x:1000:1000:bty lab server:/var/lib/bty:/sbin/nologin\n"))
@@ -129,7 +131,7 @@ def arch_image(arch, binary, ca, epoch, created, labels):
                 "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt",
             ],
             "Entrypoint": ["/usr/local/bin/bty-web"],
-            "Volumes": {"/var/lib/bty": {}},
+            "Volumes": {"/var/lib/bty": {}, "/var/cache/bty": {}},
             "WorkingDir": "/var/lib/bty",
             "StopSignal": "SIGTERM",
             "Labels": labels,

@@ -1,6 +1,7 @@
 //! The image catalog as bty-web serves it: which URLs can be added, and the `catalog.toml` and
 //! `/images` views. Canonical srcs, references and formats are `crate::catalog`'s.
 
+use crate::web::cache::Cache;
 use crate::web::db::CatalogEntry;
 use crate::web::http::{Req, Resp};
 use crate::web::routes::{App, internal};
@@ -60,16 +61,34 @@ fn toml_str(s: &str) -> String {
     out
 }
 
-/// The spec's `ImageEntry` for `GET /images`.
-pub fn image_entry(e: &CatalogEntry) -> serde_json::Value {
+/// Where a flash fetches the entry through this server's image cache (`host` as the client
+/// reached us), when the cache is on and can serve it; `None` means from its origin.
+pub fn cache_url(app: &App, host: &str, e: &CatalogEntry) -> Option<String> {
+    let cache = app.cache.as_ref()?;
+    let sha = e.disk_image_sha.as_deref()?;
+    let host = crate::web::routes::host_for_scripts(host)?;
+    cache.can_serve(e).then(|| Cache::url(host, sha, &e.name))
+}
+
+/// Whether the entry's bytes are in the image cache.
+pub fn is_cached(app: &App, e: &CatalogEntry) -> bool {
+    match (&app.cache, &e.disk_image_sha) {
+        (Some(cache), Some(sha)) => cache.is_cached(sha),
+        _ => false,
+    }
+}
+
+/// The spec's `ImageEntry` for `GET /images`: `url` is where a flash fetches it (the cache
+/// when it can serve the entry), `cached` whether its bytes are on this server's disk.
+pub fn image_entry(app: &App, host: &str, e: &CatalogEntry) -> serde_json::Value {
     serde_json::json!({
         "name": e.name,
         "format": e.format,
         "size_bytes": e.size_bytes,
-        "url": e.src,
+        "url": cache_url(app, host, e).unwrap_or_else(|| e.src.clone()),
         "ref": e.bty_image_ref,
         "sha_short": e.disk_image_sha.as_ref().map(|s| s[..s.len().min(12)].to_string()),
-        "cached": false,
+        "cached": is_cached(app, e),
     })
 }
 

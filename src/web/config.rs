@@ -140,11 +140,18 @@ const KEYS: &[Key] = &[
         help: "largest artifact PUT /boot/{name} accepts, in MiB",
     },
     Key {
-        section: "withcache",
-        key: "url",
+        section: "cache",
+        key: "dir",
         default: |_| String::new(),
         secret: false,
-        help: "image cache sidecar base URL (empty: none)",
+        help: "directory of the image cache (empty: no cache; flashes stream from the origin)",
+    },
+    Key {
+        section: "cache",
+        key: "max_gib",
+        default: |_| "50".into(),
+        secret: false,
+        help: "size cap of the image cache in GiB; least recently used images go first",
     },
     Key {
         section: "tftp",
@@ -267,6 +274,11 @@ impl Settings {
                 "invalid [{section}] {key} {v:?} (from {src}): expected a whole number above 0"
             );
         }
+        let (v, src) = self.entry("cache", "max_gib");
+        crate::ensure!(
+            v.parse::<f64>().is_ok_and(|n| n > 0.0 && n < 1e9),
+            "invalid [cache] max_gib {v:?} (from {src}): expected a number of GiB above 0 (0.5 is 512 MiB)"
+        );
         let (v, src) = self.entry("tftp", "enabled");
         crate::ensure!(
             parse_bool(v).is_some(),
@@ -352,6 +364,17 @@ impl Settings {
         self.get("tftp", "listen")
             .parse()
             .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 69)))
+    }
+
+    /// The image cache's directory, when the cache is on (`[cache] dir`).
+    pub fn cache_dir(&self) -> Option<PathBuf> {
+        Some(self.get("cache", "dir")).filter(|d| !d.is_empty()).map(PathBuf::from)
+    }
+
+    /// The image cache's size cap in bytes (`[cache] max_gib`, validated).
+    pub fn cache_max_bytes(&self) -> u64 {
+        let gib = self.get("cache", "max_gib").parse::<f64>().unwrap_or(50.0);
+        (gib * f64::from(1u32 << 30)) as u64
     }
 
     /// Whether the admin password is still the built-in default.

@@ -28,6 +28,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("quadlet/bty-web.container", include_str!("../../deploy/quadlet/bty-web.container")),
     ("quadlet/bty-tftp.container", include_str!("../../deploy/quadlet/bty-tftp.container")),
     ("quadlet/bty-data.volume", include_str!("../../deploy/quadlet/bty-data.volume")),
+    ("quadlet/bty-cache.volume", include_str!("../../deploy/quadlet/bty-cache.volume")),
 ];
 
 /// Where root's Quadlet units go (podman-systemd.unit(5)).
@@ -278,7 +279,7 @@ fn upgrade(a: &Args) -> Result<ExitCode> {
         files.push((TOML.into(), BTY_TOML.into(), 0o644));
     }
     write_files(&a.dir, &files, a.dry_run)?;
-    println!("kept {} and the bty-data volume", env_path.display());
+    println!("kept {} and the bty-data and bty-cache volumes", env_path.display());
     let quadlet = Path::new(QUADLET_DIR).join("bty-web.container").exists();
     if crate::sys::euid() == 0 && quadlet {
         if find_program("podman").is_none() {

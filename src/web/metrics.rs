@@ -22,6 +22,9 @@ pub struct Metrics {
     pub flashes_done: AtomicU64,
     pub flashes_failed: AtomicU64,
     pub boot_bytes: AtomicU64,
+    /// Image requests answered from a complete cache file, and from a fetch in flight.
+    pub cache_hits: AtomicU64,
+    pub cache_misses: AtomicU64,
 }
 
 impl Metrics {
@@ -78,6 +81,14 @@ impl Metrics {
         );
         let _ = writeln!(o, "# TYPE bty_boot_bytes_served_total counter");
         let _ = writeln!(o, "bty_boot_bytes_served_total {}", get(&self.boot_bytes));
+        let _ = writeln!(
+            o,
+            "# HELP bty_cache_requests_total Image requests to the cache, by whether the image was there."
+        );
+        let _ = writeln!(o, "# TYPE bty_cache_requests_total counter");
+        let _ = writeln!(o, "bty_cache_requests_total{{result=\"hit\"}} {}", get(&self.cache_hits));
+        let _ =
+            writeln!(o, "bty_cache_requests_total{{result=\"miss\"}} {}", get(&self.cache_misses));
         let _ = writeln!(o, "# HELP bty_machines Machines in the registry, by boot mode.");
         let _ = writeln!(o, "# TYPE bty_machines gauge");
         for (mode, n) in machines_by_mode {

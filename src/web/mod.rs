@@ -15,6 +15,7 @@ use crate::error::{Context, Result};
 pub mod auth;
 pub mod backup;
 pub mod boot;
+pub mod cache;
 pub mod catalog;
 pub mod config;
 pub mod db;
@@ -42,6 +43,8 @@ Usage: bty-web [--listen HOST:PORT] [--state-dir DIR]   serve
        bty-web export DIR [--state-dir DIR]         write DIR/inventory.json (version 3)
        bty-web import DIR [--state-dir DIR]         add the machines of an export (stopped)
        bty-web tftp [--state-dir DIR]                   serve only the boot dir over TFTP
+       bty-web cache add FILE...                        put images into [cache] dir (air gap)
+       bty-web cache ls                                 list the cached images
        bty-web health                                   exit 0 if the local server answers /healthz
        bty-web init DIR [--host-addr IP] [--image REF] [--force] [--dry-run]
        bty-web deploy DIR [same flags]                  init, then start the stack
@@ -61,6 +64,12 @@ With [tftp] enabled = true (BTY_TFTP_ENABLED=1) bty-web also serves the boot dir
 on [tftp] listen (default 0.0.0.0:69) and prints \"tftp listening on udp://HOST:PORT\" next;
 `bty-web tftp` serves only that (the TFTP sidecar of the compose and Quadlet stacks).
 
+With [cache] dir set (BTY_CACHE_DIR), catalog images pinned by sha256 are fetched from their
+origin once and served from there at GET /images/SHA256/NAME (Range supported); GET /images
+and the PXE plans hand out those URLs. [cache] max_gib caps it (least recently used first).
+`bty-web cache add` copies local image files in under their sha256, so an air-gapped lab
+flashes catalog entries pinned to those digests without reaching their origin.
+
 init writes DIR/compose.yaml, DIR/quadlet/*.{container,volume}, DIR/bty.toml and DIR/envvars
 (mode 0600: HOST_ADDR, detected from the default route unless --host-addr, and a generated
 BTY_ADMIN_PASSWORD) and touches nothing else; it refuses an existing stack without --force.
@@ -68,7 +77,7 @@ deploy starts it: as root with Quadlet units in /etc/containers/systemd and syst
 user with podman compose or docker compose (no TFTP, no autostart), and says what it skipped.
 upgrade keeps envvars, bty.toml and the bty-data volume, rewrites the other files for this
 version, pulls the image and restarts. --dry-run prints instead of writing or running.
-Open routes: GET /healthz, /version, /pxe-bootstrap.ipxe, /pxe/MAC, /pxe/MAC/plan,\n/boot/NAME; POST /pxe/MAC/{inventory,done,status,progress}, /ui/login, /ui/logout.\nWith a session cookie: GET/PUT/DELETE /machines[/MAC], GET /machines/MAC/{disks,lshw}.json, GET /events, POST /events/ID/ack,\nGET /events/machines (server-sent machines-update events), GET/POST/DELETE\n/catalog/entries, POST /catalog/import, PUT /boot/NAME, GET/POST /workers/backups,
+Open routes: GET /healthz, /version, /pxe-bootstrap.ipxe, /pxe/MAC, /pxe/MAC/plan,\n/boot/NAME,\n/images/SHA256/NAME; POST /pxe/MAC/{inventory,done,status,progress}, /ui/login, /ui/logout.\nWith a session cookie: GET/PUT/DELETE /machines[/MAC], GET /machines/MAC/{disks,lshw}.json, GET /events, POST /events/ID/ack,\nGET /events/machines (server-sent machines-update events), GET/POST/DELETE\n/catalog/entries, POST /catalog/import, PUT /boot/NAME, GET/POST /workers/backups,
 DELETE /workers/backups/ID, GET/POST /boot/releases, GET /metrics (Prometheus). Open: GET /images, /catalog.toml.\nBrowser UI: /ui/ (log in at /ui/login), assets under /static/.\nSIGTERM or SIGINT stops it after the requests in flight (at most 5 s).
 ";
 
@@ -110,6 +119,13 @@ fn run() -> Result<ExitCode> {
             Value(cmd) if cmd == "import" => mode = Mode::Import(operand(&mut parser, "import")?),
             Value(cmd) if cmd == "config" => mode = Mode::Config,
             Value(cmd) if cmd == "tftp" => mode = Mode::Tftp,
+            Value(cmd) if cmd == "cache" => {
+                mode = match parser.next()? {
+                    Some(Value(v)) if v == "ls" => Mode::CacheList,
+                    Some(Value(v)) if v == "add" => Mode::CacheAdd(Vec::new()),
+                    _ => crate::bail!("bty-web cache: expected `add FILE...` or `ls`"),
+                }
+            }
             Value(cmd) if cmd == "health" => mode = Mode::Health,
             Value(cmd) if cmd == "init" => {
                 return deploy::command(deploy::Action::Init, &mut parser);
@@ -120,8 +136,16 @@ fn run() -> Result<ExitCode> {
             Value(cmd) if cmd == "upgrade" => {
                 return deploy::command(deploy::Action::Upgrade, &mut parser);
             }
+            Value(file) if matches!(mode, Mode::CacheAdd(_)) => {
+                if let Mode::CacheAdd(files) = &mut mode {
+                    files.push(file.into());
+                }
+            }
             _ => return Err(arg.unexpected().into()),
         }
+    }
+    if let Mode::CacheAdd(files) = &mode {
+        crate::ensure!(!files.is_empty(), "bty-web cache add needs image files (see --help)");
     }
     let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
     let settings = Settings::load(&env, &flags)?;
@@ -136,6 +160,32 @@ fn run() -> Result<ExitCode> {
         }
         Mode::Tftp => serve_tftp_only(&settings),
         Mode::Health => health(&settings),
+        Mode::CacheList | Mode::CacheAdd(_) => {
+            let Some(dir) = settings.cache_dir() else {
+                crate::bail!("the image cache is off: set [cache] dir (BTY_CACHE_DIR)");
+            };
+            let c = cache::Cache::open(&dir, settings.cache_max_bytes(), false)
+                .with_context(|| format!("opening the image cache {}", dir.display()))?;
+            if let Mode::CacheAdd(files) = &mode {
+                for f in files {
+                    let (hex, len) = c.add_file(f)?;
+                    println!("{hex}  {:>10}  {}", crate::units::bytes(len), f.display());
+                }
+            } else {
+                for (hex, len, used) in c.list() {
+                    println!("{hex}  {:>10}  last used {used}", crate::units::bytes(len));
+                }
+                let u = c.usage();
+                println!(
+                    "{} images, {} of {} in {}",
+                    u.files,
+                    crate::units::bytes(u.bytes),
+                    crate::units::bytes(settings.cache_max_bytes()),
+                    dir.display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Mode::Serve => serve(&settings),
         Mode::Restore(file) => {
             for line in backup::restore(&file, &state)? {
@@ -174,6 +224,8 @@ enum Mode {
     Config,
     Tftp,
     Health,
+    CacheList,
+    CacheAdd(Vec<std::path::PathBuf>),
     Restore(std::path::PathBuf),
     Export(std::path::PathBuf),
     Import(std::path::PathBuf),
@@ -311,6 +363,13 @@ fn serve(settings: &Settings) -> Result<ExitCode> {
         None => None,
     };
     let auth = auth::Auth::new(settings.get("admin", "password"), &state_dir)?;
+    let cache = match settings.cache_dir() {
+        Some(dir) => Some(Arc::new(
+            cache::Cache::open(&dir, settings.cache_max_bytes(), true)
+                .with_context(|| format!("opening the image cache {}", dir.display()))?,
+        )),
+        None => None,
+    };
     let app = Arc::new(routes::App {
         settings: settings.clone(),
         db,
@@ -320,6 +379,7 @@ fn serve(settings: &Settings) -> Result<ExitCode> {
         metrics: Default::default(),
         machines_json: Default::default(),
         jobs: Default::default(),
+        cache,
     });
     jobs::Jobs::recover(&app)?;
     backup::remove_leftovers(&state_dir);

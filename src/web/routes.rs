@@ -27,6 +27,8 @@ pub struct App {
     pub jobs: crate::web::jobs::Jobs,
     /// `GET /machines` as last serialised, with the database generation it was built at.
     pub machines_json: Mutex<Option<(u64, Arc<[u8]>)>>,
+    /// The image cache, when `[cache] dir` is set.
+    pub cache: Option<Arc<crate::web::cache::Cache>>,
 }
 
 impl App {
@@ -139,11 +141,25 @@ pub fn route(app: &Arc<App>, req: &Req, body: &mut dyn Read) -> Resp {
             Err(e) => internal(e),
         },
         ("GET" | "HEAD", ["images"]) => match app.db.catalog() {
-            Ok(all) => Resp::json(200, &all.iter().map(catalog::image_entry).collect::<Vec<_>>()),
+            Ok(all) => Resp::json(
+                200,
+                &all.iter().map(|e| catalog::image_entry(app, req.host(), e)).collect::<Vec<_>>(),
+            ),
             Err(e) => internal(e),
         },
         ("GET" | "HEAD", ["catalog.toml"]) => match app.db.catalog() {
-            Ok(all) => Resp::new(200, "application/toml", catalog::to_toml(&all)),
+            // `?via=cache` (the interactive plan's catalog): srcs the cache can serve point at
+            // it, so the wizard in an air-gapped lab flashes from here too.
+            Ok(mut all) => {
+                if req.param("via") == Some("cache") {
+                    for e in &mut all {
+                        if let Some(url) = catalog::cache_url(app, req.host(), e) {
+                            e.src = url;
+                        }
+                    }
+                }
+                Resp::new(200, "application/toml", catalog::to_toml(&all))
+            }
             Err(e) => internal(e),
         },
         ("GET" | "HEAD", ["catalog", "entries"]) => match app.db.catalog() {
@@ -173,6 +189,7 @@ pub fn route(app: &Arc<App>, req: &Req, body: &mut dyn Read) -> Resp {
             Err(e) => internal(e),
         },
         ("GET" | "HEAD", ["boot", name]) => boot::serve(app, req, name),
+        ("GET" | "HEAD", ["images", sha256, _name]) => crate::web::cache::serve(app, req, sha256),
         // A name with a slash reaches here in pieces; it is refused as a name (400), not a 404.
         ("PUT", ["boot", rest @ ..]) => boot::upload(app, req, &rest.join("/"), body),
         ("POST", ["events", id, "ack"]) => ack_event(app, id),
@@ -256,7 +273,20 @@ fn pxe_script(app: &App, req: &Req, mac: &str) -> Resp {
 
 fn pxe_plan(app: &App, req: &Req, mac: &str) -> Resp {
     match pxe_decide(app, req, mac, false) {
-        Ok((m, d, image, host)) => Resp::json(200, &pxe::plan(&d, &m, image.as_ref(), &host)),
+        Ok((m, d, mut image, host)) => {
+            // The plan hands out where to fetch from: this server's cache when it can serve
+            // the image (a cached or cacheable pinned entry), else the origin.
+            if let Some(img) = image.as_mut() {
+                if let Some(url) = catalog::cache_url(app, &host, img) {
+                    img.src = url;
+                }
+            }
+            let mut plan = pxe::plan(&d, &m, image.as_ref(), &host);
+            if app.cache.is_some() && plan["mode"] == "interactive" {
+                plan["catalog"] = format!("http://{host}/catalog.toml?via=cache").into();
+            }
+            Resp::json(200, &plan)
+        }
         Err(r) => r,
     }
 }

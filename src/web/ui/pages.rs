@@ -141,6 +141,25 @@ pub struct AddState {
 pub fn images(ctx: &Ctx<'_>, state: Option<AddState>) -> PageResult {
     let catalog = ctx.app.db.catalog()?;
     let mut entries = Html::new();
+    match &ctx.app.cache {
+        Some(c) => {
+            let u = c.usage();
+            entries.push(format_args!(
+                "<p class=\"hint\">Image cache: {} images, {} of {} in <span class=\"mono\">{}</span>. \
+                 Pinned images are pulled from their origin once, at their first flash, and flashed \
+                 from this server after that.</p>",
+                u.files,
+                Escape(&crate::units::bytes(u.bytes)),
+                Escape(&crate::units::bytes(ctx.app.settings.cache_max_bytes())),
+                Escape(&c.dir().display().to_string()),
+            ));
+        }
+        None => entries.push(format_args!(
+            "<p class=\"hint\">The image cache is off: flashes stream from each image's origin. \
+             Set <span class=\"mono\">[cache] dir</span> (BTY_CACHE_DIR) to pull pinned images once \
+             and flash them from this server.</p>"
+        )),
+    }
     if catalog.is_empty() {
         entries.push(format_args!(
             "<p>The catalog is empty. Add an image by URL, upload a catalog file or fetch the default catalog.</p>"
@@ -149,15 +168,23 @@ pub fn images(ctx: &Ctx<'_>, state: Option<AddState>) -> PageResult {
         entries.push(format_args!(
             "<div class=\"scroll\"><table class=\"list\"><thead><tr><th scope=\"col\">Name</th>\
              <th scope=\"col\">Format</th><th scope=\"col\">Size</th><th scope=\"col\">sha256</th>\
-             <th scope=\"col\">Source</th><th scope=\"col\">Added</th><th scope=\"col\">Delete</th>\
+             <th scope=\"col\">Source</th><th scope=\"col\">Cache</th><th scope=\"col\">Added</th>\
+             <th scope=\"col\">Delete</th>\
              </tr></thead><tbody>\n"
         ));
         for e in &catalog {
             let sha = e.disk_image_sha.as_deref().map(short).unwrap_or("not pinned");
             let size = e.size_bytes.and_then(|n| u64::try_from(n).ok()).map(crate::units::bytes);
+            let cache = match &ctx.app.cache {
+                None => "off",
+                Some(_) if crate::web::catalog::is_cached(ctx.app, e) => "cached",
+                Some(_) if e.disk_image_sha.is_none() => "not pinned: from its origin",
+                Some(c) if c.can_serve(e) => "at its first flash",
+                Some(_) => "larger than the cap: from its origin",
+            };
             entries.push(format_args!(
                 "<tr><td>{}{}</td><td>{}</td><td>{}</td><td class=\"mono\" title=\"{}\">{}</td>\
-                 <td class=\"mono\">{}</td><td>{}</td><td>\
+                 <td class=\"mono\">{}</td><td>{}</td><td>{}</td><td>\
                  <form method=\"post\" action=\"/ui/catalog/delete\" data-confirm=\"Delete {}?\">\
                  <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
                  <input type=\"hidden\" name=\"src\" value=\"{}\">\
@@ -172,6 +199,7 @@ pub fn images(ctx: &Ctx<'_>, state: Option<AddState>) -> PageResult {
                 Escape(e.disk_image_sha.as_deref().unwrap_or("")),
                 Escape(sha),
                 Escape(&e.src),
+                Escape(cache),
                 Escape(&e.added_at),
                 Escape(&e.name),
                 Escape(&ctx.csrf),
