@@ -156,9 +156,10 @@ static: deps
 		test $$size -le $$((4 * 1024 * 1024))
 
 # The image's files carry the last commit's time, so two builds of one commit are identical.
-image: static
+image: static ipxe
 	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct) python3 deploy/mkimage.py \
 		--binary target/$(MUSL_TARGET)/static/bty-web --out $(IMAGE_DIR) --tag $(IMAGE_TAG) \
+		--ipxe-dir $(IPXE_OUT) \
 		--version $(VERSION) --revision $$(git rev-parse HEAD) --arch amd64
 
 # The live environment carries only bty, so it does not wait for the static bty-web.

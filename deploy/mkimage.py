@@ -55,7 +55,7 @@ def ca_bundle(ca_dir):
     return out
 
 
-def layer_entries(binary, ca):
+def layer_entries(binary, ca, ipxe_dir=None):
     dirs = ["etc", "etc/ssl", "etc/ssl/certs", "usr", "usr/local", "usr/local/bin", "var",
             "var/lib"]
     e = [(d + "/", "dir", 0o755, 0, b"") for d in dirs]
@@ -70,13 +70,21 @@ def layer_entries(binary, ca):
     e.append(("etc/ssl/certs/ca-certificates.crt", "file", 0o644, 0, ca))
     with open(binary, "rb") as f:
         e.append(("usr/local/bin/bty-web", "file", 0o755, 0, f.read()))
+    # The machines' iPXE binaries (`make ipxe`) where [boot] ipxe_dir looks by default; they
+    # are for the clients, so every server architecture carries the same x86 files.
+    if ipxe_dir:
+        e += [(d + "/", "dir", 0o755, 0, b"") for d in ["usr/share", "usr/share/bty",
+                                                          "usr/share/bty/ipxe"]]
+        for name in ["undionly.kpxe", "ipxe.efi"]:
+            with open(os.path.join(ipxe_dir, name), "rb") as f:
+                e.append(("usr/share/bty/ipxe/" + name, "file", 0o644, 0, f.read()))
     return e
 
 
 def build(args):
     epoch = args.epoch
     created = datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    layer = tar_bytes(layer_entries(args.binary, ca_bundle(args.ca_dir)), epoch)
+    layer = tar_bytes(layer_entries(args.binary, ca_bundle(args.ca_dir), args.ipxe_dir), epoch)
     layer_digest = "sha256:" + hashlib.sha256(layer).hexdigest()
     labels = {
         "org.opencontainers.image.title": "bty-web",
@@ -161,6 +169,7 @@ def main():
     p.add_argument("--revision", default="", help="the git commit")
     p.add_argument("--arch", default="amd64")
     p.add_argument("--ca-dir", default="/usr/share/ca-certificates/mozilla")
+    p.add_argument("--ipxe-dir", help="undionly.kpxe and ipxe.efi for /usr/share/bty/ipxe")
     p.add_argument("--epoch", type=int,
                    default=int(os.environ.get("SOURCE_DATE_EPOCH", "0")),
                    help="mtime of every file (default $SOURCE_DATE_EPOCH)")

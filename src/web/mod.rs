@@ -58,6 +58,7 @@ BTY_PATHS_STATE_DIR, BTY_ADMIN_PASSWORD, ...), and flags override both.
 
 The first line on stdout is \"listening on http://HOST:PORT\" once the socket is bound.
 With [tftp] enabled = true (BTY_TFTP_ENABLED=1) bty-web also serves the boot dir over TFTP
+(then the iPXE binaries of [boot] ipxe_dir, and a generated autoexec.ipxe)
 on [tftp] listen (default 0.0.0.0:69) and prints \"tftp listening on udp://HOST:PORT\" next;
 `bty-web tftp` serves only that (the TFTP sidecar of the compose and Quadlet stacks).
 
