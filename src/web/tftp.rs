@@ -1,7 +1,8 @@
-//! A read-only TFTP server for the boot dir and the iPXE binaries (RFC 1350 with the option extension of RFC 2347 and
-//! the blksize, timeout and tsize options of RFC 2348/2349), for PXE firmware that can fetch
-//! its first bootfile (iPXE's `undionly.kpxe`, `ipxe.efi`) only over TFTP. Each transfer runs on
-//! its own thread with its own socket, which is also the transfer ID the RFC asks for.
+//! A read-only TFTP server for the boot dir and the iPXE binaries (RFC 1350 with the option
+//! extension of RFC 2347 and the blksize, timeout and tsize options of RFC 2348/2349), for PXE
+//! firmware that can fetch its first bootfile (iPXE's `undionly.kpxe`, `ipxe.efi`) only over
+//! TFTP. Each transfer runs on its own thread with its own socket, which is also the transfer
+//! ID the RFC asks for.
 
 use std::fs::File;
 use std::io::{self, Read};
