@@ -59,7 +59,7 @@ APT_ARM64_OPTS := -o APT::Architecture=arm64 -o APT::Architectures::=arm64 \
 	-o Dir::State::status=/dev/null -o APT::Sandbox::User=root
 MUSL_ARM64_INC := $(APT_ARM64)/musl/usr/include/aarch64-linux-musl
 
-.PHONY: help run test deps quadlet lint build release static static-arm64 static-bty image live live-check e2e bench-e2e bench bench-flash bench-http bench-web clean
+.PHONY: help run test deps quadlet lint build release static static-arm64 static-bty image ipxe live live-check e2e bench-e2e bench bench-flash bench-http bench-web clean
 
 help:
 	@echo "make run          build and start bty-web on $(STATE_DIR) (prints URL and password)"
@@ -69,6 +69,7 @@ help:
 	@echo "make static-arm64 build the static arm64 bty-web (cross, musl), print its size"
 	@echo "make image        reproducible OCI image of bty-web, amd64 + arm64 (no daemon) -> $(IMAGE_DIR)"
 	@echo "make live         build the netboot kernel + initrd (+ .sha256) into build/live"
+	@echo "make ipxe         Debian's iPXE binaries (undionly.kpxe, ipxe.efi, + .sha256) into build/ipxe"
 	@echo "make live-check   build the live environment twice and compare the bytes"
 	@echo "make e2e          a QEMU guest PXE-boots from bty-web, is inventoried and flashed"
 	@echo "make bench-e2e    the same with a 256 MiB image: power-on to done -> bench/RESULTS.md"
@@ -141,11 +142,49 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
+# iPXE's first-stage binaries, as Debian builds them: `make image` ships them and bty-web serves
+# them from [tftp] ipxe_dir. Debian's ipxe *source* package is not on the package mirror these
+# machines reach (every version answers 404), so there is no build with an embedded script: the
+# binaries are Debian's own, pinned by version and by the sha256 of each file, which makes the
+# output reproducible. The trixie build (2025) rather than bookworm's (2019): its ipxe.efi runs
+# the autoexec.ipxe that sits beside it on an HTTP boot server, which bty-web generates (see the
+# README's legacy PXE section). The trixie list is handed to apt for this one download only.
+IPXE_VERSION := 1.21.1+git20250501.dad20602+dfsg-1
+IPXE_OUT ?= build/ipxe
+IPXE_APT := $(CURDIR)/target/ipxe-apt
+IPXE_APT_OPTS := -o Dir::Etc::sourcelist=$(IPXE_APT)/sources.list -o Dir::Etc::sourceparts=- \
+	-o Dir::State::lists=$(IPXE_APT)/lists -o Dir::Cache=$(IPXE_APT)/cache \
+	-o Dir::Cache::archives=$(IPXE_APT)/archives
+IPXE_DEB := $(IPXE_APT)/deb/ipxe_$(subst :,%3a,$(IPXE_VERSION))_all.deb
+IPXE_SHA256_UNDIONLY := 391bfe580ec9f823d046ee390765d6c389f482b9a8b9fae0f90871cd8ff57828
+IPXE_SHA256_EFI := 6095eb23f4173674a3dc124a2a6d3cdeed514172793306a10d525f57b97cdc6a
+
+ipxe: $(IPXE_OUT)/undionly.kpxe.sha256
+
+# The .deb stays in target/ipxe-apt, so a rebuild does not download it again.
+$(IPXE_DEB):
+	@mkdir -p $(IPXE_APT)/lists/partial $(IPXE_APT)/archives/partial $(IPXE_APT)/cache $(IPXE_APT)/deb
+	echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main" \
+		>$(IPXE_APT)/sources.list
+	apt-get $(IPXE_APT_OPTS) update -qq
+	cd $(IPXE_APT)/deb && apt-get $(IPXE_APT_OPTS) download -q 'ipxe=$(IPXE_VERSION)'
+
+$(IPXE_OUT)/undionly.kpxe.sha256: $(IPXE_DEB)
+	rm -rf $(IPXE_APT)/x && mkdir -p $(IPXE_APT)/x $(IPXE_OUT)
+	dpkg-deb -x $(IPXE_DEB) $(IPXE_APT)/x
+	echo "$(IPXE_SHA256_UNDIONLY)  $(IPXE_APT)/x/usr/lib/ipxe/undionly.kpxe" | sha256sum -c --quiet
+	echo "$(IPXE_SHA256_EFI)  $(IPXE_APT)/x/usr/lib/ipxe/ipxe-amd64.efi" | sha256sum -c --quiet
+	install -m 0644 $(IPXE_APT)/x/usr/lib/ipxe/undionly.kpxe $(IPXE_OUT)/undionly.kpxe
+	install -m 0644 $(IPXE_APT)/x/usr/lib/ipxe/ipxe-amd64.efi $(IPXE_OUT)/ipxe.efi
+	touch -d @0 $(IPXE_OUT)/undionly.kpxe $(IPXE_OUT)/ipxe.efi
+	cd $(IPXE_OUT) && sha256sum ipxe.efi >ipxe.efi.sha256 && sha256sum undionly.kpxe >undionly.kpxe.sha256
+	@cat $(IPXE_OUT)/*.sha256
+
 # The static binaries first (tests/image.rs packs both static bty-webs, x86_64 and arm64, into
 # the image and runs the arm64 one under qemu-user), and the live environment, built twice to
 # show it is reproducible (tests/e2e.rs boots it). The arm64 build adds about 2.5 min cold on
 # 2 cores.
-test: deps quadlet lint static static-arm64 live-check
+test: deps quadlet lint static static-arm64 live-check ipxe
 	$(CARGO) test --all-targets
 
 build:
@@ -185,10 +224,11 @@ static: deps
 # The image's files carry the last commit's time, so two builds of one commit are identical.
 # One index over linux/amd64 and linux/arm64 (target/image/oci and bty-web-VERSION.oci.tar),
 # plus one archive per architecture.
-image: static static-arm64
+image: static static-arm64 ipxe
 	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct) python3 deploy/mkimage.py \
 		--binary amd64=target/$(MUSL_TARGET)/static/bty-web \
 		--binary arm64=target/$(ARM64_TARGET)/static/bty-web --out $(IMAGE_DIR) --tag $(IMAGE_TAG) \
+		--ipxe-dir $(IPXE_OUT) \
 		--version $(VERSION) --revision $$(git rev-parse HEAD)
 
 # The live environment carries only bty, so it does not wait for the static bty-web.
@@ -205,11 +245,11 @@ live-check: live
 	cd build/live && for f in *; do cmp "$$f" "../../target/live-check/$$f"; done
 	@echo "live-check: the live environment builds reproducibly"
 
-e2e: live
+e2e: live ipxe
 	$(CARGO) test --test e2e -- --nocapture
 
 # Power-on to `done` for a 256 MiB image (the figure in bench/RESULTS.md).
-bench-e2e: live
+bench-e2e: live ipxe
 	BTY_E2E_IMAGE_MIB=256 $(CARGO) test --test e2e -- --nocapture --test-threads=1
 
 bench: bench-flash

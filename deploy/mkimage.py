@@ -71,7 +71,7 @@ def ca_bundle(ca_dir):
     return out
 
 
-def layer_entries(binary, ca):
+def layer_entries(binary, ca, ipxe_dir=None):
     dirs = ["etc", "etc/ssl", "etc/ssl/certs", "usr", "usr/local", "usr/local/bin", "var",
             "var/lib"]
     e = [(d + "/", "dir", 0o755, 0, b"") for d in dirs]
@@ -88,6 +88,14 @@ def layer_entries(binary, ca):
     e.append(("etc/ssl/certs/ca-certificates.crt", "file", 0o644, 0, ca))
     with open(binary, "rb") as f:
         e.append(("usr/local/bin/bty-web", "file", 0o755, 0, f.read()))
+    # The machines' iPXE binaries (`make ipxe`) where [boot] ipxe_dir looks by default; they
+    # are for the clients, so every server architecture carries the same x86 files.
+    if ipxe_dir:
+        e += [(d + "/", "dir", 0o755, 0, b"") for d in ["usr/share", "usr/share/bty",
+                                                          "usr/share/bty/ipxe"]]
+        for name in ["undionly.kpxe", "ipxe.efi"]:
+            with open(os.path.join(ipxe_dir, name), "rb") as f:
+                e.append(("usr/share/bty/ipxe/" + name, "file", 0o644, 0, f.read()))
     return e
 
 
@@ -114,11 +122,11 @@ def desc(media, blob):
     return {"mediaType": media, "size": len(blob), "digest": digest(blob)}
 
 
-def arch_image(arch, binary, ca, epoch, created, labels):
+def arch_image(arch, binary, ca, epoch, created, labels, ipxe_dir=None):
     """One architecture's layer, config and manifest: (blobs, manifest descriptor)."""
     platform = PLATFORMS[arch][0]
     check_elf(binary, arch)
-    layer = tar_bytes(layer_entries(binary, ca), epoch)
+    layer = tar_bytes(layer_entries(binary, ca, ipxe_dir), epoch)
     config = dict(platform)
     config.update({
         "created": created,
@@ -198,7 +206,8 @@ def build(args):
     ca = ca_bundle(args.ca_dir)
     # Every architecture's blobs and manifest descriptor, in PLATFORMS order.
     archs = [a for a in PLATFORMS if a in args.binaries]
-    images = {a: arch_image(a, args.binaries[a], ca, epoch, created, labels) for a in archs}
+    images = {a: arch_image(a, args.binaries[a], ca, epoch, created, labels, args.ipxe_dir)
+              for a in archs}
     # The multi-arch image: an index over the manifests, named by the layout's index.json
     # (one entry, as buildah and buildx write it; podman load picks the host's manifest from it).
     index = {"schemaVersion": 2, "mediaType": INDEX,
@@ -250,6 +259,7 @@ def main():
     p.add_argument("--arch", default="amd64", choices=list(PLATFORMS),
                    help="the architecture of a --binary given without ARCH=")
     p.add_argument("--ca-dir", default="/usr/share/ca-certificates/mozilla")
+    p.add_argument("--ipxe-dir", help="undionly.kpxe and ipxe.efi for /usr/share/bty/ipxe")
     p.add_argument("--epoch", type=int,
                    default=int(os.environ.get("SOURCE_DATE_EPOCH", "0")),
                    help="mtime of every file (default $SOURCE_DATE_EPOCH)")

@@ -7,6 +7,9 @@
 //! 10.0.2.2, so bty-web and the image server listen on loopback only. Every power-on writes
 //! its serial console to target/e2e/<firmware>/boot-<n>.log for a person to read.
 //!
+//! A third test boots legacy BIOS through bty-web's own TFTP server with Debian's iPXE
+//! binaries (`make ipxe`, served from `[boot] ipxe_dir`).
+//!
 //! Needs the artifacts of `make live` (or `BTY_E2E_BOOT_DIR`) and qemu-system-x86 with
 //! ipxe-qemu (`make deps`). It fails, never skips, when they are missing: CI runs it.
 //! `BTY_E2E_IMAGE_MIB` sets the image size (default 8 MiB; `make bench-e2e` uses 256).
@@ -268,7 +271,11 @@ fn json(body: &str) -> serde_json::Value {
 }
 
 fn machine(s: &Server, cookie: &str) -> serde_json::Value {
-    let (st, _, body) = s.call("GET", &format!("/machines/{MAC}"), Some(cookie), "");
+    machine_of(s, cookie, MAC)
+}
+
+fn machine_of(s: &Server, cookie: &str, mac: &str) -> serde_json::Value {
+    let (st, _, body) = s.call("GET", &format!("/machines/{mac}"), Some(cookie), "");
     assert_eq!(st, 200, "{body}");
     json(&body)
 }
@@ -414,4 +421,118 @@ fn uefi_machine_is_discovered_flashed_and_boots_its_new_disk() {
         .to_vec(),
         flash_always: false,
     });
+}
+
+/// What the TFTP test reads from bty-web's log; waits up to `limit` for `done` to hold.
+fn wait_log(
+    log: &Path,
+    guest: &mut Child,
+    limit: Duration,
+    what: &str,
+    done: impl Fn(&str) -> bool,
+) {
+    let t0 = Instant::now();
+    loop {
+        let text = String::from_utf8_lossy(&std::fs::read(log).unwrap_or_default()).into_owned();
+        if done(&text) {
+            return;
+        }
+        if let Ok(Some(st)) = guest.try_wait() {
+            panic!("qemu exited ({st}) before {what}; bty-web's log:\n{}", tail(&text));
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "no {what} within {limit:?}; bty-web's log:\n{}",
+            tail(&text)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// A legacy-BIOS guest whose firmware loads `file` over TFTP from bty-web. No serial console:
+/// SeaBIOS and the NIC's iPXE print to the screen only, so bty-web's log is what the test reads.
+fn tftp_guest(tftp_port: u16, file: &str) -> Child {
+    Command::new("qemu-system-x86_64")
+        .args(["-accel", &std::env::var("BTY_E2E_ACCEL").unwrap_or_else(|_| "tcg".into())])
+        .args(["-m", "256", "-smp", "1", "-vga", "none", "-display", "none", "-monitor", "none"])
+        // No tftp= option: QEMU's DHCP names the file and forwards the guest's UDP to
+        // 10.0.2.2 to the host's 127.0.0.1, where bty-web answers (a port in the URI keeps
+        // the test off udp/69; iPXE, the NIC's ROM, honours it).
+        .arg("-netdev")
+        .arg(format!("user,id=n0,bootfile=tftp://10.0.2.2:{tftp_port}/{file}"))
+        .arg("-device")
+        .arg(format!("virtio-net-pci,netdev=n0,mac={TFTP_MAC}"))
+        .args(["-boot", "order=n"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting qemu-system-x86_64 (make deps installs it)")
+}
+
+const TFTP_MAC: &str = "52:54:00:b7:e2:02";
+
+/// Legacy PXE the way a lab runs it with Debian's iPXE binaries, whose undionly.kpxe carries no
+/// embedded script: the firmware loads undionly.kpxe from bty-web's TFTP, and the iPXE in it
+/// asks DHCP again; a lab's DHCP server answers that request (user class "iPXE") with
+/// autoexec.ipxe, which bty-web generates and which chains to its /pxe-bootstrap.ipxe. QEMU's
+/// DHCP has one answer for both, so each half is one boot: first undionly.kpxe (it runs, and
+/// asks bty-web's TFTP for its next file), then autoexec.ipxe, loaded by the NIC's own iPXE in
+/// place of undionly's, up to bty-web discovering the machine at /pxe/MAC.
+#[test]
+fn bios_pxe_through_bty_webs_tftp_reaches_the_bootstrap() {
+    let ipxe = std::env::var_os("BTY_E2E_IPXE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("build/ipxe"));
+    let kpxe = std::fs::metadata(ipxe.join("undionly.kpxe"))
+        .unwrap_or_else(|e| panic!("{}/undionly.kpxe: {e}: run `make ipxe` first", ipxe.display()))
+        .len();
+    let out = repo().join("target/e2e/bios-tftp");
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).unwrap();
+
+    let tftp_port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let state = std::env::temp_dir().join(format!("bty-e2e-tftp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    let log = out.join("bty-web.log");
+    let mut cmd = util::bty_web(&state);
+    cmd.env("BTY_ADMIN_PASSWORD", "pw-for-tests")
+        .env("BTY_TFTP_ENABLED", "true")
+        .env("BTY_TFTP_LISTEN", format!("127.0.0.1:{tftp_port}"))
+        .env("BTY_BOOT_IPXE_DIR", &ipxe)
+        .env("BTY_LOG", "info")
+        .stderr(std::fs::File::create(&log).unwrap());
+    let (child, addr) = util::spawn_web(cmd);
+    let s = Server { child, addr, state };
+    let cookie = s.login();
+
+    // a. undionly.kpxe, whole, from the iPXE dir; a second whole copy means the first one ran
+    // (firmware does not fetch a file again once it has it) and drove the NIC itself.
+    let sent = format!("tftp: sent undionly.kpxe ({kpxe} bytes)");
+    let mut g = tftp_guest(tftp_port, "undionly.kpxe");
+    wait_log(&log, &mut g, CYCLE, "second undionly.kpxe transfer", |t| {
+        t.matches(&sent).count() >= 2
+    });
+    let _ = g.kill();
+    let _ = g.wait();
+    eprintln!("e2e bios-tftp: undionly.kpxe loaded from bty-web's TFTP and started");
+
+    // b. autoexec.ipxe: generated, it chains http://${next-server}:<port>/pxe-bootstrap.ipxe,
+    // which chains /pxe/MAC, which discovers the machine.
+    let mut g = tftp_guest(tftp_port, "autoexec.ipxe");
+    let contact = format!("GET /pxe/{} 200", TFTP_MAC.replace(':', "-"));
+    wait_log(&log, &mut g, CYCLE, "contact at /pxe/MAC", |t| t.contains(&contact));
+    let _ = g.kill();
+    let _ = g.wait();
+    let text = String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default()).into_owned();
+    let order = ["tftp: sent autoexec.ipxe (", "GET /pxe-bootstrap.ipxe 200", &contact];
+    let at: Vec<Option<usize>> = order.iter().map(|m| text.find(m)).collect();
+    assert!(
+        at.iter().all(Option::is_some) && at.windows(2).all(|w| w[0] < w[1]),
+        "expected {order:?} in this order; bty-web's log:\n{}",
+        tail(&text)
+    );
+    let m = machine_of(&s, &cookie, TFTP_MAC);
+    assert!(m["last_seen_at"].is_string(), "discovered at /pxe/MAC: {m}");
+    eprintln!("e2e bios-tftp: autoexec.ipxe from TFTP chained the bootstrap: machine discovered");
 }

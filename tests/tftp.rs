@@ -20,12 +20,19 @@ struct Tftp {
 
 impl Tftp {
     fn start(state: &Path) -> Tftp {
+        Tftp::start_env(state, &[])
+    }
+
+    /// The iPXE dir is the test's own `ipxe/`, so an installed /usr/share/bty/ipxe plays no part.
+    fn start_env(state: &Path, env: &[(&str, &str)]) -> Tftp {
         std::fs::create_dir_all(state.join("boot")).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_bty-web"))
             .arg("tftp")
             .arg("--state-dir")
             .arg(state)
             .env("BTY_TFTP_LISTEN", "127.0.0.1:0")
+            .env("BTY_BOOT_IPXE_DIR", state.join("ipxe"))
+            .envs(env.iter().copied())
             .env_remove("BTY_CONFIG_FILE")
             .env_remove("BTY_CONFIG_DIR")
             .stdout(Stdio::piped())
@@ -203,6 +210,49 @@ fn a_lost_ack_makes_the_server_send_the_block_again() {
 }
 
 #[test]
+fn ipxe_binaries_and_the_generated_autoexec_come_after_the_boot_dir() {
+    let dir = TestDir::new("tftp-ipxe");
+    std::fs::create_dir_all(dir.0.join("ipxe")).unwrap();
+    std::fs::write(dir.0.join("ipxe/undionly.kpxe"), b"installed kpxe").unwrap();
+    std::fs::write(dir.0.join("ipxe/ipxe.efi"), b"installed efi").unwrap();
+    std::fs::write(dir.0.join("ipxe/autoexec.ipxe"), b"never served from the iPXE dir").unwrap();
+    std::fs::write(dir.0.join("secret"), "state-dir file").unwrap();
+    let server = Tftp::start(&dir.0);
+    let got = |name| get(server.addr, name, &[], None);
+    assert_eq!(got("undionly.kpxe").unwrap().data, b"installed kpxe");
+    // The operator's own file wins.
+    std::fs::write(dir.0.join("boot/ipxe.efi"), b"operator efi").unwrap();
+    assert_eq!(got("ipxe.efi").unwrap().data, b"operator efi");
+    // Without [server] public_url the script chains to the TFTP server on the HTTP port.
+    let script = String::from_utf8(got("autoexec.ipxe").unwrap().data).unwrap();
+    assert!(script.starts_with("#!ipxe\n"), "{script}");
+    assert!(
+        script.contains("\nchain http://${next-server}:8080/pxe-bootstrap.ipxe || goto failed\n"),
+        "{script}"
+    );
+    let sized = get(server.addr, "autoexec.ipxe", &[("tsize", "0")], None).unwrap();
+    assert_eq!(sized.oack, vec![("tsize".into(), script.len().to_string())]);
+    // The iPXE dir is no way around the boot dir's confinement.
+    for name in ["../secret", "../ipxe/undionly.kpxe", "/etc/passwd"] {
+        assert_eq!(got(name).unwrap_err().0, 2, "{name:?} must be refused");
+    }
+    assert_eq!(got("snponly.efi").unwrap_err().0, 1);
+    std::fs::write(dir.0.join("boot/autoexec.ipxe"), b"#!ipxe\necho operator\n").unwrap();
+    assert_eq!(got("autoexec.ipxe").unwrap().data, b"#!ipxe\necho operator\n");
+    drop(server);
+
+    let server =
+        Tftp::start_env(&dir.0, &[("BTY_SERVER_PUBLIC_URL", "http://bty.lab.example:8081/")]);
+    std::fs::remove_file(dir.0.join("boot/autoexec.ipxe")).unwrap();
+    let script = get(server.addr, "autoexec.ipxe", &[], None).unwrap().data;
+    let script = String::from_utf8(script).unwrap();
+    assert!(
+        script.contains("\nchain http://bty.lab.example:8081/pxe-bootstrap.ipxe || goto failed\n"),
+        "{script}"
+    );
+}
+
+#[test]
 fn serve_runs_tftp_next_to_http_when_enabled() {
     let dir = TestDir::new("tftp-serve");
     std::fs::create_dir_all(dir.0.join("boot")).unwrap();
@@ -218,9 +268,35 @@ fn serve_runs_tftp_next_to_http_when_enabled() {
     let addr: SocketAddr =
         tftp.trim().strip_prefix("tftp listening on udp://").unwrap().parse().unwrap();
     let got = get(addr, "undionly.kpxe", &[], None);
+    // The generated script names the port HTTP really got, not the configured 0.
+    let script = get(addr, "autoexec.ipxe", &[], None);
+    std::fs::create_dir_all(dir.0.join("ipxe")).unwrap();
+    std::fs::write(dir.0.join("ipxe/ipxe.efi"), b"installed efi").unwrap();
+    let web = http.trim().strip_prefix("listening on http://").unwrap().to_string();
+    let efi = http_get(&web, "/boot/ipxe.efi", "bty.lab.example:8080");
+    let http_script = http_get(&web, "/boot/autoexec.ipxe", "bty.lab.example:8080");
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(got.unwrap().data, b"kpxe bytes");
+    let port = web.rsplit(':').next().unwrap();
+    let script = String::from_utf8(script.unwrap().data).unwrap();
+    assert!(script.contains(&format!("chain http://${{next-server}}:{port}/pxe-bootstrap.ipxe ")));
+    assert!(efi.starts_with("HTTP/1.1 200") && efi.ends_with("\r\n\r\ninstalled efi"), "{efi}");
+    // Over HTTP (an HTTP-booted ipxe.efi fetches it beside itself) it chains by the Host used.
+    assert!(
+        http_script.contains("\nchain http://bty.lab.example:8080/pxe-bootstrap.ipxe || goto"),
+        "{http_script}"
+    );
+}
+
+/// One GET with a chosen Host header; the whole response as text.
+fn http_get(addr: &str, path: &str, host: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
 }
 
 #[test]

@@ -506,6 +506,15 @@ fn events_acknowledge_and_netboot_upload_through_forms() {
     assert!(
         page.contains(">ipxe.efi</td><td>other</td><td><span class=\"badge ok\">present</span>")
     );
+    // Where each iPXE binary comes from: the upload wins over the installed ones.
+    let boot = s.state.join("boot").display().to_string();
+    let ipxe = s.state.join("ipxe");
+    assert!(page.contains(&format!("ipxe.efi from {boot}")), "{page}");
+    assert!(page.contains("undionly.kpxe missing (neither in"), "{page}");
+    std::fs::create_dir_all(&ipxe).unwrap();
+    std::fs::write(ipxe.join("undionly.kpxe"), b"kpxe").unwrap();
+    let (_, _, page) = get(&s, &cookie, "/ui/netboot");
+    assert!(page.contains(&format!("undionly.kpxe from {}", ipxe.display())), "{page}");
 }
 
 #[test]

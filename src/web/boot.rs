@@ -20,15 +20,19 @@ pub fn serve(app: &App, req: &Req, name: &str) -> Resp {
         Err(e) => return bad(e),
     };
     let path = app.settings.boot_dir().join(name);
-    let file = match File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Resp::error(404, &format!("no such file: {name}"));
+    let file = match open_first(&path, name, &app.settings.ipxe_dir()) {
+        Ok(Some(f)) => f,
+        // An HTTP-booted ipxe.efi fetches this beside itself; the name the client used for
+        // us is one it can reach, so the script chains there.
+        Ok(None) if name == crate::web::pxe::AUTOEXEC => {
+            return match crate::web::routes::host_for_scripts(req.host()) {
+                Some(host) => Resp::text(200, crate::web::pxe::autoexec(&format!("http://{host}"))),
+                None => Resp::error(400, "invalid Host header"),
+            };
         }
-        Err(e) => {
-            return internal(
-                crate::error::Error::from(e).wrap(format!("opening {}", path.display())),
-            );
+        Ok(None) => return Resp::error(404, &format!("no such file: {name}")),
+        Err((p, e)) => {
+            return internal(crate::error::Error::from(e).wrap(format!("opening {}", p.display())));
         }
     };
     let len = file.metadata().map(|m| m.len()).ok();
@@ -47,6 +51,29 @@ pub fn serve(app: &App, req: &Req, name: &str) -> Resp {
         status: 200,
         headers: vec![("Content-Type".into(), "application/octet-stream".into())],
         body: Body::Stream(Box::new(file), len),
+    }
+}
+
+/// The boot dir's file, else the iPXE dir's file of that name (not for the generated script,
+/// which only the boot dir may override); None when neither has one.
+fn open_first(
+    path: &Path,
+    name: &str,
+    ipxe_dir: &Path,
+) -> Result<Option<File>, (std::path::PathBuf, io::Error)> {
+    match File::open(path) {
+        Ok(f) => return Ok(Some(f)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err((path.to_path_buf(), e)),
+    }
+    if name == crate::web::pxe::AUTOEXEC {
+        return Ok(None);
+    }
+    let fallback = ipxe_dir.join(name);
+    match File::open(&fallback) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err((fallback, e)),
     }
 }
 

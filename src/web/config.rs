@@ -57,6 +57,13 @@ const KEYS: &[Key] = &[
     },
     Key {
         section: "server",
+        key: "public_url",
+        default: |_| String::new(),
+        secret: false,
+        help: "base URL machines reach bty-web at, e.g. http://10.0.0.5:8080, for the autoexec.ipxe TFTP hands out (empty: http://${next-server}:<listen port>)",
+    },
+    Key {
+        section: "server",
         key: "max_connections",
         default: |_| "512".into(),
         secret: false,
@@ -131,6 +138,13 @@ const KEYS: &[Key] = &[
         default: |_| format!("bty-netboot-pc-x86_64-v{}.initrd", crate::VERSION),
         secret: false,
         help: "live-environment initrd file name",
+    },
+    Key {
+        section: "boot",
+        key: "ipxe_dir",
+        default: |_| "/usr/share/bty/ipxe".into(),
+        secret: false,
+        help: "iPXE binaries (undionly.kpxe, ipxe.efi) served over TFTP and /boot/{name} when the boot dir has no file of that name",
     },
     Key {
         section: "boot",
@@ -289,6 +303,12 @@ impl Settings {
             v.parse::<std::net::SocketAddr>().is_ok(),
             "invalid [tftp] listen {v:?} (from {src}): expected IP:PORT, e.g. 0.0.0.0:69"
         );
+        let (v, src) = self.entry("server", "public_url");
+        crate::ensure!(
+            v.is_empty() || public_url_ok(v),
+            "invalid [server] public_url {v:?} (from {src}): expected http://HOST[:PORT] or \
+             https://HOST[:PORT] with no path, e.g. http://10.0.0.5:8080"
+        );
         for key in ["state_dir", "boot_dir"] {
             let (v, src) = self.entry("paths", key);
             crate::ensure!(!v.is_empty(), "invalid [paths] {key} (from {src}): empty path");
@@ -354,6 +374,16 @@ impl Settings {
         PathBuf::from(self.get("paths", "boot_dir"))
     }
 
+    /// Where the iPXE binaries are looked for after the boot dir (`[boot] ipxe_dir`).
+    pub fn ipxe_dir(&self) -> PathBuf {
+        PathBuf::from(self.get("boot", "ipxe_dir"))
+    }
+
+    /// `[server] public_url` without a trailing slash, if set (validated).
+    pub fn public_url(&self) -> Option<&str> {
+        Some(self.get("server", "public_url").trim_end_matches('/')).filter(|u| !u.is_empty())
+    }
+
     /// Whether bty-web serves the boot dir over TFTP as well (`[tftp] enabled`, validated).
     pub fn tftp_enabled(&self) -> bool {
         parse_bool(self.get("tftp", "enabled")).unwrap_or(false)
@@ -401,6 +431,13 @@ impl Settings {
             })
             .collect()
     }
+}
+
+/// A public URL goes into iPXE scripts verbatim, so it gets the same allow-list as a Host
+/// header there: a scheme, then host and port characters only.
+fn public_url_ok(v: &str) -> bool {
+    let rest = v.strip_prefix("http://").or_else(|| v.strip_prefix("https://"));
+    rest.map(|r| r.trim_end_matches('/')).and_then(crate::web::routes::host_for_scripts).is_some()
 }
 
 /// A boolean setting as TOML, env vars and flags spell it.
@@ -517,6 +554,13 @@ mod tests {
         let err =
             Settings::load(&env(&[("BTY_SERVER_PORT", "http")]), &[]).unwrap_err().to_string();
         assert!(err.contains("invalid [server] port \"http\" (from env BTY_SERVER_PORT)"), "{err}");
+        let err = Settings::load(&env(&[("BTY_SERVER_PUBLIC_URL", "http://a b/")]), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("invalid [server] public_url"), "{err}");
+        let s = Settings::load(&env(&[("BTY_SERVER_PUBLIC_URL", "http://10.0.0.5:8080/")]), &[])
+            .unwrap();
+        assert_eq!(s.public_url(), Some("http://10.0.0.5:8080"));
         let err = Settings::load(&env(&[("BTY_CONFIG_FILE", "/nonexistent/bty.toml")]), &[])
             .unwrap_err()
             .to_string();

@@ -200,7 +200,7 @@ fn print_next_steps(a: &Args, stack: &Stack, started_next: bool) {
     );
     println!(
         "DHCP for PXE: UEFI HTTP boot file http://{0}:8080/boot/ipxe.efi; TFTP next-server {0} \
-         with undionly.kpxe (BIOS) or ipxe.efi (UEFI)",
+         with undionly.kpxe (BIOS) or ipxe.efi (UEFI), and autoexec.ipxe for user class iPXE",
         stack.host_addr
     );
     if a.dry_run {

@@ -61,6 +61,7 @@ BTY_PATHS_STATE_DIR, BTY_ADMIN_PASSWORD, ...), and flags override both.
 
 The first line on stdout is \"listening on http://HOST:PORT\" once the socket is bound.
 With [tftp] enabled = true (BTY_TFTP_ENABLED=1) bty-web also serves the boot dir over TFTP
+(then the iPXE binaries of [boot] ipxe_dir, and a generated autoexec.ipxe)
 on [tftp] listen (default 0.0.0.0:69) and prints \"tftp listening on udp://HOST:PORT\" next;
 `bty-web tftp` serves only that (the TFTP sidecar of the compose and Quadlet stacks).
 
@@ -279,9 +280,27 @@ fn serve_tftp_only(settings: &Settings) -> Result<ExitCode> {
         let _ = out.flush();
     }
     crate::info!("tftp: serving {}", boot.display());
-    tftp::serve(sock, boot, crate::sys::cancel_flag());
+    // The sidecar cannot see which port HTTP got; the configured one is what it was told.
+    let port = settings.get("server", "port").parse().unwrap_or(8080);
+    tftp::serve(sock, tftp_files(settings, port), crate::sys::cancel_flag());
     crate::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// What TFTP hands out. Its `autoexec.ipxe` chains to `[server] public_url`, else to the
+/// TFTP server itself (`${next-server}`, as DHCP told the machine) on the HTTP port: the
+/// server that answered TFTP is this bty-web, and iPXE knows its address when we do not (a
+/// wildcard socket does not say which of the host's addresses a request came to).
+fn tftp_files(settings: &Settings, http_port: u16) -> tftp::Files {
+    let base = match settings.public_url() {
+        Some(u) => u.to_string(),
+        None => format!("http://${{next-server}}:{http_port}"),
+    };
+    tftp::Files {
+        boot: settings.boot_dir(),
+        autoexec: pxe::autoexec(&base),
+        ipxe: settings.ipxe_dir(),
+    }
 }
 
 /// The operand of a subcommand (a file or directory).
@@ -353,10 +372,10 @@ fn serve(settings: &Settings) -> Result<ExitCode> {
     }
     let tftp_thread = match tftp_sock {
         Some(sock) => {
-            let boot = settings.boot_dir();
+            let files = tftp_files(settings, addr.port());
             let t = std::thread::Builder::new()
                 .name("tftp-listen".into())
-                .spawn(move || tftp::serve(sock, boot, crate::sys::cancel_flag()))
+                .spawn(move || tftp::serve(sock, files, crate::sys::cancel_flag()))
                 .context("starting the TFTP server thread")?;
             Some(t)
         }

@@ -94,6 +94,31 @@ pub fn script(d: &Decision, m: &Machine, host: &str, kernel: &str, initrd: &str)
     }
 }
 
+/// The name under which bty-web generates the second stage for iPXE binaries: Debian's carry no
+/// embedded script, and an HTTP-booted ipxe.efi runs the `autoexec.ipxe` beside it by itself.
+pub const AUTOEXEC: &str = "autoexec.ipxe";
+
+/// The script that takes a freshly started iPXE to `{base}/pxe-bootstrap.ipxe`. `base` was
+/// allow-listed by the caller; it may hold `${next-server}`, which iPXE expands after DHCP.
+/// A failure says what was tried and retries, with a key for the iPXE shell, instead of falling
+/// through silently: a machine that cannot reach bty-web would otherwise boot whatever disk it
+/// has, which is the one thing a lab flasher must not do unnoticed.
+pub fn autoexec(base: &str) -> String {
+    format!(
+        "#!ipxe\n\
+         # bty-web: chain to {base}/pxe-bootstrap.ipxe\n\
+         :retry\n\
+         isset ${{ip}} || dhcp || goto failed\n\
+         echo bty: chaining {base}/pxe-bootstrap.ipxe\n\
+         chain {base}/pxe-bootstrap.ipxe || goto failed\n\
+         exit\n\
+         :failed\n\
+         echo bty: could not load {base}/pxe-bootstrap.ipxe (error ${{errno}}): check DHCP and that bty-web answers there\n\
+         prompt --key s --timeout 10000 bty: press s for the iPXE shell, or wait 10 s to retry && shell ||\n\
+         goto retry\n"
+    )
+}
+
 /// The `/pxe/{mac}/plan` answer for a decision.
 pub fn plan(
     d: &Decision,
@@ -195,6 +220,18 @@ mod tests {
         let d = decide(&m, Some(&entry()));
         assert!(d.reason().contains("target disk serial"));
         assert!(script(&d, &m, "h", "k", "i").contains("echo bty: boot mode bty-flash-once needs"));
+    }
+
+    #[test]
+    fn autoexec_chains_the_bootstrap_and_retries_on_failure() {
+        let s = autoexec("http://${next-server}:8080");
+        assert!(s.starts_with("#!ipxe\n"));
+        assert!(
+            s.contains("\nchain http://${next-server}:8080/pxe-bootstrap.ipxe || goto failed\n")
+        );
+        assert!(s.contains("isset ${ip} || dhcp || goto failed\n"));
+        assert!(s.contains(":failed\necho bty: could not load"));
+        assert!(s.ends_with("goto retry\n"));
     }
 
     #[test]

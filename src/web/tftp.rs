@@ -1,7 +1,8 @@
-//! A read-only TFTP server for the boot dir (RFC 1350 with the option extension of RFC 2347 and
-//! the blksize, timeout and tsize options of RFC 2348/2349), for PXE firmware that can fetch
-//! its first bootfile (iPXE's `undionly.kpxe`, `ipxe.efi`) only over TFTP. Each transfer runs on
-//! its own thread with its own socket, which is also the transfer ID the RFC asks for.
+//! A read-only TFTP server for the boot dir and the iPXE binaries (RFC 1350 with the option
+//! extension of RFC 2347 and the blksize, timeout and tsize options of RFC 2348/2349), for PXE
+//! firmware that can fetch its first bootfile (iPXE's `undionly.kpxe`, `ipxe.efi`) only over
+//! TFTP. Each transfer runs on its own thread with its own socket, which is also the transfer
+//! ID the RFC asks for.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -60,8 +61,19 @@ pub fn bind(addr: SocketAddr) -> Result<UdpSocket> {
     Ok(sock)
 }
 
-/// Answers read requests for files of `root` until `stop` is set.
-pub fn serve(sock: UdpSocket, root: PathBuf, stop: &'static AtomicBool) {
+/// What the server hands out, looked up in this order for a name.
+#[derive(Clone, Debug)]
+pub struct Files {
+    /// The boot dir: first, so an operator's file wins over anything of the same name below.
+    pub boot: PathBuf,
+    /// The generated `autoexec.ipxe` (see `pxe::autoexec`).
+    pub autoexec: String,
+    /// The iPXE binaries of the installation (`[boot] ipxe_dir`).
+    pub ipxe: PathBuf,
+}
+
+/// Answers read requests until `stop` is set.
+pub fn serve(sock: UdpSocket, files: Files, stop: &'static AtomicBool) {
     let active = Arc::new(AtomicUsize::new(0));
     // An RRQ with options fits in one Ethernet frame; a longer one is not one we can answer.
     let mut buf = [0u8; 1500];
@@ -90,10 +102,10 @@ pub fn serve(sock: UdpSocket, root: PathBuf, stop: &'static AtomicBool) {
         }
         active.fetch_add(1, Ordering::Relaxed);
         let local = sock.local_addr().ok();
-        let root = root.clone();
+        let files = files.clone();
         let done = Arc::clone(&active);
         let spawned = std::thread::Builder::new().name("tftp".into()).spawn(move || {
-            transfer(&root, local, peer, req);
+            transfer(&files, local, peer, req);
             done.fetch_sub(1, Ordering::Relaxed);
         });
         if let Err(e) = spawned {
@@ -198,7 +210,7 @@ fn negotiate(options: &[(String, String)], size: Option<u64>) -> Negotiated {
 }
 
 /// Runs one transfer to `peer` from a fresh socket, logging how it ended.
-fn transfer(root: &Path, local: Option<SocketAddr>, peer: SocketAddr, req: Request) {
+fn transfer(files: &Files, local: Option<SocketAddr>, peer: SocketAddr, req: Request) {
     // The reply comes from the address the request went to, on a fresh port (the transfer ID).
     let bind_ip = match local {
         Some(a) if !a.ip().is_unspecified() => a.ip(),
@@ -212,7 +224,7 @@ fn transfer(root: &Path, local: Option<SocketAddr>, peer: SocketAddr, req: Reque
             return;
         }
     };
-    let path = match resolve(root, &req.name) {
+    let path = match resolve(&files.boot, &req.name) {
         Ok(p) => p,
         Err(msg) => {
             crate::warn!("tftp: {peer} asked for {msg}");
@@ -220,36 +232,66 @@ fn transfer(root: &Path, local: Option<SocketAddr>, peer: SocketAddr, req: Reque
             return;
         }
     };
-    let file = match File::open(&path).and_then(|f| {
-        let m = f.metadata()?;
-        if m.is_file() { Ok((f, m.len())) } else { Err(io::ErrorKind::NotFound.into()) }
-    }) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+    let (source, size): (Box<dyn Read>, u64) = match open(files, &path, &req.name) {
+        Ok(Some((f, len))) => (Box::new(f), len),
+        Ok(None) if req.name == crate::web::pxe::AUTOEXEC => {
+            let script = files.autoexec.clone().into_bytes();
+            let len = script.len() as u64;
+            (Box::new(io::Cursor::new(script)), len)
+        }
+        Ok(None) => {
             crate::info!("tftp: {peer} asked for {}: no such file", req.name);
             let _ = sock.send(&error_packet(ERR_NOT_FOUND, &format!("no such file: {}", req.name)));
             return;
         }
-        Err(e) => {
-            crate::warn!("tftp: opening {}: {e}", path.display());
+        Err((p, e)) => {
+            crate::warn!("tftp: opening {}: {e}", p.display());
             let _ = sock.send(&error_packet(ERR_ACCESS, &format!("cannot read {}", req.name)));
             return;
         }
     };
-    let (file, size) = file;
-    match send_file(&sock, file, size, &req) {
+    match send_file(&sock, source, size, &req) {
         Ok(sent) => crate::info!("tftp: sent {} ({sent} bytes) to {peer}", req.name),
         Err(e) => crate::warn!("tftp: sending {} to {peer}: {e}", req.name),
     }
 }
 
-/// Sends the file in blocks, each after the previous one's ACK; the bytes sent.
-fn send_file(sock: &UdpSocket, file: File, size: u64, req: &Request) -> Result<u64> {
+/// The regular file `path` of the boot dir, else the iPXE dir's file of that name; None when
+/// neither has one (the generated script is the caller's).
+fn open(
+    files: &Files,
+    path: &Path,
+    name: &str,
+) -> Result<Option<(File, u64)>, (PathBuf, io::Error)> {
+    let regular = |p: &Path| {
+        File::open(p).and_then(|f| {
+            let m = f.metadata()?;
+            if m.is_file() { Ok((f, m.len())) } else { Err(io::ErrorKind::NotFound.into()) }
+        })
+    };
+    match regular(path) {
+        Ok(f) => return Ok(Some(f)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err((path.to_path_buf(), e)),
+    }
+    if name == crate::web::pxe::AUTOEXEC {
+        return Ok(None);
+    }
+    let fallback = files.ipxe.join(name);
+    match regular(&fallback) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err((fallback, e)),
+    }
+}
+
+/// Sends the source in blocks, each after the previous one's ACK; the bytes sent.
+fn send_file(sock: &UdpSocket, source: Box<dyn Read>, size: u64, req: &Request) -> Result<u64> {
     let opts = negotiate(&req.options, (!req.netascii).then_some(size));
     let mut reader: Box<dyn Read> = if req.netascii {
-        Box::new(Netascii { inner: io::BufReader::new(file), pending: None })
+        Box::new(Netascii { inner: io::BufReader::new(source), pending: None })
     } else {
-        Box::new(io::BufReader::with_capacity(64 << 10, file))
+        Box::new(io::BufReader::with_capacity(64 << 10, source))
     };
     let mut rx = vec![0u8; MAX_BLKSIZE + 4];
     if !opts.ack.is_empty() {

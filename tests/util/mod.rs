@@ -284,6 +284,8 @@ pub fn bty_web(state: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_bty-web"));
     c.args(["--listen", "127.0.0.1:0", "--state-dir"])
         .arg(state)
+        // An installed /usr/share/bty/ipxe (the default) must not leak into a test.
+        .env("BTY_BOOT_IPXE_DIR", state.join("ipxe"))
         .env_remove("BTY_CONFIG_FILE")
         .env_remove("BTY_CONFIG_DIR")
         .env_remove("BTY_LOG")

@@ -517,17 +517,34 @@ fn tftp_check(s: &crate::web::config::Settings) -> (bool, String) {
     }
 }
 
-/// What the netboot page says about TFTP.
+/// What the netboot page says about TFTP and where the iPXE binaries come from.
 fn tftp_status(s: &crate::web::config::Settings) -> String {
+    let boot = s.boot_dir();
+    let ipxe = s.ipxe_dir();
+    let found: Vec<String> = ["undionly.kpxe", "ipxe.efi"]
+        .iter()
+        .map(|n| match (boot.join(n).is_file(), ipxe.join(n).is_file()) {
+            (true, _) => format!("{n} from {}", boot.display()),
+            (false, true) => format!("{n} from {}", ipxe.display()),
+            (false, false) => {
+                format!("{n} missing (neither in {} nor in {})", boot.display(), ipxe.display())
+            }
+        })
+        .collect();
+    let binaries = format!(
+        "iPXE binaries: {}; autoexec.ipxe, which chains to /pxe-bootstrap.ipxe, is generated.",
+        found.join(", ")
+    );
     if s.tftp_enabled() {
         format!(
-            "bty-web serves the boot dir over TFTP on {} (read only; the iPXE binaries go in the boot dir).",
+            "bty-web serves the boot dir and the iPXE binaries over TFTP on {} (read only). {binaries}",
             s.tftp_listen()
         )
     } else {
-        "bty-web's TFTP server is off ([tftp] enabled = false). Turn it on for firmware that loads its \
-         first bootfile only over TFTP, or run `bty-web tftp` as a sidecar."
-            .to_string()
+        format!(
+            "bty-web's TFTP server is off ([tftp] enabled = false). Turn it on for firmware that loads its \
+             first bootfile only over TFTP, or run `bty-web tftp` as a sidecar. {binaries}"
+        )
     }
 }
 
