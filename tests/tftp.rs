@@ -152,11 +152,13 @@ fn sends_whole_files_with_default_and_large_block_sizes() {
         let plain = get(server.addr, name, &[], None).unwrap();
         assert!(plain.data == want, "{name}: default blksize differs");
         assert!(plain.oack.is_empty(), "no options asked, no OACK");
-        let big = get(server.addr, name, &[("blksize", "1428"), ("tsize", "0")], None).unwrap();
+        // (tsize first: blksize then tsize is iPXE's shape, which a second fetch of an iPXE
+        // binary answers with the chain script; see the test below.)
+        let big = get(server.addr, name, &[("tsize", "0"), ("blksize", "1428")], None).unwrap();
         assert!(big.data == want, "{name}: blksize 1428 differs");
         assert_eq!(
             big.oack,
-            vec![("blksize".into(), "1428".into()), ("tsize".into(), len.to_string())]
+            vec![("tsize".into(), len.to_string()), ("blksize".into(), "1428".into())]
         );
         let huge = get(server.addr, name, &[("blksize", "65464")], None).unwrap();
         assert!(huge.data == want, "{name}: blksize 65464 differs");
@@ -250,6 +252,37 @@ fn ipxe_binaries_and_the_generated_autoexec_come_after_the_boot_dir() {
         script.contains("\nchain http://bty.lab.example:8081/pxe-bootstrap.ipxe || goto failed\n"),
         "{script}"
     );
+}
+
+#[test]
+fn ipxe_asking_for_itself_again_gets_the_autoexec_script_once() {
+    let dir = TestDir::new("tftp-chain");
+    std::fs::create_dir_all(dir.0.join("ipxe")).unwrap();
+    std::fs::write(dir.0.join("ipxe/undionly.kpxe"), b"installed kpxe").unwrap();
+    let server = Tftp::start(&dir.0);
+    let ipxe = [("blksize", "1432"), ("tsize", "0")];
+    let got = |name| get(server.addr, name, &ipxe, None).unwrap().data;
+
+    // A firmware's size probe (OACK, then the client aborts) is not a boot file received.
+    let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
+    probe.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    probe.send_to(b"\0\x01undionly.kpxe\0octet\0tsize\x000\0", server.addr).unwrap();
+    let mut buf = [0u8; 600];
+    let (n, tid) = probe.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..2], &[0, 6], "an OACK: {:?}", &buf[..n]);
+    probe.send_to(b"\0\x05\0\0size probe\0", tid).unwrap();
+
+    assert_eq!(got("undionly.kpxe"), b"installed kpxe", "the firmware gets the binary");
+    // The same client asking again at once is the iPXE it loaded: it gets the script that
+    // chains to bty-web, not itself again.
+    let script = String::from_utf8(got("undionly.kpxe")).unwrap();
+    assert!(script.starts_with("#!ipxe\n") && script.contains("pxe-bootstrap.ipxe"), "{script}");
+    // Once: a machine that boots again gets the binary.
+    assert_eq!(got("undionly.kpxe"), b"installed kpxe");
+    // Another TFTP client fetching it twice (other options) is not taken for iPXE.
+    let plain = |name| get(server.addr, name, &[], None).unwrap().data;
+    assert_eq!(plain("undionly.kpxe"), b"installed kpxe");
+    assert_eq!(plain("undionly.kpxe"), b"installed kpxe");
 }
 
 #[test]

@@ -296,11 +296,7 @@ fn tftp_files(settings: &Settings, http_port: u16) -> tftp::Files {
         Some(u) => u.to_string(),
         None => format!("http://${{next-server}}:{http_port}"),
     };
-    tftp::Files {
-        boot: settings.boot_dir(),
-        autoexec: pxe::autoexec(&base),
-        ipxe: settings.ipxe_dir(),
-    }
+    tftp::Files::new(settings.boot_dir(), pxe::autoexec(&base), settings.ipxe_dir())
 }
 
 /// The operand of a subcommand (a file or directory).

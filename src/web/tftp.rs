@@ -4,13 +4,15 @@
 //! TFTP. Each transfer runs on its own thread with its own socket, which is also the transfer
 //! ID the RFC asks for.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read};
+use std::net::IpAddr;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::error::{Context, Result};
 use crate::web::validate;
@@ -42,6 +44,15 @@ const MAX_SENDS: u32 = 5;
 /// Transfers at once; more get "server busy" rather than a thread each. A lab boots tens of
 /// machines at once, not hundreds.
 const MAX_TRANSFERS: usize = 128;
+/// iPXE first-stage binaries: once one has run, it asks for its own name again.
+const FIRST_STAGE: [&str; 5] =
+    ["undionly.kpxe", "undionly.kkpxe", "ipxe.efi", "snponly.efi", "ipxe.pxe"];
+/// A client that asks for the first stage it received whole this recently is that first stage
+/// running (firmware fetches its boot file once per boot; iPXE starts in well under this).
+const CHAIN_WINDOW: Duration = Duration::from_secs(60);
+/// Clients remembered for the chain-loop check; beyond it the oldest are forgotten.
+const MAX_RECENT: usize = 4096;
+
 /// How often the receive loop looks at the stop flag.
 const POLL: Duration = Duration::from_millis(500);
 
@@ -70,6 +81,42 @@ pub struct Files {
     pub autoexec: String,
     /// The iPXE binaries of the installation (`[boot] ipxe_dir`).
     pub ipxe: PathBuf,
+    /// Clients that received a first-stage binary whole, and when (the chain-loop breaker).
+    pub recent: Arc<Mutex<HashMap<IpAddr, (String, Instant)>>>,
+}
+
+impl Files {
+    pub fn new(boot: PathBuf, autoexec: String, ipxe: PathBuf) -> Files {
+        Files { boot, autoexec, ipxe, recent: Arc::default() }
+    }
+
+    /// Whether this request is the iPXE the client just received asking for itself again: a
+    /// DHCP server without a rule for iPXE's user class hands iPXE the same boot file as the
+    /// firmware, and iPXE would load itself forever. The answer is then the autoexec script,
+    /// which chains to bty-web over HTTP; once only, so a client that really boots again gets
+    /// the binary.
+    fn chain_loop(&self, peer: IpAddr, name: &str) -> bool {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        match recent.get(&peer) {
+            Some((n, at)) if n == name && at.elapsed() < CHAIN_WINDOW => {
+                recent.remove(&peer);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn sent_whole(&self, peer: IpAddr, name: &str) {
+        if !FIRST_STAGE.contains(&name) {
+            return;
+        }
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.retain(|_, (_, at)| at.elapsed() < CHAIN_WINDOW);
+        if recent.len() >= MAX_RECENT {
+            return;
+        }
+        recent.insert(peer, (name.to_string(), Instant::now()));
+    }
 }
 
 /// Answers read requests until `stop` is set.
@@ -232,8 +279,27 @@ fn transfer(files: &Files, local: Option<SocketAddr>, peer: SocketAddr, req: Req
             return;
         }
     };
-    let (source, size): (Box<dyn Read>, u64) = match open(files, &path, &req.name) {
+    let chain = FIRST_STAGE.contains(&req.name.as_str())
+        && ipxe_shaped(&req)
+        && files.chain_loop(peer.ip(), &req.name);
+    let opened = if chain {
+        crate::info!(
+            "tftp: {peer} asks for {} again right after receiving it: that is iPXE, chain-loading \
+             itself (no DHCP rule for its user class); sending it {} instead",
+            req.name,
+            crate::web::pxe::AUTOEXEC
+        );
+        open(files, &files.boot.join(crate::web::pxe::AUTOEXEC), crate::web::pxe::AUTOEXEC)
+    } else {
+        open(files, &path, &req.name)
+    };
+    let (source, size): (Box<dyn Read>, u64) = match opened {
         Ok(Some((f, len))) => (Box::new(f), len),
+        Ok(None) if chain => {
+            let script = files.autoexec.clone().into_bytes();
+            let len = script.len() as u64;
+            (Box::new(io::Cursor::new(script)), len)
+        }
         Ok(None) if req.name == crate::web::pxe::AUTOEXEC => {
             let script = files.autoexec.clone().into_bytes();
             let len = script.len() as u64;
@@ -251,7 +317,12 @@ fn transfer(files: &Files, local: Option<SocketAddr>, peer: SocketAddr, req: Req
         }
     };
     match send_file(&sock, source, size, &req) {
-        Ok(sent) => crate::info!("tftp: sent {} ({sent} bytes) to {peer}", req.name),
+        Ok(sent) => {
+            crate::info!("tftp: sent {} ({sent} bytes) to {peer}", req.name);
+            if !chain {
+                files.sent_whole(peer.ip(), &req.name);
+            }
+        }
         Err(e) => crate::warn!("tftp: sending {} to {peer}: {e}", req.name),
     }
 }
@@ -283,6 +354,14 @@ fn open(
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err((fallback, e)),
     }
+}
+
+/// Whether a request has the shape of iPXE's own (its TFTP client asks for exactly `blksize`,
+/// then `tsize`), so an operator's TFTP client fetching a file twice is not taken for a chain
+/// loop.
+fn ipxe_shaped(req: &Request) -> bool {
+    let names: Vec<&str> = req.options.iter().map(|(k, _)| k.as_str()).collect();
+    names == ["blksize", "tsize"]
 }
 
 /// Sends the source in blocks, each after the previous one's ACK; the bytes sent.
