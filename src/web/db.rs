@@ -227,14 +227,34 @@ pub struct Event {
     pub acknowledged: bool,
 }
 
-const MACHINE_COLUMNS: &str = "m.mac, m.bty_image_ref, m.discovered_at, m.last_seen_at, \
+// The column lists are macros so that every query text is `concat!`ed at compile time: the
+// PXE path would otherwise format the same SQL for each request before the statement cache
+// looks it up.
+macro_rules! machine_columns {
+    () => {
+        "m.mac, m.bty_image_ref, m.discovered_at, m.last_seen_at, \
     m.last_seen_ip, m.boot_mode, m.sanboot_drive, m.last_flashed_at, m.known_disks, \
     m.known_disks_at, m.target_disk_serial, m.created_at, m.updated_at, m.saw_flasher_boot, \
     m.boot_disk_next, m.last_status, (SELECT group_concat(label, char(10)) FROM \
-        (SELECT label FROM machine_labels l WHERE l.mac = m.mac ORDER BY label))";
+        (SELECT label FROM machine_labels l WHERE l.mac = m.mac ORDER BY label))"
+    };
+}
 
-const CATALOG_COLUMNS: &str = "bty_image_ref, src, disk_image_sha, name, format, size_bytes, \
-    sha_url, description, added_at";
+macro_rules! catalog_columns {
+    () => {
+        "bty_image_ref, src, disk_image_sha, name, format, size_bytes, sha_url, description, \
+         added_at"
+    };
+}
+
+const MACHINE_BY_MAC: &str =
+    concat!("SELECT ", machine_columns!(), " FROM machines m WHERE m.mac = ?1");
+const MACHINES_ALL: &str =
+    concat!("SELECT ", machine_columns!(), " FROM machines m ORDER BY m.mac");
+const CATALOG_BY_REF: &str =
+    concat!("SELECT ", catalog_columns!(), " FROM catalog_entries WHERE bty_image_ref = ?1");
+const CATALOG_ALL: &str =
+    concat!("SELECT ", catalog_columns!(), " FROM catalog_entries ORDER BY name, src");
 
 fn catalog_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CatalogEntry> {
     Ok(CatalogEntry {
@@ -417,18 +437,14 @@ impl Db {
     /// One machine by normalised MAC.
     pub fn machine(&self, mac: &str) -> Result<Option<Machine>> {
         self.read(|c| {
-            c.prepare_cached(&format!("SELECT {MACHINE_COLUMNS} FROM machines m WHERE m.mac = ?1"))?
-                .query_row([mac], machine_from_row)
-                .optional()
+            c.prepare_cached(MACHINE_BY_MAC)?.query_row([mac], machine_from_row).optional()
         })
     }
 
     /// Every machine, ordered by MAC, labels included, in one query.
     pub fn machines(&self) -> Result<Vec<Machine>> {
         self.read(|c| {
-            let mut st = c.prepare_cached(&format!(
-                "SELECT {MACHINE_COLUMNS} FROM machines m ORDER BY m.mac"
-            ))?;
+            let mut st = c.prepare_cached(MACHINES_ALL)?;
             st.query_map([], machine_from_row)?.collect()
         })
     }
@@ -549,14 +565,12 @@ impl Db {
             )?;
         }
         let m = tx
-            .prepare_cached(&format!("SELECT {MACHINE_COLUMNS} FROM machines m WHERE m.mac = ?1"))?
+            .prepare_cached(MACHINE_BY_MAC)?
             .query_row([mac], machine_from_row)
             .with_context(|| format!("reading back machine {mac}"))?;
         let image = match &m.bty_image_ref {
             Some(r) => tx
-                .prepare_cached(&format!(
-                    "SELECT {CATALOG_COLUMNS} FROM catalog_entries WHERE bty_image_ref = ?1"
-                ))?
+                .prepare_cached(CATALOG_BY_REF)?
                 .query_row([r], catalog_from_row)
                 .optional()
                 .with_context(|| format!("reading catalog entry {r}"))?,
@@ -611,9 +625,7 @@ impl Db {
     /// Every catalog entry, by name.
     pub fn catalog(&self) -> Result<Vec<CatalogEntry>> {
         self.read(|c| {
-            let mut st = c.prepare_cached(&format!(
-                "SELECT {CATALOG_COLUMNS} FROM catalog_entries ORDER BY name, src"
-            ))?;
+            let mut st = c.prepare_cached(CATALOG_ALL)?;
             st.query_map([], catalog_from_row)?.collect()
         })
     }
@@ -658,11 +670,7 @@ impl Db {
     /// A catalog entry by its reference.
     pub fn catalog_entry(&self, image_ref: &str) -> Result<Option<CatalogEntry>> {
         self.read(|c| {
-            c.prepare_cached(&format!(
-                "SELECT {CATALOG_COLUMNS} FROM catalog_entries WHERE bty_image_ref = ?1"
-            ))?
-            .query_row([image_ref], catalog_from_row)
-            .optional()
+            c.prepare_cached(CATALOG_BY_REF)?.query_row([image_ref], catalog_from_row).optional()
         })
     }
 
