@@ -5,10 +5,11 @@
 //! A database written by another schema version is set aside as `state.db.<from>.<UTC>.bak`
 //! and a fresh one records a `system.schema.reset` event.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::Serialize;
@@ -94,7 +95,17 @@ pub struct Db {
     /// Bumped after every use of the writer, so views built from reads can be cached until the
     /// next write.
     generation: AtomicU64,
+    /// The last `pxe.offered` event logged per MAC (its reason and when), to log a repeat
+    /// within `OFFER_REPEAT` once.
+    offers: Mutex<HashMap<String, (String, Instant)>>,
 }
+
+/// A machine offered the same boot again within this long gets no new `pxe.offered` event:
+/// firmware in a retry loop would otherwise fill the event log, and every such event costs a
+/// write transaction on the PXE path.
+const OFFER_REPEAT: Duration = Duration::from_secs(10);
+/// MACs remembered for that; beyond it the memory starts over (a few repeats get logged).
+const OFFERS_KEPT: usize = 100_000;
 
 impl Drop for Db {
     fn drop(&mut self) {
@@ -344,6 +355,7 @@ impl Db {
             readers: Mutex::new(readers),
             reader_back: Condvar::new(),
             generation: AtomicU64::new(0),
+            offers: Mutex::default(),
         };
         if let Some((from, archived_at)) = reset {
             db.add_event(
@@ -536,9 +548,35 @@ impl Db {
         &self,
         mac: &str,
         ip: Option<&str>,
-        decide: impl FnOnce(&Machine, Option<&CatalogEntry>) -> (T, Option<PxeMark>, Option<String>),
-    ) -> Result<(Machine, Option<CatalogEntry>, T)> {
+        decide: impl Fn(&Machine, Option<&CatalogEntry>) -> (T, Option<PxeMark>, Option<String>),
+    ) -> Result<(Machine, Option<CatalogEntry>, T, bool)> {
         let now = now_iso8601();
+        // A contact that would write nothing new (a known machine seen in this same second
+        // from the same address, no mark, an offer already logged) is answered from a reader,
+        // without the writer lock: a retrying firmware or a polling script costs no commit.
+        let known = self.read(|c| {
+            let Some(m) =
+                c.prepare_cached(MACHINE_BY_MAC)?.query_row([mac], machine_from_row).optional()?
+            else {
+                return Ok(None);
+            };
+            let image = match &m.bty_image_ref {
+                Some(r) => {
+                    c.prepare_cached(CATALOG_BY_REF)?.query_row([r], catalog_from_row).optional()?
+                }
+                None => None,
+            };
+            Ok(Some((m, image)))
+        })?;
+        if let Some((m, image)) = known {
+            if m.last_seen_at.as_deref() == Some(now.as_str()) && m.last_seen_ip.as_deref() == ip {
+                let (out, mark, offered) = decide(&m, image.as_ref());
+                if mark.is_none() && offered.as_deref().is_none_or(|r| self.offered_lately(mac, r))
+                {
+                    return Ok((m, image, out, false));
+                }
+            }
+        }
         let mut conn = self.write();
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -580,11 +618,28 @@ impl Db {
         if let Some(what) = mark {
             apply_mark(&tx, mac, what, &now)?;
         }
-        if let Some(reason) = offered {
-            insert_event(&tx, "pxe.offered", Some(mac), &reason, None)?;
-        }
+        let logged = match offered {
+            Some(reason) if !self.offered_lately(mac, &reason) => {
+                insert_event(&tx, "pxe.offered", Some(mac), &reason, None)?;
+                Some(reason)
+            }
+            _ => None,
+        };
         tx.commit().with_context(|| format!("committing the PXE contact of {mac}"))?;
-        Ok((m, image, out))
+        if let Some(reason) = logged {
+            let mut offers = self.offers.lock().unwrap_or_else(|p| p.into_inner());
+            if offers.len() >= OFFERS_KEPT {
+                offers.clear();
+            }
+            offers.insert(mac.to_string(), (reason, Instant::now()));
+        }
+        Ok((m, image, out, true))
+    }
+
+    /// Whether this offer to this MAC was logged within `OFFER_REPEAT`.
+    fn offered_lately(&self, mac: &str, reason: &str) -> bool {
+        let offers = self.offers.lock().unwrap_or_else(|p| p.into_inner());
+        offers.get(mac).is_some_and(|(r, at)| r == reason && at.elapsed() < OFFER_REPEAT)
     }
 
     /// Updates PXE bookkeeping columns of one machine; false when there is no such machine.
@@ -1020,6 +1075,35 @@ mod tests {
             labels: labels.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_contact_that_changes_nothing_writes_nothing() {
+        let d = tmp("repeat");
+        let db = Db::open(&d).unwrap();
+        let offer = |reason: &'static str| {
+            move |_: &Machine, _: Option<&CatalogEntry>| ((), None, Some(reason.to_string()))
+        };
+        let mac = "aa:bb:cc:dd:ee:01";
+        let (m, _, (), wrote) = db.pxe_contact(mac, Some("10.0.0.1"), offer("exit")).unwrap();
+        assert!(wrote, "a discovery is written");
+        assert_eq!(m.last_seen_ip.as_deref(), Some("10.0.0.1"));
+        let offered = |db: &Db| db.events(Some("pxe.offered"), None, 100, None).unwrap().len();
+        assert_eq!(offered(&db), 1);
+        // Within the same second, from the same address, the same offer: read only (the
+        // second may tick over between the calls, then it writes last-seen but no event).
+        let generation = db.generation();
+        let (_, _, (), wrote) = db.pxe_contact(mac, Some("10.0.0.1"), offer("exit")).unwrap();
+        assert!(!wrote || db.generation() != generation);
+        assert_eq!(offered(&db), 1, "a repeated offer within 10 s is logged once");
+        // Another address or another offer is news.
+        let (m, _, (), wrote) = db.pxe_contact(mac, Some("10.0.0.2"), offer("exit")).unwrap();
+        assert!(wrote);
+        assert_eq!(m.last_seen_ip.as_deref(), Some("10.0.0.2"));
+        assert_eq!(offered(&db), 1);
+        let (_, _, (), wrote) = db.pxe_contact(mac, Some("10.0.0.2"), offer("disk")).unwrap();
+        assert!(wrote);
+        assert_eq!(offered(&db), 2);
     }
 
     #[test]

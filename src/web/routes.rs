@@ -240,7 +240,7 @@ fn pxe_decide(
         .ok_or_else(|| Resp::error(400, "invalid Host header"))?
         .to_string();
     let ip = req.peer.map(|p| p.ip().to_string());
-    let (m, image, d) = app
+    let (m, image, d, wrote) = app
         .db
         .pxe_contact(&mac, ip.as_deref(), |m, image| {
             let d = pxe::decide(m, image);
@@ -252,7 +252,9 @@ fn pxe_decide(
             (d, mark, reason)
         })
         .map_err(internal)?;
-    app.hub.changed();
+    if wrote {
+        app.hub.changed();
+    }
     Ok((m, d, image, host))
 }
 
