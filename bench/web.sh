@@ -225,7 +225,8 @@ def render(kvpath):
                  f(sm["ref"]), f(sm["bty"]), ratio(sm["ref"], sm["bty"], False)))
     for k, label in [("rss_idle_kb", "idle RSS 1 s after start, MiB"),
                      ("rss_seeded_kb", f"idle RSS after seeding {kv['machines']} machines, MiB"),
-                     ("hwm_kb", "peak RSS (VmHWM) after the load runs, MiB")]:
+                     ("hwm_kb", f"peak RSS (VmHWM) after the load runs on {kv['machines']} machines, MiB"),
+                     ("hwm_new_kb", "peak RSS after the discovery run too (its new machines on top), MiB")]:
         r, b = mib("ref", k), mib("bty", k)
         rows.append((label, f(r), f(b), ratio(r, b, False)))
     r, b = num(kv.get("ref.seed_s")), num(kv.get("bty.seed_s"))
@@ -440,8 +441,10 @@ measure() { # ref|bty: everything but the start-up series, on a fresh state dir
   run_wrk "$who" machines "$port" "$DURATION" "$pid" -s "$REPO/bench/wrk/report.lua" \
     -H "Cookie: $cookie" "$base/machines"
   run_wrk "$who" pxe "$port" "$pxe_secs" "$pid" -s "$REPO/bench/wrk/pxe.lua" "$base" -- "$MACHINES" "$THREADS"
-  run_wrk "$who" pxenew "$port" "$pxe_secs" "$pid" -s "$REPO/bench/wrk/pxe.lua" "$base" -- "$MACHINES" "$THREADS" new
+  # The RSS target is for the seeded fleet: taken before the discovery run adds machines.
   put "$who.hwm_kb" "$(status_kb "$pid" VmHWM)"
+  run_wrk "$who" pxenew "$port" "$pxe_secs" "$pid" -s "$REPO/bench/wrk/pxe.lua" "$base" -- "$MACHINES" "$THREADS" new
+  put "$who.hwm_new_kb" "$(status_kb "$pid" VmHWM)"
   put "$who.threads_after" "$(status_kb "$pid" Threads)"
   stop_server "$pid"
   # what the load left on disk (SQLite's -wal file included), then drop the databases

@@ -97,15 +97,24 @@ pub struct Db {
     generation: AtomicU64,
     /// The last `pxe.offered` event logged per MAC (its reason and when), to log a repeat
     /// within `OFFER_REPEAT` once.
-    offers: Mutex<HashMap<String, (String, Instant)>>,
+    offers: Mutex<HashMap<u64, (u64, Instant)>>,
 }
 
 /// A machine offered the same boot again within this long gets no new `pxe.offered` event:
 /// firmware in a retry loop would otherwise fill the event log, and every such event costs a
 /// write transaction on the PXE path.
 const OFFER_REPEAT: Duration = Duration::from_secs(10);
-/// MACs remembered for that; beyond it the memory starts over (a few repeats get logged).
-const OFFERS_KEPT: usize = 100_000;
+/// MACs remembered for that; beyond it the stale ones are dropped (and if none is, all: a few
+/// repeats get logged). About 40 bytes each.
+const OFFERS_KEPT: usize = 1 << 16;
+
+/// The key and value of `Db::offers`: a MAC and an offer's reason, hashed (a collision can only
+/// drop a repeat that would have been logged).
+fn offer_key(mac: &str, reason: &str) -> (u64, u64) {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    let h = BuildHasherDefault::<DefaultHasher>::default();
+    (h.hash_one(mac), h.hash_one(reason))
+}
 
 impl Drop for Db {
     fn drop(&mut self) {
@@ -629,17 +638,22 @@ impl Db {
         if let Some(reason) = logged {
             let mut offers = self.offers.lock().unwrap_or_else(|p| p.into_inner());
             if offers.len() >= OFFERS_KEPT {
-                offers.clear();
+                offers.retain(|_, (_, at)| at.elapsed() < OFFER_REPEAT);
+                if offers.len() >= OFFERS_KEPT {
+                    offers.clear();
+                }
             }
-            offers.insert(mac.to_string(), (reason, Instant::now()));
+            let (m, r) = offer_key(mac, &reason);
+            offers.insert(m, (r, Instant::now()));
         }
         Ok((m, image, out, true))
     }
 
     /// Whether this offer to this MAC was logged within `OFFER_REPEAT`.
     fn offered_lately(&self, mac: &str, reason: &str) -> bool {
+        let (m, r) = offer_key(mac, reason);
         let offers = self.offers.lock().unwrap_or_else(|p| p.into_inner());
-        offers.get(mac).is_some_and(|(r, at)| r == reason && at.elapsed() < OFFER_REPEAT)
+        offers.get(&m).is_some_and(|(seen, at)| *seen == r && at.elapsed() < OFFER_REPEAT)
     }
 
     /// Updates PXE bookkeeping columns of one machine; false when there is no such machine.
