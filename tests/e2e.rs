@@ -286,15 +286,22 @@ fn life_of_a_machine(firmware: Firmware) {
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out).unwrap();
 
+    // With the image cache on: the live environment flashes from bty-web, which pulls the
+    // image from its origin once.
+    let cache = out.join("cache");
     let s = Server::start_env(
         &format!("e2e-{}", firmware.name),
-        &[("BTY_PATHS_BOOT_DIR", boot.to_str().unwrap())],
+        &[
+            ("BTY_PATHS_BOOT_DIR", boot.to_str().unwrap()),
+            ("BTY_CACHE_DIR", cache.to_str().unwrap()),
+        ],
     );
     let port: u16 = s.addr.rsplit(':').next().unwrap().parse().unwrap();
     let cookie = s.login();
 
-    // The image is served by the test over http; the guest fetches it through 10.0.2.2, and
-    // bty-web reads its sha256 manifest through 127.0.0.1, so bty checks the digest it flashes.
+    // The image is served by the test over http on 127.0.0.1, which the guest cannot reach (its
+    // 127.0.0.1 is itself): bty-web reads the sha256 manifest and pulls the image into its
+    // cache, and the plan sends the guest to the cache, pinned to that digest.
     let http = Httpd::start();
     let http_port = http.addr.rsplit(':').next().unwrap();
     // `make bench-e2e` sets a bigger image to time the flash; the test proper keeps it small.
@@ -330,7 +337,7 @@ fn life_of_a_machine(firmware: Firmware) {
         "/catalog/entries",
         Some(&cookie),
         &format!(
-            r#"{{"image_url":"http://10.0.2.2:{http_port}/disk.img.zst","sha_url":"http://127.0.0.1:{http_port}/disk.img.zst.sha256"}}"#
+            r#"{{"image_url":"http://127.0.0.1:{http_port}/disk.img.zst","sha_url":"http://127.0.0.1:{http_port}/disk.img.zst.sha256"}}"#
         ),
     );
     assert!(st == 200 || st == 201, "{st} {body}");
@@ -361,6 +368,12 @@ fn life_of_a_machine(firmware: Firmware) {
     assert_eq!(m["last_status"], "done", "{m}");
     let written = std::fs::read(&disk).unwrap();
     assert!(written[..new.len()] == new[..], "the disk holds the image's bytes");
+    let pulls = |http: &Httpd| {
+        http.seen().iter().filter(|r| r.path == "/disk.img.zst" && r.range.is_none()).count()
+    };
+    assert_eq!(pulls(&http), 1, "bty-web pulled the image once: {:?}", http.seen());
+    let sha = entry["disk_image_sha"].as_str().unwrap();
+    assert!(cache.join("sha256").join(sha).is_file(), "the image is in the cache");
 
     // d. A further power-on goes straight to the disk: no live environment.
     let mut g = Guest::power_on(&firmware, port, &disk, out.join("boot-3.log"));
@@ -391,6 +404,7 @@ fn life_of_a_machine(firmware: Firmware) {
     eprintln!("e2e {}: flash-always flashed and booted the disk after {t:.1?}", firmware.name);
     let (_, _, script) = s.call("GET", &format!("/pxe/{MAC}"), None, "");
     assert!(script.contains("kernel http://"), "flash-always re-arms the flash: {script}");
+    assert_eq!(pulls(&http), 1, "the second flash came from the cache: {:?}", http.seen());
     let _ = std::fs::remove_file(&disk);
 }
 
