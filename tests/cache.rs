@@ -300,20 +300,7 @@ fn an_origin_that_sends_other_bytes_leaves_nothing_and_says_why() {
 fn a_full_cache_disk_fails_the_fetch_with_the_reason_and_keeps_nothing() {
     let dir = util::TestDir::new("cache-full");
     let cache = dir.path("cache");
-    std::fs::create_dir_all(&cache).unwrap();
-    let ok = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
-        .arg(&cache)
-        .status()
-        .expect("running mount");
-    assert!(ok.success(), "mounting a 2 MiB tmpfs (tests run as root)");
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(cache.clone());
+    let _tmpfs = util::Tmpfs::mount(cache.clone(), "2m");
     let big = util::prng_bytes(40, 3 << 20);
     let small = util::prng_bytes(41, 256 << 10);
     let (big_sha, small_sha) = (util::sha256(&big), util::sha256(&small));

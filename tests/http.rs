@@ -305,20 +305,7 @@ fn boot_artifact_uploads_are_atomic_authenticated_and_bounded() {
 fn an_upload_onto_a_full_disk_is_507_and_leaves_nothing() {
     let dir = util::TestDir::new("http-full");
     let mnt = dir.path("boot");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let ok = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .expect("running mount");
-    assert!(ok.success(), "mounting a 1 MiB tmpfs (tests run as root)");
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(mnt.clone());
+    let _tmpfs = util::Tmpfs::mount(mnt.clone(), "1m");
     let s = Server::start_env("http-full", &[("BTY_PATHS_BOOT_DIR", mnt.to_str().unwrap())]);
     let cookie = s.login();
     let data = util::prng_bytes(9, 2 << 20);

@@ -231,6 +231,28 @@ impl Drop for Loop {
     }
 }
 
+/// A small tmpfs mounted at `dir` (created), unmounted on drop: a disk that fills up.
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    pub fn mount(dir: PathBuf, size: &str) -> Tmpfs {
+        fs::create_dir_all(&dir).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .expect("running mount");
+        assert!(ok.success(), "mounting a {size} tmpfs on {} (tests run as root)", dir.display());
+        Tmpfs(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
 /// The `bty` binary under test.
 pub fn bty() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_bty"));
