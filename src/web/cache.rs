@@ -266,8 +266,9 @@ impl Cache {
             if checked(&now) {
                 None
             } else {
-                let got =
-                    hash_file(&file).with_context(|| format!("hashing {}", path.display()))?;
+                // The reads move the shared offset only: responses read by position.
+                let (got, _) =
+                    copy_hashing(&mut &file, &path.display().to_string(), None, |_| Ok(()))?;
                 if got == hex {
                     lock(&self.inner).verified.insert(hex.to_string(), now);
                     None
@@ -391,32 +392,21 @@ impl Cache {
         }
         fill.cv.notify_all();
         let mut reader = src.reader()?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut written = 0u64;
-        loop {
-            let n = match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Error::from(e).wrap(format!("reading {}", entry.src))),
-            };
-            out.write_all(&buf[..n]).with_context(|| format!("writing {}", fill.part.display()))?;
-            hasher.update(&buf[..n]);
-            written += n as u64;
-            crate::ensure!(
-                total.is_none_or(|t| written <= t) && written <= self.max_bytes,
-                "{} sends more than the {} it announced",
-                entry.src,
-                crate::units::bytes(total.unwrap_or(self.max_bytes))
-            );
-            lock(&fill.state).written = written;
-            fill.cv.notify_all();
-        }
+        let (got, written) =
+            copy_hashing(&mut reader, &entry.src, Some((&mut out, &fill.part)), |written| {
+                crate::ensure!(
+                    total.is_none_or(|t| written <= t) && written <= self.max_bytes,
+                    "{} sends more than the {} it announced",
+                    entry.src,
+                    crate::units::bytes(total.unwrap_or(self.max_bytes))
+                );
+                lock(&fill.state).written = written;
+                fill.cv.notify_all();
+                Ok(())
+            })?;
         if let Some(t) = total {
             crate::ensure!(written == t, "{} ended after {written} of {t} bytes", entry.src);
         }
-        let got = crate::hex::encode(&hasher.finalize());
         crate::ensure!(
             got == hex,
             "{} sent bytes with sha256 {got}, but the catalog pins {hex}",
@@ -463,19 +453,10 @@ impl Cache {
                 .create_new(true)
                 .open(&part)
                 .with_context(|| format!("creating {}", part.display()))?;
-            let mut hasher = Sha256::new();
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n =
-                    input.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-                out.write_all(&buf[..n]).with_context(|| format!("writing {}", part.display()))?;
-            }
+            let what = path.display().to_string();
+            let (hex, _) = copy_hashing(&mut input, &what, Some((&mut out, &part)), |_| Ok(()))?;
             out.sync_all().with_context(|| format!("syncing {}", part.display()))?;
-            Ok(crate::hex::encode(&hasher.finalize()))
+            Ok(hex)
         })();
         let hex = match copied {
             Ok(h) => h,
@@ -508,17 +489,31 @@ impl Drop for InUse {
     }
 }
 
-fn hash_file(f: &File) -> io::Result<String> {
+/// Reads `input` (named `what` in errors) to its end, writing it to `out` when given, hashing
+/// as it goes; `each` sees the count so far after every chunk and may stop the copy with an
+/// error. The sha256 in hex and the count.
+fn copy_hashing(
+    input: &mut dyn Read,
+    what: &str,
+    mut out: Option<(&mut File, &Path)>,
+    mut each: impl FnMut(u64) -> Result<()>,
+) -> Result<(String, u64)> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
-    let mut pos = 0u64;
+    let mut count = 0u64;
     loop {
-        let n = f.read_at(&mut buf, pos)?;
-        if n == 0 {
-            return Ok(crate::hex::encode(&hasher.finalize()));
+        let n = match input.read(&mut buf) {
+            Ok(0) => return Ok((crate::hex::encode(&hasher.finalize()), count)),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::from(e).wrap(format!("reading {what}"))),
+        };
+        if let Some((f, path)) = out.as_mut() {
+            f.write_all(&buf[..n]).with_context(|| format!("writing {}", path.display()))?;
         }
         hasher.update(&buf[..n]);
-        pos += n as u64;
+        count += n as u64;
+        each(count)?;
     }
 }
 
