@@ -295,12 +295,7 @@ fn transfer(files: &Files, local: Option<SocketAddr>, peer: SocketAddr, req: Req
     };
     let (source, size): (Box<dyn Read>, u64) = match opened {
         Ok(Some((f, len))) => (Box::new(f), len),
-        Ok(None) if chain => {
-            let script = files.autoexec.clone().into_bytes();
-            let len = script.len() as u64;
-            (Box::new(io::Cursor::new(script)), len)
-        }
-        Ok(None) if req.name == crate::web::pxe::AUTOEXEC => {
+        Ok(None) if chain || req.name == crate::web::pxe::AUTOEXEC => {
             let script = files.autoexec.clone().into_bytes();
             let len = script.len() as u64;
             (Box::new(io::Cursor::new(script)), len)
