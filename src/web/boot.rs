@@ -20,7 +20,7 @@ pub fn serve(app: &App, req: &Req, name: &str) -> Resp {
         Err(e) => return bad(e),
     };
     let path = app.settings.boot_dir().join(name);
-    let file = match open_first(&path, name, &app.settings.ipxe_dir()) {
+    let (file, len) = match open_first(&path, name, &app.settings.ipxe_dir()) {
         Ok(Some(f)) => f,
         // An HTTP-booted ipxe.efi fetches this beside itself; the name the client used for
         // us is one it can reach, so the script chains there.
@@ -35,9 +35,8 @@ pub fn serve(app: &App, req: &Req, name: &str) -> Resp {
             return internal(crate::error::Error::from(e).wrap(format!("opening {}", p.display())));
         }
     };
-    let len = file.metadata().map(|m| m.len()).ok();
     if req.method == "GET" {
-        app.metrics.boot_bytes.fetch_add(len.unwrap_or(0), Ordering::Relaxed);
+        app.metrics.boot_bytes.fetch_add(len, Ordering::Relaxed);
     }
     let s = &app.settings;
     if let Some(mac) = req.param("mac").and_then(|m| validate::normalize_mac(m).ok()) {
@@ -50,18 +49,25 @@ pub fn serve(app: &App, req: &Req, name: &str) -> Resp {
     Resp {
         status: 200,
         headers: vec![("Content-Type".into(), "application/octet-stream".into())],
-        body: Body::Stream(Box::new(file), len),
+        body: Body::Stream(Box::new(file), Some(len)),
     }
 }
 
-/// The boot dir's file, else the iPXE dir's file of that name (not for the generated script,
-/// which only the boot dir may override); None when neither has one.
-fn open_first(
+/// The regular file `path` of the boot dir, else the iPXE dir's file of that name (not for
+/// the generated script, which only the boot dir may override), with its length; None when
+/// neither has one. Served over HTTP and TFTP alike.
+pub(crate) fn open_first(
     path: &Path,
     name: &str,
     ipxe_dir: &Path,
-) -> Result<Option<File>, (std::path::PathBuf, io::Error)> {
-    match File::open(path) {
+) -> Result<Option<(File, u64)>, (std::path::PathBuf, io::Error)> {
+    let regular = |p: &Path| {
+        File::open(p).and_then(|f| {
+            let m = f.metadata()?;
+            if m.is_file() { Ok((f, m.len())) } else { Err(io::ErrorKind::NotFound.into()) }
+        })
+    };
+    match regular(path) {
         Ok(f) => return Ok(Some(f)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err((path.to_path_buf(), e)),
@@ -70,7 +76,7 @@ fn open_first(
         return Ok(None);
     }
     let fallback = ipxe_dir.join(name);
-    match File::open(&fallback) {
+    match regular(&fallback) {
         Ok(f) => Ok(Some(f)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err((fallback, e)),

@@ -5,7 +5,6 @@
 //! ID the RFC asks for.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::{self, Read};
 use std::net::IpAddr;
 use std::net::{SocketAddr, UdpSocket};
@@ -15,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::error::{Context, Result};
+use crate::web::boot::open_first;
 use crate::web::validate;
 
 const OP_RRQ: u16 = 1;
@@ -289,9 +289,10 @@ fn transfer(files: &Files, local: Option<SocketAddr>, peer: SocketAddr, req: Req
             req.name,
             crate::web::pxe::AUTOEXEC
         );
-        open(files, &files.boot.join(crate::web::pxe::AUTOEXEC), crate::web::pxe::AUTOEXEC)
+        let script = files.boot.join(crate::web::pxe::AUTOEXEC);
+        open_first(&script, crate::web::pxe::AUTOEXEC, &files.ipxe)
     } else {
-        open(files, &path, &req.name)
+        open_first(&path, &req.name, &files.ipxe)
     };
     let (source, size): (Box<dyn Read>, u64) = match opened {
         Ok(Some((f, len))) => (Box::new(f), len),
@@ -319,35 +320,6 @@ fn transfer(files: &Files, local: Option<SocketAddr>, peer: SocketAddr, req: Req
             }
         }
         Err(e) => crate::warn!("tftp: sending {} to {peer}: {e}", req.name),
-    }
-}
-
-/// The regular file `path` of the boot dir, else the iPXE dir's file of that name; None when
-/// neither has one (the generated script is the caller's).
-fn open(
-    files: &Files,
-    path: &Path,
-    name: &str,
-) -> Result<Option<(File, u64)>, (PathBuf, io::Error)> {
-    let regular = |p: &Path| {
-        File::open(p).and_then(|f| {
-            let m = f.metadata()?;
-            if m.is_file() { Ok((f, m.len())) } else { Err(io::ErrorKind::NotFound.into()) }
-        })
-    };
-    match regular(path) {
-        Ok(f) => return Ok(Some(f)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err((path.to_path_buf(), e)),
-    }
-    if name == crate::web::pxe::AUTOEXEC {
-        return Ok(None);
-    }
-    let fallback = files.ipxe.join(name);
-    match regular(&fallback) {
-        Ok(f) => Ok(Some(f)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err((fallback, e)),
     }
 }
 
