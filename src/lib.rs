@@ -11,6 +11,8 @@ pub mod catalog;
 pub mod cli;
 pub mod disks;
 pub mod flash;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod hex;
 pub mod image;
 pub mod images;
