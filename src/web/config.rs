@@ -313,6 +313,14 @@ impl Settings {
             let (v, src) = self.entry("paths", key);
             crate::ensure!(!v.is_empty(), "invalid [paths] {key} (from {src}): empty path");
         }
+        // These names are joined to the boot dir by the release fetch and embedded in every
+        // per-MAC script: the upload rule keeps both a plain file name.
+        for key in ["kernel", "initrd"] {
+            let (v, src) = self.entry("boot", key);
+            if let Err(e) = crate::web::validate::boot_file_name(v) {
+                crate::bail!("invalid [boot] {key} (from {src}): {e}");
+            }
+        }
         Ok(())
     }
 
@@ -538,6 +546,23 @@ mod tests {
         let pw = rows.iter().find(|r| r.0 == "[admin] password").unwrap();
         assert_eq!(pw.1, "(set)", "secrets are never shown");
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn boot_artifact_names_are_plain_file_names() {
+        for bad in ["../../etc/cron.d/x", "/etc/passwd", "a/b", ".hidden", "k\nchain http://evil/"]
+        {
+            let e = env(&[("BTY_BOOT_KERNEL", bad)]);
+            let err = Settings::load(&e, &[]).unwrap_err().to_string();
+            assert!(
+                err.contains("invalid [boot] kernel (from env BTY_BOOT_KERNEL)"),
+                "{bad}: {err}"
+            );
+        }
+        let e = env(&[("BTY_BOOT_INITRD", "../initrd")]);
+        let err = Settings::load(&e, &[]).unwrap_err().to_string();
+        assert!(err.contains("invalid [boot] initrd"), "{err}");
+        assert!(Settings::load(&env(&[("BTY_BOOT_KERNEL", "vmlinuz-6.1_x86-64")]), &[]).is_ok());
     }
 
     #[test]
