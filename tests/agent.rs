@@ -423,3 +423,36 @@ fn progress_reaches_the_server_while_the_write_is_under_way() {
     assert_eq!(seen.last().map(|p| p["phase"].clone()), Some("done".into()));
     assert_eq!(disk.read(0, image.len()), image);
 }
+
+/// A plan comes from whoever answers on the lab network: its image must be fetched over the
+/// network, never a file, a device or the console of the machine being flashed.
+#[test]
+fn plan_with_a_local_image_is_refused_and_nothing_is_written() {
+    let dir = TestDir::new("agent-local");
+    let disk = Loop::new(&dir, "disk", 8 << 20);
+    let before = disk.read(0, 8 << 20);
+    // A real, valid image on this machine: without the refusal it would be flashed.
+    let local = dir.path("local.img");
+    std::fs::write(&local, util::disk_image(5, 2 << 20)).unwrap();
+    let mac = "52:54:00:aa:00:0a";
+    let serials = format!("{}=LOCAL-SERIAL", disk.dev.display());
+    let file_url = format!("file://{}", local.display());
+    let local_path = local.display().to_string();
+    for image in [file_url.as_str(), local_path.as_str(), "-"] {
+        let http = Httpd::start();
+        let plan = serde_json::json!({
+            "mode": "flash", "image": image, "target_disk_serial": "LOCAL-SERIAL",
+            "name": "local.img", "format": "img", "disk_image_sha": null,
+        });
+        http.file(&format!("/pxe/{mac}/plan"), plan.to_string().into_bytes(), false, None);
+        let reboot = dir.path("reboot");
+        let out = agent(&http.url(""), mac, &serials, &reboot);
+        let (err, stdout) = (util::stderr(&out), String::from_utf8_lossy(&out.stdout));
+        assert!(err.contains("refusing the server's plan image"), "{image}: {err}");
+        assert!(err.contains("only http(s):// or oras://"), "{image}: {err}");
+        assert!(!err.contains("flashing "), "{image}: {err}");
+        assert!(!stdout.contains("local.img"), "the refused image is not offered: {stdout}");
+        assert!(!reboot.exists(), "{image}: no reboot after a refusal");
+        assert_eq!(disk.read(0, 8 << 20), before, "{image}: nothing was written");
+    }
+}
