@@ -664,3 +664,78 @@ fn swap_device_is_refused() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("in use as swap"), "{}", stderr(&o));
 }
+
+/// The source as its own target used to fail mid-write and then blank the source's first and
+/// last MiB: it is refused before anything is written, whichever name reaches the same file.
+#[test]
+fn source_file_as_its_own_target_is_refused_and_kept_intact() {
+    let dir = TestDir::new("self-target");
+    let src = dir.path("disk.img.zst");
+    let data = util::zstd(&disk_image(31, 3 * MIB));
+    fs::write(&src, &data).unwrap();
+    let link = dir.path("link.img.zst");
+    std::os::unix::fs::symlink(&src, &link).unwrap();
+    let hard = dir.path("hard.img.zst");
+    fs::hard_link(&src, &hard).unwrap();
+    for target in [&src, &link, &hard] {
+        let o = flash(&src, target, &[]);
+        let err = stderr(&o);
+        assert!(!o.status.success(), "{err}");
+        assert!(err.contains("is the source image") && err.contains("same file"), "{err}");
+        assert!(err.contains("nothing was written"), "{err}");
+        assert_eq!(fs::read(&src).unwrap(), data, "{}: the source is intact", target.display());
+    }
+}
+
+#[test]
+fn loop_device_backed_by_the_source_is_refused() {
+    let dir = TestDir::new("self-loop");
+    let src = dir.path("disk.img");
+    let data = disk_image(32, 4 * MIB);
+    fs::write(&src, &data).unwrap();
+    let l = Loop::attach(&src, &[]);
+    let o = flash(&src, &l.dev, &[]);
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("loop device backed by the source image"), "{err}");
+    assert_eq!(fs::read(&src).unwrap(), data, "the source is intact");
+    // The device read as the source of a flash onto itself.
+    let o = flash(&l.dev, &l.dev, &[]);
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("is this device or lies on it"), "{err}");
+    assert_eq!(fs::read(&src).unwrap(), data, "the source is intact");
+}
+
+/// A source file on a file system on the target: refused for that reason (before the mount
+/// rule, which would say less), and the file system and the image are untouched.
+#[test]
+fn device_holding_the_source_file_system_is_refused() {
+    let dir = TestDir::new("self-fs");
+    let l = Loop::new(&dir, "target", 16 * MIB);
+    let st = Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&l.dev).status().expect("mkfs.ext4");
+    assert!(st.success());
+    let mnt = dir.path("mnt");
+    fs::create_dir(&mnt).unwrap();
+    assert!(Command::new("mount").arg(&l.dev).arg(&mnt).status().unwrap().success());
+    let src = mnt.join("disk.img");
+    let data = disk_image(33, 2 * MIB);
+    fs::write(&src, &data).unwrap();
+    // Read-only from here: only bty could change the device below (no atime, no write-back).
+    assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
+    assert!(
+        Command::new("mount").args(["-o", "ro"]).arg(&l.dev).arg(&mnt).status().unwrap().success()
+    );
+    let head = l.read(0, 2 * MIB);
+    let o = flash(&src, &l.dev, &[]);
+    let intact = fs::read(&src).unwrap() == data;
+    // Read before unmounting: the unmount itself updates the superblock.
+    let unchanged = l.read(0, 2 * MIB) == head;
+    let _ = Command::new("umount").arg(&mnt).status();
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("lives on a file system on this device"), "{err}");
+    assert!(err.contains(&l.dev.display().to_string()), "{err}");
+    assert!(intact, "the source is intact");
+    assert!(unchanged, "nothing was written to the device");
+}
