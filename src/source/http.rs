@@ -126,6 +126,12 @@ impl Url {
         Url::parse(&format!("{}{joined}", self.origin()))
     }
 
+    /// The URL without its query (which may hold a signature or a token), for messages.
+    pub fn without_query(&self) -> String {
+        let path = self.path.split('?').next().unwrap_or_default();
+        format!("{}://{}{path}", self.scheme, self.authority)
+    }
+
     /// A URL on the same origin with another path (which starts with '/').
     pub fn with_path(&self, path: &str) -> Url {
         Url { scheme: self.scheme.clone(), authority: self.authority.clone(), path: path.into() }
@@ -393,13 +399,31 @@ pub(crate) fn send(
                 resp.headers().get("location").and_then(|v| v.to_str().ok()).ok_or_else(|| {
                     Fail::Final(Error::msg(format!("{what}: HTTP {status} without a Location")))
                 })?;
-            url = url.join(location).map_err(|e| Fail::Final(e.wrap(what.clone())))?;
+            let next = url.join(location).map_err(|e| Fail::Final(e.wrap(what.clone())))?;
+            check_redirect(&url, &next).map_err(Fail::Final)?;
+            url = next;
             continue;
         }
         let (parts, body) = resp.into_parts();
         return Ok(Response { status, headers: parts.headers, body });
     }
     Err(Fail::Final(Error::msg(format!("fetching {url}: more than {MAX_REDIRECTS} redirects"))))
+}
+
+/// Refuses a redirect from https to plain http, pinned image or not: whoever sits on the path
+/// could then swap the bytes (an unpinned image is flashed as served), read what is fetched,
+/// and a catalog or a sha256 list, which pin nothing themselves, would be theirs to write.
+/// The URLs are shown without their query, where signed URLs carry their credentials.
+fn check_redirect(from: &Url, to: &Url) -> Result<()> {
+    crate::ensure!(
+        !from.is_https() || to.is_https(),
+        "fetching {}: refusing its redirect to {}: it leaves https for plain http, where the \
+         bytes could be read or replaced on the way (serve the file over https, or give the \
+         http:// URL directly if plain http is meant)",
+        from.without_query(),
+        to.without_query()
+    );
+    Ok(())
 }
 
 /// How to GET one remote file: plain http(s), or a registry blob with its token dance.
@@ -832,6 +856,19 @@ mod tests {
         for bad in ["ftp://h/x", "http://", "http://u:p@h/x", "http://h/a b", "nourl"] {
             assert!(Url::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn https_to_http_redirects_are_refused_naming_both_urls() {
+        let from = Url::parse("https://a.test/x.img?X-Sig=secret").unwrap();
+        let to = Url::parse("http://b.test/y.img?token=secret").unwrap();
+        let e = check_redirect(&from, &to).unwrap_err().to_string();
+        assert!(e.contains("https://a.test/x.img:") && e.contains("http://b.test/y.img:"), "{e}");
+        assert!(!e.contains("secret"), "{e}");
+        let https = Url::parse("https://b.test/y.img").unwrap();
+        assert!(check_redirect(&from, &https).is_ok());
+        assert!(check_redirect(&to, &from).is_ok(), "http to https is an upgrade");
+        assert!(check_redirect(&to, &to).is_ok());
     }
 
     #[test]
