@@ -739,3 +739,79 @@ fn device_holding_the_source_file_system_is_refused() {
     assert!(intact, "the source is intact");
     assert!(unchanged, "nothing was written to the device");
 }
+
+/// `data` as xz whose first block header declares an LZMA2 dictionary of code `d` (37 is
+/// 1536 MiB, 29 is 96 MiB): the data chunks do not depend on it, so the stream stays valid and
+/// small while a decoder must still reserve the declared dictionary.
+fn xz_declaring_dict(data: &[u8], d: u8) -> Vec<u8> {
+    let mut x = xz(data);
+    let size = (x[12] as usize + 1) * 4;
+    let header = &mut x[12..12 + size];
+    // Flags, the sizes the threaded encoder records (variable-length integers), then the
+    // LZMA2 filter (0x21) with its one property byte.
+    let mut pos = 2;
+    for _ in 0..(header[1] >> 6).count_ones() {
+        while header[pos] & 0x80 != 0 {
+            pos += 1;
+        }
+        pos += 1;
+    }
+    assert_eq!(&header[pos..pos + 2], &[0x21, 0x01], "an LZMA2 filter first: {header:?}");
+    header[pos + 2] = d;
+    let mut crc = flate2::Crc::new();
+    crc.update(&header[..size - 4]);
+    header[size - 4..].copy_from_slice(&crc.sum().to_le_bytes());
+    x
+}
+
+/// An xz stream that needs more memory than the decoder's limit is refused, naming both; the
+/// limit can be raised (or lowered) with BTY_XZ_MEMLIMIT.
+#[test]
+fn xz_needing_more_memory_than_the_limit_is_refused() {
+    let dir = TestDir::new("xz-memlimit");
+    let raw = disk_image(41, 3 * MIB);
+    let l = Loop::new(&dir, "target", 4 * MIB);
+    let before = l.read(0, 4 * MIB);
+    let huge = dir.path("huge.img.xz");
+    fs::write(&huge, xz_declaring_dict(&raw, 37)).unwrap();
+    // The default limit (1 GiB at most) refuses a 1536 MiB dictionary.
+    let o = bty()
+        .arg("flash")
+        .arg(&huge)
+        .arg(&l.dev)
+        .args(["--yes", "--progress", "none"])
+        .env_remove("BTY_XZ_MEMLIMIT")
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("refusing to decode the xz stream"), "{err}");
+    assert!(err.contains("1610612736 bytes") && err.contains("BTY_XZ_MEMLIMIT"), "{err}");
+    assert!(l.read(0, 4 * MIB) == before, "nothing was written");
+
+    let mid = dir.path("mid.img.xz");
+    fs::write(&mid, xz_declaring_dict(&raw, 29)).unwrap();
+    let o = flash_env(&mid, &l.dev, &[("BTY_XZ_MEMLIMIT", "64MiB")]);
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("100663296 bytes") && err.contains("(67108864 bytes;"), "{err}");
+    assert!(l.read(0, 4 * MIB) == before, "nothing was written");
+    let o = flash_env(&mid, &l.dev, &[("BTY_XZ_MEMLIMIT", "bogus")]);
+    assert!(stderr(&o).contains("BTY_XZ_MEMLIMIT=\"bogus\""), "{}", stderr(&o));
+
+    // Raised above the need, the same file flashes.
+    let o = flash_env(&mid, &l.dev, &[("BTY_XZ_MEMLIMIT", "128MiB")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(l.read(0, raw.len()) == raw, "the disk holds the image");
+}
+
+fn flash_env(src: &Path, target: &Path, env: &[(&str, &str)]) -> std::process::Output {
+    bty()
+        .arg("flash")
+        .arg(src)
+        .arg(target)
+        .args(["--yes", "--progress", "none"])
+        .envs(env.iter().copied())
+        .output()
+        .expect("running bty")
+}
