@@ -705,6 +705,12 @@ fn loop_device_backed_by_the_source_is_refused() {
     assert!(!o.status.success(), "{err}");
     assert!(err.contains("is this device or lies on it"), "{err}");
     assert_eq!(fs::read(&src).unwrap(), data, "the source is intact");
+    // The loop device read as the source of a flash onto the file behind it.
+    let o = flash(&l.dev, &src, &[]);
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("is a loop device backed by this file"), "{err}");
+    assert_eq!(fs::read(&src).unwrap(), data, "the source is intact");
 }
 
 /// A source file on a file system on the target: refused for that reason (before the mount

@@ -10,9 +10,10 @@ use std::process::ExitCode;
 use crate::error::{Context, Result};
 use crate::sys::PowerAction;
 
-/// A file only the live image has (live/build.sh writes the module list there): with PID 1
-/// running `/init`, it tells our live init from other initramfs inits.
-const LIVE_MARKER: &str = "/etc/bty/modules";
+/// A file only the live image has (live/build.sh writes its release there): with PID 1
+/// running `/init`, it tells our live init from other initramfs inits. Getting this wrong
+/// matters both ways: busybox `reboot` there would signal our shell-script PID 1, not reboot.
+const LIVE_MARKER: &str = "/etc/bty/release";
 /// Present while systemd is the running init (what sd_booted(3) checks).
 const SYSTEMD_RUNNING: &str = "/run/systemd/system";
 

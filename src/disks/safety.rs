@@ -223,11 +223,20 @@ pub fn check_not_source(source: &fs::Metadata, display: &str, target: &Target) -
     let dev = match &target.kind {
         TargetKind::File => {
             let Ok(meta) = fs::metadata(&target.resolved) else { return Ok(()) };
+            let id = (meta.dev(), meta.ino());
             crate::ensure!(
-                (meta.dev(), meta.ino()) != (source.dev(), source.ino()),
+                id != (source.dev(), source.ino()),
                 "refusing {shown}: it is the source image {display} itself (same file); \
                  nothing was written"
             );
+            if source.file_type().is_block_device() {
+                let rdev = split_dev(source.rdev());
+                crate::ensure!(
+                    !loop_backed_by(rdev, id),
+                    "refusing {shown}: the source {display} is a loop device backed by this \
+                     file; nothing was written"
+                );
+            }
             return Ok(());
         }
         TargetKind::Block(dev) => dev,
@@ -237,7 +246,7 @@ pub fn check_not_source(source: &fs::Metadata, display: &str, target: &Target) -
         let rdev = split_dev(source.rdev());
         backing_devices(rdev, &mut under, 0);
         // Reading a whole disk while writing one of its partitions overwrites the source too.
-        let parent = dev.is_partition.then(|| parent_name(dev.dev)).flatten();
+        let parent = parent_name(dev.dev);
         let source_name = sysfs::kernel_name(rdev);
         crate::ensure!(
             !under.contains(&dev.name) && (parent.is_none() || parent != source_name),
@@ -261,25 +270,35 @@ pub fn check_not_source(source: &fs::Metadata, display: &str, target: &Target) -
         "refusing {shown}: the source image {display} lives on a file system on this device; \
          nothing was written"
     );
-    let mut loops = vec![dev.dev];
-    if dev.is_partition {
-        loops.extend(parent_dev(dev.dev));
-    }
-    for d in loops {
-        let backing = read_trim(&sysfs::dir(d).join("loop/backing_file"));
-        let Ok(meta) = fs::metadata(backing.trim_end_matches(" (deleted)")) else { continue };
-        crate::ensure!(
-            backing.is_empty() || (meta.dev(), meta.ino()) != (source.dev(), source.ino()),
-            "refusing {shown}: it is a loop device backed by the source image {display}; \
-             nothing was written"
-        );
-    }
+    crate::ensure!(
+        !loop_backed_by(dev.dev, (source.dev(), source.ino())),
+        "refusing {shown}: it is a loop device backed by the source image {display}; nothing \
+         was written"
+    );
     Ok(())
 }
 
-/// The device number of a partition's whole disk.
+/// Whether `dev` (or, for a partition, its disk) is a loop device whose backing file is the
+/// file with this (st_dev, st_ino).
+fn loop_backed_by(dev: (u32, u32), file: (u64, u64)) -> bool {
+    let mut loops = vec![dev];
+    loops.extend(parent_dev(dev));
+    loops.iter().any(|d| {
+        let backing = read_trim(&sysfs::dir(*d).join("loop/backing_file"));
+        !backing.is_empty()
+            && fs::metadata(backing.trim_end_matches(" (deleted)"))
+                .is_ok_and(|m| (m.dev(), m.ino()) == file)
+    })
+}
+
+/// The device number of a partition's whole disk; None for a whole disk (whose sysfs parent
+/// may be a controller with a character device number of its own, as NVMe's is).
 fn parent_dev(part: (u32, u32)) -> Option<(u32, u32)> {
-    parse_dev(&read_trim(&sysfs::dir(part).join("../dev")))
+    let sys = sysfs::dir(part);
+    if !sys.join("partition").exists() {
+        return None;
+    }
+    parse_dev(&read_trim(&sys.join("../dev")))
 }
 
 /// The kernel name of a partition's whole disk.
