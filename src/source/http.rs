@@ -376,10 +376,31 @@ fn transport_fail(e: ureq::Error, what: &str) -> Fail {
 }
 
 /// Sends one GET with `headers`, following redirects; `auth` goes only to its own origin.
+/// A redirect from https to plain http is refused.
 pub(crate) fn send(
     url: &Url,
     headers: &[(&str, &str)],
     auth: Option<&Auth>,
+) -> Result<Response, Fail> {
+    send_redirected(url, headers, auth, false)
+}
+
+/// As [`send`], for content-addressed bytes whose sha256 the caller checks (a registry blob, a
+/// manifest fetched by digest): these may follow a redirect from https to plain http, as
+/// registries do to their storage, since whatever arrives is checked against the digest.
+pub(crate) fn send_pinned(
+    url: &Url,
+    headers: &[(&str, &str)],
+    auth: Option<&Auth>,
+) -> Result<Response, Fail> {
+    send_redirected(url, headers, auth, true)
+}
+
+fn send_redirected(
+    url: &Url,
+    headers: &[(&str, &str)],
+    auth: Option<&Auth>,
+    pinned: bool,
 ) -> Result<Response, Fail> {
     let agent = agent().map_err(Fail::Final)?;
     let mut url = url.clone();
@@ -400,7 +421,9 @@ pub(crate) fn send(
                     Fail::Final(Error::msg(format!("{what}: HTTP {status} without a Location")))
                 })?;
             let next = url.join(location).map_err(|e| Fail::Final(e.wrap(what.clone())))?;
-            check_redirect(&url, &next).map_err(Fail::Final)?;
+            if !pinned {
+                check_redirect(&url, &next).map_err(Fail::Final)?;
+            }
             url = next;
             continue;
         }
@@ -410,10 +433,12 @@ pub(crate) fn send(
     Err(Fail::Final(Error::msg(format!("fetching {url}: more than {MAX_REDIRECTS} redirects"))))
 }
 
-/// Refuses a redirect from https to plain http, pinned image or not: whoever sits on the path
-/// could then swap the bytes (an unpinned image is flashed as served), read what is fetched,
-/// and a catalog or a sha256 list, which pin nothing themselves, would be theirs to write.
-/// The URLs are shown without their query, where signed URLs carry their credentials.
+/// Refuses a redirect from https to plain http: whoever sits on the path could then swap the
+/// bytes (an unpinned image is flashed as served; a catalog or a sha256 list pins nothing
+/// itself) or read them. Refused for every http(s) URL, even with `--sha256` (which the source
+/// does not know about, and which is checked only once the whole image was written); only
+/// content-addressed registry requests ([`send_pinned`]) may follow one. The URLs are shown
+/// without their query, where signed URLs carry their credentials.
 fn check_redirect(from: &Url, to: &Url) -> Result<()> {
     crate::ensure!(
         !from.is_https() || to.is_https(),
