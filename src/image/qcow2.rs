@@ -25,6 +25,8 @@ const MAX_CLUSTER_BITS: u32 = 21;
 const MAX_L1_BYTES: u64 = 32 << 20;
 /// qemu caps backing file names at 1023 bytes; we only read the name for the message.
 const MAX_BACKING_NAME: u32 = 1023;
+/// The L1 table is read this much at a time.
+const L1_CHUNK: usize = 1 << 20;
 
 const INCOMPAT_DIRTY: u64 = 1 << 0;
 const INCOMPAT_CORRUPT: u64 = 1 << 1;
@@ -350,15 +352,24 @@ impl Qcow2Reader {
     pub fn open(src: Box<dyn ReadAt>) -> Result<Qcow2Reader> {
         let header = read_header(&*src)?;
         let needed = header.l1_entries_needed();
-        // read_header bounded `needed` by MAX_L1_BYTES, so this cannot be a huge allocation.
-        let mut raw = vec![0u8; (needed * 8) as usize];
-        src.read_exact_at(&mut raw, header.l1_table_offset).with_context(|| {
-            format!(
-                "reading qcow2 L1 table at offset {} ({} bytes)",
-                header.l1_table_offset,
-                raw.len()
-            )
-        })?;
+        // read_header bounded `needed` by MAX_L1_BYTES and by the file's size; a source of
+        // unknown size is read in chunks, so a table that is not there fails before the
+        // declared size is allocated.
+        let total = (needed * 8) as usize;
+        let mut raw = Vec::new();
+        while raw.len() < total {
+            let start = raw.len();
+            let n = (total - start).min(L1_CHUNK);
+            raw.reserve_exact(n);
+            raw.resize(start + n, 0);
+            let at = header.l1_table_offset + start as u64;
+            src.read_exact_at(&mut raw[start..], at).with_context(|| {
+                format!(
+                    "reading qcow2 L1 table at offset {} ({total} bytes)",
+                    header.l1_table_offset
+                )
+            })?;
+        }
         let l1 = raw.chunks_exact(8).map(|c| be64(c, 0)).collect();
         let cluster_bits = header.cluster_bits;
         Ok(Qcow2Reader {
@@ -706,16 +717,22 @@ mod tests {
         }
     }
 
-    /// A source that does not know its size (as a remote one may not): the reader must then
-    /// bound its allocations by its own limits, not by the file.
-    struct Unsized(Vec<u8>);
+    /// A source that records the largest read asked of it (the reader's buffers are sized by
+    /// its reads), and may hide its size (as a remote one may): the reader must then bound what
+    /// it asks for by its own limits, not by what the header declares.
+    struct Watched {
+        data: Vec<u8>,
+        sized: bool,
+        largest: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    }
 
-    impl ReadAt for Unsized {
+    impl ReadAt for Watched {
         fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-            self.0.read_at(buf, offset)
+            self.largest.fetch_max(buf.len(), std::sync::atomic::Ordering::Relaxed);
+            self.data.read_at(buf, offset)
         }
         fn size(&self) -> Option<u64> {
-            None
+            self.sized.then_some(self.data.len() as u64)
         }
     }
 
@@ -772,26 +789,42 @@ mod tests {
     #[test]
     fn fuzzed_headers_and_tables_fail_cleanly_within_bounded_memory() {
         let seeds = [image(2).0, image(3).0];
+        // The largest L1 table the limits allow, declared by a file of a few KiB whose size
+        // the source does not tell: refused once the data runs out, not allocated up front.
+        let mut big = seeds[1].clone();
+        let entries = MAX_L1_BYTES / 8;
+        put64(&mut big, 24, entries << (2 * CB - 3));
+        put32(&mut big, 36, entries as u32);
+        let largest = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let src = Watched { data: big, sized: false, largest: largest.clone() };
+        let e = Qcow2Reader::open(Box::new(src)).err().expect("a declared table that is not there");
+        assert!(e.to_string().contains("reading qcow2 L1 table"), "{e}");
+        assert!(largest.load(std::sync::atomic::Ordering::Relaxed) <= L1_CHUNK);
+
         let mut rng = Rng::new(fuzz::seed());
         let mut failed = 0;
         let iterations = fuzz::iterations(10_000);
         for i in 0..iterations {
             let seed = rng.pick(&seeds).clone();
             let input = hostile(&mut rng, &seed);
-            let file_len = input.len() as u64;
-            let unsized_src = rng.chance(8);
-            let src: Box<dyn ReadAt> =
-                if unsized_src { Box::new(Unsized(input)) } else { Box::new(input) };
-            let mut r = match Qcow2Reader::open(src) {
+            let file_len = input.len();
+            let largest = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let sized = !rng.chance(8);
+            let src = Watched { data: input, sized, largest: largest.clone() };
+            // Never more than the file, a chunk of the L1 table, or a (compressed) cluster.
+            let cluster_max = 1usize << MAX_CLUSTER_BITS;
+            let bound = file_len.max(L1_CHUNK).max(2 * cluster_max);
+            let asked = || largest.load(std::sync::atomic::Ordering::Relaxed);
+            let mut r = match Qcow2Reader::open(Box::new(src)) {
                 Ok(r) => r,
                 Err(e) => {
                     assert!(!e.to_string().is_empty(), "iteration {i}: an empty error");
+                    assert!(asked() <= bound, "iteration {i}: a read of {} bytes", asked());
                     failed += 1;
                     continue;
                 }
             };
-            let l1_cap = if unsized_src { MAX_L1_BYTES } else { file_len };
-            assert!(r.l1.capacity() as u64 * 8 <= l1_cap, "iteration {i}: L1 of {}", r.l1.len());
+            assert!(r.l1.len() * 8 <= file_len, "iteration {i}: L1 of {}", r.l1.len());
             // At most 1 MiB of guest bytes, in odd-sized reads: enough to cross every table.
             let mut buf = vec![0u8; 3000];
             let mut total = 0u64;
@@ -810,7 +843,7 @@ mod tests {
                 }
             }
             assert!(total <= r.virtual_size(), "iteration {i}: read past the virtual size");
-            let cluster_max = 1usize << MAX_CLUSTER_BITS;
+            assert!(asked() <= bound.max(buf.len()), "iteration {i}: a read of {} bytes", asked());
             assert!(r.l2.capacity() <= cluster_max, "iteration {i}");
             assert!(r.cluster_buf.capacity() <= cluster_max + 1, "iteration {i}");
             assert!(r.compressed_buf.capacity() <= 2 * cluster_max, "iteration {i}");
