@@ -821,3 +821,54 @@ fn flash_env(src: &Path, target: &Path, env: &[(&str, &str)]) -> std::process::O
         .output()
         .expect("running bty")
 }
+
+/// The source file on a file system on one of the target's partitions: the whole disk is
+/// refused for that reason, and so is the partition itself.
+#[test]
+fn disk_whose_partition_holds_the_source_is_refused() {
+    let dir = TestDir::new("self-part");
+    let backing = dir.path("backing");
+    fs::File::create(&backing).unwrap().set_len(32 * MIB as u64).unwrap();
+    let st = Command::new("sgdisk").args(["-o", "-n", "1:2048:0"]).arg(&backing).output().unwrap();
+    assert!(st.status.success());
+    let l = Loop::attach(&backing, &["-P"]);
+    let name = l.dev.file_name().unwrap().to_string_lossy().into_owned();
+    let sys = format!("/sys/block/{name}/{name}p1/dev");
+    let _ = Command::new("partx").arg("-a").arg(&l.dev).output();
+    // Without udev no /dev node appears for the partition: make one from sysfs (bounded wait).
+    let mut devno = String::new();
+    for _ in 0..50 {
+        if let Ok(d) = fs::read_to_string(&sys) {
+            devno = d.trim().to_string();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (maj, min) = devno.split_once(':').expect("the kernel created the partition");
+    let part = dir.path("part1");
+    let st = Command::new("mknod").arg(&part).args(["b", maj, min]).status().unwrap();
+    assert!(st.success());
+    assert!(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&part).status().unwrap().success());
+    let mnt = dir.path("mnt");
+    fs::create_dir(&mnt).unwrap();
+    assert!(Command::new("mount").arg(&part).arg(&mnt).status().unwrap().success());
+    let src = mnt.join("disk.img");
+    let data = disk_image(34, 2 * MIB);
+    fs::write(&src, &data).unwrap();
+    assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
+    let ro = Command::new("mount").args(["-o", "ro"]).arg(&part).arg(&mnt).status().unwrap();
+    assert!(ro.success());
+    let head = l.read(0, 2 * MIB);
+    let whole = flash(&src, &l.dev, &[]);
+    let partition = flash(&src, &part, &[]);
+    let intact = fs::read(&src).unwrap() == data;
+    let unchanged = l.read(0, 2 * MIB) == head;
+    let _ = Command::new("umount").arg(&mnt).status();
+    for o in [&whole, &partition] {
+        let err = stderr(o);
+        assert!(!o.status.success(), "{err}");
+        assert!(err.contains("lives on a file system on this device"), "{err}");
+    }
+    assert!(intact, "the source is intact");
+    assert!(unchanged, "nothing was written to the disk");
+}
