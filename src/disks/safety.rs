@@ -250,8 +250,8 @@ pub fn check_not_source(source: &fs::Metadata, display: &str, target: &Target) -
         let source_name = sysfs::kernel_name(rdev);
         crate::ensure!(
             !under.contains(&dev.name) && (parent.is_none() || parent != source_name),
-            "refusing {shown}: the source {display} is this device or lies on it; nothing was \
-             written"
+            "refusing {shown}: the source {display} is this device, lies on it or holds it; \
+             nothing was written"
         );
         return Ok(());
     }
