@@ -413,6 +413,14 @@ pub fn available_memory() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Total memory in bytes (MemTotal from /proc/meminfo), when it can be read.
+pub fn total_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// Whether the fd is a terminal.
 pub fn isatty(fd: i32) -> bool {
     // SAFETY: isatty takes an integer and only inspects it.

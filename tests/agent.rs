@@ -1,7 +1,7 @@
 //! Server-driven mode (`bty --server URL --mac MAC`) against the real bty-web on 127.0.0.1,
 //! with loop devices as disks. Loop devices have no serial: `BTY_TEST_SERIALS` gives them one
-//! (a test hook real disks never see), and `BTY_TEST_NO_REBOOT` turns reboot(2) into a line in
-//! a file.
+//! (a test hook real disks never see), and `BTY_TEST_NO_REBOOT` turns a reboot into a line in
+//! a file that says how it would have been done.
 
 mod util;
 
@@ -35,6 +35,14 @@ fn agent_env(
         .stdin(Stdio::null())
         .output()
         .expect("running bty")
+}
+
+/// This machine is a workstation, not bty's live environment (PID 1 is not its `/init`): the
+/// reboot is asked of the init system (systemctl, or its reboot command), never a raw reboot(2).
+fn assert_clean_reboot(reboot: &std::path::Path) {
+    let line = std::fs::read_to_string(reboot).unwrap();
+    assert!(line.starts_with("reboot via ") && line.lines().count() == 1, "{line:?}");
+    assert_ne!(line, "reboot via reboot(2)\n", "a workstation gets a clean reboot");
 }
 
 fn json(body: &str) -> serde_json::Value {
@@ -105,7 +113,7 @@ fn flash_once_plan_flashes_the_disk_with_that_serial_and_reboots() {
     ] {
         assert!(err.contains(marker), "missing {marker:?} in:\n{err}");
     }
-    assert_eq!(std::fs::read_to_string(&reboot).unwrap(), "reboot\n");
+    assert_clean_reboot(&reboot);
     assert_eq!(disk.read(0, image.len()), image, "the disk holds the image");
     assert_eq!(other.read(0, 1 << 20), other_before, "the other disk is untouched");
 
@@ -168,7 +176,7 @@ fn inventory_plan_posts_the_disks_and_reboots() {
     let err = util::stderr(&out);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("inventory posted; rebooting"), "{err}");
-    assert_eq!(std::fs::read_to_string(&reboot).unwrap(), "reboot\n");
+    assert_clean_reboot(&reboot);
     let (st, _, body) = s.call("GET", &format!("/machines/{mac}/disks.json"), Some(&cookie), "");
     assert_eq!(st, 200, "{body}");
     let disks = json(&body);
@@ -194,7 +202,7 @@ fn inventory_after_a_pxe_contact_still_reboots() {
     let err = util::stderr(&out);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("inventory posted; rebooting"), "{err}");
-    assert_eq!(std::fs::read_to_string(&reboot).unwrap(), "reboot\n");
+    assert_clean_reboot(&reboot);
     let (_, _, script) = s.call("GET", &format!("/pxe/{mac}"), None, "");
     assert!(script.contains("sanboot"), "the next boot is the disk: {script}");
 }
@@ -422,4 +430,37 @@ fn progress_reaches_the_server_while_the_write_is_under_way() {
     );
     assert_eq!(seen.last().map(|p| p["phase"].clone()), Some("done".into()));
     assert_eq!(disk.read(0, image.len()), image);
+}
+
+/// A plan comes from whoever answers on the lab network: its image must be fetched over the
+/// network, never a file, a device or the console of the machine being flashed.
+#[test]
+fn plan_with_a_local_image_is_refused_and_nothing_is_written() {
+    let dir = TestDir::new("agent-local");
+    let disk = Loop::new(&dir, "disk", 8 << 20);
+    let before = disk.read(0, 8 << 20);
+    // A real, valid image on this machine: without the refusal it would be flashed.
+    let local = dir.path("local.img");
+    std::fs::write(&local, util::disk_image(5, 2 << 20)).unwrap();
+    let mac = "52:54:00:aa:00:0a";
+    let serials = format!("{}=LOCAL-SERIAL", disk.dev.display());
+    let file_url = format!("file://{}", local.display());
+    let local_path = local.display().to_string();
+    for image in [file_url.as_str(), local_path.as_str(), "-"] {
+        let http = Httpd::start();
+        let plan = serde_json::json!({
+            "mode": "flash", "image": image, "target_disk_serial": "LOCAL-SERIAL",
+            "name": "local.img", "format": "img", "disk_image_sha": null,
+        });
+        http.file(&format!("/pxe/{mac}/plan"), plan.to_string().into_bytes(), false, None);
+        let reboot = dir.path("reboot");
+        let out = agent(&http.url(""), mac, &serials, &reboot);
+        let (err, stdout) = (util::stderr(&out), String::from_utf8_lossy(&out.stdout));
+        assert!(err.contains("refusing the server's plan image"), "{image}: {err}");
+        assert!(err.contains("only http(s):// or oras://"), "{image}: {err}");
+        assert!(!err.contains("flashing "), "{image}: {err}");
+        assert!(!stdout.contains("local.img"), "the refused image is not offered: {stdout}");
+        assert!(!reboot.exists(), "{image}: no reboot after a refusal");
+        assert_eq!(disk.read(0, 8 << 20), before, "{image}: nothing was written");
+    }
 }

@@ -664,3 +664,211 @@ fn swap_device_is_refused() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("in use as swap"), "{}", stderr(&o));
 }
+
+/// The source as its own target used to fail mid-write and then blank the source's first and
+/// last MiB: it is refused before anything is written, whichever name reaches the same file.
+#[test]
+fn source_file_as_its_own_target_is_refused_and_kept_intact() {
+    let dir = TestDir::new("self-target");
+    let src = dir.path("disk.img.zst");
+    let data = util::zstd(&disk_image(31, 3 * MIB));
+    fs::write(&src, &data).unwrap();
+    let link = dir.path("link.img.zst");
+    std::os::unix::fs::symlink(&src, &link).unwrap();
+    let hard = dir.path("hard.img.zst");
+    fs::hard_link(&src, &hard).unwrap();
+    for target in [&src, &link, &hard] {
+        let o = flash(&src, target, &[]);
+        let err = stderr(&o);
+        assert!(!o.status.success(), "{err}");
+        assert!(err.contains("is the source image") && err.contains("same file"), "{err}");
+        assert!(err.contains("nothing was written"), "{err}");
+        assert_eq!(fs::read(&src).unwrap(), data, "{}: the source is intact", target.display());
+    }
+}
+
+#[test]
+fn loop_device_backed_by_the_source_is_refused() {
+    let dir = TestDir::new("self-loop");
+    let src = dir.path("disk.img");
+    let data = disk_image(32, 4 * MIB);
+    fs::write(&src, &data).unwrap();
+    let l = Loop::attach(&src, &[]);
+    let o = flash(&src, &l.dev, &[]);
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("loop device backed by the source image"), "{err}");
+    assert_eq!(fs::read(&src).unwrap(), data, "the source is intact");
+    // The device read as the source of a flash onto itself.
+    let o = flash(&l.dev, &l.dev, &[]);
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("is this device, lies on it or holds it"), "{err}");
+    assert_eq!(fs::read(&src).unwrap(), data, "the source is intact");
+    // The loop device read as the source of a flash onto the file behind it.
+    let o = flash(&l.dev, &src, &[]);
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("is a loop device backed by this file"), "{err}");
+    assert_eq!(fs::read(&src).unwrap(), data, "the source is intact");
+}
+
+/// A source file on a file system on the target: refused for that reason (before the mount
+/// rule, which would say less), and the file system and the image are untouched.
+#[test]
+fn device_holding_the_source_file_system_is_refused() {
+    let dir = TestDir::new("self-fs");
+    let l = Loop::new(&dir, "target", 16 * MIB);
+    let st = Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&l.dev).status().expect("mkfs.ext4");
+    assert!(st.success());
+    let mnt = dir.path("mnt");
+    fs::create_dir(&mnt).unwrap();
+    assert!(Command::new("mount").arg(&l.dev).arg(&mnt).status().unwrap().success());
+    let src = mnt.join("disk.img");
+    let data = disk_image(33, 2 * MIB);
+    fs::write(&src, &data).unwrap();
+    // Read-only from here: only bty could change the device below (no atime, no write-back).
+    assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
+    assert!(
+        Command::new("mount").args(["-o", "ro"]).arg(&l.dev).arg(&mnt).status().unwrap().success()
+    );
+    let head = l.read(0, 2 * MIB);
+    let o = flash(&src, &l.dev, &[]);
+    let intact = fs::read(&src).unwrap() == data;
+    // Read before unmounting: the unmount itself updates the superblock.
+    let unchanged = l.read(0, 2 * MIB) == head;
+    let _ = Command::new("umount").arg(&mnt).status();
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("lives on a file system on this device"), "{err}");
+    assert!(err.contains(&l.dev.display().to_string()), "{err}");
+    assert!(intact, "the source is intact");
+    assert!(unchanged, "nothing was written to the device");
+}
+
+/// `data` as xz whose first block header declares an LZMA2 dictionary of code `d` (37 is
+/// 1536 MiB, 29 is 96 MiB): the data chunks do not depend on it, so the stream stays valid and
+/// small while a decoder must still reserve the declared dictionary.
+fn xz_declaring_dict(data: &[u8], d: u8) -> Vec<u8> {
+    let mut x = xz(data);
+    let size = (x[12] as usize + 1) * 4;
+    let header = &mut x[12..12 + size];
+    // Flags, the sizes the threaded encoder records (variable-length integers), then the
+    // LZMA2 filter (0x21) with its one property byte.
+    let mut pos = 2;
+    for _ in 0..(header[1] >> 6).count_ones() {
+        while header[pos] & 0x80 != 0 {
+            pos += 1;
+        }
+        pos += 1;
+    }
+    assert_eq!(&header[pos..pos + 2], &[0x21, 0x01], "an LZMA2 filter first: {header:?}");
+    header[pos + 2] = d;
+    let mut crc = flate2::Crc::new();
+    crc.update(&header[..size - 4]);
+    header[size - 4..].copy_from_slice(&crc.sum().to_le_bytes());
+    x
+}
+
+/// An xz stream that needs more memory than the decoder's limit is refused, naming both; the
+/// limit can be raised (or lowered) with BTY_XZ_MEMLIMIT.
+#[test]
+fn xz_needing_more_memory_than_the_limit_is_refused() {
+    let dir = TestDir::new("xz-memlimit");
+    let raw = disk_image(41, 3 * MIB);
+    let l = Loop::new(&dir, "target", 4 * MIB);
+    let before = l.read(0, 4 * MIB);
+    let huge = dir.path("huge.img.xz");
+    fs::write(&huge, xz_declaring_dict(&raw, 37)).unwrap();
+    // The default limit (1 GiB at most) refuses a 1536 MiB dictionary.
+    let o = bty()
+        .arg("flash")
+        .arg(&huge)
+        .arg(&l.dev)
+        .args(["--yes", "--progress", "none"])
+        .env_remove("BTY_XZ_MEMLIMIT")
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("refusing to decode the xz stream"), "{err}");
+    assert!(err.contains("1610612736 bytes") && err.contains("BTY_XZ_MEMLIMIT"), "{err}");
+    assert!(l.read(0, 4 * MIB) == before, "nothing was written");
+
+    let mid = dir.path("mid.img.xz");
+    fs::write(&mid, xz_declaring_dict(&raw, 29)).unwrap();
+    let o = flash_env(&mid, &l.dev, &[("BTY_XZ_MEMLIMIT", "64MiB")]);
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("100663296 bytes") && err.contains("(67108864 bytes;"), "{err}");
+    assert!(l.read(0, 4 * MIB) == before, "nothing was written");
+    let o = flash_env(&mid, &l.dev, &[("BTY_XZ_MEMLIMIT", "bogus")]);
+    assert!(stderr(&o).contains("BTY_XZ_MEMLIMIT=\"bogus\""), "{}", stderr(&o));
+
+    // Raised above the need, the same file flashes.
+    let o = flash_env(&mid, &l.dev, &[("BTY_XZ_MEMLIMIT", "128MiB")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(l.read(0, raw.len()) == raw, "the disk holds the image");
+}
+
+fn flash_env(src: &Path, target: &Path, env: &[(&str, &str)]) -> std::process::Output {
+    bty()
+        .arg("flash")
+        .arg(src)
+        .arg(target)
+        .args(["--yes", "--progress", "none"])
+        .envs(env.iter().copied())
+        .output()
+        .expect("running bty")
+}
+
+/// The source file on a file system on one of the target's partitions: the whole disk is
+/// refused for that reason, and so is the partition itself.
+#[test]
+fn disk_whose_partition_holds_the_source_is_refused() {
+    let dir = TestDir::new("self-part");
+    let backing = dir.path("backing");
+    fs::File::create(&backing).unwrap().set_len(32 * MIB as u64).unwrap();
+    let st = Command::new("sgdisk").args(["-o", "-n", "1:2048:0"]).arg(&backing).output().unwrap();
+    assert!(st.status.success());
+    let l = Loop::attach(&backing, &["-P"]);
+    let name = l.dev.file_name().unwrap().to_string_lossy().into_owned();
+    let sys = format!("/sys/block/{name}/{name}p1/dev");
+    let _ = Command::new("partx").arg("-a").arg(&l.dev).output();
+    // Without udev no /dev node appears for the partition: make one from sysfs (bounded wait).
+    let mut devno = String::new();
+    for _ in 0..50 {
+        if let Ok(d) = fs::read_to_string(&sys) {
+            devno = d.trim().to_string();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (maj, min) = devno.split_once(':').expect("the kernel created the partition");
+    let part = dir.path("part1");
+    let st = Command::new("mknod").arg(&part).args(["b", maj, min]).status().unwrap();
+    assert!(st.success());
+    assert!(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&part).status().unwrap().success());
+    let mnt = dir.path("mnt");
+    fs::create_dir(&mnt).unwrap();
+    assert!(Command::new("mount").arg(&part).arg(&mnt).status().unwrap().success());
+    let src = mnt.join("disk.img");
+    let data = disk_image(34, 2 * MIB);
+    fs::write(&src, &data).unwrap();
+    assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
+    let ro = Command::new("mount").args(["-o", "ro"]).arg(&part).arg(&mnt).status().unwrap();
+    assert!(ro.success());
+    let head = l.read(0, 2 * MIB);
+    let whole = flash(&src, &l.dev, &[]);
+    let partition = flash(&src, &part, &[]);
+    let intact = fs::read(&src).unwrap() == data;
+    let unchanged = l.read(0, 2 * MIB) == head;
+    let _ = Command::new("umount").arg(&mnt).status();
+    for o in [&whole, &partition] {
+        let err = stderr(o);
+        assert!(!o.status.success(), "{err}");
+        assert!(err.contains("lives on a file system on this device"), "{err}");
+    }
+    assert!(intact, "the source is intact");
+    assert!(unchanged, "nothing was written to the disk");
+}

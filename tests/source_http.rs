@@ -7,6 +7,7 @@ use std::fs;
 use std::time::Duration;
 
 use util::httpd::{Fault, Httpd};
+use util::registry;
 use util::*;
 
 const MIB: usize = 1 << 20;
@@ -237,4 +238,77 @@ fn qcow2_from_a_server_without_range_is_refused_with_the_reason() {
     assert!(err.contains("does not support Range requests"), "{err}");
     assert!(err.contains("qcow2 images need them"), "{err}");
     assert_eq!(sha256(&l.read(0, 8 * MIB)), before, "a refused flash changed the target");
+}
+
+/// An https server on 127.0.0.1 (certificate from the test CA) that answers every request,
+/// for at most `max` connections, with a 302 to `location`.
+fn https_redirector(pki: &registry::Pki, location: String, max: usize) -> String {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use std::io::{Read, Write};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let certs: Vec<_> =
+        CertificateDer::pem_file_iter(&pki.server_cert).unwrap().collect::<Result<_, _>>().unwrap();
+    let key = PrivateKeyDer::from_pem_file(&pki.server_key).unwrap();
+    let cfg = std::sync::Arc::new(
+        rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(certs, key).unwrap(),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming().take(max) {
+            let Ok(tcp) = tcp else { continue };
+            let _ = tcp.set_read_timeout(Some(Duration::from_secs(5)));
+            let conn = rustls::ServerConnection::new(cfg.clone()).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && head.len() < 64 << 10 {
+                match tls.read(&mut byte) {
+                    Ok(1) => head.push(byte[0]),
+                    _ => break,
+                }
+            }
+            let _ = write!(
+                tls,
+                "HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
+        }
+    });
+    format!("https://{addr}")
+}
+
+/// An https URL that redirects to plain http is refused, before any byte of the image is
+/// fetched over http or written; the error names both URLs, without their queries (signed
+/// URLs carry credentials there).
+#[test]
+fn https_to_http_redirect_is_refused_naming_both_urls() {
+    let dir = TestDir::new("http-downgrade");
+    let pki = registry::Pki::new(&dir);
+    let raw = disk_image(17, 2 * MIB);
+    let srv = Httpd::start();
+    srv.file("/disk.img", raw, true, None);
+    let plain = srv.url("/disk.img");
+    let https = https_redirector(&pki, format!("{plain}?token=sekrit"), 16);
+    let l = Loop::new(&dir, "target", 4 * MIB);
+    let before = l.read(0, 4 * MIB);
+    let url = format!("{https}/disk.img?X-Signature=hush");
+    let o = bty()
+        .arg("flash")
+        .arg(&url)
+        .arg(&l.dev)
+        .args(["--yes", "--progress", "none"])
+        .env("BTY_HTTP_TIMEOUT", "3")
+        .env("BTY_CA_FILE", &pki.ca_pem)
+        .output()
+        .expect("running bty");
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("refusing its redirect"), "{err}");
+    assert!(err.contains(&format!("{https}/disk.img")) && err.contains(&plain), "{err}");
+    assert!(!err.contains("sekrit") && !err.contains("hush"), "no credentials: {err}");
+    assert!(srv.seen().is_empty(), "nothing was fetched over plain http");
+    assert!(l.read(0, 4 * MIB) == before, "nothing was written");
 }

@@ -114,7 +114,7 @@ fn env_with<'a>(serials: &'a str, reboot: &'a Path) -> Vec<(&'a str, &'a str)> {
 }
 
 #[test]
-fn wizard_flashes_a_local_image_onto_a_loop_disk_and_reboots() {
+fn wizard_flashes_a_local_image_onto_a_loop_disk_and_reboots_when_asked() {
     let dir = TestDir::new("wiz-local");
     let root = dir.path("images");
     std::fs::create_dir(&root).unwrap();
@@ -132,10 +132,16 @@ fn wizard_flashes_a_local_image_onto_a_loop_disk_and_reboots() {
     for want in ["lab-debian-amd64.img", "raw", "6.0 MiB", "WIZ-0", "everything on"] {
         assert!(screen.contains(want), "{want:?} missing:\n{screen}");
     }
-    let screen = t.answer("yes", "[r] reboot (default)");
+    // A workstation (not bty's live environment): Enter exits, a reboot must be picked, and it
+    // goes through the init system, never a raw reboot(2).
+    let screen = t.answer("yes", "[s] exit to the shell (default)");
     assert!(screen.contains("Wrote lab-debian-amd64.img"), "{screen}");
-    t.answer("", "EXITED=0");
-    assert_eq!(std::fs::read_to_string(&reboot).unwrap(), "reboot\n");
+    assert!(!screen.contains("[r] reboot (default)"), "{screen}");
+    t.answer("x", "unknown key 'x': type r, p, s or a (Enter exits)");
+    assert!(!reboot.exists());
+    t.answer("r", "EXITED=0");
+    let line = std::fs::read_to_string(&reboot).unwrap();
+    assert!(line.starts_with("reboot via ") && line != "reboot via reboot(2)\n", "{line:?}");
     assert_eq!(disk.read(0, image.len()), image);
 }
 
@@ -272,7 +278,7 @@ fn wizard_flashes_from_an_http_catalog_and_ctrl_c_cancels_cleanly() {
         "{screen}"
     );
     t.answer("yes", "Wrote fast.img.gz");
-    t.answer("s", "EXITED=0");
-    assert!(!reboot.exists(), "exit to the shell does not reboot");
+    t.answer("", "EXITED=0");
+    assert!(!reboot.exists(), "Enter on a workstation exits to the shell, no reboot");
     assert_eq!(disk.read(0, fast.len()), fast);
 }

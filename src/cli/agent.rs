@@ -169,7 +169,9 @@ pub fn run(args: &WizardArgs, mac: &str) -> Result<ExitCode> {
                     {
                         crate::error!("{e}");
                     }
-                    wizard::run(args, Some(client.catalog_url()), Some(choice))
+                    // A refused image is not offered again in the wizard either.
+                    let choice = check_plan_image(&choice.url).is_ok().then_some(choice);
+                    wizard::run(args, Some(client.catalog_url()), choice)
                 }
             }
         }
@@ -207,6 +209,7 @@ fn auto_flash(
 ) -> Result<std::path::PathBuf> {
     let mut markers = Markers::new();
     markers.say("auto-flash starting");
+    check_plan_image(&choice.url)?;
     let serial = serial
         .map(str::trim)
         .filter(|s| !s.is_empty())
@@ -272,6 +275,21 @@ fn auto_flash(
     }
 }
 
+/// Refuses a plan image that is not fetched over the network: a plan comes from whoever
+/// answers on the lab network, and `file://`, a path or `-` would let that answer pick a file
+/// (or a device) on this machine as the image, or make bty read the console as one.
+pub fn check_plan_image(image: &str) -> Result<()> {
+    let lower = image.get(..8).unwrap_or(image).to_ascii_lowercase();
+    let remote = ["http://", "https://", "oras://"].iter().any(|p| lower.starts_with(p));
+    crate::ensure!(
+        remote,
+        "refusing the server's plan image {:?}: a server-driven flash takes only http(s):// or \
+         oras:// images, never a local file, a file:// URL or standard input; nothing was written",
+        image.chars().take(200).collect::<String>()
+    );
+    Ok(())
+}
+
 /// The poster gets its own client with a tighter timeout: a post that hangs is dropped, the
 /// next snapshot replaces it.
 fn client_for_progress(client: &Client) -> Result<Client> {
@@ -297,6 +315,13 @@ mod tests {
             parse_plan(br#"{"mode":"interactive","catalog":"http://h/catalog.toml"}"#).unwrap(),
             ServerPlan::Interactive { catalog: Some("http://h/catalog.toml".into()) }
         );
+        for ok in ["http://h/a.img", "HTTPS://h/a.img.xz", "oras://r/x:1"] {
+            assert!(check_plan_image(ok).is_ok(), "{ok}");
+        }
+        for bad in ["file:///dev/sda", "/srv/a.img", "-", "a.img", "ftp://h/a.img", ""] {
+            let e = check_plan_image(bad).unwrap_err().to_string();
+            assert!(e.contains("only http(s):// or oras://"), "{bad}: {e}");
+        }
         for bad in [&b"{"[..], br#"{"mode":"dance"}"#, br#"{"mode":"flash"}"#, b"[]"] {
             assert!(parse_plan(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }

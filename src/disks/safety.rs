@@ -213,6 +213,99 @@ pub fn check_writable(target: &Target) -> Result<()> {
     }
 }
 
+/// Refuses a target that is the source itself, before anything is written: writing would
+/// destroy the image while it is being read (and a failed flash then blanks its first and
+/// last MiB). The target is the source when it is the same file (same device and inode), the
+/// block device or file system the source file is read from (the file's device resolved
+/// through partitions, dm/md and loop files to its disks), or a loop device backed by it.
+pub fn check_not_source(source: &fs::Metadata, display: &str, target: &Target) -> Result<()> {
+    let shown = target.resolved.display();
+    let dev = match &target.kind {
+        TargetKind::File => {
+            let Ok(meta) = fs::metadata(&target.resolved) else { return Ok(()) };
+            let id = (meta.dev(), meta.ino());
+            crate::ensure!(
+                id != (source.dev(), source.ino()),
+                "refusing {shown}: it is the source image {display} itself (same file); \
+                 nothing was written"
+            );
+            if source.file_type().is_block_device() {
+                let rdev = split_dev(source.rdev());
+                crate::ensure!(
+                    !loop_backed_by(rdev, id),
+                    "refusing {shown}: the source {display} is a loop device backed by this \
+                     file; nothing was written"
+                );
+            }
+            return Ok(());
+        }
+        TargetKind::Block(dev) => dev,
+    };
+    let mut under = BTreeSet::new();
+    if source.file_type().is_block_device() {
+        let rdev = split_dev(source.rdev());
+        backing_devices(rdev, &mut under, 0);
+        // Reading a whole disk while writing one of its partitions overwrites the source too.
+        let parent = parent_name(dev.dev);
+        let source_name = sysfs::kernel_name(rdev);
+        crate::ensure!(
+            !under.contains(&dev.name) && (parent.is_none() || parent != source_name),
+            "refusing {shown}: the source {display} is this device, lies on it or holds it; \
+             nothing was written"
+        );
+        return Ok(());
+    }
+    let file_dev = split_dev(source.dev());
+    backing_devices(file_dev, &mut under, 0);
+    // btrfs and the like report an anonymous device number; mountinfo names the real one.
+    if let Ok(text) = fs::read_to_string("/proc/self/mountinfo") {
+        for m in parse_mountinfo(&text).iter().filter(|m| m.dev == file_dev) {
+            if let Some(d) = m.source_dev {
+                backing_devices(d, &mut under, 0);
+            }
+        }
+    }
+    crate::ensure!(
+        !under.contains(&dev.name),
+        "refusing {shown}: the source image {display} lives on a file system on this device; \
+         nothing was written"
+    );
+    crate::ensure!(
+        !loop_backed_by(dev.dev, (source.dev(), source.ino())),
+        "refusing {shown}: it is a loop device backed by the source image {display}; nothing \
+         was written"
+    );
+    Ok(())
+}
+
+/// Whether `dev` (or, for a partition, its disk) is a loop device whose backing file is the
+/// file with this (st_dev, st_ino).
+fn loop_backed_by(dev: (u32, u32), file: (u64, u64)) -> bool {
+    let mut loops = vec![dev];
+    loops.extend(parent_dev(dev));
+    loops.iter().any(|d| {
+        let backing = read_trim(&sysfs::dir(*d).join("loop/backing_file"));
+        !backing.is_empty()
+            && fs::metadata(backing.trim_end_matches(" (deleted)"))
+                .is_ok_and(|m| (m.dev(), m.ino()) == file)
+    })
+}
+
+/// The device number of a partition's whole disk; None for a whole disk (whose sysfs parent
+/// may be a controller with a character device number of its own, as NVMe's is).
+fn parent_dev(part: (u32, u32)) -> Option<(u32, u32)> {
+    let sys = sysfs::dir(part);
+    if !sys.join("partition").exists() {
+        return None;
+    }
+    parse_dev(&read_trim(&sys.join("../dev")))
+}
+
+/// The kernel name of a partition's whole disk.
+fn parent_name(part: (u32, u32)) -> Option<String> {
+    parent_dev(part).and_then(sysfs::kernel_name)
+}
+
 /// Device numbers of `dev` itself and of all its partitions.
 pub fn with_partitions(dev: &BlockDevice) -> BTreeSet<(u32, u32)> {
     let mut set = BTreeSet::from([dev.dev]);

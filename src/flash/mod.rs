@@ -66,6 +66,10 @@ impl Plan {
         let source = Source::open(source)?;
         let image = probe::probe(&source)?;
         let target = Target::probe(target)?;
+        // Before the other rules: a source on a mounted target is better explained this way.
+        if let Some(meta) = source.local_metadata() {
+            disks::safety::check_not_source(&meta, &source.display, &target)?;
+        }
         disks::check_writable(&target)?;
         if let (Some(need), Some(cap)) = (image.virtual_size, target.capacity()) {
             crate::ensure!(

@@ -25,6 +25,8 @@ const MAX_CLUSTER_BITS: u32 = 21;
 const MAX_L1_BYTES: u64 = 32 << 20;
 /// qemu caps backing file names at 1023 bytes; we only read the name for the message.
 const MAX_BACKING_NAME: u32 = 1023;
+/// The L1 table is read this much at a time.
+const L1_CHUNK: usize = 1 << 20;
 
 const INCOMPAT_DIRTY: u64 = 1 << 0;
 const INCOMPAT_CORRUPT: u64 = 1 << 1;
@@ -350,15 +352,24 @@ impl Qcow2Reader {
     pub fn open(src: Box<dyn ReadAt>) -> Result<Qcow2Reader> {
         let header = read_header(&*src)?;
         let needed = header.l1_entries_needed();
-        // read_header bounded `needed` by MAX_L1_BYTES, so this cannot be a huge allocation.
-        let mut raw = vec![0u8; (needed * 8) as usize];
-        src.read_exact_at(&mut raw, header.l1_table_offset).with_context(|| {
-            format!(
-                "reading qcow2 L1 table at offset {} ({} bytes)",
-                header.l1_table_offset,
-                raw.len()
-            )
-        })?;
+        // read_header bounded `needed` by MAX_L1_BYTES and by the file's size; a source of
+        // unknown size is read in chunks, so a table that is not there fails before the
+        // declared size is allocated.
+        let total = (needed * 8) as usize;
+        let mut raw = Vec::new();
+        while raw.len() < total {
+            let start = raw.len();
+            let n = (total - start).min(L1_CHUNK);
+            raw.reserve_exact(n);
+            raw.resize(start + n, 0);
+            let at = header.l1_table_offset + start as u64;
+            src.read_exact_at(&mut raw[start..], at).with_context(|| {
+                format!(
+                    "reading qcow2 L1 table at offset {} ({total} bytes)",
+                    header.l1_table_offset
+                )
+            })?;
+        }
         let l1 = raw.chunks_exact(8).map(|c| be64(c, 0)).collect();
         let cluster_bits = header.cluster_bits;
         Ok(Qcow2Reader {
@@ -628,5 +639,215 @@ impl Read for Qcow2Reader {
         self.fill(buf).map_err(|e| {
             io::Error::new(e.io_kind().unwrap_or(io::ErrorKind::InvalidData), e.to_string())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fuzz::{self, Rng};
+
+    const CB: u32 = 9;
+    const CS: usize = 1 << CB;
+
+    fn put32(b: &mut [u8], at: usize, v: u32) {
+        b[at..at + 4].copy_from_slice(&v.to_be_bytes());
+    }
+
+    fn put64(b: &mut [u8], at: usize, v: u64) {
+        b[at..at + 8].copy_from_slice(&v.to_be_bytes());
+    }
+
+    /// A small valid image from bytes, 512-byte clusters: header, L1 (2 entries), two L2
+    /// tables, and guest clusters that are data, contiguous data, a zero flag, zlib-compressed,
+    /// unallocated, and one mapped through the second L2 table.
+    fn image(version: u32) -> (Vec<u8>, Vec<u8>) {
+        let virtual_size = 2 * 64 * CS as u64;
+        let mut guest = vec![0u8; virtual_size as usize];
+        let mut f = vec![0u8; 9 * CS];
+        put32(&mut f, 0, u32::from_be_bytes(*MAGIC));
+        put32(&mut f, 4, version);
+        put32(&mut f, 20, CB);
+        put64(&mut f, 24, virtual_size);
+        put32(&mut f, 36, 2);
+        put64(&mut f, 40, CS as u64);
+        if version == 3 {
+            put32(&mut f, 96, 4);
+            put32(&mut f, 100, V3_HEADER_LEN as u32);
+        }
+        let (l2a, l2b) = (2 * CS, 3 * CS);
+        put64(&mut f, CS, l2a as u64 | 1 << 63);
+        put64(&mut f, CS + 8, l2b as u64 | 1 << 63);
+        let mut data = |f: &mut Vec<u8>, guest_cluster: usize, host: usize, seed: u8| {
+            let bytes: Vec<u8> = (0..CS).map(|i| (i as u8).wrapping_mul(seed) ^ seed).collect();
+            f[host..host + CS].copy_from_slice(&bytes);
+            guest[guest_cluster * CS..][..CS].copy_from_slice(&bytes);
+            let l2 = if guest_cluster < 64 { l2a } else { l2b };
+            put64(f, l2 + (guest_cluster % 64) * 8, host as u64 | 1 << 63);
+        };
+        data(&mut f, 0, 4 * CS, 3);
+        data(&mut f, 1, 5 * CS, 5);
+        data(&mut f, 64, 6 * CS, 7);
+        put64(&mut f, l2a + 2 * 8, 1);
+        let plain: Vec<u8> = (0..CS).map(|i| (i / 7) as u8).collect();
+        let mut z = flate2::Compress::new(flate2::Compression::default(), false);
+        let mut packed = Vec::with_capacity(CS);
+        z.compress_vec(&plain, &mut packed, flate2::FlushCompress::Finish).unwrap();
+        assert!(packed.len() < CS);
+        let at = 7 * CS + 100;
+        f[at..at + packed.len()].copy_from_slice(&packed);
+        let sectors = ((at % 512 + packed.len()).div_ceil(512) - 1) as u64;
+        put64(&mut f, l2a + 3 * 8, L2_COMPRESSED | sectors << (62 - (CB - 8)) | at as u64);
+        guest[3 * CS..4 * CS].copy_from_slice(&plain);
+        (f, guest)
+    }
+
+    fn read_all(src: Vec<u8>) -> Result<Vec<u8>> {
+        let mut r = Qcow2Reader::open(Box::new(src))?;
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).map_err(|e| Error::msg(e.to_string()))?;
+        Ok(out)
+    }
+
+    #[test]
+    fn images_built_from_bytes_read_back() {
+        for version in [2, 3] {
+            let (f, guest) = image(version);
+            assert!(read_all(f).unwrap() == guest, "v{version}");
+        }
+    }
+
+    /// A source that records the largest read asked of it (the reader's buffers are sized by
+    /// its reads), and may hide its size (as a remote one may): the reader must then bound what
+    /// it asks for by its own limits, not by what the header declares.
+    struct Watched {
+        data: Vec<u8>,
+        sized: bool,
+        largest: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl ReadAt for Watched {
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+            self.largest.fetch_max(buf.len(), std::sync::atomic::Ordering::Relaxed);
+            self.data.read_at(buf, offset)
+        }
+        fn size(&self) -> Option<u64> {
+            self.sized.then_some(self.data.len() as u64)
+        }
+    }
+
+    /// Values that tend to break size arithmetic, for header fields and table entries.
+    const NASTY: [u64; 12] = [
+        0,
+        1,
+        511,
+        512,
+        u32::MAX as u64,
+        1 << 31,
+        1 << 62,
+        (1 << 62) | 0x3fff_ffff_ffff_ffff,
+        OFFSET_MASK,
+        u64::MAX,
+        u64::MAX - 511,
+        1 << 40,
+    ];
+
+    /// One hostile variant of a valid image: a field or table entry set to a nasty value,
+    /// a byte-level mutation of the header or of a table (offsets kept), or of the whole file.
+    fn hostile(rng: &mut Rng, f: &[u8]) -> Vec<u8> {
+        let mut m = f.to_vec();
+        let regions = [(0, V3_HEADER_LEN), (CS, 2 * CS), (2 * CS, 4 * CS)];
+        for _ in 0..=rng.below(3) {
+            let (start, end) = *rng.pick(&regions);
+            match rng.below(4) {
+                0 => {
+                    let at = start + rng.below((end - start) / 4) * 4;
+                    let v = *rng.pick(&NASTY);
+                    if at + 8 <= m.len() && rng.chance(2) {
+                        put64(&mut m, at, v);
+                    } else if at + 4 <= m.len() {
+                        put32(&mut m, at, v as u32);
+                    }
+                }
+                1 | 2 => {
+                    let end = end.min(m.len());
+                    if start < end {
+                        let mut part = fuzz::mutate(rng, &m[start..end], end - start);
+                        part.resize(end - start, 0);
+                        m[start..end].copy_from_slice(&part);
+                    }
+                }
+                _ => m = fuzz::mutate(rng, &m, f.len() + 4096),
+            }
+        }
+        m
+    }
+
+    /// Seeded mutations of valid headers and L1/L2 tables through the reader: no panic, every
+    /// failure a message, buffers bounded by the format's limits whatever the header declares,
+    /// and never more guest bytes than the declared virtual size.
+    #[test]
+    fn fuzzed_headers_and_tables_fail_cleanly_within_bounded_memory() {
+        let seeds = [image(2).0, image(3).0];
+        // The largest L1 table the limits allow, declared by a file of a few KiB whose size
+        // the source does not tell: refused once the data runs out, not allocated up front.
+        let mut big = seeds[1].clone();
+        let entries = MAX_L1_BYTES / 8;
+        put64(&mut big, 24, entries << (2 * CB - 3));
+        put32(&mut big, 36, entries as u32);
+        let largest = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let src = Watched { data: big, sized: false, largest: largest.clone() };
+        let e = Qcow2Reader::open(Box::new(src)).err().expect("a declared table that is not there");
+        assert!(e.to_string().contains("reading qcow2 L1 table"), "{e}");
+        assert!(largest.load(std::sync::atomic::Ordering::Relaxed) <= L1_CHUNK);
+
+        let mut rng = Rng::new(fuzz::seed());
+        let mut failed = 0;
+        let iterations = fuzz::iterations(10_000);
+        for i in 0..iterations {
+            let seed = rng.pick(&seeds).clone();
+            let input = hostile(&mut rng, &seed);
+            let file_len = input.len();
+            let largest = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let sized = !rng.chance(8);
+            let src = Watched { data: input, sized, largest: largest.clone() };
+            // Never more than the file, a chunk of the L1 table, or a (compressed) cluster.
+            let cluster_max = 1usize << MAX_CLUSTER_BITS;
+            let bound = file_len.max(L1_CHUNK).max(2 * cluster_max);
+            let asked = || largest.load(std::sync::atomic::Ordering::Relaxed);
+            let mut r = match Qcow2Reader::open(Box::new(src)) {
+                Ok(r) => r,
+                Err(e) => {
+                    assert!(!e.to_string().is_empty(), "iteration {i}: an empty error");
+                    assert!(asked() <= bound, "iteration {i}: a read of {} bytes", asked());
+                    failed += 1;
+                    continue;
+                }
+            };
+            assert!(r.l1.len() * 8 <= file_len, "iteration {i}: L1 of {}", r.l1.len());
+            // At most 1 MiB of guest bytes, in odd-sized reads: enough to cross every table.
+            let mut buf = vec![0u8; 3000];
+            let mut total = 0u64;
+            for _ in 0..400 {
+                match r.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => total += n as u64,
+                    Err(e) => {
+                        assert!(!e.to_string().is_empty(), "iteration {i}: an empty error");
+                        failed += 1;
+                        break;
+                    }
+                }
+                if total >= 1 << 20 {
+                    break;
+                }
+            }
+            assert!(total <= r.virtual_size(), "iteration {i}: read past the virtual size");
+            assert!(asked() <= bound.max(buf.len()), "iteration {i}: a read of {} bytes", asked());
+            assert!(r.l2.capacity() <= cluster_max, "iteration {i}");
+            assert!(r.cluster_buf.capacity() <= cluster_max + 1, "iteration {i}");
+            assert!(r.compressed_buf.capacity() <= 2 * cluster_max, "iteration {i}");
+        }
+        assert!(failed > iterations / 10, "the mutations reach the checks ({failed} failed)");
     }
 }

@@ -126,6 +126,12 @@ impl Url {
         Url::parse(&format!("{}{joined}", self.origin()))
     }
 
+    /// The URL without its query (which may hold a signature or a token), for messages.
+    pub fn without_query(&self) -> String {
+        let path = self.path.split('?').next().unwrap_or_default();
+        format!("{}://{}{path}", self.scheme, self.authority)
+    }
+
     /// A URL on the same origin with another path (which starts with '/').
     pub fn with_path(&self, path: &str) -> Url {
         Url { scheme: self.scheme.clone(), authority: self.authority.clone(), path: path.into() }
@@ -370,10 +376,31 @@ fn transport_fail(e: ureq::Error, what: &str) -> Fail {
 }
 
 /// Sends one GET with `headers`, following redirects; `auth` goes only to its own origin.
+/// A redirect from https to plain http is refused.
 pub(crate) fn send(
     url: &Url,
     headers: &[(&str, &str)],
     auth: Option<&Auth>,
+) -> Result<Response, Fail> {
+    send_redirected(url, headers, auth, false)
+}
+
+/// As [`send`], for content-addressed bytes whose sha256 the caller checks (a registry blob, a
+/// manifest fetched by digest): these may follow a redirect from https to plain http, as
+/// registries do to their storage, since whatever arrives is checked against the digest.
+pub(crate) fn send_pinned(
+    url: &Url,
+    headers: &[(&str, &str)],
+    auth: Option<&Auth>,
+) -> Result<Response, Fail> {
+    send_redirected(url, headers, auth, true)
+}
+
+fn send_redirected(
+    url: &Url,
+    headers: &[(&str, &str)],
+    auth: Option<&Auth>,
+    pinned: bool,
 ) -> Result<Response, Fail> {
     let agent = agent().map_err(Fail::Final)?;
     let mut url = url.clone();
@@ -393,13 +420,35 @@ pub(crate) fn send(
                 resp.headers().get("location").and_then(|v| v.to_str().ok()).ok_or_else(|| {
                     Fail::Final(Error::msg(format!("{what}: HTTP {status} without a Location")))
                 })?;
-            url = url.join(location).map_err(|e| Fail::Final(e.wrap(what.clone())))?;
+            let next = url.join(location).map_err(|e| Fail::Final(e.wrap(what.clone())))?;
+            if !pinned {
+                check_redirect(&url, &next).map_err(Fail::Final)?;
+            }
+            url = next;
             continue;
         }
         let (parts, body) = resp.into_parts();
         return Ok(Response { status, headers: parts.headers, body });
     }
     Err(Fail::Final(Error::msg(format!("fetching {url}: more than {MAX_REDIRECTS} redirects"))))
+}
+
+/// Refuses a redirect from https to plain http: whoever sits on the path could then swap the
+/// bytes (an unpinned image is flashed as served; a catalog or a sha256 list pins nothing
+/// itself) or read them. Refused for every http(s) URL, even with `--sha256` (which the source
+/// does not know about, and which is checked only once the whole image was written); only
+/// content-addressed registry requests ([`send_pinned`]) may follow one. The URLs are shown
+/// without their query, where signed URLs carry their credentials.
+fn check_redirect(from: &Url, to: &Url) -> Result<()> {
+    crate::ensure!(
+        !from.is_https() || to.is_https(),
+        "fetching {}: refusing its redirect to {}: it leaves https for plain http, where the \
+         bytes could be read or replaced on the way (serve the file over https, or give the \
+         http:// URL directly if plain http is meant)",
+        from.without_query(),
+        to.without_query()
+    );
+    Ok(())
 }
 
 /// How to GET one remote file: plain http(s), or a registry blob with its token dance.
@@ -832,6 +881,19 @@ mod tests {
         for bad in ["ftp://h/x", "http://", "http://u:p@h/x", "http://h/a b", "nourl"] {
             assert!(Url::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn https_to_http_redirects_are_refused_naming_both_urls() {
+        let from = Url::parse("https://a.test/x.img?X-Sig=secret").unwrap();
+        let to = Url::parse("http://b.test/y.img?token=secret").unwrap();
+        let e = check_redirect(&from, &to).unwrap_err().to_string();
+        assert!(e.contains("https://a.test/x.img:") && e.contains("http://b.test/y.img:"), "{e}");
+        assert!(!e.contains("secret"), "{e}");
+        let https = Url::parse("https://b.test/y.img").unwrap();
+        assert!(check_redirect(&from, &https).is_ok());
+        assert!(check_redirect(&to, &from).is_ok(), "http to https is an upgrade");
+        assert!(check_redirect(&to, &to).is_ok());
     }
 
     #[test]

@@ -201,6 +201,15 @@ impl Source {
         matches!(self.kind, Kind::File(_))
     }
 
+    /// The metadata of a local file or block device source, for telling whether a target is
+    /// the source itself; None for pipes and remote sources.
+    pub fn local_metadata(&self) -> Option<std::fs::Metadata> {
+        match &self.kind {
+            Kind::File(f) => f.metadata().ok(),
+            _ => None,
+        }
+    }
+
     /// Whether the source is remote (http(s), oras://): streamed, with positioned reads through
     /// Range requests where the server supports them.
     pub fn is_remote(&self) -> bool {

@@ -384,7 +384,11 @@ impl Registry {
         let what = format!("fetching {url}");
         let mut renewed = false;
         loop {
-            let resp = http::send(&url, headers, self.current().as_ref())?;
+            let resp = if content_addressed(path) {
+                http::send_pinned(&url, headers, self.current().as_ref())?
+            } else {
+                http::send(&url, headers, self.current().as_ref())?
+            };
             if resp.status == 401 && !renewed {
                 let challenge = resp.header("www-authenticate").map(str::to_string);
                 if self.current().is_some() {
@@ -424,6 +428,12 @@ impl Registry {
         let media = content_type.split(';').next().unwrap_or_default().trim().to_string();
         Ok((body, digest, media))
     }
+}
+
+/// Whether a registry API path names its content by digest (a blob, or a manifest fetched by
+/// digest): bty checks those bytes against the digest, so a redirect may leave https for them.
+fn content_addressed(path: &str) -> bool {
+    path.contains("/blobs/sha256:") || path.contains("/manifests/sha256:")
 }
 
 /// Parses `Bearer realm="...",service="...",scope="..."` into the scheme and its parameters.
@@ -745,6 +755,14 @@ pub fn fetch_toml(reference: &str, max_bytes: u64) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_digest_addressed_paths_may_leave_https() {
+        assert!(content_addressed("/v2/lab/img/blobs/sha256:abc"));
+        assert!(content_addressed("/v2/lab/img/manifests/sha256:abc"));
+        assert!(!content_addressed("/v2/lab/img/manifests/latest"));
+        assert!(!content_addressed("/v2/lab/img/tags/list"));
+    }
 
     #[test]
     fn references_parse_by_the_grammar() {

@@ -551,24 +551,33 @@ impl Wizard {
     }
 
     fn done_step(&mut self) -> Next {
+        // Enter reboots only where bty is the machine's workload (its live environment); on a
+        // workstation a flash is one job among others, and Enter leaves the wizard.
+        let live = crate::cli::power::is_live_environment();
+        let (reboot, exit, enter) = if live {
+            (" (default)", "", "Enter reboots")
+        } else {
+            ("", " (default)", "Enter exits")
+        };
         let mut body = String::new();
         let _ = writeln!(body, "{}\n", self.result.as_deref().unwrap_or("Done."));
         let _ = writeln!(
             body,
-            "  [r] reboot (default)\n  [p] power off\n  [s] exit to the shell\n  [a] flash another disk"
+            "  [r] reboot{reboot}\n  [p] power off\n  [s] exit to the shell{exit}\n  [a] flash another disk"
         );
         self.draw(Step::Done, &body);
         let Some(line) = self.ask("\nNext [r/p/s/a]: ") else { return quit() };
         let action = match parse_input(&line) {
-            Input::Empty | Input::Key('r') => PowerAction::Reboot,
+            Input::Empty if live => PowerAction::Reboot,
+            Input::Key('r') => PowerAction::Reboot,
             Input::Key('p') => PowerAction::PowerOff,
-            Input::Key('s') => return Next::Exit(ExitCode::SUCCESS),
+            Input::Empty | Input::Key('s') => return Next::Exit(ExitCode::SUCCESS),
             Input::Key('a') => {
                 self.disk = None;
                 return Next::Go(Step::Disk);
             }
             other => {
-                self.message = Some(bad_key(&other, "r, p, s or a (Enter reboots)", 0));
+                self.message = Some(bad_key(&other, &format!("r, p, s or a ({enter})"), 0));
                 return Next::Go(Step::Done);
             }
         };
