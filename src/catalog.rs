@@ -817,4 +817,75 @@ src = "https://h/d/debian.img.xz?sig=1"
         assert_eq!(format_of("usb.iso.gz"), "iso.gz");
         assert_eq!(format_of("noext"), "raw");
     }
+
+    /// What a server tells a client about a catalog never quotes it.
+    #[test]
+    fn untrusted_catalogs_are_never_quoted() {
+        let m = "Zq9-marker";
+        for text in [
+            format!("{m} = [\n"),
+            format!("version = 1\n{m} = 1\n{m} = 2\n"),
+            format!("version = 1\n{m} = 1\n"),
+            format!("version = 1\n[[images]]\nname = \"{m}\"\nsrc = \"{m}://h/x\"\n"),
+            format!("version = 1\n[[images]]\nname = \"{m}\"\nsrc = \"https://h:{m}/x\"\n"),
+            format!("version = 1\n[[images]]\nname = \"a\"\nsrc = \"file:///{m}\"\n"),
+            format!(
+                "version = 1\n[[images]]\nname = \"a\"\nsrc = \"https://h/a\"\nsha256 = \"{m}\"\n"
+            ),
+            format!(
+                "version = 1\n[[images]]\nname = \"a\"\nsrc = \"https://h/a\"\nref = \"{m}\"\n"
+            ),
+            format!("version = 1\n[[images]]\nname = \"a\"\nsrc = \"https://h/a\"\n{m} = 1\n"),
+            format!(
+                "version = 1\n[[images]]\nname = \"{m}\"\nsrc = \"https://h/a\"\n[[images]]\nname = \"{m}\"\nsrc = \"https://h/b\"\n"
+            ),
+            "version = 987654321\n".to_string(),
+            // Deep nesting is a parse error, not a stack overflow.
+            format!("version = 1\nx = {}{}\n", "[".repeat(1 << 20), "]".repeat(1 << 20)),
+            format!("version = 1\nx = {}1{}\n", "{a = ".repeat(1 << 19), "}".repeat(1 << 19)),
+        ] {
+            let said = match load_untrusted(text.as_bytes(), "https://h/c.toml") {
+                Ok(c) => c.warnings.join("; "),
+                Err(e) => e.to_string(),
+            };
+            assert!(said.starts_with("catalog https://h/c.toml: "), "{text}\n=> {said}");
+            assert!(!said.contains(m) && !said.contains("987654321"), "{text}\n=> {said}");
+        }
+    }
+
+    /// Seeded mutations of a valid catalog and random bytes through both parsers: no panic, a
+    /// clean error naming the source, and (untrusted) no text of the input in any message.
+    #[test]
+    fn fuzz_the_catalog_parser() {
+        use crate::fuzz::{Rng, iterations, mutate, seed};
+        let base = format!(
+            "version = 1\n# Zq9 lab\n[[images]]\nname = \"Zq9.img.zst\"\nsrc = \"https://Zq9.example:8080/a/Zq9.img.zst\"\nsha256 = \"{}\"\nformat = \"img.zst\"\nsize_bytes = 1234\ndescription = \"Zq9 \\\"x\\\"\"\narch = \"x86_64\"\n\n[[images]]\nname = 'b.qcow2'\nsrc = \"oras://ghcr.io/Zq9/b:1.0\"\nzq9 = [1, 2, {{ a = 1 }}]\n",
+            "a".repeat(64)
+        );
+        assert!(load_bytes(base.as_bytes(), SRC, Origin::Remote).is_ok());
+        let mut rng = Rng::new(seed());
+        for i in 0..iterations(10_000) {
+            let input = if rng.chance(8) {
+                (0..rng.below(2048)).map(|_| rng.next() as u8).collect()
+            } else {
+                mutate(&mut rng, base.as_bytes(), 64 << 10)
+            };
+            let run = || {
+                let quoted = load_bytes(&input, SRC, Origin::Remote).map(|c| c.entries.len());
+                let quiet = load_untrusted(&input, "https://h/c.toml");
+                (quoted, quiet)
+            };
+            let Ok((quoted, quiet)) = std::panic::catch_unwind(run) else {
+                panic!("seed {} iteration {i}: the catalog parser panicked", seed());
+            };
+            if let Err(e) = quoted {
+                assert!(e.to_string().starts_with("catalog catalog.toml: "), "#{i}: {e}");
+            }
+            let said = match quiet {
+                Ok(c) => c.warnings.join("; "),
+                Err(e) => e.to_string(),
+            };
+            assert!(!said.contains("Zq9") && !said.contains("zq9"), "seed {} #{i}: {said}", seed());
+        }
+    }
 }
