@@ -504,6 +504,14 @@ fn restore_refuses_crafted_archives_and_leaves_everything_as_it_was() {
     assert!(o.status.success(), "{}", util::stderr(&o));
     assert_eq!(std::fs::read(state.join("session-secret")).unwrap(), secret);
     assert_eq!(mode(&state.join("state.db")), 0o600);
+    let kept: Vec<String> = std::fs::read_dir(&state)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("state.db.pre-restore-"))
+        .collect();
+    assert!(kept.iter().any(|n| !n.ends_with("-wal")), "the replaced state.db is kept: {kept:?}");
+    assert!(!state.join("state.db-wal").exists(), "no old WAL beside the restored database");
     let s = Server::start_in(state.clone());
     let cookie = s.login();
     assert_eq!(s.call("GET", &format!("/machines/{mac}"), Some(&cookie), "").0, 200);

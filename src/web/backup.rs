@@ -565,16 +565,22 @@ pub fn restore(file: &Path, state: &Path) -> Result<Vec<String>> {
     for e in entries.iter().filter(|e| RESTORED.contains(&e.name)) {
         let name = e.name;
         let dest = state.join(name);
+        let keep = state.join(format!("{name}.pre-restore-{stamp}"));
         if fs::symlink_metadata(&dest).is_ok() {
-            let keep = state.join(format!("{name}.pre-restore-{stamp}"));
             fs::rename(&dest, &keep)
                 .with_context(|| format!("setting aside {}", dest.display()))?;
             done.push(format!("kept the previous {name} as {}", keep.display()));
         }
         if name == "state.db" {
-            for side in ["state.db-wal", "state.db-shm"] {
-                let _ = fs::remove_file(state.join(side));
+            // A killed server's last commits may still be in its WAL: it goes with the copy
+            // kept aside (SQLite finds it by name), never onto the restored database.
+            let wal = state.join("state.db-wal");
+            if wal.exists() {
+                let kept_wal = state.join(format!("state.db.pre-restore-{stamp}-wal"));
+                fs::rename(&wal, &kept_wal)
+                    .with_context(|| format!("setting aside {}", wal.display()))?;
             }
+            let _ = fs::remove_file(state.join("state.db-shm"));
         }
         fs::rename(temp(name), &dest).with_context(|| format!("renaming to {}", dest.display()))?;
         done.push(format!("restored {} ({})", dest.display(), crate::units::bytes(e.len)));
