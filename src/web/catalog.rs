@@ -205,8 +205,10 @@ fn digest_from_manifest(manifest_url: &str, file: &str) -> Result<String, Resp> 
             &format!("sha_url {manifest_url:?}: expected an http(s):// URL"),
         ));
     }
-    let bytes = crate::source::http::get_bytes(manifest_url, MANIFEST_MAX)
-        .map_err(|e| Resp::error(422, &format!("sha_url: {e}")))?;
+    let bytes = crate::source::http::get_bytes(manifest_url, MANIFEST_MAX).map_err(|e| {
+        let label = crate::catalog::source_label(manifest_url);
+        Resp::error(422, &format!("sha_url {label}: {}", fetch_failure(&label, &e)))
+    })?;
     let text = String::from_utf8_lossy(&bytes);
     find_digest(&text, file).ok_or_else(|| {
         Resp::error(
@@ -264,21 +266,20 @@ pub fn check_source(source: &str) -> Result<(), String> {
 
 /// Fetches and parses a catalog from an http(s):// or oras:// source. The error says what
 /// went wrong without quoting the response (which could be any document the server can reach):
-/// the HTTP status, the kind of network error, or where the TOML is wrong. The whole cause goes
-/// to the server's log.
+/// the HTTP status, the kind of network error, or where the TOML is wrong.
 pub fn load_remote(source: &str) -> Result<crate::catalog::Catalog, String> {
     check_source(source)?;
     let label = crate::catalog::source_label(source);
-    let bytes = crate::catalog::fetch_remote(source, crate::catalog::MAX_BYTES).map_err(|e| {
-        crate::warn!("fetching catalog {label}: {e}");
-        format!("fetching catalog {label}: {}", fetch_failure(&e))
-    })?;
+    let bytes = crate::catalog::fetch_remote(source, crate::catalog::MAX_BYTES)
+        .map_err(|e| format!("fetching catalog {label}: {}", fetch_failure(&label, &e)))?;
     crate::catalog::load_untrusted(&bytes, &label).map_err(|e| e.to_string())
 }
 
-/// What kind of failure a fetch was, in words of our own.
-fn fetch_failure(e: &crate::error::Error) -> String {
+/// What kind of failure a fetch of `label` was, in words of our own: an error can carry
+/// text of the response (a registry's error message), which only the server's log gets.
+fn fetch_failure(label: &str, e: &crate::error::Error) -> String {
     let text = e.to_string();
+    crate::warn!("fetching {label}: {text}");
     let status = text.match_indices("HTTP ").find_map(|(i, _)| {
         let code = text.get(i + 5..i + 8)?;
         code.bytes().all(|b| b.is_ascii_digit()).then_some(code)
@@ -286,7 +287,7 @@ fn fetch_failure(e: &crate::error::Error) -> String {
     if let Some(code) = status {
         format!("the server answered HTTP {code}")
     } else if text.contains("larger than") {
-        format!("the response is larger than {}", crate::units::bytes(crate::catalog::MAX_BYTES))
+        "the response is larger than allowed".to_string()
     } else if let Some(kind) = e.io_kind() {
         format!("{kind}")
     } else {
