@@ -524,7 +524,12 @@ fn check_manifest(entries: &[Entry], manifest: &str, label: &str) -> Result<()> 
 /// Opens a backup file's tar stream (zstd).
 fn open_backup(path: &Path) -> Result<impl Read> {
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    zstd::Decoder::new(file).with_context(|| format!("reading {}", path.display()))
+    let mut z = zstd::Decoder::new(file).with_context(|| format!("reading {}", path.display()))?;
+    // A frame may ask for any window size; 128 MiB (zstd's own default limit, said here so it
+    // does not depend on the library) covers what zstd writes without --long=31, and bounds
+    // what a crafted archive can make restore allocate.
+    z.window_log_max(27).with_context(|| format!("reading {}", path.display()))?;
+    Ok(z)
 }
 
 /// `bty-web restore FILE`: reads the backup into hidden temp files in the stopped state dir
