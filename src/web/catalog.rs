@@ -260,7 +260,7 @@ pub fn check_source(source: &str) -> Result<(), String> {
     }
     Err(format!(
         "source {label:?}: expected an http(s):// or oras:// URL with a host; the server never \
-         reads a path or file:// for a client (send the catalog file as the request body instead)"
+         reads a path or file:// for a client (upload the catalog file instead)"
     ))
 }
 
