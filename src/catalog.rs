@@ -98,21 +98,36 @@ pub fn fetch_remote(src: &str, limit: u64) -> Result<Vec<u8>> {
     crate::source::fetch_document(src, limit)
 }
 
-/// Parses and validates catalog text. `source` names it in messages.
+/// Parses and validates catalog text. `source` names it in messages, which quote the values
+/// that are wrong.
 pub fn load_bytes(bytes: &[u8], source: &str, origin: Origin) -> Result<Catalog> {
+    parse(bytes, source, origin, true)
+}
+
+/// Parses and validates a catalog that a server fetched or was sent for a client: checked as
+/// remote, and no message or warning quotes any of its text (a line, a key, a value), so that
+/// a client cannot read a document through the errors; positions, entry numbers and field
+/// names say where it is wrong.
+pub fn load_untrusted(bytes: &[u8], source: &str) -> Result<Catalog> {
+    parse(bytes, source, Origin::Remote, false)
+}
+
+/// `quote`: whether messages may show the catalog's own text.
+fn parse(bytes: &[u8], source: &str, origin: Origin, quote: bool) -> Result<Catalog> {
     let fail = |msg: String| Error::msg(format!("catalog {source}: {msg}"));
     check_size(bytes, source)?;
     let text = std::str::from_utf8(bytes).map_err(|e| {
         fail(format!("not UTF-8 text (invalid byte at offset {})", e.valid_up_to()))
     })?;
-    let top: toml::Table = toml::from_str(text).map_err(|e| fail(toml_error(text, &e)))?;
+    let top: toml::Table = toml::from_str(text).map_err(|e| fail(toml_error(text, &e, quote)))?;
 
     match top.get("version") {
         None => return Err(fail("version: missing (a catalog starts with `version = 1`)".into())),
         Some(toml::Value::Integer(VERSION)) => {}
         Some(toml::Value::Integer(v)) => {
+            let v = if quote { format!("{v} ") } else { String::new() };
             return Err(fail(format!(
-                "version: {v} is not supported (this bty reads version {VERSION})"
+                "version: {v}is not supported (this bty reads version {VERSION})"
             )));
         }
         Some(v) => {
@@ -135,7 +150,10 @@ pub fn load_bytes(bytes: &[u8], source: &str, origin: Origin) -> Result<Catalog>
     let mut warnings: Vec<String> = top
         .keys()
         .filter(|k| !matches!(k.as_str(), "version" | "images"))
-        .map(|k| format!("catalog {source}: unknown key {k:?} ignored"))
+        .map(|k| match quote {
+            true => format!("catalog {source}: unknown key {k:?} ignored"),
+            false => format!("catalog {source}: an unknown key ignored"),
+        })
         .collect();
 
     let mut entries = Vec::with_capacity(images.len());
@@ -148,20 +166,22 @@ pub fn load_bytes(bytes: &[u8], source: &str, origin: Origin) -> Result<Catalog>
                 a_type(v)
             )));
         };
-        let at = match t.get("name").and_then(|v| v.as_str()).filter(|s| !s.trim().is_empty()) {
-            Some(name) => format!("entry #{n} ({name:?})"),
-            None => format!("entry #{n}"),
+        let name = t.get("name").and_then(|v| v.as_str()).filter(|s| !s.trim().is_empty());
+        let at = match name {
+            Some(name) if quote => format!("entry #{n} ({name:?})"),
+            _ => format!("entry #{n}"),
         };
-        let entry =
-            parse_entry(t, origin).map_err(|(field, msg)| fail(format!("{at}: {field}: {msg}")))?;
+        let entry = parse_entry(t, origin, quote)
+            .map_err(|(field, msg)| fail(format!("{at}: {field}: {msg}")))?;
         if let Some(first) = names.insert(entry.name.clone(), n) {
-            return Err(fail(format!(
-                "{at}: name: {:?} is already the name of entry #{first}",
-                entry.name
-            )));
+            let name = if quote { format!("{:?} ", entry.name) } else { String::new() };
+            return Err(fail(format!("{at}: name: {name}is already the name of entry #{first}")));
         }
         for k in t.keys().filter(|k| !ENTRY_KEYS.contains(&k.as_str())) {
-            warnings.push(format!("catalog {source}: {at}: unknown field {k:?} ignored"));
+            warnings.push(match quote {
+                true => format!("catalog {source}: {at}: unknown field {k:?} ignored"),
+                false => format!("catalog {source}: {at}: an unknown field ignored"),
+            });
         }
         entries.push(entry);
     }
@@ -180,38 +200,44 @@ const MAX_WARNINGS: usize = 20;
 const ENTRY_KEYS: [&str; 8] =
     ["name", "src", "sha256", "format", "size_bytes", "description", "arch", "ref"];
 
-/// Validates one `[[images]]` table; an error is (field, problem).
-fn parse_entry(t: &toml::Table, origin: Origin) -> Result<Entry, (&'static str, String)> {
+/// Validates one `[[images]]` table; an error is (field, problem). `quote`: whether a problem
+/// may show the value.
+fn parse_entry(
+    t: &toml::Table,
+    origin: Origin,
+    quote: bool,
+) -> Result<Entry, (&'static str, String)> {
     let name = required_str(t, "name")?;
     let src = required_str(t, "src")?;
+    let shown = if quote { format!("{src:?}: ") } else { String::new() };
     if origin == Origin::Remote && scheme_is(&src, "file") {
         return Err((
             "src",
             format!(
-                "{src:?}: file:// sources are not allowed in a remote catalog (they name a file \
+                "{shown}file:// sources are not allowed in a remote catalog (they name a file \
                  on the publisher's machine; local images belong in the image root)"
             ),
         ));
     }
-    let image_ref = image_ref(&src).map_err(|e| ("src", format!("{src:?}: {e}")))?;
+    let image_ref = image_ref(&src).map_err(|e| ("src", format!("{shown}{e}")))?;
 
     let sha256 = match optional_str(t, "sha256")? {
         None => None,
         Some(s) => Some(parse_sha256(s).ok_or_else(|| {
-            (
-                "sha256",
-                format!("expected 64 hex digits (the digest of the bytes at src), got {s:?}"),
-            )
+            let got = if quote { format!(", got {s:?}") } else { String::new() };
+            ("sha256", format!("expected 64 hex digits (the digest of the bytes at src){got}"))
         })?),
     };
     if let Some(given) = optional_str(t, "ref")? {
         let given = given.trim().to_ascii_lowercase();
         if given != image_ref {
+            let shown =
+                if quote { format!("{given:?} (src's is {image_ref}) ") } else { String::new() };
             return Err((
                 "ref",
                 format!(
-                    "{given:?} does not match src (whose ref is {image_ref}): the publisher \
-                     canonicalised src differently, or the entry was edited"
+                    "{shown}does not match src: the publisher canonicalised src differently, \
+                     or the entry was edited"
                 ),
             ));
         }
@@ -223,16 +249,16 @@ fn parse_entry(t: &toml::Table, origin: Origin) -> Result<Entry, (&'static str, 
             .or_else(|| known_format(last_segment(&src)))
             .unwrap_or_else(|| "raw".into()),
     };
-    let size_bytes =
-        match t.get("size_bytes") {
-            None => None,
-            Some(toml::Value::Integer(n)) => Some(u64::try_from(*n).map_err(|_| {
-                ("size_bytes", format!("expected a byte count of 0 or more, got {n}"))
-            })?),
-            Some(v) => {
-                return Err(("size_bytes", format!("expected an integer, got {}", a_type(v))));
-            }
-        };
+    let size_bytes = match t.get("size_bytes") {
+        None => None,
+        Some(toml::Value::Integer(n)) => Some(u64::try_from(*n).map_err(|_| {
+            let got = if quote { format!(", got {n}") } else { String::new() };
+            ("size_bytes", format!("expected a byte count of 0 or more{got}"))
+        })?),
+        Some(v) => {
+            return Err(("size_bytes", format!("expected an integer, got {}", a_type(v))));
+        }
+    };
     Ok(Entry {
         name,
         src,
@@ -277,8 +303,8 @@ fn parse_sha256(s: &str) -> Option<String> {
     (s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())).then(|| s.to_ascii_lowercase())
 }
 
-/// A TOML syntax error in one line: where, then what.
-fn toml_error(text: &str, e: &toml::de::Error) -> String {
+/// A TOML syntax error in one line: where, then (`quote`) the line and what.
+fn toml_error(text: &str, e: &toml::de::Error, quote: bool) -> String {
     let msg = e.message().trim().replace('\n', "; ");
     match e.span() {
         Some(span) => {
@@ -289,6 +315,10 @@ fn toml_error(text: &str, e: &toml::de::Error) -> String {
             let before = &text[..start];
             let line = before.matches('\n').count() + 1;
             let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            if !quote {
+                // The parser's message can quote the text too ("duplicate key `x`").
+                return format!("invalid TOML at line {line}, column {col}");
+            }
             // The line itself, since some messages ("duplicate key") do not say which.
             let text_line = text.lines().nth(line - 1).unwrap_or("").trim();
             let mut shown: String = text_line.chars().take(60).collect();
@@ -299,7 +329,8 @@ fn toml_error(text: &str, e: &toml::de::Error) -> String {
                 shown.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
             format!("invalid TOML at line {line}, column {col} (`{shown}`): {msg}")
         }
-        None => format!("invalid TOML: {msg}"),
+        None if quote => format!("invalid TOML: {msg}"),
+        None => "invalid TOML".to_string(),
     }
 }
 
@@ -407,9 +438,7 @@ pub fn canonical_src(src: &str) -> Result<String> {
         s @ ("http" | "https") => canonical_http(s, rest),
         "oras" => canonical_oras(rest),
         "file" => canonical_file(rest),
-        other => {
-            crate::bail!("unsupported scheme {other:?} (expected http(s)://, oras:// or file://)")
-        }
+        _ => crate::bail!("unsupported scheme (expected http(s)://, oras:// or file://)"),
     }
 }
 
@@ -444,7 +473,7 @@ fn canonical_http(scheme: &str, rest: &str) -> Result<String> {
         p => match p.parse::<u16>() {
             Ok(n) if n == default => String::new(),
             Ok(n) => format!(":{n}"),
-            Err(_) => crate::bail!("port {p:?} is not a number from 0 to 65535"),
+            Err(_) => crate::bail!("the port is not a number from 0 to 65535"),
         },
     };
     Ok(format!("{scheme}://{host}{port}{tail}"))
@@ -468,7 +497,7 @@ fn canonical_oras(rest: &str) -> Result<String> {
     let (name, locator) = rest.split_at(sep);
     let ok = name.split_once('/').is_some_and(|(host, repo)| !host.is_empty() && !repo.is_empty());
     crate::ensure!(ok, "an oras:// reference needs a registry host and a repository");
-    crate::ensure!(locator.len() > 1, "the tag or digest after {:?} is empty", &locator[..1]);
+    crate::ensure!(locator.len() > 1, "the tag or digest after ':' or '@' is empty");
     Ok(format!("oras://{}{locator}", name.to_ascii_lowercase()))
 }
 
@@ -667,7 +696,7 @@ src = "https://h/d/debian.img.xz?sig=1"
             (one("name = \"a.img\""), format!("{a}: src: missing")),
             (
                 one("name = \"a.img\"\nsrc = \"ftp://h/a.img\""),
-                format!("{a}: src: \"ftp://h/a.img\": unsupported scheme \"ftp\""),
+                format!("{a}: src: \"ftp://h/a.img\": unsupported scheme"),
             ),
             (
                 one("name = \"a.img\"\nsrc = \"https:///a.img\""),
@@ -787,5 +816,76 @@ src = "https://h/d/debian.img.xz?sig=1"
         assert_eq!(format_of("disk.QCOW2"), "qcow2");
         assert_eq!(format_of("usb.iso.gz"), "iso.gz");
         assert_eq!(format_of("noext"), "raw");
+    }
+
+    /// What a server tells a client about a catalog never quotes it.
+    #[test]
+    fn untrusted_catalogs_are_never_quoted() {
+        let m = "Zq9-marker";
+        for text in [
+            format!("{m} = [\n"),
+            format!("version = 1\n{m} = 1\n{m} = 2\n"),
+            format!("version = 1\n{m} = 1\n"),
+            format!("version = 1\n[[images]]\nname = \"{m}\"\nsrc = \"{m}://h/x\"\n"),
+            format!("version = 1\n[[images]]\nname = \"{m}\"\nsrc = \"https://h:{m}/x\"\n"),
+            format!("version = 1\n[[images]]\nname = \"a\"\nsrc = \"file:///{m}\"\n"),
+            format!(
+                "version = 1\n[[images]]\nname = \"a\"\nsrc = \"https://h/a\"\nsha256 = \"{m}\"\n"
+            ),
+            format!(
+                "version = 1\n[[images]]\nname = \"a\"\nsrc = \"https://h/a\"\nref = \"{m}\"\n"
+            ),
+            format!("version = 1\n[[images]]\nname = \"a\"\nsrc = \"https://h/a\"\n{m} = 1\n"),
+            format!(
+                "version = 1\n[[images]]\nname = \"{m}\"\nsrc = \"https://h/a\"\n[[images]]\nname = \"{m}\"\nsrc = \"https://h/b\"\n"
+            ),
+            "version = 987654321\n".to_string(),
+            // Deep nesting is a parse error, not a stack overflow.
+            format!("version = 1\nx = {}{}\n", "[".repeat(1 << 20), "]".repeat(1 << 20)),
+            format!("version = 1\nx = {}1{}\n", "{a = ".repeat(1 << 19), "}".repeat(1 << 19)),
+        ] {
+            let said = match load_untrusted(text.as_bytes(), "https://h/c.toml") {
+                Ok(c) => c.warnings.join("; "),
+                Err(e) => e.to_string(),
+            };
+            assert!(said.starts_with("catalog https://h/c.toml: "), "{text}\n=> {said}");
+            assert!(!said.contains(m) && !said.contains("987654321"), "{text}\n=> {said}");
+        }
+    }
+
+    /// Seeded mutations of a valid catalog and random bytes through both parsers: no panic, a
+    /// clean error naming the source, and (untrusted) no text of the input in any message.
+    #[test]
+    fn fuzz_the_catalog_parser() {
+        use crate::fuzz::{Rng, iterations, mutate, seed};
+        let base = format!(
+            "version = 1\n# Zq9 lab\n[[images]]\nname = \"Zq9.img.zst\"\nsrc = \"https://Zq9.example:8080/a/Zq9.img.zst\"\nsha256 = \"{}\"\nformat = \"img.zst\"\nsize_bytes = 1234\ndescription = \"Zq9 \\\"x\\\"\"\narch = \"x86_64\"\n\n[[images]]\nname = 'b.qcow2'\nsrc = \"oras://ghcr.io/Zq9/b:1.0\"\nzq9 = [1, 2, {{ a = 1 }}]\n",
+            "a".repeat(64)
+        );
+        assert!(load_bytes(base.as_bytes(), SRC, Origin::Remote).is_ok());
+        let mut rng = Rng::new(seed());
+        for i in 0..iterations(10_000) {
+            let input = if rng.chance(8) {
+                (0..rng.below(2048)).map(|_| rng.next() as u8).collect()
+            } else {
+                mutate(&mut rng, base.as_bytes(), 64 << 10)
+            };
+            let run = || {
+                let quoted = load_bytes(&input, SRC, Origin::Remote).map(|c| c.entries.len());
+                let quiet = load_untrusted(&input, "https://h/c.toml");
+                (quoted, quiet)
+            };
+            let Ok((quoted, quiet)) = std::panic::catch_unwind(run) else {
+                panic!("seed {} iteration {i}: the catalog parser panicked", seed());
+            };
+            if let Err(e) = quoted {
+                assert!(e.to_string().starts_with("catalog catalog.toml: "), "#{i}: {e}");
+            }
+            let said = match quiet {
+                Ok(c) => c.warnings.join("; "),
+                Err(e) => e.to_string(),
+            };
+            assert!(!said.contains("Zq9") && !said.contains("zq9"), "seed {} #{i}: {said}", seed());
+        }
     }
 }

@@ -514,28 +514,74 @@ fn a_burst_of_200_pxe_contacts_costs_a_bounded_number_of_snapshots() {
     assert!(snapshots <= 40, "{snapshots} snapshots for 200 changes: not coalesced");
 }
 
+/// A query value, percent-encoded.
+fn percent(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// One POST with its own Content-Type; (status, body).
+fn post_typed(s: &Server, path: &str, cookie: &str, ctype: &str, body: &str) -> (u16, String) {
+    use std::io::Read;
+    let mut c = TcpStream::connect(&s.addr).unwrap();
+    write!(
+        c,
+        "POST {path} HTTP/1.1\r\nHost: {}\r\nCookie: {cookie}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        s.addr,
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0), body.to_string())
+}
+
+/// Answers one request on 127.0.0.1 with a 404 whose body is a registry-style JSON error.
+fn one_404_with_a_body(body: &'static str) -> (String, std::thread::JoinHandle<()>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let t = std::thread::spawn(move || {
+        let (mut c, _) = l.accept().unwrap();
+        c.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+        let mut r = BufReader::new(c.try_clone().unwrap());
+        let mut line = String::new();
+        while r.read_line(&mut line).is_ok_and(|n| n > 2) {
+            line.clear();
+        }
+        let _ = write!(
+            c,
+            "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    });
+    (addr, t)
+}
+
 #[test]
 fn catalog_import_is_idempotent_and_names_bad_input() {
     let s = Server::start("catalog-import");
     let c = s.login();
-    let dir = util::TestDir::new("catalog-import");
+    let web = util::httpd::Httpd::start();
     let sha = "a".repeat(64);
-    let good = dir.path("lab.toml");
-    std::fs::write(
-        &good,
-        format!(
-            "version = 1\n\n[[images]]\nname = \"debian-12.img.zst\"\nsrc = \"https://img.lab/debian-12.img.zst\"\nsha256 = \"{sha}\"\nsize_bytes = 1234\n\n[[images]]\nname = \"<script>.qcow2\"\nsrc = \"https://img.lab/x.qcow2\"\n"
-        ),
-    )
-    .unwrap();
-    let q = |p: &std::path::Path| format!("/catalog/import?source={}", p.display());
-    assert_eq!(s.call("POST", &q(&good), None, "").0, 401);
-    let (st, _, body) = s.call("POST", &q(&good), Some(&c), "");
+    let good = format!(
+        "version = 1\n\n[[images]]\nname = \"debian-12.img.zst\"\nsrc = \"https://img.lab/debian-12.img.zst\"\nsha256 = \"{sha}\"\nsize_bytes = 1234\n\n[[images]]\nname = \"<script>.qcow2\"\nsrc = \"https://img.lab/x.qcow2\"\n"
+    );
+    web.file("/lab.toml", good.clone().into_bytes(), false, None);
+    let q = |url: &str| format!("/catalog/import?source={}", percent(url));
+    assert_eq!(s.call("POST", &q(&web.url("/lab.toml")), None, "").0, 401);
+    let (st, _, body) = s.call("POST", &q(&web.url("/lab.toml")), Some(&c), "");
     assert_eq!(st, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!((v["imported"].as_u64(), v["skipped"].as_u64()), (Some(2), Some(0)), "{body}");
     assert_eq!(v["errors"].as_array().map(Vec::len), Some(0));
-    let (_, _, body) = s.call("POST", &q(&good), Some(&c), "");
+    let (_, _, body) = s.call("POST", &q(&web.url("/lab.toml")), Some(&c), "");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!((v["imported"].as_u64(), v["skipped"].as_u64()), (Some(0), Some(2)), "{body}");
     let (_, _, list) = s.call("GET", "/catalog/entries", Some(&c), "");
@@ -549,23 +595,95 @@ fn catalog_import_is_idempotent_and_names_bad_input() {
     let t: toml::Table = toml::from_str(&toml_text).unwrap();
     assert_eq!(t["images"].as_array().map(Vec::len), Some(2));
 
-    let bad = dir.path("bad.toml");
-    std::fs::write(
-        &bad,
-        "version = 1\n[[images]]\nname = \"x\"\nsrc = \"https://a/x.img\"\nsha256 = \"nope\"\n",
-    )
-    .unwrap();
-    let (st, _, body) = s.call("POST", &q(&bad), Some(&c), "");
+    // Bad documents are named by source, place and field; none of their text comes back.
+    let secret = "SeCrEt-7f3a";
+    for (path, text, want) in [
+        (
+            "/bad-sha.toml",
+            format!(
+                "version = 1\n[[images]]\nname = \"x\"\nsrc = \"https://a/x.img\"\nsha256 = \"{secret}\"\n"
+            ),
+            "entry #1: sha256: expected 64 hex digits",
+        ),
+        ("/not-toml.toml", format!("{secret} and more text\n"), "invalid TOML at line 1, column"),
+        (
+            "/dup.toml",
+            format!("version = 1\n{secret} = 1\n{secret} = 2\n"),
+            "invalid TOML at line 3, column 1",
+        ),
+        (
+            "/unknown-src.toml",
+            format!("version = 1\n[[images]]\nname = \"{secret}\"\nsrc = \"{secret}://h/x\"\n"),
+            "entry #1: src: unsupported scheme",
+        ),
+        (
+            "/file-src.toml",
+            format!("version = 1\n[[images]]\nname = \"x\"\nsrc = \"file:///{secret}\"\n"),
+            "entry #1: src: file:// sources are not allowed in a remote catalog",
+        ),
+    ] {
+        web.file(path, text.into_bytes(), false, None);
+        let (st, _, body) = s.call("POST", &q(&web.url(path)), Some(&c), "");
+        assert_eq!(st, 422, "{path}: {body}");
+        assert!(body.contains(&web.url(path)) && body.contains(want), "{path}: {body}");
+        assert!(!body.contains(secret), "{path} echoed: {body}");
+    }
+    let (st, _, body) = s.call("POST", &q(&web.url("/missing.toml")), Some(&c), "");
     assert_eq!(st, 422, "{body}");
-    assert!(body.contains("bad.toml") && body.contains("sha256"), "{body}");
-    std::fs::write(&bad, "version = [\n").unwrap();
-    let (st, _, body) = s.call("POST", &q(&bad), Some(&c), "");
+    assert!(body.contains("missing.toml") && body.contains("HTTP 404"), "{body}");
+    let (addr, t) = one_404_with_a_body(r#"{"errors":[{"message":"SeCrEt-7f3a in a 404"}]}"#);
+    let (st, _, body) = s.call("POST", &q(&format!("http://{addr}/c.toml")), Some(&c), "");
+    t.join().unwrap();
     assert_eq!(st, 422, "{body}");
+    assert!(body.contains("HTTP 404") && !body.contains(secret), "{body}");
+
+    // Never a server path or file://: refused before anything is read, naming what to do.
+    let file = s.state.join("lab.toml");
+    std::fs::write(&file, &good).unwrap();
+    let secret_file = s.state.join("session-secret");
+    for source in [
+        file.display().to_string(),
+        format!("file://{}", file.display()),
+        secret_file.display().to_string(),
+        format!("file://{}", secret_file.display()),
+        "ftp://h/c.toml".to_string(),
+        "https:///c.toml".to_string(),
+    ] {
+        let (st, _, body) = s.call("POST", &q(&source), Some(&c), "");
+        assert_eq!(st, 422, "{source}: {body}");
+        assert!(body.contains("expected an http(s):// or oras:// URL"), "{source}: {body}");
+        assert!(body.contains("never reads a path or file://"), "{source}: {body}");
+        assert!(!body.contains("version") && !body.contains("debian"), "{source}: {body}");
+    }
     let (st, _, body) = s.call("POST", "/catalog/import", Some(&c), "");
     assert_eq!(st, 422, "{body}");
-    let (st, _, body) = s.call("POST", &q(&dir.path("missing.toml")), Some(&c), "");
+    assert!(body.contains("source: required"), "{body}");
+
+    // Or the catalog itself as the body, as application/toml.
+    let other = "version = 1\n[[images]]\nname = \"u.img\"\nsrc = \"https://img.lab/u.img\"\n";
+    let (st, body) = post_typed(&s, "/catalog/import", &c, "text/plain", other);
+    assert_eq!(st, 415, "{body}");
+    let with_source = q(&web.url("/lab.toml"));
+    let (st, body) = post_typed(&s, &with_source, &c, "application/toml", other);
     assert_eq!(st, 422, "{body}");
-    assert!(body.contains("missing.toml"), "{body}");
+    assert!(body.contains("not both"), "{body}");
+    let file_src = "version = 1\n[[images]]\nname = \"f.img\"\nsrc = \"file:///etc/f.img\"\n";
+    let (st, body) = post_typed(&s, "/catalog/import", &c, "application/toml", file_src);
+    assert_eq!(st, 422, "{body}");
+    assert!(
+        body.contains("(request body): entry #1: src: file:// sources are not allowed"),
+        "{body}"
+    );
+    // None of the refusals added an entry.
+    let (_, _, list) = s.call("GET", "/catalog/entries", Some(&c), "");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&list).unwrap().as_array().map(Vec::len),
+        Some(2)
+    );
+    let (st, body) =
+        post_typed(&s, "/catalog/import", &c, "application/toml; charset=utf-8", other);
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains("\"imported\":1"), "{body}");
 }
 
 #[test]

@@ -32,7 +32,7 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
 }
 
 /// Imports a catalog of (name, src, sha256, size) entries through the API.
-fn import(s: &Server, dir: &util::TestDir, entries: &[(&str, &str, &str, usize)]) {
+fn import(s: &Server, entries: &[(&str, &str, &str, usize)]) {
     let mut toml = String::from("version = 1\n");
     for (name, src, sha, size) in entries {
         let format = if name.ends_with(".zst") { "img.zst" } else { "img" };
@@ -40,11 +40,12 @@ fn import(s: &Server, dir: &util::TestDir, entries: &[(&str, &str, &str, usize)]
             "\n[[images]]\nname = \"{name}\"\nsrc = \"{src}\"\nsha256 = \"{sha}\"\nformat = \"{format}\"\nsize_bytes = {size}\n"
         ));
     }
-    let path = dir.path("catalog.toml");
-    std::fs::write(&path, toml).unwrap();
+    // bty-web imports only from URLs: serve the catalog for the one request.
+    let web = Httpd::start();
+    web.file("/catalog.toml", toml.into_bytes(), false, None);
+    let url = web.url("/catalog.toml").replace(':', "%3A").replace('/', "%2F");
     let c = s.login();
-    let (st, _, body) =
-        s.call("POST", &format!("/catalog/import?source={}", path.display()), Some(&c), "");
+    let (st, _, body) = s.call("POST", &format!("/catalog/import?source={url}"), Some(&c), "");
     assert_eq!(st, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["errors"], serde_json::json!([]), "{body}");
@@ -105,7 +106,7 @@ fn two_flashes_pull_from_the_origin_once_and_a_cut_origin_still_serves() {
     origin.faults("/img/debian.img.zst", vec![Fault::Stall(256 << 10, Duration::from_secs(2))]);
     let cache = dir.path("cache");
     let s = start("cache-once", &cache, &[]);
-    import(&s, &dir, &[("debian.img.zst", &origin.url("/img/debian.img.zst"), &sha, image.len())]);
+    import(&s, &[("debian.img.zst", &origin.url("/img/debian.img.zst"), &sha, image.len())]);
 
     let url = format!("http://{}/images/{sha}/debian.img.zst", s.addr);
     let listed = images(&s);
@@ -223,7 +224,7 @@ fn a_corrupted_cache_file_is_detected_by_its_digest_and_fetched_again() {
     origin.file("/a.img", image.clone(), true, None);
     let cache = dir.path("cache");
     let s = start("cache-corrupt", &cache, &[]);
-    import(&s, &dir, &[("a.img", &origin.url("/a.img"), &sha, image.len())]);
+    import(&s, &[("a.img", &origin.url("/a.img"), &sha, image.len())]);
     let path = format!("/images/{sha}/a.img");
     assert!(get(&s.addr, "GET", &path, "").2 == image);
     assert_eq!(whole_fetches(&origin, "/a.img"), 1);
@@ -271,7 +272,6 @@ fn an_origin_that_sends_other_bytes_leaves_nothing_and_says_why() {
     let s = start("cache-bad", &cache, &[]);
     import(
         &s,
-        &dir,
         &[
             ("b.img", &origin.url("/b.img"), &pinned, image.len()),
             ("gone.img", &origin.url("/gone.img"), &"e".repeat(64), 10),
@@ -310,7 +310,6 @@ fn a_full_cache_disk_fails_the_fetch_with_the_reason_and_keeps_nothing() {
     let s = start("cache-full", &cache, &[]);
     import(
         &s,
-        &dir,
         &[
             ("big.img", &origin.url("/big.img"), &big_sha, big.len()),
             ("small.img", &origin.url("/small.img"), &small_sha, small.len()),
@@ -359,7 +358,7 @@ fn an_air_gapped_lab_flashes_from_a_pre_seeded_cache() {
 
     // The origin is unreachable (nothing listens on the discard port).
     let s = Server::start_in_env(state, &[("BTY_CACHE_DIR", cache.to_str().unwrap())]);
-    import(&s, &dir, &[("debian.img.zst", "http://127.0.0.1:9/debian.img.zst", &sha, image.len())]);
+    import(&s, &[("debian.img.zst", "http://127.0.0.1:9/debian.img.zst", &sha, image.len())]);
     let listed = images(&s);
     assert_eq!(listed[0]["cached"], true);
     let url = listed[0]["url"].as_str().unwrap().to_string();
@@ -391,7 +390,7 @@ fn the_cap_evicts_the_least_recently_used_image() {
         .zip(&shas)
         .map(|((n, u, l), sha)| (n.as_str(), u.as_str(), sha.as_str(), *l))
         .collect();
-    import(&s, &dir, &list);
+    import(&s, &list);
     let fetch = |i: usize| {
         let (st, _, body) =
             get(&s.addr, "GET", &format!("/images/{}/{}", shas[i], entries[i].0), "");

@@ -537,12 +537,18 @@ fn settings_store_the_default_catalog_which_the_images_page_fetches() {
             && page.contains("value=\"no-slash\"")
     );
     let file = s.state.join("lab.toml");
-    std::fs::write(
-        &file,
-        "version = 1\n[[images]]\nname = \"x.img\"\nsrc = \"https://images.example/x.img\"\n",
-    )
-    .unwrap();
+    let text =
+        "version = 1\n[[images]]\nname = \"x.img\"\nsrc = \"https://images.example/x.img\"\n";
+    std::fs::write(&file, text).unwrap();
+    // A path on the server is never a catalog source.
     let body = format!("catalog_url={}&release_repo=lab%2Fbty&release_tag=v1.2.3", file.display());
+    let (st, _, page) = post_form(&s, &cookie, "/ui/settings/upstream", &body);
+    assert_eq!(st, 422);
+    assert!(page.contains("expected an http(s):// or oras:// URL"), "{page}");
+    let web = util::httpd::Httpd::start();
+    web.file("/lab.toml", text.as_bytes().to_vec(), false, None);
+    let url = web.url("/lab.toml").replace(':', "%3A").replace('/', "%2F");
+    let body = format!("catalog_url={url}&release_repo=lab%2Fbty&release_tag=v1.2.3");
     let (_, page) = post_and_follow(&s, &cookie, "/ui/settings/upstream", &body);
     assert!(
         page.contains("Upstream sources saved.") && page.contains("value=\"lab/bty\""),

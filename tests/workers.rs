@@ -49,6 +49,11 @@ fn unpack(file: &Path, dest: &Path) {
     assert!(o.status.success(), "{}", util::stderr(&o));
 }
 
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
 fn web(state: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_bty-web"));
     c.arg("--state-dir").arg(state).env_remove("BTY_CONFIG_FILE").env_remove("BTY_CONFIG_DIR");
@@ -149,6 +154,11 @@ fn a_backup_killed_mid_way_leaves_nothing_and_is_reported_interrupted() {
         assert!(Instant::now() < deadline, "the backup never started writing");
         std::thread::sleep(Duration::from_millis(5));
     }
+    // Private while it is being written, not only once it is done.
+    assert_eq!(mode(&backups), 0o700);
+    for e in std::fs::read_dir(&backups).unwrap().flatten() {
+        assert_eq!(mode(&e.path()), 0o600, "{}", e.path().display());
+    }
     s.stop_keeping_state();
     let s = Server::start_in(state.clone());
     let cookie = s.login();
@@ -192,6 +202,11 @@ fn retention_keeps_n_and_restore_checks_the_manifest_and_the_lock() {
     let (_, _, events) = s.call("GET", "/events?kind=backup.pruned", Some(&cookie), "");
     assert!(events.contains("retention keeps 2"), "{events}");
     let newest = PathBuf::from(files[0]["path"].as_str().unwrap());
+    // They hold state.db and bty.toml: the owner's alone.
+    assert_eq!(mode(&state.join("backups")), 0o700);
+    for f in files {
+        assert_eq!(mode(Path::new(f["path"].as_str().unwrap())), 0o600, "{f}");
+    }
 
     // Restore refuses a running server's state dir.
     let o = web(&state).arg("restore").arg(&newest).output().unwrap();
@@ -228,6 +243,278 @@ fn retention_keeps_n_and_restore_checks_the_manifest_and_the_lock() {
     assert!(!o.status.success());
     assert!(util::stderr(&o).contains("catalog.toml does not match"), "{}", util::stderr(&o));
     assert_eq!(std::fs::read(fresh.join("state.db")).unwrap(), before);
+}
+
+/// One tar entry: name, type flag, link target, data; the size field says `claimed` bytes
+/// (the data's length when None).
+struct TarEntry<'a> {
+    name: &'a str,
+    kind: u8,
+    link: &'a str,
+    data: &'a [u8],
+    claimed: Option<u64>,
+}
+
+fn file<'a>(name: &'a str, data: &'a [u8]) -> TarEntry<'a> {
+    TarEntry { name, kind: b'0', link: "", data, claimed: None }
+}
+
+/// A tar stream (ustar headers, written here rather than by tar(1), so that it can say what
+/// an attacker's archive would).
+fn tar(entries: &[TarEntry]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in entries {
+        let mut h = [0u8; 512];
+        h[..e.name.len()].copy_from_slice(e.name.as_bytes());
+        h[100..107].copy_from_slice(b"0000600");
+        h[108..115].copy_from_slice(b"0000000");
+        h[116..123].copy_from_slice(b"0000000");
+        let size = format!("{:011o}", e.claimed.unwrap_or(e.data.len() as u64));
+        h[124..135].copy_from_slice(size.as_bytes());
+        h[136..147].copy_from_slice(b"00000000001");
+        h[156] = e.kind;
+        h[157..157 + e.link.len()].copy_from_slice(e.link.as_bytes());
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[263..265].copy_from_slice(b"00");
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u64 = h.iter().map(|&b| u64::from(b)).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        out.extend_from_slice(&h);
+        out.extend_from_slice(e.data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.extend_from_slice(&[0u8; 1024]);
+    out
+}
+
+/// A manifest listing `files` with their true digests.
+fn manifest(files: &[(&str, &[u8])]) -> String {
+    files.iter().map(|(n, d)| format!("{}  {n}\n", util::sha256(d))).collect()
+}
+
+/// Every file under `dir` with its type, mode and bytes (or link target), to compare a state
+/// dir before and after a refused restore.
+fn snapshot(dir: &Path) -> std::collections::BTreeMap<PathBuf, (u32, Vec<u8>)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            let bytes = if meta.is_dir() {
+                todo.push(p.clone());
+                Vec::new()
+            } else if meta.file_type().is_symlink() {
+                std::fs::read_link(&p).unwrap().into_os_string().into_encoded_bytes()
+            } else {
+                std::fs::read(&p).unwrap()
+            };
+            out.insert(
+                p.strip_prefix(dir).unwrap().to_path_buf(),
+                (meta.permissions().mode(), bytes),
+            );
+        }
+    }
+    out
+}
+
+#[test]
+fn restore_refuses_crafted_archives_and_leaves_everything_as_it_was() {
+    let dir = TestDir::new("workers-crafted");
+    let state = dir.path("state");
+    let s = Server::start_in(state.clone());
+    let cookie = s.login();
+    let mac = "52:54:00:04:00:02";
+    assert_eq!(s.call("PUT", &format!("/machines/{mac}"), Some(&cookie), "{}").0, 200);
+    s.stop_keeping_state();
+    // The machine is in the WAL of a killed server: fold it into state.db for the archive.
+    let conn = rusqlite::Connection::open(state.join("state.db")).unwrap();
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);").unwrap();
+    drop(conn);
+    assert!(state.join("session-secret").exists());
+    let db = std::fs::read(state.join("state.db")).unwrap();
+    let catalog = b"version = 1\n".to_vec();
+    let outside_abs = std::env::temp_dir().join(format!("bty-crafted-abs-{}", std::process::id()));
+    let abs = outside_abs.display().to_string();
+    let m = manifest(&[("state.db", &db[..]), ("catalog.toml", &catalog[..])]);
+    let mut big = vec![b'#'; (1 << 20) + 1];
+    big[0] = b'\n';
+    let mut wrong = m.clone();
+    wrong.replace_range(..1, if m.starts_with('0') { "1" } else { "0" });
+    let full = tar(&[
+        file("MANIFEST.sha256", m.as_bytes()),
+        file("state.db", &db),
+        file("catalog.toml", &catalog),
+    ]);
+
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "../x",
+            tar(&[file("MANIFEST.sha256", m.as_bytes()), file("../x", b"escaped")]),
+            "\"../x\" contains a '..' segment",
+        ),
+        (
+            "absolute",
+            tar(&[file("MANIFEST.sha256", m.as_bytes()), file(&abs, b"escaped")]),
+            "is an absolute path",
+        ),
+        (
+            "session-secret",
+            tar(&[
+                file("MANIFEST.sha256", m.as_bytes()),
+                file("state.db", &db),
+                file("session-secret", &[7u8; 32]),
+            ]),
+            "\"session-secret\" is never restored",
+        ),
+        (
+            "duplicate",
+            tar(&[
+                file("MANIFEST.sha256", m.as_bytes()),
+                file("state.db", &db),
+                file("state.db", b"second"),
+            ]),
+            "state.db: appears twice",
+        ),
+        (
+            "symlink",
+            tar(&[
+                file("MANIFEST.sha256", m.as_bytes()),
+                TarEntry {
+                    name: "bty.toml",
+                    kind: b'2',
+                    link: "/etc/passwd",
+                    data: b"",
+                    claimed: None,
+                },
+            ]),
+            "\"bty.toml\" is a symbolic link",
+        ),
+        (
+            "hard link",
+            tar(&[
+                file("MANIFEST.sha256", m.as_bytes()),
+                TarEntry {
+                    name: "state.db",
+                    kind: b'1',
+                    link: "/etc/shadow",
+                    data: b"",
+                    claimed: None,
+                },
+            ]),
+            "\"state.db\" is a hard link",
+        ),
+        (
+            "device",
+            tar(&[
+                file("MANIFEST.sha256", m.as_bytes()),
+                TarEntry { name: "state.db", kind: b'4', link: "", data: b"", claimed: None },
+            ]),
+            "is a block device",
+        ),
+        (
+            "oversize",
+            tar(&[
+                file("MANIFEST.sha256", m.as_bytes()),
+                file("state.db", &db),
+                file("bty.toml", &big),
+            ]),
+            "bty.toml: 1048577 bytes is more than the 1.0 MiB",
+        ),
+        (
+            "truncated",
+            {
+                let mut t = full.clone();
+                t.truncate(512 * 2 + db.len() / 2);
+                t
+            },
+            "truncated archive (state.db ends after",
+        ),
+        // A short zstd frame: whatever the decoder says, it is a refusal.
+        ("truncated zstd", full.clone(), ""),
+        (
+            "claims more than it holds",
+            tar(&[
+                file("MANIFEST.sha256", m.as_bytes()),
+                TarEntry {
+                    name: "state.db",
+                    kind: b'0',
+                    link: "",
+                    data: &db,
+                    claimed: Some(db.len() as u64 + 4096),
+                },
+            ]),
+            "truncated archive",
+        ),
+        (
+            "wrong digest",
+            tar(&[
+                file("MANIFEST.sha256", wrong.as_bytes()),
+                file("state.db", &db),
+                file("catalog.toml", &catalog),
+            ]),
+            "does not match its manifest sha256",
+        ),
+        (
+            "unlisted",
+            tar(&[
+                file("MANIFEST.sha256", m.as_bytes()),
+                file("state.db", &db),
+                file("catalog.toml", &catalog),
+                file("bty.toml", b"[admin]\n"),
+            ]),
+            "holds bty.toml, which MANIFEST.sha256 does not list",
+        ),
+        ("no manifest", tar(&[file("state.db", &db)]), "has no MANIFEST.sha256"),
+    ];
+
+    let before = snapshot(&state);
+    let parent_before = snapshot(&dir.0);
+    for (i, (what, bytes, want)) in cases.iter().enumerate() {
+        let mut compressed = util::zstd(bytes);
+        if *what == "truncated zstd" {
+            // Cut the compressed stream too: the tar reader sees a short zstd frame.
+            compressed.truncate(compressed.len() * 3 / 4);
+        }
+        let file = dir.path(&format!("crafted-{i}.tar.zst"));
+        std::fs::write(&file, &compressed).unwrap();
+        let o = web(&state).arg("restore").arg(&file).output().unwrap();
+        let err = util::stderr(&o);
+        assert!(!o.status.success(), "{what}: restore succeeded");
+        assert!(err.contains("restore refused"), "{what}: {err}");
+        assert!(err.contains(want), "{what}: {err}\nwanted: {want}");
+        assert_eq!(snapshot(&state), before, "{what}: the state dir changed");
+        assert!(!outside_abs.exists(), "{what}: wrote {abs}");
+        assert!(!dir.path("x").exists(), "{what}: wrote ../x");
+        std::fs::remove_file(&file).unwrap();
+        let mut after = snapshot(&dir.0);
+        after.retain(|p, _| !p.starts_with("state"));
+        let mut was = parent_before.clone();
+        was.retain(|p, _| !p.starts_with("state"));
+        assert_eq!(after, was, "{what}: something was written beside the state dir");
+    }
+
+    // The same parts, well formed, restore: the machine is back and the session secret is
+    // the state dir's own.
+    let secret = std::fs::read(state.join("session-secret")).unwrap();
+    let ok = dir.path("ok.tar.zst");
+    std::fs::write(&ok, util::zstd(&full)).unwrap();
+    let o = web(&state).arg("restore").arg(&ok).output().unwrap();
+    assert!(o.status.success(), "{}", util::stderr(&o));
+    assert_eq!(std::fs::read(state.join("session-secret")).unwrap(), secret);
+    assert_eq!(mode(&state.join("state.db")), 0o600);
+    let kept: Vec<String> = std::fs::read_dir(&state)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("state.db.pre-restore-"))
+        .collect();
+    assert!(kept.iter().any(|n| !n.ends_with("-wal")), "the replaced state.db is kept: {kept:?}");
+    assert!(!state.join("state.db-wal").exists(), "no old WAL beside the restored database");
+    let s = Server::start_in(state.clone());
+    let cookie = s.login();
+    assert_eq!(s.call("GET", &format!("/machines/{mac}"), Some(&cookie), "").0, 200);
 }
 
 #[test]

@@ -205,8 +205,10 @@ fn digest_from_manifest(manifest_url: &str, file: &str) -> Result<String, Resp> 
             &format!("sha_url {manifest_url:?}: expected an http(s):// URL"),
         ));
     }
-    let bytes = crate::source::http::get_bytes(manifest_url, MANIFEST_MAX)
-        .map_err(|e| Resp::error(422, &format!("sha_url: {e}")))?;
+    let bytes = crate::source::http::get_bytes(manifest_url, MANIFEST_MAX).map_err(|e| {
+        let label = crate::catalog::source_label(manifest_url);
+        Resp::error(422, &format!("sha_url {label}: {}", fetch_failure(&label, &e)))
+    })?;
     let text = String::from_utf8_lossy(&bytes);
     find_digest(&text, file).ok_or_else(|| {
         Resp::error(
@@ -248,17 +250,96 @@ pub fn find_digest(text: &str, file: &str) -> Option<String> {
     }
 }
 
-/// `POST /catalog/import?source=SRC`: adds every entry of a catalog (a path on the server,
-/// file://, http(s)://, a bty-web `/catalog.toml` or oras://) as metadata; no image bytes are
-/// fetched. Idempotent: entries whose src is already in the catalog are skipped.
+/// Why a catalog source cannot be imported by the server: only http(s):// and oras:// with a
+/// host. Never a path or file:// (the server would read its own files for the client).
+pub fn check_source(source: &str) -> Result<(), String> {
+    let label = crate::catalog::source_label(source);
+    let remote = check_image_url(source).is_ok();
+    if remote {
+        return Ok(());
+    }
+    Err(format!(
+        "source {label:?}: expected an http(s):// or oras:// URL with a host; the server never \
+         reads a path or file:// for a client (upload the catalog file instead)"
+    ))
+}
+
+/// Fetches and parses a catalog from an http(s):// or oras:// source. The error says what
+/// went wrong without quoting the response (which could be any document the server can reach):
+/// the HTTP status, the kind of network error, or where the TOML is wrong.
+pub fn load_remote(source: &str) -> Result<crate::catalog::Catalog, String> {
+    check_source(source)?;
+    let label = crate::catalog::source_label(source);
+    let bytes = crate::catalog::fetch_remote(source, crate::catalog::MAX_BYTES)
+        .map_err(|e| format!("fetching catalog {label}: {}", fetch_failure(&label, &e)))?;
+    crate::catalog::load_untrusted(&bytes, &label).map_err(|e| e.to_string())
+}
+
+/// What kind of failure a fetch of `label` was, in words of our own: an error can carry
+/// text of the response (a registry's error message), which only the server's log gets.
+fn fetch_failure(label: &str, e: &crate::error::Error) -> String {
+    let text = e.to_string();
+    crate::warn!("fetching {label}: {text}");
+    let status = text.match_indices("HTTP ").find_map(|(i, _)| {
+        let code = text.get(i + 5..i + 8)?;
+        code.bytes().all(|b| b.is_ascii_digit()).then_some(code)
+    });
+    if let Some(code) = status {
+        format!("the server answered HTTP {code}")
+    } else if text.contains("larger than") {
+        "the response is larger than allowed".to_string()
+    } else if let Some(kind) = e.io_kind() {
+        format!("{kind}")
+    } else {
+        "it failed (the cause is in the server's log)".to_string()
+    }
+}
+
+/// `POST /catalog/import?source=URL` (http(s):// or oras://, a bty-web `/catalog.toml`
+/// included), or with the catalog itself as the body (`Content-Type: application/toml`):
+/// adds every entry as metadata; no image bytes are fetched. Idempotent: entries whose src is
+/// already in the catalog are skipped.
 pub fn import(app: &App, req: &Req) -> Resp {
-    let Some(source) = req.param("source").map(str::trim).filter(|s| !s.is_empty()) else {
-        return Resp::error(422, "source: required query parameter");
+    let source = req.param("source").map(str::trim).filter(|s| !s.is_empty());
+    let loaded = match (source, req.body.is_empty()) {
+        (Some(_), false) => {
+            Err("give either ?source= (an http(s):// or oras:// URL) or the catalog as the body, \
+             not both"
+                .to_string())
+        }
+        (None, true) => Err("source: required query parameter (an http(s):// or oras:// URL), \
+                             or send the catalog as the request body"
+            .to_string()),
+        (Some(src), true) => load_remote(src),
+        (None, false) => {
+            let ctype = req.header("content-type").unwrap_or("");
+            let mime = ctype.split(';').next().unwrap_or("").trim();
+            if !mime.eq_ignore_ascii_case("application/toml") {
+                return Resp::error(
+                    415,
+                    "a catalog sent as the body needs Content-Type: application/toml",
+                );
+            }
+            crate::catalog::load_untrusted(&req.body, "(request body)").map_err(|e| e.to_string())
+        }
     };
-    let cat = match crate::catalog::load_source(source, &crate::catalog::fetch_remote) {
-        Ok(c) => c,
-        Err(e) => return Resp::error(422, &e.to_string()),
-    };
+    match loaded {
+        Ok(cat) => add_all(app, &cat),
+        Err(msg) => Resp::error(422, &msg),
+    }
+}
+
+/// Imports a catalog uploaded from the Images page.
+pub fn import_upload(app: &App, bytes: &[u8], file_name: &str) -> Resp {
+    let label = format!("(uploaded file {file_name:?})");
+    match crate::catalog::load_untrusted(bytes, &label) {
+        Ok(cat) => add_all(app, &cat),
+        Err(e) => Resp::error(422, &e.to_string()),
+    }
+}
+
+/// Adds every entry of a loaded catalog; the 200 answer of an import.
+fn add_all(app: &App, cat: &crate::catalog::Catalog) -> Resp {
     let (mut imported, mut skipped, mut errors) = (0u64, 0u64, Vec::new());
     for e in &cat.entries {
         let entry = CatalogEntry {

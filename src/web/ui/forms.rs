@@ -246,6 +246,11 @@ fn import(ctx: &Ctx<'_>, source: &str) -> Resp {
         ctx.app,
         &inner_req(ctx, Vec::new(), vec![("source".into(), source.to_string())]),
     );
+    import_report(resp)
+}
+
+/// The Images page's flash message for an import's answer.
+fn import_report(resp: Resp) -> Resp {
     if resp.status != 200 {
         return redirect_with("/ui/images", true, &format!("Import failed: {}", detail(&resp)));
     }
@@ -294,7 +299,7 @@ fn upload_catalog(ctx: &Ctx<'_>) -> Resp {
     };
     let mut raw: &[u8] = &ctx.req.body;
     let mut m = Multipart::new(&mut raw, &b);
-    let (token, _) = match until_file(&mut m) {
+    let (token, part) = match until_file(&mut m) {
         Ok(x) => x,
         Err(e) => return redirect_with("/ui/images", true, &format!("Upload failed: {e}")),
     };
@@ -308,20 +313,8 @@ fn upload_catalog(ctx: &Ctx<'_>) -> Resp {
     if bytes.is_empty() {
         return redirect_with("/ui/images", true, "Upload failed: the file is empty.");
     }
-    // The catalog loader reads sources by path or URL: hand it the upload as a private file.
-    let dir = ctx.app.settings.state_dir();
-    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let path = dir.join(format!(
-        ".catalog-upload-{}-{}.toml",
-        std::process::id(),
-        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
-    if let Err(e) = std::fs::write(&path, &bytes) {
-        return internal(crate::error::Error::msg(format!("writing {}: {e}", path.display())));
-    }
-    let resp = import(ctx, &path.display().to_string());
-    let _ = std::fs::remove_file(&path);
-    resp
+    let name = part.filename.unwrap_or_default();
+    import_report(catalog::import_upload(ctx.app, &bytes, &name))
 }
 
 fn ack(ctx: &Ctx<'_>, id: &str, fields: &[(String, String)]) -> Resp {
@@ -379,10 +372,9 @@ fn save_upstream(ctx: &Ctx<'_>, fields: Vec<(String, String)>) -> Resp {
     };
     let problem = if url.len() > 2048 || url.chars().any(char::is_control) {
         Some(("catalog_url", "at most 2048 characters, no control characters".to_string()))
-    } else if url.contains("://")
-        && !["http://", "https://", "oras://", "file://"].iter().any(|p| url.starts_with(p))
+    } else if let Some(why) = (!url.is_empty()).then(|| catalog::check_source(&url).err()).flatten()
     {
-        Some(("catalog_url", format!("{url}: expected http(s)://, oras://, file:// or a path")))
+        Some(("catalog_url", why))
     } else if !repo.is_empty()
         && !repo.split_once('/').is_some_and(|(o, n)| name_ok(o) && name_ok(n))
     {
