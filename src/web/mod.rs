@@ -423,7 +423,9 @@ fn serve(settings: &Settings) -> Result<ExitCode> {
             app.metrics.request(resp.status, started.elapsed());
             resp
         });
-    http::serve(listener, handler, routes::body_policy, limits);
+    let admit_app = Arc::clone(&db_for_close);
+    let admit: Arc<http::Admit> = Arc::new(move |req: &http::Req| routes::admit(&admit_app, req));
+    http::serve(listener, handler, admit, routes::body_policy, limits);
     db_for_close.db.checkpoint_truncate();
     if let Some(t) = tftp_thread {
         // The cancel flag that stopped HTTP stops it within its poll interval.
