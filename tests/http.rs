@@ -564,3 +564,47 @@ fn a_forged_line_in_a_request_stays_in_one_log_line() {
     let line = log.lines().find(|l| l.contains("FORGED")).expect("the access-log line");
     assert!(line.starts_with("bty-web: GET /x\\nbty-web: FORGED\\r\\u{1b}[2J 404 "), "{line}");
 }
+
+#[test]
+fn mutated_requests_to_the_real_server_get_4xx_or_a_close() {
+    let s = Server::start("http-fuzz");
+    let cookie = s.login();
+    let mac = "52:54:00:00:00:24";
+    assert_eq!(s.call("GET", &format!("/pxe/{mac}"), None, "").0, 200);
+    let before = s.call("GET", &format!("/machines/{mac}"), Some(&cookie), "").2;
+    let seeds: Vec<Vec<u8>> = vec![
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /version HTTP/1.0\r\n\r\n".to_vec(),
+        format!("POST /pxe/{mac}/progress HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n7\r\n{{\"a\":1}}\r\n0\r\n\r\n").into_bytes(),
+        format!("POST /pxe/{mac}/status HTTP/1.1\r\nHost: x\r\nContent-Length: 17\r\n\r\n{{\"status\":\"bad\"}}").into_bytes(),
+        format!("PUT /machines/{mac} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n{{}}").into_bytes(),
+        b"POST /ui/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 10\r\n\r\npassword=x".to_vec(),
+    ];
+    let mut rng = bty::fuzz::Rng::new(bty::fuzz::seed());
+    for i in 0..bty::fuzz::iterations(300) {
+        let seed = rng.pick(&seeds).clone();
+        let input = bty::fuzz::mutate(&mut rng, &seed, 4096);
+        let mut c = connect(&s);
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        if c.write_all(&input).is_err() {
+            continue;
+        }
+        let _ = c.shutdown(std::net::Shutdown::Write);
+        let mut out = Vec::new();
+        let _ = c.read_to_end(&mut out);
+        let out = String::from_utf8_lossy(&out);
+        // Status lines; a detail that quotes "HTTP/1.1 only" is not one.
+        let statuses = out
+            .match_indices("HTTP/1.1 ")
+            .filter_map(|(at, _)| out.get(at + 9..at + 12).and_then(|v| v.parse::<u16>().ok()));
+        for st in statuses {
+            assert!(
+                (100..500).contains(&st) || st == 501 || st == 505,
+                "iteration {i}: {:?} -> {out}",
+                String::from_utf8_lossy(&input)
+            );
+        }
+    }
+    assert!(healthy(&s));
+    // Without the cookie none of them could change the machine.
+    assert_eq!(s.call("GET", &format!("/machines/{mac}"), Some(&cookie), "").2, before);
+}

@@ -758,7 +758,9 @@ fn parse_head(raw: &[u8]) -> Result<Head, HeadError> {
     let http10 = match version {
         "HTTP/1.1" => false,
         "HTTP/1.0" => true,
-        v if v.starts_with("HTTP/") => {
+        // A well-formed version we do not speak is 505; anything else is malformed (400).
+        v if matches!(v.as_bytes(), [b'H', b'T', b'T', b'P', b'/', a, b'.', b] if a.is_ascii_digit() && b.is_ascii_digit()) =>
+        {
             return Err(HeadError::Reject(505, format!("{v} is not supported (HTTP/1.1 only)")));
         }
         _ => return Err(bad("malformed HTTP version")),
@@ -1280,6 +1282,8 @@ mod tests {
             "GET / HTTP/1.1\r\nA: b\r\n c\r\n\r\n",
             "GET / HTTP/1.1\r\nBad name: c\r\n\r\n",
             "GET / FTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1.\r\n\r\n",
+            "GET / HTTP/\r\n\r\n",
         ] {
             assert_eq!(head(bad).unwrap_err(), 400, "{bad:?}");
         }
