@@ -1490,6 +1490,16 @@ mod tests {
     }
 
     #[test]
+    fn addresses_are_grouped_by_host_or_v6_prefix() {
+        let g = |a: &str| addr_group(a.parse().unwrap()).to_string();
+        assert_eq!(g("10.0.0.7"), "10.0.0.7");
+        assert_eq!(g("::ffff:10.0.0.7"), "10.0.0.7");
+        assert_eq!(g("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "2001:db8:1:2::");
+        assert_eq!(g("2001:db8:1:2::1"), g("2001:db8:1:2:ffff::9"));
+        assert_ne!(g("2001:db8:1:2::1"), g("2001:db8:1:3::1"));
+    }
+
+    #[test]
     fn http_dates() {
         assert_eq!(crate::units::http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
         assert_eq!(crate::units::http_date(1_795_436_457), "Mon, 23 Nov 2026 12:20:57 GMT");
