@@ -424,7 +424,14 @@ fn serve(settings: &Settings) -> Result<ExitCode> {
             resp
         });
     let admit_app = Arc::clone(&db_for_close);
-    let admit: Arc<http::Admit> = Arc::new(move |req: &http::Req| routes::admit(&admit_app, req));
+    // A request refused on its head never reaches the handler; /metrics still counts it.
+    let admit: Arc<http::Admit> = Arc::new(move |req: &http::Req| {
+        let refused = routes::admit(&admit_app, req);
+        if let Some(r) = &refused {
+            admit_app.metrics.request(r.status, std::time::Duration::ZERO);
+        }
+        refused
+    });
     http::serve(listener, handler, admit, routes::body_policy, limits);
     db_for_close.db.checkpoint_truncate();
     if let Some(t) = tftp_thread {
