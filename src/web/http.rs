@@ -195,10 +195,9 @@ struct Shared {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Bytes reserved by buffered bodies being read or held (see `Reservation`).
     buffered: AtomicUsize,
-    /// When a per-address refusal was last logged (seconds since the epoch), and how many
-    /// were not logged since: a flood of refusals must not become a flood of log lines.
-    refused_logged_at: std::sync::atomic::AtomicU64,
-    refused_quiet: AtomicUsize,
+    /// Refusals by the per-address cap and by the body budget, logged sparingly.
+    refused_per_ip: Sparse,
+    refused_budget: Sparse,
     in_flight: AtomicUsize,
     /// When the heap was last trimmed (seconds since the epoch).
     trimmed_at: std::sync::atomic::AtomicU64,
@@ -225,18 +224,26 @@ impl Shared {
         *n += 1;
         Some(PeerSlot { shared: Arc::clone(self), group })
     }
+}
 
-    /// Logs a per-address refusal, at most one line a second with the count left unsaid.
-    fn log_refused(&self, peer: SocketAddr) {
+/// A warning that a flood would repeat: logged at most once a second, with the number of
+/// occurrences left unsaid since, so a flood of refusals is not a flood of log lines.
+#[derive(Default)]
+struct Sparse {
+    logged_at: std::sync::atomic::AtomicU64,
+    quiet: AtomicUsize,
+}
+
+impl Sparse {
+    fn warn(&self, what: std::fmt::Arguments<'_>) {
         let now = crate::units::now_secs();
-        let quiet = self.refused_quiet.fetch_add(1, Ordering::Relaxed);
-        if self.refused_logged_at.swap(now, Ordering::Relaxed) != now {
-            self.refused_quiet.store(0, Ordering::Relaxed);
-            crate::warn!(
-                "{} connections open from {}, refusing it ({quiet} more refused since the last such line)",
-                self.limits.max_connections_per_ip,
-                addr_group(peer.ip())
-            );
+        let quiet = self.quiet.fetch_add(1, Ordering::Relaxed);
+        if self.logged_at.swap(now, Ordering::Relaxed) != now {
+            self.quiet.store(0, Ordering::Relaxed);
+            match quiet {
+                0 => crate::warn!("{what}"),
+                n => crate::warn!("{what} ({n} more like it since the last such line)"),
+            }
         }
     }
 }
@@ -330,8 +337,8 @@ pub fn serve(
         connections: AtomicUsize::new(0),
         per_ip: Mutex::default(),
         buffered: AtomicUsize::new(0),
-        refused_logged_at: Default::default(),
-        refused_quiet: AtomicUsize::new(0),
+        refused_per_ip: Sparse::default(),
+        refused_budget: Sparse::default(),
         in_flight: AtomicUsize::new(0),
         trimmed_at: Default::default(),
     });
@@ -351,8 +358,11 @@ pub fn serve(
         }
         // The per-address cap comes first, so one address flooding cannot fill the global one.
         let Some(slot) = shared.take_slot(peer.ip()) else {
-            shared.log_refused(peer);
             let per_ip = shared.limits.max_connections_per_ip;
+            shared.refused_per_ip.warn(format_args!(
+                "{per_ip} connections open from {}: refusing another",
+                addr_group(peer.ip())
+            ));
             refuse_now(
                 stream,
                 &format!(
@@ -594,11 +604,11 @@ fn request<'s>(
                             None
                         }
                         None => {
-                            crate::warn!(
+                            shared.refused_budget.warn(format_args!(
                                 "request bodies in memory at the budget ({} MiB): refusing {method} {path} from {}",
                                 limits.max_buffered >> 20,
                                 peer.ip()
-                            );
+                            ));
                             Some(
                                 Resp::error(
                                     503,
@@ -1392,8 +1402,8 @@ mod tests {
             connections: AtomicUsize::new(0),
             per_ip: Mutex::default(),
             buffered: AtomicUsize::new(0),
-            refused_logged_at: Default::default(),
-            refused_quiet: AtomicUsize::new(0),
+            refused_per_ip: Sparse::default(),
+            refused_budget: Sparse::default(),
             in_flight: AtomicUsize::new(0),
             trimmed_at: Default::default(),
         })
