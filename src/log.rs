@@ -1,4 +1,8 @@
 //! Leveled one-line logging to stderr (`bty: warning: ...`), level from `BTY_LOG`.
+//!
+//! A message is one line whatever it carries: control characters (and the Unicode line
+//! separators and bidi overrides that reorder what a terminal shows) are escaped here, once,
+//! so a request path, a header or an event summary from a client cannot forge a log line.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -50,8 +54,42 @@ pub fn emit(level: Level, args: std::fmt::Arguments<'_>) {
         Level::Info | Level::Debug => "",
     };
     let mut line = String::with_capacity(128);
-    let _ = writeln!(line, "{}: {tag}{args}", program_name());
+    let _ = write!(line, "{}: {tag}", program_name());
+    match args.as_str() {
+        Some(fixed) => push_escaped(&mut line, fixed),
+        None => push_escaped(&mut line, &args.to_string()),
+    }
+    line.push('\n');
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
+/// Whether a character must not reach a log line as is: it could end the line, rewrite it on
+/// a terminal, or make it read in another order than it was written.
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Appends `text` with `\n`, `\r`, `\t` and `\u{..}` in place of the characters
+/// `needs_escape` names. Non-UTF-8 input never gets here: callers format it lossily, so it
+/// shows as U+FFFD.
+pub fn push_escaped(out: &mut String, text: &str) {
+    if !text.chars().any(needs_escape) {
+        out.push_str(text);
+        return;
+    }
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if needs_escape(c) => {
+                use std::fmt::Write as _;
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
 }
 
 fn program_name() -> &'static str {
@@ -81,4 +119,22 @@ macro_rules! info {
 #[macro_export]
 macro_rules! debug {
     ($($a:tt)*) => { if $crate::log::enabled($crate::log::Level::Debug) { $crate::log::emit($crate::log::Level::Debug, format_args!($($a)*)) } };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        let esc = |t: &str| {
+            let mut s = String::new();
+            push_escaped(&mut s, t);
+            s
+        };
+        assert_eq!(esc("GET /x\nbty-web: FORGED"), "GET /x\\nbty-web: FORGED");
+        assert_eq!(esc("a\r\tb\x1b[2J\u{7f}\u{85}"), "a\\r\\tb\\u{1b}[2J\\u{7f}\\u{85}");
+        assert_eq!(esc("\u{2028}\u{202e}x"), "\\u{2028}\\u{202e}x");
+        assert_eq!(esc("Müller \\ \u{fffd} ok"), "Müller \\ \u{fffd} ok");
+    }
 }

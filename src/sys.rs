@@ -270,6 +270,66 @@ pub fn shutdown_listener(listener: &std::net::TcpListener) -> io::Result<()> {
     if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
+/// A TCP connection from a chosen local IPv4 address (any port) to `remote`: how a loopback
+/// test stands in for a second client host (127.0.0.2) without a network namespace.
+pub fn connect_from(
+    local: std::net::Ipv4Addr,
+    remote: std::net::SocketAddrV4,
+) -> io::Result<std::net::TcpStream> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let addr = |a: std::net::SocketAddrV4| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(*a.ip()).to_be() },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: socket takes no pointers; the fd it returns is owned by `fd` from here on, so
+    // every early return closes it.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a new, open fd that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let from = addr(std::net::SocketAddrV4::new(local, 0));
+    // SAFETY: bind reads `len` bytes of a live sockaddr_in on our stack.
+    if unsafe { libc::bind(fd.as_raw_fd(), (&raw const from).cast(), len) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let to = addr(remote);
+    // SAFETY: connect reads `len` bytes of a live sockaddr_in on our stack.
+    if unsafe { libc::connect(fd.as_raw_fd(), (&raw const to).cast(), len) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(std::net::TcpStream::from(fd))
+}
+
+/// Raises this process's open-file limit (soft, and hard when allowed) to at least `want`;
+/// returns the soft limit now in force. Children started afterwards inherit it.
+pub fn raise_open_files(want: u64) -> io::Result<u64> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit into the live struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if lim.rlim_cur >= want {
+        return Ok(lim.rlim_cur);
+    }
+    let raised = libc::rlimit { rlim_cur: want, rlim_max: lim.rlim_max.max(want) };
+    // SAFETY: setrlimit reads one live rlimit; raising the hard limit fails without the
+    // privilege, and then the soft limit goes as far as the hard one allows.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+        return Ok(want);
+    }
+    let capped = libc::rlimit { rlim_cur: lim.rlim_max.min(want), rlim_max: lim.rlim_max };
+    // SAFETY: as above.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &capped) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(capped.rlim_cur)
+}
+
 /// Caps glibc's malloc arenas. By default glibc gives busy threads arenas of their own (up to
 /// eight per core) and keeps freed memory in each, so a thread-per-connection server's RSS
 /// grows with the number of threads that ever ran. A no-op on other C libraries (musl has no

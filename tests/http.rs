@@ -317,3 +317,294 @@ fn an_upload_onto_a_full_disk_is_507_and_leaves_nothing() {
     let (st, body) = put(&s, "/boot/small.ipxe", Some(&cookie), b"#!ipxe\n", false);
     assert_eq!(st, 200, "{body}");
 }
+
+/// Sends a request head (no body) and returns the first response on the connection.
+fn head_only(s: &Server, head: &str) -> (u16, String, Vec<u8>) {
+    let mut c = connect(s);
+    c.write_all(head.as_bytes()).unwrap();
+    read_response(&mut BufReader::new(c))
+}
+
+#[test]
+fn auth_is_checked_before_any_body_byte_is_read() {
+    let s = Server::start("http-auth-first");
+    let cookie = s.login();
+    let mac = "52:54:00:00:00:21";
+    assert_eq!(s.call("GET", &format!("/pxe/{mac}"), None, "").0, 200);
+    let before = s.call("GET", &format!("/machines/{mac}"), Some(&cookie), "").2;
+    // Each head declares a body that is never sent: a server that waited for it before the
+    // session check would leave the read below hanging until its timeout.
+    for (head, want) in [
+        (format!("PUT /machines/{mac} HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n"), 401),
+        (
+            format!("POST /machines/{mac}/inventory HTTP/1.1\r\nHost: x\r\nContent-Length: 4000000\r\n\r\n"),
+            401,
+        ),
+        (
+            "POST /catalog/entries HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 60000\r\n\r\n".into(),
+            401,
+        ),
+        ("POST /catalog/import HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".into(), 401),
+        (
+            format!("POST /ui/machines/{mac} HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n"),
+            303,
+        ),
+        (
+            "POST /ui/catalog/upload HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 4000000\r\n\r\n".into(),
+            303,
+        ),
+    ] {
+        let (st, h, body) = head_only(&s, &head);
+        assert_eq!(st, want, "{head}\n{h}{}", String::from_utf8_lossy(&body));
+        assert!(h.contains("connection: close"), "{h}");
+        if want == 303 {
+            assert!(h.contains("location: /ui/login"), "{h}");
+        } else {
+            assert!(String::from_utf8_lossy(&body).contains("login required"));
+        }
+    }
+    // Nothing changed: the machine and the catalog are as they were.
+    assert_eq!(s.call("GET", &format!("/machines/{mac}"), Some(&cookie), "").2, before);
+    assert_eq!(s.call("GET", "/catalog/entries", Some(&cookie), "").2, "[]");
+    // With the session the same route reads its body as before.
+    let (st, _, body) = s.call(
+        "PUT",
+        &format!("/machines/{mac}"),
+        Some(&cookie),
+        r#"{"boot_mode":"bty-inventory"}"#,
+    );
+    assert_eq!(st, 200, "{body}");
+    assert!(healthy(&s));
+}
+
+/// Sends `head`, then `body` one byte every `gap`, stopping when the server answers or closes;
+/// returns what it answered.
+fn trickle(s: &Server, head: &str, body: &[u8], gap: Duration) -> String {
+    let mut c = connect(s);
+    c.write_all(head.as_bytes()).unwrap();
+    let mut r = c.try_clone().unwrap();
+    r.set_read_timeout(Some(gap)).unwrap();
+    let mut got = Vec::new();
+    for b in body {
+        if c.write_all(&[*b]).is_err() {
+            break;
+        }
+        let mut buf = [0u8; 4096];
+        match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                got.extend_from_slice(&buf[..n]);
+                break;
+            }
+            Err(_) => {}
+        }
+    }
+    r.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = r.read_to_end(&mut got);
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn bodies_trickled_below_the_minimum_rate_get_408_and_write_nothing() {
+    let s = Server::start_env(
+        "http-min-rate",
+        &[("BTY_SERVER_BODY_GRACE", "1"), ("BTY_SERVER_MIN_BODY_RATE", "1000")],
+    );
+    let cookie = s.login();
+    let mac = "52:54:00:00:00:22";
+    assert_eq!(s.call("GET", &format!("/pxe/{mac}"), None, "").0, 200);
+    let inv = br#"{"disks":[{"path":"/dev/vda","size":"1G","vendor":"TRICKLE"}]}"#;
+    // A buffered body (inventory) at a few bytes a second: cut with 408 after the grace.
+    let answer = trickle(
+        &s,
+        &format!(
+            "POST /pxe/{mac}/inventory HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            inv.len()
+        ),
+        inv,
+        Duration::from_millis(250),
+    );
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("slower than 1000 bytes/s"), "{answer}");
+    let (_, _, m) = s.call("GET", &format!("/machines/{mac}"), Some(&cookie), "");
+    assert!(!m.contains("TRICKLE"), "{m}");
+    // A streamed upload the same: 408, and no file (not even a partial one) in the boot dir.
+    let data = vec![b'k'; 64];
+    let answer = trickle(
+        &s,
+        &format!(
+            "PUT /boot/slow.kernel HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\nContent-Length: {}\r\n\r\n",
+            data.len()
+        ),
+        &data,
+        Duration::from_millis(250),
+    );
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let left: Vec<_> = std::fs::read_dir(s.state.join("boot"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+    // A body that arrives at once is not affected.
+    let (st, _, body) = s.call(
+        "POST",
+        &format!("/pxe/{mac}/inventory"),
+        None,
+        r#"{"disks":[{"path":"/dev/vda","size":"1G","vendor":"FAST"}]}"#,
+    );
+    assert_eq!(st, 204, "{body}");
+}
+
+#[test]
+fn buffered_bodies_share_a_budget_and_give_it_back() {
+    let s = Server::start_env("http-budget", &[("BTY_SERVER_MAX_BUFFERED_MIB", "1")]);
+    let cookie = s.login();
+    let mac = "52:54:00:00:00:23";
+    assert_eq!(s.call("GET", &format!("/pxe/{mac}"), None, "").0, 200);
+    let inventory = |marker: &str| {
+        let pad = "x".repeat(600 << 10);
+        format!(r#"{{"disks":[],"lshw":{{"id":"{marker}","pad":"{pad}"}}}}"#)
+    };
+    let post = |body: &str| {
+        format!(
+            "POST /pxe/{mac}/inventory HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+    };
+    // The first request holds 600 KiB of the 1 MiB budget while its body is on the way.
+    let first = inventory("FIRST");
+    let mut holder = connect(&s);
+    holder.write_all(post(&first).as_bytes()).unwrap();
+    holder.write_all(&first.as_bytes()[..1000]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // A second one that would go over it: 503 before a byte of its body is read.
+    let second = inventory("SECOND");
+    let (st, h, body) = head_only(&s, &post(&second));
+    assert_eq!(st, 503, "{h}");
+    assert!(h.contains("retry-after"), "{h}");
+    assert!(String::from_utf8_lossy(&body).contains("request bodies"), "{body:?}");
+    holder.write_all(&first.as_bytes()[1000..]).unwrap();
+    let (st, _, body) = read_response(&mut BufReader::new(holder));
+    assert_eq!(st, 204, "{}", String::from_utf8_lossy(&body));
+    // The refused body was not stored; the budget is back, so the same request now passes.
+    let (_, _, lshw) = s.call("GET", &format!("/machines/{mac}/lshw.json"), Some(&cookie), "");
+    assert!(lshw.contains("FIRST") && !lshw.contains("SECOND"));
+    let (st, _, _) = s.call("POST", &format!("/pxe/{mac}/inventory"), None, &second);
+    assert_eq!(st, 204);
+}
+
+#[test]
+fn a_slowloris_from_one_address_leaves_healthz_answering_from_another() {
+    let sockets = 1000;
+    let limit = bty::sys::raise_open_files(4096).expect("raising RLIMIT_NOFILE");
+    assert!(limit >= 2 * sockets as u64 + 100, "open-file limit {limit}");
+    let s = Server::start("http-slowloris");
+    let addr: std::net::SocketAddrV4 = s.addr.parse().unwrap();
+    let attacker = std::net::Ipv4Addr::new(127, 0, 0, 2);
+    // 1,000 connections from 127.0.0.2, each with half a head, held open.
+    let mut held = Vec::with_capacity(sockets);
+    let mut refused = 0;
+    for _ in 0..sockets {
+        let mut c = bty::sys::connect_from(attacker, addr).expect("connecting from 127.0.0.2");
+        let _ = c.write_all(b"GET /healthz HTTP/1.1\r\nX-Slow: ");
+        held.push(c);
+    }
+    // The server stays answering 127.0.0.1 while they are held.
+    for _ in 0..5 {
+        assert!(healthy(&s), "/healthz did not answer during the slowloris");
+    }
+    // Beyond its per-address cap (64 by default) the attacker was refused with a reason.
+    for c in held.iter_mut().skip(100).take(20) {
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut out = Vec::new();
+        let _ = c.read_to_end(&mut out);
+        let out = String::from_utf8_lossy(&out);
+        if out.starts_with("HTTP/1.1 503") && out.contains("too many connections from your address")
+        {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 20);
+    // Its slots come back when its connections go.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut c = bty::sys::connect_from(attacker, addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        let _ = c.read_to_string(&mut out);
+        if out.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "127.0.0.2 still refused: {out}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_forged_line_in_a_request_stays_in_one_log_line() {
+    let dir = util::TestDir::new("http-log");
+    let mut cmd = util::bty_web(&dir.0);
+    cmd.env("BTY_ADMIN_PASSWORD", "pw-for-tests").stderr(std::process::Stdio::piped());
+    let (mut child, addr) = util::spawn_web(cmd);
+    let mut c = TcpStream::connect(&addr).unwrap();
+    c.write_all(
+        b"GET /x%0Abty-web:%20FORGED%0D%1B[2J HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 404"), "{out}");
+    let _ = child.kill();
+    let mut log = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut log).unwrap();
+    let _ = child.wait();
+    assert!(log.lines().all(|l| !l.starts_with("bty-web: FORGED")), "{log}");
+    assert!(!log.contains('\x1b') && !log.contains('\r'), "{log:?}");
+    let line = log.lines().find(|l| l.contains("FORGED")).expect("the access-log line");
+    assert!(line.starts_with("bty-web: GET /x\\nbty-web: FORGED\\r\\u{1b}[2J 404 "), "{line}");
+}
+
+#[test]
+fn mutated_requests_to_the_real_server_get_4xx_or_a_close() {
+    let s = Server::start("http-fuzz");
+    let cookie = s.login();
+    let mac = "52:54:00:00:00:24";
+    assert_eq!(s.call("GET", &format!("/pxe/{mac}"), None, "").0, 200);
+    let before = s.call("GET", &format!("/machines/{mac}"), Some(&cookie), "").2;
+    let seeds: Vec<Vec<u8>> = vec![
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /version HTTP/1.0\r\n\r\n".to_vec(),
+        format!("POST /pxe/{mac}/progress HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n7\r\n{{\"a\":1}}\r\n0\r\n\r\n").into_bytes(),
+        format!("POST /pxe/{mac}/status HTTP/1.1\r\nHost: x\r\nContent-Length: 17\r\n\r\n{{\"status\":\"bad\"}}").into_bytes(),
+        format!("PUT /machines/{mac} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n{{}}").into_bytes(),
+        b"POST /ui/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 10\r\n\r\npassword=x".to_vec(),
+    ];
+    let mut rng = bty::fuzz::Rng::new(bty::fuzz::seed());
+    for i in 0..bty::fuzz::iterations(300) {
+        let seed = rng.pick(&seeds).clone();
+        let input = bty::fuzz::mutate(&mut rng, &seed, 4096);
+        let mut c = connect(&s);
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        if c.write_all(&input).is_err() {
+            continue;
+        }
+        let _ = c.shutdown(std::net::Shutdown::Write);
+        let mut out = Vec::new();
+        let _ = c.read_to_end(&mut out);
+        let out = String::from_utf8_lossy(&out);
+        // Status lines; a detail that quotes "HTTP/1.1 only" is not one.
+        let statuses = out
+            .match_indices("HTTP/1.1 ")
+            .filter_map(|(at, _)| out.get(at + 9..at + 12).and_then(|v| v.parse::<u16>().ok()));
+        for st in statuses {
+            assert!(
+                (100..500).contains(&st) || st == 501 || st == 505,
+                "iteration {i}: {:?} -> {out}",
+                String::from_utf8_lossy(&input)
+            );
+        }
+    }
+    assert!(healthy(&s));
+    // Without the cookie none of them could change the machine.
+    assert_eq!(s.call("GET", &format!("/machines/{mac}"), Some(&cookie), "").2, before);
+}

@@ -71,10 +71,38 @@ const KEYS: &[Key] = &[
     },
     Key {
         section: "server",
+        key: "max_connections_per_ip",
+        default: |_| "64".into(),
+        secret: false,
+        help: "open connections from one address (IPv6: one /64); more get 503",
+    },
+    Key {
+        section: "server",
         key: "header_timeout",
         default: |_| "10".into(),
         secret: false,
-        help: "seconds a client has to send a request head",
+        help: "seconds a client has to send a whole request head",
+    },
+    Key {
+        section: "server",
+        key: "min_body_rate",
+        default: |_| "1024".into(),
+        secret: false,
+        help: "bytes/s a request body must average once body_grace has passed; slower gets 408",
+    },
+    Key {
+        section: "server",
+        key: "body_grace",
+        default: |_| "10".into(),
+        secret: false,
+        help: "seconds a request body may take before min_body_rate applies",
+    },
+    Key {
+        section: "server",
+        key: "max_buffered_mib",
+        default: |_| "64".into(),
+        secret: false,
+        help: "MiB all request bodies held in memory may take at once; more get 503",
     },
     Key {
         section: "server",
@@ -278,7 +306,11 @@ impl Settings {
         );
         for (section, key) in [
             ("server", "max_connections"),
+            ("server", "max_connections_per_ip"),
             ("server", "header_timeout"),
+            ("server", "min_body_rate"),
+            ("server", "body_grace"),
+            ("server", "max_buffered_mib"),
             ("server", "idle_timeout"),
             ("boot", "max_upload_mib"),
         ] {
@@ -363,7 +395,17 @@ impl Settings {
         crate::web::http::Limits {
             max_connections: usize::try_from(self.number("server", "max_connections"))
                 .unwrap_or(usize::MAX),
+            max_connections_per_ip: usize::try_from(
+                self.number("server", "max_connections_per_ip"),
+            )
+            .unwrap_or(usize::MAX),
             header_timeout: secs("header_timeout"),
+            min_body_rate: self.number("server", "min_body_rate"),
+            body_grace: secs("body_grace"),
+            max_buffered: usize::try_from(
+                self.number("server", "max_buffered_mib").saturating_mul(1 << 20),
+            )
+            .unwrap_or(usize::MAX),
             idle_timeout: secs("idle_timeout"),
             ..Default::default()
         }

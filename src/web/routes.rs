@@ -75,7 +75,9 @@ impl App {
 pub fn body_policy(method: &str, path: &str) -> BodyPolicy {
     match (method, path) {
         ("PUT", p) if p.starts_with("/boot/") => BodyPolicy::Stream(u64::MAX),
-        ("POST", p) if p.ends_with("/inventory") => BodyPolicy::Buffer(4 << 20),
+        ("POST", p) if p.starts_with("/pxe/") && p.ends_with("/inventory") => {
+            BodyPolicy::Buffer(4 << 20)
+        }
         // A catalog file, plus the multipart framing around it.
         ("POST", "/ui/catalog/upload") => BodyPolicy::Buffer(ui::CATALOG_UPLOAD_MAX + (64 << 10)),
         // Artifact uploads from the netboot page stream to disk like PUT /boot/{name}.
@@ -84,27 +86,50 @@ pub fn body_policy(method: &str, path: &str) -> BodyPolicy {
     }
 }
 
-/// Answers one request.
-pub fn route(app: &Arc<App>, req: &Req, body: &mut dyn Read) -> Resp {
-    let segs: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
+fn segments(path: &str) -> Vec<&str> {
+    path.trim_start_matches('/').split('/').collect()
+}
+
+/// The API routes that need a session cookie.
+fn protected(method: &str, segs: &[&str]) -> bool {
+    matches!(segs.first(), Some(&"machines" | &"events" | &"catalog" | &"metrics" | &"workers"))
+        || (method == "PUT" && segs.first() == Some(&"boot"))
+        || segs == ["boot", "releases"]
+}
+
+/// The checks that need only the request head, run by the HTTP layer before it reads or
+/// buffers a byte of the body: a protected route without a valid session gets 401 (a page
+/// form post 303 to the login page), so an anonymous client cannot make the server hold its
+/// body. Each further check (Host, Origin) is one more early return here.
+pub fn admit(app: &App, req: &Req) -> Option<Resp> {
+    let segs = segments(&req.path);
     let m = req.method.as_str();
-    // Protected routes: a valid session cookie, else 401 for the API and 303 for pages.
-    let protected = matches!(
-        segs.first(),
-        Some(&"machines")
-            | Some(&"events")
-            | Some(&"catalog")
-            | Some(&"metrics")
-            | Some(&"workers")
-    ) || (m == "PUT" && segs.first() == Some(&"boot"))
-        || segs.as_slice() == ["boot", "releases"];
-    let mut renew = None;
-    if protected {
-        match app.auth.check(req.header("cookie")) {
-            Session::Valid { renew: r } => renew = r,
-            Session::Missing => return Resp::error(401, "login required"),
-        }
+    let logged_in = || matches!(app.auth.check(req.header("cookie")), Session::Valid { .. });
+    if protected(m, &segs) && !logged_in() {
+        return Some(Resp::error(401, "login required"));
     }
+    // Every page post but login and logout needs a session; the UI answers the same way.
+    let ui_post = m == "POST"
+        && segs.first() == Some(&"ui")
+        && !matches!(segs.as_slice(), ["ui", "login" | "logout"]);
+    if ui_post && !logged_in() {
+        return Some(ui::redirect("/ui/login"));
+    }
+    None
+}
+
+/// Answers one request that `admit` let through.
+pub fn route(app: &Arc<App>, req: &Req, body: &mut dyn Read) -> Resp {
+    let segs = segments(&req.path);
+    let m = req.method.as_str();
+    // `admit` checked the session of a protected route; a valid one may be due for renewal.
+    let renew = match protected(m, &segs) {
+        true => match app.auth.check(req.header("cookie")) {
+            Session::Valid { renew } => renew,
+            Session::Missing => None,
+        },
+        false => None,
+    };
     let resp = match (m, segs.as_slice()) {
         ("GET" | "HEAD", [""]) => {
             let logged_in = matches!(app.auth.check(req.header("cookie")), Session::Valid { .. });

@@ -211,17 +211,7 @@ mod tests {
         let file: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).chain(*b"\r\n--Xy").collect();
         let raw = body(&file);
         for step in [1usize, 7, 4096, 1 << 20] {
-            // A reader that hands out at most `step` bytes per call.
-            struct Slow<'a>(&'a [u8], usize);
-            impl Read for Slow<'_> {
-                fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-                    let n = self.0.len().min(out.len()).min(self.1);
-                    out[..n].copy_from_slice(&self.0[..n]);
-                    self.0 = &self.0[n..];
-                    Ok(n)
-                }
-            }
-            let mut r = Slow(&raw, step);
+            let mut r = Chunks(&raw, step);
             let mut m = Multipart::new(&mut r, "XyZ");
             let p = m.next_part().unwrap().unwrap();
             assert_eq!(p.name, "csrf");
@@ -232,6 +222,60 @@ mod tests {
             m.read_to_end(&mut got).unwrap();
             assert_eq!(got, file, "step {step}");
             assert_eq!(m.next_part().unwrap(), None);
+        }
+    }
+
+    #[test]
+    fn fuzzed_bodies_end_in_parts_or_an_error_with_bounded_memory() {
+        let seeds = [
+            body(b"abc"),
+            body(b"line\r\n--Xy\r\n-- almost a delimiter\r\n\r\n--Xy"),
+            b"--XyZ\r\nContent-Disposition: form-data; name=x\r\n\r\n\r\n--XyZ--\r\n".to_vec(),
+            b"--XyZ--\r\n".to_vec(),
+        ];
+        // Past the data handed out, `buf` may hold at most a part head plus one read's worth.
+        let bound = MAX_PART_HEAD + (16 << 10) + 80;
+        let mut rng = crate::fuzz::Rng::new(crate::fuzz::seed());
+        for i in 0..crate::fuzz::iterations(5000) {
+            let seed = rng.pick(&seeds).clone();
+            let input = crate::fuzz::mutate(&mut rng, &seed, 64 << 10);
+            let step = 1 + rng.below(5000);
+            let mut r = Chunks(&input, step);
+            let mut m = Multipart::new(&mut r, "XyZ");
+            // Each part consumes at least a delimiter, so the input bounds the number of parts.
+            let mut parts = 0;
+            let outcome = loop {
+                match m.next_part() {
+                    Ok(None) => break Ok(()),
+                    Ok(Some(_)) => {
+                        parts += 1;
+                        assert!(parts <= input.len() / 8 + 1, "iteration {i}: parts never end");
+                        let mut data = Vec::new();
+                        if let Err(e) = (&mut m).take(1 << 20).read_to_end(&mut data) {
+                            break Err(e);
+                        }
+                        assert!(data.len() <= input.len(), "iteration {i}: more data than input");
+                    }
+                    Err(e) => break Err(e),
+                }
+                assert!(m.buf.len() <= bound, "iteration {i}: buffer grew to {}", m.buf.len());
+            };
+            if let Err(e) = outcome {
+                assert_eq!(e.kind(), io::ErrorKind::InvalidData, "iteration {i}: {e}");
+                assert!(e.to_string().starts_with("multipart body: "), "iteration {i}: {e}");
+            }
+        }
+    }
+
+    /// A reader that hands out at most `.1` bytes per call.
+    struct Chunks<'a>(&'a [u8], usize);
+
+    impl Read for Chunks<'_> {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            let n = self.0.len().min(out.len()).min(self.1);
+            out[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
         }
     }
 
