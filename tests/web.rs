@@ -363,3 +363,69 @@ fn parallel_wrong_logins_cannot_pass_the_limit() {
     // The session from before the burst still works: limiting refuses logins, not sessions.
     assert_eq!(status_with(&s, "/machines", &cookie), 200);
 }
+
+/// `POST /ui/login` from another loopback address (curl binds it): (status, lower-cased head).
+fn login_from(addr: &str, source: &str, password: &str) -> (u16, String) {
+    let o = Command::new("curl")
+        .args(["-s", "-i", "--max-time", "10", "--interface", source, "-d"])
+        .arg(format!("password={password}"))
+        .arg(format!("http://{addr}/ui/login"))
+        .output()
+        .expect("running curl");
+    let out = String::from_utf8_lossy(&o.stdout).to_ascii_lowercase();
+    let head = out.split("\r\n\r\n").next().unwrap_or("").to_string();
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, head)
+}
+
+#[test]
+fn failures_from_many_addresses_ration_logins_except_for_known_clients() {
+    let s = util::Server::start("web-login-global");
+    let cookie = s.login();
+    // Ten addresses, ten failures each: each within its own limit, a hundred in all.
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (2..12)
+            .map(|n| {
+                let addr = s.addr.clone();
+                scope.spawn(move || {
+                    (0..10)
+                        .map(|_| login_from(&addr, &format!("127.0.0.{n}"), "wrong").0)
+                        .collect::<Vec<u16>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    assert!(statuses.iter().all(|&st| st == 401), "{statuses:?}");
+    // Now twenty new addresses with the right password at once: checks are rationed, so most
+    // wait (one check every 2 s), and the refused ones say for how long.
+    let answers: Vec<(u16, String)> = std::thread::scope(|scope| {
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(20));
+        let handles: Vec<_> = (20..40)
+            .map(|n| {
+                let (addr, barrier) = (s.addr.clone(), std::sync::Arc::clone(&barrier));
+                scope.spawn(move || {
+                    barrier.wait();
+                    login_from(&addr, &format!("127.0.0.{n}"), "pw-for-tests")
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let refused: Vec<&String> =
+        answers.iter().filter(|(st, _)| *st == 429).map(|(_, h)| h).collect();
+    assert!(
+        answers.iter().all(|(st, _)| *st == 429 || *st == 303) && !refused.is_empty(),
+        "{answers:?}"
+    );
+    assert!(refused.iter().all(|h| h.contains("retry-after: ")), "{refused:?}");
+    // The operator's address logged in before: not rationed.
+    let (st, _) = login_from(&s.addr, "127.0.0.1", "pw-for-tests");
+    assert_eq!(st, 303);
+    let (_, _, json) = s.call("GET", "/events?kind=auth.login.backoff", Some(&cookie), "");
+    let events = serde_json::from_str::<serde_json::Value>(&json).unwrap();
+    assert_eq!(events["events"].as_array().unwrap().len(), 1, "one event: {json}");
+    let (_, _, json) = s.call("GET", "/events?kind=auth.login.failed&limit=500", Some(&cookie), "");
+    let events = serde_json::from_str::<serde_json::Value>(&json).unwrap();
+    assert_eq!(events["events"].as_array().unwrap().len(), 100, "nothing else was checked");
+}
