@@ -58,6 +58,8 @@ Settings come from bty.toml: BTY_CONFIG_FILE, else every *.toml in BTY_CONFIG_DI
 else the first of /etc/bty/conf.d/*.toml, /etc/bty/bty.toml, <state_dir>/bty.toml.
 BTY_<SECTION>_<KEY> environment variables override the files (BTY_SERVER_PORT,
 BTY_PATHS_STATE_DIR, BTY_ADMIN_PASSWORD, ...), and flags override both.
+On a listen address that is not loopback, bty-web refuses to start without an admin password
+(BTY_ADMIN_PASSWORD or [admin] password; empty is none, the built-in default does not count).
 
 The first line on stdout is \"listening on http://HOST:PORT\" once the socket is bound.
 With [tftp] enabled = true (BTY_TFTP_ENABLED=1) bty-web also serves the boot dir over TFTP
