@@ -559,6 +559,29 @@ mod tests {
     }
 
     #[test]
+    fn a_full_client_table_forgets_the_stalest_client() {
+        let (a, d) = auth("evict");
+        let t0 = Instant::now();
+        {
+            let mut l = a.limiter.lock().unwrap();
+            for i in 0..MAX_CLIENTS as u32 {
+                let at = t0 + Duration::from_millis(u64::from(i) + 1);
+                l.clients.insert(IpAddr::V4(Ipv4Addr::from(i)), VecDeque::from([at]));
+            }
+        }
+        let newcomer: IpAddr = "203.0.113.9".parse().unwrap();
+        let now = t0 + Duration::from_secs(60);
+        assert!(matches!(a.attempt_at(Some(newcomer), "x", now), Login::Wrong { .. }));
+        let l = a.limiter.lock().unwrap();
+        assert_eq!(l.clients.len(), MAX_CLIENTS);
+        assert!(l.clients.contains_key(&newcomer));
+        assert!(!l.clients.contains_key(&IpAddr::V4(Ipv4Addr::from(0))), "the stalest went");
+        assert!(l.clients.contains_key(&IpAddr::V4(Ipv4Addr::from(1))));
+        drop(l);
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
     fn only_loopback_addresses_count_as_loopback() {
         for h in ["127.0.0.1", "127.1.2.3", "::1", "[::1]", "localhost", "::ffff:127.0.0.1"] {
             assert!(loopback_only(h), "{h}");
