@@ -114,7 +114,7 @@ impl Auth {
     }
 
     /// Compares a password in constant time (through HMACs of both, so lengths do not leak).
-    pub fn password_ok(&self, given: &str) -> bool {
+    fn password_ok(&self, given: &str) -> bool {
         let mac = || HmacSha256::new_from_slice(&self.secret).expect("HMAC accepts any key length");
         let mut want = mac();
         want.update(b"password\0");
