@@ -37,12 +37,13 @@ fn protected_routes_need_a_session_and_login_works() {
         assert_eq!(st, 303);
         assert!(head.contains("location: /ui/dashboard"), "{p}: {head}");
     }
-    let (st, head, _) = s.call("POST", "/ui/logout", Some(&cookie), "");
-    assert_eq!(st, 303);
-    assert!(head.contains("bty-token=;") && head.contains("max-age=0"), "{head}");
     let (_, _, body) = s.call("GET", "/events?kind=auth.login.failed", Some(&cookie), "");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["events"].as_array().unwrap().len(), 1, "{body}");
+    let (st, head, _) = s.call("POST", "/ui/logout", Some(&cookie), "");
+    assert_eq!(st, 303);
+    assert!(head.contains("bty-token=;") && head.contains("max-age=0"), "{head}");
+    assert_eq!(s.call("GET", "/events", Some(&cookie), "").0, 401, "logout ends the session");
 }
 
 #[test]

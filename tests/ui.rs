@@ -626,3 +626,40 @@ fn backups_page_runs_a_backup_and_saves_the_schedule() {
     let (_, page) = post_and_follow(&s, &cookie, "/ui/settings/backup", "interval_hours=0&keep=x");
     assert!(page.contains("needs whole numbers"), "{page}");
 }
+
+#[test]
+fn an_empty_password_is_the_default_on_loopback_and_the_dashboard_says_so() {
+    let s = Server::start_env("ui-empty-pw", &[("BTY_ADMIN_PASSWORD", "")]);
+    let (st, _, _) = req(
+        &s,
+        "POST",
+        "/ui/login",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        b"password=",
+    );
+    assert_eq!(st, 401, "the empty string is not the password");
+    let (st, head, _) = req(
+        &s,
+        "POST",
+        "/ui/login",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        b"password=bty-lab",
+    );
+    assert_eq!(st, 303, "{head}");
+    let cookie = head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .and_then(|c| c.split(';').next())
+        .unwrap()
+        .to_string();
+    let (_, _, page) = get(&s, &cookie, "/ui/dashboard");
+    assert!(
+        page.contains("the built-in default password is in use; BTY_ADMIN_PASSWORD is empty"),
+        "{page}"
+    );
+    assert!(!page.contains("set (env BTY_ADMIN_PASSWORD)"), "{page}");
+    let (_, _, page) = get(&s, &cookie, "/ui/account");
+    assert!(page.contains("The built-in default password is in use"), "{page}");
+    let (_, _, page) = get(&s, &cookie, "/ui/settings");
+    assert!(page.contains("(built-in default: change it)"), "{page}");
+}

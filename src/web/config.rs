@@ -222,6 +222,8 @@ pub struct Settings {
     pub files: Vec<PathBuf>,
     /// Keys found in the files that bty-web does not know (reported as warnings).
     pub unknown: Vec<String>,
+    /// Secrets given empty, and so left unset (an empty `BTY_ADMIN_PASSWORD=` is no password).
+    pub ignored: Vec<String>,
 }
 
 impl Settings {
@@ -231,7 +233,12 @@ impl Settings {
         env: &BTreeMap<String, String>,
         flags: &[(&'static str, &'static str, String, &'static str)],
     ) -> Result<Settings> {
-        let mut s = Settings { values: BTreeMap::new(), files: Vec::new(), unknown: Vec::new() };
+        let mut s = Settings {
+            values: BTreeMap::new(),
+            files: Vec::new(),
+            unknown: Vec::new(),
+            ignored: Vec::new(),
+        };
         // Flags and env that place the state dir decide where <state_dir>/bty.toml is looked for.
         let state_hint = flags
             .iter()
@@ -247,6 +254,10 @@ impl Settings {
             let var =
                 format!("BTY_{}_{}", k.section.to_ascii_uppercase(), k.key.to_ascii_uppercase());
             if let Some(v) = env.get(&var) {
+                if k.secret && v.is_empty() {
+                    s.ignored.push(format!("{var} is empty"));
+                    continue;
+                }
                 s.values.insert((k.section, k.key), (v.clone(), Source::Env(var)));
             }
         }
@@ -292,6 +303,10 @@ impl Settings {
                         other.type_str()
                     ),
                 };
+                if k.secret && value.is_empty() {
+                    self.ignored.push(format!("[{section}] {key} in {} is empty", path.display()));
+                    continue;
+                }
                 self.values.insert((k.section, k.key), (value, Source::File(path.to_path_buf())));
             }
         }
@@ -457,9 +472,10 @@ impl Settings {
         (gib * f64::from(1u32 << 30)) as u64
     }
 
-    /// Whether the admin password is still the built-in default.
+    /// Whether the admin password is the built-in default (unset, set empty, or set to it).
     pub fn default_password(&self) -> bool {
-        *self.source("admin", "password") == Source::Default
+        let (v, src) = self.entry("admin", "password");
+        *src == Source::Default || v == DEFAULT_PASSWORD
     }
 
     /// Every setting as rows for `bty-web config` and the settings page: (name, shown value,
@@ -469,7 +485,7 @@ impl Settings {
             .map(|k| {
                 let (v, src) = self.entry(k.section, k.key);
                 let shown = if k.secret {
-                    if *src == Source::Default {
+                    if *src == Source::Default || v == DEFAULT_PASSWORD {
                         format!("{v} (built-in default: change it)")
                     } else {
                         "(set)".into()
@@ -605,6 +621,31 @@ mod tests {
         let err = Settings::load(&e, &[]).unwrap_err().to_string();
         assert!(err.contains("invalid [boot] initrd"), "{err}");
         assert!(Settings::load(&env(&[("BTY_BOOT_KERNEL", "vmlinuz-6.1_x86-64")]), &[]).is_ok());
+    }
+
+    #[test]
+    fn an_empty_password_is_no_password() {
+        let d = tmp("empty");
+        let f = d.join("bty.toml");
+        std::fs::write(&f, "[admin]\npassword = \"\"\n").unwrap();
+        let e = env(&[("BTY_CONFIG_FILE", f.to_str().unwrap()), ("BTY_ADMIN_PASSWORD", "")]);
+        let s = Settings::load(&e, &[]).unwrap();
+        assert!(s.default_password());
+        assert_eq!(*s.source("admin", "password"), Source::Default);
+        assert_eq!(s.get("admin", "password"), DEFAULT_PASSWORD);
+        assert_eq!(s.ignored.len(), 2, "{:?}", s.ignored);
+        assert!(s.ignored[1].contains("BTY_ADMIN_PASSWORD is empty"), "{:?}", s.ignored);
+        // A password in the file stays when the environment's is empty.
+        std::fs::write(&f, "[admin]\npassword = \"s3cret\"\n").unwrap();
+        let s = Settings::load(&e, &[]).unwrap();
+        assert_eq!(s.get("admin", "password"), "s3cret");
+        // The default spelled out is still the default.
+        let s = Settings::load(&env(&[("BTY_ADMIN_PASSWORD", DEFAULT_PASSWORD)]), &[]).unwrap();
+        assert!(s.default_password());
+        let rows = s.rows();
+        let pw = rows.iter().find(|r| r.0 == "[admin] password").unwrap();
+        assert!(pw.1.contains("built-in default"), "{pw:?}");
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]

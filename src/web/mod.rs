@@ -58,6 +58,8 @@ Settings come from bty.toml: BTY_CONFIG_FILE, else every *.toml in BTY_CONFIG_DI
 else the first of /etc/bty/conf.d/*.toml, /etc/bty/bty.toml, <state_dir>/bty.toml.
 BTY_<SECTION>_<KEY> environment variables override the files (BTY_SERVER_PORT,
 BTY_PATHS_STATE_DIR, BTY_ADMIN_PASSWORD, ...), and flags override both.
+On a listen address that is not loopback, bty-web refuses to start without an admin password
+(BTY_ADMIN_PASSWORD or [admin] password; empty is none, the built-in default does not count).
 
 The first line on stdout is \"listening on http://HOST:PORT\" once the socket is bound.
 With [tftp] enabled = true (BTY_TFTP_ENABLED=1) bty-web also serves the boot dir over TFTP
@@ -152,6 +154,9 @@ fn run() -> Result<ExitCode> {
     let settings = Settings::load(&env, &flags)?;
     for u in &settings.unknown {
         crate::warn!("unknown setting ignored: {u}");
+    }
+    for i in &settings.ignored {
+        crate::warn!("setting ignored: {i} (an empty password is never used)");
     }
     let state = settings.state_dir();
     match mode {
@@ -343,14 +348,16 @@ fn serve(settings: &Settings) -> Result<ExitCode> {
     crate::sys::limit_malloc_arenas(2);
     let state_dir = settings.state_dir();
     let listen = settings.listen();
+    // Before anything is written: a refused start leaves the state dir as it was.
+    let password_line = auth::password_policy(settings)?;
     prepare_state_dir(&state_dir, &settings.boot_dir())?;
     let _lock = lock_state_dir(&state_dir)?;
     let db = db::Db::open(&state_dir)?;
     crate::debug!("state in {}", db.path().display());
-    if std::env::var_os("BTY_ADMIN_PASSWORD").is_none_or(|p| p.is_empty()) {
-        crate::warn!(
-            "BTY_ADMIN_PASSWORD is not set: the operator UI will be open to anyone who can reach it"
-        );
+    if settings.default_password() {
+        crate::warn!("{password_line}");
+    } else {
+        crate::info!("{password_line}");
     }
     crate::sys::catch_cancel_signals().context("installing the SIGTERM/SIGINT handler")?;
     let listener = http::bind(&listen).with_context(|| format!("listening on {listen}"))?;
@@ -377,7 +384,17 @@ fn serve(settings: &Settings) -> Result<ExitCode> {
         }
         None => None,
     };
-    let auth = auth::Auth::new(settings.get("admin", "password"), &state_dir)?;
+    let epoch = match db.setting(auth::EPOCH_SETTING)? {
+        Some(v) => v.parse().map_err(|_| {
+            crate::error::Error::msg(format!(
+                "reading the session epoch in {}: {v:?} is not a number",
+                db.path().display()
+            ))
+        })?,
+        None => 0,
+    };
+    let secure = settings.public_url().is_some_and(|u| u.starts_with("https://"));
+    let auth = auth::Auth::new(settings.get("admin", "password"), &state_dir, epoch, secure)?;
     let cache = match settings.cache_dir() {
         Some(dir) => Some(Arc::new(
             cache::Cache::open(&dir, settings.cache_max_bytes(), true)

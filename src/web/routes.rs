@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::sync::{Arc, Mutex};
 
-use crate::web::auth::{self, Auth, Session};
+use crate::web::auth::{Auth, Session};
 use crate::web::config::Settings;
 use crate::web::db::{CatalogEntry, Db, Machine, PxeMark};
 use crate::web::http::{Body, BodyPolicy, Req, Resp};
@@ -232,7 +232,7 @@ pub fn route(app: &Arc<App>, req: &Req, body: &mut dyn Read) -> Resp {
         _ => fixed(req, &segs),
     };
     match renew {
-        Some(v) => resp.with_header("Set-Cookie", &auth::set_cookie(&v)),
+        Some(v) => resp.with_header("Set-Cookie", &v),
         None => resp,
     }
 }

@@ -85,7 +85,9 @@ fn route_inner(app: &Arc<App>, req: &Req, segs: &[&str], body: &mut dyn Read) ->
         // Login and logout have no session token to check; a foreign Origin is still refused,
         // so another site cannot log a browser into or out of this server.
         ("POST", ["ui", "login"]) if origin_ok(req) != Some(false) => return login(app, req),
-        ("POST", ["ui", "logout"]) if origin_ok(req) != Some(false) => return logout(app),
+        ("POST", ["ui", "logout"]) if origin_ok(req) != Some(false) => {
+            return logout(app, logged_in);
+        }
         ("POST", ["ui", "login" | "logout"]) => return refused(),
         _ => {}
     }
@@ -119,7 +121,7 @@ fn route_inner(app: &Arc<App>, req: &Req, segs: &[&str], body: &mut dyn Read) ->
         resp = resp.with_header("Set-Cookie", "bty-flash=; Path=/ui; Max-Age=0; SameSite=Strict");
     }
     match renew {
-        Some(v) => resp.with_header("Set-Cookie", &auth::set_cookie(&v)),
+        Some(v) => resp.with_header("Set-Cookie", &v),
         None => resp,
     }
 }
@@ -292,26 +294,58 @@ fn login_page(status: u16, error: &str) -> Resp {
 
 fn login(app: &App, req: &Req) -> Resp {
     let ip = req.peer.map(|p| p.ip());
-    if !app.auth.may_try(ip) {
-        return login_page(429, "Too many failed logins from this address; wait a few minutes.");
-    }
     let fields = form(&req.body);
     let password = field(&fields, "password").unwrap_or_default();
     let who = ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into());
-    if app.auth.password_ok(password) {
-        let _ = app.db.add_event("auth.login.succeeded", None, &format!("login from {who}"), None);
-        redirect("/ui/dashboard").with_header("Set-Cookie", &auth::set_cookie(&app.auth.issue()))
-    } else {
-        app.auth.failed(ip);
-        let _ =
-            app.db.add_event("auth.login.failed", None, &format!("failed login from {who}"), None);
-        login_page(401, "Wrong password.")
+    match app.auth.login(ip, password) {
+        auth::Login::Ok(set_cookie) => {
+            let _ =
+                app.db.add_event("auth.login.succeeded", None, &format!("login from {who}"), None);
+            redirect("/ui/dashboard").with_header("Set-Cookie", &set_cookie)
+        }
+        auth::Login::Wrong { backoff_started } => {
+            let _ = app.db.add_event(
+                "auth.login.failed",
+                None,
+                &format!("failed login from {who}"),
+                None,
+            );
+            if backoff_started {
+                let _ = app.db.add_event(
+                    "auth.login.backoff",
+                    None,
+                    "many failed logins from many addresses: password checks are rationed for \
+                     5 minutes (addresses that logged in before are not)",
+                    None,
+                );
+            }
+            login_page(401, "Wrong password.")
+        }
+        auth::Login::Limited { retry_after, global } => {
+            let msg = if global {
+                "Too many failed logins on this server; try again in a few seconds."
+            } else {
+                "Too many failed logins from this address; wait a few minutes."
+            };
+            login_page(429, msg).with_header("Retry-After", &retry_after.to_string())
+        }
     }
 }
 
-fn logout(app: &App) -> Resp {
-    let _ = app.db.add_event("auth.logout", None, "logout", None);
-    redirect("/ui/login").with_header("Set-Cookie", &auth::clear_cookie())
+/// Logging out ends every session, not only this browser's: the one way to be sure a cookie
+/// that leaked (a shared machine, a copied HAR file) is dead. Without a valid session there is
+/// nothing to end, and an anonymous client must not be able to log the operator out.
+fn logout(app: &App, logged_in: bool) -> Resp {
+    if logged_in {
+        let revoked = app
+            .auth
+            .revoke_all(|epoch| app.db.set_setting(auth::EPOCH_SETTING, &epoch.to_string()));
+        if let Err(e) = revoked {
+            crate::error!("storing the session epoch (sessions are revoked until a restart): {e}");
+        }
+        let _ = app.db.add_event("auth.logout", None, "logout: every session ended", None);
+    }
+    redirect("/ui/login").with_header("Set-Cookie", &app.auth.clear_cookie())
 }
 
 #[cfg(test)]

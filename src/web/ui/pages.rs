@@ -112,7 +112,8 @@ fn dashboard(ctx: &Ctx<'_>) -> PageResult {
         Some(!s.default_password()),
         "Admin password changed",
         if s.default_password() {
-            "the built-in default password is in use".into()
+            let why: String = s.ignored.iter().map(|i| format!("; {i}, which sets none")).collect();
+            format!("the built-in default password is in use{why}")
         } else {
             format!("set ({})", s.source("admin", "password"))
         },
