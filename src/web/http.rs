@@ -31,6 +31,8 @@ pub struct Req {
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     pub peer: Option<SocketAddr>,
+    /// The address of ours the connection arrived on: one the client can reach us at.
+    pub local: Option<SocketAddr>,
 }
 
 impl Req {
@@ -406,6 +408,7 @@ fn request<'s>(
         headers: head.headers,
         body: Vec::new(),
         peer: Some(peer),
+        local: stream.local_addr().ok(),
     };
     let resp = match policy {
         BodyPolicy::Buffer(max) => match read_all(&mut body, max) {
@@ -815,6 +818,7 @@ fn reason(status: u16) -> &'static str {
         413 => "Content Too Large",
         415 => "Unsupported Media Type",
         416 => "Range Not Satisfiable",
+        421 => "Misdirected Request",
         422 => "Unprocessable Content",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
