@@ -7,7 +7,7 @@
 //!   cookie-authenticated API answer only for names this server owns (421 otherwise);
 //! - CSRF for the whole API: a change (any method but GET and HEAD) from another origin is
 //!   refused, and a body must be declared as JSON, which no cross-site form can send without a
-//!   CORS preflight (that we never grant);
+//!   CORS preflight (that we never grant). The UI's forms keep their own check (ui/mod.rs);
 //! - the open PXE POSTs refuse anything that carries an `Origin`: firmware and `bty` never
 //!   send one, so a request with it comes from a web page.
 //!
@@ -49,7 +49,9 @@ pub fn check(app: &App, req: &Req) -> Option<Resp> {
     if let Err(why) = host_allowed(app, req) {
         return Some(Resp::error(421, &why));
     }
-    if !change {
+    // The UI checks its own forms (a same-origin Origin, else the session's token in the
+    // form) and answers a refusal with a page a browser shows.
+    if !change || segs.first() == Some(&"ui") {
         return None;
     }
     if let Some(origin) = foreign_origin(app, req) {
@@ -62,8 +64,7 @@ pub fn check(app: &App, req: &Req) -> Option<Resp> {
             ),
         ));
     }
-    let ui = segs.first() == Some(&"ui");
-    if !ui && own_body_format(m, &segs).is_none() && has_body(req) {
+    if own_body_format(m, &segs).is_none() && has_body(req) {
         let ctype = req.header("content-type").unwrap_or("");
         if !is_json(ctype) {
             let got = if ctype.is_empty() { "none".to_string() } else { format!("{ctype:?}") };
@@ -152,7 +153,7 @@ fn host_allowed(app: &App, req: &Req) -> Result<(), String> {
     };
     let (name, port) = split_host(host).ok_or_else(refuse)?;
     let s = &app.settings;
-    let public = s.public_url().and_then(|u| url_host_port(u));
+    let public = s.public_url().and_then(url_host_port);
     let mut ports: Vec<u16> = req.local.map(|a| a.port()).into_iter().collect();
     ports.extend(s.get("server", "port").parse::<u16>().ok().filter(|&p| p != 0));
     ports.extend(public.as_ref().map(|(_, p)| *p));
@@ -299,14 +300,14 @@ fn host_facts() -> Arc<HostFacts> {
 /// The host (`name[:port]`) scripts for PXE clients embed: the request's Host when it is one
 /// this server owns, else `public_url`'s (when it is plain http, which iPXE and the kernel
 /// command line speak), else the local address the connection arrived on. A forged Host never
-/// reaches a script. `None` only without any of them (a request that came from no socket).
+/// reaches a script. `None` for a Host that is no host name at all (answered 400), or without
+/// any address to give (a request that came from no socket).
 pub fn script_host(app: &App, req: &Req) -> Option<String> {
-    let host = req.host();
-    let given = req.header("host").is_some()
-        && crate::web::routes::host_for_scripts(host).is_some()
-        && host_allowed(app, req).is_ok();
-    if given {
-        return Some(host.to_string());
+    if let Some(host) = req.header("host") {
+        crate::web::routes::host_for_scripts(host)?;
+        if host_allowed(app, req).is_ok() {
+            return Some(host.to_string());
+        }
     }
     if let Some(rest) = app.settings.public_url().and_then(|u| u.strip_prefix("http://")) {
         let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
