@@ -572,6 +572,15 @@ mod tests {
         let s = Settings::load(&env(&[("BTY_SERVER_PUBLIC_URL", "http://10.0.0.5:8080/")]), &[])
             .unwrap();
         assert_eq!(s.public_url(), Some("http://10.0.0.5:8080"));
+        let err = Settings::load(&env(&[("BTY_SERVER_ALLOWED_HOSTS", "bty.lab, a:8080")]), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("invalid [server] allowed_hosts (from env BTY_SERVER_ALLOWED_HOSTS)")
+                && err
+                    .contains("\"a:8080\": expected a host name or an IP address, without a port"),
+            "{err}"
+        );
         let err = Settings::load(&env(&[("BTY_CONFIG_FILE", "/nonexistent/bty.toml")]), &[])
             .unwrap_err()
             .to_string();

@@ -157,6 +157,8 @@ fn host_allowed(app: &App, req: &Req) -> Result<(), String> {
     let mut ports: Vec<u16> = req.local.map(|a| a.port()).into_iter().collect();
     ports.extend(s.get("server", "port").parse::<u16>().ok().filter(|&p| p != 0));
     ports.extend(public.as_ref().map(|(_, p)| *p));
+    ports.sort_unstable();
+    ports.dedup();
     // Without a port the client used the scheme's default (a proxy in front, or port 80).
     let port_ok = match port {
         Some(p) => ports.contains(&p),
