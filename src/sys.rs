@@ -608,6 +608,42 @@ pub fn open_console() -> Option<File> {
         .ok()
 }
 
+/// The IP addresses of this host's interfaces (loopback included), from getifaddrs(3).
+pub fn interface_addresses() -> io::Result<Vec<std::net::IpAddr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs writes a pointer to a list it allocates into the live local.
+    if unsafe { libc::getifaddrs(&mut head) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, not yet freed; ifa_addr is
+        // null or points to a sockaddr whose family says which larger struct it is.
+        unsafe {
+            let ifa = &*cur;
+            let sa = ifa.ifa_addr;
+            if !sa.is_null() {
+                match i32::from((*sa).sa_family) {
+                    libc::AF_INET => {
+                        let a = &*(sa as *const libc::sockaddr_in);
+                        out.push(std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)).into());
+                    }
+                    libc::AF_INET6 => {
+                        let a = &*(sa as *const libc::sockaddr_in6);
+                        out.push(std::net::Ipv6Addr::from(a.sin6_addr.s6_addr).into());
+                    }
+                    _ => {}
+                }
+            }
+            cur = ifa.ifa_next;
+        }
+    }
+    // SAFETY: `head` came from a successful getifaddrs and is freed once, after the last use.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -636,5 +672,11 @@ mod tests {
         for pgid in [0, 1, u32::MAX] {
             assert_eq!(kill_process_group(pgid).unwrap_err().kind(), io::ErrorKind::InvalidInput);
         }
+    }
+
+    #[test]
+    fn interface_addresses_include_loopback() {
+        let all = interface_addresses().unwrap();
+        assert!(all.contains(&std::net::Ipv4Addr::LOCALHOST.into()), "{all:?}");
     }
 }

@@ -206,7 +206,8 @@ fn put(s: &Server, path: &str, cookie: Option<&str>, data: &[u8], expect: bool) 
     let exp = if expect { "Expect: 100-continue\r\n" } else { "" };
     write!(
         c,
-        "PUT {path} HTTP/1.1\r\nHost: x\r\n{cookie}{exp}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        "PUT {path} HTTP/1.1\r\nHost: {}\r\n{cookie}{exp}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        s.addr,
         data.len()
     )
     .unwrap();
@@ -260,7 +261,8 @@ fn boot_artifact_uploads_are_atomic_authenticated_and_bounded() {
         let mut c = connect(&s);
         write!(
             c,
-            "PUT /boot/k.vmlinuz HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            "PUT /boot/k.vmlinuz HTTP/1.1\r\nHost: {}\r\nCookie: {cookie}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+            s.addr
         )
         .unwrap();
         for chunk in big.chunks(1 << 20) {
@@ -277,7 +279,8 @@ fn boot_artifact_uploads_are_atomic_authenticated_and_bounded() {
         let mut c = connect(&s);
         write!(
             c,
-            "PUT /boot/k.vmlinuz HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\nContent-Length: {}\r\n\r\n",
+            "PUT /boot/k.vmlinuz HTTP/1.1\r\nHost: {}\r\nCookie: {cookie}\r\nContent-Length: {}\r\n\r\n",
+            s.addr,
             data.len()
         )
         .unwrap();

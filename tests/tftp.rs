@@ -291,7 +291,9 @@ fn serve_runs_tftp_next_to_http_when_enabled() {
     std::fs::create_dir_all(dir.0.join("boot")).unwrap();
     std::fs::write(dir.0.join("boot/undionly.kpxe"), b"kpxe bytes").unwrap();
     let mut cmd = util::bty_web(&dir.0);
-    cmd.env("BTY_TFTP_ENABLED", "true").env("BTY_TFTP_LISTEN", "127.0.0.1:0");
+    cmd.env("BTY_TFTP_ENABLED", "true")
+        .env("BTY_TFTP_LISTEN", "127.0.0.1:0")
+        .env("BTY_SERVER_ALLOWED_HOSTS", "bty.lab.example");
     let mut child = cmd.spawn().unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let (mut http, mut tftp) = (String::new(), String::new());
@@ -306,18 +308,20 @@ fn serve_runs_tftp_next_to_http_when_enabled() {
     std::fs::create_dir_all(dir.0.join("ipxe")).unwrap();
     std::fs::write(dir.0.join("ipxe/ipxe.efi"), b"installed efi").unwrap();
     let web = http.trim().strip_prefix("listening on http://").unwrap().to_string();
-    let efi = http_get(&web, "/boot/ipxe.efi", "bty.lab.example:8080");
-    let http_script = http_get(&web, "/boot/autoexec.ipxe", "bty.lab.example:8080");
+    let port = web.rsplit(':').next().unwrap();
+    let lab = format!("bty.lab.example:{port}");
+    let efi = http_get(&web, "/boot/ipxe.efi", &lab);
+    let http_script = http_get(&web, "/boot/autoexec.ipxe", &lab);
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(got.unwrap().data, b"kpxe bytes");
-    let port = web.rsplit(':').next().unwrap();
     let script = String::from_utf8(script.unwrap().data).unwrap();
     assert!(script.contains(&format!("chain http://${{next-server}}:{port}/pxe-bootstrap.ipxe ")));
     assert!(efi.starts_with("HTTP/1.1 200") && efi.ends_with("\r\n\r\ninstalled efi"), "{efi}");
-    // Over HTTP (an HTTP-booted ipxe.efi fetches it beside itself) it chains by the Host used.
+    // Over HTTP (an HTTP-booted ipxe.efi fetches it beside itself) it chains by the Host used,
+    // a name of this server's ([server] allowed_hosts).
     assert!(
-        http_script.contains("\nchain http://bty.lab.example:8080/pxe-bootstrap.ipxe || goto"),
+        http_script.contains(&format!("\nchain http://{lab}/pxe-bootstrap.ipxe || goto")),
         "{http_script}"
     );
 }

@@ -21,8 +21,20 @@ fn req(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> (u16, String, String) {
+    req_to(s, &s.addr, method, path, headers, body)
+}
+
+/// As `req`, with the Host header the client claims.
+fn req_to(
+    s: &Server,
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, String) {
     let mut c = TcpStream::connect(&s.addr).unwrap();
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n", s.addr);
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -662,4 +674,188 @@ fn an_empty_password_is_the_default_on_loopback_and_the_dashboard_says_so() {
     assert!(page.contains("The built-in default password is in use"), "{page}");
     let (_, _, page) = get(&s, &cookie, "/ui/settings");
     assert!(page.contains("(built-in default: change it)"), "{page}");
+}
+
+/// The port of a server's `127.0.0.1:PORT`.
+fn port(s: &Server) -> &str {
+    s.addr.rsplit(':').next().unwrap()
+}
+
+#[test]
+fn a_rebinding_page_cannot_log_in_and_allowed_names_can() {
+    let s =
+        Server::start_env("ui-rebind", &[("BTY_SERVER_ALLOWED_HOSTS", "bty.lab.test, 10.9.9.9")]);
+    let port = port(&s);
+    let cookie = s.login();
+    let (_, _, before) = s.call("GET", "/events?limit=500", Some(&cookie), "");
+    let form = b"password=pw-for-tests";
+    let ct = ("Content-Type", "application/x-www-form-urlencoded");
+    // The attack from issue 16: evil.test resolves to this server, the page posts to its own
+    // origin, so Origin and Host agree. Only the Host tells it apart.
+    let evil = format!("evil.test:{port}");
+    let origin = format!("http://{evil}");
+    let (st, head, body) = req_to(&s, &evil, "POST", "/ui/login", &[("Origin", &origin), ct], form);
+    assert_eq!(st, 421, "{head}\n{body}");
+    assert!(!head.contains("set-cookie"), "no session for a foreign Host: {head}");
+    assert!(body.contains("evil.test") && body.contains("allowed_hosts"), "{body}");
+    // Nor does a stolen cookie help a page under a foreign name, for pages or the API.
+    for path in ["/ui/dashboard", "/machines", "/", "/events"] {
+        let (st, _, body) = req_to(&s, &evil, "GET", path, &[("Cookie", &cookie)], b"");
+        assert_eq!(st, 421, "{path}: {body}");
+    }
+    let (st, _, _) = req_to(&s, &evil, "GET", "/ui/login", &[], b"");
+    assert_eq!(st, 421);
+    // A name this server owns but on another port is another origin.
+    let (st, _, body) = req_to(&s, "localhost:1", "POST", "/ui/login", &[ct], form);
+    assert_eq!(st, 421, "{body}");
+    assert!(body.contains("port 1"), "{body}");
+    // Nothing was logged in, nothing written.
+    let (_, _, after) = s.call("GET", "/events?limit=500", Some(&cookie), "");
+    assert_eq!(before, after);
+    // The names the server owns log in: the configured ones (any case), localhost, the
+    // hostname, the address the connection came to.
+    let mut names = vec![
+        format!("bty.lab.test:{port}"),
+        format!("BTY.Lab.Test:{port}"),
+        format!("10.9.9.9:{port}"),
+        format!("localhost:{port}"),
+        s.addr.clone(),
+    ];
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    if !hostname.trim().is_empty() {
+        names.push(format!("{}:{port}", hostname.trim()));
+    }
+    for host in names {
+        let origin = format!("http://{host}");
+        let (st, head, body) =
+            req_to(&s, &host, "POST", "/ui/login", &[("Origin", &origin), ct], form);
+        assert_eq!(st, 303, "{host}: {head}\n{body}");
+        assert!(head.contains("set-cookie: bty-token="), "{host}: {head}");
+    }
+}
+
+#[test]
+fn api_changes_need_our_origin_and_a_json_body() {
+    let s = Server::start("ui-api-csrf");
+    let cookie = s.login();
+    let entries = || {
+        let (st, _, body) = s.call("GET", "/catalog/entries", Some(&cookie), "");
+        assert_eq!(st, 200, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap().as_array().unwrap().len()
+    };
+    let json = br#"{"image_url":"https://images.example/a.img.zst"}"#;
+    let ours = format!("http://{}", s.addr);
+    let text = ("Content-Type", "text/plain");
+    let app_json = ("Content-Type", "application/json");
+    // The cross-site request from issue 16, and its variants: each refused, nothing added.
+    for (headers, want) in [
+        (vec![("Origin", "http://evil.example"), text], 403),
+        (vec![("Origin", "http://evil.example"), app_json], 403),
+        (vec![("Origin", "null"), app_json], 403),
+        (vec![("Referer", "http://evil.example/page.html"), app_json], 403),
+        (vec![("Origin", ours.as_str()), text], 415),
+        (vec![text], 415),
+        (vec![], 415),
+    ] {
+        let mut h = vec![("Cookie", cookie.as_str())];
+        h.extend(headers.iter().copied());
+        let (st, _, body) = req(&s, "POST", "/catalog/entries", &h, json);
+        assert_eq!(st, want, "{headers:?}: {body}");
+        assert!(body.contains("/catalog/entries"), "the refusal names the request: {body}");
+        assert_eq!(entries(), 0, "{headers:?} added an entry");
+    }
+    // curl and scripts: a cookie, JSON, no Origin. And the server's own pages.
+    let (st, _, body) = req(&s, "POST", "/catalog/entries", &[("Cookie", &cookie), app_json], json);
+    assert_eq!(st, 201, "{body}");
+    let referer = format!("{ours}/ui/images");
+    let (st, _, body) = req(
+        &s,
+        "POST",
+        "/catalog/entries",
+        &[
+            ("Cookie", &cookie),
+            ("Referer", &referer),
+            ("Content-Type", "application/json; charset=utf-8"),
+        ],
+        br#"{"image_url":"https://images.example/b.img.zst"}"#,
+    );
+    assert_eq!(st, 201, "{body}");
+    assert_eq!(entries(), 2);
+    // A body-less POST needs no Content-Type.
+    let (st, _, body) = req(&s, "POST", "/events/999999/ack", &[("Cookie", &cookie)], b"");
+    assert_eq!(st, 404, "{body}");
+    // Deletes are changes too.
+    let (st, _, _) = req(
+        &s,
+        "DELETE",
+        "/catalog/entries?src=https%3A%2F%2Fimages.example%2Fa.img.zst",
+        &[("Cookie", &cookie), ("Origin", "http://evil.example")],
+        b"",
+    );
+    assert_eq!(st, 403);
+    assert_eq!(entries(), 2);
+}
+
+#[test]
+fn pxe_posts_with_an_origin_are_refused() {
+    let s = Server::start("ui-pxe-origin");
+    let cookie = s.login();
+    let mac = "02:00:00:00:00:16";
+    pxe(&s, mac);
+    let machine = || s.call("GET", &format!("/machines/{mac}"), Some(&cookie), "").2;
+    let before = machine();
+    let path = format!("/pxe/{mac}/inventory");
+    let body = br#"{"disks":[{"path":"/dev/sda","size_bytes":1000,"serial":"S16"}]}"#;
+    let ct = ("Content-Type", "application/json");
+    for origin in [format!("http://{}", s.addr), "http://evil.example".into(), "null".into()] {
+        let (st, _, resp) = req(&s, "POST", &path, &[("Origin", &origin), ct], body);
+        assert_eq!(st, 403, "{origin}: {resp}");
+        assert!(resp.contains("Origin"), "{resp}");
+    }
+    assert_eq!(machine(), before, "nothing recorded");
+    // The live environment sends none, and gets through.
+    let (st, _, resp) = req(&s, "POST", &path, &[ct], body);
+    assert_eq!(st, 204, "{resp}");
+    assert!(machine().contains("S16"));
+}
+
+#[test]
+fn pxe_scripts_embed_only_hosts_the_server_owns() {
+    let s = Server::start_env("ui-pxe-host", &[("BTY_SERVER_ALLOWED_HOSTS", "bty.lab.test")]);
+    let port = port(&s);
+    let mac = "02:00:00:00:00:17";
+    let script = |host: &str, path: &str| {
+        let (st, _, body) = req_to(&s, host, "GET", path, &[], b"");
+        assert_eq!(st, 200, "{host} {path}: {body}");
+        body
+    };
+    // A forged Host gets the address the connection came to, never itself.
+    for host in ["evil.test".to_string(), format!("evil.test:{port}"), "bty.lab.test:1".into()] {
+        let boot = script(&host, "/pxe-bootstrap.ipxe");
+        assert!(
+            boot.ends_with(&format!("chain http://{}/pxe/${{net0/mac:hexhyp}}\n", s.addr)),
+            "{boot}"
+        );
+        let menu = script(&host, &format!("/pxe/{mac}"));
+        assert!(
+            !menu.contains("evil") && !boot.contains("evil") && !boot.contains(":1/"),
+            "{menu}"
+        );
+        let auto = script(&host, "/boot/autoexec.ipxe");
+        assert!(auto.contains(&format!("chain http://{}/pxe-bootstrap.ipxe", s.addr)), "{auto}");
+    }
+    // Names it owns are kept: firmware chains by the name the operator gave it.
+    let lab = format!("bty.lab.test:{port}");
+    let boot = script(&lab, "/pxe-bootstrap.ipxe");
+    assert!(boot.contains(&format!("chain http://{lab}/pxe/")), "{boot}");
+    drop(s);
+    // With public_url, a forged Host gets that instead.
+    let s =
+        Server::start_env("ui-pxe-public", &[("BTY_SERVER_PUBLIC_URL", "http://bty.example:8081")]);
+    let (st, _, boot) = req_to(&s, "evil.test", "GET", "/pxe-bootstrap.ipxe", &[], b"");
+    assert_eq!(st, 200);
+    assert!(boot.contains("chain http://bty.example:8081/pxe/"), "{boot}");
+    // public_url's name with its port is one of ours: the UI answers there.
+    let (st, _, body) = req_to(&s, "bty.example:8081", "GET", "/ui/login", &[], b"");
+    assert_eq!(st, 200, "{body}");
 }

@@ -23,9 +23,9 @@ pub fn serve(app: &App, req: &Req, name: &str) -> Resp {
     let (file, len) = match open_first(&path, name, &app.settings.ipxe_dir()) {
         Ok(Some(f)) => f,
         // An HTTP-booted ipxe.efi fetches this beside itself; the name the client used for
-        // us is one it can reach, so the script chains there.
+        // us is one it can reach, so the script chains there (when that name is ours).
         Ok(None) if name == crate::web::pxe::AUTOEXEC => {
-            return match crate::web::routes::host_for_scripts(req.host()) {
+            return match crate::web::guard::script_host(app, req) {
                 Some(host) => Resp::text(200, crate::web::pxe::autoexec(&format!("http://{host}"))),
                 None => Resp::error(400, "invalid Host header"),
             };

@@ -61,8 +61,8 @@ fn toml_str(s: &str) -> String {
     out
 }
 
-/// Where a flash fetches the entry through this server's image cache (`host` as the client
-/// reached us), when the cache is on and can serve it; `None` means from its origin.
+/// Where a flash fetches the entry through this server's image cache (`host` from
+/// `guard::script_host`), when the cache is on and can serve it; `None` means from its origin.
 pub fn cache_url(app: &App, host: &str, e: &CatalogEntry) -> Option<String> {
     let cache = app.cache.as_ref()?;
     let sha = e.disk_image_sha.as_deref()?;

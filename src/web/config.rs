@@ -64,6 +64,13 @@ const KEYS: &[Key] = &[
     },
     Key {
         section: "server",
+        key: "allowed_hosts",
+        default: |_| String::new(),
+        secret: false,
+        help: "more names (comma-separated, no ports) the UI and API answer to, besides localhost, the hostname, the listen and interface addresses and public_url's host; other Host headers get 421",
+    },
+    Key {
+        section: "server",
         key: "max_connections",
         default: |_| "512".into(),
         secret: false,
@@ -356,6 +363,10 @@ impl Settings {
             "invalid [server] public_url {v:?} (from {src}): expected http://HOST[:PORT] or \
              https://HOST[:PORT] with no path, e.g. http://10.0.0.5:8080"
         );
+        let (v, src) = self.entry("server", "allowed_hosts");
+        if let Err(e) = crate::web::guard::allowed_hosts(v) {
+            crate::bail!("invalid [server] allowed_hosts (from {src}): {e}");
+        }
         for key in ["state_dir", "boot_dir"] {
             let (v, src) = self.entry("paths", key);
             crate::ensure!(!v.is_empty(), "invalid [paths] {key} (from {src}): empty path");
@@ -669,6 +680,15 @@ mod tests {
         let s = Settings::load(&env(&[("BTY_SERVER_PUBLIC_URL", "http://10.0.0.5:8080/")]), &[])
             .unwrap();
         assert_eq!(s.public_url(), Some("http://10.0.0.5:8080"));
+        let err = Settings::load(&env(&[("BTY_SERVER_ALLOWED_HOSTS", "bty.lab, a:8080")]), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("invalid [server] allowed_hosts (from env BTY_SERVER_ALLOWED_HOSTS)")
+                && err
+                    .contains("\"a:8080\": expected a host name or an IP address, without a port"),
+            "{err}"
+        );
         let err = Settings::load(&env(&[("BTY_CONFIG_FILE", "/nonexistent/bty.toml")]), &[])
             .unwrap_err()
             .to_string();

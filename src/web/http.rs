@@ -34,6 +34,8 @@ pub struct Req {
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     pub peer: Option<SocketAddr>,
+    /// The address of ours the connection arrived on: one the client can reach us at.
+    pub local: Option<SocketAddr>,
 }
 
 impl Req {
@@ -580,6 +582,7 @@ fn request<'s>(
         headers: head.headers,
         body: Vec::new(),
         peer: Some(peer),
+        local: stream.local_addr().ok(),
     };
     // Held until the request is answered: the buffered body lives in `req` until then.
     let mut _budget = None;
@@ -1077,6 +1080,7 @@ fn reason(status: u16) -> &'static str {
         413 => "Content Too Large",
         415 => "Unsupported Media Type",
         416 => "Range Not Satisfiable",
+        421 => "Misdirected Request",
         422 => "Unprocessable Content",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",

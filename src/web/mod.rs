@@ -21,6 +21,7 @@ pub mod config;
 pub mod db;
 pub mod deploy;
 pub mod export;
+pub mod guard;
 pub mod http;
 pub mod jobs;
 pub mod metrics;

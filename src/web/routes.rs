@@ -10,7 +10,7 @@ use crate::web::db::{CatalogEntry, Db, Machine, PxeMark};
 use crate::web::http::{Body, BodyPolicy, Req, Resp};
 use crate::web::metrics::Metrics;
 use crate::web::sse::{self, Hub};
-use crate::web::{boot, catalog, pxe, ui, validate};
+use crate::web::{boot, catalog, guard, pxe, ui, validate};
 
 /// What every route can reach.
 pub struct App {
@@ -102,6 +102,10 @@ fn protected(method: &str, segs: &[&str]) -> bool {
 /// form post 303 to the login page), so an anonymous client cannot make the server hold its
 /// body. Each further check (Host, Origin) is one more early return here.
 pub fn admit(app: &App, req: &Req) -> Option<Resp> {
+    // Host and Origin first: a rebinding page gets 421, not a hint that a session is needed.
+    if let Some(refused) = guard::check(app, req) {
+        return Some(refused);
+    }
     let segs = segments(&req.path);
     let m = req.method.as_str();
     let logged_in = || matches!(app.auth.check(req.header("cookie")), Session::Valid { .. });
@@ -166,10 +170,13 @@ pub fn route(app: &Arc<App>, req: &Req, body: &mut dyn Read) -> Resp {
             Err(e) => internal(e),
         },
         ("GET" | "HEAD", ["images"]) => match app.db.catalog() {
-            Ok(all) => Resp::json(
-                200,
-                &all.iter().map(|e| catalog::image_entry(app, req.host(), e)).collect::<Vec<_>>(),
-            ),
+            Ok(all) => {
+                let host = guard::script_host(app, req).unwrap_or_default();
+                Resp::json(
+                    200,
+                    &all.iter().map(|e| catalog::image_entry(app, &host, e)).collect::<Vec<_>>(),
+                )
+            }
             Err(e) => internal(e),
         },
         ("GET" | "HEAD", ["catalog.toml"]) => match app.db.catalog() {
@@ -177,8 +184,9 @@ pub fn route(app: &Arc<App>, req: &Req, body: &mut dyn Read) -> Resp {
             // it, so the wizard in an air-gapped lab flashes from here too.
             Ok(mut all) => {
                 if req.param("via") == Some("cache") {
+                    let host = guard::script_host(app, req).unwrap_or_default();
                     for e in &mut all {
-                        if let Some(url) = catalog::cache_url(app, req.host(), e) {
+                        if let Some(url) = catalog::cache_url(app, &host, e) {
                             e.src = url;
                         }
                     }
@@ -229,7 +237,7 @@ pub fn route(app: &Arc<App>, req: &Req, body: &mut dyn Read) -> Resp {
             Ok(id) => Resp::error(404, &format!("no running backup job {id}")),
             Err(_) => Resp::error(422, &format!("job id: expected a number, got {id:?}")),
         },
-        _ => fixed(req, &segs),
+        _ => fixed(app, req, &segs),
     };
     match renew {
         Some(v) => resp.with_header("Set-Cookie", &v),
@@ -238,13 +246,13 @@ pub fn route(app: &Arc<App>, req: &Req, body: &mut dyn Read) -> Resp {
 }
 
 /// Routes that need no state.
-fn fixed(req: &Req, segs: &[&str]) -> Resp {
+fn fixed(app: &App, req: &Req, segs: &[&str]) -> Resp {
     match (req.method.as_str(), segs) {
         ("GET" | "HEAD", ["healthz"]) => Resp::json(200, &serde_json::json!({"status": "ok"})),
         ("GET" | "HEAD", ["version"]) => {
             Resp::json(200, &serde_json::json!({"version": crate::VERSION}))
         }
-        ("GET" | "HEAD", ["pxe-bootstrap.ipxe"]) => pxe_bootstrap(req),
+        ("GET" | "HEAD", ["pxe-bootstrap.ipxe"]) => pxe_bootstrap(app, req),
         (_, ["healthz"] | ["version"] | ["pxe-bootstrap.ipxe"]) => {
             Resp::error(405, "method not allowed").with_header("Allow", "GET, HEAD")
         }
@@ -261,9 +269,8 @@ fn pxe_decide(
     offer: bool,
 ) -> Result<(Machine, pxe::Decision, Option<CatalogEntry>, String), Resp> {
     let mac = validate::normalize_mac(mac).map_err(bad)?;
-    let host = host_for_scripts(req.host())
-        .ok_or_else(|| Resp::error(400, "invalid Host header"))?
-        .to_string();
+    let host =
+        guard::script_host(app, req).ok_or_else(|| Resp::error(400, "invalid Host header"))?;
     let ip = req.peer.map(|p| p.ip().to_string());
     let (m, image, d, wrote) = app
         .db
@@ -534,10 +541,10 @@ fn redirect(to: &str) -> Resp {
     Resp::new(303, "text/plain", "").with_header("Location", to)
 }
 
-/// The static script dnsmasq points iPXE at: chain back to this server, by whatever name the
-/// client used to reach it.
-fn pxe_bootstrap(req: &Req) -> Resp {
-    match host_for_scripts(req.host()) {
+/// The static script dnsmasq points iPXE at: chain back to this server, by the name the client
+/// used to reach it when that name is ours (see `guard::script_host`).
+fn pxe_bootstrap(app: &App, req: &Req) -> Resp {
+    match guard::script_host(app, req) {
         Some(host) => {
             Resp::text(200, format!("#!ipxe\nchain http://{host}/pxe/${{net0/mac:hexhyp}}\n"))
         }

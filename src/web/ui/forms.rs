@@ -191,6 +191,7 @@ fn inner_req(ctx: &Ctx<'_>, body: Vec<u8>, query: Vec<(String, String)>) -> Req 
         headers: Vec::new(),
         body,
         peer: ctx.req.peer,
+        local: ctx.req.local,
     }
 }
 

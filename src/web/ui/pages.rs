@@ -334,7 +334,8 @@ fn events(ctx: &Ctx<'_>) -> PageResult {
 }
 
 fn base_url(ctx: &Ctx<'_>) -> String {
-    format!("http://{}", crate::web::routes::host_for_scripts(ctx.req.host()).unwrap_or("HOST"))
+    let host = crate::web::guard::script_host(ctx.app, ctx.req);
+    format!("http://{}", host.as_deref().unwrap_or("HOST"))
 }
 
 fn netboot(ctx: &Ctx<'_>) -> PageResult {
