@@ -4,6 +4,8 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::web::db::Capped;
+
 /// Upper bounds (seconds) of the request latency histogram.
 const BUCKETS: [f64; 8] = [0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0];
 
@@ -25,6 +27,9 @@ pub struct Metrics {
     /// Image requests answered from a complete cache file, and from a fetch in flight.
     pub cache_hits: AtomicU64,
     pub cache_misses: AtomicU64,
+    /// What the growth caps kept out, by `db::Capped` index: unknown MACs refused by
+    /// `max_discovered` and by the per-address rate, lshw blobs dropped by the total cap.
+    pub growth_refused: [AtomicU64; 3],
 }
 
 impl Metrics {
@@ -89,6 +94,25 @@ impl Metrics {
         let _ = writeln!(o, "bty_cache_requests_total{{result=\"hit\"}} {}", get(&self.cache_hits));
         let _ =
             writeln!(o, "bty_cache_requests_total{{result=\"miss\"}} {}", get(&self.cache_misses));
+        let _ = writeln!(
+            o,
+            "# HELP bty_pxe_discoveries_refused_total Unknown MACs not recorded, by the cap that refused them."
+        );
+        let _ = writeln!(o, "# TYPE bty_pxe_discoveries_refused_total counter");
+        for (reason, cap) in [("max_discovered", Capped::MaxDiscovered), ("rate", Capped::Rate)] {
+            let n = get(&self.growth_refused[cap as usize]);
+            let _ = writeln!(o, "bty_pxe_discoveries_refused_total{{reason=\"{reason}\"}} {n}");
+        }
+        let _ = writeln!(
+            o,
+            "# HELP bty_pxe_lshw_dropped_total lshw blobs dropped by [pxe] max_lshw_total_mib."
+        );
+        let _ = writeln!(o, "# TYPE bty_pxe_lshw_dropped_total counter");
+        let _ = writeln!(
+            o,
+            "bty_pxe_lshw_dropped_total {}",
+            get(&self.growth_refused[Capped::LshwTotal as usize])
+        );
         let _ = writeln!(o, "# HELP bty_machines Machines in the registry, by boot mode.");
         let _ = writeln!(o, "# TYPE bty_machines gauge");
         for (mode, n) in machines_by_mode {
