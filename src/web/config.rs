@@ -606,6 +606,12 @@ mod tests {
         let s = Settings::load(&env(&[("BTY_SERVER_PUBLIC_URL", "http://10.0.0.5:8080/")]), &[])
             .unwrap();
         assert_eq!(s.public_url(), Some("http://10.0.0.5:8080"));
+        let err =
+            Settings::load(&env(&[("BTY_PXE_MAX_DISCOVERED", "-1")]), &[]).unwrap_err().to_string();
+        assert!(err.contains("invalid [pxe] max_discovered \"-1\""), "{err}");
+        let s = Settings::load(&env(&[("BTY_PXE_DISCOVERIES_PER_MINUTE", "0")]), &[]).unwrap();
+        assert_eq!(s.pxe_limit("discoveries_per_minute"), 0);
+        assert_eq!(s.pxe_limit("max_discovered"), 10_000);
         let err = Settings::load(&env(&[("BTY_CONFIG_FILE", "/nonexistent/bty.toml")]), &[])
             .unwrap_err()
             .to_string();

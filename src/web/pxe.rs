@@ -342,6 +342,25 @@ mod tests {
     }
 
     #[test]
+    fn the_discovery_rate_counts_ipv6_by_64_and_remembers_a_bounded_number_of_addresses() {
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let d = Discovery::new(2);
+        assert!(d.admit(ip("2001:db8:1:2::1")) && d.admit(ip("2001:db8:1:2:ffff::9")));
+        assert!(!d.admit(ip("2001:db8:1:2::77")), "a third address in the same /64");
+        assert!(d.admit(ip("2001:db8:1:3::1")), "another /64 has its own allowance");
+        assert!(d.admit(ip("10.0.0.1")) && d.admit(ip("::ffff:10.0.0.1")));
+        assert!(!d.admit(ip("10.0.0.1")), "an IPv4-mapped address is the IPv4 address");
+        let d = Discovery::new(1);
+        for i in 0..ADDRESSES_KEPT as u32 {
+            assert!(d.admit(Some(IpAddr::V4(std::net::Ipv4Addr::from_bits(i)))));
+        }
+        assert!(!d.admit(ip("192.0.2.1")), "no room for another address this minute");
+        assert_eq!(d.window.lock().unwrap().1.len(), ADDRESSES_KEPT);
+        let d = Discovery::new(0);
+        assert!((0..1000).all(|_| d.admit(ip("10.0.0.1"))), "0: no limit");
+    }
+
+    #[test]
     fn autoexec_chains_the_bootstrap_and_retries_on_failure() {
         let s = autoexec("http://${next-server}:8080");
         assert!(s.starts_with("#!ipxe\n"));
