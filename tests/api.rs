@@ -730,9 +730,9 @@ fn a_flood_of_new_macs_past_max_discovered_records_the_cap_and_answers_every_con
     assert_eq!(capped.len(), 1, "one event for the whole flood: {capped:?}");
     assert_eq!(capped[0]["details"]["reason"], "max_discovered");
     assert!(capped[0]["details"]["refused"].as_u64().is_some_and(|n| (1..=80).contains(&n)));
-    assert!(
-        metrics(&s, &c).contains("bty_pxe_discoveries_refused_total{reason=\"max_discovered\"} 80"),
-    );
+    let m = metrics(&s, &c);
+    assert!(m.contains("bty_pxe_discoveries_refused_total{reason=\"max_discovered\"} 80"), "{m}");
+    assert!(m.contains("\nbty_pxe_unclaimed_machines 20\n"), "{m}");
     // The plan route refuses the same way, and records nothing either.
     let (st, _, body) = s.call("GET", &format!("/pxe/{}/plan", refused[0]), None, "");
     assert_eq!((st, body.as_str()), (200, r#"{"mode":"exit"}"#));
@@ -886,6 +886,7 @@ fn stale_unclaimed_discoveries_expire_with_one_event() {
     let expired = events_of(&s, &c, "pxe.discovery.expired");
     assert_eq!(expired.len(), 1, "{expired:?}");
     assert_eq!(expired[0]["details"]["count"], 1);
+    assert!(metrics(&s, &c).contains("\nbty_pxe_unclaimed_machines 1\n"), "the fresh one");
     assert!(expired[0]["message"].as_str().unwrap().contains("deleted 1 discovered machine"));
     // The machine comes back as a new discovery when it boots again.
     assert!(is_live(&s.pxe(stale)));

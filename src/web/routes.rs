@@ -138,7 +138,11 @@ pub fn route(app: &Arc<App>, req: &Req, body: &mut dyn Read) -> Resp {
             Ok(modes) => Resp::new(
                 200,
                 "text/plain; version=0.0.4; charset=utf-8",
-                app.metrics.render(&modes, app.hub.subscribers()),
+                app.metrics.render(
+                    &modes,
+                    app.hub.subscribers(),
+                    (app.db.unclaimed(), app.db.lshw_bytes()),
+                ),
             ),
             Err(e) => internal(e),
         },
