@@ -42,7 +42,9 @@ CREATE TABLE machines (
     updated_at TEXT NOT NULL,
     unclaimed INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX machines_unclaimed ON machines(last_seen_at) WHERE unclaimed = 1;
+-- For the count at open and the expiry sweep. On mac, not last_seen_at: every PXE contact that
+-- writes changes last_seen_at, and would rewrite this index too.
+CREATE INDEX machines_unclaimed ON machines(mac) WHERE unclaimed = 1;
 CREATE TABLE machine_labels (
     mac TEXT NOT NULL REFERENCES machines(mac) ON DELETE CASCADE,
     label TEXT NOT NULL,
@@ -92,7 +94,7 @@ ALTER TABLE machines ADD COLUMN unclaimed INTEGER NOT NULL DEFAULT 0;
 UPDATE machines SET unclaimed = 1
     WHERE discovered_at IS NOT NULL AND boot_mode = 'bty-inventory' AND bty_image_ref IS NULL
     AND updated_at = created_at;
-CREATE INDEX machines_unclaimed ON machines(last_seen_at) WHERE unclaimed = 1;
+CREATE INDEX machines_unclaimed ON machines(mac) WHERE unclaimed = 1;
 ";
 
 /// Readers kept open for concurrent GETs; more requests wait for one.
