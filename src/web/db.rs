@@ -1072,7 +1072,7 @@ impl Db {
     }
 
     /// Inserts or replaces imported machines, all or none: each as `bty-inventory` with no
-    /// image, target disk or labels.
+    /// image, target disk or labels, and claimed (the operator brought it in).
     pub fn import_machines(&self, machines: &[ImportedMachine]) -> Result<()> {
         let now = now_iso8601();
         let mut conn = self.write();
@@ -1089,7 +1089,8 @@ impl Db {
                  ON CONFLICT (mac) DO UPDATE SET boot_mode = 'bty-inventory', \
                  bty_image_ref = NULL, target_disk_serial = NULL, known_disks = excluded.known_disks, \
                  known_disks_at = excluded.known_disks_at, lshw = excluded.lshw, \
-                 updated_at = excluded.updated_at, saw_flasher_boot = 0, boot_disk_next = 0",
+                 updated_at = excluded.updated_at, saw_flasher_boot = 0, boot_disk_next = 0, \
+                 unclaimed = 0",
             )?
             .execute(params![
                 m.mac,
@@ -1380,6 +1381,17 @@ mod tests {
         let db = Db::open(&d).unwrap();
         assert_eq!(db.unclaimed(), 1);
         assert_eq!(db.machines().unwrap().len(), 2, "the migration keeps every row");
+        // An import claims what it brings in and recounts the lshw bytes.
+        let lshw = serde_json::json!({"id": "x"});
+        db.import_machines(&[ImportedMachine {
+            mac: "aa:bb:cc:dd:ee:02".into(),
+            known_disks: None,
+            known_disks_at: None,
+            lshw: Some(lshw.clone()),
+        }])
+        .unwrap();
+        assert_eq!(db.unclaimed(), 0);
+        assert_eq!(db.lshw_bytes(), lshw.to_string().len() as u64);
         let _ = std::fs::remove_dir_all(&d);
     }
 
