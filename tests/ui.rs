@@ -167,7 +167,8 @@ fn check_pages(s: &Server, cookie: &str, mac: Option<&str>) -> Vec<(String, usiz
 
 #[test]
 fn every_page_is_well_formed_empty_and_with_500_machines() {
-    let s = Server::start("ui-pages");
+    // 500 discoveries from one address, past the default discovery rate.
+    let s = Server::start_env("ui-pages", &[("BTY_PXE_DISCOVERIES_PER_MINUTE", "0")]);
     let cookie = s.login();
     check_pages(&s, &cookie, None);
     for i in 0..500u32 {

@@ -218,6 +218,10 @@ pub fn run_scheduler(app: Arc<App>) -> io::Result<()> {
             if let Err(e) = scheduled(&app) {
                 crate::warn!("backup schedule: {e}");
             }
+            // The one periodic worker also runs the expiry of stale discoveries.
+            if crate::web::pxe::expire_discovered(&app.db, &app.settings) > 0 {
+                app.hub.changed();
+            }
         }
     })?;
     Ok(())

@@ -216,6 +216,34 @@ const KEYS: &[Key] = &[
         secret: false,
         help: "UDP address of the TFTP server",
     },
+    Key {
+        section: "pxe",
+        key: "max_discovered",
+        default: |_| "10000".into(),
+        secret: false,
+        help: "machines discovered by PXE and not yet claimed kept at most; beyond it unknown MACs are answered (exit to the firmware boot order) but not recorded (0: no cap)",
+    },
+    Key {
+        section: "pxe",
+        key: "discoveries_per_minute",
+        default: |_| "60".into(),
+        secret: false,
+        help: "unknown MACs recorded per source address (IPv6: per /64) per minute; more are answered but not recorded (0: no limit)",
+    },
+    Key {
+        section: "pxe",
+        key: "max_lshw_total_mib",
+        default: |_| "256".into(),
+        secret: false,
+        help: "total MiB of lshw reports stored; beyond it an inventory keeps its disks and drops the new lshw blob (0: no cap)",
+    },
+    Key {
+        section: "pxe",
+        key: "discovered_ttl_days",
+        default: |_| "0".into(),
+        secret: false,
+        help: "delete discovered machines never claimed and not seen for this many days (0: never)",
+    },
 ];
 
 /// The password used when none is configured; bty-web warns about it at start.
@@ -342,6 +370,18 @@ impl Settings {
                 "invalid [{section}] {key} {v:?} (from {src}): expected a whole number above 0"
             );
         }
+        for key in [
+            "max_discovered",
+            "discoveries_per_minute",
+            "max_lshw_total_mib",
+            "discovered_ttl_days",
+        ] {
+            let (v, src) = self.entry("pxe", key);
+            crate::ensure!(
+                v.parse::<u32>().is_ok(),
+                "invalid [pxe] {key} {v:?} (from {src}): expected a whole number (0: no limit)"
+            );
+        }
         let (v, src) = self.entry("cache", "max_gib");
         crate::ensure!(
             v.parse::<f64>().is_ok_and(|n| n > 0.0 && n < 1e9),
@@ -435,6 +475,11 @@ impl Settings {
             idle_timeout: secs("idle_timeout"),
             ..Default::default()
         }
+    }
+
+    /// A `[pxe]` growth limit that `validate` checked to be a whole number (0: none).
+    pub fn pxe_limit(&self, key: &str) -> u64 {
+        self.get("pxe", key).parse().unwrap_or(0)
     }
 
     /// Largest boot artifact upload, in bytes.
@@ -689,6 +734,12 @@ mod tests {
                     .contains("\"a:8080\": expected a host name or an IP address, without a port"),
             "{err}"
         );
+        let err =
+            Settings::load(&env(&[("BTY_PXE_MAX_DISCOVERED", "-1")]), &[]).unwrap_err().to_string();
+        assert!(err.contains("invalid [pxe] max_discovered \"-1\""), "{err}");
+        let s = Settings::load(&env(&[("BTY_PXE_DISCOVERIES_PER_MINUTE", "0")]), &[]).unwrap();
+        assert_eq!(s.pxe_limit("discoveries_per_minute"), 0);
+        assert_eq!(s.pxe_limit("max_discovered"), 10_000);
         let err = Settings::load(&env(&[("BTY_CONFIG_FILE", "/nonexistent/bty.toml")]), &[])
             .unwrap_err()
             .to_string();

@@ -39,8 +39,12 @@ CREATE TABLE machines (
     boot_disk_next INTEGER NOT NULL DEFAULT 0,
     last_status TEXT,
     created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL
+    updated_at TEXT NOT NULL,
+    unclaimed INTEGER NOT NULL DEFAULT 0
 );
+-- For the count at open and the expiry sweep. On mac, not last_seen_at: every PXE contact that
+-- writes changes last_seen_at, and would rewrite this index too.
+CREATE INDEX machines_unclaimed ON machines(mac) WHERE unclaimed = 1;
 CREATE TABLE machine_labels (
     mac TEXT NOT NULL REFERENCES machines(mac) ON DELETE CASCADE,
     label TEXT NOT NULL,
@@ -82,6 +86,17 @@ CREATE TABLE jobs (
 );
 ";
 
+/// Brings a `bty-rs-1` database written before the `unclaimed` column to this shape: a
+/// discovered row that looks never saved since (still in the discovery's mode, no image,
+/// `updated_at` still its creation time) counts as unclaimed. Additive: every row is kept.
+const ADD_UNCLAIMED: &str = "
+ALTER TABLE machines ADD COLUMN unclaimed INTEGER NOT NULL DEFAULT 0;
+UPDATE machines SET unclaimed = 1
+    WHERE discovered_at IS NOT NULL AND boot_mode = 'bty-inventory' AND bty_image_ref IS NULL
+    AND updated_at = created_at;
+CREATE INDEX machines_unclaimed ON machines(mac) WHERE unclaimed = 1;
+";
+
 /// Readers kept open for concurrent GETs; more requests wait for one.
 const READERS: usize = 4;
 
@@ -98,7 +113,40 @@ pub struct Db {
     /// The last `pxe.offered` event logged per MAC (its reason and when), to log a repeat
     /// within `OFFER_REPEAT` once.
     offers: Mutex<HashMap<u64, (u64, Instant)>>,
+    /// Machines discovered by PXE and never saved by the operator, kept by every write that
+    /// changes it while holding the writer, so the cap costs no COUNT(*) per contact.
+    unclaimed: AtomicU64,
+    /// Bytes of stored lshw blobs, kept the same way.
+    lshw_bytes: AtomicU64,
+    /// `[pxe] max_discovered` and `max_lshw_total_mib` in bytes; u64::MAX for no cap.
+    max_unclaimed: AtomicU64,
+    max_lshw_bytes: AtomicU64,
 }
+
+/// Which growth cap kept something out of the database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Capped {
+    /// An unknown MAC while `[pxe] max_discovered` unclaimed machines exist.
+    MaxDiscovered,
+    /// An unknown MAC from an address over `[pxe] discoveries_per_minute`.
+    Rate,
+    /// An lshw blob that would take the stored total over `[pxe] max_lshw_total_mib`.
+    LshwTotal,
+}
+
+/// What became of a posted inventory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InventoryStored {
+    NoMachine,
+    /// The disks, and the lshw blob if one was given.
+    All,
+    /// The disks; the blob was dropped by the total lshw cap, the previous one is kept.
+    WithoutLshw,
+}
+
+/// A PXE contact's outcome: the machine, its catalog entry, the decision and whether anything
+/// was written; or, for an unknown MAC, the cap that kept it from being recorded.
+pub type Contact<T> = std::result::Result<(Machine, Option<CatalogEntry>, T, bool), Capped>;
 
 /// A machine offered the same boot again within this long gets no new `pxe.offered` event:
 /// firmware in a retry loop would otherwise fill the event log, and every such event costs a
@@ -353,7 +401,22 @@ impl Db {
                     "BEGIN; {SCHEMA} INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'); COMMIT;"
                 ))
                 .with_context(|| format!("creating the schema in {}", path.display()))?;
+        } else {
+            let has_column: bool = writer
+                .query_row(
+                    "SELECT count(*) > 0 FROM pragma_table_info('machines') WHERE name = 'unclaimed'",
+                    [],
+                    |r| r.get(0),
+                )
+                .with_context(|| format!("reading the schema of {}", path.display()))?;
+            if !has_column {
+                writer.execute_batch(&format!("BEGIN; {ADD_UNCLAIMED} COMMIT;")).with_context(
+                    || format!("adding the unclaimed column to {}", path.display()),
+                )?;
+            }
         }
+        let (unclaimed, lshw_bytes) = growth(&writer)
+            .with_context(|| format!("counting discovered machines in {}", path.display()))?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             readers.push(connect(&path, false)?);
@@ -365,6 +428,10 @@ impl Db {
             reader_back: Condvar::new(),
             generation: AtomicU64::new(0),
             offers: Mutex::default(),
+            unclaimed: AtomicU64::new(unclaimed),
+            lshw_bytes: AtomicU64::new(lshw_bytes),
+            max_unclaimed: AtomicU64::new(u64::MAX),
+            max_lshw_bytes: AtomicU64::new(u64::MAX),
         };
         if let Some((from, archived_at)) = reset {
             db.add_event(
@@ -382,6 +449,28 @@ impl Db {
     /// Where the database file is.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Sets the growth caps unauthenticated PXE clients meet: unclaimed discovered machines
+    /// and total lshw bytes (0: no cap).
+    pub fn limit_growth(&self, max_discovered: u64, max_lshw_bytes: u64) {
+        let cap = |n: u64| if n == 0 { u64::MAX } else { n };
+        self.max_unclaimed.store(cap(max_discovered), Ordering::Relaxed);
+        self.max_lshw_bytes.store(cap(max_lshw_bytes), Ordering::Relaxed);
+    }
+
+    /// Machines discovered by PXE and not claimed by the operator (cached, no query).
+    pub fn unclaimed(&self) -> u64 {
+        self.unclaimed.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of lshw blobs stored (cached, no query).
+    pub fn lshw_bytes(&self) -> u64 {
+        self.lshw_bytes.load(Ordering::Relaxed)
+    }
+
+    fn discovery_full(&self) -> bool {
+        self.unclaimed.load(Ordering::Relaxed) >= self.max_unclaimed.load(Ordering::Relaxed)
     }
 
     fn write(&self) -> Writer<'_> {
@@ -480,12 +569,14 @@ impl Db {
             let tx = conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .context("starting a transaction")?;
-            let old: Option<(Option<String>, String, Option<String>)> = tx
+            let old: Option<(Option<String>, String, Option<String>, bool)> = tx
                 .prepare_cached(
-                    "SELECT bty_image_ref, boot_mode, target_disk_serial FROM machines WHERE mac = ?1",
+                    "SELECT bty_image_ref, boot_mode, target_disk_serial, unclaimed FROM machines \
+                     WHERE mac = ?1",
                 )?
-                .query_row([mac], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .query_row([mac], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
                 .optional()?;
+            let claimed = old.as_ref().is_some_and(|o| o.3);
             match old {
                 None => {
                     tx.prepare_cached(
@@ -501,13 +592,13 @@ impl Db {
                         now
                     ])?;
                 }
-                Some((image, mode, serial)) => {
+                Some((image, mode, serial, _)) => {
                     let rearm = image != m.bty_image_ref
                         || mode != m.boot_mode
                         || serial != m.target_disk_serial;
                     tx.prepare_cached(
                         "UPDATE machines SET bty_image_ref = ?2, boot_mode = ?3, sanboot_drive = ?4, \
-                         target_disk_serial = ?5, updated_at = ?6, \
+                         target_disk_serial = ?5, updated_at = ?6, unclaimed = 0, \
                          saw_flasher_boot = CASE WHEN ?7 THEN 0 ELSE saw_flasher_boot END, \
                          boot_disk_next = CASE WHEN ?7 THEN 0 ELSE boot_disk_next END, \
                          last_flashed_at = CASE WHEN ?7 THEN NULL ELSE last_flashed_at END, \
@@ -535,30 +626,83 @@ impl Db {
                 }
             }
             tx.commit().with_context(|| format!("saving machine {mac}"))?;
+            if claimed {
+                sub(&self.unclaimed, 1);
+            }
         }
         self.machine(mac)?.with_context(|| format!("reading back machine {mac}"))
     }
 
     /// Deletes a machine; false when there was none.
     pub fn delete_machine(&self, mac: &str) -> Result<bool> {
-        let n = self
-            .write()
-            .prepare_cached("DELETE FROM machines WHERE mac = ?1")?
-            .execute([mac])
+        let w = self.write();
+        let gone: Option<(bool, u64)> = w
+            .prepare_cached(
+                "DELETE FROM machines WHERE mac = ?1 \
+                 RETURNING unclaimed, coalesce(octet_length(lshw), 0)",
+            )?
+            .query_row([mac], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
             .with_context(|| format!("deleting machine {mac}"))?;
-        Ok(n > 0)
+        if let Some((unclaimed, lshw)) = gone {
+            sub(&self.unclaimed, u64::from(unclaimed));
+            sub(&self.lshw_bytes, lshw);
+        }
+        Ok(gone.is_some())
+    }
+
+    /// Deletes the unclaimed discovered machines not seen for `ttl_days` days, with one event
+    /// naming how many; returns that count.
+    pub fn expire_discovered(&self, ttl_days: u64) -> Result<u64> {
+        let cutoff =
+            crate::units::iso8601(crate::units::now_secs().saturating_sub(ttl_days * 86_400));
+        let mut conn = self.write();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .context("starting a transaction")?;
+        let gone: Vec<u64> = tx
+            .prepare_cached(
+                "DELETE FROM machines WHERE unclaimed = 1 AND last_seen_at < ?1 \
+                 RETURNING coalesce(octet_length(lshw), 0)",
+            )?
+            .query_map([&cutoff], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()
+            .context("deleting stale discovered machines")?;
+        let n = gone.len() as u64;
+        if n > 0 {
+            insert_event(
+                &tx,
+                "pxe.discovery.expired",
+                None,
+                &format!(
+                    "deleted {n} discovered machine(s) never claimed and not seen for {ttl_days} day(s) ([pxe] discovered_ttl_days)"
+                ),
+                Some(
+                    serde_json::json!({ "count": n, "ttl_days": ttl_days, "not_seen_since": cutoff }),
+                ),
+            )?;
+        }
+        tx.commit().context("committing the expiry of discovered machines")?;
+        sub(&self.unclaimed, n);
+        sub(&self.lshw_bytes, gone.iter().sum());
+        Ok(n)
     }
 
     /// One PXE contact in one short write transaction: records it (an unknown MAC becomes a
     /// discovered machine), reads the machine and its catalog entry, lets `decide` pick the
     /// offer, applies the bookkeeping mark the offer needs and logs the events. The cost does
     /// not depend on the fleet size: a few statements on one row, all prepared once.
+    ///
+    /// An unknown MAC is recorded only below the `max_discovered` cap and when `may_discover`
+    /// (the caller's per-address rate) agrees; otherwise nothing is written and the cap is
+    /// returned. Known machines are answered and updated whatever the caps.
     pub fn pxe_contact<T>(
         &self,
         mac: &str,
         ip: Option<&str>,
+        may_discover: impl FnOnce() -> bool,
         decide: impl Fn(&Machine, Option<&CatalogEntry>) -> (T, Option<PxeMark>, Option<String>),
-    ) -> Result<(Machine, Option<CatalogEntry>, T, bool)> {
+    ) -> Result<Contact<T>> {
         let now = now_iso8601();
         // A contact that would write nothing new (a known machine seen in this same second
         // from the same address, no mark, an offer already logged) is answered from a reader,
@@ -577,12 +721,26 @@ impl Db {
             };
             Ok(Some((m, image)))
         })?;
-        if let Some((m, image)) = known {
-            if m.last_seen_at.as_deref() == Some(now.as_str()) && m.last_seen_ip.as_deref() == ip {
-                let (out, mark, offered) = decide(&m, image.as_ref());
-                if mark.is_none() && offered.as_deref().is_none_or(|r| self.offered_lately(mac, r))
+        let mut may_discover = Some(may_discover);
+        match known {
+            Some((m, image)) => {
+                if m.last_seen_at.as_deref() == Some(now.as_str())
+                    && m.last_seen_ip.as_deref() == ip
                 {
-                    return Ok((m, image, out, false));
+                    let (out, mark, offered) = decide(&m, image.as_ref());
+                    if mark.is_none()
+                        && offered.as_deref().is_none_or(|r| self.offered_lately(mac, r))
+                    {
+                        return Ok(Ok((m, image, out, false)));
+                    }
+                }
+            }
+            // Refused before the writer lock: a flood of new MACs past a cap costs no write
+            // transaction. The cap is checked again under the lock, where the count is exact.
+            None if self.discovery_full() => return Ok(Err(Capped::MaxDiscovered)),
+            None => {
+                if may_discover.take().is_some_and(|f| !f()) {
+                    return Ok(Err(Capped::Rate));
                 }
             }
         }
@@ -597,9 +755,16 @@ impl Db {
             .execute(params![mac, now, ip])
             .with_context(|| format!("recording a PXE contact of {mac}"))?;
         if n == 0 {
+            if self.discovery_full() {
+                return Ok(Err(Capped::MaxDiscovered));
+            }
+            // Deleted since the reader saw it: a discovery like any other.
+            if may_discover.take().is_some_and(|f| !f()) {
+                return Ok(Err(Capped::Rate));
+            }
             tx.prepare_cached(
                 "INSERT INTO machines (mac, boot_mode, discovered_at, last_seen_at, last_seen_ip, \
-                 created_at, updated_at) VALUES (?1, 'bty-inventory', ?2, ?2, ?3, ?2, ?2)",
+                 created_at, updated_at, unclaimed) VALUES (?1, 'bty-inventory', ?2, ?2, ?3, ?2, ?2, 1)",
             )?
             .execute(params![mac, now, ip])
             .with_context(|| format!("recording the discovery of {mac}"))?;
@@ -635,6 +800,11 @@ impl Db {
             _ => None,
         };
         tx.commit().with_context(|| format!("committing the PXE contact of {mac}"))?;
+        if n == 0 {
+            // Still under the writer lock, so the next contact's check sees it.
+            self.unclaimed.fetch_add(1, Ordering::Relaxed);
+        }
+        drop(conn);
         if let Some(reason) = logged {
             let mut offers = self.offers.lock().unwrap_or_else(|p| p.into_inner());
             if offers.len() >= OFFERS_KEPT {
@@ -646,7 +816,7 @@ impl Db {
             let (m, r) = offer_key(mac, &reason);
             offers.insert(m, (r, Instant::now()));
         }
-        Ok((m, image, out, true))
+        Ok(Ok((m, image, out, true)))
     }
 
     /// Whether this offer to this MAC was logged within `OFFER_REPEAT`.
@@ -672,23 +842,55 @@ impl Db {
     }
 
     /// Stores a posted inventory (and lshw unless None: an absent or dropped blob keeps the
-    /// previous one). In bty-inventory mode the next contact boots the disk. False: no machine.
+    /// previous one). In bty-inventory mode the next contact boots the disk.
+    ///
+    /// A blob that would take the stored total over `max_lshw_total_mib` is dropped and the
+    /// disks are stored all the same: they are what the operator claims a machine by (the
+    /// target disk), while lshw is background detail; refusing the whole post would lose both.
+    /// A blob no bigger than the one it replaces always fits.
     pub fn set_inventory(
         &self,
         mac: &str,
         disks: &serde_json::Value,
         lshw: Option<&serde_json::Value>,
-    ) -> Result<bool> {
-        let n = self
-            .write()
-            .prepare_cached(
-                "UPDATE machines SET known_disks = ?2, known_disks_at = ?3, lshw = COALESCE(?4, lshw), \
-                 boot_disk_next = CASE WHEN boot_mode = 'bty-inventory' THEN 1 ELSE boot_disk_next END \
-                 WHERE mac = ?1",
-            )?
-            .execute(params![mac, disks.to_string(), now_iso8601(), lshw.map(|l| l.to_string())])
-            .with_context(|| format!("storing the inventory of {mac}"))?;
-        Ok(n > 0)
+    ) -> Result<InventoryStored> {
+        let mut conn = self.write();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .context("starting a transaction")?;
+        let Some(old) = tx
+            .prepare_cached("SELECT coalesce(octet_length(lshw), 0) FROM machines WHERE mac = ?1")?
+            .query_row([mac], |r| r.get::<_, u64>(0))
+            .optional()
+            .with_context(|| format!("reading the lshw size of {mac}"))?
+        else {
+            return Ok(InventoryStored::NoMachine);
+        };
+        let total = self.lshw_bytes.load(Ordering::Relaxed);
+        let blob = lshw.map(|l| l.to_string());
+        let fits = |b: &String| {
+            let new = b.len() as u64;
+            new <= old
+                || total.saturating_sub(old).saturating_add(new)
+                    <= self.max_lshw_bytes.load(Ordering::Relaxed)
+        };
+        let (blob, stored) = match blob {
+            Some(b) if !fits(&b) => (None, InventoryStored::WithoutLshw),
+            b => (b, InventoryStored::All),
+        };
+        tx.prepare_cached(
+            "UPDATE machines SET known_disks = ?2, known_disks_at = ?3, lshw = COALESCE(?4, lshw), \
+             boot_disk_next = CASE WHEN boot_mode = 'bty-inventory' THEN 1 ELSE boot_disk_next END \
+             WHERE mac = ?1",
+        )?
+        .execute(params![mac, disks.to_string(), now_iso8601(), blob])
+        .with_context(|| format!("storing the inventory of {mac}"))?;
+        tx.commit().with_context(|| format!("committing the inventory of {mac}"))?;
+        if let Some(b) = &blob {
+            self.lshw_bytes
+                .store(total.saturating_sub(old).saturating_add(b.len() as u64), Ordering::Relaxed);
+        }
+        Ok(stored)
     }
 
     /// Every catalog entry, by name.
@@ -870,7 +1072,7 @@ impl Db {
     }
 
     /// Inserts or replaces imported machines, all or none: each as `bty-inventory` with no
-    /// image, target disk or labels.
+    /// image, target disk or labels, and claimed (the operator brought it in).
     pub fn import_machines(&self, machines: &[ImportedMachine]) -> Result<()> {
         let now = now_iso8601();
         let mut conn = self.write();
@@ -887,7 +1089,8 @@ impl Db {
                  ON CONFLICT (mac) DO UPDATE SET boot_mode = 'bty-inventory', \
                  bty_image_ref = NULL, target_disk_serial = NULL, known_disks = excluded.known_disks, \
                  known_disks_at = excluded.known_disks_at, lshw = excluded.lshw, \
-                 updated_at = excluded.updated_at, saw_flasher_boot = 0, boot_disk_next = 0",
+                 updated_at = excluded.updated_at, saw_flasher_boot = 0, boot_disk_next = 0, \
+                 unclaimed = 0",
             )?
             .execute(params![
                 m.mac,
@@ -898,7 +1101,10 @@ impl Db {
             ])
             .with_context(|| format!("importing {}", m.mac))?;
         }
+        let (unclaimed, lshw_bytes) = growth(&tx).context("counting machines after the import")?;
         tx.commit().context("committing the import")?;
+        self.unclaimed.store(unclaimed, Ordering::Relaxed);
+        self.lshw_bytes.store(lshw_bytes, Ordering::Relaxed);
         Ok(())
     }
 
@@ -966,6 +1172,23 @@ impl Db {
         .with_context(|| format!("storing setting {key}"))?;
         Ok(())
     }
+}
+
+/// Unclaimed discovered machines and stored lshw bytes, counted: at open and after an import,
+/// never per contact.
+fn growth(conn: &Connection) -> rusqlite::Result<(u64, u64)> {
+    conn.query_row(
+        "SELECT (SELECT count(*) FROM machines WHERE unclaimed = 1), \
+         (SELECT coalesce(sum(octet_length(lshw)), 0) FROM machines)",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+}
+
+/// Lowers a cached count, never below zero.
+fn sub(counter: &AtomicU64, n: u64) {
+    let _ =
+        counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(n)));
 }
 
 /// Opens a connection with the pragmas every connection needs.
@@ -1099,7 +1322,8 @@ mod tests {
             move |_: &Machine, _: Option<&CatalogEntry>| ((), None, Some(reason.to_string()))
         };
         let mac = "aa:bb:cc:dd:ee:01";
-        let (m, _, (), wrote) = db.pxe_contact(mac, Some("10.0.0.1"), offer("exit")).unwrap();
+        let (m, _, (), wrote) =
+            db.pxe_contact(mac, Some("10.0.0.1"), || true, offer("exit")).unwrap().unwrap();
         assert!(wrote, "a discovery is written");
         assert_eq!(m.last_seen_ip.as_deref(), Some("10.0.0.1"));
         let offered = |db: &Db| db.events(Some("pxe.offered"), None, 100, None).unwrap().len();
@@ -1107,17 +1331,68 @@ mod tests {
         // Within the same second, from the same address, the same offer: read only (the
         // second may tick over between the calls, then it writes last-seen but no event).
         let generation = db.generation();
-        let (_, _, (), wrote) = db.pxe_contact(mac, Some("10.0.0.1"), offer("exit")).unwrap();
+        let (_, _, (), wrote) =
+            db.pxe_contact(mac, Some("10.0.0.1"), || true, offer("exit")).unwrap().unwrap();
         assert!(!wrote || db.generation() != generation);
         assert_eq!(offered(&db), 1, "a repeated offer within 10 s is logged once");
         // Another address or another offer is news.
-        let (m, _, (), wrote) = db.pxe_contact(mac, Some("10.0.0.2"), offer("exit")).unwrap();
+        let (m, _, (), wrote) =
+            db.pxe_contact(mac, Some("10.0.0.2"), || true, offer("exit")).unwrap().unwrap();
         assert!(wrote);
         assert_eq!(m.last_seen_ip.as_deref(), Some("10.0.0.2"));
         assert_eq!(offered(&db), 1);
-        let (_, _, (), wrote) = db.pxe_contact(mac, Some("10.0.0.2"), offer("disk")).unwrap();
+        let (_, _, (), wrote) =
+            db.pxe_contact(mac, Some("10.0.0.2"), || true, offer("disk")).unwrap().unwrap();
         assert!(wrote);
         assert_eq!(offered(&db), 2);
+    }
+
+    #[test]
+    fn the_unclaimed_count_follows_discovery_claim_delete_and_reopen() {
+        let d = tmp("unclaimed");
+        let db = Db::open(&d).unwrap();
+        db.limit_growth(2, 0);
+        let contact = |db: &Db, mac: &str| {
+            db.pxe_contact(mac, Some("10.0.0.1"), || true, |_, _| ((), None, None)).unwrap()
+        };
+        assert!(contact(&db, "aa:bb:cc:dd:ee:01").is_ok());
+        assert!(contact(&db, "aa:bb:cc:dd:ee:02").is_ok());
+        assert_eq!(db.unclaimed(), 2);
+        assert_eq!(contact(&db, "aa:bb:cc:dd:ee:03").unwrap_err(), Capped::MaxDiscovered);
+        assert_eq!(db.machine("aa:bb:cc:dd:ee:03").unwrap(), None, "a refusal writes nothing");
+        assert!(contact(&db, "aa:bb:cc:dd:ee:01").is_ok(), "known machines are answered");
+        db.put_machine("aa:bb:cc:dd:ee:01", &upsert("ipxe-exit", &[])).unwrap();
+        assert_eq!(db.unclaimed(), 1, "a claimed machine no longer counts");
+        assert!(contact(&db, "aa:bb:cc:dd:ee:03").is_ok());
+        assert!(db.delete_machine("aa:bb:cc:dd:ee:03").unwrap());
+        assert_eq!(db.unclaimed(), 1);
+        let refused =
+            db.pxe_contact("aa:bb:cc:dd:ee:04", None, || false, |_, _| ((), None, None)).unwrap();
+        assert_eq!(refused.unwrap_err(), Capped::Rate);
+        drop(db);
+        // A database from before the column: discovered rows never saved count as unclaimed.
+        {
+            let c = Connection::open(d.join("state.db")).unwrap();
+            c.execute_batch(
+                "DROP INDEX machines_unclaimed; ALTER TABLE machines DROP COLUMN unclaimed;",
+            )
+            .unwrap();
+        }
+        let db = Db::open(&d).unwrap();
+        assert_eq!(db.unclaimed(), 1);
+        assert_eq!(db.machines().unwrap().len(), 2, "the migration keeps every row");
+        // An import claims what it brings in and recounts the lshw bytes.
+        let lshw = serde_json::json!({"id": "x"});
+        db.import_machines(&[ImportedMachine {
+            mac: "aa:bb:cc:dd:ee:02".into(),
+            known_disks: None,
+            known_disks_at: None,
+            lshw: Some(lshw.clone()),
+        }])
+        .unwrap();
+        assert_eq!(db.unclaimed(), 0);
+        assert_eq!(db.lshw_bytes(), lshw.to_string().len() as u64);
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]

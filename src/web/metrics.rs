@@ -4,6 +4,8 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::web::db::Capped;
+
 /// Upper bounds (seconds) of the request latency histogram.
 const BUCKETS: [f64; 8] = [0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0];
 
@@ -25,6 +27,9 @@ pub struct Metrics {
     /// Image requests answered from a complete cache file, and from a fetch in flight.
     pub cache_hits: AtomicU64,
     pub cache_misses: AtomicU64,
+    /// What the growth caps kept out, by `db::Capped` index: unknown MACs refused by
+    /// `max_discovered` and by the per-address rate, lshw blobs dropped by the total cap.
+    pub growth_refused: [AtomicU64; 3],
 }
 
 impl Metrics {
@@ -38,8 +43,14 @@ impl Metrics {
         self.latency_micros.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
     }
 
-    /// Renders everything, with the gauges the caller reads from the database.
-    pub fn render(&self, machines_by_mode: &[(String, u64)], sse_clients: usize) -> String {
+    /// Renders everything, with the gauges the caller reads from the database (`growth`: the
+    /// unclaimed discovered machines and the stored lshw bytes, the two growth caps' measures).
+    pub fn render(
+        &self,
+        machines_by_mode: &[(String, u64)],
+        sse_clients: usize,
+        growth: (u64, u64),
+    ) -> String {
         let mut o = String::new();
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let _ =
@@ -89,12 +100,43 @@ impl Metrics {
         let _ = writeln!(o, "bty_cache_requests_total{{result=\"hit\"}} {}", get(&self.cache_hits));
         let _ =
             writeln!(o, "bty_cache_requests_total{{result=\"miss\"}} {}", get(&self.cache_misses));
+        let _ = writeln!(
+            o,
+            "# HELP bty_pxe_discoveries_refused_total Unknown MACs not recorded, by the cap that refused them."
+        );
+        let _ = writeln!(o, "# TYPE bty_pxe_discoveries_refused_total counter");
+        for (reason, cap) in [("max_discovered", Capped::MaxDiscovered), ("rate", Capped::Rate)] {
+            let n = get(&self.growth_refused[cap as usize]);
+            let _ = writeln!(o, "bty_pxe_discoveries_refused_total{{reason=\"{reason}\"}} {n}");
+        }
+        let _ = writeln!(
+            o,
+            "# HELP bty_pxe_lshw_dropped_total lshw blobs dropped by [pxe] max_lshw_total_mib."
+        );
+        let _ = writeln!(o, "# TYPE bty_pxe_lshw_dropped_total counter");
+        let _ = writeln!(
+            o,
+            "bty_pxe_lshw_dropped_total {}",
+            get(&self.growth_refused[Capped::LshwTotal as usize])
+        );
         let _ = writeln!(o, "# HELP bty_machines Machines in the registry, by boot mode.");
         let _ = writeln!(o, "# TYPE bty_machines gauge");
         for (mode, n) in machines_by_mode {
             // Boot modes are validated names; no label escaping is needed.
             let _ = writeln!(o, "bty_machines{{boot_mode=\"{mode}\"}} {n}");
         }
+        let _ = writeln!(
+            o,
+            "# HELP bty_pxe_unclaimed_machines Machines discovered by PXE and not claimed ([pxe] max_discovered caps them)."
+        );
+        let _ = writeln!(o, "# TYPE bty_pxe_unclaimed_machines gauge");
+        let _ = writeln!(o, "bty_pxe_unclaimed_machines {}", growth.0);
+        let _ = writeln!(
+            o,
+            "# HELP bty_pxe_lshw_bytes Bytes of lshw reports stored ([pxe] max_lshw_total_mib caps them)."
+        );
+        let _ = writeln!(o, "# TYPE bty_pxe_lshw_bytes gauge");
+        let _ = writeln!(o, "bty_pxe_lshw_bytes {}", growth.1);
         let _ = writeln!(o, "# HELP bty_live_update_clients Connected /events/machines clients.");
         let _ = writeln!(o, "# TYPE bty_live_update_clients gauge");
         let _ = writeln!(o, "bty_live_update_clients {sse_clients}");
@@ -112,7 +154,7 @@ mod tests {
         m.request(200, Duration::from_micros(300));
         m.request(404, Duration::from_millis(3));
         m.request(500, Duration::from_secs(2));
-        let text = m.render(&[("ipxe-exit".into(), 2)], 1);
+        let text = m.render(&[("ipxe-exit".into(), 2)], 1, (3, 4096));
         assert!(text.contains("bty_http_requests_total{code=\"2xx\"} 1"));
         assert!(text.contains("bty_http_requests_total{code=\"4xx\"} 1"));
         assert!(text.contains("bty_http_request_duration_seconds_bucket{le=\"0.0005\"} 1"));
@@ -120,5 +162,7 @@ mod tests {
         assert!(text.contains("bty_http_request_duration_seconds_bucket{le=\"+Inf\"} 3"));
         assert!(text.contains("bty_http_request_duration_seconds_count 3"));
         assert!(text.contains("bty_machines{boot_mode=\"ipxe-exit\"} 2"));
+        assert!(text.contains("\nbty_pxe_unclaimed_machines 3\n"));
+        assert!(text.contains("\nbty_pxe_lshw_bytes 4096\n"));
     }
 }

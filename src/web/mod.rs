@@ -355,6 +355,11 @@ fn serve(settings: &Settings) -> Result<ExitCode> {
     let _lock = lock_state_dir(&state_dir)?;
     let db = db::Db::open(&state_dir)?;
     crate::debug!("state in {}", db.path().display());
+    db.limit_growth(
+        settings.pxe_limit("max_discovered"),
+        settings.pxe_limit("max_lshw_total_mib") << 20,
+    );
+    pxe::expire_discovered(&db, settings);
     if settings.default_password() {
         crate::warn!("{password_line}");
     } else {
@@ -413,6 +418,7 @@ fn serve(settings: &Settings) -> Result<ExitCode> {
         machines_json: Default::default(),
         jobs: Default::default(),
         cache,
+        discovery: pxe::Discovery::new(settings.pxe_limit("discoveries_per_minute")),
     });
     jobs::Jobs::recover(&app)?;
     backup::remove_leftovers(&state_dir);

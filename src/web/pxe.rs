@@ -1,7 +1,15 @@
 //! The per-MAC boot policy: what `GET /pxe/{mac}` answers and what `/pxe/{mac}/plan` tells the
 //! live environment, decided by one pure function from the machine's row.
 
-use crate::web::db::{CatalogEntry, Machine};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::web::config::Settings;
+use crate::web::db::{Capped, CatalogEntry, Db, Machine};
+use crate::web::metrics::Metrics;
 
 /// What a machine gets on this contact.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,7 +98,118 @@ pub fn script(d: &Decision, m: &Machine, host: &str, kernel: &str, initrd: &str)
                 d.reason()
             )
         }
-        Decision::Exit { reason } => format!("#!ipxe\necho bty: {reason}\nsleep 5\nexit\n"),
+        Decision::Exit { reason } => exit_script(reason),
+    }
+}
+
+/// Says why on the console, then hands back to the firmware boot order.
+pub fn exit_script(reason: &str) -> String {
+    format!("#!ipxe\necho bty: {reason}\nsleep 5\nexit\n")
+}
+
+/// Deletes the unclaimed discoveries not seen for `[pxe] discovered_ttl_days` (0: keeps them);
+/// run at start and then every minute by the scheduler. Returns how many went.
+pub fn expire_discovered(db: &Db, settings: &Settings) -> u64 {
+    let days = settings.pxe_limit("discovered_ttl_days");
+    if days == 0 {
+        return 0;
+    }
+    match db.expire_discovered(days) {
+        Ok(n) => {
+            if n > 0 {
+                crate::info!("expired {n} discovered machine(s) not seen for {days} day(s)");
+            }
+            n
+        }
+        Err(e) => {
+            crate::warn!("expiring stale discovered machines: {e}");
+            0
+        }
+    }
+}
+
+/// Source addresses the discovery rate remembers within one minute; an address beyond them is
+/// refused until the minute ends, so a client spraying addresses cannot grow the limiter.
+const ADDRESSES_KEPT: usize = 16_384;
+/// At most one `pxe.discovery.capped` event per cap this often.
+const NOTICE_EVERY: Duration = Duration::from_secs(300);
+
+/// The guards on PXE discovery outside the database: the per-address rate of new MACs and the
+/// throttle of the events that say a cap bit.
+pub struct Discovery {
+    /// New MACs per source address per minute; 0: no limit.
+    per_minute: u64,
+    /// The current one-minute window: when it began and the discoveries per address in it.
+    window: Mutex<(Instant, HashMap<u128, u64>)>,
+    /// When each cap last wrote its event, by `Capped` index.
+    noticed: Mutex<[Option<Instant>; 3]>,
+}
+
+impl Discovery {
+    pub fn new(per_minute: u64) -> Discovery {
+        Discovery {
+            per_minute,
+            window: Mutex::new((Instant::now(), HashMap::new())),
+            noticed: Mutex::new([None; 3]),
+        }
+    }
+
+    /// Takes one discovery from `ip`'s allowance for this minute; false when it has none left.
+    /// IPv6 addresses count by /64: one host picks any address in its prefix.
+    pub fn admit(&self, ip: Option<IpAddr>) -> bool {
+        if self.per_minute == 0 {
+            return true;
+        }
+        let key = match ip.map(|ip| ip.to_canonical()) {
+            Some(IpAddr::V4(a)) => u128::from(a.to_bits()),
+            Some(IpAddr::V6(a)) => (a.to_bits() >> 64 << 64) | 1,
+            None => 2,
+        };
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        if w.0.elapsed() >= Duration::from_secs(60) {
+            *w = (Instant::now(), HashMap::new());
+        }
+        if w.1.len() >= ADDRESSES_KEPT && !w.1.contains_key(&key) {
+            return false;
+        }
+        let n = w.1.entry(key).or_insert(0);
+        if *n >= self.per_minute {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// Counts a refusal by `cap` and, at most once per `NOTICE_EVERY` per cap, records a
+    /// `pxe.discovery.capped` event with the count so far: a flood writes one event, not one
+    /// per contact. `limit` describes the setting that bit.
+    pub fn refused(&self, db: &Db, metrics: &Metrics, cap: Capped, limit: &str) {
+        let i = cap as usize;
+        let total = metrics.growth_refused[i].fetch_add(1, Ordering::Relaxed) + 1;
+        {
+            let mut noticed = self.noticed.lock().unwrap_or_else(|p| p.into_inner());
+            if noticed[i].is_some_and(|at| at.elapsed() < NOTICE_EVERY) {
+                return;
+            }
+            noticed[i] = Some(Instant::now());
+        }
+        let (reason, what) = match cap {
+            Capped::MaxDiscovered => {
+                ("max_discovered", "unknown MACs are not recorded (answered with exit)")
+            }
+            Capped::Rate => ("rate", "unknown MACs from this address are not recorded"),
+            Capped::LshwTotal => ("lshw_total", "new lshw blobs are dropped (disks are kept)"),
+        };
+        let message = format!("{limit} reached: {what}; {total} refused so far");
+        crate::warn!("{message}");
+        if let Err(e) = db.add_event(
+            "pxe.discovery.capped",
+            None,
+            &message,
+            Some(serde_json::json!({ "reason": reason, "limit": limit, "refused": total })),
+        ) {
+            crate::warn!("{e}");
+        }
     }
 }
 
@@ -220,6 +339,25 @@ mod tests {
         let d = decide(&m, Some(&entry()));
         assert!(d.reason().contains("target disk serial"));
         assert!(script(&d, &m, "h", "k", "i").contains("echo bty: boot mode bty-flash-once needs"));
+    }
+
+    #[test]
+    fn the_discovery_rate_counts_ipv6_by_64_and_remembers_a_bounded_number_of_addresses() {
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let d = Discovery::new(2);
+        assert!(d.admit(ip("2001:db8:1:2::1")) && d.admit(ip("2001:db8:1:2:ffff::9")));
+        assert!(!d.admit(ip("2001:db8:1:2::77")), "a third address in the same /64");
+        assert!(d.admit(ip("2001:db8:1:3::1")), "another /64 has its own allowance");
+        assert!(d.admit(ip("10.0.0.1")) && d.admit(ip("::ffff:10.0.0.1")));
+        assert!(!d.admit(ip("10.0.0.1")), "an IPv4-mapped address is the IPv4 address");
+        let d = Discovery::new(1);
+        for i in 0..ADDRESSES_KEPT as u32 {
+            assert!(d.admit(Some(IpAddr::V4(std::net::Ipv4Addr::from_bits(i)))));
+        }
+        assert!(!d.admit(ip("192.0.2.1")), "no room for another address this minute");
+        assert_eq!(d.window.lock().unwrap().1.len(), ADDRESSES_KEPT);
+        let d = Discovery::new(0);
+        assert!((0..1000).all(|_| d.admit(ip("10.0.0.1"))), "0: no limit");
     }
 
     #[test]

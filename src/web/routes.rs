@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::web::auth::{Auth, Session};
 use crate::web::config::Settings;
-use crate::web::db::{CatalogEntry, Db, Machine, PxeMark};
+use crate::web::db::{Capped, CatalogEntry, Db, InventoryStored, Machine, PxeMark};
 use crate::web::http::{Body, BodyPolicy, Req, Resp};
 use crate::web::metrics::Metrics;
 use crate::web::sse::{self, Hub};
@@ -29,6 +29,8 @@ pub struct App {
     pub machines_json: Mutex<Option<(u64, Arc<[u8]>)>>,
     /// The image cache, when `[cache] dir` is set.
     pub cache: Option<Arc<crate::web::cache::Cache>>,
+    /// The per-address discovery rate and the capped-event throttle.
+    pub discovery: pxe::Discovery,
 }
 
 impl App {
@@ -165,7 +167,11 @@ pub fn route(app: &Arc<App>, req: &Req, body: &mut dyn Read) -> Resp {
             Ok(modes) => Resp::new(
                 200,
                 "text/plain; version=0.0.4; charset=utf-8",
-                app.metrics.render(&modes, app.hub.subscribers()),
+                app.metrics.render(
+                    &modes,
+                    app.hub.subscribers(),
+                    (app.db.unclaimed(), app.db.lshw_bytes()),
+                ),
             ),
             Err(e) => internal(e),
         },
@@ -271,23 +277,60 @@ fn pxe_decide(
     let mac = validate::normalize_mac(mac).map_err(bad)?;
     let host =
         guard::script_host(app, req).ok_or_else(|| Resp::error(400, "invalid Host header"))?;
-    let ip = req.peer.map(|p| p.ip().to_string());
-    let (m, image, d, wrote) = app
+    let peer = req.peer.map(|p| p.ip());
+    let ip = peer.map(|p| p.to_string());
+    let contact = app
         .db
-        .pxe_contact(&mac, ip.as_deref(), |m, image| {
-            let d = pxe::decide(m, image);
-            let mark = match d {
-                pxe::Decision::Disk { once: true, .. } if offer => Some(PxeMark::DiskBooted),
-                _ => None,
-            };
-            let reason = offer.then(|| d.reason().to_string());
-            (d, mark, reason)
-        })
+        .pxe_contact(
+            &mac,
+            ip.as_deref(),
+            || app.discovery.admit(peer),
+            |m, image| {
+                let d = pxe::decide(m, image);
+                let mark = match d {
+                    pxe::Decision::Disk { once: true, .. } if offer => Some(PxeMark::DiskBooted),
+                    _ => None,
+                };
+                let reason = offer.then(|| d.reason().to_string());
+                (d, mark, reason)
+            },
+        )
         .map_err(internal)?;
+    let (m, image, d, wrote) = match contact {
+        Ok(c) => c,
+        Err(cap) => return Err(discovery_refused(app, cap, ip.as_deref().unwrap_or("?"), offer)),
+    };
     if wrote {
         app.hub.changed();
     }
     Ok((m, d, image, host))
+}
+
+/// An unknown MAC past a growth cap: nothing recorded, and an answer that leaves the machine
+/// as if bty-web were not there (the firmware's next boot entry), saying why on its console.
+/// Not the inventory an unknown machine gets below the cap: without a row its inventory post
+/// would be refused, and the live environment would boot again and again.
+fn discovery_refused(app: &App, cap: Capped, ip: &str, script: bool) -> Resp {
+    let s = &app.settings;
+    let (limit, why) = match cap {
+        Capped::Rate => (
+            format!(
+                "[pxe] discoveries_per_minute = {} from {ip}",
+                s.get("pxe", "discoveries_per_minute")
+            ),
+            "too many new machines from this address: not recorded",
+        ),
+        _ => (
+            format!("[pxe] max_discovered = {}", s.get("pxe", "max_discovered")),
+            "bty-web holds as many unclaimed machines as it may: not recorded",
+        ),
+    };
+    app.discovery.refused(&app.db, &app.metrics, cap, &limit);
+    if !script {
+        return Resp::json(200, &serde_json::json!({"mode": "exit"}));
+    }
+    app.metrics.offers_exit.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Resp::text(200, pxe::exit_script(&format!("{why} ({limit}); booting the firmware order")))
 }
 
 fn pxe_script(app: &App, req: &Req, mac: &str) -> Resp {
@@ -349,7 +392,18 @@ fn pxe_post(app: &App, req: &Req, mac: &str, what: &str) -> Resp {
                         "{mac}: lshw blob over the size cap dropped; keeping the previous one"
                     );
                 }
-                app.db.set_inventory(&mac, &inv.disks, inv.lshw.as_ref())
+                match app.db.set_inventory(&mac, &inv.disks, inv.lshw.as_ref()) {
+                    Ok(InventoryStored::WithoutLshw) => {
+                        let limit = format!(
+                            "[pxe] max_lshw_total_mib = {}",
+                            app.settings.get("pxe", "max_lshw_total_mib")
+                        );
+                        app.discovery.refused(&app.db, &app.metrics, Capped::LshwTotal, &limit);
+                        Ok(true)
+                    }
+                    Ok(stored) => Ok(stored != InventoryStored::NoMachine),
+                    Err(e) => Err(e),
+                }
             }
             Err(e) => return bad(e),
         },
