@@ -496,14 +496,18 @@ fn restore_refuses_crafted_archives_and_leaves_everything_as_it_was() {
         assert_eq!(after, was, "{what}: something was written beside the state dir");
     }
 
-    // The same parts, well formed, restore: the machine is back and the session secret is
-    // the state dir's own.
+    // The same parts, well formed, restore: the machine is back, and the session secret is a
+    // new one of the state dir's own (never the archive's), so sessions from before end.
     let secret = std::fs::read(state.join("session-secret")).unwrap();
     let ok = dir.path("ok.tar.zst");
     std::fs::write(&ok, util::zstd(&full)).unwrap();
     let o = web(&state).arg("restore").arg(&ok).output().unwrap();
     assert!(o.status.success(), "{}", util::stderr(&o));
-    assert_eq!(std::fs::read(state.join("session-secret")).unwrap(), secret);
+    let new_secret = std::fs::read(state.join("session-secret")).unwrap();
+    assert_ne!(new_secret, secret, "a restore ends the sessions signed before it");
+    assert_ne!(new_secret, [7u8; 32]);
+    assert_eq!(new_secret.len(), 64, "32 random bytes in hex");
+    assert_eq!(mode(&state.join("session-secret")), 0o600);
     assert_eq!(mode(&state.join("state.db")), 0o600);
     let kept: Vec<String> = std::fs::read_dir(&state)
         .unwrap()
@@ -514,6 +518,7 @@ fn restore_refuses_crafted_archives_and_leaves_everything_as_it_was() {
     assert!(kept.iter().any(|n| !n.ends_with("-wal")), "the replaced state.db is kept: {kept:?}");
     assert!(!state.join("state.db-wal").exists(), "no old WAL beside the restored database");
     let s = Server::start_in(state.clone());
+    assert_eq!(s.call("GET", "/machines", Some(&cookie), "").0, 401, "a cookie from before");
     let cookie = s.login();
     assert_eq!(s.call("GET", &format!("/machines/{mac}"), Some(&cookie), "").0, 200);
 }

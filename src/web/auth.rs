@@ -28,6 +28,35 @@ pub const ABSOLUTE_SECS: u64 = 30 * 24 * 3600;
 /// The state.db setting that holds the session epoch.
 pub const EPOCH_SETTING: &str = "session_epoch";
 
+/// Writes a fresh random `<state>/session-secret` (mode 0600 from its first byte), replacing
+/// any old one in one rename: at first start, and after a restore, which ends every session
+/// signed before it (a restored state.db brings back an older session epoch).
+pub fn new_secret(state_dir: &Path) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let secret = state_dir.join("session-secret");
+    let tmp = state_dir.join(format!(".session-secret-{}", std::process::id()));
+    let mut bytes = [0u8; 32];
+    crate::sys::random_bytes(&mut bytes).context("drawing random bytes for the session secret")?;
+    let _ = std::fs::remove_file(&tmp);
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(crate::hex::encode(&bytes).as_bytes())
+            .and_then(|()| f.sync_all())
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &secret).with_context(|| format!("renaming to {}", secret.display()))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
 /// Failed logins allowed per client (an IPv4 address, or an IPv6 /64, which one host owns
 /// whole) in `FAIL_WINDOW` before it must wait.
 const MAX_FAILURES: usize = 10;

@@ -594,6 +594,8 @@ pub fn restore(file: &Path, state: &Path) -> Result<Vec<String>> {
         fs::rename(temp(name), &dest).with_context(|| format!("renaming to {}", dest.display()))?;
         done.push(format!("restored {} ({})", dest.display(), crate::units::bytes(e.len)));
     }
+    crate::web::auth::new_secret(state)?;
+    done.push("ended every session (a new session-secret)".into());
     if let Err(e) = File::open(state).and_then(|d| d.sync_all()) {
         crate::warn!("syncing {}: {e}", state.display());
     }

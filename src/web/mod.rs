@@ -3,7 +3,6 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -473,19 +472,8 @@ fn prepare_state_dir(dir: &Path, boot: &Path) -> Result<()> {
         .with_context(|| format!("creating the state directory {}", dir.display()))?;
     fs::create_dir_all(boot)
         .with_context(|| format!("creating the boot directory {}", boot.display()))?;
-    let secret = dir.join("session-secret");
-    if !secret.exists() {
-        let mut bytes = [0u8; 32];
-        crate::sys::random_bytes(&mut bytes)
-            .context("drawing random bytes for the session secret")?;
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&secret)
-            .with_context(|| format!("creating {}", secret.display()))?;
-        f.write_all(crate::hex::encode(&bytes).as_bytes())
-            .with_context(|| format!("writing {}", secret.display()))?;
+    if !dir.join("session-secret").exists() {
+        auth::new_secret(dir)?;
     }
     Ok(())
 }
