@@ -608,7 +608,8 @@ pub fn open_console() -> Option<File> {
         .ok()
 }
 
-/// The IP addresses of this host's interfaces (loopback included), from getifaddrs(3).
+/// The IP addresses of this host's interfaces (loopback included), from getifaddrs(3), for
+/// the DHCP cheatsheet: DHCP moves addresses, so they are read when shown, not at start.
 pub fn interface_addresses() -> io::Result<Vec<std::net::IpAddr>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs writes a pointer to a list it allocates into the live local.

@@ -713,6 +713,12 @@ fn a_rebinding_page_cannot_log_in_and_allowed_names_can() {
     // Nothing was logged in, nothing written.
     let (_, _, after) = s.call("GET", "/events?limit=500", Some(&cookie), "");
     assert_eq!(before, after);
+    // An address is never a rebinding (a page is served under the address it is reached
+    // at), so any address and port log in: bty-web in a container behind a published port.
+    let (st, head, _) = req_to(&s, "192.0.2.7:18080", "POST", "/ui/login", &[ct], form);
+    assert_eq!(st, 303, "{head}");
+    let (st, _, _) = req_to(&s, &format!("0.0.0.0:{port}"), "GET", "/ui/login", &[], b"");
+    assert_eq!(st, 421, "0.0.0.0 is loopback to a browser on any site");
     // The names the server owns log in: the configured ones (any case), localhost, the
     // hostname, the address the connection came to.
     let mut names = vec![
@@ -849,6 +855,10 @@ fn pxe_scripts_embed_only_hosts_the_server_owns() {
     let lab = format!("bty.lab.test:{port}");
     let boot = script(&lab, "/pxe-bootstrap.ipxe");
     assert!(boot.contains(&format!("chain http://{lab}/pxe/")), "{boot}");
+    // So are addresses, whatever the port: bty-web in a container is reached by the host's
+    // address and a published port, neither of which it can see (no rebinding needs a name).
+    let boot = script("192.0.2.7:18080", "/pxe-bootstrap.ipxe");
+    assert!(boot.contains("chain http://192.0.2.7:18080/pxe/"), "{boot}");
     drop(s);
     // With public_url, a forged Host gets that instead.
     let s =

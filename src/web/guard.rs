@@ -4,7 +4,8 @@
 //! - a Host allow-list against DNS rebinding: a page on `http://evil.test:PORT` whose name
 //!   resolves to this server talks to it as its own origin, so the browser's same-origin rule
 //!   protects nothing; only the Host header tells that request apart. The UI and the
-//!   cookie-authenticated API answer only for names this server owns (421 otherwise);
+//!   cookie-authenticated API answer only for names this server owns, or an IP address,
+//!   which no rebinding can use (421 otherwise);
 //! - CSRF for the whole API: a change (any method but GET and HEAD) from another origin is
 //!   refused, and a body must be declared as JSON, which no cross-site form can send without a
 //!   CORS preflight (that we never grant). The UI's forms keep their own check (ui/mod.rs);
@@ -21,8 +22,8 @@ use std::time::{Duration, Instant};
 use crate::web::http::{Req, Resp};
 use crate::web::routes::App;
 
-/// How long the interface addresses and the hostname are trusted before they are read again:
-/// DHCP moves addresses, and one getifaddrs per request would be waste.
+/// How long the hostname is trusted before it is read again: it may change, and one read per
+/// request would be waste.
 const REFRESH: Duration = Duration::from_secs(30);
 
 /// `None` to go on, or the refusal.
@@ -152,6 +153,14 @@ fn host_allowed(app: &App, req: &Req) -> Result<(), String> {
         )
     };
     let (name, port) = split_host(host).ok_or_else(refuse)?;
+    // An address is no rebinding: a page can only be served under an address it is reached
+    // at, so a page whose origin is an address that leads here is ours. Any port, too, since
+    // a container's published port or a NAT in front is not ours to know. This keeps bty-web
+    // in a container (whose interfaces are not the host's) reachable by the host's address.
+    // `Host: 0.0.0.0` is no address of ours: browsers send it to loopback from any site.
+    if name.parse::<IpAddr>().is_ok_and(|ip| !ip.is_unspecified()) {
+        return Ok(());
+    }
     let s = &app.settings;
     let public = s.public_url().and_then(url_host_port);
     let mut ports: Vec<u16> = req.local.map(|a| a.port()).into_iter().collect();
@@ -173,14 +182,14 @@ fn host_allowed(app: &App, req: &Req) -> Result<(), String> {
             listed.join(", ")
         ));
     }
-    if owned_name(app, req, &name, public.as_ref().map(|(h, _)| h.as_str())) {
+    if owned_name(app, &name, public.as_ref().map(|(h, _)| h.as_str())) {
         Ok(())
     } else {
         Err(refuse())
     }
 }
 
-fn owned_name(app: &App, req: &Req, name: &str, public_host: Option<&str>) -> bool {
+fn owned_name(app: &App, name: &str, public_host: Option<&str>) -> bool {
     let s = &app.settings;
     let listen = s.get("server", "host");
     let configured = allowed_hosts(s.get("server", "allowed_hosts"))
@@ -201,16 +210,7 @@ fn owned_name(app: &App, req: &Req, name: &str, public_host: Option<&str>) -> bo
     if name == "localhost" || configured.into_iter().any(|c| same(name, &c)) {
         return true;
     }
-    match name.parse::<IpAddr>() {
-        // The address the connection came to is ours even before the next refresh sees it.
-        Ok(ip) => {
-            let ip = ip.to_canonical();
-            req.local.is_some_and(|l| l.ip().to_canonical() == ip)
-                || ip.is_loopback()
-                || host_facts().addresses.iter().any(|a| a.to_canonical() == ip)
-        }
-        Err(_) => host_facts().hostname.as_deref().is_some_and(|h| same(name, h)),
-    }
+    name.parse::<IpAddr>().is_err() && hostname().is_some_and(|h| same(name, &h))
 }
 
 /// A Host header as (name, port): names lower-cased without a trailing dot, IPv6 without its
@@ -270,33 +270,23 @@ pub fn allowed_hosts(value: &str) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-/// What this host is called and where it can be reached, as last read.
-struct HostFacts {
-    addresses: Vec<IpAddr>,
-    hostname: Option<String>,
-}
-
-/// The interface addresses and the hostname, read again when older than `REFRESH`. A host's
-/// facts, not a server's: one cache per process.
-fn host_facts() -> Arc<HostFacts> {
-    static CACHE: Mutex<Option<(Instant, Arc<HostFacts>)>> = Mutex::new(None);
+/// The machine's hostname (lower-cased), read again when older than `REFRESH`: one cache per
+/// process, since it is the host's, not a server's.
+fn hostname() -> Option<Arc<str>> {
+    static CACHE: Mutex<Option<(Instant, Option<Arc<str>>)>> = Mutex::new(None);
     let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((at, facts)) = &*cache {
+    if let Some((at, name)) = &*cache {
         if at.elapsed() < REFRESH {
-            return Arc::clone(facts);
+            return name.clone();
         }
     }
-    let addresses = crate::sys::interface_addresses().unwrap_or_else(|e| {
-        crate::warn!("listing the interface addresses: {e}");
-        Vec::new()
-    });
-    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+    let name: Option<Arc<str>> = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_ascii_lowercase())
-        .filter(|h| !h.is_empty());
-    let facts = Arc::new(HostFacts { addresses, hostname });
-    *cache = Some((Instant::now(), Arc::clone(&facts)));
-    facts
+        .filter(|h| !h.is_empty())
+        .map(Into::into);
+    *cache = Some((Instant::now(), name.clone()));
+    name
 }
 
 /// The host (`name[:port]`) scripts for PXE clients embed: the request's Host when it is one

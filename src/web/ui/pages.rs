@@ -651,34 +651,30 @@ pub fn settings(ctx: &Ctx<'_>, state: Option<FormState>) -> PageResult {
     Ok(page(ctx, "settings", "Settings", status, &body))
 }
 
-/// This host's IPv4 addresses (the kernel's local routes) and global IPv6 addresses, from
-/// /proc, for the DHCP cheatsheet; loopback left out.
+/// This host's addresses for the DHCP cheatsheet: IPv4 first, then IPv6 without loopback and
+/// link-local ones, which are no use to DHCP.
 fn host_addresses() -> Vec<String> {
-    let mut out = BTreeSet::new();
-    if let Ok(trie) = std::fs::read_to_string("/proc/net/fib_trie") {
-        let mut last = "";
-        for line in trie.lines() {
-            let t = line.trim_start();
-            if let Some(a) = t.strip_prefix("|-- ") {
-                last = a.trim();
-            } else if t.starts_with("/32 host LOCAL") && !last.starts_with("127.") {
-                out.insert(last.to_string());
+    let all = crate::sys::interface_addresses().unwrap_or_else(|e| {
+        crate::warn!("listing the interface addresses: {e}");
+        Vec::new()
+    });
+    let v4: BTreeSet<std::net::Ipv4Addr> = all
+        .iter()
+        .filter_map(|a| match a {
+            std::net::IpAddr::V4(v4) if !v4.is_loopback() => Some(*v4),
+            _ => None,
+        })
+        .collect();
+    let v6: BTreeSet<std::net::Ipv6Addr> = all
+        .iter()
+        .filter_map(|a| match a {
+            std::net::IpAddr::V6(v6) if !v6.is_loopback() && !v6.is_unicast_link_local() => {
+                Some(*v6)
             }
-        }
-    }
-    let mut v6 = Vec::new();
-    if let Ok(list) = std::fs::read_to_string("/proc/net/if_inet6") {
-        for line in list.lines() {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            // Scope 00 is global; link-local and loopback addresses are no use to DHCP.
-            if f.len() >= 4 && f[3] == "00" && f[0].len() == 32 {
-                if let Ok(a) = u128::from_str_radix(f[0], 16) {
-                    v6.push(std::net::Ipv6Addr::from(a).to_string());
-                }
-            }
-        }
-    }
-    out.into_iter().chain(v6).collect()
+            _ => None,
+        })
+        .collect();
+    v4.iter().map(ToString::to_string).chain(v6.iter().map(ToString::to_string)).collect()
 }
 
 fn account(ctx: &Ctx<'_>) -> PageResult {
