@@ -294,8 +294,6 @@ fn life_of_a_machine(firmware: Firmware) {
         &[
             ("BTY_PATHS_BOOT_DIR", boot.to_str().unwrap()),
             ("BTY_CACHE_DIR", cache.to_str().unwrap()),
-            // The guest reaches the host's loopback as 10.0.2.2: a name the scripts may embed.
-            ("BTY_SERVER_ALLOWED_HOSTS", "10.0.2.2"),
         ],
     );
     let port: u16 = s.addr.rsplit(':').next().unwrap().parse().unwrap();
@@ -511,7 +509,6 @@ fn bios_pxe_through_bty_webs_tftp_reaches_the_bootstrap() {
     let log = out.join("bty-web.log");
     let mut cmd = util::bty_web(&state);
     cmd.env("BTY_ADMIN_PASSWORD", "pw-for-tests")
-        .env("BTY_SERVER_ALLOWED_HOSTS", "10.0.2.2")
         .env("BTY_TFTP_ENABLED", "true")
         .env("BTY_TFTP_LISTEN", format!("127.0.0.1:{tftp_port}"))
         .env("BTY_BOOT_IPXE_DIR", &ipxe)
