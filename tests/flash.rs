@@ -615,9 +615,9 @@ fn read_only_device_is_refused() {
     assert!(stderr(&o).contains("read-only"), "{}", stderr(&o));
 }
 
-#[test]
-fn disk_with_a_mounted_partition_is_refused() {
-    let dir = TestDir::new("mounted-part");
+/// A 32 MiB loop device with one GPT partition, and a node for that partition made from
+/// sysfs (without udev no /dev node appears for it).
+fn one_partition_disk(dir: &TestDir) -> (Loop, std::path::PathBuf) {
     let backing = dir.path("backing");
     fs::File::create(&backing).unwrap().set_len(32 * MIB as u64).unwrap();
     let st = Command::new("sgdisk").args(["-o", "-n", "1:2048:0"]).arg(&backing).output().unwrap();
@@ -627,7 +627,6 @@ fn disk_with_a_mounted_partition_is_refused() {
     let sys = format!("/sys/block/{name}/{name}p1/dev");
     // Partition scanning on attach is not reliable everywhere; partx asks the kernel directly.
     let _ = Command::new("partx").arg("-a").arg(&l.dev).output();
-    // Without udev no /dev node appears for the partition: make one from sysfs (bounded wait).
     let mut devno = String::new();
     for _ in 0..50 {
         if let Ok(d) = fs::read_to_string(&sys) {
@@ -637,8 +636,16 @@ fn disk_with_a_mounted_partition_is_refused() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let (maj, min) = devno.split_once(':').expect("the kernel created the partition");
-    let part = dir.path("part1").display().to_string();
-    assert!(Command::new("mknod").args([&part, "b", maj, min]).status().unwrap().success());
+    let part = dir.path("part1");
+    assert!(Command::new("mknod").arg(&part).args(["b", maj, min]).status().unwrap().success());
+    (l, part)
+}
+
+#[test]
+fn disk_with_a_mounted_partition_is_refused() {
+    let dir = TestDir::new("mounted-part");
+    let (l, part) = one_partition_disk(&dir);
+    let part = part.display().to_string();
     let mnt = dir.path("mnt");
     fs::create_dir(&mnt).unwrap();
     assert!(Command::new("mkfs.ext4").args(["-q", "-F", &part]).status().unwrap().success());
@@ -827,27 +834,7 @@ fn flash_env(src: &Path, target: &Path, env: &[(&str, &str)]) -> std::process::O
 #[test]
 fn disk_whose_partition_holds_the_source_is_refused() {
     let dir = TestDir::new("self-part");
-    let backing = dir.path("backing");
-    fs::File::create(&backing).unwrap().set_len(32 * MIB as u64).unwrap();
-    let st = Command::new("sgdisk").args(["-o", "-n", "1:2048:0"]).arg(&backing).output().unwrap();
-    assert!(st.status.success());
-    let l = Loop::attach(&backing, &["-P"]);
-    let name = l.dev.file_name().unwrap().to_string_lossy().into_owned();
-    let sys = format!("/sys/block/{name}/{name}p1/dev");
-    let _ = Command::new("partx").arg("-a").arg(&l.dev).output();
-    // Without udev no /dev node appears for the partition: make one from sysfs (bounded wait).
-    let mut devno = String::new();
-    for _ in 0..50 {
-        if let Ok(d) = fs::read_to_string(&sys) {
-            devno = d.trim().to_string();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let (maj, min) = devno.split_once(':').expect("the kernel created the partition");
-    let part = dir.path("part1");
-    let st = Command::new("mknod").arg(&part).args(["b", maj, min]).status().unwrap();
-    assert!(st.success());
+    let (l, part) = one_partition_disk(&dir);
     assert!(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&part).status().unwrap().success());
     let mnt = dir.path("mnt");
     fs::create_dir(&mnt).unwrap();

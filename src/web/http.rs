@@ -206,6 +206,22 @@ struct Shared {
 }
 
 impl Shared {
+    fn new(handler: Arc<Handler>, admit: Arc<Admit>, policy: Policy, limits: Limits) -> Arc<Self> {
+        Arc::new(Shared {
+            handler,
+            admit,
+            policy,
+            limits,
+            connections: AtomicUsize::new(0),
+            per_ip: Mutex::default(),
+            buffered: AtomicUsize::new(0),
+            refused_per_ip: Sparse::default(),
+            refused_budget: Sparse::default(),
+            in_flight: AtomicUsize::new(0),
+            trimmed_at: Default::default(),
+        })
+    }
+
     /// The last connection closed: give the memory of the burst back, at most once a second
     /// (a client that connects for every request would otherwise pay for it each time).
     fn went_idle(&self) {
@@ -331,19 +347,7 @@ pub fn serve(
             }
         });
     }
-    let shared = Arc::new(Shared {
-        handler,
-        admit,
-        policy,
-        limits,
-        connections: AtomicUsize::new(0),
-        per_ip: Mutex::default(),
-        buffered: AtomicUsize::new(0),
-        refused_per_ip: Sparse::default(),
-        refused_budget: Sparse::default(),
-        in_flight: AtomicUsize::new(0),
-        trimmed_at: Default::default(),
-    });
+    let shared = Shared::new(handler, admit, policy, limits);
     loop {
         let (stream, peer) = match listener.accept() {
             Ok(c) => c,
@@ -1398,19 +1402,7 @@ mod tests {
             io_timeout: Duration::from_secs(5),
             ..Limits::default()
         };
-        Arc::new(Shared {
-            handler,
-            admit,
-            policy: fuzz_policy,
-            limits,
-            connections: AtomicUsize::new(0),
-            per_ip: Mutex::default(),
-            buffered: AtomicUsize::new(0),
-            refused_per_ip: Sparse::default(),
-            refused_budget: Sparse::default(),
-            in_flight: AtomicUsize::new(0),
-            trimmed_at: Default::default(),
-        })
+        Shared::new(handler, admit, fuzz_policy, limits)
     }
 
     /// Runs one client input through a real connection on loopback: the client sends all of it
