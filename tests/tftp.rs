@@ -273,6 +273,9 @@ fn ipxe_asking_for_itself_again_gets_the_autoexec_script_once() {
     probe.send_to(b"\0\x05\0\0size probe\0", tid).unwrap();
 
     assert_eq!(got("undionly.kpxe"), b"installed kpxe", "the firmware gets the binary");
+    // The server records the transfer once its last ACK is in, which can be just after the
+    // client has returned; the iPXE it loaded needs far longer than this to start up and ask.
+    std::thread::sleep(Duration::from_millis(500));
     // The same client asking again at once is the iPXE it loaded: it gets the script that
     // chains to bty-web, not itself again.
     let script = String::from_utf8(got("undionly.kpxe")).unwrap();
