@@ -553,18 +553,21 @@ fn a_forged_line_in_a_request_stays_in_one_log_line() {
     let mut cmd = util::bty_web(&dir.0);
     cmd.env("BTY_ADMIN_PASSWORD", "pw-for-tests").stderr(std::process::Stdio::piped());
     let (mut child, addr) = util::spawn_web(cmd);
-    let mut c = TcpStream::connect(&addr).unwrap();
-    c.write_all(
-        b"GET /x%0Abty-web:%20FORGED%0D%1B[2J HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
-    )
-    .unwrap();
-    let mut out = String::new();
-    c.read_to_string(&mut out).unwrap();
-    assert!(out.starts_with("HTTP/1.1 404"), "{out}");
+    // The server is stopped before any assertion, so a failing one leaves no process behind.
+    let out = (|| {
+        let mut c = TcpStream::connect(&addr)?;
+        c.write_all(
+            b"GET /x%0Abty-web:%20FORGED%0D%1B[2J HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+        )?;
+        let mut out = String::new();
+        c.read_to_string(&mut out).map(|_| out)
+    })();
     let _ = child.kill();
     let mut log = String::new();
     child.stderr.take().unwrap().read_to_string(&mut log).unwrap();
     let _ = child.wait();
+    let out = out.unwrap();
+    assert!(out.starts_with("HTTP/1.1 404"), "{out}");
     assert!(log.lines().all(|l| !l.starts_with("bty-web: FORGED")), "{log}");
     assert!(!log.contains('\x1b') && !log.contains('\r'), "{log:?}");
     let line = log.lines().find(|l| l.contains("FORGED")).expect("the access-log line");
