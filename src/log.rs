@@ -55,9 +55,12 @@ pub fn emit(level: Level, args: std::fmt::Arguments<'_>) {
     };
     let mut line = String::with_capacity(128);
     let _ = write!(line, "{}: {tag}", program_name());
-    match args.as_str() {
-        Some(fixed) => push_escaped(&mut line, fixed),
-        None => push_escaped(&mut line, &args.to_string()),
+    let start = line.len();
+    let _ = write!(line, "{args}");
+    // Formatted in place, escaped only when needed: the access log writes a line per request.
+    if line[start..].chars().any(needs_escape) {
+        let raw = line.split_off(start);
+        push_escaped(&mut line, &raw);
     }
     line.push('\n');
     let _ = std::io::stderr().lock().write_all(line.as_bytes());

@@ -498,6 +498,8 @@ fn connection(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
     let _ = stream.set_write_timeout(Some(limits.io_timeout));
     let mut reader = BufReader::with_capacity(8 << 10, &stream);
     let mut writer = BufWriter::with_capacity(16 << 10, &stream);
+    // Once per connection, not per request: a getsockname each time costs the keep-alive path.
+    let local = stream.local_addr().ok();
     loop {
         // Idle: wait for the first byte of the next request.
         let _ = stream.set_read_timeout(Some(limits.idle_timeout));
@@ -518,7 +520,7 @@ fn connection(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
             }
         };
         shared.in_flight.fetch_add(1, Ordering::SeqCst);
-        let outcome = request(head, &stream, &mut reader, &mut writer, peer, shared);
+        let outcome = request(head, &stream, &mut reader, &mut writer, (peer, local), shared);
         shared.in_flight.fetch_sub(1, Ordering::SeqCst);
         match outcome {
             Outcome::KeepAlive if !stop.load(Ordering::Relaxed) => {}
@@ -545,7 +547,7 @@ fn request<'s>(
     stream: &'s TcpStream,
     reader: &mut BufReader<&'s TcpStream>,
     writer: &mut BufWriter<&'s TcpStream>,
-    peer: SocketAddr,
+    (peer, local): (SocketAddr, Option<SocketAddr>),
     shared: &Shared,
 ) -> Outcome {
     let started = Instant::now();
@@ -586,7 +588,7 @@ fn request<'s>(
         headers: head.headers,
         body: Vec::new(),
         peer: Some(peer),
-        local: stream.local_addr().ok(),
+        local,
     };
     // Held until the request is answered: the buffered body lives in `req` until then.
     let mut _budget = None;
