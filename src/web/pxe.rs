@@ -143,7 +143,16 @@ pub struct Discovery {
     window: Mutex<(Instant, HashMap<u128, u64>)>,
     /// When each cap last wrote its event, by `Capped` index.
     noticed: Mutex<[Option<Instant>; 3]>,
+    /// `pxe.orphan` events in the current minute: when it began, how many were logged, and
+    /// how many were not since the last one that was.
+    orphans: Mutex<(Instant, u32, u64)>,
 }
+
+/// `pxe.orphan` events logged per minute, all clients together. Each is a write transaction,
+/// and a client posting for random MACs would otherwise flush the event log (it keeps the
+/// newest 100,000) in minutes; a real orphan (a machine deleted while its live environment
+/// runs) posts a handful.
+const ORPHANS_PER_MINUTE: u32 = 10;
 
 impl Discovery {
     pub fn new(per_minute: u64) -> Discovery {
@@ -151,7 +160,23 @@ impl Discovery {
             per_minute,
             window: Mutex::new((Instant::now(), HashMap::new())),
             noticed: Mutex::new([None; 3]),
+            orphans: Mutex::new((Instant::now(), 0, 0)),
         }
+    }
+
+    /// Whether a `pxe.orphan` event may be logged now; if so, how many were left out since the
+    /// last one (for its summary).
+    pub fn orphan_event(&self) -> Option<u64> {
+        let mut w = self.orphans.lock().unwrap_or_else(|p| p.into_inner());
+        if w.0.elapsed() >= Duration::from_secs(60) {
+            (w.0, w.1) = (Instant::now(), 0);
+        }
+        if w.1 >= ORPHANS_PER_MINUTE {
+            w.2 += 1;
+            return None;
+        }
+        w.1 += 1;
+        Some(std::mem::take(&mut w.2))
     }
 
     /// Takes one discovery from `ip`'s allowance for this minute; false when it has none left.

@@ -375,12 +375,20 @@ fn pxe_post(app: &App, req: &Req, mac: &str, what: &str) -> Resp {
         Err(e) => return bad(e),
     };
     let orphan = |app: &App| {
-        let _ = app.db.add_event(
-            "pxe.orphan",
-            Some(&mac),
-            &format!("{what} from {mac}, which has no machine record"),
-            None,
-        );
+        if let Some(skipped) = app.discovery.orphan_event() {
+            let more = match skipped {
+                0 => String::new(),
+                n => format!(" ({n} more such posts since the last one were not logged)"),
+            };
+            if let Err(e) = app.db.add_event(
+                "pxe.orphan",
+                Some(&mac),
+                &format!("{what} from {mac}, which has no machine record{more}"),
+                None,
+            ) {
+                crate::warn!("recording a pxe.orphan event: {e}");
+            }
+        }
         Resp::error(404, &format!("no machine record for {mac}"))
     };
     let mut done = false;
