@@ -124,14 +124,16 @@ fn foreign_origin(app: &App, req: &Req) -> Option<String> {
         (None, Some(r)) => origin_of(r.trim()).unwrap_or_else(|| r.trim().to_string()),
         (None, None) => return None,
     };
-    let ours = |o: &str| {
-        let host = req.host();
-        ["http://", "https://"].iter().any(|s| {
-            o.get(..s.len()).is_some_and(|p| p.eq_ignore_ascii_case(s))
-                && o.get(s.len()..).is_some_and(|a| a.eq_ignore_ascii_case(host))
-        }) || app.settings.public_url().is_some_and(|u| u.eq_ignore_ascii_case(o))
-    };
-    (!ours(&origin)).then_some(origin)
+    (!own_origin(req.host(), app.settings.public_url(), &origin)).then_some(origin)
+}
+
+/// Whether `origin` is this server's: `http(s)://` and the `host` the request was sent to, or
+/// `public_url` (a TLS proxy in front may rewrite the Host). The UI's forms use it too.
+pub fn own_origin(host: &str, public_url: Option<&str>, origin: &str) -> bool {
+    ["http://", "https://"].iter().any(|s| {
+        origin.get(..s.len()).is_some_and(|p| p.eq_ignore_ascii_case(s))
+            && origin.get(s.len()..).is_some_and(|a| a.eq_ignore_ascii_case(host))
+    }) || public_url.is_some_and(|u| u.eq_ignore_ascii_case(origin))
 }
 
 /// `scheme://authority` of a URL, if it has that shape.

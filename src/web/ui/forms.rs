@@ -272,7 +272,7 @@ fn import_report(resp: Resp) -> Resp {
 
 /// The session token of a multipart form, checked before the file part is read.
 fn multipart_allowed(ctx: &Ctx<'_>, token: Option<&str>) -> bool {
-    match super::origin_ok(ctx.req) {
+    match super::origin_ok(ctx.req, ctx.app.settings.public_url()) {
         Some(ok) => ok,
         None => token.is_some_and(|t| ctx.app.auth.csrf_ok(ctx.req.header("cookie"), t)),
     }

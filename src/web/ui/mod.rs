@@ -84,8 +84,10 @@ fn route_inner(app: &Arc<App>, req: &Req, segs: &[&str], body: &mut dyn Read) ->
         ("GET", ["ui", "login"]) => return login_page(200, ""),
         // Login and logout have no session token to check; a foreign Origin is still refused,
         // so another site cannot log a browser into or out of this server.
-        ("POST", ["ui", "login"]) if origin_ok(req) != Some(false) => return login(app, req),
-        ("POST", ["ui", "logout"]) if origin_ok(req) != Some(false) => {
+        ("POST", ["ui", "login"]) if origin_ok(req, app.settings.public_url()) != Some(false) => {
+            return login(app, req);
+        }
+        ("POST", ["ui", "logout"]) if origin_ok(req, app.settings.public_url()) != Some(false) => {
             return logout(app, logged_in);
         }
         ("POST", ["ui", "login" | "logout"]) => return refused(),
@@ -164,16 +166,15 @@ fn secure(resp: Resp) -> Resp {
 }
 
 /// Whether the request's `Origin` is this server: None when the client sent none.
-fn origin_ok(req: &Req) -> Option<bool> {
+fn origin_ok(req: &Req, public_url: Option<&str>) -> Option<bool> {
     let origin = req.header("origin")?;
-    let host = req.host();
-    Some(origin == format!("http://{host}") || origin == format!("https://{host}"))
+    Some(crate::web::guard::own_origin(req.host(), public_url, origin.trim()))
 }
 
 /// The CSRF rule for a form post: a same-origin `Origin`, or, when the client sent none, the
 /// session's token in the `csrf` field.
 fn post_allowed(ctx: &Ctx<'_>, fields: &[(String, String)]) -> bool {
-    match origin_ok(ctx.req) {
+    match origin_ok(ctx.req, ctx.app.settings.public_url()) {
         Some(ok) => ok,
         None => {
             field(fields, "csrf").is_some_and(|t| ctx.app.auth.csrf_ok(ctx.req.header("cookie"), t))
@@ -367,12 +368,16 @@ mod tests {
     fn origins_must_match_the_host() {
         let mut r =
             Req { headers: vec![("host".into(), "10.0.0.1:8080".into())], ..Default::default() };
-        assert_eq!(origin_ok(&r), None);
+        assert_eq!(origin_ok(&r, None), None);
         r.headers.push(("origin".into(), "http://10.0.0.1:8080".into()));
-        assert_eq!(origin_ok(&r), Some(true));
+        assert_eq!(origin_ok(&r, None), Some(true));
         r.headers[1].1 = "http://evil.example".into();
-        assert_eq!(origin_ok(&r), Some(false));
+        assert_eq!(origin_ok(&r, None), Some(false));
         r.headers[1].1 = "null".into();
-        assert_eq!(origin_ok(&r), Some(false));
+        assert_eq!(origin_ok(&r, None), Some(false));
+        // Behind a TLS proxy that rewrites the Host, the page's origin is public_url.
+        r.headers[1].1 = "https://bty.lab.example".into();
+        assert_eq!(origin_ok(&r, None), Some(false));
+        assert_eq!(origin_ok(&r, Some("https://bty.lab.example")), Some(true));
     }
 }
