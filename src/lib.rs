@@ -17,6 +17,8 @@ pub mod hex;
 pub mod image;
 pub mod images;
 pub mod inventory;
+#[cfg(test)]
+mod layers;
 pub mod source;
 pub mod uefi;
 pub mod units;
