@@ -135,7 +135,7 @@ fn inspect(path: &Path, file_name: &OsStr) -> Result<(LocalImage, Option<String>
     let file_size = file.metadata().context("reading its size")?.len();
     crate::ensure!(file_size > 0, "the file is empty");
     let mut head = vec![0u8; format::SNIFF_LEN];
-    let n = format::read_full(&mut &file, &mut head).context("reading its first bytes")?;
+    let n = crate::io::read_full(&mut &file, &mut head).context("reading its first bytes")?;
     head.truncate(n);
     let fmt = format::detect(&name, &head)?;
     let (virtual_size, size_problem) =

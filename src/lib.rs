@@ -17,6 +17,7 @@ pub mod hex;
 pub mod image;
 pub mod images;
 pub mod inventory;
+pub mod io;
 #[cfg(test)]
 mod layers;
 pub mod source;

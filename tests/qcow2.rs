@@ -6,7 +6,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use bty::image::qcow2::{Compression, Qcow2Reader, read_header};
-use bty::source::ReadAt;
+use bty::io::ReadAt;
 
 /// A temp dir removed on drop, unique per test so tests can run in parallel.
 struct TempDir(PathBuf);

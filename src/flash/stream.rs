@@ -81,7 +81,7 @@ pub fn read_source(
             None => std::mem::take(&mut spare),
         };
         buf.resize(CHUNK, 0);
-        let n = format::read_full(input.as_mut(), &mut buf)
+        let n = crate::io::read_full(input.as_mut(), &mut buf)
             .with_context(|| format!("reading {what} at offset {offset}"))?;
         if n == 0 {
             break;
@@ -188,7 +188,7 @@ pub fn decode(
             return Ok(Stage::PeerGone);
         }
         let Some(mut buf) = pool.get() else { return Ok(Stage::PeerGone) };
-        let n = match format::read_full(decoder.as_mut(), &mut buf) {
+        let n = match crate::io::read_full(decoder.as_mut(), &mut buf) {
             Ok(n) => n,
             // Stopped by another stage while waiting for input: that stage reports why.
             Err(_) if stop.is_set() => return Ok(Stage::PeerGone),

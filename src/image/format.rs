@@ -315,20 +315,6 @@ fn xz_stream(limit: u64) -> Result<liblzma::stream::Stream> {
         .context("starting the xz decoder")
 }
 
-/// Reads until `buf` is full or the stream ends; returns the number of bytes read.
-pub fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

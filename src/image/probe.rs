@@ -9,7 +9,8 @@ use crate::error::{Context, Result};
 use crate::image::format::{self, Format};
 use crate::image::partitions::{self, PartitionTable};
 use crate::image::{qcow2, size};
-use crate::source::{ReadAt, Source};
+use crate::io::ReadAt;
+use crate::source::Source;
 
 /// How much of the decoded image the probe reads: the first MiB holds MBR/GPT and boot code.
 pub const HEAD_LEN: usize = 1 << 20;
@@ -140,10 +141,10 @@ fn decode_head(src: &Source, fmt: Format) -> Result<Vec<u8>> {
     let n = if fmt == Format::Qcow2 {
         let mut r = qcow2::Qcow2Reader::open(src.random_access()?)
             .with_context(|| format!("opening {} as qcow2", src.display))?;
-        format::read_full(&mut r, &mut head)
+        crate::io::read_full(&mut r, &mut head)
     } else if src.is_seekable() {
         let mut r = format::stream_decoder(fmt, src.reader()?)?;
-        format::read_full(r.as_mut(), &mut head)
+        crate::io::read_full(r.as_mut(), &mut head)
     } else {
         // A stream is probed from a buffered prefix. When the prefix is not the whole stream, a
         // decoder running out of input is expected: keep what it produced; the flash itself

@@ -11,7 +11,7 @@ use flate2::{Decompress, FlushDecompress, Status};
 use zstd::stream::raw::{Decoder as ZstdDecoder, Operation};
 
 use crate::error::{Context, Error, Result};
-use crate::source::ReadAt;
+use crate::io::ReadAt;
 
 const MAGIC: &[u8; 4] = b"QFI\xfb";
 /// Bytes of the v2 header; v3 adds fields up to `header_length`.
@@ -108,20 +108,6 @@ fn be64(b: &[u8], at: usize) -> u64 {
     u64::from_be_bytes(a)
 }
 
-/// Reads up to `buf.len()` bytes at `offset`, stopping early only at the end of the source.
-fn read_upto(src: &dyn ReadAt, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match src.read_at(&mut buf[done..], offset + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
-}
-
 /// Lists set bits as "3, 7" for messages.
 fn bit_list(bits: u64) -> String {
     (0..64).filter(|b| bits & (1 << b) != 0).map(|b| b.to_string()).collect::<Vec<_>>().join(", ")
@@ -130,7 +116,7 @@ fn bit_list(bits: u64) -> String {
 /// Parses and validates the header; every refusal is an Err whose message names the reason.
 pub fn read_header(src: &dyn ReadAt) -> Result<Header> {
     let mut h = [0u8; V3_HEADER_LEN];
-    let got = read_upto(src, &mut h, 0).context("reading qcow2 header")?;
+    let got = src.read_full_at(&mut h, 0).context("reading qcow2 header")?;
     crate::ensure!(got >= 4 && &h[..4] == MAGIC, "not a qcow2 image: bad magic");
     let version = be32(&h, 4);
     crate::ensure!(
@@ -271,7 +257,7 @@ pub fn read_header(src: &dyn ReadAt) -> Result<Header> {
 /// The backing file's name for the refusal message; best effort, since we refuse either way.
 fn backing_name(src: &dyn ReadAt, offset: u64, size: u32) -> String {
     let mut buf = vec![0u8; size.min(MAX_BACKING_NAME) as usize];
-    match read_upto(src, &mut buf, offset) {
+    match src.read_full_at(&mut buf, offset) {
         Ok(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
         Err(_) => "?".to_string(),
     }
@@ -282,7 +268,7 @@ fn feature_names(src: &dyn ReadAt, header_length: u32, cluster_bits: u32, bits: 
     // Extensions live in the first cluster; an implausible cluster size just limits the search.
     let limit = 1usize << cluster_bits.clamp(MIN_CLUSTER_BITS, MAX_CLUSTER_BITS);
     let mut buf = vec![0u8; limit];
-    let Ok(n) = read_upto(src, &mut buf, 0) else { return String::new() };
+    let Ok(n) = src.read_full_at(&mut buf, 0) else { return String::new() };
     let buf = &buf[..n];
     let mut at = header_length as usize;
     let mut names = Vec::new();
@@ -482,7 +468,7 @@ impl Qcow2Reader {
         self.compressed_buf.resize(csize, 0);
         // The last sector of the last compressed cluster may be cut short by the end of the file
         // (qemu writes exactly the compressed bytes); whatever is missing, decompression notices.
-        let n = read_upto(&*self.src, &mut self.compressed_buf, offset).with_context(what)?;
+        let n = self.src.read_full_at(&mut self.compressed_buf, offset).with_context(what)?;
         crate::ensure!(n > 0, "{}: the image is truncated", what());
         let input = &self.compressed_buf[..n];
         self.cluster_buf.resize(cs + 1, 0);

@@ -7,7 +7,7 @@
 use flate2::Crc;
 
 use crate::error::{Context, Result};
-use crate::source::ReadAt;
+use crate::io::ReadAt;
 
 /// What the xz indexes say about a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -288,7 +288,8 @@ pub fn zstd_content_size(src: &dyn ReadAt) -> Result<Option<u64>> {
     let mut blocks = 0u64;
     loop {
         let mut magic = [0u8; 4];
-        let got = read_some(src, &mut magic, pos)
+        let got = src
+            .read_full_at(&mut magic, pos)
             .with_context(|| format!("reading zstd frame at offset {pos}"))?;
         if got == 0 {
             crate::ensure!(pos > 0, "reading zstd frame at offset 0: the file is empty");
@@ -384,20 +385,6 @@ fn zstd_frame_header(src: &dyn ReadAt, at: u64) -> Result<(Option<u64>, u64, boo
     Ok((content, 5 + rest.len() as u64, checksum))
 }
 
-/// Reads as much of `buf` as the source has at `offset`; returns how much that was.
-fn read_some(src: &dyn ReadAt, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match src.read_at(&mut buf[got..], offset + got as u64) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
-}
-
 /// Checks that the source holds `end` bytes, from its size when known, else by reading the last one.
 fn require(src: &dyn ReadAt, size: Option<u64>, end: u64) -> Result<()> {
     match size {
@@ -407,7 +394,7 @@ fn require(src: &dyn ReadAt, size: Option<u64>, end: u64) -> Result<()> {
         None if end > 0 => {
             let mut b = [0u8; 1];
             crate::ensure!(
-                read_some(src, &mut b, end - 1)? == 1,
+                src.read_full_at(&mut b, end - 1)? == 1,
                 "truncated: the source ends before offset {end}"
             );
         }

@@ -18,7 +18,7 @@ use ureq::http::{HeaderMap, StatusCode};
 use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
 
 use crate::error::{Context, Error, Result};
-use crate::source::ReadAt;
+use crate::io::ReadAt;
 
 /// Redirect hops followed for one request (curl and browsers stop around 20; 10 is plenty).
 const MAX_REDIRECTS: usize = 10;

@@ -15,66 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Context, Result};
-
-/// Positioned reads, as `pread(2)` gives them: the qcow2 reader needs random access.
-pub trait ReadAt: Send + Sync {
-    /// Reads up to `buf.len()` bytes at `offset`; 0 means end of source.
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
-
-    /// Reads exactly `buf.len()` bytes at `offset`, failing with `UnexpectedEof` at the end.
-    fn read_exact_at(&self, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
-        while !buf.is_empty() {
-            match self.read_at(buf, offset) {
-                Ok(0) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!("source ends before offset {offset}"),
-                    ));
-                }
-                Ok(n) => {
-                    buf = &mut buf[n..];
-                    offset += n as u64;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
-    /// Total size in bytes, when known.
-    fn size(&self) -> Option<u64>;
-}
-
-impl ReadAt for File {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        FileExt::read_at(self, buf, offset)
-    }
-    fn size(&self) -> Option<u64> {
-        self.metadata().ok().map(|m| m.len())
-    }
-}
-
-impl ReadAt for [u8] {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(self.len());
-        let n = buf.len().min(self.len() - start);
-        buf[..n].copy_from_slice(&self[start..start + n]);
-        Ok(n)
-    }
-    fn size(&self) -> Option<u64> {
-        Some(self.len() as u64)
-    }
-}
-
-impl ReadAt for Vec<u8> {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        self.as_slice().read_at(buf, offset)
-    }
-    fn size(&self) -> Option<u64> {
-        Some(self.len() as u64)
-    }
-}
+use crate::io::{ReadAt, read_full};
 
 /// An opened image source.
 pub struct Source {
@@ -122,7 +63,7 @@ impl Stream {
             let r = rest.as_mut().context("the input stream was already consumed")?;
             let have = prefix.len();
             prefix.resize(n, 0);
-            let got = crate::image::format::read_full(r.as_mut(), &mut prefix[have..])
+            let got = read_full(r.as_mut(), &mut prefix[have..])
                 .with_context(|| format!("reading the start of {display}"))?;
             prefix.truncate(have + got);
             *ended = have + got < n;
@@ -228,11 +169,8 @@ impl Source {
         match &self.kind {
             Kind::File(f) => {
                 let mut buf = vec![0u8; n];
-                let got = crate::image::format::read_full(
-                    &mut ReadAtCursor { inner: f.try_clone()?, pos: 0 },
-                    &mut buf,
-                )
-                .with_context(|| format!("reading the start of {}", self.display))?;
+                let got = read_full(&mut ReadAtCursor { inner: f.try_clone()?, pos: 0 }, &mut buf)
+                    .with_context(|| format!("reading the start of {}", self.display))?;
                 buf.truncate(got);
                 let whole = self.size().is_some_and(|s| s <= got as u64);
                 Ok((buf, whole))

@@ -372,19 +372,11 @@ fn send_file(sock: &UdpSocket, source: Box<dyn Read>, size: u64, req: &Request) 
 
 /// Appends up to `len` bytes of `r` to `out`; fewer only at the end of the file.
 fn read_block(r: &mut dyn Read, out: &mut Vec<u8>, len: usize) -> io::Result<usize> {
-    let mut got = 0;
     let start = out.len();
     out.resize(start + len, 0);
-    while got < len {
-        match r.read(&mut out[start + got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    out.truncate(start + got);
-    Ok(got)
+    let got = crate::io::read_full(r, &mut out[start..]);
+    out.truncate(start + got.as_ref().map_or(0, |n| *n));
+    got
 }
 
 /// Sends `packet` until the client acknowledges `block`, up to MAX_SENDS times.
