@@ -129,7 +129,7 @@ fn create(ctx: &Ctx) -> Result<String> {
         crate::warn!("syncing {}: {e}", dir.display());
     }
     let size = fs::metadata(&dest).map(|m| m.len()).unwrap_or(0);
-    let _ = app.db.add_event(
+    app.db.event(
         "backup.created",
         None,
         &format!("backup {name} written ({})", crate::units::bytes(size)),
@@ -192,7 +192,7 @@ pub fn keep(app: &App) -> usize {
 pub fn prune(app: &App, keep: usize) -> Result<()> {
     for old in list(&app.settings.state_dir())?.into_iter().skip(keep) {
         fs::remove_file(&old.path).with_context(|| format!("removing {}", old.path))?;
-        let _ = app.db.add_event(
+        app.db.event(
             "backup.pruned",
             None,
             &format!("backup {} removed (retention keeps {keep})", old.name),

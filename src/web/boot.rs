@@ -115,7 +115,7 @@ pub fn upload(app: &App, req: &Req, name: &str, body: &mut dyn Read) -> Resp {
         Err(f) => {
             let _ = fs::remove_file(&tmp);
             crate::warn!("upload of {name} failed: {}", f.detail());
-            let _ = app.db.add_event(
+            app.db.event(
                 "boot.upload.failed",
                 None,
                 &format!("upload of {name} failed: {}", f.detail()),
@@ -126,7 +126,7 @@ pub fn upload(app: &App, req: &Req, name: &str, body: &mut dyn Read) -> Resp {
     };
     let msg = format!("uploaded {name} ({})", crate::units::bytes(size));
     crate::info!("{msg}");
-    let _ = app.db.add_event(
+    app.db.event(
         "boot.uploaded",
         None,
         &msg,

@@ -281,7 +281,7 @@ impl Cache {
             let msg =
                 format!("cache: {} is corrupt ({problem}); fetching it again", path.display());
             crate::warn!("{msg}");
-            let _ = app.db.add_event("cache.corrupt", None, &msg, None);
+            app.db.event("cache.corrupt", None, &msg, None);
             lock(&self.inner).verified.remove(hex);
             fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
             return Ok(None);
@@ -344,7 +344,7 @@ impl Cache {
             } else {
                 crate::warn!("{msg}");
             }
-            let _ = app.db.add_event(kind, None, &msg, Some(serde_json::json!({ "sha256": key })));
+            app.db.event(kind, None, &msg, Some(serde_json::json!({ "sha256": key })));
             lock(&f.state).done = Some(result.map(|_| ()).map_err(|e| e.to_string()));
             f.cv.notify_all();
         });

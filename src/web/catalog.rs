@@ -186,12 +186,7 @@ pub fn add_entry(app: &App, n: NewEntry) -> Result<(CatalogEntry, bool), Resp> {
     };
     let (e, new) = app.db.add_catalog_entry(&entry).map_err(internal)?;
     if new {
-        let _ = app.db.add_event(
-            "catalog.added",
-            Some(&e.bty_image_ref),
-            &format!("{} added", e.src),
-            None,
-        );
+        app.db.event("catalog.added", Some(&e.bty_image_ref), &format!("{} added", e.src), None);
     }
     Ok((e, new))
 }
@@ -368,7 +363,7 @@ fn add_all(app: &App, cat: &crate::catalog::Catalog) -> Resp {
         cat.source
     );
     crate::info!("{msg}");
-    let _ = app.db.add_event(
+    app.db.event(
         "catalog.imported",
         None,
         &msg,

@@ -956,6 +956,20 @@ impl Db {
         insert_event(&self.write(), kind, subject, message, details)
     }
 
+    /// Records an event where its failure must not fail the work it describes (an audit line
+    /// of a request already answered, a job already done): the failure is logged instead.
+    pub fn event(
+        &self,
+        kind: &str,
+        subject: Option<&str>,
+        message: &str,
+        details: Option<serde_json::Value>,
+    ) {
+        if let Err(e) = self.add_event(kind, subject, message, details) {
+            crate::warn!("recording a {kind} event: {e}");
+        }
+    }
+
     /// Creates a queued job of `kind`; None when one of that kind is queued or running already
     /// (one job per kind at a time).
     pub fn job_create(&self, kind: &str) -> Result<Option<i64>> {

@@ -45,7 +45,7 @@ impl Jobs {
     pub fn recover(app: &App) -> Result<()> {
         for (id, kind) in app.db.jobs_interrupted()? {
             crate::warn!("{kind} job {id} was interrupted by a restart");
-            let _ = app.db.add_event(
+            app.db.event(
                 &format!("{kind}.failed"),
                 Some(&id.to_string()),
                 &format!("{kind} job {id} failed: interrupted (bty-web stopped while it ran)"),
@@ -129,7 +129,7 @@ fn change(
     } else {
         crate::info!("{message}");
     }
-    let _ = app.db.add_event(
+    app.db.event(
         &format!("job.{state}"),
         Some(&id.to_string()),
         &message,

@@ -210,7 +210,7 @@ fn run() -> Result<ExitCode> {
             let _lock = lock_state_dir(&state)?;
             let db = db::Db::open(&state)?;
             db.import_machines(&machines)?;
-            let _ = db.add_event(
+            db.event(
                 "machines.imported",
                 None,
                 &format!("{} machines imported from {}", machines.len(), dir.display()),

@@ -227,14 +227,12 @@ impl Discovery {
         };
         let message = format!("{limit} reached: {what}; {total} refused so far");
         crate::warn!("{message}");
-        if let Err(e) = db.add_event(
+        db.event(
             "pxe.discovery.capped",
             None,
             &message,
             Some(serde_json::json!({ "reason": reason, "limit": limit, "refused": total })),
-        ) {
-            crate::warn!("{e}");
-        }
+        );
     }
 }
 

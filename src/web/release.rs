@@ -123,7 +123,7 @@ fn fetch(ctx: &Ctx) -> Result<String> {
         crate::warn!("syncing {}: {e}", boot.display());
     }
     let msg = format!("installed {} from {}", names.join(", "), manifest_at);
-    let _ = app.db.add_event(
+    app.db.event(
         "boot.release.installed",
         None,
         &msg,

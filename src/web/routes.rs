@@ -380,14 +380,12 @@ fn pxe_post(app: &App, req: &Req, mac: &str, what: &str) -> Resp {
                 0 => String::new(),
                 n => format!(" ({n} more such posts since the last one were not logged)"),
             };
-            if let Err(e) = app.db.add_event(
+            app.db.event(
                 "pxe.orphan",
                 Some(&mac),
                 &format!("{what} from {mac}, which has no machine record{more}"),
                 None,
-            ) {
-                crate::warn!("recording a pxe.orphan event: {e}");
-            }
+            );
         }
         Resp::error(404, &format!("no machine record for {mac}"))
     };
@@ -428,7 +426,7 @@ fn pxe_post(app: &App, req: &Req, mac: &str, what: &str) -> Resp {
                 let r = app.db.flash_failed(&mac, &reason);
                 if let Ok(true) = r {
                     app.metrics.flashes_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let _ = app.db.add_event(
+                    app.db.event(
                         "flash.failed",
                         Some(&mac),
                         &format!("{mac}: flash failed: {reason}"),
@@ -457,8 +455,7 @@ fn pxe_post(app: &App, req: &Req, mac: &str, what: &str) -> Resp {
             app.hub.changed();
             if done {
                 app.metrics.flashes_done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let _ =
-                    app.db.add_event("flash.done", Some(&mac), &format!("{mac}: flash done"), None);
+                app.db.event("flash.done", Some(&mac), &format!("{mac}: flash done"), None);
             }
             Resp::no_content()
         }
@@ -509,7 +506,7 @@ fn machine(app: &App, req: &Req, mac: &str) -> Resp {
             match app.db.put_machine(&mac, &upsert) {
                 Ok(m) => {
                     app.hub.changed();
-                    let _ = app.db.add_event(
+                    app.db.event(
                         "machine.updated",
                         Some(&mac),
                         &format!("{mac} saved: boot mode {}", m.boot_mode),
@@ -523,12 +520,7 @@ fn machine(app: &App, req: &Req, mac: &str) -> Resp {
         "DELETE" => match app.db.delete_machine(&mac) {
             Ok(true) => {
                 app.hub.changed();
-                let _ = app.db.add_event(
-                    "machine.deleted",
-                    Some(&mac),
-                    &format!("{mac} deleted"),
-                    None,
-                );
+                app.db.event("machine.deleted", Some(&mac), &format!("{mac} deleted"), None);
                 Resp::no_content()
             }
             Ok(false) => missing(),

@@ -81,7 +81,7 @@ fn save_backup_schedule(ctx: &Ctx<'_>, fields: &[(String, String)]) -> Resp {
             } else {
                 format!("Scheduled backups off; keeping {keep}.")
             };
-            let _ = db.add_event("settings.backup", None, &msg, None);
+            db.event("settings.backup", None, &msg, None);
             redirect_with("/ui/backups#schedule", false, &msg)
         }
         Err(e) => internal(e),
@@ -142,7 +142,7 @@ fn save_machine(ctx: &Ctx<'_>, mac: &str, fields: Vec<(String, String)>) -> Resp
     match ctx.app.db.put_machine(&mac, &upsert) {
         Ok(m) => {
             ctx.app.hub.changed();
-            let _ = ctx.app.db.add_event(
+            ctx.app.db.event(
                 "machine.updated",
                 Some(&mac),
                 &format!("{mac} saved: boot mode {}", m.boot_mode),
@@ -169,12 +169,7 @@ fn delete_machine(ctx: &Ctx<'_>, mac: &str, fields: &[(String, String)]) -> Resp
     match ctx.app.db.delete_machine(&mac) {
         Ok(true) => {
             ctx.app.hub.changed();
-            let _ = ctx.app.db.add_event(
-                "machine.deleted",
-                Some(&mac),
-                &format!("{mac} deleted"),
-                None,
-            );
+            ctx.app.db.event("machine.deleted", Some(&mac), &format!("{mac} deleted"), None);
             redirect_with("/ui/machines", false, &format!("Deleted {mac}."))
         }
         Ok(false) => redirect_with("/ui/machines", true, &format!("No machine record for {mac}.")),
@@ -231,7 +226,7 @@ fn delete_entry(ctx: &Ctx<'_>, fields: &[(String, String)]) -> Resp {
     };
     match ctx.app.db.delete_catalog_entry(src) {
         Ok(true) => {
-            let _ = ctx.app.db.add_event("catalog.deleted", None, &format!("{src} deleted"), None);
+            ctx.app.db.event("catalog.deleted", None, &format!("{src} deleted"), None);
             redirect_with("/ui/images", false, &format!("Deleted {src}."))
         }
         Ok(false) => {
@@ -402,7 +397,7 @@ fn save_upstream(ctx: &Ctx<'_>, fields: Vec<(String, String)>) -> Resp {
         });
     match saved {
         Ok(()) => {
-            let _ = db.add_event("settings.updated", None, "upstream sources saved", None);
+            db.event("settings.updated", None, "upstream sources saved", None);
             redirect_with("/ui/settings", false, "Upstream sources saved.")
         }
         Err(e) => internal(e),
@@ -417,7 +412,7 @@ fn edit_config(ctx: &Ctx<'_>, fields: &[(String, String)]) -> Resp {
         Ok(file) => {
             let msg =
                 format!("Saved {name} = {} in {file}; restart bty-web to apply it.", value.trim());
-            let _ = ctx.app.db.add_event("settings.config.edited", None, &msg, None);
+            ctx.app.db.event("settings.config.edited", None, &msg, None);
             redirect_with("/ui/settings#config", false, &msg)
         }
         Err(e) => redirect_with("/ui/settings#config", true, &format!("Not saved: {e}")),

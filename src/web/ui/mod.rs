@@ -300,19 +300,13 @@ fn login(app: &App, req: &Req) -> Resp {
     let who = ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into());
     match app.auth.login(ip, password) {
         auth::Login::Ok(set_cookie) => {
-            let _ =
-                app.db.add_event("auth.login.succeeded", None, &format!("login from {who}"), None);
+            app.db.event("auth.login.succeeded", None, &format!("login from {who}"), None);
             redirect("/ui/dashboard").with_header("Set-Cookie", &set_cookie)
         }
         auth::Login::Wrong { backoff_started } => {
-            let _ = app.db.add_event(
-                "auth.login.failed",
-                None,
-                &format!("failed login from {who}"),
-                None,
-            );
+            app.db.event("auth.login.failed", None, &format!("failed login from {who}"), None);
             if backoff_started {
-                let _ = app.db.add_event(
+                app.db.event(
                     "auth.login.backoff",
                     None,
                     "many failed logins from many addresses: password checks are rationed for \
@@ -344,7 +338,7 @@ fn logout(app: &App, logged_in: bool) -> Resp {
         if let Err(e) = revoked {
             crate::error!("storing the session epoch (sessions are revoked until a restart): {e}");
         }
-        let _ = app.db.add_event("auth.logout", None, "logout: every session ended", None);
+        app.db.event("auth.logout", None, "logout: every session ended", None);
     }
     redirect("/ui/login").with_header("Set-Cookie", &app.auth.clear_cookie())
 }
