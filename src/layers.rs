@@ -29,9 +29,6 @@ const KNOWN: &[(&str, &str)] = &[
     // picks the layer whose title names an image format (`image::format::hint_from_name`).
     ("src/source/oras.rs", "image"),
     ("src/web/mod.rs", "cli"),
-    ("src/cli/agent.rs", "web"),
-    ("src/disks/list.rs", "web"),
-    ("src/inventory/mod.rs", "web"),
 ];
 
 /// Every `.rs` file under `dir`.

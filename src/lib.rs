@@ -24,6 +24,7 @@ pub mod source;
 pub mod uefi;
 pub mod units;
 pub mod web;
+pub mod wire;
 
 /// The version of this build, shared by both binaries.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

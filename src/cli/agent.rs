@@ -112,8 +112,8 @@ pub fn parse_plan(body: &[u8]) -> Result<ServerPlan> {
 
 /// Runs server-driven mode.
 pub fn run(args: &WizardArgs, mac: &str) -> Result<ExitCode> {
-    let mac = crate::web::validate::normalize_mac(mac)
-        .map_err(|e| Error::msg(format!("--mac {mac:?}: {e}")))?;
+    let mac =
+        crate::wire::normalize_mac(mac).map_err(|e| Error::msg(format!("--mac {mac:?}: {e}")))?;
     let client = Client::new(&args.server, &mac, CALL_TIMEOUT)?;
     crate::info!("server-driven mode: {} as {mac}", args.server);
     // The inventory goes first, so the operator sees the disks even when the plan fails. An

@@ -10,7 +10,7 @@ use super::BlockDevice;
 use super::safety::{InUse, Refusal, with_partitions};
 use super::sysfs::{self, clean, read_flag, read_trim, read_u64};
 use crate::error::{Context, Result};
-use crate::web::validate::DISK_FIELD_MAX_CHARS;
+use crate::wire::DISK_FIELD_MAX_CHARS;
 
 /// One disk as `POST /pxe/{mac}/inventory` carries it: the spec's `InventoryDisk`, field for
 /// field. Strings are cut to the 256 characters bty-web accepts.

@@ -9,6 +9,12 @@
 //! The checks are the spec's (reference.txt wire types, api-details.md). Whether a
 //! `bty_image_ref` names a catalog entry, or a MAC has a record, is for the caller to look up.
 
+use crate::wire::{self, show};
+pub use crate::wire::{
+    BOOT_MODES, BOOT_NAME_MAX_CHARS, DEFAULT_BOOT_MODE, DISK_FIELD_MAX_CHARS, FLASH_MODES,
+    INVENTORY_MAX_DISKS, LABEL_MAX_CHARS, LABELS_MAX, LSHW_MAX, PHASE_MAX_CHARS, REASON_MAX_CHARS,
+    SERIAL_MAX_CHARS,
+};
 use std::collections::BTreeSet;
 use std::fmt;
 use std::io;
@@ -68,33 +74,6 @@ impl fmt::Display for Invalid {
 
 impl std::error::Error for Invalid {}
 
-/// The boot modes a machine can have; what `GET /pxe/{mac}` does for it.
-pub const BOOT_MODES: [&str; 5] =
-    ["ipxe-exit", "bty-flash-always", "bty-flash-once", "bty-tui", "bty-inventory"];
-/// The boot mode of a `PUT /machines/{mac}` that does not name one.
-pub const DEFAULT_BOOT_MODE: &str = "ipxe-exit";
-/// The boot modes that flash, and so need an image and a target disk.
-pub const FLASH_MODES: [&str; 2] = ["bty-flash-always", "bty-flash-once"];
-
-/// Longest label, in characters.
-pub const LABEL_MAX_CHARS: usize = 64;
-/// Most labels on one machine (after duplicates collapse).
-pub const LABELS_MAX: usize = 16;
-/// Longest `target_disk_serial`, in characters.
-pub const SERIAL_MAX_CHARS: usize = 128;
-/// Most disks in one inventory.
-pub const INVENTORY_MAX_DISKS: usize = 64;
-/// Longest string field of an inventory disk, in characters.
-pub const DISK_FIELD_MAX_CHARS: usize = 256;
-/// Largest `lshw` tree kept, as re-serialised JSON bytes; a bigger one is dropped.
-pub const LSHW_MAX: usize = 2 * 1024 * 1024;
-/// Longest failure reason in `POST /pxe/{mac}/status`, in characters.
-pub const REASON_MAX_CHARS: usize = 500;
-/// Longest phase name in `POST /pxe/{mac}/progress`, in characters.
-pub const PHASE_MAX_CHARS: usize = 32;
-/// Longest boot artifact name, in characters.
-pub const BOOT_NAME_MAX_CHARS: usize = 128;
-
 const UPSERT_KEYS: [&str; 5] =
     ["bty_image_ref", "labels", "boot_mode", "sanboot_drive", "target_disk_serial"];
 const INVENTORY_KEYS: [&str; 2] = ["disks", "lshw"];
@@ -103,52 +82,10 @@ const DISK_BOOL_KEYS: [&str; 2] = ["removable", "readonly"];
 const STATUS_KEYS: [&str; 2] = ["status", "reason"];
 const PROGRESS_KEYS: [&str; 4] = ["phase", "written_bytes", "total_bytes", "rate_bytes_per_s"];
 
-/// Normalises a MAC address to `aa:bb:cc:dd:ee:ff`.
-///
-/// Accepts six pairs of hex digits in any case, separated all by `:` or all by `-`, or twelve
-/// bare hex digits. Anything else (mixed separators, single-digit groups, whitespace) is refused.
+/// Normalises a MAC address to `aa:bb:cc:dd:ee:ff` ([`wire::normalize_mac`]); the refusal
+/// names the `mac` field.
 pub fn normalize_mac(s: &str) -> Result<String, Invalid> {
-    let bad = || {
-        Invalid::new(
-            "mac",
-            format!("{} is not a MAC address (expected e.g. aa:bb:cc:dd:ee:ff)", show(s)),
-        )
-    };
-    let b = s.as_bytes();
-    let digits: Vec<u8> = match b.len() {
-        12 => b.to_vec(),
-        17 => {
-            let sep = b[2];
-            if sep != b':' && sep != b'-' {
-                return Err(bad());
-            }
-            let mut d = Vec::with_capacity(12);
-            for (i, &c) in b.iter().enumerate() {
-                if i % 3 == 2 {
-                    if c != sep {
-                        return Err(bad());
-                    }
-                } else {
-                    d.push(c);
-                }
-            }
-            d
-        }
-        _ => return Err(bad()),
-    };
-    if !digits.iter().all(u8::is_ascii_hexdigit) {
-        return Err(bad());
-    }
-    let mut out = String::with_capacity(17);
-    for (i, pair) in digits.chunks(2).enumerate() {
-        if i > 0 {
-            out.push(':');
-        }
-        for &c in pair {
-            out.push(char::from(c.to_ascii_lowercase()));
-        }
-    }
-    Ok(out)
+    wire::normalize_mac(s).map_err(|m| Invalid::new("mac", m))
 }
 
 /// Checks machine labels: each `^[A-Za-z0-9][A-Za-z0-9 ._-]*$` and 1 to 64 characters, at most
@@ -591,15 +528,6 @@ fn clip(s: &str) -> String {
     match s.char_indices().nth(MAX) {
         Some((i, _)) => format!("{}...", &s[..i]),
         None => s.to_string(),
-    }
-}
-
-/// `s` quoted and escaped for a message, cut short if long.
-fn show(s: &str) -> String {
-    const MAX: usize = 40;
-    match s.char_indices().nth(MAX) {
-        Some((i, _)) => format!("{:?}...", &s[..i]),
-        None => format!("{s:?}"),
     }
 }
 
@@ -1216,5 +1144,46 @@ mod tests {
         let e = pxe_status(body.to_string().as_bytes()).unwrap_err();
         let field = e.field().unwrap_or_default().to_string();
         assert!(field.starts_with("a\\n") && field.len() < 60, "{field}");
+    }
+
+    #[test]
+    fn the_inventory_bty_sends_is_what_bty_web_accepts() {
+        use crate::disks::{Disk, InventoryDisk};
+        use crate::inventory::{Inventory, Source, summary};
+
+        let disk = |i: usize| Disk {
+            inventory: InventoryDisk {
+                path: format!("/dev/sd{i}"),
+                size: Some("1G".into()),
+                vendor: None,
+                model: None,
+                serial: Some(format!("S{i}")),
+                tran: Some("sata".into()),
+                removable: false,
+                readonly: false,
+            },
+            name: format!("sd{i}"),
+            size_bytes: 1 << 30,
+            rotational: false,
+            logical_block_size: 512,
+            physical_block_size: 512,
+            mountpoints: vec![],
+            holders: vec![],
+            root: false,
+            boot_medium: false,
+            writable: true,
+            refusal: None,
+        };
+        let inv = Inventory {
+            disks: (0..70).map(disk).collect(),
+            hardware: summary::build(&summary::Facts::default()),
+            source: Source::Summary,
+        };
+        let body = serde_json::to_vec(&inv.wire()).unwrap();
+        let checked = inventory(&body).unwrap();
+        assert_eq!(checked.disks.as_array().unwrap().len(), INVENTORY_MAX_DISKS);
+        assert_eq!(checked.lshw.unwrap()["class"], "system");
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["disks"][0].as_object().unwrap().len(), 8);
     }
 }
