@@ -28,7 +28,6 @@ const KNOWN: &[(&str, &str)] = &[
     ("src/image/probe.rs", "source"),
     // picks the layer whose title names an image format (`image::format::hint_from_name`).
     ("src/source/oras.rs", "image"),
-    ("src/web/mod.rs", "cli"),
 ];
 
 /// Every `.rs` file under `dir`.

@@ -124,6 +124,21 @@ macro_rules! debug {
     ($($a:tt)*) => { if $crate::log::enabled($crate::log::Level::Debug) { $crate::log::emit($crate::log::Level::Debug, format_args!($($a)*)) } };
 }
 
+/// Runs a binary's body (`bty`'s and `bty-web`'s): logging from the environment, and any error
+/// printed as `<prog>: error: ...` with exit status 2.
+pub fn run_main(
+    body: fn() -> crate::error::Result<std::process::ExitCode>,
+) -> std::process::ExitCode {
+    init_from_env();
+    match body() {
+        Ok(code) => code,
+        Err(e) => {
+            crate::error!("{e}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -117,20 +117,7 @@ BTY_IMAGE_ROOT the image root.
 
 /// Entry point of the `bty` binary.
 pub fn main() -> ExitCode {
-    run_main(run)
-}
-
-/// Runs a binary's body: logging from the environment, and any error printed as
-/// `<prog>: error: ...` with exit status 2.
-pub fn run_main(body: fn() -> Result<ExitCode>) -> ExitCode {
-    crate::log::init_from_env();
-    match body() {
-        Ok(code) => code,
-        Err(e) => {
-            crate::error!("{e}");
-            ExitCode::from(2)
-        }
-    }
+    crate::log::run_main(run)
 }
 
 /// The bty-web that `--server` defaults to (a LAN DNS name or /etc/hosts entry).

@@ -86,7 +86,7 @@ DELETE /workers/backups/ID, GET/POST /boot/releases, GET /metrics (Prometheus). 
 
 /// Entry point of the `bty-web` binary.
 pub fn main() -> ExitCode {
-    crate::cli::run_main(run)
+    crate::log::run_main(run)
 }
 
 fn run() -> Result<ExitCode> {
