@@ -8,9 +8,9 @@ use sha2::{Digest, Sha256};
 use crate::cli::{FlashArgs, InspectArgs};
 use crate::disks::TargetKind;
 use crate::error::{Context, Result};
+use crate::flash::probe;
 use crate::flash::progress::{Mode, Reporter};
 use crate::flash::{self, FlashError, Options, Plan};
-use crate::image::probe;
 use crate::source::Source;
 use crate::units;
 

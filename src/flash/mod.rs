@@ -1,6 +1,7 @@
 //! The flash pipeline: reader thread -> decoder thread -> bounded channel of aligned buffers ->
 //! writer thread (O_DIRECT, zero skip, first MiB last), with progress, cancel and verify.
 
+pub mod probe;
 pub mod progress;
 pub mod stream;
 pub mod write;
@@ -14,9 +15,9 @@ use std::time::{Duration, Instant};
 use crate::disks::{self, Target};
 use crate::error::{Context, Error, Result};
 use crate::image::format::{self, Format};
-use crate::image::probe::{self, ImageInfo};
 use crate::image::qcow2;
 use crate::source::Source;
+use probe::ImageInfo;
 use stream::{Block, Pool, Stage, Stop};
 use write::Writer;
 
