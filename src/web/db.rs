@@ -144,9 +144,21 @@ pub enum InventoryStored {
     WithoutLshw,
 }
 
-/// A PXE contact's outcome: the machine, its catalog entry, the decision and whether anything
-/// was written; or, for an unknown MAC, the cap that kept it from being recorded.
-pub type Contact<T> = std::result::Result<(Machine, Option<CatalogEntry>, T, bool), Capped>;
+/// A recorded PXE contact.
+#[derive(Debug)]
+pub struct Contacted<T> {
+    /// The machine as it stands after the contact.
+    pub machine: Machine,
+    /// Its catalog entry, when it names one that exists.
+    pub image: Option<CatalogEntry>,
+    /// What the caller's `decide` made of them.
+    pub decision: T,
+    /// Whether anything was written (the live view then has news).
+    pub wrote: bool,
+}
+
+/// A PXE contact's outcome, or for an unknown MAC the cap that kept it from being recorded.
+pub type Contact<T> = std::result::Result<Contacted<T>, Capped>;
 
 /// A machine offered the same boot again within this long gets no new `pxe.offered` event:
 /// firmware in a retry loop would otherwise fill the event log, and every such event costs a
@@ -731,7 +743,12 @@ impl Db {
                     if mark.is_none()
                         && offered.as_deref().is_none_or(|r| self.offered_lately(mac, r))
                     {
-                        return Ok(Ok((m, image, out, false)));
+                        return Ok(Ok(Contacted {
+                            machine: m,
+                            image,
+                            decision: out,
+                            wrote: false,
+                        }));
                     }
                 }
             }
@@ -816,7 +833,7 @@ impl Db {
             let (m, r) = offer_key(mac, &reason);
             offers.insert(m, (r, Instant::now()));
         }
-        Ok(Ok((m, image, out, true)))
+        Ok(Ok(Contacted { machine: m, image, decision: out, wrote: true }))
     }
 
     /// Whether this offer to this MAC was logged within `OFFER_REPEAT`.
@@ -1336,28 +1353,24 @@ mod tests {
             move |_: &Machine, _: Option<&CatalogEntry>| ((), None, Some(reason.to_string()))
         };
         let mac = "aa:bb:cc:dd:ee:01";
-        let (m, _, (), wrote) =
-            db.pxe_contact(mac, Some("10.0.0.1"), || true, offer("exit")).unwrap().unwrap();
-        assert!(wrote, "a discovery is written");
-        assert_eq!(m.last_seen_ip.as_deref(), Some("10.0.0.1"));
+        let c = db.pxe_contact(mac, Some("10.0.0.1"), || true, offer("exit")).unwrap().unwrap();
+        assert!(c.wrote, "a discovery is written");
+        assert_eq!(c.machine.last_seen_ip.as_deref(), Some("10.0.0.1"));
         let offered = |db: &Db| db.events(Some("pxe.offered"), None, 100, None).unwrap().len();
         assert_eq!(offered(&db), 1);
         // Within the same second, from the same address, the same offer: read only (the
         // second may tick over between the calls, then it writes last-seen but no event).
         let generation = db.generation();
-        let (_, _, (), wrote) =
-            db.pxe_contact(mac, Some("10.0.0.1"), || true, offer("exit")).unwrap().unwrap();
-        assert!(!wrote || db.generation() != generation);
+        let c = db.pxe_contact(mac, Some("10.0.0.1"), || true, offer("exit")).unwrap().unwrap();
+        assert!(!c.wrote || db.generation() != generation);
         assert_eq!(offered(&db), 1, "a repeated offer within 10 s is logged once");
         // Another address or another offer is news.
-        let (m, _, (), wrote) =
-            db.pxe_contact(mac, Some("10.0.0.2"), || true, offer("exit")).unwrap().unwrap();
-        assert!(wrote);
-        assert_eq!(m.last_seen_ip.as_deref(), Some("10.0.0.2"));
+        let c = db.pxe_contact(mac, Some("10.0.0.2"), || true, offer("exit")).unwrap().unwrap();
+        assert!(c.wrote);
+        assert_eq!(c.machine.last_seen_ip.as_deref(), Some("10.0.0.2"));
         assert_eq!(offered(&db), 1);
-        let (_, _, (), wrote) =
-            db.pxe_contact(mac, Some("10.0.0.2"), || true, offer("disk")).unwrap().unwrap();
-        assert!(wrote);
+        let c = db.pxe_contact(mac, Some("10.0.0.2"), || true, offer("disk")).unwrap().unwrap();
+        assert!(c.wrote);
         assert_eq!(offered(&db), 2);
     }
 

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::web::auth::{Auth, Session};
 use crate::web::config::Settings;
-use crate::web::db::{Capped, CatalogEntry, Db, InventoryStored, Machine, PxeMark};
+use crate::web::db::{Capped, CatalogEntry, Contacted, Db, InventoryStored, Machine, PxeMark};
 use crate::web::http::{Body, BodyPolicy, Req, Resp};
 use crate::web::metrics::Metrics;
 use crate::web::sse::{self, Hub};
@@ -296,7 +296,7 @@ fn pxe_decide(
             },
         )
         .map_err(internal)?;
-    let (m, image, d, wrote) = match contact {
+    let Contacted { machine: m, image, decision: d, wrote } = match contact {
         Ok(c) => c,
         Err(cap) => return Err(discovery_refused(app, cap, ip.as_deref().unwrap_or("?"), offer)),
     };
