@@ -43,6 +43,9 @@ IMAGE_TAG ?= localhost/bty-web:$(VERSION)
 # qemu-system-x86 comes from bookworm-backports, like the project machines' qemu-utils (10.x):
 # bookworm's 7.2 would make apt remove that qemu-utils (it Breaks qemu-system-common << 8). The backports
 # source is handed to apt for this one install; the machine's own sources stay as they are.
+# Every private source list here (backports, arm64 musl headers, trixie's podman and ipxe) points
+# at the mirror the machine's apt already uses (deploy/apt-mirror.sh), so a lab with a local
+# or air-gapped mirror works and no mirror's host name is written into the repository.
 APT_BPO := $(CURDIR)/target/apt-bpo
 APT_BPO_OPTS := -o Dir::Etc::sourcelist=$(APT_BPO)/sources.list -o Dir::Etc::sourceparts=- \
 	-o Dir::State::lists=$(APT_BPO)/lists -o Dir::Cache::archives=$(APT_BPO)/archives
@@ -98,9 +101,11 @@ deps:
 		echo "installing: qemu-system-x86 qemu-utils (bookworm-backports)"; \
 		if [ "$$(id -u)" != 0 ]; then echo "make deps: need root to install qemu-system-x86" >&2; exit 1; fi; \
 		mkdir -p $(APT_BPO)/lists/partial $(APT_BPO)/archives/partial; \
+		mirror=$$(deploy/apt-mirror.sh) || exit 1; \
 		for s in bookworm bookworm-updates bookworm-backports; do \
-			echo "deb http://deb.debian.org/debian $$s main"; done >$(APT_BPO)/sources.list; \
-		echo "deb http://deb.debian.org/debian-security bookworm-security main" >>$(APT_BPO)/sources.list; \
+			echo "deb $$mirror $$s main"; done >$(APT_BPO)/sources.list; \
+		if security=$$(deploy/apt-mirror.sh security 2>/dev/null); then \
+			echo "deb $$security bookworm-security main" >>$(APT_BPO)/sources.list; fi; \
 		apt-get $(APT_BPO_OPTS) update -qq && DEBIAN_FRONTEND=noninteractive apt-get $(APT_BPO_OPTS) \
 			install -y -qq -t bookworm-backports --no-install-recommends --no-remove \
 			qemu-system-x86 qemu-utils >/dev/null; \
@@ -112,7 +117,7 @@ deps:
 		echo "fetching: musl-dev:arm64 (headers for the arm64 static build) into $(APT_ARM64)"; \
 		rm -rf $(APT_ARM64) && mkdir -p $(APT_ARM64)/lists/partial $(APT_ARM64)/archives/partial \
 			$(APT_ARM64)/deb && \
-		echo "deb http://deb.debian.org/debian bookworm main" >$(APT_ARM64)/sources.list && \
+		mirror=$$(deploy/apt-mirror.sh) && echo "deb $$mirror bookworm main" >$(APT_ARM64)/sources.list && \
 		apt-get $(APT_ARM64_OPTS) update -qq && \
 		(cd $(APT_ARM64)/deb && apt-get $(APT_ARM64_OPTS) download -qq musl-dev:arm64) && \
 		dpkg-deb -x $(APT_ARM64)/deb/musl-dev_*_arm64.deb $(APT_ARM64)/musl && \
@@ -132,7 +137,7 @@ quadlet: $(QUADLET)
 
 $(QUADLET):
 	@mkdir -p $(QUADLET_APT)/lists/partial $(QUADLET_APT)/archives/partial
-	@echo "deb http://deb.debian.org/debian trixie main" >$(QUADLET_APT)/sources.list
+	@mirror=$$(deploy/apt-mirror.sh) && echo "deb $$mirror trixie main" >$(QUADLET_APT)/sources.list
 	apt-get $(QUADLET_APT_OPTS) update -qq
 	cd target/quadlet && rm -f podman_*.deb && apt-get $(QUADLET_APT_OPTS) download -qq podman/trixie
 	dpkg-deb --fsys-tarfile target/quadlet/podman_*.deb | tar -xO ./usr/libexec/podman/quadlet >$@.tmp
@@ -164,7 +169,8 @@ ipxe: $(IPXE_OUT)/undionly.kpxe.sha256
 # The .deb stays in target/ipxe-apt, so a rebuild does not download it again.
 $(IPXE_DEB):
 	@mkdir -p $(IPXE_APT)/lists/partial $(IPXE_APT)/archives/partial $(IPXE_APT)/cache $(IPXE_APT)/deb
-	echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main" \
+	mirror=$$(deploy/apt-mirror.sh) && \
+		echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $$mirror trixie main" \
 		>$(IPXE_APT)/sources.list
 	apt-get $(IPXE_APT_OPTS) update -qq
 	cd $(IPXE_APT)/deb && apt-get $(IPXE_APT_OPTS) download -q 'ipxe=$(IPXE_VERSION)'
