@@ -8,7 +8,7 @@
 //! across restarts, without a table of sessions to keep.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, ToSocketAddrs};
 use std::path::Path;
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -323,14 +323,7 @@ fn derive_key(secret: &[u8], password: &str, epoch: u64) -> Vec<u8> {
 /// Whom failures are counted against: an IPv4 address, or the /64 of an IPv6 one (a host gets
 /// a whole /64 and may rotate within it). Unknown peers share one entry.
 fn client_key(ip: Option<IpAddr>) -> IpAddr {
-    match ip {
-        None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        Some(IpAddr::V4(v4)) => IpAddr::V4(v4),
-        Some(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
-        },
-    }
+    ip.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), crate::web::http::addr_group)
 }
 
 /// Whole seconds, rounded up, at least 1 (for `Retry-After`).

@@ -140,7 +140,7 @@ pub struct Discovery {
     /// New MACs per source address per minute; 0: no limit.
     per_minute: u64,
     /// The current one-minute window: when it began and the discoveries per address in it.
-    window: Mutex<(Instant, HashMap<u128, u64>)>,
+    window: Mutex<(Instant, HashMap<Option<IpAddr>, u64>)>,
     /// When each cap last wrote its event, by `Capped` index.
     noticed: Mutex<[Option<Instant>; 3]>,
     /// `pxe.orphan` events in the current minute: when it began, how many were logged, and
@@ -185,11 +185,7 @@ impl Discovery {
         if self.per_minute == 0 {
             return true;
         }
-        let key = match ip.map(|ip| ip.to_canonical()) {
-            Some(IpAddr::V4(a)) => u128::from(a.to_bits()),
-            Some(IpAddr::V6(a)) => (a.to_bits() >> 64 << 64) | 1,
-            None => 2,
-        };
+        let key = ip.map(crate::web::http::addr_group);
         let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
         if w.0.elapsed() >= Duration::from_secs(60) {
             *w = (Instant::now(), HashMap::new());
