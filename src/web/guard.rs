@@ -27,8 +27,8 @@ use crate::web::routes::App;
 const REFRESH: Duration = Duration::from_secs(30);
 
 /// `None` to go on, or the refusal.
-pub fn check(app: &App, req: &Req) -> Option<Resp> {
-    let segs: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
+/// `segs` is the path split at `/`, as the caller has it already.
+pub fn check(app: &App, req: &Req, segs: &[&str]) -> Option<Resp> {
     let m = req.method.as_str();
     let change = !matches!(m, "GET" | "HEAD");
     if segs.first() == Some(&"pxe") {
@@ -44,7 +44,7 @@ pub fn check(app: &App, req: &Req) -> Option<Resp> {
         }
         return None;
     }
-    if open(m, &segs) {
+    if open(m, segs) {
         return None;
     }
     if let Err(why) = host_allowed(app, req) {
@@ -65,7 +65,7 @@ pub fn check(app: &App, req: &Req) -> Option<Resp> {
             ),
         ));
     }
-    if own_body_format(m, &segs).is_none() && has_body(req) {
+    if own_body_format(m, segs).is_none() && has_body(req) {
         let ctype = req.header("content-type").unwrap_or("");
         if !is_json(ctype) {
             let got = if ctype.is_empty() { "none".to_string() } else { format!("{ctype:?}") };

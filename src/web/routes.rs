@@ -104,11 +104,11 @@ fn protected(method: &str, segs: &[&str]) -> bool {
 /// form post 303 to the login page), so an anonymous client cannot make the server hold its
 /// body. Each further check (Host, Origin) is one more early return here.
 pub fn admit(app: &App, req: &Req) -> Option<Resp> {
+    let segs = segments(&req.path);
     // Host and Origin first: a rebinding page gets 421, not a hint that a session is needed.
-    if let Some(refused) = guard::check(app, req) {
+    if let Some(refused) = guard::check(app, req, &segs) {
         return Some(refused);
     }
-    let segs = segments(&req.path);
     let m = req.method.as_str();
     let logged_in = || matches!(app.auth.check(req.header("cookie")), Session::Valid { .. });
     if protected(m, &segs) && !logged_in() {
