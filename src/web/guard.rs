@@ -160,8 +160,8 @@ fn host_allowed(app: &App, req: &Req) -> Result<(), String> {
     // a container's published port or a NAT in front is not ours to know. This keeps bty-web
     // in a container (whose interfaces are not the host's) reachable by the host's address.
     // `Host: 0.0.0.0` is no address of ours: browsers send it to loopback from any site.
-    if name.parse::<IpAddr>().is_ok_and(|ip| !ip.is_unspecified()) {
-        return Ok(());
+    if let Ok(ip) = name.parse::<IpAddr>() {
+        return if ip.is_unspecified() { Err(refuse()) } else { Ok(()) };
     }
     let s = &app.settings;
     let public = s.public_url().and_then(url_host_port);
@@ -191,28 +191,16 @@ fn host_allowed(app: &App, req: &Req) -> Result<(), String> {
     }
 }
 
+/// Whether a host name is one of this server's (addresses are settled before it is asked).
 fn owned_name(app: &App, name: &str, public_host: Option<&str>) -> bool {
     let s = &app.settings;
-    let listen = s.get("server", "host");
-    let configured = allowed_hosts(s.get("server", "allowed_hosts"))
-        .unwrap_or_default()
-        .into_iter()
-        .chain(public_host.map(str::to_string))
-        // A wildcard listen address is no name: `Host: 0.0.0.0` reaches loopback from a
-        // browser, from any site.
-        .chain(
-            Some(listen.trim_matches(['[', ']']))
-                .filter(|l| !l.is_empty() && !l.parse::<IpAddr>().is_ok_and(|a| a.is_unspecified()))
-                .map(str::to_string),
-        );
-    let same = |a: &str, b: &str| match (a.parse::<IpAddr>(), b.parse::<IpAddr>()) {
-        (Ok(x), Ok(y)) => x.to_canonical() == y.to_canonical(),
-        _ => a.eq_ignore_ascii_case(b.trim_end_matches('.')),
-    };
-    if name == "localhost" || configured.into_iter().any(|c| same(name, &c)) {
-        return true;
-    }
-    name.parse::<IpAddr>().is_err() && hostname().is_some_and(|h| same(name, &h))
+    let same = |other: &str| name.eq_ignore_ascii_case(other.trim_end_matches('.'));
+    name == "localhost"
+        || public_host.is_some_and(same)
+        // A listen address given as a name.
+        || same(s.get("server", "host"))
+        || allowed_hosts(s.get("server", "allowed_hosts")).unwrap_or_default().iter().any(|h| same(h))
+        || hostname().is_some_and(|h| same(&h))
 }
 
 /// A Host header as (name, port): names lower-cased without a trailing dot, IPv6 without its
