@@ -270,14 +270,14 @@ src = "file://{}"
 
 [[images]]
 name = "debian-12-genericcloud-arm64.qcow2"
-src = "https://cloud.example/debian/debian-12-genericcloud-arm64.qcow2"
+src = "https://cloud.example/images/debian-12-genericcloud-arm64.qcow2"
 sha256 = "{sha}"
 size_bytes = 400000000
 description = "Debian 12"
 
 [[images]]
 name = "same URL, other spelling"
-src = "HTTPS://Cloud.Example:443/debian/debian-12-genericcloud-arm64.qcow2"
+src = "HTTPS://Cloud.Example:443/images/debian-12-genericcloud-arm64.qcow2"
 
 [[images]]
 name = "nosi"
@@ -307,7 +307,7 @@ ref = "{}"
         assert_eq!(deb["description"], "Debian 12");
         assert_eq!(
             deb["ref"],
-            reference("https://cloud.example/debian/debian-12-genericcloud-arm64.qcow2").as_str()
+            reference("https://cloud.example/images/debian-12-genericcloud-arm64.qcow2").as_str()
         );
         let nosi = reference("oras://ghcr.io/safl/nosi/debian-sysdev:latest");
         assert_eq!(list[2]["ref"], nosi.as_str());
