@@ -15,13 +15,12 @@ pub mod flash;
 pub mod fuzz;
 pub mod hex;
 pub mod image;
-pub mod images;
 pub mod inventory;
 pub mod io;
 #[cfg(test)]
 mod layers;
 pub mod source;
-pub mod uefi;
+pub mod suffix;
 pub mod units;
 pub mod web;
 pub mod wire;

@@ -340,7 +340,7 @@ fn a_flash_with_uefi_registration_adds_a_boot_entry_and_sets_boot_next() {
         assert!(out.status.success(), "{err}");
         assert!(err.contains("UEFI boot entry Boot0001"), "round {round}: {err}");
         let entry = std::fs::read(vars.join(format!("Boot0001-{global}"))).unwrap();
-        let want = bty::uefi::load_option(
+        let want = bty::cli::uefi::load_option(
             "bty: esp.img.zst",
             1,
             2048,

@@ -190,10 +190,14 @@ fn post_inventory(client: &Client) -> Result<()> {
 /// With `BTY_REGISTER_UEFI_BOOT=1`, makes the firmware boot the flashed disk next; a failure is
 /// a warning, never a failed flash.
 pub fn register_uefi_boot(disk: &std::path::Path, image: &str) {
-    if !crate::uefi::requested() {
+    if !crate::cli::uefi::requested() {
         return;
     }
-    match crate::uefi::register(disk, &format!("bty: {image}"), &crate::uefi::efivars_dir()) {
+    match crate::cli::uefi::register(
+        disk,
+        &format!("bty: {image}"),
+        &crate::cli::uefi::efivars_dir(),
+    ) {
         Ok(n) => {
             eprintln!("bty: UEFI boot entry Boot{n:04X} for {} set as BootNext", disk.display())
         }

@@ -4,9 +4,9 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use crate::catalog;
+use crate::catalog::root::{self as images, ImageEntry, Listing, Origin};
 use crate::cli::ImagesArgs;
 use crate::error::{Context, Result};
-use crate::images::{self, ImageEntry, Listing, Origin};
 use crate::units;
 
 pub fn images(args: ImagesArgs) -> Result<ExitCode> {

@@ -6,6 +6,7 @@ mod images;
 mod inventory;
 pub mod power;
 pub mod progress;
+pub mod uefi;
 pub mod wizard;
 
 use std::process::ExitCode;
@@ -139,7 +140,7 @@ fn run() -> Result<ExitCode> {
         catalog: None,
         server: server_url(DEFAULT_SERVER),
         mac: None,
-        image_root: crate::images::default_image_root(),
+        image_root: crate::catalog::root::default_image_root(),
     };
     let mut first = true;
     while let Some(arg) = parser.next()? {

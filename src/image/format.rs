@@ -3,44 +3,12 @@
 
 use std::io::{self, BufReader, Read};
 
-use serde::Serialize;
-
 use crate::error::{Context, Result};
 
 /// How many leading bytes `sniff` needs to tell every format apart (the ISO 9660 marker sits at 0x8001).
 pub const SNIFF_LEN: usize = 0x8006;
 
-/// An image encoding we can write to a disk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    Raw,
-    Gzip,
-    Zstd,
-    Xz,
-    Bzip2,
-    Qcow2,
-}
-
-impl Format {
-    /// Short lower-case name, as in catalogs and JSON.
-    pub fn name(self) -> &'static str {
-        match self {
-            Format::Raw => "raw",
-            Format::Gzip => "gzip",
-            Format::Zstd => "zstd",
-            Format::Xz => "xz",
-            Format::Bzip2 => "bzip2",
-            Format::Qcow2 => "qcow2",
-        }
-    }
-}
-
-impl std::fmt::Display for Format {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
+pub use crate::suffix::{Format, NameHint, hint_from_name};
 
 /// Identifies the format from the first bytes of a file; anything unrecognised is raw.
 pub fn sniff(head: &[u8]) -> Format {
@@ -67,34 +35,6 @@ pub fn is_iso9660(head: &[u8]) -> bool {
 /// Whether a decoded stream starts with a tar header ("ustar" magic at offset 257).
 pub fn is_tar(decoded: &[u8]) -> bool {
     decoded.len() >= 262 && &decoded[257..262] == b"ustar"
-}
-
-/// What a file name says about its format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NameHint {
-    Format(Format),
-    Tarball,
-    Unknown,
-}
-
-/// Reads the format a file name promises from its suffix.
-pub fn hint_from_name(name: &str) -> NameHint {
-    let lower = name.to_ascii_lowercase();
-    const TARBALL: [&str; 9] =
-        [".tar", ".tgz", ".tbz", ".tbz2", ".txz", ".tzst", ".tar.gz", ".tar.xz", ".tar.zst"];
-    if TARBALL.iter().any(|s| lower.ends_with(s)) || lower.contains(".tar.") {
-        return NameHint::Tarball;
-    }
-    let ext = lower.rsplit_once('.').map(|(_, e)| e).unwrap_or("");
-    match ext {
-        "gz" | "gzip" => NameHint::Format(Format::Gzip),
-        "zst" | "zstd" => NameHint::Format(Format::Zstd),
-        "xz" => NameHint::Format(Format::Xz),
-        "bz2" | "bzip2" => NameHint::Format(Format::Bzip2),
-        "qcow2" | "qcow" => NameHint::Format(Format::Qcow2),
-        "img" | "raw" | "iso" | "bin" | "dd" => NameHint::Format(Format::Raw),
-        _ => NameHint::Unknown,
-    }
 }
 
 /// Detects the format from the content and refuses when the name disagrees or names a tarball.

@@ -20,8 +20,8 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Context, Error, Result};
-use crate::image::format::{self, NameHint};
 use crate::source::http::{self, Auth, Fail, Fetch, Resource, Response, Resumable, Url};
+use crate::suffix::{self, NameHint};
 
 /// Manifest media types we ask for, most wanted first.
 const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
@@ -624,7 +624,7 @@ fn image_manifest(reg: &Registry, r: &Reference) -> Result<(Manifest, String)> {
 /// The layer that is a disk image: an image suffix in its title; the largest when several.
 fn image_layer<'a>(m: &'a Manifest, display: &str) -> Result<&'a Descriptor> {
     let is_image = |d: &&Descriptor| {
-        d.title().is_some_and(|t| matches!(format::hint_from_name(t), NameHint::Format(_)))
+        d.title().is_some_and(|t| matches!(suffix::hint_from_name(t), NameHint::Format(_)))
     };
     if let Some(best) = m.layers.iter().filter(is_image).max_by_key(|d| d.size) {
         return Ok(best);

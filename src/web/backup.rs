@@ -13,8 +13,8 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Context, Result};
+use crate::web::app::App;
 use crate::web::jobs::{self, Ctx, Jobs};
-use crate::web::routes::App;
 
 /// File names of backups: `bty-backup-<UTC>.tar.zst`, which sort by age.
 const PREFIX: &str = "bty-backup-";
@@ -541,7 +541,7 @@ fn open_backup(path: &Path) -> Result<impl Read> {
 /// then renames state.db (and catalog.toml, bty.toml) into place, keeping what was there as
 /// `*.pre-restore-<UTC>`. A refused archive leaves the state dir as it was.
 pub fn restore(file: &Path, state: &Path) -> Result<Vec<String>> {
-    let _lock = crate::web::lock_state_dir(state)?;
+    let _lock = crate::web::serve::lock_state_dir(state)?;
     let label = file.display().to_string();
     let temp = |name: &str| state.join(format!(".restore-{}-{name}", std::process::id()));
     let staged = std::cell::RefCell::new(jobs::TempFiles(Vec::new()));

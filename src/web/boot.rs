@@ -8,9 +8,10 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::web::app::App;
+use crate::web::app::{bad, internal};
 use crate::web::db::PxeMark;
 use crate::web::http::{Body, Req, Resp};
-use crate::web::routes::{App, bad, internal};
 use crate::web::validate;
 
 /// `GET|HEAD /boot/{name}`.

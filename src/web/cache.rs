@@ -25,9 +25,10 @@ use std::time::{Duration, Instant, SystemTime};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Context, Error, Result};
+use crate::web::app::App;
+use crate::web::app::internal;
 use crate::web::db::CatalogEntry;
 use crate::web::http::{Body, Req, Resp};
-use crate::web::routes::{App, internal};
 
 /// A fetch that delivers no byte for this long fails (its readers with it).
 const STALL: Duration = Duration::from_secs(120);

@@ -1,10 +1,11 @@
 //! The image catalog as bty-web serves it: which URLs can be added, and the `catalog.toml` and
 //! `/images` views. Canonical srcs, references and formats are `crate::catalog`'s.
 
+use crate::web::app::App;
+use crate::web::app::internal;
 use crate::web::cache::Cache;
 use crate::web::db::CatalogEntry;
 use crate::web::http::{Req, Resp};
-use crate::web::routes::{App, internal};
 
 /// Why an image URL cannot be added.
 pub fn check_image_url(url: &str) -> Result<(), String> {
@@ -66,7 +67,7 @@ fn toml_str(s: &str) -> String {
 pub fn cache_url(app: &App, host: &str, e: &CatalogEntry) -> Option<String> {
     let cache = app.cache.as_ref()?;
     let sha = e.disk_image_sha.as_deref()?;
-    let host = crate::web::routes::host_for_scripts(host)?;
+    let host = crate::web::guard::host_for_scripts(host)?;
     cache.can_serve(e).then(|| Cache::url(host, sha, &e.name))
 }
 

@@ -559,7 +559,7 @@ impl Settings {
 /// header there: a scheme, then host and port characters only.
 fn public_url_ok(v: &str) -> bool {
     let rest = v.strip_prefix("http://").or_else(|| v.strip_prefix("https://"));
-    rest.map(|r| r.trim_end_matches('/')).and_then(crate::web::routes::host_for_scripts).is_some()
+    rest.map(|r| r.trim_end_matches('/')).and_then(crate::web::guard::host_for_scripts).is_some()
 }
 
 /// A boolean setting as TOML, env vars and flags spell it.

@@ -19,8 +19,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::web::app::App;
 use crate::web::http::{Req, Resp};
-use crate::web::routes::App;
 
 /// How long the hostname is trusted before it is read again: it may change, and one read per
 /// request would be waste.
@@ -286,23 +286,43 @@ fn hostname() -> Option<Arc<str>> {
 /// any address to give (a request that came from no socket).
 pub fn script_host(app: &App, req: &Req) -> Option<String> {
     if let Some(host) = req.header("host") {
-        crate::web::routes::host_for_scripts(host)?;
+        crate::web::guard::host_for_scripts(host)?;
         if host_allowed(app, req).is_ok() {
             return Some(host.to_string());
         }
     }
     if let Some(rest) = app.settings.public_url().and_then(|u| u.strip_prefix("http://")) {
         let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-        if crate::web::routes::host_for_scripts(authority).is_some() {
+        if crate::web::guard::host_for_scripts(authority).is_some() {
             return Some(authority.to_string());
         }
     }
     req.local.map(|l| SocketAddr::new(l.ip().to_canonical(), l.port()).to_string())
 }
 
+/// A Host header that is safe to put into an iPXE script or a kernel command line: host names,
+/// IPv4, bracketed IPv6, an optional port. Anything else (spaces, quotes, newlines) is refused
+/// rather than escaped: iPXE has no escaping we should trust.
+pub fn host_for_scripts(host: &str) -> Option<&str> {
+    let ok = !host.is_empty()
+        && host.len() <= 255
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b));
+    ok.then_some(host)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_in_scripts_are_allow_listed() {
+        assert_eq!(host_for_scripts("10.0.2.2:8080"), Some("10.0.2.2:8080"));
+        assert_eq!(host_for_scripts("[fe80::1]:80"), Some("[fe80::1]:80"));
+        assert_eq!(host_for_scripts("bty.lab.local"), Some("bty.lab.local"));
+        assert_eq!(host_for_scripts("evil\nkernel x"), None);
+        assert_eq!(host_for_scripts("a b"), None);
+        assert_eq!(host_for_scripts(""), None);
+    }
 
     #[test]
     fn hosts_split_into_name_and_port() {

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Context, Result};
-use crate::web::routes::App;
+use crate::web::app::App;
 use crate::web::sse;
 
 /// The running jobs' cancel flags.

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Context, Result};
+use crate::web::app::App;
 use crate::web::jobs::{self, Ctx, Jobs};
-use crate::web::routes::App;
 
 /// Largest manifest accepted.
 const MANIFEST_MAX: u64 = 1 << 20;

@@ -1,76 +1,14 @@
 //! The URL map: one `match` on (method, path segments), each arm a small function.
 
-use std::collections::HashMap;
 use std::io::Read;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use crate::web::auth::{Auth, Session};
-use crate::web::config::Settings;
-use crate::web::db::{Capped, CatalogEntry, Contacted, Db, InventoryStored, Machine, PxeMark};
+use crate::web::app::{App, bad, internal};
+use crate::web::auth::Session;
+use crate::web::db::{Capped, CatalogEntry, Contacted, InventoryStored, Machine, PxeMark};
 use crate::web::http::{Body, BodyPolicy, Req, Resp};
-use crate::web::metrics::Metrics;
-use crate::web::sse::{self, Hub};
+use crate::web::sse;
 use crate::web::{boot, catalog, guard, pxe, ui, validate};
-
-/// What every route can reach.
-pub struct App {
-    pub settings: Settings,
-    pub db: Db,
-    pub auth: Auth,
-    /// Latest flash progress per MAC, as the live environment reports it (not persisted).
-    pub progress: Mutex<HashMap<String, validate::PxeProgress>>,
-    /// Live-update subscribers.
-    pub hub: Arc<Hub>,
-    /// Counters for /metrics.
-    pub metrics: Metrics,
-    /// Background jobs' cancel flags.
-    pub jobs: crate::web::jobs::Jobs,
-    /// `GET /machines` as last serialised, with the database generation it was built at.
-    pub machines_json: Mutex<Option<(u64, Arc<[u8]>)>>,
-    /// The image cache, when `[cache] dir` is set.
-    pub cache: Option<Arc<crate::web::cache::Cache>>,
-    /// The per-address discovery rate and the capped-event throttle.
-    pub discovery: pxe::Discovery,
-}
-
-impl App {
-    /// `GET /machines`: the whole table as JSON, built once per database change. Polling
-    /// dashboards and scripts then cost a copy of a shared buffer, not a query and a
-    /// serialisation of the fleet each.
-    pub fn machines_json(&self) -> crate::error::Result<Arc<[u8]>> {
-        let generation = self.db.generation();
-        if let Some((g, json)) = &*self.machines_json.lock().unwrap_or_else(|p| p.into_inner()) {
-            if *g == generation {
-                return Ok(Arc::clone(json));
-            }
-        }
-        let all = self.db.machines()?;
-        let json: Arc<[u8]> = serde_json::to_vec(&all)
-            .map_err(|e| crate::error::Error::msg(format!("encoding the machines: {e}")))?
-            .into();
-        *self.machines_json.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((generation, Arc::clone(&json)));
-        Ok(json)
-    }
-
-    /// The machines table as the live updates send it: every machine with its flash progress.
-    pub fn snapshot(&self) -> crate::error::Result<String> {
-        let machines = self.db.machines()?;
-        let progress = self.progress.lock().unwrap_or_else(|p| p.into_inner());
-        let rows: Vec<serde_json::Value> = machines
-            .into_iter()
-            .map(|m| {
-                let p = progress.get(&m.mac).map(|p| serde_json::json!(p));
-                let mut v = serde_json::json!(m);
-                if let Some(o) = v.as_object_mut() {
-                    o.insert("flash_progress".into(), p.unwrap_or(serde_json::Value::Null));
-                }
-                v
-            })
-            .collect();
-        Ok(serde_json::Value::Array(rows).to_string())
-    }
-}
 
 /// How each route takes its body: artifact uploads stream to disk (the route applies the
 /// configured size limit), inventory with lshw gets a few MiB, the rest little.
@@ -480,12 +418,6 @@ fn backups(app: &App) -> Resp {
     }
 }
 
-/// Logs an internal error and answers 500 without its details.
-pub(crate) fn internal(e: crate::error::Error) -> Resp {
-    crate::error!("{e}");
-    Resp::error(500, "internal error (see the server log)")
-}
-
 fn machine(app: &App, req: &Req, mac: &str) -> Resp {
     let mac = match validate::normalize_mac(mac) {
         Ok(m) => m,
@@ -586,11 +518,6 @@ fn ack_event(app: &App, id: &str) -> Resp {
     }
 }
 
-/// Answers rejected input: 422, or 400 for a bad file name, with the field named.
-pub(crate) fn bad(e: validate::Invalid) -> Resp {
-    Resp::error(e.status(), &e.to_string())
-}
-
 fn redirect(to: &str) -> Resp {
     Resp::new(303, "text/plain", "").with_header("Location", to)
 }
@@ -606,29 +533,9 @@ fn pxe_bootstrap(app: &App, req: &Req) -> Resp {
     }
 }
 
-/// A Host header that is safe to put into an iPXE script or a kernel command line: host names,
-/// IPv4, bracketed IPv6, an optional port. Anything else (spaces, quotes, newlines) is refused
-/// rather than escaped: iPXE has no escaping we should trust.
-pub fn host_for_scripts(host: &str) -> Option<&str> {
-    let ok = !host.is_empty()
-        && host.len() <= 255
-        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b));
-    ok.then_some(host)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hosts_in_scripts_are_allow_listed() {
-        assert_eq!(host_for_scripts("10.0.2.2:8080"), Some("10.0.2.2:8080"));
-        assert_eq!(host_for_scripts("[fe80::1]:80"), Some("[fe80::1]:80"));
-        assert_eq!(host_for_scripts("bty.lab.local"), Some("bty.lab.local"));
-        assert_eq!(host_for_scripts("evil\nkernel x"), None);
-        assert_eq!(host_for_scripts("a b"), None);
-        assert_eq!(host_for_scripts(""), None);
-    }
 
     #[test]
     fn body_policies_per_route() {

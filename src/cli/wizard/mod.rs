@@ -9,12 +9,12 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::catalog::root::{self as images, ImageEntry, Origin};
 use crate::catalog::{self, Catalog};
 use crate::cli::WizardArgs;
 use crate::disks::{self, Disk};
 use crate::flash::progress::{Mode, Reporter};
 use crate::flash::{self, FlashError, Options, Plan};
-use crate::images::{self, ImageEntry, Origin};
 use crate::sys::PowerAction;
 use crate::units;
 use screen::{Input, Screen, fit, parse_input};

@@ -5,9 +5,9 @@
 
 use std::io::Read;
 
+use crate::web::app::internal;
 use crate::web::db::MachineUpsert;
 use crate::web::http::{Body, Req, Resp};
-use crate::web::routes::internal;
 use crate::web::ui::multipart::{self, Multipart};
 use crate::web::ui::pages::{self, AddState};
 use crate::web::ui::{Ctx, FormState, field, form, machines, redirect_with};

@@ -11,9 +11,9 @@ use std::io::Read;
 use std::sync::Arc;
 
 use crate::source::percent_decode;
+use crate::web::app::App;
 use crate::web::auth::{self, Session};
 use crate::web::http::{Req, Resp};
-use crate::web::routes::App;
 
 mod config_edit;
 mod forms;

@@ -4,9 +4,9 @@
 
 use std::collections::BTreeSet;
 
+use crate::web::app::internal;
 use crate::web::db::Event;
 use crate::web::http::Resp;
-use crate::web::routes::internal;
 use crate::web::ui::template::{Escape, Html, Val, render};
 use crate::web::ui::{Ctx, FormState, machines, page, short};
 use crate::web::validate;
@@ -596,7 +596,7 @@ pub fn settings(ctx: &Ctx<'_>, state: Option<FormState>) -> PageResult {
         files.join(", ")
     };
     let host = ctx.req.host();
-    let hostname = crate::web::routes::host_for_scripts(host)
+    let hostname = crate::web::guard::host_for_scripts(host)
         .map(|h| match h.rsplit_once(':') {
             // host:port, [v6]:port; a bare v6 address has colons but no brackets.
             Some((name, port))

@@ -2,6 +2,8 @@
 //! entry and the field; the canonical form of a `src` and its `bty_image_ref`; reading a catalog
 //! from a local path or file:// URL, and from remote sources through a fetch function.
 
+pub mod root;
+
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,84 @@
+//! `App`: the server's shared state, what every route, worker and page can reach. Here, below
+//! the routes and the pages that use it, so that none of them imports another for it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::web::auth::Auth;
+use crate::web::config::Settings;
+use crate::web::db::Db;
+use crate::web::http::Resp;
+use crate::web::metrics::Metrics;
+use crate::web::sse::Hub;
+use crate::web::{pxe, validate};
+
+/// What every route can reach.
+pub struct App {
+    pub settings: Settings,
+    pub db: Db,
+    pub auth: Auth,
+    /// Latest flash progress per MAC, as the live environment reports it (not persisted).
+    pub progress: Mutex<HashMap<String, validate::PxeProgress>>,
+    /// Live-update subscribers.
+    pub hub: Arc<Hub>,
+    /// Counters for /metrics.
+    pub metrics: Metrics,
+    /// Background jobs' cancel flags.
+    pub jobs: crate::web::jobs::Jobs,
+    /// `GET /machines` as last serialised, with the database generation it was built at.
+    pub machines_json: Mutex<Option<(u64, Arc<[u8]>)>>,
+    /// The image cache, when `[cache] dir` is set.
+    pub cache: Option<Arc<crate::web::cache::Cache>>,
+    /// The per-address discovery rate and the capped-event throttle.
+    pub discovery: pxe::Discovery,
+}
+
+impl App {
+    /// `GET /machines`: the whole table as JSON, built once per database change. Polling
+    /// dashboards and scripts then cost a copy of a shared buffer, not a query and a
+    /// serialisation of the fleet each.
+    pub fn machines_json(&self) -> crate::error::Result<Arc<[u8]>> {
+        let generation = self.db.generation();
+        if let Some((g, json)) = &*self.machines_json.lock().unwrap_or_else(|p| p.into_inner()) {
+            if *g == generation {
+                return Ok(Arc::clone(json));
+            }
+        }
+        let all = self.db.machines()?;
+        let json: Arc<[u8]> = serde_json::to_vec(&all)
+            .map_err(|e| crate::error::Error::msg(format!("encoding the machines: {e}")))?
+            .into();
+        *self.machines_json.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((generation, Arc::clone(&json)));
+        Ok(json)
+    }
+
+    /// The machines table as the live updates send it: every machine with its flash progress.
+    pub fn snapshot(&self) -> crate::error::Result<String> {
+        let machines = self.db.machines()?;
+        let progress = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        let rows: Vec<serde_json::Value> = machines
+            .into_iter()
+            .map(|m| {
+                let p = progress.get(&m.mac).map(|p| serde_json::json!(p));
+                let mut v = serde_json::json!(m);
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("flash_progress".into(), p.unwrap_or(serde_json::Value::Null));
+                }
+                v
+            })
+            .collect();
+        Ok(serde_json::Value::Array(rows).to_string())
+    }
+}
+
+/// Logs an internal error and answers 500 without its details.
+pub fn internal(e: crate::error::Error) -> Resp {
+    crate::error!("{e}");
+    Resp::error(500, "internal error (see the server log)")
+}
+
+/// Answers rejected input: 422, or 400 for a bad file name, with the field named.
+pub fn bad(e: validate::Invalid) -> Resp {
+    Resp::error(e.status(), &e.to_string())
+}

@@ -1,0 +1,301 @@
+//! bty-web's command line: its flags, `--help`, and the subcommands (`config`, `restore`,
+//! `export`, `import`, `tftp`, `cache`, `health`, `init`, `deploy`, `upgrade`); serving is
+//! `serve::serve`.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use lexopt::prelude::*;
+
+use crate::error::{Context, Result};
+use crate::web::config::Settings;
+use crate::web::serve::{lock_state_dir, serve};
+use crate::web::*;
+
+const HELP: &str = "\
+bty-web: the bty lab server
+
+Usage: bty-web [--listen HOST:PORT] [--state-dir DIR]   serve
+       bty-web config [--listen ...] [--state-dir ...]  print every setting and its source
+       bty-web restore FILE [--state-dir DIR]       put a backup back (bty-web stopped)
+       bty-web export DIR [--state-dir DIR]         write DIR/inventory.json (version 3)
+       bty-web import DIR [--state-dir DIR]         add the machines of an export (stopped)
+       bty-web tftp [--state-dir DIR]                   serve only the boot dir over TFTP
+       bty-web cache add FILE...                        put images into [cache] dir (air gap)
+       bty-web cache ls                                 list the cached images
+       bty-web health                                   exit 0 if the local server answers /healthz
+       bty-web init DIR [--host-addr IP] [--image REF] [--force] [--dry-run]
+       bty-web deploy DIR [same flags]                  init, then start the stack
+       bty-web upgrade DIR [--image REF] [--dry-run]    regenerate, pull and restart
+       bty-web --version | --help
+
+  --listen HOST:PORT  address to serve on (default 0.0.0.0:8080; [server] host/port)
+  --state-dir DIR     state directory (default /var/lib/bty; [paths] state_dir)
+
+Settings come from bty.toml: BTY_CONFIG_FILE, else every *.toml in BTY_CONFIG_DIR,
+else the first of /etc/bty/conf.d/*.toml, /etc/bty/bty.toml, <state_dir>/bty.toml.
+BTY_<SECTION>_<KEY> environment variables override the files (BTY_SERVER_PORT,
+BTY_PATHS_STATE_DIR, BTY_ADMIN_PASSWORD, ...), and flags override both.
+On a listen address that is not loopback, bty-web refuses to start without an admin password
+(BTY_ADMIN_PASSWORD or [admin] password; empty is none, the built-in default does not count).
+
+The first line on stdout is \"listening on http://HOST:PORT\" once the socket is bound.
+With [tftp] enabled = true (BTY_TFTP_ENABLED=1) bty-web also serves the boot dir over TFTP
+(then the iPXE binaries of [boot] ipxe_dir, and a generated autoexec.ipxe)
+on [tftp] listen (default 0.0.0.0:69) and prints \"tftp listening on udp://HOST:PORT\" next;
+`bty-web tftp` serves only that (the TFTP sidecar of the compose and Quadlet stacks).
+
+With [cache] dir set (BTY_CACHE_DIR), catalog images pinned by sha256 are fetched from their
+origin once and served from there at GET /images/SHA256/NAME (Range supported); GET /images
+and the PXE plans hand out those URLs. [cache] max_gib caps it (least recently used first).
+`bty-web cache add` copies local image files in under their sha256, so an air-gapped lab
+flashes catalog entries pinned to those digests without reaching their origin.
+
+init writes DIR/compose.yaml, DIR/quadlet/*.{container,volume}, DIR/bty.toml and DIR/envvars
+(mode 0600: HOST_ADDR, detected from the default route unless --host-addr, and a generated
+BTY_ADMIN_PASSWORD) and touches nothing else; it refuses an existing stack without --force.
+deploy starts it: as root with Quadlet units in /etc/containers/systemd and systemctl, as a
+user with podman compose or docker compose (no TFTP, no autostart), and says what it skipped.
+upgrade keeps envvars, bty.toml and the bty-data volume, rewrites the other files for this
+version, pulls the image and restarts. --dry-run prints instead of writing or running.
+Open routes: GET /healthz, /version, /pxe-bootstrap.ipxe, /pxe/MAC, /pxe/MAC/plan,\n/boot/NAME,\n/images/SHA256/NAME; POST /pxe/MAC/{inventory,done,status,progress}, /ui/login, /ui/logout.\nWith a session cookie: GET/PUT/DELETE /machines[/MAC], GET /machines/MAC/{disks,lshw}.json, GET /events, POST /events/ID/ack,\nGET /events/machines (server-sent machines-update events), GET/POST/DELETE\n/catalog/entries, POST /catalog/import, PUT /boot/NAME, GET/POST /workers/backups,
+DELETE /workers/backups/ID, GET/POST /boot/releases, GET /metrics (Prometheus). Open: GET /images, /catalog.toml.\nBrowser UI: /ui/ (log in at /ui/login), assets under /static/.\nSIGTERM or SIGINT stops it after the requests in flight (at most 5 s).
+";
+
+pub(super) fn run() -> Result<ExitCode> {
+    let mut flags: Vec<(&'static str, &'static str, String, &'static str)> = Vec::new();
+    let mut mode = Mode::Serve;
+    let mut parser = lexopt::Parser::from_env();
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Short('h') | Long("help") => {
+                print!("{HELP}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            Short('V') | Long("version") => {
+                println!("bty-web {}", crate::VERSION);
+                return Ok(ExitCode::SUCCESS);
+            }
+            Long("listen") => {
+                let v = parser.value()?.string()?;
+                let (host, port) = v.rsplit_once(':').ok_or_else(|| {
+                    crate::error::Error::msg(format!("invalid --listen {v:?}: expected HOST:PORT"))
+                })?;
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                flags.push(("server", "host", host.to_string(), "--listen"));
+                flags.push(("server", "port", port.to_string(), "--listen"));
+            }
+            Long("state-dir") => {
+                flags.push(("paths", "state_dir", parser.value()?.string()?, "--state-dir"))
+            }
+            Value(cmd) if cmd == "restore" => {
+                mode = Mode::Restore(operand(&mut parser, "restore")?)
+            }
+            Value(cmd) if cmd == "export" => mode = Mode::Export(operand(&mut parser, "export")?),
+            Value(cmd) if cmd == "import" => mode = Mode::Import(operand(&mut parser, "import")?),
+            Value(cmd) if cmd == "config" => mode = Mode::Config,
+            Value(cmd) if cmd == "tftp" => mode = Mode::Tftp,
+            Value(cmd) if cmd == "cache" => {
+                mode = match parser.next()? {
+                    Some(Value(v)) if v == "ls" => Mode::CacheList,
+                    Some(Value(v)) if v == "add" => Mode::CacheAdd(Vec::new()),
+                    _ => crate::bail!("bty-web cache: expected `add FILE...` or `ls`"),
+                }
+            }
+            Value(cmd) if cmd == "health" => mode = Mode::Health,
+            Value(cmd) if cmd == "init" => {
+                return deploy::command(deploy::Action::Init, &mut parser);
+            }
+            Value(cmd) if cmd == "deploy" => {
+                return deploy::command(deploy::Action::Deploy, &mut parser);
+            }
+            Value(cmd) if cmd == "upgrade" => {
+                return deploy::command(deploy::Action::Upgrade, &mut parser);
+            }
+            Value(file) if matches!(mode, Mode::CacheAdd(_)) => {
+                if let Mode::CacheAdd(files) = &mut mode {
+                    files.push(file.into());
+                }
+            }
+            _ => return Err(arg.unexpected().into()),
+        }
+    }
+    if let Mode::CacheAdd(files) = &mode {
+        crate::ensure!(!files.is_empty(), "bty-web cache add needs image files (see --help)");
+    }
+    let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+    let settings = Settings::load(&env, &flags)?;
+    for u in &settings.unknown {
+        crate::warn!("unknown setting ignored: {u}");
+    }
+    for i in &settings.ignored {
+        crate::warn!("setting ignored: {i} (an empty password is never used)");
+    }
+    let state = settings.state_dir();
+    match mode {
+        Mode::Config => {
+            print_config(&settings);
+            Ok(ExitCode::SUCCESS)
+        }
+        Mode::Tftp => serve_tftp_only(&settings),
+        Mode::Health => health(&settings),
+        Mode::CacheList | Mode::CacheAdd(_) => {
+            let Some(dir) = settings.cache_dir() else {
+                crate::bail!("the image cache is off: set [cache] dir (BTY_CACHE_DIR)");
+            };
+            let c = cache::Cache::open(&dir, settings.cache_max_bytes(), false)
+                .with_context(|| format!("opening the image cache {}", dir.display()))?;
+            if let Mode::CacheAdd(files) = &mode {
+                for f in files {
+                    let (hex, len) = c.add_file(f)?;
+                    println!("{hex}  {:>10}  {}", crate::units::bytes(len), f.display());
+                }
+            } else {
+                for (hex, len, used) in c.list() {
+                    println!("{hex}  {:>10}  last used {used}", crate::units::bytes(len));
+                }
+                let u = c.usage();
+                println!(
+                    "{} images, {} of {} in {}",
+                    u.files,
+                    crate::units::bytes(u.bytes),
+                    crate::units::bytes(settings.cache_max_bytes()),
+                    dir.display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Mode::Serve => serve(&settings),
+        Mode::Restore(file) => {
+            for line in backup::restore(&file, &state)? {
+                println!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Mode::Export(dir) => {
+            let db = db::Db::open(&state)?;
+            let n = export::export(&db, &dir)?;
+            println!("exported {n} machines to {}", dir.join("inventory.json").display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Mode::Import(dir) => {
+            let machines = export::parse(&dir)?;
+            let _lock = lock_state_dir(&state)?;
+            let db = db::Db::open(&state)?;
+            db.import_machines(&machines)?;
+            db.event(
+                "machines.imported",
+                None,
+                &format!("{} machines imported from {}", machines.len(), dir.display()),
+                None,
+            );
+            println!(
+                "imported {} machines as bty-inventory (image and disk bindings cleared)",
+                machines.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+enum Mode {
+    Serve,
+    Config,
+    Tftp,
+    Health,
+    CacheList,
+    CacheAdd(Vec<std::path::PathBuf>),
+    Restore(std::path::PathBuf),
+    Export(std::path::PathBuf),
+    Import(std::path::PathBuf),
+}
+
+/// `bty-web health`: asks the local server's /healthz, for container healthchecks (the image
+/// has no curl). Exit 0 when it answers 200, 1 otherwise.
+fn health(settings: &Settings) -> Result<ExitCode> {
+    use std::io::Read;
+    let port = settings.get("server", "port");
+    let addr = format!("127.0.0.1:{port}");
+    let timeout = std::time::Duration::from_secs(3);
+    let answer = (|| -> std::io::Result<String> {
+        let sock =
+            addr.parse().map_err(|_| std::io::Error::other(format!("invalid address {addr}")))?;
+        let mut s = std::net::TcpStream::connect_timeout(&sock, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let mut head = [0u8; 64];
+        let n = s.read(&mut head)?;
+        Ok(String::from_utf8_lossy(&head[..n]).into_owned())
+    })();
+    match answer {
+        Ok(a) if a.starts_with("HTTP/1.1 200") || a.starts_with("HTTP/1.0 200") => {
+            println!("ok");
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(a) => {
+            let line = a.lines().next().unwrap_or("");
+            crate::error!("GET http://{addr}/healthz answered {line:?}");
+            Ok(ExitCode::from(1))
+        }
+        Err(e) => {
+            crate::error!("GET http://{addr}/healthz: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+/// `bty-web tftp`: only the TFTP server, for a sidecar container or a host that keeps HTTP
+/// elsewhere; it needs the boot dir and nothing of the state dir.
+fn serve_tftp_only(settings: &Settings) -> Result<ExitCode> {
+    let boot = settings.boot_dir();
+    crate::ensure!(boot.is_dir(), "TFTP root {}: no such directory", boot.display());
+    crate::sys::catch_cancel_signals().context("installing the SIGTERM/SIGINT handler")?;
+    let sock = tftp::bind(settings.tftp_listen())?;
+    let addr = sock.local_addr().context("reading the bound TFTP address")?;
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "tftp listening on udp://{addr}");
+        let _ = out.flush();
+    }
+    crate::info!("tftp: serving {}", boot.display());
+    // The sidecar cannot see which port HTTP got; the configured one is what it was told.
+    let port = settings.get("server", "port").parse().unwrap_or(8080);
+    tftp::serve(sock, tftp_files(settings, port), crate::sys::cancel_flag());
+    crate::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What TFTP hands out. Its `autoexec.ipxe` chains to `[server] public_url`, else to the
+/// TFTP server itself (`${next-server}`, as DHCP told the machine) on the HTTP port: the
+/// server that answered TFTP is this bty-web, and iPXE knows its address when we do not (a
+/// wildcard socket does not say which of the host's addresses a request came to).
+pub(super) fn tftp_files(settings: &Settings, http_port: u16) -> tftp::Files {
+    let base = match settings.public_url() {
+        Some(u) => u.to_string(),
+        None => format!("http://${{next-server}}:{http_port}"),
+    };
+    tftp::Files::new(settings.boot_dir(), pxe::autoexec(&base), settings.ipxe_dir())
+}
+
+/// The operand of a subcommand (a file or directory).
+fn operand(parser: &mut lexopt::Parser, what: &str) -> Result<std::path::PathBuf> {
+    match parser.next()? {
+        Some(lexopt::Arg::Value(v)) => Ok(v.into()),
+        _ => crate::bail!("bty-web {what} needs a file or directory (see bty-web --help)"),
+    }
+}
+
+fn print_config(settings: &Settings) {
+    let files: Vec<String> = settings.files.iter().map(|f| f.display().to_string()).collect();
+    println!(
+        "# config files: {}",
+        if files.is_empty() { "none found".to_string() } else { files.join(", ") }
+    );
+    let rows = settings.rows();
+    let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
+    let w2 = rows.iter().map(|r| r.2.len()).max().unwrap_or(0);
+    for (name, value, source, help) in rows {
+        println!("{name:<w0$}  {value:<w1$}  {source:<w2$}  # {help}");
+    }
+}
