@@ -1,0 +1,256 @@
+//! Responses: `Resp` and its body, and writing them on the connection (status line, headers,
+//! fixed, streamed and chunked bodies, server-sent events).
+
+use std::io::{self, BufWriter, Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// A response body.
+pub enum Body {
+    Bytes(Vec<u8>),
+    /// Bytes shared between responses (a cached view).
+    Shared(Arc<[u8]>),
+    /// Streamed (files): with a length when known, chunked otherwise.
+    Stream(Box<dyn Read + Send>, Option<u64>),
+    /// Server-sent events, each written and flushed as it arrives; keep-alive comments in between.
+    Events(std::sync::mpsc::Receiver<Arc<str>>),
+}
+
+/// A response: status, headers, body.
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Body,
+}
+
+impl Resp {
+    pub fn new(status: u16, content_type: &str, body: impl Into<Vec<u8>>) -> Resp {
+        Resp {
+            status,
+            headers: vec![("Content-Type".into(), content_type.into())],
+            body: Body::Bytes(body.into()),
+        }
+    }
+
+    /// A JSON body.
+    pub fn json(status: u16, value: &impl Serialize) -> Resp {
+        match serde_json::to_vec(value) {
+            Ok(b) => Resp::new(status, "application/json", b),
+            Err(e) => Resp::error(500, &format!("encoding the response: {e}")),
+        }
+    }
+
+    /// The error shape existing clients expect: `{"detail": "..."}`.
+    pub fn error(status: u16, detail: &str) -> Resp {
+        Resp::json(status, &serde_json::json!({ "detail": detail }))
+    }
+
+    pub fn text(status: u16, body: impl Into<Vec<u8>>) -> Resp {
+        Resp::new(status, "text/plain; charset=utf-8", body)
+    }
+
+    pub fn no_content() -> Resp {
+        Resp { status: 204, headers: Vec::new(), body: Body::Bytes(Vec::new()) }
+    }
+
+    /// Adds a header.
+    pub fn with_header(mut self, name: &str, value: &str) -> Resp {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+}
+
+pub(super) fn too_large(max: impl std::fmt::Display) -> Resp {
+    Resp::error(413, &format!("request body too large (limit {max} bytes)"))
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        206 => "Partial Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        413 => "Content Too Large",
+        415 => "Unsupported Media Type",
+        416 => "Range Not Satisfiable",
+        421 => "Misdirected Request",
+        422 => "Unprocessable Content",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        505 => "HTTP Version Not Supported",
+        507 => "Insufficient Storage",
+        _ => "",
+    }
+}
+
+thread_local! {
+    /// The Date header value, formatted once per second per thread.
+    static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) };
+}
+
+fn date() -> String {
+    let now = crate::units::now_secs();
+    DATE.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.0 != now || d.1.is_empty() {
+            *d = (now, crate::units::http_date(now));
+        }
+        d.1.clone()
+    })
+}
+
+/// Writes status line, headers and body; `close` adds `Connection: close`.
+pub(super) fn write_response(
+    w: &mut BufWriter<&TcpStream>,
+    resp: Resp,
+    head_only: bool,
+    close: bool,
+) -> io::Result<()> {
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\nServer: bty-web\r\nDate: {}\r\n",
+        resp.status,
+        reason(resp.status),
+        date()
+    );
+    for (n, v) in &resp.headers {
+        // A value with a line break would split the response: drop it rather than send it.
+        if !v.contains(['\r', '\n']) && !n.contains(['\r', '\n', ':']) {
+            head.push_str(&format!("{n}: {v}\r\n"));
+        }
+    }
+    if close {
+        head.push_str("Connection: close\r\n");
+    }
+    match resp.body {
+        Body::Bytes(b) => {
+            if resp.status != 204 && resp.status != 304 {
+                head.push_str(&format!("Content-Length: {}\r\n", b.len()));
+            }
+            head.push_str("\r\n");
+            w.write_all(head.as_bytes())?;
+            if !head_only {
+                w.write_all(&b)?;
+            }
+        }
+        Body::Shared(b) => {
+            head.push_str(&format!("Content-Length: {}\r\n\r\n", b.len()));
+            w.write_all(head.as_bytes())?;
+            if !head_only {
+                w.write_all(&b)?;
+            }
+        }
+        Body::Stream(mut r, Some(n)) => {
+            head.push_str(&format!("Content-Length: {n}\r\n\r\n"));
+            w.write_all(head.as_bytes())?;
+            if !head_only {
+                let copied = io::copy(&mut (&mut r).take(n), w)?;
+                if copied < n {
+                    // The file shrank under us: the length is a lie, so the connection must go.
+                    w.flush()?;
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+        }
+        Body::Stream(mut r, None) => {
+            head.push_str("Transfer-Encoding: chunked\r\n\r\n");
+            w.write_all(head.as_bytes())?;
+            if !head_only {
+                let mut buf = vec![0u8; 64 << 10];
+                loop {
+                    let n = r.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    write!(w, "{n:x}\r\n")?;
+                    w.write_all(&buf[..n])?;
+                    w.write_all(b"\r\n")?;
+                }
+                w.write_all(b"0\r\n\r\n")?;
+            }
+        }
+        Body::Events(_) => {
+            head.push_str("Content-Length: 0\r\n\r\n");
+            w.write_all(head.as_bytes())?;
+        }
+    }
+    w.flush()
+}
+
+/// Writes server-sent events straight to the connection, each flushed at once. The body ends
+/// when the connection closes; a peer that stops reading is dropped by the write timeout.
+pub(super) fn stream_events(
+    w: &mut BufWriter<&TcpStream>,
+    rx: std::sync::mpsc::Receiver<Arc<str>>,
+) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let stop = crate::sys::cancel_flag();
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nServer: bty-web\r\nDate: {}\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\nX-Accel-Buffering: no\r\n\r\n",
+        date()
+    );
+    if w.write_all(head.as_bytes()).and_then(|_| w.flush()).is_err() {
+        return;
+    }
+    let mut idle = Duration::ZERO;
+    while !stop.load(Ordering::Relaxed) {
+        let chunk: Arc<str> = match rx.recv_timeout(Duration::from_millis(250)) {
+            Ok(ev) => {
+                idle = Duration::ZERO;
+                ev
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                idle += Duration::from_millis(250);
+                if idle < Duration::from_secs(15) {
+                    continue;
+                }
+                idle = Duration::ZERO;
+                Arc::from(": keep-alive\n\n")
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        if w.write_all(chunk.as_bytes()).and_then(|_| w.flush()).is_err() {
+            break;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_have_the_detail_shape() {
+        let r = Resp::error(404, "no machine record for aa:bb:cc:dd:ee:ff");
+        let Body::Bytes(b) = r.body else { panic!("bytes") };
+        assert_eq!(
+            String::from_utf8(b).unwrap(),
+            r#"{"detail":"no machine record for aa:bb:cc:dd:ee:ff"}"#
+        );
+    }
+
+    #[test]
+    fn http_dates() {
+        assert_eq!(crate::units::http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(crate::units::http_date(1_795_436_457), "Mon, 23 Nov 2026 12:20:57 GMT");
+    }
+}
