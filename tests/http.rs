@@ -341,9 +341,15 @@ fn auth_is_checked_before_any_body_byte_is_read() {
     // JSON, so that they pass the content-type check, which also needs only the head.)
     for (head, want) in [
         (format!("PUT /machines/{mac} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 60000\r\n\r\n"), 401),
+        // A method the route does not have: 405 with the ones it has, before the body.
+        (
+            format!("PATCH /machines/{mac} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 60000\r\n\r\n"),
+            405,
+        ),
+        // No such route: refused from the route table, before the body, like a missing session.
         (
             format!("POST /machines/{mac}/inventory HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 4000000\r\n\r\n"),
-            401,
+            404,
         ),
         (
             "POST /catalog/entries HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: 60000\r\n\r\n".into(),
@@ -362,10 +368,11 @@ fn auth_is_checked_before_any_body_byte_is_read() {
         let (st, h, body) = head_only(&s, &head);
         assert_eq!(st, want, "{head}\n{h}{}", String::from_utf8_lossy(&body));
         assert!(h.contains("connection: close"), "{h}");
-        if want == 303 {
-            assert!(h.contains("location: /ui/login"), "{h}");
-        } else {
-            assert!(String::from_utf8_lossy(&body).contains("login required"));
+        match want {
+            303 => assert!(h.contains("location: /ui/login"), "{h}"),
+            404 => assert!(String::from_utf8_lossy(&body).contains("Not Found")),
+            405 => assert!(h.contains("allow: get, head, put, delete"), "{h}"),
+            _ => assert!(String::from_utf8_lossy(&body).contains("login required")),
         }
     }
     // Nothing changed: the machine and the catalog are as they were.

@@ -24,6 +24,7 @@ Usage: bty-web [--listen HOST:PORT] [--state-dir DIR]   serve
        bty-web cache add FILE...                        put images into [cache] dir (air gap)
        bty-web cache ls                                 list the cached images
        bty-web health                                   exit 0 if the local server answers /healthz
+       bty-web routes                                   list every route and who may call it
        bty-web init DIR [--host-addr IP] [--image REF] [--force] [--dry-run]
        bty-web deploy DIR [same flags]                  init, then start the stack
        bty-web upgrade DIR [--image REF] [--dry-run]    regenerate, pull and restart
@@ -58,8 +59,12 @@ deploy starts it: as root with Quadlet units in /etc/containers/systemd and syst
 user with podman compose or docker compose (no TFTP, no autostart), and says what it skipped.
 upgrade keeps envvars, bty.toml and the bty-data volume, rewrites the other files for this
 version, pulls the image and restarts. --dry-run prints instead of writing or running.
-Open routes: GET /healthz, /version, /pxe-bootstrap.ipxe, /pxe/MAC, /pxe/MAC/plan,\n/boot/NAME,\n/images/SHA256/NAME; POST /pxe/MAC/{inventory,done,status,progress}, /ui/login, /ui/logout.\nWith a session cookie: GET/PUT/DELETE /machines[/MAC], GET /machines/MAC/{disks,lshw}.json, GET /events, POST /events/ID/ack,\nGET /events/machines (server-sent machines-update events), GET/POST/DELETE\n/catalog/entries, POST /catalog/import, PUT /boot/NAME, GET/POST /workers/backups,
-DELETE /workers/backups/ID, GET/POST /boot/releases, GET /metrics (Prometheus). Open: GET /images, /catalog.toml.\nBrowser UI: /ui/ (log in at /ui/login), assets under /static/.\nSIGTERM or SIGINT stops it after the requests in flight (at most 5 s).
+`bty-web routes` prints every route: its methods, path, who may call it (open: anyone; pxe:
+firmware and the live environment, no Origin on a change; public: the login pages, our own
+names only; page: a UI page or form with a session; session: the JSON API with a session
+cookie) and how its body is taken. Any other path is 404 before its body is read.
+Browser UI: /ui/ (log in at /ui/login).
+SIGTERM or SIGINT stops it after the requests in flight (at most 5 s).
 ";
 
 pub(super) fn run() -> Result<ExitCode> {
@@ -103,6 +108,10 @@ pub(super) fn run() -> Result<ExitCode> {
                 }
             }
             Value(cmd) if cmd == "health" => mode = Mode::Health,
+            Value(cmd) if cmd == "routes" => {
+                print!("{}", crate::web::routes::describe());
+                return Ok(ExitCode::SUCCESS);
+            }
             Value(cmd) if cmd == "init" => {
                 return deploy::command(deploy::Action::Init, &mut parser);
             }

@@ -1,5 +1,6 @@
 //! The gate in front of the operator's routes, checked from the request head alone (so it can
-//! run before any body byte is read):
+//! run before any body byte is read), by the `Access` and `Body` that each row of the route
+//! table (`routes::ROUTES`) declares:
 //!
 //! - a Host allow-list against DNS rebinding: a page on `http://evil.test:PORT` whose name
 //!   resolves to this server talks to it as its own origin, so the browser's same-origin rule
@@ -20,19 +21,106 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::web::app::App;
-use crate::web::http::{Req, Resp};
+use crate::web::http::{BodyPolicy, Req, Resp};
 
 /// How long the hostname is trusted before it is read again: it may change, and one read per
 /// request would be waste.
 const REFRESH: Duration = Duration::from_secs(30);
 
-/// `None` to go on, or the refusal.
-/// `segs` is the path split at `/`, as the caller has it already.
-pub fn check(app: &App, req: &Req, segs: &[&str]) -> Option<Resp> {
+/// Who may call a route: each row of the route table (`routes::ROUTES`) names one, and
+/// `check` (the Host and Origin part) and `routes::admit` (the session part) enforce it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone, by any Host, without a session: what firmware, the live environment and health
+    /// checks read (the spec's open routes).
+    Open,
+    /// Firmware and the live environment: no session, any Host (firmware uses IP literals or
+    /// names the operator set up), and a change that carries an `Origin` is refused, since
+    /// firmware and `bty` never send one.
+    Pxe,
+    /// The browser's way in (`/`, the login page, login and logout): no session, but only by a
+    /// name this server owns; ui checks the login form's origin itself.
+    Public,
+    /// A page or form of the UI: an owned name and a session (a form post without one gets a
+    /// 303 to the login page before its body is read); ui checks each form's token.
+    Page,
+    /// The operator's API: an owned name, a session (401), and a change only from our own
+    /// origin with a JSON body unless the row's `Body` takes another format.
+    Session,
+}
+
+impl Access {
+    pub fn name(self) -> &'static str {
+        match self {
+            Access::Open => "open",
+            Access::Pxe => "pxe",
+            Access::Public => "public",
+            Access::Page => "page",
+            Access::Session => "session",
+        }
+    }
+}
+
+/// What a route's body may be, and so how the HTTP layer takes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Body {
+    /// Nothing is expected; up to 64 KiB is read and ignored.
+    None,
+    /// A small JSON document (64 KiB).
+    Json,
+    /// The live environment's inventory with its lshw tree (4 MiB).
+    Inventory,
+    /// A catalog to import: a TOML file or a JSON `{"src": ...}` (64 KiB).
+    Catalog,
+    /// An artifact upload, streamed to disk (the handler applies the size limit).
+    Upload,
+    /// A URL-encoded page form (64 KiB).
+    Form,
+    /// A multipart form carrying a catalog file.
+    CatalogForm,
+    /// A multipart form carrying an artifact, streamed to disk like `Upload`.
+    UploadForm,
+}
+
+impl Body {
+    /// How the HTTP layer reads it.
+    pub fn policy(self) -> BodyPolicy {
+        match self {
+            Body::None | Body::Json | Body::Catalog | Body::Form => BodyPolicy::Buffer(64 << 10),
+            Body::Inventory => BodyPolicy::Buffer(4 << 20),
+            // A catalog file, plus the multipart framing around it.
+            Body::CatalogForm => {
+                BodyPolicy::Buffer(crate::web::ui::CATALOG_UPLOAD_MAX + (64 << 10))
+            }
+            Body::Upload | Body::UploadForm => BodyPolicy::Stream(u64::MAX),
+        }
+    }
+
+    /// Whether an API change with this body must declare JSON: the others are formats no
+    /// cross-site form can forge without a preflight either way, or are checked by the route.
+    fn must_be_json(self) -> bool {
+        !matches!(self, Body::Upload | Body::Catalog)
+    }
+
+    pub fn describe(self) -> String {
+        match self.policy() {
+            BodyPolicy::Buffer(n) => format!(
+                "{} (buffered, at most {} KiB)",
+                format!("{self:?}").to_lowercase(),
+                n >> 10
+            ),
+            BodyPolicy::Stream(_) => format!("{} (streamed)", format!("{self:?}").to_lowercase()),
+        }
+    }
+}
+
+/// `None` to go on, or the refusal: the Host and Origin rules of a route's `Access`.
+pub fn check(app: &App, req: &Req, access: Access, body: Body) -> Option<Resp> {
     let m = req.method.as_str();
     let change = !matches!(m, "GET" | "HEAD");
-    if segs.first() == Some(&"pxe") {
-        if change && req.header("origin").is_some() {
+    match access {
+        Access::Open => return None,
+        Access::Pxe if change && req.header("origin").is_some() => {
             return Some(Resp::error(
                 403,
                 &format!(
@@ -42,17 +130,15 @@ pub fn check(app: &App, req: &Req, segs: &[&str]) -> Option<Resp> {
                 ),
             ));
         }
-        return None;
-    }
-    if open(m, segs) {
-        return None;
+        Access::Pxe => return None,
+        Access::Public | Access::Page | Access::Session => {}
     }
     if let Err(why) = host_allowed(app, req) {
         return Some(Resp::error(421, &why));
     }
     // The UI checks its own forms (a same-origin Origin, else the session's token in the
     // form) and answers a refusal with a page a browser shows.
-    if !change || segs.first() == Some(&"ui") {
+    if !change || access != Access::Session {
         return None;
     }
     if let Some(origin) = foreign_origin(app, req) {
@@ -65,7 +151,7 @@ pub fn check(app: &App, req: &Req, segs: &[&str]) -> Option<Resp> {
             ),
         ));
     }
-    if own_body_format(m, segs).is_none() && has_body(req) {
+    if body.must_be_json() && has_body(req) {
         let ctype = req.header("content-type").unwrap_or("");
         if !is_json(ctype) {
             let got = if ctype.is_empty() { "none".to_string() } else { format!("{ctype:?}") };
@@ -80,30 +166,6 @@ pub fn check(app: &App, req: &Req, segs: &[&str]) -> Option<Resp> {
         }
     }
     None
-}
-
-/// Routes that answer any Host and need no session: what firmware, the live environment and
-/// health checks use. Everything else is the operator's (deny by default: a new route is
-/// guarded until it is listed here).
-fn open(m: &str, segs: &[&str]) -> bool {
-    let read = matches!(m, "GET" | "HEAD");
-    match segs {
-        ["healthz"] | ["version"] | ["pxe-bootstrap.ipxe"] => true,
-        ["boot", "releases"] => false,
-        ["boot", _] => read,
-        ["images", ..] | ["catalog.toml"] | ["static", _] => read,
-        _ => false,
-    }
-}
-
-/// Guarded routes whose body is not JSON: artifact uploads, and catalog imports (which take a
-/// catalog file).
-fn own_body_format(m: &str, segs: &[&str]) -> Option<&'static str> {
-    match (m, segs) {
-        ("PUT", ["boot", ..]) => Some("octet-stream"),
-        ("POST", ["catalog", "import"]) => Some("catalog"),
-        _ => None,
-    }
 }
 
 /// Whether the head announces a body (a body-less POST needs no Content-Type).
@@ -354,17 +416,5 @@ mod tests {
         assert!(is_json("Application/JSON; charset=utf-8"));
         assert!(!is_json("text/plain"));
         assert!(!is_json("application/jsonx"));
-    }
-
-    #[test]
-    fn only_firmware_routes_are_open() {
-        assert!(open("GET", &["boot", "k.vmlinuz"]));
-        assert!(!open("PUT", &["boot", "k.vmlinuz"]));
-        assert!(!open("GET", &["boot", "releases"]));
-        assert!(open("GET", &["images", "abc", "a.img"]));
-        assert!(!open("GET", &["machines"]));
-        assert!(!open("GET", &["ui", "login"]));
-        assert!(!open("GET", &[""]));
-        assert!(!open("GET", &["nowhere"]));
     }
 }

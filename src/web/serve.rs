@@ -134,13 +134,13 @@ pub(super) fn serve(settings: &Settings) -> Result<ExitCode> {
     let admit_app = Arc::clone(&db_for_close);
     // A request refused on its head never reaches the handler; /metrics still counts it.
     let admit: Arc<http::Admit> = Arc::new(move |req: &http::Req| {
-        let refused = routes::admit(&admit_app, req);
-        if let Some(r) = &refused {
+        let admitted = routes::admit(&admit_app, req);
+        if let Err(r) = &admitted {
             admit_app.metrics.request(r.status, std::time::Duration::ZERO);
         }
-        refused
+        admitted
     });
-    http::serve(listener, handler, admit, routes::body_policy, limits);
+    http::serve(listener, handler, admit, limits);
     db_for_close.db.checkpoint_truncate();
     if let Some(t) = tftp_thread {
         // The cancel flag that stopped HTTP stops it within its poll interval.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use super::parse::{HeadError, read_head};
 use super::request::{MAX_DRAIN, Outcome, request};
 use super::respond::{Resp, write_response};
-use super::{Admit, Handler, Limits, Policy};
+use super::{Admit, Handler, Limits};
 
 /// Binds the listen address ("host:port", "[v6]:port").
 pub fn bind(listen: &str) -> io::Result<TcpListener> {
@@ -22,7 +22,6 @@ pub fn bind(listen: &str) -> io::Result<TcpListener> {
 pub(super) struct Shared {
     pub(super) handler: Arc<Handler>,
     pub(super) admit: Arc<Admit>,
-    pub(super) policy: Policy,
     pub(super) limits: Limits,
     connections: AtomicUsize,
     /// Open connections per address group (see `addr_group`); groups at zero are removed.
@@ -38,11 +37,10 @@ pub(super) struct Shared {
 }
 
 impl Shared {
-    fn new(handler: Arc<Handler>, admit: Arc<Admit>, policy: Policy, limits: Limits) -> Arc<Self> {
+    fn new(handler: Arc<Handler>, admit: Arc<Admit>, limits: Limits) -> Arc<Self> {
         Arc::new(Shared {
             handler,
             admit,
-            policy,
             limits,
             connections: AtomicUsize::new(0),
             per_ip: Mutex::default(),
@@ -134,13 +132,7 @@ impl Drop for PeerSlot {
 
 /// Serves until SIGTERM/SIGINT, then stops accepting, waits (bounded) for requests in flight
 /// and returns.
-pub fn serve(
-    listener: TcpListener,
-    handler: Arc<Handler>,
-    admit: Arc<Admit>,
-    policy: Policy,
-    limits: Limits,
-) {
+pub fn serve(listener: TcpListener, handler: Arc<Handler>, admit: Arc<Admit>, limits: Limits) {
     let stop = crate::sys::cancel_flag();
     let listener = Arc::new(listener);
     {
@@ -155,7 +147,7 @@ pub fn serve(
             }
         });
     }
-    let shared = Shared::new(handler, admit, policy, limits);
+    let shared = Shared::new(handler, admit, limits);
     loop {
         let (stream, peer) = match listener.accept() {
             Ok(c) => c,
@@ -320,11 +312,12 @@ mod tests {
     use super::*;
 
     /// A test server's routes: a buffered route, a streamed one, one refused by admission.
-    fn fuzz_policy(_: &str, path: &str) -> BodyPolicy {
-        match path {
-            "/s" => BodyPolicy::Stream(4096),
-            "/b" => BodyPolicy::Buffer(1024),
-            _ => BodyPolicy::Buffer(64),
+    fn fuzz_admit(req: &Req) -> Result<BodyPolicy, Resp> {
+        match req.path.as_str() {
+            "/deny" => Err(Resp::error(401, "login required")),
+            "/s" => Ok(BodyPolicy::Stream(4096)),
+            "/b" => Ok(BodyPolicy::Buffer(1024)),
+            _ => Ok(BodyPolicy::Buffer(64)),
         }
     }
 
@@ -339,15 +332,14 @@ mod tests {
                 Err(e) => Resp::error(400, &format!("reading: {e}")),
             }
         });
-        let admit: Arc<Admit> =
-            Arc::new(|req: &Req| (req.path == "/deny").then(|| Resp::error(401, "login required")));
+        let admit: Arc<Admit> = Arc::new(fuzz_admit);
         let limits = Limits {
             header_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(5),
             io_timeout: Duration::from_secs(5),
             ..Limits::default()
         };
-        Shared::new(handler, admit, fuzz_policy, limits)
+        Shared::new(handler, admit, limits)
     }
 
     /// Runs one client input through a real connection on loopback: the client sends all of it

@@ -118,15 +118,13 @@ pub enum BodyPolicy {
     Stream(u64),
 }
 
-/// Picks the body policy of a route from its method and path.
-pub type Policy = fn(method: &str, path: &str) -> BodyPolicy;
-
 /// Answers one request; the reader yields the body for `Stream` routes and nothing otherwise.
 pub type Handler = dyn Fn(&Req, &mut dyn Read) -> Resp + Send + Sync;
 
 /// Looks at a request's head (its `body` still empty) before any body byte is read or
-/// buffered: a response refuses the request (auth, Host, Origin), None lets it go on.
-pub type Admit = dyn Fn(&Req) -> Option<Resp> + Send + Sync;
+/// buffered: an `Err` response refuses the request (no route, auth, Host, Origin); `Ok` lets
+/// it go on and says how the route takes its body.
+pub type Admit = dyn Fn(&Req) -> Result<BodyPolicy, Resp> + Send + Sync;
 
 #[cfg(test)]
 mod tests {

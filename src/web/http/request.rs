@@ -87,7 +87,6 @@ pub(super) fn request<'s>(
         io_timeout: limits.io_timeout,
         too_slow: false,
     };
-    let policy = (shared.policy)(&method, &path);
     let mut req = Req {
         method: method.clone(),
         path: path.clone(),
@@ -101,9 +100,12 @@ pub(super) fn request<'s>(
     let mut _budget = None;
     // Refusals that need only the head are made before a byte of the body is read, so an
     // unauthenticated or unwanted client cannot make the server read, buffer or wait for it.
-    let early = match guarded(&req, |r| (shared.admit)(r)) {
-        Some(resp) => Some(resp),
-        None => match policy {
+    let admitted = guarded(&req, |r| (shared.admit)(r), Err);
+    // A refused request's body is never read, so its policy does not matter.
+    let policy = *admitted.as_ref().unwrap_or(&BodyPolicy::Buffer(0));
+    let early = match admitted {
+        Err(resp) => Some(resp),
+        Ok(policy) => match policy {
             BodyPolicy::Buffer(max) => {
                 let want = match body.framing {
                     Framing::Length(n) if n > max as u64 => None,
@@ -188,16 +190,16 @@ pub(super) fn request<'s>(
 
 /// Runs the handler; a panic becomes a 500 instead of a dead connection thread.
 fn call(shared: &Shared, req: &Req, body: &mut dyn Read) -> Resp {
-    guarded(req, |r| (shared.handler)(r, body))
+    guarded(req, |r| (shared.handler)(r, body), |r| r)
 }
 
 /// Runs route code on a request, turning a panic into a 500 instead of a dead connection thread.
-fn guarded<T: From<Resp>>(req: &Req, f: impl FnOnce(&Req) -> T) -> T {
+fn guarded<T>(req: &Req, f: impl FnOnce(&Req) -> T, answer: fn(Resp) -> T) -> T {
     match catch_unwind(AssertUnwindSafe(|| f(req))) {
         Ok(r) => r,
         Err(_) => {
             crate::error!("handler panicked on {} {}", req.method, req.path);
-            T::from(Resp::error(500, "internal error"))
+            answer(Resp::error(500, "internal error"))
         }
     }
 }

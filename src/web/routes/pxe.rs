@@ -1,0 +1,217 @@
+//! The routes of firmware and the live environment: the per-MAC iPXE script, the plan, the
+//! bootstrap script, and the live environment's posts (inventory, progress, status, done).
+//! Open to any Host and without a session (see `guard::Access::Pxe`).
+
+use crate::web::app::{App, bad, internal};
+use crate::web::db::{Capped, CatalogEntry, Contacted, InventoryStored, Machine, PxeMark};
+use crate::web::http::{Req, Resp};
+use crate::web::{catalog, guard, pxe, validate};
+
+/// A PXE contact: records it (discovering unknown MACs) and decides, in one transaction; the
+/// script route also applies the decision's mark and logs it.
+fn decide(
+    app: &App,
+    req: &Req,
+    mac: &str,
+    offer: bool,
+) -> Result<(Machine, pxe::Decision, Option<CatalogEntry>, String), Resp> {
+    let mac = validate::normalize_mac(mac).map_err(bad)?;
+    let host =
+        guard::script_host(app, req).ok_or_else(|| Resp::error(400, "invalid Host header"))?;
+    let peer = req.peer.map(|p| p.ip());
+    let ip = peer.map(|p| p.to_string());
+    let contact = app
+        .db
+        .pxe_contact(
+            &mac,
+            ip.as_deref(),
+            || app.discovery.admit(peer),
+            |m, image| {
+                let d = pxe::decide(m, image);
+                let mark = match d {
+                    pxe::Decision::Disk { once: true, .. } if offer => Some(PxeMark::DiskBooted),
+                    _ => None,
+                };
+                let reason = offer.then(|| d.reason().to_string());
+                (d, mark, reason)
+            },
+        )
+        .map_err(internal)?;
+    let Contacted { machine: m, image, decision: d, wrote } = match contact {
+        Ok(c) => c,
+        Err(cap) => return Err(discovery_refused(app, cap, ip.as_deref().unwrap_or("?"), offer)),
+    };
+    if wrote {
+        app.hub.changed();
+    }
+    Ok((m, d, image, host))
+}
+
+/// An unknown MAC past a growth cap: nothing recorded, and an answer that leaves the machine
+/// as if bty-web were not there (the firmware's next boot entry), saying why on its console.
+/// Not the inventory an unknown machine gets below the cap: without a row its inventory post
+/// would be refused, and the live environment would boot again and again.
+fn discovery_refused(app: &App, cap: Capped, ip: &str, script: bool) -> Resp {
+    let s = &app.settings;
+    let (limit, why) = match cap {
+        Capped::Rate => (
+            format!(
+                "[pxe] discoveries_per_minute = {} from {ip}",
+                s.get("pxe", "discoveries_per_minute")
+            ),
+            "too many new machines from this address: not recorded",
+        ),
+        _ => (
+            format!("[pxe] max_discovered = {}", s.get("pxe", "max_discovered")),
+            "bty-web holds as many unclaimed machines as it may: not recorded",
+        ),
+    };
+    app.discovery.refused(&app.db, &app.metrics, cap, &limit);
+    if !script {
+        return Resp::json(200, &serde_json::json!({"mode": "exit"}));
+    }
+    app.metrics.offers_exit.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Resp::text(200, pxe::exit_script(&format!("{why} ({limit}); booting the firmware order")))
+}
+
+pub(super) fn script(app: &App, req: &Req, mac: &str) -> Resp {
+    let (m, d, _, host) = match decide(app, req, mac, true) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let counter = match d {
+        pxe::Decision::Disk { .. } => &app.metrics.offers_disk,
+        pxe::Decision::LiveEnv { .. } => &app.metrics.offers_live,
+        pxe::Decision::Exit { .. } => &app.metrics.offers_exit,
+    };
+    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let s = &app.settings;
+    Resp::text(200, pxe::script(&d, &m, &host, s.get("boot", "kernel"), s.get("boot", "initrd")))
+}
+
+pub(super) fn plan(app: &App, req: &Req, mac: &str) -> Resp {
+    match decide(app, req, mac, false) {
+        Ok((m, d, mut image, host)) => {
+            // The plan hands out where to fetch from: this server's cache when it can serve
+            // the image (a cached or cacheable pinned entry), else the origin.
+            if let Some(img) = image.as_mut() {
+                if let Some(url) = catalog::cache_url(app, &host, img) {
+                    img.src = url;
+                }
+            }
+            let mut plan = pxe::plan(&d, &m, image.as_ref(), &host);
+            if app.cache.is_some() && plan["mode"] == "interactive" {
+                plan["catalog"] = format!("http://{host}/catalog.toml?via=cache").into();
+            }
+            Resp::json(200, &plan)
+        }
+        Err(r) => r,
+    }
+}
+
+/// POSTs from the live environment: inventory, done, status, progress.
+pub(super) fn post(app: &App, req: &Req, mac: &str, what: &str) -> Resp {
+    let mac = match validate::normalize_mac(mac) {
+        Ok(m) => m,
+        Err(e) => return bad(e),
+    };
+    let orphan = |app: &App| {
+        if let Some(skipped) = app.discovery.orphan_event() {
+            let more = match skipped {
+                0 => String::new(),
+                n => format!(" ({n} more such posts since the last one were not logged)"),
+            };
+            app.db.event(
+                "pxe.orphan",
+                Some(&mac),
+                &format!("{what} from {mac}, which has no machine record{more}"),
+                None,
+            );
+        }
+        Resp::error(404, &format!("no machine record for {mac}"))
+    };
+    let mut done = false;
+    let found = match what {
+        "inventory" => match validate::inventory(&req.body) {
+            Ok(inv) => {
+                if inv.lshw_dropped {
+                    crate::warn!(
+                        "{mac}: lshw blob over the size cap dropped; keeping the previous one"
+                    );
+                }
+                match app.db.set_inventory(&mac, &inv.disks, inv.lshw.as_ref()) {
+                    Ok(InventoryStored::WithoutLshw) => {
+                        let limit = format!(
+                            "[pxe] max_lshw_total_mib = {}",
+                            app.settings.get("pxe", "max_lshw_total_mib")
+                        );
+                        app.discovery.refused(&app.db, &app.metrics, Capped::LshwTotal, &limit);
+                        Ok(true)
+                    }
+                    Ok(stored) => Ok(stored != InventoryStored::NoMachine),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => return bad(e),
+        },
+        "done" => {
+            done = true;
+            app.db.pxe_mark(&mac, PxeMark::FlashDone)
+        }
+        "status" => match validate::pxe_status(&req.body) {
+            Ok(validate::PxeStatus::Done) => {
+                done = true;
+                app.db.pxe_mark(&mac, PxeMark::FlashDone)
+            }
+            Ok(validate::PxeStatus::Failed { reason }) => {
+                let r = app.db.flash_failed(&mac, &reason);
+                if let Ok(true) = r {
+                    app.metrics.flashes_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    app.db.event(
+                        "flash.failed",
+                        Some(&mac),
+                        &format!("{mac}: flash failed: {reason}"),
+                        None,
+                    );
+                }
+                r
+            }
+            Err(e) => return bad(e),
+        },
+        "progress" => match validate::pxe_progress(&req.body) {
+            Ok(p) => match app.db.machine(&mac) {
+                Ok(Some(_)) => {
+                    app.progress.lock().unwrap_or_else(|p| p.into_inner()).insert(mac.clone(), p);
+                    Ok(true)
+                }
+                Ok(None) => Ok(false),
+                Err(e) => Err(e),
+            },
+            Err(e) => return bad(e),
+        },
+        _ => return Resp::error(404, "Not Found"),
+    };
+    match found {
+        Ok(true) => {
+            app.hub.changed();
+            if done {
+                app.metrics.flashes_done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                app.db.event("flash.done", Some(&mac), &format!("{mac}: flash done"), None);
+            }
+            Resp::no_content()
+        }
+        Ok(false) => orphan(app),
+        Err(e) => internal(e),
+    }
+}
+
+/// The static script dnsmasq points iPXE at: chain back to this server, by the name the client
+/// used to reach it when that name is ours (see `guard::script_host`).
+pub(super) fn bootstrap(app: &App, req: &Req) -> Resp {
+    match guard::script_host(app, req) {
+        Some(host) => {
+            Resp::text(200, format!("#!ipxe\nchain http://{host}/pxe/${{net0/mac:hexhyp}}\n"))
+        }
+        None => Resp::error(400, "invalid Host header"),
+    }
+}
