@@ -62,30 +62,26 @@ pub fn list(ctx: &Ctx<'_>) -> PageResult {
         );
         hay.to_lowercase().contains(&q)
     };
-    let mut rows = Html(String::with_capacity(all.len() * 400));
+    let mut rows = Html::with_capacity(all.len() * 400);
     let mut shown = 0;
     for m in all.iter().filter(|m| keep(m)) {
         shown += 1;
         machine_row(&mut rows, m, &names, progress.get(&m.mac));
     }
     // For the script's live rows; `<` is escaped so the JSON cannot end the script element.
-    let names_json = serde_json::to_string(&names)
-        .unwrap_or_else(|_| "{}".into())
-        .replace('<', "\\u003c")
-        .replace('>', "\\u003e")
-        .replace('&', "\\u0026");
+    let names_json = Html::script_json(&names);
     let count = format!("{shown} of {} machines", all.len());
-    let body = Html(render(
+    let body = render(
         MACHINES,
         &[
             ("q", Val::Text(ctx.req.param("q").unwrap_or(""))),
             ("label_options", Val::Html(&label_options)),
             ("status_options", Val::Html(&status_options)),
             ("count", Val::Text(&count)),
-            ("image_names", Val::Html(&Html(names_json))),
+            ("image_names", Val::Html(&names_json)),
             ("rows", Val::Html(&rows)),
         ],
-    ));
+    );
     Ok(page(ctx, "machines", "Machines", 200, &body))
 }
 
@@ -322,7 +318,7 @@ pub fn detail(ctx: &Ctx<'_>, mac: &str, state: Option<FormState>) -> PageResult 
         }
         h
     };
-    let body = Html(render(
+    let body = render(
         MACHINE,
         &[
             ("mac", Val::Text(&m.mac)),
@@ -343,7 +339,7 @@ pub fn detail(ctx: &Ctx<'_>, mac: &str, state: Option<FormState>) -> PageResult 
             ("err_sanboot_drive", Val::Html(&err("sanboot_drive"))),
             ("events", Val::Html(&event_table(ctx, &events, true))),
         ],
-    ));
+    );
     let status = if state.is_some() { 422 } else { 200 };
     Ok(page(ctx, "machines", &format!("Machine {}", m.mac), status, &body))
 }

@@ -275,7 +275,7 @@ pub fn page(ctx: &Ctx<'_>, current: &str, title: &str, status: u16, body: &Html)
             ("version", Val::Text(crate::VERSION)),
         ],
     );
-    Resp::new(status, "text/html; charset=utf-8", html)
+    Resp::new(status, "text/html; charset=utf-8", html.into_string())
 }
 
 fn login_page(status: u16, error: &str) -> Resp {
@@ -289,7 +289,7 @@ fn login_page(status: u16, error: &str) -> Resp {
     Resp::new(
         status,
         "text/html; charset=utf-8",
-        template::render(LOGIN, &[("error", Val::Html(&err))]),
+        template::render(LOGIN, &[("error", Val::Html(&err))]).into_string(),
     )
 }
 

@@ -119,7 +119,7 @@ fn dashboard(ctx: &Ctx<'_>) -> PageResult {
         },
         "/ui/account",
     );
-    let body = Html(render(
+    let body = render(
         DASHBOARD,
         &[
             ("machines", Val::Text(&machines.len().to_string())),
@@ -129,7 +129,7 @@ fn dashboard(ctx: &Ctx<'_>) -> PageResult {
             ("checks", Val::Html(&checks)),
             ("events", Val::Html(&event_table(ctx, &recent, false))),
         ],
-    ));
+    );
     Ok(page(ctx, "dashboard", "Dashboard", 200, &body))
 }
 
@@ -218,7 +218,7 @@ pub fn images(ctx: &Ctx<'_>, state: Option<AddState>) -> PageResult {
         add_error
             .push(format_args!("<p class=\"field-error\" role=\"alert\">{}</p>", Escape(&s.error)));
     }
-    let body = Html(render(
+    let body = render(
         IMAGES,
         &[
             ("csrf", Val::Text(&ctx.csrf)),
@@ -230,7 +230,7 @@ pub fn images(ctx: &Ctx<'_>, state: Option<AddState>) -> PageResult {
             ("name", Val::Text(&f("name"))),
             ("description", Val::Text(&f("description"))),
         ],
-    ));
+    );
     Ok(page(ctx, "images", "Images", if state.is_some() { 422 } else { 200 }, &body))
 }
 
@@ -320,7 +320,7 @@ fn events(ctx: &Ctx<'_>) -> PageResult {
         }
         more.push(format_args!("<p><a href=\"/ui/events?{}\">Older events</a></p>", Escape(&q)));
     }
-    let body = Html(render(
+    let body = render(
         EVENTS,
         &[
             ("kind", Val::Text(kind.unwrap_or(""))),
@@ -329,7 +329,7 @@ fn events(ctx: &Ctx<'_>) -> PageResult {
             ("events", Val::Html(&event_table(ctx, &list, true))),
             ("more", Val::Html(&more)),
         ],
-    ));
+    );
     Ok(page(ctx, "events", "Events", 200, &body))
 }
 
@@ -390,7 +390,7 @@ fn netboot(ctx: &Ctx<'_>) -> PageResult {
         ));
     }
     t.push(format_args!("</tbody></table></div>"));
-    let body = Html(render(
+    let body = render(
         NETBOOT,
         &[
             ("boot_dir", Val::Text(&dir.display().to_string())),
@@ -402,7 +402,7 @@ fn netboot(ctx: &Ctx<'_>) -> PageResult {
             ("jobs", Val::Html(&job_table(&ctx.app.db.jobs(Some("release"), 5)?))),
             ("tftp", Val::Text(&tftp_status(&ctx.app.settings))),
         ],
-    ));
+    );
     Ok(page(ctx, "netboot", "Netboot", 200, &body))
 }
 
@@ -437,8 +437,8 @@ fn backups(ctx: &Ctx<'_>) -> PageResult {
     let interval = setting("backup.interval_hours")?.unwrap_or_else(|| "24".into());
     let keep = crate::web::backup::keep(ctx.app).to_string();
     let dir = crate::web::backup::dir(&state).display().to_string();
-    let checked = Html(if enabled { " checked".to_string() } else { String::new() });
-    let body = Html(render(
+    let checked = if enabled { Html::literal(" checked") } else { Html::new() };
+    let body = render(
         BACKUPS,
         &[
             ("db", Val::Text(&db)),
@@ -451,7 +451,7 @@ fn backups(ctx: &Ctx<'_>) -> PageResult {
             ("jobs", Val::Html(&job_table(&ctx.app.db.jobs(Some("backup"), 10)?))),
             ("events", Val::Html(&event_table(ctx, &list, true))),
         ],
-    ));
+    );
     Ok(page(ctx, "backups", "Backups", 200, &body))
 }
 
@@ -631,7 +631,7 @@ pub fn settings(ctx: &Ctx<'_>, state: Option<FormState>) -> PageResult {
             Escape(&st.error.1)
         ));
     }
-    let body = Html(render(
+    let body = render(
         SETTINGS,
         &[
             ("csrf", Val::Text(&ctx.csrf)),
@@ -646,7 +646,7 @@ pub fn settings(ctx: &Ctx<'_>, state: Option<FormState>) -> PageResult {
             ("addresses", Val::Html(&addresses)),
             ("base", Val::Text(&base_url(ctx))),
         ],
-    ));
+    );
     let status = if state.is_some() { 422 } else { 200 };
     Ok(page(ctx, "settings", "Settings", status, &body))
 }
@@ -686,13 +686,13 @@ fn account(ctx: &Ctx<'_>) -> PageResult {
         format!("The password is set ({}).", s.source("admin", "password"))
     };
     let secret = s.state_dir().join("session-secret").display().to_string();
-    let body = Html(render(
+    let body = render(
         ACCOUNT,
         &[
             ("csrf", Val::Text(&ctx.csrf)),
             ("password_state", Val::Text(&state)),
             ("secret", Val::Text(&secret)),
         ],
-    ));
+    );
     Ok(page(ctx, "account", "Account", 200, &body))
 }

@@ -27,13 +27,39 @@ impl fmt::Display for Escape<'_> {
     }
 }
 
-/// Markup that is already safe: built by our code with every dynamic part escaped.
+/// Markup that is already safe: built by our code with every dynamic part escaped. Its text is
+/// private, so the only ways to make one are `push` (with `Escape` around data), `render` (which
+/// escapes every text value) and `script_json` (which escapes what could end a script).
 #[derive(Default, Debug, Clone)]
-pub struct Html(pub String);
+pub struct Html(String);
 
 impl Html {
     pub fn new() -> Html {
         Html(String::new())
+    }
+
+    pub fn with_capacity(n: usize) -> Html {
+        Html(String::with_capacity(n))
+    }
+
+    /// Markup written only with literals from our own code (an attribute like ` checked`).
+    pub fn literal(s: &'static str) -> Html {
+        Html(s.to_string())
+    }
+
+    /// A value as JSON for a `<script>` element: `<`, `>` and `&` are escaped, so the text
+    /// cannot end the element or open a comment, whatever strings the value holds.
+    pub fn script_json(v: &impl serde::Serialize) -> Html {
+        let json = serde_json::to_string(v).unwrap_or_else(|_| "null".into());
+        Html(json.replace('<', "\\u003c").replace('>', "\\u003e").replace('&', "\\u0026"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
     }
 
     /// Appends formatted markup; arguments that carry data must be wrapped in [`Escape`].
@@ -53,7 +79,7 @@ pub enum Val<'a> {
 
 /// Fills the `{{name}}` placeholders of `tpl`; a name without a value becomes empty (tests
 /// render every page and check that no placeholder is left unfilled by mistake).
-pub fn render(tpl: &str, vals: &[(&str, Val<'_>)]) -> String {
+pub fn render(tpl: &str, vals: &[(&str, Val<'_>)]) -> Html {
     let mut out = String::with_capacity(tpl.len() + 256);
     let mut rest = tpl;
     while let Some(start) = rest.find("{{") {
@@ -61,7 +87,7 @@ pub fn render(tpl: &str, vals: &[(&str, Val<'_>)]) -> String {
         let after = &rest[start + 2..];
         let Some(end) = after.find("}}") else {
             out.push_str(&rest[start..]);
-            return out;
+            return Html(out);
         };
         let name = after[..end].trim();
         match vals.iter().find(|(n, _)| *n == name).map(|(_, v)| v) {
@@ -74,7 +100,7 @@ pub fn render(tpl: &str, vals: &[(&str, Val<'_>)]) -> String {
         rest = &after[end + 2..];
     }
     out.push_str(rest);
-    out
+    Html(out)
 }
 
 /// The placeholder names of a template, for the tests that check pages fill them all.
@@ -103,12 +129,18 @@ mod tests {
             &[("t", Val::Text("<script>alert('1')</script>\"")), ("h", Val::Html(&h))],
         );
         assert_eq!(
-            out,
+            out.as_str(),
             "<p title=\"&lt;script&gt;alert(&#39;1&#39;)&lt;/script&gt;&quot;\">\
              &lt;script&gt;alert(&#39;1&#39;)&lt;/script&gt;&quot;</p><b>a&amp;b</b>"
         );
-        assert_eq!(render("x {{ unclosed", &[]), "x {{ unclosed");
+        assert_eq!(render("x {{ unclosed", &[]).as_str(), "x {{ unclosed");
         assert_eq!(placeholders("{{a}} b {{ c }}"), vec!["a", "c"]);
+    }
+
+    #[test]
+    fn json_cannot_end_a_script() {
+        let h = Html::script_json(&["</script><!--", "a&b"]);
+        assert_eq!(h.as_str(), r#"["\u003c/script\u003e\u003c!--","a\u0026b"]"#);
     }
 
     #[test]
