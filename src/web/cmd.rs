@@ -67,19 +67,69 @@ Browser UI: /ui/ (log in at /ui/login).
 SIGTERM or SIGINT stops it after the requests in flight (at most 5 s).
 ";
 
+/// A setting given as a flag: (section, key, value, the flag's name).
+type Flag = (&'static str, &'static str, String, &'static str);
+
 pub(super) fn run() -> Result<ExitCode> {
-    let mut flags: Vec<(&'static str, &'static str, String, &'static str)> = Vec::new();
+    let (mode, flags) = match parse_args()? {
+        Parsed::Done(code) => return Ok(code),
+        Parsed::Run(mode, flags) => (mode, flags),
+    };
+    let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+    let settings = Settings::load(&env, &flags)?;
+    for u in &settings.unknown {
+        crate::warn!("unknown setting ignored: {u}");
+    }
+    for i in &settings.ignored {
+        crate::warn!("setting ignored: {i} (an empty password is never used)");
+    }
+    let state = settings.state_dir();
+    match mode {
+        Mode::Config => {
+            print_config(&settings);
+            Ok(ExitCode::SUCCESS)
+        }
+        Mode::Tftp => serve_tftp_only(&settings),
+        Mode::Health => health(&settings),
+        Mode::CacheList => cache_list(&settings),
+        Mode::CacheAdd(files) => cache_add(&settings, &files),
+        Mode::Serve => serve(&settings),
+        Mode::Restore(file) => {
+            for line in backup::restore(&file, &state)? {
+                println!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Mode::Export(dir) => {
+            let db = db::Db::open(&state)?;
+            let n = export::export(&db, &dir)?;
+            println!("exported {n} machines to {}", dir.join("inventory.json").display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Mode::Import(dir) => import(&state, &dir),
+    }
+}
+
+/// What the command line asks for: something already done (help, version, routes, the deploy
+/// commands, which parse their own flags), or a mode to run with the settings the flags give.
+enum Parsed {
+    Done(ExitCode),
+    Run(Mode, Vec<Flag>),
+}
+
+fn parse_args() -> Result<Parsed> {
+    let mut flags: Vec<Flag> = Vec::new();
     let mut mode = Mode::Serve;
     let mut parser = lexopt::Parser::from_env();
     while let Some(arg) = parser.next()? {
         match arg {
             Short('h') | Long("help") => {
                 print!("{HELP}");
-                return Ok(ExitCode::SUCCESS);
+                return Ok(Parsed::Done(ExitCode::SUCCESS));
             }
             Short('V') | Long("version") => {
                 println!("bty-web {}", crate::VERSION);
-                return Ok(ExitCode::SUCCESS);
+                return Ok(Parsed::Done(ExitCode::SUCCESS));
             }
             Long("listen") => {
                 let v = parser.value()?.string()?;
@@ -110,16 +160,15 @@ pub(super) fn run() -> Result<ExitCode> {
             Value(cmd) if cmd == "health" => mode = Mode::Health,
             Value(cmd) if cmd == "routes" => {
                 print!("{}", crate::web::routes::describe());
-                return Ok(ExitCode::SUCCESS);
+                return Ok(Parsed::Done(ExitCode::SUCCESS));
             }
-            Value(cmd) if cmd == "init" => {
-                return deploy::command(deploy::Action::Init, &mut parser);
-            }
-            Value(cmd) if cmd == "deploy" => {
-                return deploy::command(deploy::Action::Deploy, &mut parser);
-            }
-            Value(cmd) if cmd == "upgrade" => {
-                return deploy::command(deploy::Action::Upgrade, &mut parser);
+            Value(cmd) if cmd == "init" || cmd == "deploy" || cmd == "upgrade" => {
+                let action = match cmd.to_str() {
+                    Some("init") => deploy::Action::Init,
+                    Some("deploy") => deploy::Action::Deploy,
+                    _ => deploy::Action::Upgrade,
+                };
+                return deploy::command(action, &mut parser).map(Parsed::Done);
             }
             Value(file) if matches!(mode, Mode::CacheAdd(_)) => {
                 if let Mode::CacheAdd(files) = &mut mode {
@@ -132,79 +181,61 @@ pub(super) fn run() -> Result<ExitCode> {
     if let Mode::CacheAdd(files) = &mode {
         crate::ensure!(!files.is_empty(), "bty-web cache add needs image files (see --help)");
     }
-    let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
-    let settings = Settings::load(&env, &flags)?;
-    for u in &settings.unknown {
-        crate::warn!("unknown setting ignored: {u}");
+    Ok(Parsed::Run(mode, flags))
+}
+
+fn open_cache(settings: &Settings) -> Result<cache::Cache> {
+    let Some(dir) = settings.cache_dir() else {
+        crate::bail!("the image cache is off: set [cache] dir (BTY_CACHE_DIR)");
+    };
+    cache::Cache::open(&dir, settings.cache_max_bytes(), false)
+        .with_context(|| format!("opening the image cache {}", dir.display()))
+}
+
+/// `bty-web cache add FILE...`
+fn cache_add(settings: &Settings, files: &[std::path::PathBuf]) -> Result<ExitCode> {
+    let c = open_cache(settings)?;
+    for f in files {
+        let (hex, len) = c.add_file(f)?;
+        println!("{hex}  {:>10}  {}", crate::units::bytes(len), f.display());
     }
-    for i in &settings.ignored {
-        crate::warn!("setting ignored: {i} (an empty password is never used)");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bty-web cache ls`
+fn cache_list(settings: &Settings) -> Result<ExitCode> {
+    let c = open_cache(settings)?;
+    for (hex, len, used) in c.list() {
+        println!("{hex}  {:>10}  last used {used}", crate::units::bytes(len));
     }
-    let state = settings.state_dir();
-    match mode {
-        Mode::Config => {
-            print_config(&settings);
-            Ok(ExitCode::SUCCESS)
-        }
-        Mode::Tftp => serve_tftp_only(&settings),
-        Mode::Health => health(&settings),
-        Mode::CacheList | Mode::CacheAdd(_) => {
-            let Some(dir) = settings.cache_dir() else {
-                crate::bail!("the image cache is off: set [cache] dir (BTY_CACHE_DIR)");
-            };
-            let c = cache::Cache::open(&dir, settings.cache_max_bytes(), false)
-                .with_context(|| format!("opening the image cache {}", dir.display()))?;
-            if let Mode::CacheAdd(files) = &mode {
-                for f in files {
-                    let (hex, len) = c.add_file(f)?;
-                    println!("{hex}  {:>10}  {}", crate::units::bytes(len), f.display());
-                }
-            } else {
-                for (hex, len, used) in c.list() {
-                    println!("{hex}  {:>10}  last used {used}", crate::units::bytes(len));
-                }
-                let u = c.usage();
-                println!(
-                    "{} images, {} of {} in {}",
-                    u.files,
-                    crate::units::bytes(u.bytes),
-                    crate::units::bytes(settings.cache_max_bytes()),
-                    dir.display()
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Mode::Serve => serve(&settings),
-        Mode::Restore(file) => {
-            for line in backup::restore(&file, &state)? {
-                println!("{line}");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Mode::Export(dir) => {
-            let db = db::Db::open(&state)?;
-            let n = export::export(&db, &dir)?;
-            println!("exported {n} machines to {}", dir.join("inventory.json").display());
-            Ok(ExitCode::SUCCESS)
-        }
-        Mode::Import(dir) => {
-            let machines = export::parse(&dir)?;
-            let _lock = lock_state_dir(&state)?;
-            let db = db::Db::open(&state)?;
-            db.import_machines(&machines)?;
-            db.event(
-                "machines.imported",
-                None,
-                &format!("{} machines imported from {}", machines.len(), dir.display()),
-                None,
-            );
-            println!(
-                "imported {} machines as bty-inventory (image and disk bindings cleared)",
-                machines.len()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-    }
+    let u = c.usage();
+    println!(
+        "{} images, {} of {} in {}",
+        u.files,
+        crate::units::bytes(u.bytes),
+        crate::units::bytes(settings.cache_max_bytes()),
+        settings.cache_dir().unwrap_or_default().display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bty-web import DIR`: the machines of an export, with the server stopped.
+fn import(state: &std::path::Path, dir: &std::path::Path) -> Result<ExitCode> {
+    let machines = export::parse(dir)?;
+    let _lock = lock_state_dir(state)?;
+    let db = db::Db::open(state)?;
+    db.import_machines(&machines)?;
+    db.event(
+        "machines.imported",
+        None,
+        &format!("{} machines imported from {}", machines.len(), dir.display()),
+        None,
+    );
+    println!(
+        "imported {} machines as bty-inventory (image and disk bindings cleared)",
+        machines.len()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 enum Mode {

@@ -74,6 +74,22 @@ pub(super) fn serve(settings: &Settings) -> Result<ExitCode> {
         }
         None => None,
     };
+    let app = Arc::new(app(settings, db)?);
+    start_workers(&app)?;
+    serve_http(&app, listener, settings.limits());
+    app.db.checkpoint_truncate();
+    if let Some(t) = tftp_thread {
+        // The cancel flag that stopped HTTP stops it within its poll interval.
+        let _ = t.join();
+    }
+    crate::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The shared state every route reaches: the database, auth (its session epoch from the
+/// database), the image cache.
+fn app(settings: &Settings, db: db::Db) -> Result<app::App> {
+    let state_dir = settings.state_dir();
     let epoch = match db.setting(auth::EPOCH_SETTING)? {
         Some(v) => v.parse().map_err(|_| {
             crate::error::Error::msg(format!(
@@ -92,7 +108,7 @@ pub(super) fn serve(settings: &Settings) -> Result<ExitCode> {
         )),
         None => None,
     };
-    let app = Arc::new(app::App {
+    Ok(app::App {
         settings: settings.clone(),
         db,
         auth,
@@ -103,15 +119,19 @@ pub(super) fn serve(settings: &Settings) -> Result<ExitCode> {
         jobs: Default::default(),
         cache,
         discovery: pxe::Discovery::new(settings.pxe_limit("discoveries_per_minute")),
-    });
-    jobs::Jobs::recover(&app)?;
-    backup::remove_leftovers(&state_dir);
-    backup::run_scheduler(Arc::clone(&app)).context("starting the backup scheduler")?;
-    {
-        let app = Arc::clone(&app);
-        let hub = Arc::clone(&app.hub);
-        hub.run_publisher(
-            move || match app.snapshot() {
+    })
+}
+
+/// The background work: jobs a killed server left, the backup scheduler, the live-update
+/// publisher.
+fn start_workers(app: &Arc<app::App>) -> Result<()> {
+    jobs::Jobs::recover(app)?;
+    backup::remove_leftovers(&app.settings.state_dir());
+    backup::run_scheduler(Arc::clone(app)).context("starting the backup scheduler")?;
+    let publisher = Arc::clone(app);
+    Arc::clone(&app.hub)
+        .run_publisher(
+            move || match publisher.snapshot() {
                 Ok(s) => Some(s),
                 Err(e) => {
                     crate::error!("building the live-update snapshot: {e}");
@@ -121,17 +141,20 @@ pub(super) fn serve(settings: &Settings) -> Result<ExitCode> {
             crate::sys::cancel_flag(),
         )
         .context("starting the live-update publisher")?;
-    }
-    let limits = settings.limits();
-    let db_for_close = Arc::clone(&app);
+    Ok(())
+}
+
+/// Serves HTTP until SIGTERM or SIGINT: the route table admits (from the head) and answers.
+fn serve_http(app: &Arc<app::App>, listener: std::net::TcpListener, limits: http::Limits) {
+    let handler_app = Arc::clone(app);
     let handler: Arc<http::Handler> =
         Arc::new(move |req: &http::Req, body: &mut dyn std::io::Read| {
             let started = std::time::Instant::now();
-            let resp = routes::route(&app, req, body);
-            app.metrics.request(resp.status, started.elapsed());
+            let resp = routes::route(&handler_app, req, body);
+            handler_app.metrics.request(resp.status, started.elapsed());
             resp
         });
-    let admit_app = Arc::clone(&db_for_close);
+    let admit_app = Arc::clone(app);
     // A request refused on its head never reaches the handler; /metrics still counts it.
     let admit: Arc<http::Admit> = Arc::new(move |req: &http::Req| {
         let admitted = routes::admit(&admit_app, req);
@@ -141,13 +164,6 @@ pub(super) fn serve(settings: &Settings) -> Result<ExitCode> {
         admitted
     });
     http::serve(listener, handler, admit, limits);
-    db_for_close.db.checkpoint_truncate();
-    if let Some(t) = tftp_thread {
-        // The cancel flag that stopped HTTP stops it within its poll interval.
-        let _ = t.join();
-    }
-    crate::info!("stopped");
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Creates the state directory layout (state dir and boot dir) and the per-instance session
