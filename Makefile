@@ -143,8 +143,10 @@ $(QUADLET):
 	dpkg-deb --fsys-tarfile target/quadlet/podman_*.deb | tar -xO ./usr/libexec/podman/quadlet >$@.tmp
 	chmod 0755 $@.tmp && mv $@.tmp $@ && rm -f target/quadlet/podman_*.deb
 
+# Linted with the test hooks (what the tests build) and without them (what ships).
 lint:
 	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets --features test-hooks -- -D warnings
 	$(CARGO) clippy --all-targets -- -D warnings
 
 # iPXE's first-stage binaries, as Debian builds them: `make image` ships them and bty-web serves
@@ -189,9 +191,13 @@ $(IPXE_OUT)/undionly.kpxe.sha256: $(IPXE_DEB)
 # The static binaries first (tests/image.rs packs both static bty-webs, x86_64 and arm64, into
 # the image and runs the arm64 one under qemu-user), and the live environment, built twice to
 # show it is reproducible (tests/e2e.rs boots it). The arm64 build adds about 2.5 min cold on
-# 2 cores.
+# 2 cores. The tests' bty and bty-web carry the test hooks (cargo feature test-hooks: BTY_TEST_*
+# variables; without it a test's reboot would be real); the integration tests do not compile
+# without it. Every build that ships (release, static*, live, image) leaves it off.
+TEST_FEATURES := --features test-hooks
+
 test: deps quadlet lint static static-arm64 live-check ipxe
-	$(CARGO) test --all-targets
+	$(CARGO) test --all-targets $(TEST_FEATURES)
 
 build:
 	$(CARGO) build
@@ -252,11 +258,11 @@ live-check: live
 	@echo "live-check: the live environment builds reproducibly"
 
 e2e: live ipxe
-	$(CARGO) test --test e2e -- --nocapture
+	$(CARGO) test $(TEST_FEATURES) --test e2e -- --nocapture
 
 # Power-on to `done` for a 256 MiB image (the figure in bench/RESULTS.md).
 bench-e2e: live ipxe
-	BTY_E2E_IMAGE_MIB=256 $(CARGO) test --test e2e -- --nocapture --test-threads=1
+	BTY_E2E_IMAGE_MIB=256 $(CARGO) test $(TEST_FEATURES) --test e2e -- --nocapture --test-threads=1
 
 bench: bench-flash
 

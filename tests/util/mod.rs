@@ -2,6 +2,16 @@
 //! loop devices and running the real `bty` binary.
 #![allow(dead_code)]
 
+// The tests run the real `bty`, built with this crate's features. Without `test-hooks` it would
+// ignore BTY_TEST_NO_REBOOT and really reboot (or power off) the machine running the tests.
+// Clippy only checks (it builds nothing that runs), so `make lint` can lint without the feature.
+#[cfg(not(any(feature = "test-hooks", clippy)))]
+compile_error!(
+    "bty's integration tests need the cargo feature test-hooks: run them with \
+     `cargo test --features test-hooks` (as `make test` does); without it the bty under test \
+     would really reboot this machine"
+);
+
 use std::fs;
 use std::io::Read;
 use std::io::Write;
