@@ -12,23 +12,23 @@ ARM64_TARGET := aarch64-unknown-linux-musl
 #   losetup/mount; zstd xz-utils bzip2 pigz bmap-tools mbuffer: the reference pipelines of the
 #   benchmark; musl-tools: the static build; wrk: the HTTP load generator of `make bench-web`,
 #   python3-venv: the venv (target/bench-venv) it installs the reference bty-web into;
-#   lshw: `bty inventory` runs it when installed (tests/disks.rs checks that path; the other
+#   lshw: `bty inventory` runs it when installed (tests/it/disks.rs checks that path; the other
 #   path, bty's own summary, is forced there with BTY_NO_LSHW=1). util-linux's lsblk is what
-#   tests/disks.rs compares `bty disks` with.
+#   tests/it/disks.rs compares `bty disks` with.
 #   docker-registry: the real OCI registry (distribution v2) the oras:// tests start on loopback;
-#   curl: the reference pipeline of `make bench-http`; tmux: tests/wizard.rs drives the wizard
+#   curl: the reference pipeline of `make bench-http`; tmux: tests/it/wizard.rs drives the wizard
 #   through it (send-keys, capture-pane); tftp-hpa: a second, independent TFTP client for
-#   tests/tftp.rs; ca-certificates: the CA bundle of `make image`; podman: tests/image.rs loads
-#   that image; chromium, chromium-driver: tests/browser.rs drives the UI in headless Chromium
-#   over WebDriver (chromedriver on a free 127.0.0.1 port); python3-yaml: tests/deploy.rs parses
-#   compose.yaml; systemd: systemd-analyze verifies the host unit.
+#   tests/it/tftp.rs; ca-certificates: the CA bundle of `make image`; podman: tests/it/image.rs
+#   loads that image; chromium, chromium-driver: tests/it/browser.rs drives the UI in headless
+#   Chromium over WebDriver (chromedriver on a free 127.0.0.1 port); python3-yaml:
+#   tests/it/deploy.rs parses compose.yaml; systemd: systemd-analyze verifies the host unit.
 #   The live environment (`make live`) and its end-to-end test (`make e2e`): busybox-static, cpio,
 #   kmod (depmod over the kernel package's modules), file; the kernel itself is fetched with
 #   `apt-get download` into target/live-cache, not installed on this machine.
 #   ipxe-qemu ovmf (and qemu-system-x86, below): the guest that PXE-boots against bty-web (BIOS
 #   and UEFI); dosfstools mtools: the EFI system partition of its test image, without a mount.
 #   gcc-aarch64-linux-gnu: the cross C compiler and linker of the static arm64 bty-web (ring and
-#   the bundled SQLite are C); qemu-user-static: tests/image.rs runs that arm64 binary with
+#   the bundled SQLite are C); qemu-user-static: tests/it/image.rs runs that arm64 binary with
 #   qemu-aarch64-static (bookworm's 7.2: unlike qemu-system-x86 it breaks nothing of the 10.x
 #   qemu-utils, so it needs no backports).
 DEB_PACKAGES := qemu-utils e2fsprogs gdisk fdisk util-linux zstd xz-utils bzip2 pigz \
@@ -124,7 +124,7 @@ deps:
 		test -f $(MUSL_ARM64_INC)/stdio.h; \
 	fi
 
-# Quadlet's generator: tests/deploy.rs runs its dry run over the units `bty-web init` writes.
+# Quadlet's generator: tests/it/deploy.rs runs its dry run over the units `bty-web init` writes.
 # Bookworm's podman 4.3 predates Quadlet (4.4), so the one binary is taken from trixie's podman
 # package with `apt-get download` (apt's state for it kept under target/; nothing installed).
 QUADLET := target/quadlet/quadlet
@@ -143,8 +143,10 @@ $(QUADLET):
 	dpkg-deb --fsys-tarfile target/quadlet/podman_*.deb | tar -xO ./usr/libexec/podman/quadlet >$@.tmp
 	chmod 0755 $@.tmp && mv $@.tmp $@ && rm -f target/quadlet/podman_*.deb
 
+# Linted with the test hooks (what the tests build) and without them (what ships).
 lint:
 	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets --features test-hooks -- -D warnings
 	$(CARGO) clippy --all-targets -- -D warnings
 
 # iPXE's first-stage binaries, as Debian builds them: `make image` ships them and bty-web serves
@@ -186,12 +188,18 @@ $(IPXE_OUT)/undionly.kpxe.sha256: $(IPXE_DEB)
 	cd $(IPXE_OUT) && sha256sum ipxe.efi >ipxe.efi.sha256 && sha256sum undionly.kpxe >undionly.kpxe.sha256
 	@cat $(IPXE_OUT)/*.sha256
 
-# The static binaries first (tests/image.rs packs both static bty-webs, x86_64 and arm64, into
-# the image and runs the arm64 one under qemu-user), and the live environment, built twice to
-# show it is reproducible (tests/e2e.rs boots it). The arm64 build adds about 2.5 min cold on
-# 2 cores.
+# The static binaries first (tests/it/image.rs packs both static bty-webs, x86_64 and arm64,
+# into the image and runs the arm64 one under qemu-user), and the live environment, built twice
+# to show it is reproducible (tests/it/e2e.rs boots it). The arm64 build adds about 2.5 min cold
+# on 2 cores. The integration tests are one binary, `it` (tests/it/main.rs, a module per area:
+# `cargo test --features test-hooks --test it flash::` runs one). The tests' bty and bty-web carry
+# the test hooks (cargo feature test-hooks: BTY_TEST_* variables; without it a test's reboot
+# would be real); the integration tests do not compile without it. Every build that ships
+# (release, static*, live, image) leaves it off.
+TEST_FEATURES := --features test-hooks
+
 test: deps quadlet lint static static-arm64 live-check ipxe
-	$(CARGO) test --all-targets
+	$(CARGO) test --all-targets $(TEST_FEATURES)
 
 build:
 	$(CARGO) build
@@ -251,12 +259,14 @@ live-check: live
 	cd build/live && for f in *; do cmp "$$f" "../../target/live-check/$$f"; done
 	@echo "live-check: the live environment builds reproducibly"
 
+# Only the e2e module of the integration tests (a name filter on the `it` binary).
 e2e: live ipxe
-	$(CARGO) test --test e2e -- --nocapture
+	$(CARGO) test $(TEST_FEATURES) --test it e2e:: -- --nocapture
 
 # Power-on to `done` for a 256 MiB image (the figure in bench/RESULTS.md).
-bench-e2e: live ipxe
-	BTY_E2E_IMAGE_MIB=256 $(CARGO) test --test e2e -- --nocapture --test-threads=1
+bench-# Only the e2e module of the integration tests (a name filter on the `it` binary).
+e2e: live ipxe
+	BTY_E2E_IMAGE_MIB=256 $(CARGO) test $(TEST_FEATURES) --test it e2e:: -- --nocapture --test-threads=1
 
 bench: bench-flash
 

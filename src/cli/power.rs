@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use crate::error::{Context, Result};
+use crate::error::Result;
 use crate::sys::PowerAction;
 
 /// A file only the live image has (live/build.sh writes its release there): with PID 1
@@ -29,6 +29,8 @@ enum Via {
 }
 
 impl Via {
+    /// The way, as the `BTY_TEST_NO_REBOOT` hook writes it.
+    #[cfg(any(test, feature = "test-hooks"))]
     fn describe(&self) -> String {
         match self {
             Via::Syscall => "reboot(2)".into(),
@@ -75,11 +77,6 @@ fn find_program(prog: &str) -> Option<PathBuf> {
 /// Reboots or powers off the machine, the clean way where there is one (see the module
 /// comment). Returns when the init system accepted the request (it then stops bty with
 /// everything else), under the test hook, or with an error saying why nothing happened.
-///
-/// Test hook, set only by bty's own tests: with `BTY_TEST_NO_REBOOT=PATH` the action and the
-/// way chosen ("reboot via systemctl", "poweroff via reboot(2)", "reboot via /usr/sbin/reboot")
-/// are appended to PATH as a line and bty exits 0 instead, so a test can see what would have
-/// happened without losing the machine it runs on.
 pub fn power(action: PowerAction) -> Result<ExitCode> {
     let name = match action {
         PowerAction::Reboot => "reboot",
@@ -87,17 +84,8 @@ pub fn power(action: PowerAction) -> Result<ExitCode> {
     };
     let systemd = Path::new(SYSTEMD_RUNNING).is_dir();
     let via = choose(is_live_environment(), systemd, &find_program, name);
-    if let Some(path) = std::env::var_os("BTY_TEST_NO_REBOOT").filter(|p| !p.is_empty()) {
-        use std::io::Write;
-        let shown = Path::new(&path).display().to_string();
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .with_context(|| format!("opening the BTY_TEST_NO_REBOOT file {shown}"))?;
-        writeln!(f, "{name} via {}", via.describe()).with_context(|| format!("writing {shown}"))?;
-        crate::sys::sync_all();
-        return Ok(ExitCode::SUCCESS);
+    if let Some(done) = instead_of_power(name, &via) {
+        return done;
     }
     let program = match &via {
         Via::Syscall => None,
@@ -124,6 +112,35 @@ pub fn power(action: PowerAction) -> Result<ExitCode> {
     }
     let e = crate::sys::power(action);
     crate::bail!("{name} through reboot(2): {e} (bty needs root, or CAP_SYS_BOOT, to {name})")
+}
+
+/// Test hook (cargo feature `test-hooks`, which no shipped build enables): with
+/// `BTY_TEST_NO_REBOOT=PATH` the action and the way chosen ("reboot via systemctl", "poweroff
+/// via reboot(2)", "reboot via /usr/sbin/reboot") are appended to PATH as a line and bty exits 0
+/// instead, so a test can see what would have happened without losing the machine it runs on.
+/// None: do it for real (always, without the feature).
+#[cfg(feature = "test-hooks")]
+fn instead_of_power(name: &str, via: &Via) -> Option<Result<ExitCode>> {
+    use crate::error::Context;
+    use std::io::Write;
+    let path = std::env::var_os("BTY_TEST_NO_REBOOT").filter(|p| !p.is_empty())?;
+    let shown = Path::new(&path).display().to_string();
+    let write = || -> Result<ExitCode> {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening the BTY_TEST_NO_REBOOT file {shown}"))?;
+        writeln!(f, "{name} via {}", via.describe()).with_context(|| format!("writing {shown}"))?;
+        crate::sys::sync_all();
+        Ok(ExitCode::SUCCESS)
+    };
+    Some(write())
+}
+
+#[cfg(not(feature = "test-hooks"))]
+fn instead_of_power(_name: &str, _via: &Via) -> Option<Result<ExitCode>> {
+    None
 }
 
 #[cfg(test)]

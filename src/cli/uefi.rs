@@ -27,11 +27,14 @@ pub fn requested() -> bool {
         .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
 }
 
-/// Where the firmware's variables are: efivarfs, or `BTY_EFIVARS_DIR` (a test hook).
+/// Where the firmware's variables are: efivarfs, or `BTY_EFIVARS_DIR`, a test hook that only a
+/// build with the cargo feature `test-hooks` reads (no shipped build enables it).
 pub fn efivars_dir() -> PathBuf {
-    std::env::var_os("BTY_EFIVARS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/sys/firmware/efi/efivars"))
+    #[cfg(feature = "test-hooks")]
+    if let Some(dir) = std::env::var_os("BTY_EFIVARS_DIR") {
+        return PathBuf::from(dir);
+    }
+    PathBuf::from("/sys/firmware/efi/efivars")
 }
 
 /// The removable-media loader path the UEFI specification fixes for this architecture: the one

@@ -149,16 +149,21 @@ pub fn list(opts: &ListOptions) -> Result<Vec<Disk>> {
     Ok(out)
 }
 
-/// Test hook, set only by bty's own tests: `BTY_TEST_SERIALS="/dev/loop3=SERIAL-A,..."` lists
-/// those loop devices as disks carrying those serials, so that the server-driven flash (which
-/// finds its target by serial) can be tested on loop devices, which have none. Unset, every disk
-/// reports exactly what udev, sysfs or the device itself say.
+/// Test hook (cargo feature `test-hooks`, which no shipped build enables):
+/// `BTY_TEST_SERIALS="/dev/loop3=SERIAL-A,..."` lists those loop devices as disks carrying those
+/// serials, so that the server-driven flash (which finds its target by serial) can be tested on
+/// loop devices, which have none. Without the feature, or unset, every disk reports exactly what
+/// udev, sysfs or the device itself say.
 fn test_serials() -> Vec<(String, String)> {
-    let Ok(v) = std::env::var("BTY_TEST_SERIALS") else { return Vec::new() };
-    v.split(',')
-        .filter_map(|pair| pair.split_once('='))
-        .map(|(p, s)| (p.trim().to_string(), s.trim().to_string()))
-        .collect()
+    #[cfg(feature = "test-hooks")]
+    if let Ok(v) = std::env::var("BTY_TEST_SERIALS") {
+        return v
+            .split(',')
+            .filter_map(|pair| pair.split_once('='))
+            .map(|(p, s)| (p.trim().to_string(), s.trim().to_string()))
+            .collect();
+    }
+    Vec::new()
 }
 
 fn describe(bd: BlockDevice, path: String, kind: Kind, sys: &Path, in_use: &InUse) -> Disk {

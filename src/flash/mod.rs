@@ -232,17 +232,21 @@ pub fn run(
     })
 }
 
-/// Test hook: with BTY_TEST_VERIFY_PAUSE=DIR, create DIR/paused and wait (at most 30 s) for
-/// DIR/resume, so a test can change the target behind bty's back before it verifies.
+/// Test hook (cargo feature `test-hooks`, which no shipped build enables): with
+/// BTY_TEST_VERIFY_PAUSE=DIR, create DIR/paused and wait (at most 30 s) for DIR/resume, so a
+/// test can change the target behind bty's back before it verifies. Without the feature it does
+/// nothing.
 fn maybe_pause_before_verify() {
-    let Some(dir) = std::env::var_os("BTY_TEST_VERIFY_PAUSE") else { return };
-    let dir = std::path::PathBuf::from(dir);
-    let _ = std::fs::write(dir.join("paused"), b"");
-    for _ in 0..300 {
-        if dir.join("resume").exists() {
-            return;
+    #[cfg(feature = "test-hooks")]
+    if let Some(dir) = std::env::var_os("BTY_TEST_VERIFY_PAUSE") {
+        let dir = std::path::PathBuf::from(dir);
+        let _ = std::fs::write(dir.join("paused"), b"");
+        for _ in 0..300 {
+            if dir.join("resume").exists() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(100));
         }
-        thread::sleep(Duration::from_millis(100));
     }
 }
 

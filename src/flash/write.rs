@@ -409,6 +409,342 @@ pub fn is_all_zero(buf: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::{Path, PathBuf};
+
+    const K: usize = 1 << 10;
+    const G: usize = GRANULE;
+    const M: usize = HEAD as usize;
+
+    /// One stretch of the decoded stream.
+    #[derive(Clone, Copy, Debug)]
+    enum Run {
+        /// Bytes that are never zero, so no sector of them can be taken for a zero run.
+        Data(usize),
+        Zero(usize),
+        /// Zeros but for the last byte.
+        LastByte(usize),
+    }
+    use Run::{Data, LastByte, Zero};
+
+    /// One way through the writer, and what it must leave on a regular file.
+    struct Case {
+        what: &'static str,
+        stream: &'static [Run],
+        /// Bytes per push; every push but the last is whole granules, as the pipeline sends them.
+        block: usize,
+        zero_skip: bool,
+        /// The target file exists beforehand, full of other bytes, as long as the stream
+        /// (a reused image file); otherwise the writer creates it.
+        prefill: bool,
+        /// Byte ranges that hold data afterwards (SEEK_DATA/SEEK_HOLE); the rest are holes.
+        data: &'static [(usize, usize)],
+        /// Counters: bytes written as data (the head included), bytes skipped as zeros.
+        written: usize,
+        zeroed: usize,
+        /// O_DIRECT still on at the end: an image that ends mid-sector turns it off for the tail.
+        direct: bool,
+    }
+
+    const B: usize = crate::flash::BLOCK;
+
+    const CASES: &[Case] = &[
+        Case {
+            what: "shorter than the head, not whole sectors: the head's tail goes buffered",
+            stream: &[Data(1000)],
+            block: B,
+            zero_skip: true,
+            prefill: false,
+            data: &[(0, 1000)],
+            written: 1000,
+            zeroed: 0,
+            direct: false,
+        },
+        Case {
+            what: "shorter than the head, whole sectors: O_DIRECT throughout",
+            stream: &[Data(5 * 512)],
+            block: B,
+            zero_skip: true,
+            prefill: false,
+            data: &[(0, 5 * 512)],
+            written: 5 * 512,
+            zeroed: 0,
+            direct: true,
+        },
+        Case {
+            what: "zeros in the head are written as data: the head is held back and written whole",
+            stream: &[Zero(M), Data(G)],
+            block: B,
+            zero_skip: true,
+            prefill: false,
+            data: &[(0, M + G)],
+            written: M + G,
+            zeroed: 0,
+            direct: true,
+        },
+        Case {
+            what: "one push larger than the head buffer: 1 MiB held back, 2 MiB written at once",
+            stream: &[Data(3 * M)],
+            block: B,
+            zero_skip: true,
+            prefill: true,
+            data: &[(0, 3 * M)],
+            written: 3 * M,
+            zeroed: 0,
+            direct: true,
+        },
+        Case {
+            what: "zero granules become holes over old bytes, data granules are written",
+            stream: &[Data(M), Zero(2 * G), Data(G), Zero(3 * G), Data(G)],
+            block: B,
+            zero_skip: true,
+            prefill: true,
+            data: &[(0, M), (M + 2 * G, M + 3 * G), (M + 6 * G, M + 7 * G)],
+            written: M + 2 * G,
+            zeroed: 5 * G,
+            direct: true,
+        },
+        Case {
+            what: "the same into a new file: zero granules are never written",
+            stream: &[Data(M), Zero(2 * G), Data(G), Zero(3 * G), Data(G)],
+            block: B,
+            zero_skip: true,
+            prefill: false,
+            data: &[(0, M), (M + 2 * G, M + 3 * G), (M + 6 * G, M + 7 * G)],
+            written: M + 2 * G,
+            zeroed: 5 * G,
+            direct: true,
+        },
+        Case {
+            what: "a granule whose only non-zero byte is its last is data",
+            stream: &[Data(M), LastByte(G), Zero(G), Data(G)],
+            block: B,
+            zero_skip: true,
+            prefill: true,
+            data: &[(0, M + G), (M + 2 * G, M + 3 * G)],
+            written: M + 2 * G,
+            zeroed: G,
+            direct: true,
+        },
+        Case {
+            what: "zero runs off granule boundaries: only whole zero granules are skipped",
+            stream: &[Data(M), Zero(G + 512), Data(G - 512), Zero(G), Data(G)],
+            block: B,
+            zero_skip: true,
+            prefill: true,
+            data: &[(0, M), (M + G, M + 2 * G), (M + 3 * G, M + 4 * G)],
+            written: M + 2 * G,
+            zeroed: 2 * G,
+            direct: true,
+        },
+        Case {
+            what: "pushes of 3 granules: the head's end and a zero run cross push boundaries",
+            stream: &[Data(M + G), Zero(M + 2 * G), Data(G + 4 * K)],
+            block: 3 * G,
+            zero_skip: true,
+            prefill: true,
+            data: &[(0, M + G), (2 * M + 3 * G, 2 * M + 4 * G + 4 * K)],
+            written: M + 2 * G + 4 * K,
+            zeroed: M + 2 * G,
+            direct: true,
+        },
+        Case {
+            what: "zero skip off: zeros are written as data, 3 MiB of them in one push",
+            stream: &[Data(M), Zero(3 * M), Data(G)],
+            block: B,
+            zero_skip: false,
+            prefill: true,
+            data: &[(0, 4 * M + G)],
+            written: 4 * M + G,
+            zeroed: 0,
+            direct: true,
+        },
+        Case {
+            what: "ends in a short data granule of whole sectors: O_DIRECT to the end",
+            stream: &[Data(M), Data(G), Data(3 * 512)],
+            block: B,
+            zero_skip: true,
+            prefill: false,
+            data: &[(0, M + G + 3 * 512)],
+            written: M + G + 3 * 512,
+            zeroed: 0,
+            direct: true,
+        },
+        Case {
+            what: "ends mid-sector: whole sectors direct, the last 188 bytes buffered",
+            stream: &[Data(M), Data(G), Data(700)],
+            block: B,
+            zero_skip: true,
+            prefill: true,
+            data: &[(0, M + G + 700)],
+            written: M + G + 700,
+            zeroed: 0,
+            direct: false,
+        },
+        Case {
+            what: "ends in a short zero granule of whole sectors: a hole, the file set to length",
+            stream: &[Data(M), Data(G), Zero(2 * 512)],
+            block: B,
+            zero_skip: true,
+            prefill: false,
+            data: &[(0, M + G)],
+            written: M + G,
+            zeroed: 2 * 512,
+            direct: true,
+        },
+        Case {
+            what: "ends in whole zero blocks over old bytes: punched",
+            stream: &[Data(M), Data(G), Zero(8 * K)],
+            block: B,
+            zero_skip: true,
+            prefill: true,
+            data: &[(0, M + G)],
+            written: M + G,
+            zeroed: 8 * K,
+            direct: true,
+        },
+        Case {
+            what: "ends in zeros that are not whole sectors: written as data, buffered",
+            stream: &[Data(M), Data(G), Zero(100)],
+            block: B,
+            zero_skip: true,
+            prefill: true,
+            data: &[(0, M + G + 100)],
+            written: M + G + 100,
+            zeroed: 0,
+            direct: false,
+        },
+        Case {
+            what: "all zeros: only the head is data, the file still gets its length",
+            stream: &[Zero(M + 4 * G)],
+            block: B,
+            zero_skip: true,
+            prefill: false,
+            data: &[(0, M)],
+            written: M,
+            zeroed: 4 * G,
+            direct: true,
+        },
+    ];
+
+    fn stream_bytes(runs: &[Run], seed: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut x = seed | 1;
+        for run in runs {
+            match *run {
+                Data(n) => out.extend((0..n).map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    (x as u8) | 1
+                })),
+                Zero(n) => out.resize(out.len() + n, 0),
+                LastByte(n) => {
+                    out.resize(out.len() + n - 1, 0);
+                    out.push(0xa5);
+                }
+            }
+        }
+        out
+    }
+
+    /// The data ranges of `file` below `len`, or None where the file system cannot tell.
+    fn data_ranges(file: &File, len: u64) -> Option<Vec<(u64, u64)>> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < len {
+            let start = match sys::seek_data(file, at) {
+                Ok(Some(s)) if s < len => s,
+                Ok(_) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Unsupported => return None,
+                Err(e) => panic!("SEEK_DATA: {e}"),
+            };
+            let end = sys::seek_hole(file, start).expect("SEEK_HOLE").min(len);
+            out.push((start, end));
+            at = end;
+        }
+        Some(out)
+    }
+
+    /// A directory of its own under the temp dir, removed on drop.
+    struct Dir(PathBuf);
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Every case of CASES through the writer as `flash` drives it (push per block,
+    /// finish_body, write_head) onto a real file in the temp dir: the bytes, the length, the
+    /// held-back head, the counters, O_DIRECT and the map of data and holes (offsets assume a
+    /// file system with 4 KiB blocks or smaller; where it cannot report holes, or does not take
+    /// O_DIRECT, those two checks adapt). Not covered here: BLKZEROOUT (block devices only,
+    /// the loop-device tests of tests/it/flash.rs), the fallback to writing zeros when a range
+    /// cannot be zeroed, and blank_headers.
+    #[test]
+    fn alignment_cases_leave_the_stream_on_a_regular_file() {
+        let dir = Dir(std::env::temp_dir().join(format!("bty-write-cases-{}", std::process::id())));
+        std::fs::create_dir_all(&dir.0).unwrap();
+        for (i, case) in CASES.iter().enumerate() {
+            let what = case.what;
+            let want = stream_bytes(case.stream, i as u64 + 1);
+            let len = want.len() as u64;
+            let path = dir.0.join(format!("case-{i}"));
+            let before = if case.prefill {
+                let old: Vec<u8> = stream_bytes(&[Data(want.len())], 0xdead_beef);
+                std::fs::write(&path, &old).unwrap();
+                old
+            } else {
+                vec![0; want.len()]
+            };
+            let target =
+                Target { path: path.clone(), resolved: path.clone(), kind: TargetKind::File };
+            let mut w = Writer::open(&target, case.zero_skip, false).unwrap();
+            let mode = if case.zero_skip { ZeroMode::PunchHole } else { ZeroMode::Write };
+            assert_eq!(w.zero_mode(), mode, "{what}");
+            // O_DIRECT where the temp dir's file system takes it (not tmpfs before Linux 6.6).
+            let direct = w.direct();
+
+            let counters = Counters::default();
+            let mut buf = AlignedBuf::new(case.block);
+            for block in want.chunks(case.block) {
+                buf[..block.len()].copy_from_slice(block);
+                w.push(&buf[..block.len()], &counters).unwrap_or_else(|e| panic!("{what}: {e}"));
+            }
+            assert_eq!(w.finish_body().unwrap(), len, "{what}");
+            // The first MiB is still what the target held: it is written last.
+            let head = len.min(HEAD) as usize;
+            let now = read(&path);
+            assert!(
+                now.get(..head) == Some(&before[..head]),
+                "{what}: before write_head the first {head} bytes must still be the old ones"
+            );
+            w.write_head().unwrap_or_else(|e| panic!("{what}: {e}"));
+
+            let got = read(&path);
+            assert_eq!(got.len(), want.len(), "{what}: file length");
+            if let Some(at) = got.iter().zip(&want).position(|(a, b)| a != b) {
+                panic!("{what}: the file differs from the stream first at byte {at}");
+            }
+            let c = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+            assert_eq!(c(&counters.written), case.written as u64, "{what}: bytes written");
+            assert_eq!(c(&counters.zeroed), case.zeroed as u64, "{what}: bytes zeroed");
+            assert_eq!(w.direct(), direct && case.direct, "{what}: O_DIRECT at the end");
+            assert_eq!(w.zero_mode(), mode, "{what}: no fallback to writing zeros");
+            let want_data: Vec<(u64, u64)> =
+                case.data.iter().map(|&(s, e)| (s as u64, e as u64)).collect();
+            let f = File::open(&path).unwrap();
+            if let Some(data) = data_ranges(&f, len) {
+                assert_eq!(data, want_data, "{what}: data and holes");
+            }
+            drop(w);
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+
+    fn read(path: &Path) -> Vec<u8> {
+        std::fs::read(path).unwrap()
+    }
 
     #[test]
     fn zero_detection() {

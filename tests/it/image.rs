@@ -4,14 +4,13 @@
 //! and port; podman loads the host's architecture from it, whose root answers /healthz; and the
 //! arm64 bty-web inside the image is a static AArch64 ELF that serves under qemu-user.
 
-mod util;
-
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::util;
+use crate::util::TestDir;
 use serde_json::Value;
-use util::TestDir;
 
 const EPOCH: &str = "1700000000";
 const ARCHS: [&str; 2] = ["amd64", "arm64"];

@@ -1,6 +1,6 @@
 //! Shared helpers for the integration tests: temp dirs, deterministic images, compressors,
-//! loop devices and running the real `bty` binary.
-#![allow(dead_code)]
+//! loop devices and running the real `bty` binary. One copy for every module of the test
+//! binary, and its tests run in parallel threads: a static here is shared by all of them.
 
 use std::fs;
 use std::io::Read;
@@ -12,8 +12,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use sha2::{Digest, Sha256};
 
+pub mod html;
 pub mod httpd;
 pub mod registry;
+pub mod webdriver;
 
 /// A fresh directory under the system temp dir, removed on drop.
 pub struct TestDir(pub PathBuf);
@@ -344,9 +346,13 @@ impl Server {
         Server::start_env(name, &[])
     }
 
-    /// Starts with extra environment (settings such as `BTY_SERVER_IDLE_TIMEOUT`).
+    /// Starts with extra environment (settings such as `BTY_SERVER_IDLE_TIMEOUT`). The state
+    /// dir's name has a counter: every module shares this process, and two of them may pick
+    /// the same `name`.
     pub fn start_env(name: &str, env: &[(&str, &str)]) -> Server {
-        let state = std::env::temp_dir().join(format!("bty-api-{}-{name}", std::process::id()));
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let state = std::env::temp_dir().join(format!("bty-api-{}-{name}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&state);
         Server::start_in_env(state, env)
     }

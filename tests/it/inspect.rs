@@ -1,11 +1,9 @@
 //! `bty inspect` on real images: formats, sizes, partition tables, digests, refusals.
 
-mod util;
-
 use std::fs;
 use std::process::Command;
 
-use util::*;
+use crate::util::*;
 
 const MIB: usize = 1 << 20;
 

@@ -16,15 +16,14 @@
 //! `BTY_E2E_ACCEL` picks the accelerator (default tcg: KVM inside these VMs stops with an
 //! emulation failure in the iPXE ROM).
 
-mod util;
-
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use util::Server;
-use util::httpd::Httpd;
+use crate::util;
+use crate::util::Server;
+use crate::util::httpd::Httpd;
 
 const MAC: &str = "52:54:00:b7:e2:01";
 const DISK_SERIAL: &str = "BTYE2E0001";

@@ -3,14 +3,13 @@
 //! devices, listed as disks through the `BTY_TEST_SERIALS` test hook; reboot is the
 //! `BTY_TEST_NO_REBOOT` hook.
 
-mod util;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use util::httpd::{Fault, Httpd};
-use util::{Loop, TestDir};
+use crate::util;
+use crate::util::httpd::{Fault, Httpd};
+use crate::util::{Loop, TestDir};
 
 /// A bty wizard in a detached tmux session of 80x24 (a framebuffer console) on a tmux server of its own.
 struct Tmux {

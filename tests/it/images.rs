@@ -1,15 +1,13 @@
 //! `bty images` on a real image root: compressed images, hostile file names, catalogs (merged,
 //! oversize, malformed).
 
-mod util;
-
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::process::Output;
 
-use util::*;
+use crate::util::*;
 
 const MIB: usize = 1 << 20;
 

@@ -2,15 +2,14 @@
 //! tftp-hpa client when it is installed): whole files byte-exact, blksize and tsize, missing
 //! files, names outside the boot dir, and a lost ACK that the server must recover from.
 
-mod util;
-
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use util::{TestDir, prng_bytes};
+use crate::util;
+use crate::util::{TestDir, prng_bytes};
 
 /// A `bty-web tftp` on 127.0.0.1 with an ephemeral port; killed on drop.
 struct Tftp {

@@ -1,12 +1,11 @@
 //! `bty-web` as a process: binds, answers the open routes, reports its version.
 
-mod util;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 
-use util::{bty_web, spawn_web};
+use crate::util;
+use crate::util::{bty_web, spawn_web};
 
 fn get(addr: &str, path: &str) -> String {
     raw(
@@ -115,7 +114,7 @@ fn bootstrap_script_limits_and_graceful_stop() {
     let (child, addr) = spawn_web(cmd);
 
     // A name that is not the server's is not repeated: the script chains to the address the
-    // request came to (tests/ui.rs covers the names that are kept).
+    // request came to (the ui module covers the names that are kept).
     let script = raw(
         &addr,
         b"GET /pxe-bootstrap.ipxe HTTP/1.1\r\nHost: bty.lab:8080\r\nConnection: close\r\n\r\n",

@@ -1,8 +1,7 @@
 //! bty-web's JSON API through real HTTP on 127.0.0.1: auth, machines, events.
 
-mod util;
-
-use util::Server;
+use crate::util;
+use crate::util::Server;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;

@@ -1,14 +1,12 @@
 //! `bty flash` and `bty inspect` from http:// URLs served by a test server on 127.0.0.1 that
 //! cuts connections, stalls, answers 5xx, ignores Range, redirects and changes files.
 
-mod util;
-
 use std::fs;
 use std::time::Duration;
 
-use util::httpd::{Fault, Httpd};
-use util::registry;
-use util::*;
+use crate::util::httpd::{Fault, Httpd};
+use crate::util::registry;
+use crate::util::*;
 
 const MIB: usize = 1 << 20;
 

@@ -3,15 +3,14 @@
 //! (a test hook real disks never see), and `BTY_TEST_NO_REBOOT` turns a reboot into a line in
 //! a file that says how it would have been done.
 
-mod util;
-
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use util::httpd::Httpd;
-use util::{Loop, Server, TestDir};
+use crate::util;
+use crate::util::httpd::Httpd;
+use crate::util::{Loop, Server, TestDir};
 
 /// Runs `bty --server <server> --mac <mac>` with the test hooks and no terminal.
 fn agent(server: &str, mac: &str, serials: &str, reboot_file: &std::path::Path) -> Output {

@@ -1,17 +1,15 @@
 //! The browser UI over real HTTP, without a browser: every page well-formed with an empty state
 //! and with 500 machines, links that resolve, forms that work without JavaScript (POST → 303 →
 //! flash), validation errors shown next to the field, escaping, CSRF refusal, CSP, ETags.
-//! tests/browser.rs drives the same pages in headless Chromium.
-
-#[path = "util/html.rs"]
-mod html;
-mod util;
+//! The browser module drives the same pages in headless Chromium.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Instant;
 
-use util::Server;
+use crate::util;
+use crate::util::Server;
+use crate::util::html;
 
 /// One request with extra headers; returns (status, lower-cased head, body).
 fn req(

@@ -1,13 +1,12 @@
 //! bty-web's background work through the real binary: backups under load, a backup killed
 //! mid-way, retention, restore, and export / import of the machine inventory.
 
-mod util;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use util::{Server, TestDir};
+use crate::util;
+use crate::util::{Server, TestDir};
 
 fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))

@@ -1,7 +1,5 @@
 //! `bty flash` end to end: the real binary writing real loop devices (root) and files.
 
-mod util;
-
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::FileExt;
@@ -9,7 +7,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use util::*;
+use crate::util;
+use crate::util::*;
 
 const MIB: usize = 1 << 20;
 

@@ -1,15 +1,13 @@
 //! `bty disks` and `bty inventory` on this machine, checked against lsblk and against
 //! bty-web's own validator. Loop devices need root, like the flash tests.
 
-mod util;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 use std::process::Command;
 
+use crate::util::{Loop, TestDir, bty, prng_bytes, stderr};
 use serde_json::Value;
-use util::{Loop, TestDir, bty, prng_bytes, stderr};
 
 const MIB: usize = 1 << 20;
 

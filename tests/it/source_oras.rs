@@ -3,14 +3,12 @@
 //! the OCI push API. Sidecar layers, tampered blobs, image indexes, expired tokens, cross-host
 //! blob redirects, private repositories and plain-http registries.
 
-mod util;
-
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use util::httpd::{Fault, Httpd};
-use util::registry::{CutProxy, OCI_INDEX, Options, Registry, b64};
-use util::*;
+use crate::util::httpd::{Fault, Httpd};
+use crate::util::registry::{CutProxy, OCI_INDEX, Options, Registry, b64};
+use crate::util::*;
 
 const MIB: usize = 1 << 20;
 
@@ -348,7 +346,7 @@ fn library_api_resolves_references_and_fetches_catalog_toml() {
     let toml = b"version = 1\n\n[[images]]\nname = \"disk.img.zst\"\nsrc = \"oras://h/r:t\"\n";
     reg.push_artifact("lab/catalog", "latest", &[("catalog.toml", toml)]);
     let mut c = Command::new(std::env::current_exe().unwrap());
-    c.args(["--exact", "api_child", "--nocapture", "--test-threads", "1"]);
+    c.args(["--exact", "source_oras::api_child", "--nocapture", "--test-threads", "1"]);
     for (k, v) in reg.env() {
         c.env(k, v);
     }

@@ -1,13 +1,12 @@
 //! bty-web's HTTP layer against misbehaving clients, and artifact uploads (`PUT /boot/{name}`),
 //! through real sockets on 127.0.0.1.
 
-mod util;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use util::Server;
+use crate::util;
+use crate::util::Server;
 
 fn connect(s: &Server) -> TcpStream {
     let c = TcpStream::connect(&s.addr).expect("connecting");

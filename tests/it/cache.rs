@@ -2,15 +2,14 @@
 //! origin (our test http server, Debian's docker-registry), flashed with the real `bty` onto
 //! loop devices.
 
-mod util;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use util::Server;
-use util::httpd::{Fault, Httpd};
+use crate::util;
+use crate::util::Server;
+use crate::util::httpd::{Fault, Httpd};
 
 /// (status, lower-cased head, body bytes) of one request with extra header lines; a body cut
 /// short by the server is returned as far as it came.

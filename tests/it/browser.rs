@@ -3,16 +3,12 @@
 //! the form, add and upload catalog entries, script-looking input shown as text, a cross-origin
 //! form refused, log out. Screenshots land in target/ui-screens/.
 
-mod util;
-#[path = "util/webdriver.rs"]
-mod webdriver;
-
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use util::Server;
-use webdriver::Driver;
+use crate::util::Server;
+use crate::util::webdriver::Driver;
 
 const MAC: &str = "02:00:00:00:00:42";
 

@@ -3,13 +3,12 @@
 //! generator), refusing to overwrite, --dry-run, and envvars surviving an upgrade. Nothing here
 //! starts containers or touches /etc: deploy and upgrade run with a PATH without podman/docker.
 
-mod util;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use util::TestDir;
+use crate::util;
+use crate::util::TestDir;
 
 fn bty_web(args: &[&str], dir: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_bty-web"))
