@@ -222,6 +222,7 @@ fn pxe_decide(
         .pxe_contact(
             &mac,
             ip.as_deref(),
+            &app.offers,
             || app.discovery.admit(peer),
             |m, image| {
                 let d = pxe::decide(m, image);

@@ -103,6 +103,7 @@ pub(super) fn serve(settings: &Settings) -> Result<ExitCode> {
         jobs: Default::default(),
         cache,
         discovery: pxe::Discovery::new(settings.pxe_limit("discoveries_per_minute")),
+        offers: Default::default(),
     });
     jobs::Jobs::recover(&app)?;
     backup::remove_leftovers(&state_dir);

@@ -1,8 +1,7 @@
-//! A PXE contact in one short transaction, the bookkeeping marks it and the live environment
-//! set, and the memory that keeps a repeated offer from filling the event log.
+//! A PXE contact in one short transaction, and the bookkeeping marks it and the live
+//! environment set.
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -12,6 +11,7 @@ use super::machines::{MACHINE_BY_MAC, machine_from_row};
 use super::{Capped, CatalogEntry, Db, Machine};
 use crate::error::{Context, Result};
 use crate::units::now_iso8601;
+use crate::web::offers::Offers;
 
 /// A recorded PXE contact.
 #[derive(Debug)]
@@ -40,27 +40,14 @@ pub enum PxeMark {
     FlashDone,
 }
 
-/// A machine offered the same boot again within this long gets no new `pxe.offered` event:
-/// firmware in a retry loop would otherwise fill the event log, and every such event costs a
-/// write transaction on the PXE path.
-const OFFER_REPEAT: Duration = Duration::from_secs(10);
-/// MACs remembered for that; beyond it the stale ones are dropped (and if none is, all: a few
-/// repeats get logged). About 40 bytes each.
-const OFFERS_KEPT: usize = 1 << 16;
-
-/// The key and value of `Db::offers`: a MAC and an offer's reason, hashed (a collision can only
-/// drop a repeat that would have been logged).
-fn offer_key(mac: &str, reason: &str) -> (u64, u64) {
-    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-    let h = BuildHasherDefault::<DefaultHasher>::default();
-    (h.hash_one(mac), h.hash_one(reason))
-}
-
 impl Db {
     /// One PXE contact in one short write transaction: records it (an unknown MAC becomes a
     /// discovered machine), reads the machine and its catalog entry, lets `decide` pick the
     /// offer, applies the bookkeeping mark the offer needs and logs the events. The cost does
     /// not depend on the fleet size: a few statements on one row, all prepared once.
+    ///
+    /// An offer `offers` logged for this MAC a few seconds ago is not logged again; one logged
+    /// now is remembered there.
     ///
     /// An unknown MAC is recorded only below the `max_discovered` cap and when `may_discover`
     /// (the caller's per-address rate) agrees; otherwise nothing is written and the cap is
@@ -69,6 +56,7 @@ impl Db {
         &self,
         mac: &str,
         ip: Option<&str>,
+        offers: &Offers,
         may_discover: impl FnOnce() -> bool,
         decide: impl Fn(&Machine, Option<&CatalogEntry>) -> (T, Option<PxeMark>, Option<String>),
     ) -> Result<Contact<T>> {
@@ -97,9 +85,7 @@ impl Db {
                     && m.last_seen_ip.as_deref() == ip
                 {
                     let (out, mark, offered) = decide(&m, image.as_ref());
-                    if mark.is_none()
-                        && offered.as_deref().is_none_or(|r| self.offered_lately(mac, r))
-                    {
+                    if mark.is_none() && offered.as_deref().is_none_or(|r| offers.lately(mac, r)) {
                         return Ok(Ok(Contacted {
                             machine: m,
                             image,
@@ -167,7 +153,7 @@ impl Db {
             apply_mark(&tx, mac, what, &now)?;
         }
         let logged = match offered {
-            Some(reason) if !self.offered_lately(mac, &reason) => {
+            Some(reason) if !offers.lately(mac, &reason) => {
                 insert_event(&tx, "pxe.offered", Some(mac), &reason, None)?;
                 Some(reason)
             }
@@ -180,24 +166,9 @@ impl Db {
         }
         drop(conn);
         if let Some(reason) = logged {
-            let mut offers = self.offers.lock().unwrap_or_else(|p| p.into_inner());
-            if offers.len() >= OFFERS_KEPT {
-                offers.retain(|_, (_, at)| at.elapsed() < OFFER_REPEAT);
-                if offers.len() >= OFFERS_KEPT {
-                    offers.clear();
-                }
-            }
-            let (m, r) = offer_key(mac, &reason);
-            offers.insert(m, (r, Instant::now()));
+            offers.logged(mac, &reason);
         }
         Ok(Ok(Contacted { machine: m, image, decision: out, wrote: true }))
-    }
-
-    /// Whether this offer to this MAC was logged within `OFFER_REPEAT`.
-    fn offered_lately(&self, mac: &str, reason: &str) -> bool {
-        let (m, r) = offer_key(mac, reason);
-        let offers = self.offers.lock().unwrap_or_else(|p| p.into_inner());
-        offers.get(&m).is_some_and(|(seen, at)| *seen == r && at.elapsed() < OFFER_REPEAT)
     }
 
     /// Updates PXE bookkeeping columns of one machine; false when there is no such machine.
@@ -250,11 +221,15 @@ mod tests {
     fn a_contact_that_changes_nothing_writes_nothing() {
         let d = tmp("repeat");
         let db = Db::open(&d).unwrap();
+        let offers = Offers::default();
         let offer = |reason: &'static str| {
             move |_: &Machine, _: Option<&CatalogEntry>| ((), None, Some(reason.to_string()))
         };
         let mac = "aa:bb:cc:dd:ee:01";
-        let c = db.pxe_contact(mac, Some("10.0.0.1"), || true, offer("exit")).unwrap().unwrap();
+        let c = db
+            .pxe_contact(mac, Some("10.0.0.1"), &offers, || true, offer("exit"))
+            .unwrap()
+            .unwrap();
         assert!(c.wrote, "a discovery is written");
         assert_eq!(c.machine.last_seen_ip.as_deref(), Some("10.0.0.1"));
         let offered = |db: &Db| db.events(Some("pxe.offered"), None, 100, None).unwrap().len();
@@ -262,15 +237,24 @@ mod tests {
         // Within the same second, from the same address, the same offer: read only (the
         // second may tick over between the calls, then it writes last-seen but no event).
         let generation = db.generation();
-        let c = db.pxe_contact(mac, Some("10.0.0.1"), || true, offer("exit")).unwrap().unwrap();
+        let c = db
+            .pxe_contact(mac, Some("10.0.0.1"), &offers, || true, offer("exit"))
+            .unwrap()
+            .unwrap();
         assert!(!c.wrote || db.generation() != generation);
         assert_eq!(offered(&db), 1, "a repeated offer within 10 s is logged once");
         // Another address or another offer is news.
-        let c = db.pxe_contact(mac, Some("10.0.0.2"), || true, offer("exit")).unwrap().unwrap();
+        let c = db
+            .pxe_contact(mac, Some("10.0.0.2"), &offers, || true, offer("exit"))
+            .unwrap()
+            .unwrap();
         assert!(c.wrote);
         assert_eq!(c.machine.last_seen_ip.as_deref(), Some("10.0.0.2"));
         assert_eq!(offered(&db), 1);
-        let c = db.pxe_contact(mac, Some("10.0.0.2"), || true, offer("disk")).unwrap().unwrap();
+        let c = db
+            .pxe_contact(mac, Some("10.0.0.2"), &offers, || true, offer("disk"))
+            .unwrap()
+            .unwrap();
         assert!(c.wrote);
         assert_eq!(offered(&db), 2);
     }
@@ -281,7 +265,14 @@ mod tests {
         let db = Db::open(&d).unwrap();
         db.limit_growth(2, 0);
         let contact = |db: &Db, mac: &str| {
-            db.pxe_contact(mac, Some("10.0.0.1"), || true, |_, _| ((), None, None)).unwrap()
+            db.pxe_contact(
+                mac,
+                Some("10.0.0.1"),
+                &Offers::default(),
+                || true,
+                |_, _| ((), None, None),
+            )
+            .unwrap()
         };
         assert!(contact(&db, "aa:bb:cc:dd:ee:01").is_ok());
         assert!(contact(&db, "aa:bb:cc:dd:ee:02").is_ok());
@@ -294,8 +285,15 @@ mod tests {
         assert!(contact(&db, "aa:bb:cc:dd:ee:03").is_ok());
         assert!(db.delete_machine("aa:bb:cc:dd:ee:03").unwrap());
         assert_eq!(db.unclaimed(), 1);
-        let refused =
-            db.pxe_contact("aa:bb:cc:dd:ee:04", None, || false, |_, _| ((), None, None)).unwrap();
+        let refused = db
+            .pxe_contact(
+                "aa:bb:cc:dd:ee:04",
+                None,
+                &Offers::default(),
+                || false,
+                |_, _| ((), None, None),
+            )
+            .unwrap();
         assert_eq!(refused.unwrap_err(), Capped::Rate);
         drop(db);
         // A database from before the column: discovered rows never saved count as unclaimed.

@@ -8,11 +8,10 @@
 //! A database written by another schema version is set aside as `state.db.<from>.<UTC>.bak`
 //! and a fresh one records a `system.schema.reset` event.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
@@ -124,9 +123,6 @@ pub struct Db {
     /// Bumped after every use of the writer, so views built from reads can be cached until the
     /// next write.
     generation: AtomicU64,
-    /// The last `pxe.offered` event logged per MAC (its reason and when), to log a repeat
-    /// within `OFFER_REPEAT` once.
-    offers: Mutex<HashMap<u64, (u64, Instant)>>,
     /// Machines discovered by PXE and never saved by the operator, kept by every write that
     /// changes it while holding the writer, so the cap costs no COUNT(*) per contact.
     unclaimed: AtomicU64,
@@ -246,7 +242,6 @@ impl Db {
             readers: Mutex::new(readers),
             reader_back: Condvar::new(),
             generation: AtomicU64::new(0),
-            offers: Mutex::default(),
             unclaimed: AtomicU64::new(unclaimed),
             lshw_bytes: AtomicU64::new(lshw_bytes),
             max_unclaimed: AtomicU64::new(u64::MAX),
