@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::web::app::{App, bad, internal};
 use crate::web::auth::Session;
 use crate::web::db::{Capped, CatalogEntry, Contacted, InventoryStored, Machine, PxeMark};
+use crate::web::db::{JobKind, JobState};
 use crate::web::http::{Body, BodyPolicy, Req, Resp};
 use crate::web::sse;
 use crate::web::{boot, catalog, guard, pxe, ui, validate};
@@ -157,11 +158,13 @@ pub fn route(app: &Arc<App>, req: &Req, body: &mut dyn Read) -> Resp {
         ("GET" | "HEAD", ["pxe", mac, "plan"]) => pxe_plan(app, req, mac),
         ("POST", ["pxe", mac, what]) => pxe_post(app, req, mac, what),
         ("POST", ["boot", "releases"]) => match crate::web::release::start(app) {
-            Ok(Some(id)) => Resp::json(202, &serde_json::json!({ "job": id, "state": "queued" })),
+            Ok(Some(id)) => {
+                Resp::json(202, &serde_json::json!({ "job": id, "state": JobState::Queued }))
+            }
             Ok(None) => Resp::error(409, "a netboot release fetch is already running"),
             Err(e) => internal(e),
         },
-        ("GET" | "HEAD", ["boot", "releases"]) => match app.db.jobs(Some("release"), 20) {
+        ("GET" | "HEAD", ["boot", "releases"]) => match app.db.jobs(Some(JobKind::Release), 20) {
             Ok(jobs) => Resp::json(200, &serde_json::json!({ "jobs": jobs })),
             Err(e) => internal(e),
         },
@@ -172,7 +175,9 @@ pub fn route(app: &Arc<App>, req: &Req, body: &mut dyn Read) -> Resp {
         ("POST", ["events", id, "ack"]) => ack_event(app, id),
         ("GET" | "HEAD", ["workers", "backups"]) => backups(app),
         ("POST", ["workers", "backups"]) => match crate::web::backup::start(app) {
-            Ok(Some(id)) => Resp::json(202, &serde_json::json!({ "job": id, "state": "queued" })),
+            Ok(Some(id)) => {
+                Resp::json(202, &serde_json::json!({ "job": id, "state": JobState::Queued }))
+            }
             Ok(None) => Resp::error(409, "a backup is already running"),
             Err(e) => internal(e),
         },
@@ -406,7 +411,7 @@ fn pxe_post(app: &App, req: &Req, mac: &str, what: &str) -> Resp {
 /// Serves a netboot artifact; `?mac=` from the live environment marks that it booted.
 /// `GET /workers/backups`: recent backup jobs and the backup files present.
 fn backups(app: &App) -> Resp {
-    let jobs = match app.db.jobs(Some("backup"), 50) {
+    let jobs = match app.db.jobs(Some(JobKind::Backup), 50) {
         Ok(j) => j,
         Err(e) => return internal(e),
     };

@@ -27,7 +27,7 @@ mod machines;
 pub use catalog::CatalogEntry;
 pub use contact::{Contact, Contacted, PxeMark};
 pub use events::Event;
-pub use jobs::Job;
+pub use jobs::{Job, JobKind, JobState};
 pub use machines::{ImportedMachine, InventoryStored, Machine, MachineUpsert};
 
 /// The schema this build writes. Bump it with every incompatible schema change.
