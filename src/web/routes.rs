@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::web::app::{App, bad, internal};
 use crate::web::auth::Session;
 use crate::web::db::{Capped, CatalogEntry, Contacted, InventoryStored, Machine, PxeMark};
-use crate::web::db::{JobKind, JobState};
+use crate::web::db::{Decided, JobKind, JobState};
 use crate::web::http::{Body, BodyPolicy, Req, Resp};
 use crate::web::sse;
 use crate::web::{boot, catalog, guard, pxe, ui, validate};
@@ -236,7 +236,7 @@ fn pxe_decide(
                     _ => None,
                 };
                 let reason = offer.then(|| d.reason().to_string());
-                (d, mark, reason)
+                Decided { decision: d, mark, offered: reason }
             },
         )
         .map_err(internal)?;

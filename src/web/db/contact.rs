@@ -26,6 +26,17 @@ pub struct Contacted<T> {
     pub wrote: bool,
 }
 
+/// What the caller's `decide` makes of a contact.
+#[derive(Debug)]
+pub struct Decided<T> {
+    /// The caller's own decision, handed back as `Contacted::decision`.
+    pub decision: T,
+    /// The bookkeeping mark the offer needs, applied in the contact's transaction.
+    pub mark: Option<PxeMark>,
+    /// The offer's reason, logged as a `pxe.offered` event unless `offers` logged it lately.
+    pub offered: Option<String>,
+}
+
 /// A PXE contact's outcome, or for an unknown MAC the cap that kept it from being recorded.
 pub type Contact<T> = std::result::Result<Contacted<T>, Capped>;
 
@@ -58,7 +69,7 @@ impl Db {
         ip: Option<&str>,
         offers: &Offers,
         may_discover: impl FnOnce() -> bool,
-        decide: impl Fn(&Machine, Option<&CatalogEntry>) -> (T, Option<PxeMark>, Option<String>),
+        decide: impl Fn(&Machine, Option<&CatalogEntry>) -> Decided<T>,
     ) -> Result<Contact<T>> {
         let now = now_iso8601();
         // A contact that would write nothing new (a known machine seen in this same second
@@ -84,7 +95,7 @@ impl Db {
                 if m.last_seen_at.as_deref() == Some(now.as_str())
                     && m.last_seen_ip.as_deref() == ip
                 {
-                    let (out, mark, offered) = decide(&m, image.as_ref());
+                    let Decided { decision: out, mark, offered } = decide(&m, image.as_ref());
                     if mark.is_none() && offered.as_deref().is_none_or(|r| offers.lately(mac, r)) {
                         return Ok(Ok(Contacted {
                             machine: m,
@@ -148,7 +159,7 @@ impl Db {
                 .with_context(|| format!("reading catalog entry {r}"))?,
             None => None,
         };
-        let (out, mark, offered) = decide(&m, image.as_ref());
+        let Decided { decision: out, mark, offered } = decide(&m, image.as_ref());
         if let Some(what) = mark {
             apply_mark(&tx, mac, what, &now)?;
         }
@@ -223,7 +234,11 @@ mod tests {
         let db = Db::open(&d).unwrap();
         let offers = Offers::default();
         let offer = |reason: &'static str| {
-            move |_: &Machine, _: Option<&CatalogEntry>| ((), None, Some(reason.to_string()))
+            move |_: &Machine, _: Option<&CatalogEntry>| Decided {
+                decision: (),
+                mark: None,
+                offered: Some(reason.to_string()),
+            }
         };
         let mac = "aa:bb:cc:dd:ee:01";
         let c = db
@@ -270,7 +285,7 @@ mod tests {
                 Some("10.0.0.1"),
                 &Offers::default(),
                 || true,
-                |_, _| ((), None, None),
+                |_, _| Decided { decision: (), mark: None, offered: None },
             )
             .unwrap()
         };
@@ -291,7 +306,7 @@ mod tests {
                 None,
                 &Offers::default(),
                 || false,
-                |_, _| ((), None, None),
+                |_, _| Decided { decision: (), mark: None, offered: None },
             )
             .unwrap();
         assert_eq!(refused.unwrap_err(), Capped::Rate);

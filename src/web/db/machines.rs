@@ -67,6 +67,15 @@ pub struct MachineUpsert {
     pub target_disk_serial: Option<String>,
 }
 
+/// What `put_machine` reads of a stored machine: whether saving it re-arms it (a new image,
+/// mode or target serial), and whether saving claims it.
+struct Stored {
+    image: Option<String>,
+    mode: String,
+    serial: Option<String>,
+    unclaimed: bool,
+}
+
 // The column list is a macro so that every query text is `concat!`ed at compile time: the
 // PXE path would otherwise format the same SQL for each request before the statement cache
 // looks it up.
@@ -154,14 +163,21 @@ impl Db {
             let tx = conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .context("starting a transaction")?;
-            let old: Option<(Option<String>, String, Option<String>, bool)> = tx
+            let old: Option<Stored> = tx
                 .prepare_cached(
                     "SELECT bty_image_ref, boot_mode, target_disk_serial, unclaimed FROM machines \
                      WHERE mac = ?1",
                 )?
-                .query_row([mac], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                .query_row([mac], |r| {
+                    Ok(Stored {
+                        image: r.get(0)?,
+                        mode: r.get(1)?,
+                        serial: r.get(2)?,
+                        unclaimed: r.get(3)?,
+                    })
+                })
                 .optional()?;
-            let claimed = old.as_ref().is_some_and(|o| o.3);
+            let claimed = old.as_ref().is_some_and(|o| o.unclaimed);
             match old {
                 None => {
                     tx.prepare_cached(
@@ -177,10 +193,10 @@ impl Db {
                         now
                     ])?;
                 }
-                Some((image, mode, serial, _)) => {
-                    let rearm = image != m.bty_image_ref
-                        || mode != m.boot_mode
-                        || serial != m.target_disk_serial;
+                Some(old) => {
+                    let rearm = old.image != m.bty_image_ref
+                        || old.mode != m.boot_mode
+                        || old.serial != m.target_disk_serial;
                     tx.prepare_cached(
                         "UPDATE machines SET bty_image_ref = ?2, boot_mode = ?3, sanboot_drive = ?4, \
                          target_disk_serial = ?5, updated_at = ?6, unclaimed = 0, \

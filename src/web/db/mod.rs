@@ -25,7 +25,7 @@ mod jobs;
 mod machines;
 
 pub use catalog::CatalogEntry;
-pub use contact::{Contact, Contacted, PxeMark};
+pub use contact::{Contact, Contacted, Decided, PxeMark};
 pub use events::Event;
 pub use jobs::{Job, JobKind, JobState};
 pub use machines::{ImportedMachine, InventoryStored, Machine, MachineUpsert};
