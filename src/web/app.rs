@@ -31,6 +31,8 @@ pub struct App {
     pub cache: Option<Arc<crate::web::cache::Cache>>,
     /// The per-address discovery rate and the capped-event throttle.
     pub discovery: pxe::Discovery,
+    /// The `pxe.offered` events logged lately, so a retrying firmware's repeats are not.
+    pub offers: crate::web::offers::Offers,
 }
 
 impl App {

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Context, Result};
 use crate::web::app::App;
+use crate::web::db::JobKind;
 use crate::web::jobs::{self, Ctx, Jobs};
 
 /// File names of backups: `bty-backup-<UTC>.tar.zst`, which sort by age.
@@ -32,7 +33,7 @@ pub struct BackupFile {
 
 /// Starts a backup job; None when one is running already.
 pub fn start(app: &Arc<App>) -> Result<Option<i64>> {
-    Jobs::start(app, "backup", create)
+    Jobs::start(app, JobKind::Backup, create)
 }
 
 /// The backups directory of a state dir.

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{Context, Result};
 use crate::web::app::App;
+use crate::web::db::{JobKind, JobState};
 use crate::web::sse;
 
 /// The running jobs' cancel flags.
@@ -59,7 +60,7 @@ impl Jobs {
     /// already queued or running. `work` returns a summary for the done event.
     pub fn start(
         app: &Arc<App>,
-        kind: &'static str,
+        kind: JobKind,
         work: impl FnOnce(&Ctx) -> Result<String> + Send + 'static,
     ) -> Result<Option<i64>> {
         let Some(id) = app.db.job_create(kind)? else { return Ok(None) };
@@ -68,19 +69,21 @@ impl Jobs {
         let ctx = Ctx { id, app: Arc::clone(app), cancel };
         let spawned = std::thread::Builder::new().name(format!("job-{kind}")).spawn(move || {
             let app = Arc::clone(&ctx.app);
-            change(&app, id, kind, "running", None, None);
+            change(&app, id, kind, JobState::Running, None, None);
             let outcome = work(&ctx);
             app.jobs.lock().remove(&id);
             match outcome {
-                Ok(summary) => change(&app, id, kind, "done", None, Some(summary)),
-                Err(_) if ctx.cancelled() => change(&app, id, kind, "cancelled", None, None),
-                Err(e) => change(&app, id, kind, "failed", Some(e.to_string()), None),
+                Ok(summary) => change(&app, id, kind, JobState::Done, None, Some(summary)),
+                Err(_) if ctx.cancelled() => {
+                    change(&app, id, kind, JobState::Cancelled, None, None)
+                }
+                Err(e) => change(&app, id, kind, JobState::Failed, Some(e.to_string()), None),
             }
         });
         if let Err(e) = spawned {
             app.jobs.lock().remove(&id);
             let msg = format!("starting a thread for {kind} job {id}: {e}");
-            change(app, id, kind, "failed", Some(msg.clone()), None);
+            change(app, id, kind, JobState::Failed, Some(msg.clone()), None);
             return Err(crate::error::Error::msg(msg));
         }
         Ok(Some(id))
@@ -111,8 +114,8 @@ impl Jobs {
 fn change(
     app: &App,
     id: i64,
-    kind: &str,
-    state: &str,
+    kind: JobKind,
+    state: JobState,
     error: Option<String>,
     summary: Option<String>,
 ) {
@@ -124,7 +127,7 @@ fn change(
         (None, Some(s)) => format!("{kind} job {id} {state}: {s}"),
         (None, None) => format!("{kind} job {id} {state}"),
     };
-    if state == "failed" {
+    if state == JobState::Failed {
         crate::error!("{message}");
     } else {
         crate::info!("{message}");

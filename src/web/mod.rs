@@ -18,6 +18,7 @@ pub mod guard;
 pub mod http;
 pub mod jobs;
 pub mod metrics;
+pub mod offers;
 pub mod pxe;
 pub mod release;
 pub mod routes;

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Context, Result};
 use crate::web::app::App;
+use crate::web::db::JobKind;
 use crate::web::jobs::{self, Ctx, Jobs};
 
 /// Largest manifest accepted.
@@ -21,7 +22,7 @@ const MANIFEST_MAX: u64 = 1 << 20;
 
 /// Starts a fetch job; None when one is running already.
 pub fn start(app: &Arc<App>) -> Result<Option<i64>> {
-    Jobs::start(app, "release", fetch)
+    Jobs::start(app, JobKind::Release, fetch)
 }
 
 /// The artifact names and the manifest's: `<base>.vmlinuz`, `<base>.initrd`, `<base>.sha256`.

@@ -119,6 +119,7 @@ fn app(settings: &Settings, db: db::Db) -> Result<app::App> {
         jobs: Default::default(),
         cache,
         discovery: pxe::Discovery::new(settings.pxe_limit("discoveries_per_minute")),
+        offers: Default::default(),
     })
 }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::web::app::{App, bad, internal};
 use crate::web::auth::Session;
+use crate::web::db::{JobKind, JobState};
 use crate::web::http::{Body, Req, Resp};
 use crate::web::{catalog, guard, sse, validate};
 
@@ -110,7 +111,9 @@ pub(super) fn delete_catalog_entry(app: &App, req: &Req) -> Resp {
 /// `POST /boot/releases`: start fetching the netboot artifacts of the upstream release.
 pub(super) fn fetch_release(app: &Arc<App>) -> Resp {
     match crate::web::release::start(app) {
-        Ok(Some(id)) => Resp::json(202, &serde_json::json!({ "job": id, "state": "queued" })),
+        Ok(Some(id)) => {
+            Resp::json(202, &serde_json::json!({ "job": id, "state": JobState::Queued }))
+        }
         Ok(None) => Resp::error(409, "a netboot release fetch is already running"),
         Err(e) => internal(e),
     }
@@ -118,7 +121,7 @@ pub(super) fn fetch_release(app: &Arc<App>) -> Resp {
 
 /// `GET /boot/releases`: the recent release fetch jobs.
 pub(super) fn releases(app: &App) -> Resp {
-    match app.db.jobs(Some("release"), 20) {
+    match app.db.jobs(Some(JobKind::Release), 20) {
         Ok(jobs) => Resp::json(200, &serde_json::json!({ "jobs": jobs })),
         Err(e) => internal(e),
     }
@@ -127,7 +130,9 @@ pub(super) fn releases(app: &App) -> Resp {
 /// `POST /workers/backups`: start a backup now.
 pub(super) fn start_backup(app: &Arc<App>) -> Resp {
     match crate::web::backup::start(app) {
-        Ok(Some(id)) => Resp::json(202, &serde_json::json!({ "job": id, "state": "queued" })),
+        Ok(Some(id)) => {
+            Resp::json(202, &serde_json::json!({ "job": id, "state": JobState::Queued }))
+        }
         Ok(None) => Resp::error(409, "a backup is already running"),
         Err(e) => internal(e),
     }
@@ -144,7 +149,7 @@ pub(super) fn cancel_backup(app: &App, id: &str) -> Resp {
 
 /// `GET /workers/backups`: recent backup jobs and the backup files present.
 pub(super) fn backups(app: &App) -> Resp {
-    let jobs = match app.db.jobs(Some("backup"), 50) {
+    let jobs = match app.db.jobs(Some(JobKind::Backup), 50) {
         Ok(j) => j,
         Err(e) => return internal(e),
     };

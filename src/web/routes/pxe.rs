@@ -3,7 +3,7 @@
 //! Open to any Host and without a session (see `guard::Access::Pxe`).
 
 use crate::web::app::{App, bad, internal};
-use crate::web::db::{Capped, CatalogEntry, Contacted, InventoryStored, Machine, PxeMark};
+use crate::web::db::{Capped, CatalogEntry, Contacted, Decided, InventoryStored, Machine, PxeMark};
 use crate::web::http::{Req, Resp};
 use crate::web::{catalog, guard, pxe, validate};
 
@@ -25,6 +25,7 @@ fn decide(
         .pxe_contact(
             &mac,
             ip.as_deref(),
+            &app.offers,
             || app.discovery.admit(peer),
             |m, image| {
                 let d = pxe::decide(m, image);
@@ -33,7 +34,7 @@ fn decide(
                     _ => None,
                 };
                 let reason = offer.then(|| d.reason().to_string());
-                (d, mark, reason)
+                Decided { decision: d, mark, offered: reason }
             },
         )
         .map_err(internal)?;

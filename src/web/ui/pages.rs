@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use crate::web::app::internal;
-use crate::web::db::Event;
+use crate::web::db::{Event, JobKind};
 use crate::web::http::Resp;
 use crate::web::ui::template::{Escape, Html, Val, render};
 use crate::web::ui::{Ctx, FormState, machines, page, short};
@@ -399,7 +399,7 @@ fn netboot(ctx: &Ctx<'_>) -> PageResult {
             ("max_upload", Val::Text(&crate::units::bytes(s.max_upload()))),
             ("base", Val::Text(&base_url(ctx))),
             ("release_from", Val::Text(&crate::web::release::origin(ctx.app, &repo, &tag))),
-            ("jobs", Val::Html(&job_table(&ctx.app.db.jobs(Some("release"), 5)?))),
+            ("jobs", Val::Html(&job_table(&ctx.app.db.jobs(Some(JobKind::Release), 5)?))),
             ("tftp", Val::Text(&tftp_status(&ctx.app.settings))),
         ],
     );
@@ -448,7 +448,7 @@ fn backups(ctx: &Ctx<'_>) -> PageResult {
             ("enabled", Val::Html(&checked)),
             ("interval", Val::Text(&interval)),
             ("keep", Val::Text(&keep)),
-            ("jobs", Val::Html(&job_table(&ctx.app.db.jobs(Some("backup"), 10)?))),
+            ("jobs", Val::Html(&job_table(&ctx.app.db.jobs(Some(JobKind::Backup), 10)?))),
             ("events", Val::Html(&event_table(ctx, &list, true))),
         ],
     );
@@ -477,7 +477,7 @@ fn job_table(jobs: &[crate::web::db::Job]) -> Html {
         h.push(format_args!(
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
             j.id,
-            Escape(&j.state),
+            Escape(j.state.as_str()),
             Escape(&progress),
             Escape(j.started_at.as_deref().unwrap_or("-")),
             Escape(j.finished_at.as_deref().unwrap_or("-")),

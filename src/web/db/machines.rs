@@ -1,0 +1,427 @@
+//! Machines: what the operator sets, what an import brings, the posted inventory, and the
+//! queries of the machine table.
+
+use std::sync::atomic::Ordering;
+
+use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
+
+use super::events::insert_event;
+use super::{Db, growth, sub};
+use crate::error::{Context, Result};
+use crate::units::now_iso8601;
+
+/// What became of a posted inventory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InventoryStored {
+    NoMachine,
+    /// The disks, and the lshw blob if one was given.
+    All,
+    /// The disks; the blob was dropped by the total lshw cap, the previous one is kept.
+    WithoutLshw,
+}
+
+/// A machine read from an export.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImportedMachine {
+    pub mac: String,
+    pub known_disks: Option<serde_json::Value>,
+    pub known_disks_at: Option<String>,
+    pub lshw: Option<serde_json::Value>,
+}
+
+/// A machine as the API returns it (the spec's `Machine` wire type).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Machine {
+    pub mac: String,
+    pub bty_image_ref: Option<String>,
+    pub labels: Vec<String>,
+    pub discovered_at: Option<String>,
+    pub last_seen_at: Option<String>,
+    pub last_seen_ip: Option<String>,
+    pub boot_mode: String,
+    pub sanboot_drive: Option<String>,
+    pub last_flashed_at: Option<String>,
+    pub known_disks: Option<serde_json::Value>,
+    pub known_disks_at: Option<String>,
+    pub target_disk_serial: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    /// The live environment booted since the machine was last armed (not part of the wire type).
+    #[serde(skip)]
+    pub saw_flasher_boot: bool,
+    /// The next PXE contact boots the disk once (after an inventory or a flash-always flash).
+    #[serde(skip)]
+    pub boot_disk_next: bool,
+    /// The last status the live environment reported ("done" or "failed: reason").
+    pub last_status: Option<String>,
+}
+
+/// What an operator sets on a machine (`MachineUpsert`, validated by the caller).
+#[derive(Clone, Debug, Default)]
+pub struct MachineUpsert {
+    pub bty_image_ref: Option<String>,
+    pub labels: Vec<String>,
+    pub boot_mode: String,
+    pub sanboot_drive: Option<String>,
+    pub target_disk_serial: Option<String>,
+}
+
+/// What `put_machine` reads of a stored machine: whether saving it re-arms it (a new image,
+/// mode or target serial), and whether saving claims it.
+struct Stored {
+    image: Option<String>,
+    mode: String,
+    serial: Option<String>,
+    unclaimed: bool,
+}
+
+// The column list is a macro so that every query text is `concat!`ed at compile time: the
+// PXE path would otherwise format the same SQL for each request before the statement cache
+// looks it up.
+macro_rules! machine_columns {
+    () => {
+        "m.mac, m.bty_image_ref, m.discovered_at, m.last_seen_at, \
+    m.last_seen_ip, m.boot_mode, m.sanboot_drive, m.last_flashed_at, m.known_disks, \
+    m.known_disks_at, m.target_disk_serial, m.created_at, m.updated_at, m.saw_flasher_boot, \
+    m.boot_disk_next, m.last_status, (SELECT group_concat(label, char(10)) FROM \
+        (SELECT label FROM machine_labels l WHERE l.mac = m.mac ORDER BY label))"
+    };
+}
+
+pub(super) const MACHINE_BY_MAC: &str =
+    concat!("SELECT ", machine_columns!(), " FROM machines m WHERE m.mac = ?1");
+const MACHINES_ALL: &str =
+    concat!("SELECT ", machine_columns!(), " FROM machines m ORDER BY m.mac");
+
+pub(super) fn machine_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Machine> {
+    let labels: Option<String> = r.get(16)?;
+    let disks: Option<String> = r.get(8)?;
+    Ok(Machine {
+        mac: r.get(0)?,
+        bty_image_ref: r.get(1)?,
+        discovered_at: r.get(2)?,
+        last_seen_at: r.get(3)?,
+        last_seen_ip: r.get(4)?,
+        boot_mode: r.get(5)?,
+        sanboot_drive: r.get(6)?,
+        last_flashed_at: r.get(7)?,
+        known_disks: disks.and_then(|d| serde_json::from_str(&d).ok()),
+        known_disks_at: r.get(9)?,
+        target_disk_serial: r.get(10)?,
+        created_at: r.get(11)?,
+        updated_at: r.get(12)?,
+        saw_flasher_boot: r.get::<_, i64>(13)? != 0,
+        boot_disk_next: r.get::<_, i64>(14)? != 0,
+        last_status: r.get(15)?,
+        labels: labels.map(|l| l.split('\n').map(str::to_string).collect()).unwrap_or_default(),
+    })
+}
+
+impl Db {
+    /// The stored lshw blob of a machine: Ok(None) for no machine, Ok(Some(None)) for no blob.
+    pub fn lshw(&self, mac: &str) -> Result<Option<Option<String>>> {
+        self.read(|c| {
+            c.prepare_cached("SELECT lshw FROM machines WHERE mac = ?1")?
+                .query_row([mac], |r| r.get(0))
+                .optional()
+        })
+    }
+
+    /// Machine counts by boot mode (one grouped query, for /metrics).
+    pub fn machines_by_mode(&self) -> Result<Vec<(String, u64)>> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT boot_mode, count(*) FROM machines GROUP BY boot_mode ORDER BY boot_mode",
+            )?;
+            st.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?.collect()
+        })
+    }
+
+    /// One machine by normalised MAC.
+    pub fn machine(&self, mac: &str) -> Result<Option<Machine>> {
+        self.read(|c| {
+            c.prepare_cached(MACHINE_BY_MAC)?.query_row([mac], machine_from_row).optional()
+        })
+    }
+
+    /// Every machine, ordered by MAC, labels included, in one query.
+    pub fn machines(&self) -> Result<Vec<Machine>> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(MACHINES_ALL)?;
+            st.query_map([], machine_from_row)?.collect()
+        })
+    }
+
+    /// Creates or replaces a machine's operator settings. Changing boot mode, image or target
+    /// serial re-arms it (clears the live-environment mark, last flash and inventory time);
+    /// labels and sanboot drive do not. Returns the stored machine.
+    pub fn put_machine(&self, mac: &str, m: &MachineUpsert) -> Result<Machine> {
+        let now = now_iso8601();
+        {
+            let mut conn = self.write();
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .context("starting a transaction")?;
+            let old: Option<Stored> = tx
+                .prepare_cached(
+                    "SELECT bty_image_ref, boot_mode, target_disk_serial, unclaimed FROM machines \
+                     WHERE mac = ?1",
+                )?
+                .query_row([mac], |r| {
+                    Ok(Stored {
+                        image: r.get(0)?,
+                        mode: r.get(1)?,
+                        serial: r.get(2)?,
+                        unclaimed: r.get(3)?,
+                    })
+                })
+                .optional()?;
+            let claimed = old.as_ref().is_some_and(|o| o.unclaimed);
+            match old {
+                None => {
+                    tx.prepare_cached(
+                        "INSERT INTO machines (mac, bty_image_ref, boot_mode, sanboot_drive, \
+                         target_disk_serial, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+                    )?
+                    .execute(params![
+                        mac,
+                        m.bty_image_ref,
+                        m.boot_mode,
+                        m.sanboot_drive,
+                        m.target_disk_serial,
+                        now
+                    ])?;
+                }
+                Some(old) => {
+                    let rearm = old.image != m.bty_image_ref
+                        || old.mode != m.boot_mode
+                        || old.serial != m.target_disk_serial;
+                    tx.prepare_cached(
+                        "UPDATE machines SET bty_image_ref = ?2, boot_mode = ?3, sanboot_drive = ?4, \
+                         target_disk_serial = ?5, updated_at = ?6, unclaimed = 0, \
+                         saw_flasher_boot = CASE WHEN ?7 THEN 0 ELSE saw_flasher_boot END, \
+                         boot_disk_next = CASE WHEN ?7 THEN 0 ELSE boot_disk_next END, \
+                         last_flashed_at = CASE WHEN ?7 THEN NULL ELSE last_flashed_at END, \
+                         known_disks_at = CASE WHEN ?7 THEN NULL ELSE known_disks_at END \
+                         WHERE mac = ?1",
+                    )?
+                    .execute(params![
+                        mac,
+                        m.bty_image_ref,
+                        m.boot_mode,
+                        m.sanboot_drive,
+                        m.target_disk_serial,
+                        now,
+                        rearm
+                    ])?;
+                }
+            }
+            tx.prepare_cached("DELETE FROM machine_labels WHERE mac = ?1")?.execute([mac])?;
+            {
+                let mut ins = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO machine_labels (mac, label) VALUES (?1, ?2)",
+                )?;
+                for l in &m.labels {
+                    ins.execute(params![mac, l])?;
+                }
+            }
+            tx.commit().with_context(|| format!("saving machine {mac}"))?;
+            if claimed {
+                sub(&self.unclaimed, 1);
+            }
+        }
+        self.machine(mac)?.with_context(|| format!("reading back machine {mac}"))
+    }
+
+    /// Deletes a machine; false when there was none.
+    pub fn delete_machine(&self, mac: &str) -> Result<bool> {
+        let w = self.write();
+        let gone: Option<(bool, u64)> = w
+            .prepare_cached(
+                "DELETE FROM machines WHERE mac = ?1 \
+                 RETURNING unclaimed, coalesce(octet_length(lshw), 0)",
+            )?
+            .query_row([mac], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .with_context(|| format!("deleting machine {mac}"))?;
+        if let Some((unclaimed, lshw)) = gone {
+            sub(&self.unclaimed, u64::from(unclaimed));
+            sub(&self.lshw_bytes, lshw);
+        }
+        Ok(gone.is_some())
+    }
+
+    /// Deletes the unclaimed discovered machines not seen for `ttl_days` days, with one event
+    /// naming how many; returns that count.
+    pub fn expire_discovered(&self, ttl_days: u64) -> Result<u64> {
+        let cutoff =
+            crate::units::iso8601(crate::units::now_secs().saturating_sub(ttl_days * 86_400));
+        let mut conn = self.write();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .context("starting a transaction")?;
+        let gone: Vec<u64> = tx
+            .prepare_cached(
+                "DELETE FROM machines WHERE unclaimed = 1 AND last_seen_at < ?1 \
+                 RETURNING coalesce(octet_length(lshw), 0)",
+            )?
+            .query_map([&cutoff], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()
+            .context("deleting stale discovered machines")?;
+        let n = gone.len() as u64;
+        if n > 0 {
+            insert_event(
+                &tx,
+                "pxe.discovery.expired",
+                None,
+                &format!(
+                    "deleted {n} discovered machine(s) never claimed and not seen for {ttl_days} day(s) ([pxe] discovered_ttl_days)"
+                ),
+                Some(
+                    serde_json::json!({ "count": n, "ttl_days": ttl_days, "not_seen_since": cutoff }),
+                ),
+            )?;
+        }
+        tx.commit().context("committing the expiry of discovered machines")?;
+        sub(&self.unclaimed, n);
+        sub(&self.lshw_bytes, gone.iter().sum());
+        Ok(n)
+    }
+
+    /// Stores a posted inventory (and lshw unless None: an absent or dropped blob keeps the
+    /// previous one). In bty-inventory mode the next contact boots the disk.
+    ///
+    /// A blob that would take the stored total over `max_lshw_total_mib` is dropped and the
+    /// disks are stored all the same: they are what the operator claims a machine by (the
+    /// target disk), while lshw is background detail; refusing the whole post would lose both.
+    /// A blob no bigger than the one it replaces always fits.
+    pub fn set_inventory(
+        &self,
+        mac: &str,
+        disks: &serde_json::Value,
+        lshw: Option<&serde_json::Value>,
+    ) -> Result<InventoryStored> {
+        let mut conn = self.write();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .context("starting a transaction")?;
+        let Some(old) = tx
+            .prepare_cached("SELECT coalesce(octet_length(lshw), 0) FROM machines WHERE mac = ?1")?
+            .query_row([mac], |r| r.get::<_, u64>(0))
+            .optional()
+            .with_context(|| format!("reading the lshw size of {mac}"))?
+        else {
+            return Ok(InventoryStored::NoMachine);
+        };
+        let total = self.lshw_bytes.load(Ordering::Relaxed);
+        let blob = lshw.map(|l| l.to_string());
+        let fits = |b: &String| {
+            let new = b.len() as u64;
+            new <= old
+                || total.saturating_sub(old).saturating_add(new)
+                    <= self.max_lshw_bytes.load(Ordering::Relaxed)
+        };
+        let (blob, stored) = match blob {
+            Some(b) if !fits(&b) => (None, InventoryStored::WithoutLshw),
+            b => (b, InventoryStored::All),
+        };
+        tx.prepare_cached(
+            "UPDATE machines SET known_disks = ?2, known_disks_at = ?3, lshw = COALESCE(?4, lshw), \
+             boot_disk_next = CASE WHEN boot_mode = 'bty-inventory' THEN 1 ELSE boot_disk_next END \
+             WHERE mac = ?1",
+        )?
+        .execute(params![mac, disks.to_string(), now_iso8601(), blob])
+        .with_context(|| format!("storing the inventory of {mac}"))?;
+        tx.commit().with_context(|| format!("committing the inventory of {mac}"))?;
+        if let Some(b) = &blob {
+            self.lshw_bytes
+                .store(total.saturating_sub(old).saturating_add(b.len() as u64), Ordering::Relaxed);
+        }
+        Ok(stored)
+    }
+
+    /// Inserts or replaces imported machines, all or none: each as `bty-inventory` with no
+    /// image, target disk or labels, and claimed (the operator brought it in).
+    pub fn import_machines(&self, machines: &[ImportedMachine]) -> Result<()> {
+        let now = now_iso8601();
+        let mut conn = self.write();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .context("starting a transaction")?;
+        for m in machines {
+            tx.prepare_cached("DELETE FROM machine_labels WHERE mac = ?1")?
+                .execute([&m.mac])
+                .with_context(|| format!("importing {}", m.mac))?;
+            tx.prepare_cached(
+                "INSERT INTO machines (mac, boot_mode, known_disks, known_disks_at, lshw, \
+                 created_at, updated_at) VALUES (?1, 'bty-inventory', ?2, ?3, ?4, ?5, ?5) \
+                 ON CONFLICT (mac) DO UPDATE SET boot_mode = 'bty-inventory', \
+                 bty_image_ref = NULL, target_disk_serial = NULL, known_disks = excluded.known_disks, \
+                 known_disks_at = excluded.known_disks_at, lshw = excluded.lshw, \
+                 updated_at = excluded.updated_at, saw_flasher_boot = 0, boot_disk_next = 0, \
+                 unclaimed = 0",
+            )?
+            .execute(params![
+                m.mac,
+                m.known_disks.as_ref().map(|d| d.to_string()),
+                m.known_disks_at,
+                m.lshw.as_ref().map(|l| l.to_string()),
+                now
+            ])
+            .with_context(|| format!("importing {}", m.mac))?;
+        }
+        let (unclaimed, lshw_bytes) = growth(&tx).context("counting machines after the import")?;
+        tx.commit().context("committing the import")?;
+        self.unclaimed.store(unclaimed, Ordering::Relaxed);
+        self.lshw_bytes.store(lshw_bytes, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{tmp, upsert};
+    use super::*;
+
+    #[test]
+    fn machines_round_trip_with_sorted_labels_and_survive_reopen() {
+        let d = tmp("machines");
+        let db = Db::open(&d).unwrap();
+        let m = db
+            .put_machine("aa:bb:cc:dd:ee:ff", &upsert("ipxe-exit", &["rack-3", "a b", "rack-3"]))
+            .unwrap();
+        assert_eq!(m.labels, vec!["a b", "rack-3"]);
+        assert_eq!(m.boot_mode, "ipxe-exit");
+        db.put_machine("00:11:22:33:44:55", &upsert("bty-inventory", &[])).unwrap();
+        drop(db);
+        let db = Db::open(&d).unwrap();
+        let all = db.machines().unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].mac, "00:11:22:33:44:55");
+        assert!(all[0].labels.is_empty());
+        assert!(db.delete_machine("00:11:22:33:44:55").unwrap());
+        assert!(!db.delete_machine("00:11:22:33:44:55").unwrap());
+        assert_eq!(db.machine("00:11:22:33:44:55").unwrap(), None);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn changing_mode_rearms_but_labels_do_not() {
+        let d = tmp("rearm");
+        let db = Db::open(&d).unwrap();
+        let mac = "aa:bb:cc:dd:ee:01";
+        db.put_machine(mac, &upsert("bty-flash-once", &[])).unwrap();
+        db.write()
+            .execute(
+                "UPDATE machines SET saw_flasher_boot = 1, last_flashed_at = 'x' WHERE mac = ?1",
+                [mac],
+            )
+            .unwrap();
+        let m = db.put_machine(mac, &upsert("bty-flash-once", &["new-label"])).unwrap();
+        assert!(m.saw_flasher_boot && m.last_flashed_at.is_some(), "labels alone do not re-arm");
+        let m = db.put_machine(mac, &upsert("bty-flash-always", &["new-label"])).unwrap();
+        assert!(!m.saw_flasher_boot && m.last_flashed_at.is_none(), "a new mode re-arms");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}

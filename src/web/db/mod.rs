@@ -1,0 +1,516 @@
+//! bty-web state: one SQLite file, `state.db`, in WAL mode. All SQL lives in this directory:
+//! here the `Db` type, opening, the schema and its migration, settings and the write
+//! generation; `machines.rs` the machines and their inventory, `contact.rs` a PXE contact and
+//! its marks, `catalog.rs` the catalog entries, `events.rs` the event log, `jobs.rs` the jobs.
+//!
+//! One writer connection behind a mutex, a few reader connections, short transactions and
+//! cached prepared statements, so that one PXE contact costs the same whatever the fleet size.
+//! A database written by another schema version is set aside as `state.db.<from>.<UTC>.bak`
+//! and a fresh one records a `system.schema.reset` event.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+use crate::error::{Context, Result};
+use crate::units::now_iso8601;
+
+mod catalog;
+mod contact;
+mod events;
+mod jobs;
+mod machines;
+
+pub use catalog::CatalogEntry;
+pub use contact::{Contact, Contacted, Decided, PxeMark};
+pub use events::Event;
+pub use jobs::{Job, JobKind, JobState};
+pub use machines::{ImportedMachine, InventoryStored, Machine, MachineUpsert};
+
+/// The schema this build writes. Bump it with every incompatible schema change.
+pub const SCHEMA_VERSION: &str = "bty-rs-1";
+
+const SCHEMA: &str = "
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE machines (
+    mac TEXT PRIMARY KEY,
+    bty_image_ref TEXT,
+    boot_mode TEXT NOT NULL,
+    sanboot_drive TEXT,
+    target_disk_serial TEXT,
+    discovered_at TEXT,
+    last_seen_at TEXT,
+    last_seen_ip TEXT,
+    last_flashed_at TEXT,
+    known_disks TEXT,
+    known_disks_at TEXT,
+    lshw TEXT,
+    saw_flasher_boot INTEGER NOT NULL DEFAULT 0,
+    boot_disk_next INTEGER NOT NULL DEFAULT 0,
+    last_status TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    unclaimed INTEGER NOT NULL DEFAULT 0
+);
+-- For the count at open and the expiry sweep. On mac, not last_seen_at: every PXE contact that
+-- writes changes last_seen_at, and would rewrite this index too.
+CREATE INDEX machines_unclaimed ON machines(mac) WHERE unclaimed = 1;
+CREATE TABLE machine_labels (
+    mac TEXT NOT NULL REFERENCES machines(mac) ON DELETE CASCADE,
+    label TEXT NOT NULL,
+    PRIMARY KEY (mac, label)
+);
+CREATE TABLE catalog_entries (
+    bty_image_ref TEXT PRIMARY KEY,
+    src TEXT NOT NULL UNIQUE,
+    disk_image_sha TEXT,
+    name TEXT NOT NULL,
+    format TEXT NOT NULL,
+    size_bytes INTEGER,
+    sha_url TEXT,
+    description TEXT,
+    added_at TEXT NOT NULL
+);
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    subject_id TEXT,
+    message TEXT NOT NULL,
+    details TEXT,
+    acknowledged INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX events_kind ON events(kind, id);
+CREATE INDEX events_subject ON events(subject_id, id);
+CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    progress_bytes INTEGER NOT NULL DEFAULT 0,
+    total_bytes INTEGER,
+    error TEXT,
+    created_at TEXT NOT NULL,
+    started_at TEXT,
+    finished_at TEXT
+);
+";
+
+/// Brings a `bty-rs-1` database written before the `unclaimed` column to this shape: a
+/// discovered row that looks never saved since (still in the discovery's mode, no image,
+/// `updated_at` still its creation time) counts as unclaimed. Additive: every row is kept.
+const ADD_UNCLAIMED: &str = "
+ALTER TABLE machines ADD COLUMN unclaimed INTEGER NOT NULL DEFAULT 0;
+UPDATE machines SET unclaimed = 1
+    WHERE discovered_at IS NOT NULL AND boot_mode = 'bty-inventory' AND bty_image_ref IS NULL
+    AND updated_at = created_at;
+CREATE INDEX machines_unclaimed ON machines(mac) WHERE unclaimed = 1;
+";
+
+/// Readers kept open for concurrent GETs; more requests wait for one.
+const READERS: usize = 4;
+
+/// The state database.
+pub struct Db {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+    /// Signalled when a reader goes back to the pool.
+    reader_back: Condvar,
+    /// Bumped after every use of the writer, so views built from reads can be cached until the
+    /// next write.
+    generation: AtomicU64,
+    /// Machines discovered by PXE and never saved by the operator, kept by every write that
+    /// changes it while holding the writer, so the cap costs no COUNT(*) per contact.
+    unclaimed: AtomicU64,
+    /// Bytes of stored lshw blobs, kept the same way.
+    lshw_bytes: AtomicU64,
+    /// `[pxe] max_discovered` and `max_lshw_total_mib` in bytes; u64::MAX for no cap.
+    max_unclaimed: AtomicU64,
+    max_lshw_bytes: AtomicU64,
+}
+
+/// Which growth cap kept something out of the database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Capped {
+    /// An unknown MAC while `[pxe] max_discovered` unclaimed machines exist.
+    MaxDiscovered,
+    /// An unknown MAC from an address over `[pxe] discoveries_per_minute`.
+    Rate,
+    /// An lshw blob that would take the stored total over `[pxe] max_lshw_total_mib`.
+    LshwTotal,
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        self.checkpoint_truncate();
+    }
+}
+
+/// The writer connection, held exclusively; dropping it bumps the generation.
+pub struct Writer<'a> {
+    conn: MutexGuard<'a, Connection>,
+    generation: &'a AtomicU64,
+}
+
+impl std::ops::Deref for Writer<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Writer<'_> {
+    fn deref_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+}
+
+impl Drop for Writer<'_> {
+    fn drop(&mut self) {
+        // After the statement or transaction is done: a reader that saw the old generation
+        // before this write will not keep its view.
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+impl Db {
+    /// Opens (or creates) `<state_dir>/state.db`. A database of another schema version, or one
+    /// without a marker, is renamed aside and replaced by a fresh one.
+    pub fn open(state_dir: &Path) -> Result<Db> {
+        let path = state_dir.join("state.db");
+        let mut reset = None;
+        if path.exists() {
+            let found = read_marker(&path)?;
+            if found.as_deref() != Some(SCHEMA_VERSION) {
+                let from = found.unwrap_or_else(|| "unversioned".into());
+                let at = now_iso8601();
+                let bak = state_dir.join(format!("state.db.{from}.{at}.bak"));
+                std::fs::rename(&path, &bak).with_context(|| {
+                    format!("setting aside {} (schema {from}) as {}", path.display(), bak.display())
+                })?;
+                for ext in ["-wal", "-shm"] {
+                    let side = state_dir.join(format!("state.db{ext}"));
+                    let _ = std::fs::remove_file(&side);
+                }
+                crate::warn!(
+                    "{} had schema {from}, this build uses {SCHEMA_VERSION}: kept it as {}, starting fresh",
+                    path.display(),
+                    bak.display()
+                );
+                reset = Some((from, at));
+            }
+        }
+        let writer = connect(&path, true)?;
+        let fresh: bool = writer
+            .query_row("SELECT count(*) = 0 FROM sqlite_master WHERE name = 'meta'", [], |r| {
+                r.get(0)
+            })
+            .with_context(|| format!("reading {}", path.display()))?;
+        if fresh {
+            writer
+                .execute_batch(&format!(
+                    "BEGIN; {SCHEMA} INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'); COMMIT;"
+                ))
+                .with_context(|| format!("creating the schema in {}", path.display()))?;
+        } else {
+            let has_column: bool = writer
+                .query_row(
+                    "SELECT count(*) > 0 FROM pragma_table_info('machines') WHERE name = 'unclaimed'",
+                    [],
+                    |r| r.get(0),
+                )
+                .with_context(|| format!("reading the schema of {}", path.display()))?;
+            if !has_column {
+                writer.execute_batch(&format!("BEGIN; {ADD_UNCLAIMED} COMMIT;")).with_context(
+                    || format!("adding the unclaimed column to {}", path.display()),
+                )?;
+            }
+        }
+        let (unclaimed, lshw_bytes) = growth(&writer)
+            .with_context(|| format!("counting discovered machines in {}", path.display()))?;
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            readers.push(connect(&path, false)?);
+        }
+        let db = Db {
+            path,
+            writer: Mutex::new(writer),
+            readers: Mutex::new(readers),
+            reader_back: Condvar::new(),
+            generation: AtomicU64::new(0),
+            unclaimed: AtomicU64::new(unclaimed),
+            lshw_bytes: AtomicU64::new(lshw_bytes),
+            max_unclaimed: AtomicU64::new(u64::MAX),
+            max_lshw_bytes: AtomicU64::new(u64::MAX),
+        };
+        if let Some((from, archived_at)) = reset {
+            db.add_event(
+                "system.schema.reset",
+                None,
+                &format!("state.db had schema {from}; it was archived and a fresh one created"),
+                Some(serde_json::json!({
+                    "from_version": from, "to_version": SCHEMA_VERSION, "archived_at": archived_at,
+                })),
+            )?;
+        }
+        Ok(db)
+    }
+
+    /// Where the database file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Sets the growth caps unauthenticated PXE clients meet: unclaimed discovered machines
+    /// and total lshw bytes (0: no cap).
+    pub fn limit_growth(&self, max_discovered: u64, max_lshw_bytes: u64) {
+        let cap = |n: u64| if n == 0 { u64::MAX } else { n };
+        self.max_unclaimed.store(cap(max_discovered), Ordering::Relaxed);
+        self.max_lshw_bytes.store(cap(max_lshw_bytes), Ordering::Relaxed);
+    }
+
+    /// Machines discovered by PXE and not claimed by the operator (cached, no query).
+    pub fn unclaimed(&self) -> u64 {
+        self.unclaimed.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of lshw blobs stored (cached, no query).
+    pub fn lshw_bytes(&self) -> u64 {
+        self.lshw_bytes.load(Ordering::Relaxed)
+    }
+
+    fn discovery_full(&self) -> bool {
+        self.unclaimed.load(Ordering::Relaxed) >= self.max_unclaimed.load(Ordering::Relaxed)
+    }
+
+    fn write(&self) -> Writer<'_> {
+        // A panic while holding the lock leaves SQLite consistent (the transaction rolls back).
+        Writer {
+            conn: self.writer.lock().unwrap_or_else(|p| p.into_inner()),
+            generation: &self.generation,
+        }
+    }
+
+    /// Copies the whole WAL into the database and empties it, so that the next start has
+    /// nothing to replay; for shutdown.
+    pub fn checkpoint_truncate(&self) {
+        let conn = self.write();
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+            crate::warn!("checkpointing {}: {e}", self.path.display());
+        }
+    }
+
+    /// Changes with every write; equal values mean nothing was written in between.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Runs `f` on a reader connection (WAL readers never block the writer).
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
+        let conn = {
+            let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                if let Some(c) = pool.pop() {
+                    break c;
+                }
+                pool = self.reader_back.wait(pool).unwrap_or_else(|p| p.into_inner());
+            }
+        };
+        // Back to the pool on every path, a panic in `f` included.
+        struct Lease<'a>(&'a Db, Option<Connection>);
+        impl Drop for Lease<'_> {
+            fn drop(&mut self) {
+                if let Some(c) = self.1.take() {
+                    self.0.readers.lock().unwrap_or_else(|p| p.into_inner()).push(c);
+                    self.0.reader_back.notify_one();
+                }
+            }
+        }
+        let lease = Lease(self, Some(conn));
+        let out = match &lease.1 {
+            Some(c) => f(c),
+            None => unreachable!("the lease holds its connection until dropped"),
+        };
+        drop(lease);
+        out.with_context(|| format!("reading {}", self.path.display()))
+    }
+
+    /// Copies the whole database into a new file at `dest` with SQLite's online backup API, in
+    /// one step: one read transaction, so the copy is one consistent state while writers go on
+    /// in the WAL (a step-wise copy would restart on every write of a busy server).
+    pub fn backup_to(&self, dest: &Path) -> Result<()> {
+        let src = connect(&self.path, false)?;
+        let mut dst =
+            Connection::open(dest).with_context(|| format!("creating {}", dest.display()))?;
+        let b = rusqlite::backup::Backup::new(&src, &mut dst)
+            .with_context(|| format!("starting a backup of {}", self.path.display()))?;
+        let step = b
+            .step(-1)
+            .with_context(|| format!("copying {} to {}", self.path.display(), dest.display()))?;
+        crate::ensure!(
+            step == rusqlite::backup::StepResult::Done,
+            "copying {}: the database was busy ({step:?})",
+            self.path.display()
+        );
+        Ok(())
+    }
+
+    /// An operator setting stored from the UI (`settings` table), if set.
+    pub fn setting(&self, key: &str) -> Result<Option<String>> {
+        self.read(|c| {
+            c.prepare_cached("SELECT value FROM settings WHERE key = ?1")?
+                .query_row([key], |r| r.get(0))
+                .optional()
+        })
+    }
+
+    /// Stores an operator setting; an empty value removes it (back to the default).
+    pub fn set_setting(&self, key: &str, value: &str) -> Result<()> {
+        let w = self.write();
+        if value.is_empty() {
+            w.prepare_cached("DELETE FROM settings WHERE key = ?1")?.execute([key])
+        } else {
+            w.prepare_cached(
+                "INSERT INTO settings (key, value) VALUES (?1, ?2) \
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute([key, value])
+        }
+        .with_context(|| format!("storing setting {key}"))?;
+        Ok(())
+    }
+}
+
+/// Unclaimed discovered machines and stored lshw bytes, counted: at open and after an import,
+/// never per contact.
+fn growth(conn: &Connection) -> rusqlite::Result<(u64, u64)> {
+    conn.query_row(
+        "SELECT (SELECT count(*) FROM machines WHERE unclaimed = 1), \
+         (SELECT coalesce(sum(octet_length(lshw)), 0) FROM machines)",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+}
+
+/// Lowers a cached count, never below zero.
+fn sub(counter: &AtomicU64, n: u64) {
+    let _ =
+        counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(n)));
+}
+
+/// Opens a connection with the pragmas every connection needs.
+fn connect(path: &Path, writer: bool) -> Result<Connection> {
+    let flags = if writer {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+    } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)
+        .with_context(|| format!("opening {}", path.display()))?;
+    conn.busy_timeout(Duration::from_secs(5)).context("setting the busy timeout")?;
+    // WAL: readers do not block the writer; NORMAL: a commit survives a process kill (the WAL
+    // is in the OS before the commit returns), and only a power loss can lose the last ones.
+    let pragmas = if writer {
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+         PRAGMA journal_size_limit = 16777216;"
+    } else {
+        "PRAGMA foreign_keys = ON;"
+    };
+    // Readers get 512 KiB each: a lab's state is a few MiB, and SQLite's default 2 MiB per
+    // connection would be most of bty-web's memory. The writer gets 4 MiB: each PXE contact
+    // inserts into the events indexes at a position set by its MAC, and with a small cache those
+    // leaf pages are read back from the OS on every contact. Pages only cost memory once used.
+    let cache = if writer { 4096 } else { 512 };
+    let pragmas = format!("{pragmas} PRAGMA cache_size = -{cache};");
+    conn.execute_batch(&pragmas).with_context(|| format!("configuring {}", path.display()))?;
+    Ok(conn)
+}
+
+/// The schema marker of an existing database file, None when it has none (or is not ours).
+fn read_marker(path: &Path) -> Result<Option<String>> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let has_meta: bool = match conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE name = 'meta'",
+        [],
+        |r| r.get(0),
+    ) {
+        Ok(b) => b,
+        // Not a database at all (garbage, truncated): treat as unversioned, so it is set aside.
+        Err(_) => return Ok(None),
+    };
+    if !has_meta {
+        return Ok(None);
+    }
+    let marker = conn
+        .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
+        .optional()
+        .unwrap_or(None);
+    // Fold the WAL into the main file, so the renamed .bak is complete on its own.
+    let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+    Ok(marker)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(super) fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("bty-db-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    pub(super) fn upsert(mode: &str, labels: &[&str]) -> MachineUpsert {
+        MachineUpsert {
+            boot_mode: mode.into(),
+            labels: labels.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn another_schema_is_set_aside_with_an_event() {
+        let d = tmp("reset");
+        {
+            let c = Connection::open(d.join("state.db")).unwrap();
+            c.execute_batch("CREATE TABLE meta (key TEXT, value TEXT); INSERT INTO meta VALUES ('schema_version', 'old-7'); CREATE TABLE precious (x); INSERT INTO precious VALUES (42);").unwrap();
+        }
+        let db = Db::open(&d).unwrap();
+        let ev = db.events(Some("system.schema.reset"), None, 10, None).unwrap();
+        assert_eq!(ev.len(), 1);
+        let details = ev[0].details.as_ref().unwrap();
+        assert_eq!(details["from_version"], "old-7");
+        assert_eq!(details["to_version"], SCHEMA_VERSION);
+        let bak: Vec<_> = std::fs::read_dir(&d)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("state.db.old-7.") && n.ends_with(".bak"))
+            .collect();
+        assert_eq!(bak.len(), 1, "{bak:?}");
+        let old = Connection::open(d.join(&bak[0])).unwrap();
+        let x: i64 = old.query_row("SELECT x FROM precious", [], |r| r.get(0)).unwrap();
+        assert_eq!(x, 42, "the archived database keeps its rows");
+        drop(db);
+        // Reopening the fresh one does not reset again.
+        let db = Db::open(&d).unwrap();
+        assert_eq!(db.events(Some("system.schema.reset"), None, 10, None).unwrap().len(), 1);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn garbage_file_is_set_aside_as_unversioned() {
+        let d = tmp("garbage");
+        std::fs::write(d.join("state.db"), b"this is not sqlite at all, just bytes").unwrap();
+        let db = Db::open(&d).unwrap();
+        let ev = db.events(Some("system.schema.reset"), None, 10, None).unwrap();
+        assert_eq!(ev[0].details.as_ref().unwrap()["from_version"], "unversioned");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
