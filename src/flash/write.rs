@@ -37,6 +37,10 @@ pub struct Writer {
     file: File,
     path: String,
     direct: bool,
+    /// The unit O_DIRECT writes and reads must be whole multiples of, at aligned offsets: the
+    /// device's logical block size (4096 on a 4Kn disk), 512 for a regular file (a file
+    /// system that needs more answers EINVAL, and the writer goes on buffered).
+    sector: usize,
     is_block: bool,
     capacity: Option<u64>,
     zero_mode: ZeroMode,
@@ -58,7 +62,19 @@ impl Writer {
     pub fn open(target: &Target, zero_skip: bool, verify: bool) -> Result<Writer> {
         let path = target.resolved.display().to_string();
         let is_block = matches!(target.kind, TargetKind::Block(_));
-        let (file, direct) = match sys::open_direct(&target.resolved, is_block, !is_block) {
+        let sector = match &target.kind {
+            TargetKind::Block(b) => b.logical_block_size as usize,
+            TargetKind::File => 512,
+        };
+        // Our buffers are aligned to IO_ALIGN; a block size beyond that (or a nonsense one
+        // from sysfs) gets buffered writes rather than writes the device would refuse.
+        let direct_ok = sector.is_power_of_two() && (512..=sys::IO_ALIGN).contains(&sector);
+        let opened = if direct_ok {
+            sys::open_direct(&target.resolved, is_block, !is_block)
+        } else {
+            Err(std::io::Error::from_raw_os_error(sys::EINVAL))
+        };
+        let (file, direct) = match opened {
             Ok(f) => (f, true),
             Err(e) if e.raw_os_error() == Some(sys::EBUSY) => crate::bail!(
                 "refusing {path}: the device is busy (mounted, held by RAID/LVM/device-mapper, or open exclusively by another program)"
@@ -97,6 +113,7 @@ impl Writer {
             file,
             path,
             direct,
+            sector: if direct_ok { sector } else { 512 },
             is_block,
             capacity,
             zero_mode,
@@ -181,7 +198,7 @@ impl Writer {
     /// granule whose length is not a whole sector is written instead, through the tail path.
     fn is_zero_granule(&self, rest: &[u8]) -> bool {
         let g = &rest[..GRANULE.min(rest.len())];
-        (g.len() % 512 == 0) && is_all_zero(g)
+        (g.len() % self.sector == 0) && is_all_zero(g)
     }
 
     fn add_zero(&mut self, at: u64, len: u64) -> Result<()> {
@@ -237,20 +254,38 @@ impl Writer {
 
     /// Writes `data` at `at`: the sector-aligned part directly, an unaligned tail buffered.
     fn write_run(&mut self, data: &[u8], at: u64) -> Result<()> {
-        let aligned = if self.direct { data.len() / 512 * 512 } else { data.len() };
+        let aligned = if self.direct { data.len() / self.sector * self.sector } else { data.len() };
         if aligned > 0 {
-            self.file.write_all_at(&data[..aligned], at).map_err(|e| self.write_error(e, at))?;
+            match self.file.write_all_at(&data[..aligned], at) {
+                // A file system whose direct I/O unit is larger than we assumed: the same
+                // positional write again through the page cache, and buffered from here on.
+                Err(e) if self.direct && e.raw_os_error() == Some(sys::EINVAL) => {
+                    crate::info!(
+                        "{}: O_DIRECT refused a write at offset {at} ({e}); using buffered writes",
+                        self.path
+                    );
+                    self.buffered()?;
+                    return self.write_run(data, at);
+                }
+                Err(e) => return Err(self.write_error(e, at)),
+                Ok(()) => {}
+            }
         }
         if aligned < data.len() {
             // The image ends mid-sector: O_DIRECT cannot write that, the page cache can.
-            sys::set_direct(&self.file, false)
-                .with_context(|| format!("switching {} to buffered writes", self.path))?;
-            self.direct = false;
+            self.buffered()?;
             let tail_at = at + aligned as u64;
             self.file
                 .write_all_at(&data[aligned..], tail_at)
                 .map_err(|e| self.write_error(e, tail_at))?;
         }
+        Ok(())
+    }
+
+    fn buffered(&mut self) -> Result<()> {
+        sys::set_direct(&self.file, false)
+            .with_context(|| format!("switching {} to buffered writes", self.path))?;
+        self.direct = false;
         Ok(())
     }
 
@@ -355,7 +390,7 @@ impl Writer {
             crate::ensure!(!cancel.load(Ordering::Relaxed), "verification cancelled");
             let at = (i * VERIFY_CHUNK) as u64;
             let len = (self.offset - at).min(VERIFY_CHUNK as u64) as usize;
-            let read_len = if self.direct { len.div_ceil(512) * 512 } else { len };
+            let read_len = if self.direct { len.div_ceil(self.sector) * self.sector } else { len };
             let mut got = 0;
             while got < read_len {
                 let n = self.file.read_at(&mut buf[got..read_len], at + got as u64).with_context(

@@ -858,3 +858,26 @@ fn disk_whose_partition_holds_the_source_is_refused() {
     assert!(intact, "the source is intact");
     assert!(unchanged, "nothing was written to the disk");
 }
+
+#[test]
+fn four_k_native_disk_takes_images_whose_length_is_not_a_multiple_of_4096() {
+    let dir = TestDir::new("4kn");
+    let backing = dir.path("backing");
+    fs::write(&backing, prng_bytes(41, 8 * MIB)).unwrap();
+    // A 4Kn disk: O_DIRECT writes must be whole 4096-byte blocks at 4096-aligned offsets.
+    let l = Loop::attach(&backing, &["-b", "4096", "--direct-io=on"]);
+    let name = l.dev.file_name().unwrap().to_string_lossy().into_owned();
+    let lbs = fs::read_to_string(format!("/sys/block/{name}/queue/logical_block_size")).unwrap();
+    assert_eq!(lbs.trim(), "4096");
+    // Data past the first MiB whose length is a multiple of 512 but not of 4096, then the same
+    // with a zero tail of that shape (the zero path), each with --verify.
+    for (i, tail_zeros) in [(0u64, 0usize), (1, 3 * 512)] {
+        let mut raw = disk_image(40 + i, MIB + 64 * 1024 + 1536);
+        raw.extend(std::iter::repeat_n(0u8, tail_zeros));
+        let src = dir.path(&format!("odd-{i}.img"));
+        fs::write(&src, &raw).unwrap();
+        let o = flash(&src, &l.dev, &["--verify"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(sha256(&l.read(0, raw.len())), sha256(&raw), "case {i}");
+    }
+}
