@@ -1148,8 +1148,9 @@ mod tests {
 
     #[test]
     fn the_inventory_bty_sends_is_what_bty_web_accepts() {
-        use crate::disks::{Disk, InventoryDisk};
+        use crate::disks::Disk;
         use crate::inventory::{Inventory, Source, summary};
+        use crate::wire::InventoryDisk;
 
         let disk = |i: usize| Disk {
             inventory: InventoryDisk {
