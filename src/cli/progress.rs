@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::cli::agent::Client;
-use crate::flash::Snapshot;
+use crate::flash::{Phase, Snapshot};
 
 /// Time between two progress posts.
 const POST_EVERY: Duration = Duration::from_secs(2);
@@ -51,7 +51,7 @@ impl Markers {
 
     /// Announces each quarter of the write the first time the flash passes it.
     pub fn progress(&mut self, s: &Snapshot<'_>) {
-        if s.phase != "write" {
+        if s.phase != Phase::Write {
             return;
         }
         let Some(frac) = fraction(s) else { return };
@@ -96,11 +96,11 @@ pub fn progress_body(s: &Snapshot<'_>) -> Value {
     let rate = if secs > 0.0 { Some((decoded as f64 / secs) as u64) } else { None };
     // A stream that does not record its decoded size (most zstd and xz images) has a total
     // only once it ended.
-    let total = s.image_total.or((s.phase == "done").then_some(decoded));
+    let total = s.image_total.or((s.phase == Phase::Done).then_some(decoded));
     // written_bytes counts image bytes through the writer, zero runs skipped cheaply included:
     // what the operator compares with the image size.
     json!({
-        "phase": s.phase,
+        "phase": s.phase.as_str(),
         "written_bytes": decoded,
         "total_bytes": total,
         "rate_bytes_per_s": rate,
