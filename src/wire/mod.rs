@@ -90,11 +90,3 @@ pub fn show(s: &str) -> String {
         None => format!("{s:?}"),
     }
 }
-
-/// The boot modes as strings, until their users take [`BootMode`].
-pub const BOOT_MODES: [&str; 5] =
-    ["ipxe-exit", "bty-flash-always", "bty-flash-once", "bty-tui", "bty-inventory"];
-/// The boot mode of a `PUT /machines/{mac}` that does not name one.
-pub const DEFAULT_BOOT_MODE: &str = "ipxe-exit";
-/// The boot modes that flash, and so need an image and a target disk.
-pub const FLASH_MODES: [&str; 2] = ["bty-flash-always", "bty-flash-once"];

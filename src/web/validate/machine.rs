@@ -7,9 +7,7 @@ use serde_json::Value;
 
 use super::{Invalid, opt_str, parse_object, refuse_unknown, type_err};
 use crate::web::db::MachineUpsert;
-use crate::wire::{
-    BOOT_MODES, DEFAULT_BOOT_MODE, FLASH_MODES, LABEL_MAX_CHARS, LABELS_MAX, SERIAL_MAX_CHARS, show,
-};
+use crate::wire::{BootMode, LABEL_MAX_CHARS, LABELS_MAX, SERIAL_MAX_CHARS, show};
 
 const UPSERT_KEYS: [&str; 5] =
     ["bty_image_ref", "labels", "boot_mode", "sanboot_drive", "target_disk_serial"];
@@ -53,16 +51,9 @@ fn check_label(l: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks a boot mode against [`BOOT_MODES`].
-pub fn boot_mode(s: &str) -> Result<String, Invalid> {
-    if BOOT_MODES.contains(&s) {
-        Ok(s.to_string())
-    } else {
-        Err(Invalid::new(
-            "boot_mode",
-            format!("must be one of {} (got {})", BOOT_MODES.join(", "), show(s)),
-        ))
-    }
+/// Checks a boot mode: one of [`BootMode::ALL`].
+pub fn boot_mode(s: &str) -> Result<BootMode, Invalid> {
+    s.parse().map_err(|m| Invalid::new("boot_mode", m))
 }
 
 /// Checks a `bty_image_ref`: 64 hex digits, returned lower-case.
@@ -126,7 +117,7 @@ pub fn normalize_upsert(m: MachineUpsert) -> Result<MachineUpsert, Invalid> {
     let bty_image_ref = m.bty_image_ref.as_deref().map(bty_image_ref).transpose()?;
     let sanboot_drive = m.sanboot_drive.as_deref().map(sanboot_drive).transpose()?;
     let target_disk_serial = m.target_disk_serial.as_deref().map(target_disk_serial).transpose()?;
-    if FLASH_MODES.contains(&boot_mode.as_str()) {
+    if boot_mode.is_flash() {
         let mut missing = Vec::new();
         if target_disk_serial.is_none() {
             missing.push("target_disk_serial");
@@ -145,7 +136,13 @@ pub fn normalize_upsert(m: MachineUpsert) -> Result<MachineUpsert, Invalid> {
             ));
         }
     }
-    Ok(MachineUpsert { bty_image_ref, labels, boot_mode, sanboot_drive, target_disk_serial })
+    Ok(MachineUpsert {
+        bty_image_ref,
+        labels,
+        boot_mode: boot_mode.as_str().to_string(),
+        sanboot_drive,
+        target_disk_serial,
+    })
 }
 
 /// Parses a `PUT /machines/{mac}` body strictly.
@@ -172,7 +169,7 @@ pub fn machine_upsert(body: &[u8]) -> Result<MachineUpsert, Invalid> {
         Some(other) => return Err(type_err("labels", "an array of strings", other)),
     };
     let boot_mode = match obj.get("boot_mode") {
-        None => DEFAULT_BOOT_MODE.to_string(),
+        None => BootMode::default().as_str().to_string(),
         Some(Value::String(s)) => s.clone(),
         Some(other) => return Err(type_err("boot_mode", "a string", other)),
     };
@@ -294,7 +291,7 @@ mod tests {
         assert_eq!(m.boot_mode, "bty-flash-once");
         assert_eq!(m.sanboot_drive.as_deref(), Some("0x8a"));
         assert_eq!(m.target_disk_serial.as_deref(), Some("S4EWNX0R123456 B"));
-        for mode in BOOT_MODES {
+        for mode in BootMode::ALL.map(BootMode::as_str) {
             let body = json!({"boot_mode": mode, "bty_image_ref": REF, "target_disk_serial": "X"});
             assert_eq!(machine_upsert(body.to_string().as_bytes()).unwrap().boot_mode, mode);
         }

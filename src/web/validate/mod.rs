@@ -1,6 +1,6 @@
 //! Validation of what clients send bty-web: MAC addresses, machine labels, boot artifact names
 //! and the JSON bodies of `PUT /machines/{mac}` (`machine.rs`) and the `POST /pxe/{mac}/...`
-//! reports (`pxe.rs`).
+//! reports (`pxe.rs`, which builds the `wire` types the agent sends).
 //!
 //! Pure functions: bytes or strings in, a normalised value or an [`Invalid`] naming the offending
 //! field out (`labels[2]: must start with a letter or digit`). Bodies are parsed to
@@ -20,15 +20,14 @@ use serde_json::{Map, Value};
 
 use crate::wire::{self, show};
 pub use crate::wire::{
-    BOOT_MODES, BOOT_NAME_MAX_CHARS, DEFAULT_BOOT_MODE, DISK_FIELD_MAX_CHARS, FLASH_MODES,
-    INVENTORY_MAX_DISKS, LABEL_MAX_CHARS, LABELS_MAX, LSHW_MAX, PHASE_MAX_CHARS, REASON_MAX_CHARS,
-    SERIAL_MAX_CHARS,
+    BOOT_NAME_MAX_CHARS, DISK_FIELD_MAX_CHARS, INVENTORY_MAX_DISKS, LABEL_MAX_CHARS, LABELS_MAX,
+    LSHW_MAX, PHASE_MAX_CHARS, REASON_MAX_CHARS, SERIAL_MAX_CHARS,
 };
 pub use machine::{
     boot_mode, bty_image_ref, labels, machine_upsert, normalize_upsert, sanboot_drive,
     target_disk_serial,
 };
-pub use pxe::{Inventory, PxeProgress, PxeStatus, inventory, pxe_progress, pxe_status};
+pub use pxe::{Inventory, inventory, pxe_progress, pxe_status};
 
 /// Why input was rejected. The caller answers 400 for [`Invalid::BadName`] and 422 for the rest
 /// ([`Invalid::status`]); `Display` gives the message for `{"detail": ...}`.
@@ -366,7 +365,7 @@ mod tests {
             format!("{{\"disks\":[],\"lshw\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
         assert!(matches!(inventory(deep.as_bytes()), Err(Invalid::Json(_))));
         let ok = format!("{{\"disks\":[],\"lshw\":{}{}}}", "[".repeat(100), "]".repeat(100));
-        assert!(inventory(ok.as_bytes()).unwrap().lshw.is_some());
+        assert!(inventory(ok.as_bytes()).unwrap().report.lshw.is_some());
     }
 
     #[test]

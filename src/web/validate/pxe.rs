@@ -1,29 +1,26 @@
 //! The live environment's reports: `POST /pxe/{mac}/inventory`, `/status` and `/progress`,
-//! checked field by field.
+//! checked field by field and built into the `wire` types the agent sends.
 
-use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::{
     Invalid, check_len, json_len_exceeds, opt_str, opt_u64, parse_object, refuse_unknown, type_err,
 };
 use crate::wire::{
-    DISK_FIELD_MAX_CHARS, INVENTORY_MAX_DISKS, LSHW_MAX, PHASE_MAX_CHARS, REASON_MAX_CHARS, show,
+    self, DISK_FIELD_MAX_CHARS, INVENTORY_MAX_DISKS, InventoryDisk, LSHW_MAX, PHASE_MAX_CHARS,
+    Progress, REASON_MAX_CHARS, Status, show,
 };
 
 const INVENTORY_KEYS: [&str; 2] = ["disks", "lshw"];
-const DISK_STRING_KEYS: [&str; 5] = ["size", "vendor", "model", "serial", "tran"];
-const DISK_BOOL_KEYS: [&str; 2] = ["removable", "readonly"];
 const STATUS_KEYS: [&str; 2] = ["status", "reason"];
 const PROGRESS_KEYS: [&str; 4] = ["phase", "written_bytes", "total_bytes", "rate_bytes_per_s"];
 
 /// A checked `POST /pxe/{mac}/inventory` body.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Inventory {
-    /// The disks, an array of objects with exactly the `InventoryDisk` fields.
-    pub disks: Value,
-    /// The `lshw -json` tree, if one was sent and it is within [`LSHW_MAX`].
-    pub lshw: Option<Value>,
+    /// The report: the disks with exactly the `InventoryDisk` fields, and the `lshw -json`
+    /// tree if one was sent and it is within [`LSHW_MAX`].
+    pub report: wire::Inventory,
     /// An `lshw` tree was sent but was over [`LSHW_MAX`] and dropped: keep the previous one.
     pub lshw_dropped: bool,
 }
@@ -55,16 +52,16 @@ pub fn inventory(body: &[u8]) -> Result<Inventory, Invalid> {
         .iter()
         .enumerate()
         .map(|(i, d)| inventory_disk(i, d))
-        .collect::<Result<Vec<Value>, Invalid>>()?;
+        .collect::<Result<Vec<InventoryDisk>, Invalid>>()?;
     let (lshw, lshw_dropped) = match obj.remove("lshw") {
         None | Some(Value::Null) => (None, false),
         Some(v) if json_len_exceeds(&v, LSHW_MAX) => (None, true),
         Some(v) => (Some(v), false),
     };
-    Ok(Inventory { disks: Value::Array(disks), lshw, lshw_dropped })
+    Ok(Inventory { report: wire::Inventory { disks, lshw }, lshw_dropped })
 }
 
-fn inventory_disk(i: usize, d: &Value) -> Result<Value, Invalid> {
+fn inventory_disk(i: usize, d: &Value) -> Result<InventoryDisk, Invalid> {
     let Value::Object(o) = d else {
         return Err(type_err(&format!("disks[{i}]"), "an object", d));
     };
@@ -84,45 +81,37 @@ fn inventory_disk(i: usize, d: &Value) -> Result<Value, Invalid> {
     if path.chars().any(char::is_control) {
         return Err(Invalid::new(field("path"), "must not contain control characters"));
     }
-    let mut out = Map::new();
-    out.insert("path".into(), Value::String(path.clone()));
-    for k in DISK_STRING_KEYS {
-        let v = match o.get(k) {
-            None | Some(Value::Null) => Value::Null,
-            Some(Value::String(s)) => {
-                check_len(&field(k), s, DISK_FIELD_MAX_CHARS)?;
-                Value::String(s.clone())
-            }
-            Some(other) => return Err(type_err(&field(k), "a string or null", other)),
-        };
-        out.insert(k.into(), v);
-    }
-    for k in DISK_BOOL_KEYS {
-        let v = match o.get(k) {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
-            Some(other) => return Err(type_err(&field(k), "true or false", other)),
-        };
-        out.insert(k.into(), Value::Bool(v));
-    }
-    Ok(Value::Object(out))
-}
-
-/// What the live environment reports at the end of a flash (`POST /pxe/{mac}/status`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PxeStatus {
-    Done,
-    /// `reason` is empty when none was given.
-    Failed {
-        reason: String,
-    },
+    let text = |k: &str| match o.get(k) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => {
+            check_len(&field(k), s, DISK_FIELD_MAX_CHARS)?;
+            Ok(Some(s.clone()))
+        }
+        Some(other) => Err(type_err(&field(k), "a string or null", other)),
+    };
+    let flag = |k: &str| match o.get(k) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(type_err(&field(k), "true or false", other)),
+    };
+    // Checked in this order, so the first bad field is the one named.
+    Ok(InventoryDisk {
+        path: path.clone(),
+        size: text("size")?,
+        vendor: text("vendor")?,
+        model: text("model")?,
+        serial: text("serial")?,
+        tran: text("tran")?,
+        removable: flag("removable")?,
+        readonly: flag("readonly")?,
+    })
 }
 
 /// Parses a `POST /pxe/{mac}/status` body: `{"status": "done"|"failed", "reason": str}`.
 ///
 /// Unknown keys are refused; `reason` is optional (null counts as absent), at most 500
 /// characters, and ignored with `done`.
-pub fn pxe_status(body: &[u8]) -> Result<PxeStatus, Invalid> {
+pub fn pxe_status(body: &[u8]) -> Result<Status, Invalid> {
     let obj = parse_object(body)?;
     refuse_unknown(&obj, &STATUS_KEYS)?;
     let reason = opt_str(&obj, "reason")?;
@@ -130,9 +119,9 @@ pub fn pxe_status(body: &[u8]) -> Result<PxeStatus, Invalid> {
         check_len("reason", r, REASON_MAX_CHARS)?;
     }
     match obj.get("status") {
-        Some(Value::String(s)) if s == "done" => Ok(PxeStatus::Done),
+        Some(Value::String(s)) if s == "done" => Ok(Status::Done),
         Some(Value::String(s)) if s == "failed" => {
-            Ok(PxeStatus::Failed { reason: reason.unwrap_or_default().to_string() })
+            Ok(Status::Failed { reason: reason.unwrap_or_default().to_string() })
         }
         Some(Value::String(s)) => {
             Err(Invalid::new("status", format!("must be \"done\" or \"failed\" (got {})", show(s))))
@@ -142,22 +131,12 @@ pub fn pxe_status(body: &[u8]) -> Result<PxeStatus, Invalid> {
     }
 }
 
-/// A flash progress report from the live environment (`POST /pxe/{mac}/progress`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PxeProgress {
-    /// What the flasher is doing (`download`, `write`, `verify`, ...): 1 to 32 printable ASCII.
-    pub phase: String,
-    pub written_bytes: u64,
-    pub total_bytes: Option<u64>,
-    pub rate_bytes_per_s: Option<u64>,
-}
-
 /// Parses a `POST /pxe/{mac}/progress` body: `{"phase": str, "written_bytes": u64,
 /// "total_bytes": u64|null, "rate_bytes_per_s": u64|null}`.
 ///
 /// Unknown keys are refused; `phase` and `written_bytes` are required, the others default to
 /// null. `written_bytes` above `total_bytes` is not refused (totals can be estimates).
-pub fn pxe_progress(body: &[u8]) -> Result<PxeProgress, Invalid> {
+pub fn pxe_progress(body: &[u8]) -> Result<Progress, Invalid> {
     let obj = parse_object(body)?;
     refuse_unknown(&obj, &PROGRESS_KEYS)?;
     let phase = match obj.get("phase") {
@@ -176,7 +155,7 @@ pub fn pxe_progress(body: &[u8]) -> Result<PxeProgress, Invalid> {
         Some(n) => n,
         None => return Err(Invalid::new("written_bytes", "required")),
     };
-    Ok(PxeProgress {
+    Ok(Progress {
         phase: phase.clone(),
         written_bytes,
         total_bytes: opt_u64(&obj, "total_bytes")?,
@@ -208,10 +187,10 @@ mod tests {
             {"path": "/dev/nvme0n1", "serial": null, "rm": "0", "hotplug": true, "removable": true},
         ]});
         let inv = inventory(body.to_string().as_bytes()).unwrap();
-        assert_eq!(inv.lshw, None);
+        assert_eq!(inv.report.lshw, None);
         assert!(!inv.lshw_dropped);
         assert_eq!(
-            inv.disks,
+            serde_json::to_value(&inv.report.disks).unwrap(),
             json!([
                 disk("/dev/sda"),
                 {"path": "/dev/nvme0n1", "size": null, "vendor": null, "model": null,
@@ -219,30 +198,30 @@ mod tests {
             ])
         );
         let inv = inventory(br#"{"disks":[]}"#).unwrap();
-        assert_eq!(inv.disks, json!([]));
+        assert_eq!(inv.report.disks, []);
     }
 
     #[test]
     fn inventory_keeps_lshw() {
         let body = json!({"disks": [], "lshw": {"product": "X1", "children": [{"id": "cpu"}]}});
         let inv = inventory(body.to_string().as_bytes()).unwrap();
-        assert_eq!(inv.lshw, Some(json!({"product": "X1", "children": [{"id": "cpu"}]})));
+        assert_eq!(inv.report.lshw, Some(json!({"product": "X1", "children": [{"id": "cpu"}]})));
         assert!(!inv.lshw_dropped);
         let inv = inventory(br#"{"disks":[],"lshw":null}"#).unwrap();
-        assert_eq!((inv.lshw, inv.lshw_dropped), (None, false));
+        assert_eq!((inv.report.lshw, inv.lshw_dropped), (None, false));
     }
 
     #[test]
     fn inventory_drops_huge_lshw() {
         let body = json!({"disks": [disk("/dev/sda")], "lshw": {"blob": "x".repeat(LSHW_MAX)}});
         let inv = inventory(body.to_string().as_bytes()).unwrap();
-        assert_eq!(inv.lshw, None);
+        assert_eq!(inv.report.lshw, None);
         assert!(inv.lshw_dropped);
-        assert_eq!(inv.disks.as_array().map(Vec::len), Some(1));
+        assert_eq!(inv.report.disks.len(), 1);
         // Just under the cap: kept. {"b":"..."} is 8 bytes of wrapping.
         let body = json!({"disks": [], "lshw": {"b": "x".repeat(LSHW_MAX - 8)}});
         let inv = inventory(body.to_string().as_bytes()).unwrap();
-        assert!(inv.lshw.is_some() && !inv.lshw_dropped);
+        assert!(inv.report.lshw.is_some() && !inv.lshw_dropped);
         let body = json!({"disks": [], "lshw": {"b": "x".repeat(LSHW_MAX - 7)}});
         assert!(inventory(body.to_string().as_bytes()).unwrap().lshw_dropped);
     }
@@ -306,22 +285,19 @@ mod tests {
 
     #[test]
     fn status_good() {
-        assert_eq!(pxe_status(br#"{"status":"done"}"#).unwrap(), PxeStatus::Done);
-        assert_eq!(
-            pxe_status(br#"{"status":"done","reason":"ignored"}"#).unwrap(),
-            PxeStatus::Done
-        );
+        assert_eq!(pxe_status(br#"{"status":"done"}"#).unwrap(), Status::Done);
+        assert_eq!(pxe_status(br#"{"status":"done","reason":"ignored"}"#).unwrap(), Status::Done);
         assert_eq!(
             pxe_status(br#"{"status":"failed","reason":"disk S1 not found"}"#).unwrap(),
-            PxeStatus::Failed { reason: "disk S1 not found".into() }
+            Status::Failed { reason: "disk S1 not found".into() }
         );
         assert_eq!(
             pxe_status(br#"{"status":"failed"}"#).unwrap(),
-            PxeStatus::Failed { reason: String::new() }
+            Status::Failed { reason: String::new() }
         );
         assert_eq!(
             pxe_status(br#"{"status":"failed","reason":null}"#).unwrap(),
-            PxeStatus::Failed { reason: String::new() }
+            Status::Failed { reason: String::new() }
         );
         let body = json!({"status": "failed", "reason": "r".repeat(500)});
         assert!(pxe_status(body.to_string().as_bytes()).is_ok());
@@ -363,7 +339,7 @@ mod tests {
         let p = pxe_progress(br#"{"phase":"write","written_bytes":1048576}"#).unwrap();
         assert_eq!(
             p,
-            PxeProgress {
+            Progress {
                 phase: "write".into(),
                 written_bytes: 1 << 20,
                 total_bytes: None,
@@ -406,11 +382,41 @@ mod tests {
         assert!(m.starts_with("phase: must be printable ASCII"), "{m}");
     }
 
+    /// What bty-web accepts reads the same through the wire types' own `Deserialize`.
+    #[test]
+    fn checked_bodies_are_what_the_wire_types_read() {
+        let inventories = [
+            json!({"disks": [disk("/dev/sda")], "lshw": {"class": "system"}}),
+            json!({"disks": [{"path": "/dev/nvme0n1", "serial": null, "rm": "0",
+                              "removable": null}], "lshw": null}),
+            json!({"disks": []}),
+        ];
+        for body in inventories.map(|b| b.to_string()) {
+            let read: wire::Inventory = serde_json::from_str(&body).unwrap();
+            assert_eq!(inventory(body.as_bytes()).unwrap().report, read, "{body}");
+        }
+        for body in [
+            r#"{"status":"done"}"#,
+            r#"{"status":"done","reason":"x"}"#,
+            r#"{"status":"failed","reason":null}"#,
+            r#"{"status":"failed","reason":"disk S1 not found"}"#,
+        ] {
+            let read: Status = serde_json::from_str(body).unwrap();
+            assert_eq!(pxe_status(body.as_bytes()).unwrap(), read, "{body}");
+        }
+        for body in [
+            r#"{"phase":"write","written_bytes":5,"total_bytes":10,"rate_bytes_per_s":1}"#,
+            r#"{"phase":"verifying","written_bytes":0,"total_bytes":null}"#,
+        ] {
+            let read: Progress = serde_json::from_str(body).unwrap();
+            assert_eq!(pxe_progress(body.as_bytes()).unwrap(), read, "{body}");
+        }
+    }
+
     #[test]
     fn the_inventory_bty_sends_is_what_bty_web_accepts() {
         use crate::disks::Disk;
         use crate::inventory::{Inventory, Source, summary};
-        use crate::wire::InventoryDisk;
 
         let disk = |i: usize| Disk {
             inventory: InventoryDisk {
@@ -442,8 +448,8 @@ mod tests {
         };
         let body = serde_json::to_vec(&inv.wire()).unwrap();
         let checked = inventory(&body).unwrap();
-        assert_eq!(checked.disks.as_array().unwrap().len(), INVENTORY_MAX_DISKS);
-        assert_eq!(checked.lshw.unwrap()["class"], "system");
+        assert_eq!(checked.report.disks.len(), INVENTORY_MAX_DISKS);
+        assert_eq!(checked.report.lshw.unwrap()["class"], "system");
         let v: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["disks"][0].as_object().unwrap().len(), 8);
     }
