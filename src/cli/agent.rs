@@ -8,8 +8,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use crate::cli::WizardArgs;
 use crate::cli::progress::{Markers, Poster};
@@ -18,32 +17,12 @@ use crate::error::{Context, Error, Result};
 use crate::flash::progress::{Mode, Reporter};
 use crate::flash::{self, FlashError, Options, Plan};
 use crate::sys::PowerAction;
+use crate::wire::{self, Status};
 
 /// Connect, response and per-read timeout of each call to bty-web.
 const CALL_TIMEOUT: Duration = Duration::from_secs(4);
 /// Largest plan answer read (a plan is a few hundred bytes).
 const PLAN_MAX: u64 = 64 << 10;
-/// bty-web keeps at most this many characters of a failure reason.
-const REASON_MAX_CHARS: usize = 500;
-
-/// What `GET /pxe/{mac}/plan` answers.
-#[derive(Debug, Deserialize, PartialEq, Eq)]
-#[serde(tag = "mode", rename_all = "lowercase")]
-pub enum ServerPlan {
-    Flash {
-        image: String,
-        target_disk_serial: Option<String>,
-        name: Option<String>,
-        format: Option<String>,
-        disk_image_sha: Option<String>,
-    },
-    Interactive {
-        catalog: Option<String>,
-    },
-    Inventory,
-    Exit,
-}
-
 /// Calls to one bty-web on behalf of one MAC.
 pub struct Client {
     base: String,
@@ -63,7 +42,7 @@ impl Client {
     }
 
     /// POSTs a JSON body to `/pxe/{mac}/{what}`; any status but 2xx is an error naming it.
-    pub fn post(&self, what: &str, body: &Value) -> Result<()> {
+    pub fn post(&self, what: &str, body: &impl Serialize) -> Result<()> {
         let url = self.url(what);
         let bytes = serde_json::to_vec(body).context("encoding the request body")?;
         let resp = self
@@ -82,7 +61,7 @@ impl Client {
     }
 
     /// GETs and parses the plan.
-    pub fn plan(&self) -> Result<ServerPlan> {
+    pub fn plan(&self) -> Result<wire::Plan> {
         let url = self.url("plan");
         let resp = self.agent.get(&url).call().with_context(|| format!("GET {url}"))?;
         let status = resp.status().as_u16();
@@ -103,7 +82,7 @@ impl Client {
 }
 
 /// Parses a plan answer; a mode bty does not know is an error, like bad JSON.
-pub fn parse_plan(body: &[u8]) -> Result<ServerPlan> {
+pub fn parse_plan(body: &[u8]) -> Result<wire::Plan> {
     serde_json::from_slice(body).map_err(|e| {
         let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
         Error::msg(format!("the plan {text:?} is not one bty understands: {e}"))
@@ -132,19 +111,19 @@ pub fn run(args: &WizardArgs, mac: &str) -> Result<ExitCode> {
     };
     crate::info!("plan: {plan:?}");
     match plan {
-        ServerPlan::Exit => {
+        wire::Plan::Exit => {
             eprintln!("bty: the server has nothing for this machine to do (plan: exit)");
             Ok(ExitCode::SUCCESS)
         }
-        ServerPlan::Interactive { catalog } => {
+        wire::Plan::Interactive { catalog } => {
             wizard::run(args, Some(catalog.unwrap_or_else(|| client.catalog_url())), None)
         }
-        ServerPlan::Inventory => {
+        wire::Plan::Inventory => {
             post_inventory(&client)?;
             Markers::new().say("inventory posted; rebooting");
             crate::cli::power::power(PowerAction::Reboot)
         }
-        ServerPlan::Flash { image, target_disk_serial, name, format, disk_image_sha } => {
+        wire::Plan::Flash { image, target_disk_serial, name, format, disk_image_sha } => {
             let choice = Choice {
                 name: name.unwrap_or_else(|| crate::catalog::last_segment(&image).to_string()),
                 format: format.unwrap_or_default(),
@@ -154,7 +133,7 @@ pub fn run(args: &WizardArgs, mac: &str) -> Result<ExitCode> {
             match auto_flash(&client, &choice, target_disk_serial.as_deref()) {
                 Ok(target) => {
                     register_uefi_boot(&target, &choice.name);
-                    if let Err(e) = client.post("done", &json!({})) {
+                    if let Err(e) = client.post("done", &serde_json::json!({})) {
                         crate::error!("{e}");
                     }
                     Markers::new().say("flash complete; rebooting");
@@ -163,10 +142,7 @@ pub fn run(args: &WizardArgs, mac: &str) -> Result<ExitCode> {
                 Err(e) => {
                     let reason = e.to_string();
                     Markers::new().say(&format!("auto-flash failed: {reason}"));
-                    let reason: String = reason.chars().take(REASON_MAX_CHARS).collect();
-                    if let Err(e) =
-                        client.post("status", &json!({"status": "failed", "reason": reason}))
-                    {
+                    if let Err(e) = client.post("status", &Status::failed(&reason)) {
                         crate::error!("{e}");
                     }
                     // A refused image is not offered again in the wizard either.
@@ -183,8 +159,7 @@ fn post_inventory(client: &Client) -> Result<()> {
         .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"));
     let inv = crate::inventory::collect(&crate::inventory::Options { all: false, lshw: !no_lshw })
         .context("collecting the inventory")?;
-    let body = serde_json::to_value(inv.wire()).context("encoding the inventory")?;
-    client.post("inventory", &body)
+    client.post("inventory", &inv.wire())
 }
 
 /// With `BTY_REGISTER_UEFI_BOOT=1`, makes the firmware boot the flashed disk next; a failure is
@@ -311,13 +286,13 @@ mod tests {
         )
         .unwrap();
         assert!(
-            matches!(p, ServerPlan::Flash { ref target_disk_serial, .. } if target_disk_serial.as_deref() == Some("S1"))
+            matches!(p, wire::Plan::Flash { ref target_disk_serial, .. } if target_disk_serial.as_deref() == Some("S1"))
         );
-        assert_eq!(parse_plan(br#"{"mode":"exit"}"#).unwrap(), ServerPlan::Exit);
-        assert_eq!(parse_plan(br#"{"mode":"inventory"}"#).unwrap(), ServerPlan::Inventory);
+        assert_eq!(parse_plan(br#"{"mode":"exit"}"#).unwrap(), wire::Plan::Exit);
+        assert_eq!(parse_plan(br#"{"mode":"inventory"}"#).unwrap(), wire::Plan::Inventory);
         assert_eq!(
             parse_plan(br#"{"mode":"interactive","catalog":"http://h/catalog.toml"}"#).unwrap(),
-            ServerPlan::Interactive { catalog: Some("http://h/catalog.toml".into()) }
+            wire::Plan::Interactive { catalog: Some("http://h/catalog.toml".into()) }
         );
         for ok in ["http://h/a.img", "HTTPS://h/a.img.xz", "oras://r/x:1"] {
             assert!(check_plan_image(ok).is_ok(), "{ok}");

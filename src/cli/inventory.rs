@@ -123,7 +123,8 @@ fn print_out(text: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::disks::{InventoryDisk, Refusal};
+    use crate::disks::Refusal;
+    use crate::wire::InventoryDisk;
 
     fn disk(path: &str, size: &str, model: Option<&str>, refusal: Option<Refusal>) -> Disk {
         Disk {

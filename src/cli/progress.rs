@@ -7,10 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
-
 use crate::cli::agent::Client;
-use crate::flash::Snapshot;
+use crate::flash::{Phase, Snapshot};
+use crate::wire::Progress;
 
 /// Time between two progress posts.
 const POST_EVERY: Duration = Duration::from_secs(2);
@@ -51,7 +50,7 @@ impl Markers {
 
     /// Announces each quarter of the write the first time the flash passes it.
     pub fn progress(&mut self, s: &Snapshot<'_>) {
-        if s.phase != "write" {
+        if s.phase != Phase::Write {
             return;
         }
         let Some(frac) = fraction(s) else { return };
@@ -90,34 +89,34 @@ fn fraction(s: &Snapshot<'_>) -> Option<f64> {
 }
 
 /// The body of `POST /pxe/{mac}/progress` for a snapshot.
-pub fn progress_body(s: &Snapshot<'_>) -> Value {
+pub fn progress_body(s: &Snapshot<'_>) -> Progress {
     let decoded = s.counters.decoded.load(Ordering::Relaxed);
     let secs = s.elapsed.as_secs_f64();
     let rate = if secs > 0.0 { Some((decoded as f64 / secs) as u64) } else { None };
     // A stream that does not record its decoded size (most zstd and xz images) has a total
     // only once it ended.
-    let total = s.image_total.or((s.phase == "done").then_some(decoded));
+    let total = s.image_total.or((s.phase == Phase::Done).then_some(decoded));
     // written_bytes counts image bytes through the writer, zero runs skipped cheaply included:
     // what the operator compares with the image size.
-    json!({
-        "phase": s.phase,
-        "written_bytes": decoded,
-        "total_bytes": total,
-        "rate_bytes_per_s": rate,
-    })
+    Progress {
+        phase: s.phase.as_str().to_string(),
+        written_bytes: decoded,
+        total_bytes: total,
+        rate_bytes_per_s: rate,
+    }
 }
 
 /// A side thread that posts the latest snapshot every two seconds. The flash only swaps a
 /// value under a lock the poster holds for a clone; the network wait is the poster's alone.
 pub struct Poster {
-    latest: Arc<Mutex<Option<Value>>>,
+    latest: Arc<Mutex<Option<Progress>>>,
     stop: Arc<AtomicBool>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
 impl Poster {
     pub fn start(client: Client) -> Poster {
-        let latest: Arc<Mutex<Option<Value>>> = Arc::default();
+        let latest: Arc<Mutex<Option<Progress>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let (l, st) = (Arc::clone(&latest), Arc::clone(&stop));
         let thread = thread::Builder::new()
@@ -145,8 +144,8 @@ impl Poster {
     }
 }
 
-fn post_loop(client: &Client, latest: &Mutex<Option<Value>>, stop: &AtomicBool) {
-    let mut last_sent: Option<Value> = None;
+fn post_loop(client: &Client, latest: &Mutex<Option<Progress>>, stop: &AtomicBool) {
+    let mut last_sent: Option<Progress> = None;
     let mut failures = 0u32;
     loop {
         let started = Instant::now();

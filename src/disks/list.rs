@@ -10,29 +10,7 @@ use super::BlockDevice;
 use super::safety::{InUse, Refusal, with_partitions};
 use super::sysfs::{self, clean, read_flag, read_trim, read_u64};
 use crate::error::{Context, Result};
-use crate::wire::DISK_FIELD_MAX_CHARS;
-
-/// One disk as `POST /pxe/{mac}/inventory` carries it: the spec's `InventoryDisk`, field for
-/// field. Strings are cut to the 256 characters bty-web accepts.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct InventoryDisk {
-    /// /dev path at inventory time ("/dev/sda"); not a durable id.
-    pub path: String,
-    /// Size as lsblk prints it ("500G", "1.8T", "0B").
-    pub size: Option<String>,
-    /// Vendor from sysfs (`device/vendor`: "ATA", a PCI id for virtio), as lsblk shows it.
-    pub vendor: Option<String>,
-    /// Model, from udev or sysfs.
-    pub model: Option<String>,
-    /// Serial: the durable id a flash is pinned to (see [`super::serial::serial`]).
-    pub serial: Option<String>,
-    /// Transport as lsblk names it: "sata", "nvme", "usb", "virtio", ...
-    pub tran: Option<String>,
-    /// The kernel marks the medium removable.
-    pub removable: bool,
-    /// The kernel reports the device read-only.
-    pub readonly: bool,
-}
+use crate::wire::{DISK_FIELD_MAX_CHARS, InventoryDisk};
 
 /// A whole disk of this machine: the `InventoryDisk` fields, then what bty adds for the
 /// operator and the wizard (bty-web ignores the extra keys).

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Context, Result};
 
-pub use list::{Disk, InventoryDisk, ListOptions, list};
+pub use list::{Disk, ListOptions, list};
 pub use safety::{InUse, Refusal, check_writable};
 pub use sysfs::split_dev;
 use sysfs::{read_trim, read_u64};

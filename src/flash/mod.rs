@@ -18,6 +18,7 @@ use crate::image::format::{self, Format};
 use crate::image::qcow2;
 use crate::source::Source;
 use probe::ImageInfo;
+pub use progress::Phase;
 use stream::{Block, Pool, Stage, Stop};
 use write::Writer;
 
@@ -96,7 +97,7 @@ pub struct Report {
     pub verified: bool,
     pub seconds: f64,
     pub direct_io: bool,
-    pub zero_mode: String,
+    pub zero_mode: &'static str,
 }
 
 /// Why a flash did not complete.
@@ -125,7 +126,7 @@ pub struct Snapshot<'a> {
     pub image_total: Option<u64>,
     pub source_total: Option<u64>,
     pub elapsed: Duration,
-    pub phase: &'static str,
+    pub phase: Phase,
 }
 
 /// Runs the plan. `tick` is called about ten times a second with the progress so far.
@@ -164,7 +165,8 @@ pub fn run(
         elapsed: started.elapsed(),
         phase,
     };
-    let outcome = pump(plan, opts, &mut writer, &counters, cancel, &mut || tick(&snap("write")));
+    let outcome =
+        pump(plan, opts, &mut writer, &counters, cancel, &mut || tick(&snap(Phase::Write)));
     let fail = |writer: &mut Writer, e: FlashError| {
         if let Err(w) = writer.blank_headers() {
             crate::error!(
@@ -197,7 +199,7 @@ pub fn run(
     }
     let image_bytes = counters.decoded.load(Ordering::Relaxed);
     if opts.verify {
-        tick(&snap("verify"));
+        tick(&snap(Phase::Verify));
         maybe_pause_before_verify();
         match writer.verify(&counters, cancel) {
             Ok(None) => {}
@@ -215,7 +217,7 @@ pub fn run(
         }
     }
     writer.reread_partitions();
-    tick(&snap("done"));
+    tick(&snap(Phase::Done));
     Ok(Report {
         source_bytes: counters
             .read
@@ -228,7 +230,7 @@ pub fn run(
         verified: opts.verify,
         seconds: started.elapsed().as_secs_f64(),
         direct_io: writer.direct(),
-        zero_mode: format!("{:?}", writer.zero_mode()),
+        zero_mode: writer.zero_mode().as_str(),
     })
 }
 

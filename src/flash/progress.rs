@@ -7,6 +7,35 @@ use std::time::{Duration, Instant};
 use crate::flash::{Report, Snapshot};
 use crate::units;
 
+/// What a flash is doing, as a [`Snapshot`] says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading, decoding and writing the image.
+    Write,
+    /// Reading the target back against the hashes of what was written (`--verify`).
+    Verify,
+    /// Finished: the image is on the target.
+    Done,
+}
+
+impl Phase {
+    /// The name shown on the progress line, in `--progress json` and in the agent's progress
+    /// posts to bty-web (`phase`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Write => "write",
+            Phase::Verify => "verify",
+            Phase::Done => "done",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// How progress is shown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -85,7 +114,7 @@ impl Reporter {
         let written = c.written.load(Ordering::Relaxed);
         let verified = c.verified.load(Ordering::Relaxed);
         let secs = s.elapsed.as_secs_f64().max(1e-3);
-        let (done, total) = if s.phase == "verify" {
+        let (done, total) = if s.phase == Phase::Verify {
             (verified, s.image_total.or(Some(decoded)))
         } else {
             (decoded, s.image_total)
@@ -93,7 +122,7 @@ impl Reporter {
         // Fraction done: from the image size when known, else from the compressed bytes read.
         let frac = match (total, s.source_total) {
             (Some(t), _) if t > 0 => Some(done as f64 / t as f64),
-            (_, Some(st)) if st > 0 && s.phase != "verify" => Some(read as f64 / st as f64),
+            (_, Some(st)) if st > 0 && s.phase != Phase::Verify => Some(read as f64 / st as f64),
             _ => None,
         }
         .map(|f| f.clamp(0.0, 1.0));
@@ -102,7 +131,7 @@ impl Reporter {
         match self.mode {
             Mode::Json => {
                 let line = serde_json::json!({
-                    "event": "progress", "phase": s.phase, "read_bytes": read,
+                    "event": "progress", "phase": s.phase.as_str(), "read_bytes": read,
                     "decoded_bytes": decoded, "written_bytes": written, "zeroed_bytes": zeroed,
                     "verified_bytes": verified, "total_bytes": s.image_total,
                     "source_bytes": s.source_total, "fraction": frac,
@@ -197,6 +226,24 @@ impl Reporter {
         if self.drew_bar {
             eprintln!();
             self.drew_bar = false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Phase;
+    use crate::flash::write::ZeroMode;
+
+    /// The names progress lines, `--progress json` and bty-web's progress page show.
+    #[test]
+    fn phases_and_zero_modes_keep_their_names() {
+        let phases = [Phase::Write, Phase::Verify, Phase::Done];
+        assert_eq!(phases.map(Phase::as_str), ["write", "verify", "done"]);
+        assert_eq!(Phase::Verify.to_string(), "verify");
+        // A flash report's zero_mode was the variant's Debug form: the same names.
+        for z in [ZeroMode::ZeroOut, ZeroMode::PunchHole, ZeroMode::Write] {
+            assert_eq!(z.as_str(), format!("{z:?}"));
         }
     }
 }

@@ -32,6 +32,17 @@ pub enum ZeroMode {
     Write,
 }
 
+impl ZeroMode {
+    /// The name in a flash report (`"zero_mode": "ZeroOut"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ZeroMode::ZeroOut => "ZeroOut",
+            ZeroMode::PunchHole => "PunchHole",
+            ZeroMode::Write => "Write",
+        }
+    }
+}
+
 /// The open target and everything the writer tracks about it.
 pub struct Writer {
     file: File,

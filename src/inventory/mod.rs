@@ -4,12 +4,11 @@
 pub mod lshw;
 pub mod summary;
 
-use serde::Serialize;
 use serde_json::Value;
 
-use crate::disks::{self, Disk, InventoryDisk, ListOptions};
+use crate::disks::{self, Disk, ListOptions};
 use crate::error::Result;
-use crate::wire::{INVENTORY_MAX_DISKS, LSHW_MAX};
+use crate::wire::{self, INVENTORY_MAX_DISKS, LSHW_MAX};
 
 /// What to collect.
 #[derive(Clone, Copy, Debug)]
@@ -40,22 +39,18 @@ pub struct Inventory {
     pub source: Source,
 }
 
-/// The body of `POST /pxe/{mac}/inventory`: `{"disks": [InventoryDisk, ...], "lshw": tree}`.
-#[derive(Serialize)]
-pub struct Wire<'a> {
-    /// The disks as the spec's `InventoryDisk`.
-    pub disks: Vec<&'a InventoryDisk>,
-    /// The hardware tree, stored by bty-web as the machine's lshw blob.
-    pub lshw: &'a Value,
-}
-
 impl Inventory {
-    /// The report as bty-web takes it: the `InventoryDisk` fields of at most
-    /// [`INVENTORY_MAX_DISKS`] disks (bty-web refuses more) and the tree.
-    pub fn wire(&self) -> Wire<'_> {
-        Wire {
-            disks: self.disks.iter().take(INVENTORY_MAX_DISKS).map(|d| &d.inventory).collect(),
-            lshw: &self.hardware,
+    /// The report as bty-web takes it (`POST /pxe/{mac}/inventory`): the `InventoryDisk`
+    /// fields of at most [`INVENTORY_MAX_DISKS`] disks (bty-web refuses more) and the tree.
+    pub fn wire(&self) -> wire::Inventory {
+        wire::Inventory {
+            disks: self
+                .disks
+                .iter()
+                .take(INVENTORY_MAX_DISKS)
+                .map(|d| d.inventory.clone())
+                .collect(),
+            lshw: Some(self.hardware.clone()),
         }
     }
 }

@@ -18,7 +18,7 @@ pub struct App {
     pub db: Db,
     pub auth: Auth,
     /// Latest flash progress per MAC, as the live environment reports it (not persisted).
-    pub progress: Mutex<HashMap<String, validate::PxeProgress>>,
+    pub progress: Mutex<HashMap<String, crate::wire::Progress>>,
     /// Live-update subscribers.
     pub hub: Arc<Hub>,
     /// Counters for /metrics.

@@ -10,14 +10,16 @@ use std::time::{Duration, Instant};
 use crate::web::config::Settings;
 use crate::web::db::{Capped, CatalogEntry, Db, Machine};
 use crate::web::metrics::Metrics;
+use crate::wire::{BootMode, Plan, PlanMode};
 
 /// What a machine gets on this contact.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Boot the local disk (firmware order on UEFI, sanboot on BIOS).
     Disk { reason: String, once: bool },
-    /// Chain the live environment in a plan mode ("flash", "interactive", "inventory").
-    LiveEnv { mode: &'static str, reason: String },
+    /// Chain the live environment, whose plan will be in this mode (flash, interactive or
+    /// inventory).
+    LiveEnv { mode: PlanMode, reason: String },
     /// Cannot act: say why, then hand back to the firmware boot order.
     Exit { reason: String },
 }
@@ -36,20 +38,21 @@ impl Decision {
 pub fn decide(m: &Machine, image: Option<&CatalogEntry>) -> Decision {
     let disk = |reason: &str, once| Decision::Disk { reason: reason.into(), once };
     let live = |mode, reason: &str| Decision::LiveEnv { mode, reason: reason.into() };
-    match m.boot_mode.as_str() {
-        "bty-tui" => live("interactive", "boot mode bty-tui: the wizard"),
-        "bty-inventory" if m.boot_disk_next => {
+    // The database holds only checked modes; anything else boots the disk, like ipxe-exit.
+    let mode = m.boot_mode.parse::<BootMode>().unwrap_or_default();
+    match mode {
+        BootMode::Tui => live(PlanMode::Interactive, "boot mode bty-tui: the wizard"),
+        BootMode::Inventory if m.boot_disk_next => {
             disk("inventory collected: booting the disk once, then re-arming", true)
         }
-        "bty-inventory" => {
-            live("inventory", "boot mode bty-inventory: collecting the disk inventory")
+        BootMode::Inventory => {
+            live(PlanMode::Inventory, "boot mode bty-inventory: collecting the disk inventory")
         }
-        "bty-flash-once" | "bty-flash-always" => {
+        BootMode::FlashOnce | BootMode::FlashAlways => {
             if m.target_disk_serial.is_none() {
                 return Decision::Exit {
                     reason: format!(
-                        "boot mode {} needs a target disk serial: pick one on the machine page",
-                        m.boot_mode
+                        "boot mode {mode} needs a target disk serial: pick one on the machine page"
                     ),
                 };
             }
@@ -64,18 +67,18 @@ pub fn decide(m: &Machine, image: Option<&CatalogEntry>) -> Decision {
                     },
                 };
             }
-            if m.boot_mode == "bty-flash-once" && m.last_flashed_at.is_some() {
+            if mode == BootMode::FlashOnce && m.last_flashed_at.is_some() {
                 disk(
                     "flashed once already: booting the disk until the machine is saved again",
                     false,
                 )
-            } else if m.boot_mode == "bty-flash-always" && m.boot_disk_next {
+            } else if mode == BootMode::FlashAlways && m.boot_disk_next {
                 disk("flashed: booting the new disk once, the next boot flashes again", true)
             } else {
-                live("flash", "flash pending: chaining the live environment")
+                live(PlanMode::Flash, "flash pending: chaining the live environment")
             }
         }
-        _ => disk("boot mode ipxe-exit: local disk", false),
+        BootMode::IpxeExit => disk("boot mode ipxe-exit: local disk", false),
     }
 }
 
@@ -258,30 +261,28 @@ pub fn autoexec(base: &str) -> String {
 }
 
 /// The `/pxe/{mac}/plan` answer for a decision.
-pub fn plan(
-    d: &Decision,
-    m: &Machine,
-    image: Option<&CatalogEntry>,
-    host: &str,
-) -> serde_json::Value {
+pub fn plan(d: &Decision, m: &Machine, image: Option<&CatalogEntry>, host: &str) -> Plan {
     match (d, image) {
-        (Decision::LiveEnv { mode: "flash", .. }, Some(img)) => serde_json::json!({
-            "mode": "flash", "image": img.src, "target_disk_serial": m.target_disk_serial,
-            "name": img.name, "format": img.format, "disk_image_sha": img.disk_image_sha,
-        }),
-        (Decision::LiveEnv { mode: "interactive", .. }, _) => {
-            serde_json::json!({"mode": "interactive", "catalog": format!("http://{host}/catalog.toml")})
+        (Decision::LiveEnv { mode: PlanMode::Flash, .. }, Some(img)) => Plan::Flash {
+            image: img.src.clone(),
+            target_disk_serial: m.target_disk_serial.clone(),
+            name: Some(img.name.clone()),
+            format: Some(img.format.clone()),
+            disk_image_sha: img.disk_image_sha.clone(),
+        },
+        (Decision::LiveEnv { mode: PlanMode::Interactive, .. }, _) => {
+            Plan::Interactive { catalog: Some(format!("http://{host}/catalog.toml")) }
         }
-        (Decision::LiveEnv { mode: "inventory", .. }, _) => {
-            serde_json::json!({"mode": "inventory"})
-        }
+        (Decision::LiveEnv { mode: PlanMode::Inventory, .. }, _) => Plan::Inventory,
         // The live env posts its inventory before it asks for the plan, and that post already
         // turned the next PXE answer into "boot the disk"; the running live env still has to
         // finish its inventory job, which ends in the reboot that gets there.
-        (Decision::Disk { once: true, .. }, _) if m.boot_mode == "bty-inventory" => {
-            serde_json::json!({"mode": "inventory"})
+        (Decision::Disk { once: true, .. }, _)
+            if m.boot_mode.parse::<BootMode>() == Ok(BootMode::Inventory) =>
+        {
+            Plan::Inventory
         }
-        _ => serde_json::json!({"mode": "exit"}),
+        _ => Plan::Exit,
     }
 }
 
@@ -328,15 +329,44 @@ mod tests {
     #[test]
     fn flash_once_flashes_then_stays_on_disk() {
         let mut m = machine("bty-flash-once");
-        assert!(matches!(decide(&m, Some(&entry())), Decision::LiveEnv { mode: "flash", .. }));
+        assert!(matches!(
+            decide(&m, Some(&entry())),
+            Decision::LiveEnv { mode: PlanMode::Flash, .. }
+        ));
         m.last_flashed_at = Some("t".into());
         assert!(matches!(decide(&m, Some(&entry())), Decision::Disk { once: false, .. }));
     }
 
     #[test]
+    fn plans_carry_every_field_of_their_mode() {
+        let m = machine("bty-flash-once");
+        let p = plan(&decide(&m, Some(&entry())), &m, Some(&entry()), "h");
+        assert_eq!(
+            serde_json::to_value(&p).unwrap(),
+            serde_json::json!({
+                "mode": "flash", "image": "https://example.com/debian.img.zst",
+                "target_disk_serial": "S123", "name": "debian.img.zst", "format": "img.zst",
+                "disk_image_sha": null,
+            })
+        );
+        let m = machine("bty-tui");
+        let p = plan(&decide(&m, None), &m, None, "h:1");
+        assert_eq!(
+            serde_json::to_value(&p).unwrap(),
+            serde_json::json!({"mode": "interactive", "catalog": "http://h:1/catalog.toml"})
+        );
+        let m = machine("ipxe-exit");
+        let p = plan(&decide(&m, None), &m, None, "h");
+        assert_eq!(serde_json::to_value(&p).unwrap(), serde_json::json!({"mode": "exit"}));
+    }
+
+    #[test]
     fn flash_always_alternates_flash_and_disk() {
         let mut m = machine("bty-flash-always");
-        assert!(matches!(decide(&m, Some(&entry())), Decision::LiveEnv { mode: "flash", .. }));
+        assert!(matches!(
+            decide(&m, Some(&entry())),
+            Decision::LiveEnv { mode: PlanMode::Flash, .. }
+        ));
         m.boot_disk_next = true;
         assert!(matches!(decide(&m, Some(&entry())), Decision::Disk { once: true, .. }));
     }
@@ -347,7 +377,7 @@ mod tests {
         m.boot_disk_next = true;
         let d = decide(&m, None);
         assert!(matches!(d, Decision::Disk { once: true, .. }), "the next PXE boot is the disk");
-        assert_eq!(plan(&d, &m, None, "h"), serde_json::json!({"mode": "inventory"}));
+        assert_eq!(plan(&d, &m, None, "h"), Plan::Inventory);
     }
 
     #[test]
@@ -401,7 +431,10 @@ mod tests {
         assert!(s.contains(
             "initrd --name initrd http://10.0.2.2:8080/boot/i.initrd?mac=aa:bb:cc:dd:ee:ff\nboot\n"
         ));
-        assert_eq!(plan(&d, &m, None, "h:1")["catalog"], "http://h:1/catalog.toml");
+        assert_eq!(
+            plan(&d, &m, None, "h:1"),
+            Plan::Interactive { catalog: Some("http://h:1/catalog.toml".into()) }
+        );
         let m = machine("ipxe-exit");
         let s = script(&decide(&m, None), &m, "h", "k", "i");
         assert!(s.contains(

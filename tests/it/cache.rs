@@ -161,6 +161,13 @@ fn two_flashes_pull_from_the_origin_once_and_a_cut_origin_still_serves() {
     // other servers import, keeps the origin.
     let (_, _, toml) = s.call("GET", "/catalog.toml?via=cache", None, "");
     assert!(toml.contains(&format!("src = \"{url}\"")) && toml.contains(&sha), "{toml}");
+    let (st, _, body) =
+        s.call("PUT", "/machines/52:54:00:00:00:02", Some(&c), r#"{"boot_mode":"bty-tui"}"#);
+    assert!(st == 200 || st == 201, "{body}");
+    let (_, _, body) = s.call("GET", "/pxe/52:54:00:00:00:02/plan", None, "");
+    let plan: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(plan["mode"], "interactive", "{body}");
+    assert!(plan["catalog"].as_str().unwrap().ends_with("/catalog.toml?via=cache"), "{body}");
     let (_, _, toml) = s.call("GET", "/catalog.toml", None, "");
     assert!(toml.contains("/img/debian.img.zst") && !toml.contains("/images/"), "{toml}");
 

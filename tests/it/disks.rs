@@ -262,7 +262,7 @@ fn find<'a>(tree: &'a Value, class: &str) -> Vec<&'a Value> {
 fn inventory_without_lshw_passes_bty_web_and_has_cpu_memory_and_network() {
     for env in [vec![("BTY_NO_LSHW", "1")], vec![("PATH", "/nonexistent")]] {
         let (v, checked) = inventory(&env);
-        let tree = checked.lshw.expect("a hardware tree");
+        let tree = checked.report.lshw.expect("a hardware tree");
         assert_eq!(tree["class"], "system", "{env:?}");
         assert!(tree["configuration"]["generator"].as_str().unwrap().starts_with("bty "));
         let cpus = find(&tree, "processor");
@@ -296,7 +296,7 @@ fn inventory_without_lshw_passes_bty_web_and_has_cpu_memory_and_network() {
             }
             assert_eq!(d.as_object().unwrap().len(), 8);
         }
-        assert_eq!(checked.disks, v["disks"]);
+        assert_eq!(serde_json::to_value(&checked.report.disks).unwrap(), v["disks"]);
     }
 }
 
@@ -307,7 +307,7 @@ fn inventory_with_lshw_passes_bty_web() {
         "lshw is not installed (make deps installs it)"
     );
     let (_, checked) = inventory(&[]);
-    let tree = checked.lshw.expect("lshw's tree");
+    let tree = checked.report.lshw.expect("lshw's tree");
     assert_eq!(tree["class"], "system");
     assert!(tree["configuration"].get("generator").is_none(), "lshw's tree, not ours");
     assert!(!find(&tree, "processor").is_empty());

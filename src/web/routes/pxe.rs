@@ -6,6 +6,7 @@ use crate::web::app::{App, bad, internal};
 use crate::web::db::{Capped, CatalogEntry, Contacted, Decided, InventoryStored, Machine, PxeMark};
 use crate::web::http::{Req, Resp};
 use crate::web::{catalog, guard, pxe, validate};
+use crate::wire::{Plan, Status};
 
 /// A PXE contact: records it (discovering unknown MACs) and decides, in one transaction; the
 /// script route also applies the decision's mark and logs it.
@@ -69,7 +70,7 @@ fn discovery_refused(app: &App, cap: Capped, ip: &str, script: bool) -> Resp {
     };
     app.discovery.refused(&app.db, &app.metrics, cap, &limit);
     if !script {
-        return Resp::json(200, &serde_json::json!({"mode": "exit"}));
+        return Resp::json(200, &Plan::Exit);
     }
     app.metrics.offers_exit.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Resp::text(200, pxe::exit_script(&format!("{why} ({limit}); booting the firmware order")))
@@ -101,8 +102,8 @@ pub(super) fn plan(app: &App, req: &Req, mac: &str) -> Resp {
                 }
             }
             let mut plan = pxe::plan(&d, &m, image.as_ref(), &host);
-            if app.cache.is_some() && plan["mode"] == "interactive" {
-                plan["catalog"] = format!("http://{host}/catalog.toml?via=cache").into();
+            if let (Some(_), Plan::Interactive { catalog }) = (&app.cache, &mut plan) {
+                *catalog = Some(format!("http://{host}/catalog.toml?via=cache"));
             }
             Resp::json(200, &plan)
         }
@@ -140,7 +141,11 @@ pub(super) fn post(app: &App, req: &Req, mac: &str, what: &str) -> Resp {
                         "{mac}: lshw blob over the size cap dropped; keeping the previous one"
                     );
                 }
-                match app.db.set_inventory(&mac, &inv.disks, inv.lshw.as_ref()) {
+                let disks = match serde_json::to_value(&inv.report.disks) {
+                    Ok(d) => d,
+                    Err(e) => return internal(e.into()),
+                };
+                match app.db.set_inventory(&mac, &disks, inv.report.lshw.as_ref()) {
                     Ok(InventoryStored::WithoutLshw) => {
                         let limit = format!(
                             "[pxe] max_lshw_total_mib = {}",
@@ -160,11 +165,11 @@ pub(super) fn post(app: &App, req: &Req, mac: &str, what: &str) -> Resp {
             app.db.pxe_mark(&mac, PxeMark::FlashDone)
         }
         "status" => match validate::pxe_status(&req.body) {
-            Ok(validate::PxeStatus::Done) => {
+            Ok(Status::Done) => {
                 done = true;
                 app.db.pxe_mark(&mac, PxeMark::FlashDone)
             }
-            Ok(validate::PxeStatus::Failed { reason }) => {
+            Ok(Status::Failed { reason }) => {
                 let r = app.db.flash_failed(&mac, &reason);
                 if let Ok(true) = r {
                     app.metrics.flashes_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -12,6 +12,7 @@ use crate::web::ui::multipart::{self, Multipart};
 use crate::web::ui::pages::{self, AddState};
 use crate::web::ui::{Ctx, FormState, field, form, machines, redirect_with};
 use crate::web::{boot, catalog, validate};
+use crate::wire::BootMode;
 
 /// Largest catalog file the upload form accepts (the body policy buffers this much).
 pub const CATALOG_UPLOAD_MAX: usize = 4 << 20;
@@ -120,7 +121,7 @@ fn save_machine(ctx: &Ctx<'_>, mac: &str, fields: Vec<(String, String)>) -> Resp
             .filter(|l| !l.is_empty())
             .map(str::to_string)
             .collect(),
-        boot_mode: opt("boot_mode").unwrap_or_else(|| validate::DEFAULT_BOOT_MODE.to_string()),
+        boot_mode: opt("boot_mode").unwrap_or_else(|| BootMode::default().as_str().to_string()),
         sanboot_drive: opt("sanboot_drive"),
         target_disk_serial: opt("target_disk_serial"),
     };

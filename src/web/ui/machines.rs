@@ -6,7 +6,7 @@ use crate::web::db::{CatalogEntry, Machine};
 use crate::web::ui::pages::{PageResult, event_table, not_found};
 use crate::web::ui::template::{Escape, Html, Val, render};
 use crate::web::ui::{Ctx, FormState, page, short};
-use crate::web::validate;
+use crate::wire::{BootMode, Progress};
 
 const MACHINES: &str = include_str!("../../../html/machines.html");
 const MACHINE: &str = include_str!("../../../html/machine.html");
@@ -90,7 +90,7 @@ fn machine_row(
     out: &mut Html,
     m: &Machine,
     names: &HashMap<&str, &str>,
-    progress: Option<&validate::PxeProgress>,
+    progress: Option<&Progress>,
 ) {
     let mac = Escape(&m.mac);
     out.push(format_args!(
@@ -224,7 +224,7 @@ pub fn detail(ctx: &Ctx<'_>, mac: &str, state: Option<FormState>) -> PageResult 
         ));
     }
     let mut mode_options = Html::new();
-    for bm in validate::BOOT_MODES {
+    for bm in BootMode::ALL.map(BootMode::as_str) {
         let sel = if bm == mode { " selected" } else { "" };
         mode_options.push(format_args!("<option value=\"{bm}\"{sel}>{bm}</option>\n"));
     }

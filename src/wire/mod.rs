@@ -1,15 +1,24 @@
 //! The contract between the live environment's agent (`bty --server`) and bty-web: the boot
-//! modes, the field limits both sides hold an inventory, a status or a progress report to, and
-//! the MAC address form. Here, below both, so that `cli`, `disks` and `inventory` need nothing
-//! of the server's code (see ARCHITECTURE.md).
+//! modes, the plan, the progress and status reports, the inventory, the field limits both sides
+//! hold them to, and the MAC address form. Here, below both, so that `cli`, `disks` and
+//! `inventory` need nothing of the server's code and the two sides write and read one type
+//! (see ARCHITECTURE.md).
+//!
+//! The types derive `Serialize` and `Deserialize` with the JSON shapes of the spec (the tests in
+//! `tests.rs` pin them). bty-web does not read its bodies through these `Deserialize`s: it checks
+//! them by hand (`web::validate`), so that every refusal names its field, and then builds them.
 
-/// The boot modes a machine can have; what `GET /pxe/{mac}` does for it.
-pub const BOOT_MODES: [&str; 5] =
-    ["ipxe-exit", "bty-flash-always", "bty-flash-once", "bty-tui", "bty-inventory"];
-/// The boot mode of a `PUT /machines/{mac}` that does not name one.
-pub const DEFAULT_BOOT_MODE: &str = "ipxe-exit";
-/// The boot modes that flash, and so need an image and a target disk.
-pub const FLASH_MODES: [&str; 2] = ["bty-flash-always", "bty-flash-once"];
+mod boot;
+mod inventory;
+mod plan;
+mod report;
+#[cfg(test)]
+mod tests;
+
+pub use boot::BootMode;
+pub use inventory::{Inventory, InventoryDisk};
+pub use plan::{Plan, PlanMode};
+pub use report::{Progress, Status};
 
 /// Longest label, in characters.
 pub const LABEL_MAX_CHARS: usize = 64;
