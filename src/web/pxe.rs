@@ -38,8 +38,7 @@ impl Decision {
 pub fn decide(m: &Machine, image: Option<&CatalogEntry>) -> Decision {
     let disk = |reason: &str, once| Decision::Disk { reason: reason.into(), once };
     let live = |mode, reason: &str| Decision::LiveEnv { mode, reason: reason.into() };
-    // The database holds only checked modes; anything else boots the disk, like ipxe-exit.
-    let mode = m.boot_mode.parse::<BootMode>().unwrap_or_default();
+    let mode = m.boot_mode;
     match mode {
         BootMode::Tui => live(PlanMode::Interactive, "boot mode bty-tui: the wizard"),
         BootMode::Inventory if m.boot_disk_next => {
@@ -277,9 +276,7 @@ pub fn plan(d: &Decision, m: &Machine, image: Option<&CatalogEntry>, host: &str)
         // The live env posts its inventory before it asks for the plan, and that post already
         // turned the next PXE answer into "boot the disk"; the running live env still has to
         // finish its inventory job, which ends in the reboot that gets there.
-        (Decision::Disk { once: true, .. }, _)
-            if m.boot_mode.parse::<BootMode>() == Ok(BootMode::Inventory) =>
-        {
+        (Decision::Disk { once: true, .. }, _) if m.boot_mode == BootMode::Inventory => {
             Plan::Inventory
         }
         _ => Plan::Exit,
@@ -298,7 +295,7 @@ mod tests {
             discovered_at: None,
             last_seen_at: None,
             last_seen_ip: None,
-            boot_mode: mode.into(),
+            boot_mode: mode.parse().expect("a boot mode"),
             sanboot_drive: None,
             last_flashed_at: None,
             known_disks: None,

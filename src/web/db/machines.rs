@@ -10,6 +10,7 @@ use super::events::insert_event;
 use super::{Db, growth, sub};
 use crate::error::{Context, Result};
 use crate::units::now_iso8601;
+use crate::wire::BootMode;
 
 /// What became of a posted inventory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,7 +40,7 @@ pub struct Machine {
     pub discovered_at: Option<String>,
     pub last_seen_at: Option<String>,
     pub last_seen_ip: Option<String>,
-    pub boot_mode: String,
+    pub boot_mode: BootMode,
     pub sanboot_drive: Option<String>,
     pub last_flashed_at: Option<String>,
     pub known_disks: Option<serde_json::Value>,
@@ -62,7 +63,7 @@ pub struct Machine {
 pub struct MachineUpsert {
     pub bty_image_ref: Option<String>,
     pub labels: Vec<String>,
-    pub boot_mode: String,
+    pub boot_mode: BootMode,
     pub sanboot_drive: Option<String>,
     pub target_disk_serial: Option<String>,
 }
@@ -71,7 +72,7 @@ pub struct MachineUpsert {
 /// mode or target serial), and whether saving claims it.
 struct Stored {
     image: Option<String>,
-    mode: String,
+    mode: BootMode,
     serial: Option<String>,
     unclaimed: bool,
 }
@@ -94,6 +95,15 @@ pub(super) const MACHINE_BY_MAC: &str =
 const MACHINES_ALL: &str =
     concat!("SELECT ", machine_columns!(), " FROM machines m ORDER BY m.mac");
 
+/// A stored boot mode; one this build does not know (a database written by another version,
+/// or by hand) fails the read with the value named rather than passing as some other mode.
+fn boot_mode(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<BootMode> {
+    let s: String = r.get(i)?;
+    s.parse().map_err(|e: String| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
+    })
+}
+
 pub(super) fn machine_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Machine> {
     let labels: Option<String> = r.get(16)?;
     let disks: Option<String> = r.get(8)?;
@@ -103,7 +113,7 @@ pub(super) fn machine_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Machin
         discovered_at: r.get(2)?,
         last_seen_at: r.get(3)?,
         last_seen_ip: r.get(4)?,
-        boot_mode: r.get(5)?,
+        boot_mode: boot_mode(r, 5)?,
         sanboot_drive: r.get(6)?,
         last_flashed_at: r.get(7)?,
         known_disks: disks.and_then(|d| serde_json::from_str(&d).ok()),
@@ -171,7 +181,7 @@ impl Db {
                 .query_row([mac], |r| {
                     Ok(Stored {
                         image: r.get(0)?,
-                        mode: r.get(1)?,
+                        mode: boot_mode(r, 1)?,
                         serial: r.get(2)?,
                         unclaimed: r.get(3)?,
                     })
@@ -187,7 +197,7 @@ impl Db {
                     .execute(params![
                         mac,
                         m.bty_image_ref,
-                        m.boot_mode,
+                        m.boot_mode.as_str(),
                         m.sanboot_drive,
                         m.target_disk_serial,
                         now
@@ -209,7 +219,7 @@ impl Db {
                     .execute(params![
                         mac,
                         m.bty_image_ref,
-                        m.boot_mode,
+                        m.boot_mode.as_str(),
                         m.sanboot_drive,
                         m.target_disk_serial,
                         now,
@@ -392,7 +402,7 @@ mod tests {
             .put_machine("aa:bb:cc:dd:ee:ff", &upsert("ipxe-exit", &["rack-3", "a b", "rack-3"]))
             .unwrap();
         assert_eq!(m.labels, vec!["a b", "rack-3"]);
-        assert_eq!(m.boot_mode, "ipxe-exit");
+        assert_eq!(m.boot_mode.as_str(), "ipxe-exit");
         db.put_machine("00:11:22:33:44:55", &upsert("bty-inventory", &[])).unwrap();
         drop(db);
         let db = Db::open(&d).unwrap();

@@ -468,7 +468,7 @@ mod tests {
 
     pub(super) fn upsert(mode: &str, labels: &[&str]) -> MachineUpsert {
         MachineUpsert {
-            boot_mode: mode.into(),
+            boot_mode: mode.parse().expect("a boot mode"),
             labels: labels.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         }

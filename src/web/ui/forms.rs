@@ -112,20 +112,26 @@ fn save_machine(ctx: &Ctx<'_>, mac: &str, fields: Vec<(String, String)>) -> Resp
     };
     let opt =
         |k: &str| field(&fields, k).map(str::trim).filter(|v| !v.is_empty()).map(str::to_string);
-    let upsert = MachineUpsert {
-        bty_image_ref: opt("bty_image_ref"),
-        labels: field(&fields, "labels")
-            .unwrap_or("")
-            .split(',')
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .collect(),
-        boot_mode: opt("boot_mode").unwrap_or_else(|| BootMode::default().as_str().to_string()),
-        sanboot_drive: opt("sanboot_drive"),
-        target_disk_serial: opt("target_disk_serial"),
-    };
-    let upsert = match validate::normalize_upsert(upsert) {
+    let checked = (|| {
+        let boot_mode = match opt("boot_mode") {
+            Some(s) => validate::boot_mode(&s)?,
+            None => BootMode::default(),
+        };
+        validate::normalize_upsert(MachineUpsert {
+            bty_image_ref: opt("bty_image_ref"),
+            labels: field(&fields, "labels")
+                .unwrap_or("")
+                .split(',')
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect(),
+            boot_mode,
+            sanboot_drive: opt("sanboot_drive"),
+            target_disk_serial: opt("target_disk_serial"),
+        })
+    })();
+    let upsert = match checked {
         Ok(u) => u,
         Err(e) => {
             // labels[2] is reported next to the labels field.

@@ -109,7 +109,7 @@ fn machine_row(
     for l in &m.labels {
         out.push(format_args!("<span class=\"label\">{}</span>", Escape(l)));
     }
-    out.push(format_args!("</td><td>{}</td><td>", Escape(&m.boot_mode)));
+    out.push(format_args!("</td><td>{}</td><td>", Escape(m.boot_mode.as_str())));
     match m.bty_image_ref.as_deref() {
         Some(r) => match names.get(r) {
             Some(n) => out.push(format_args!("{}", Escape(n))),
@@ -165,7 +165,7 @@ pub fn detail(ctx: &Ctx<'_>, mac: &str, state: Option<FormState>) -> PageResult 
     };
     let image = input("bty_image_ref", m.bty_image_ref.as_deref());
     let serial = input("target_disk_serial", m.target_disk_serial.as_deref());
-    let mode = input("boot_mode", Some(&m.boot_mode));
+    let mode = input("boot_mode", Some(m.boot_mode.as_str()));
     let labels = match &state {
         Some(s) => super::field(&s.fields, "labels").unwrap_or("").to_string(),
         None => m.labels.join(", "),
@@ -242,7 +242,7 @@ pub fn detail(ctx: &Ctx<'_>, mac: &str, state: Option<FormState>) -> PageResult 
         "State",
         Some(if m.bty_image_ref.is_some() { "assigned" } else { "discovered, not assigned" }),
     );
-    fact("Boot mode", Some(&m.boot_mode));
+    fact("Boot mode", Some(m.boot_mode.as_str()));
     fact("Labels", Some(&m.labels.join(", ")));
     fact("Discovered", m.discovered_at.as_deref());
     fact(

@@ -113,7 +113,7 @@ pub fn target_disk_serial(s: &str) -> Result<String, Invalid> {
 /// both an image and a target disk.
 pub fn normalize_upsert(m: MachineUpsert) -> Result<MachineUpsert, Invalid> {
     let labels = labels(&m.labels)?;
-    let boot_mode = boot_mode(&m.boot_mode)?;
+    let boot_mode = m.boot_mode;
     let bty_image_ref = m.bty_image_ref.as_deref().map(bty_image_ref).transpose()?;
     let sanboot_drive = m.sanboot_drive.as_deref().map(sanboot_drive).transpose()?;
     let target_disk_serial = m.target_disk_serial.as_deref().map(target_disk_serial).transpose()?;
@@ -136,13 +136,7 @@ pub fn normalize_upsert(m: MachineUpsert) -> Result<MachineUpsert, Invalid> {
             ));
         }
     }
-    Ok(MachineUpsert {
-        bty_image_ref,
-        labels,
-        boot_mode: boot_mode.as_str().to_string(),
-        sanboot_drive,
-        target_disk_serial,
-    })
+    Ok(MachineUpsert { bty_image_ref, labels, boot_mode, sanboot_drive, target_disk_serial })
 }
 
 /// Parses a `PUT /machines/{mac}` body strictly.
@@ -169,8 +163,8 @@ pub fn machine_upsert(body: &[u8]) -> Result<MachineUpsert, Invalid> {
         Some(other) => return Err(type_err("labels", "an array of strings", other)),
     };
     let boot_mode = match obj.get("boot_mode") {
-        None => BootMode::default().as_str().to_string(),
-        Some(Value::String(s)) => s.clone(),
+        None => BootMode::default(),
+        Some(Value::String(s)) => boot_mode(s)?,
         Some(other) => return Err(type_err("boot_mode", "a string", other)),
     };
     normalize_upsert(MachineUpsert {
@@ -264,7 +258,7 @@ mod tests {
     #[test]
     fn upsert_defaults() {
         let m = machine_upsert(b"{}").unwrap();
-        assert_eq!(m.boot_mode, "ipxe-exit");
+        assert_eq!(m.boot_mode.as_str(), "ipxe-exit");
         assert!(m.labels.is_empty());
         assert_eq!(m.bty_image_ref, None);
         assert_eq!(m.sanboot_drive, None);
@@ -273,7 +267,7 @@ mod tests {
             br#"{"bty_image_ref":null,"sanboot_drive":null,"target_disk_serial":null}"#,
         )
         .unwrap();
-        assert_eq!(m.boot_mode, "ipxe-exit");
+        assert_eq!(m.boot_mode.as_str(), "ipxe-exit");
     }
 
     #[test]
@@ -288,12 +282,15 @@ mod tests {
         let m = machine_upsert(body.to_string().as_bytes()).unwrap();
         assert_eq!(m.bty_image_ref.as_deref(), Some(REF));
         assert_eq!(m.labels, strings(&["noisy", "rack-3"]));
-        assert_eq!(m.boot_mode, "bty-flash-once");
+        assert_eq!(m.boot_mode.as_str(), "bty-flash-once");
         assert_eq!(m.sanboot_drive.as_deref(), Some("0x8a"));
         assert_eq!(m.target_disk_serial.as_deref(), Some("S4EWNX0R123456 B"));
         for mode in BootMode::ALL.map(BootMode::as_str) {
             let body = json!({"boot_mode": mode, "bty_image_ref": REF, "target_disk_serial": "X"});
-            assert_eq!(machine_upsert(body.to_string().as_bytes()).unwrap().boot_mode, mode);
+            assert_eq!(
+                machine_upsert(body.to_string().as_bytes()).unwrap().boot_mode.as_str(),
+                mode
+            );
         }
         for mode in ["ipxe-exit", "bty-tui", "bty-inventory"] {
             let body = json!({ "boot_mode": mode });
@@ -398,14 +395,17 @@ mod tests {
         let m = normalize_upsert(MachineUpsert {
             bty_image_ref: Some(REF.to_uppercase()),
             labels: strings(&["b", "a", "b"]),
-            boot_mode: "bty-tui".into(),
+            boot_mode: BootMode::Tui,
             sanboot_drive: None,
             target_disk_serial: None,
         })
         .unwrap();
         assert_eq!(m.bty_image_ref.as_deref(), Some(REF));
         assert_eq!(m.labels, strings(&["a", "b"]));
-        // Default::default() has an empty boot mode, which is not one.
-        assert!(msg(normalize_upsert(MachineUpsert::default())).starts_with("boot_mode:"));
+        // A form without a boot mode gets the default, as a JSON body without one does.
+        assert_eq!(
+            normalize_upsert(MachineUpsert::default()).unwrap().boot_mode,
+            BootMode::default()
+        );
     }
 }
