@@ -17,6 +17,8 @@ use crate::web::{boot, ui};
 mod api;
 mod pxe;
 
+use pxe::Report;
+
 /// Answers a request matched to its row; `params` are the path's `{...}` parts, in order.
 type Handler = fn(app: &Arc<App>, req: &Req, params: &[&str], body: &mut dyn Read) -> Resp;
 
@@ -81,11 +83,15 @@ pub static ROUTES: &[Route] = {
         row(READ, "/pxe/{mac}", Pxe, None, |a, r, p, _| pxe::script(a, r, p[0])),
         row(READ, "/pxe/{mac}/plan", Pxe, None, |a, r, p, _| pxe::plan(a, r, p[0])),
         row(POST, "/pxe/{mac}/inventory", Pxe, Inventory, |a, r, p, _| {
-            pxe::post(a, r, p[0], "inventory")
+            pxe::post(a, r, p[0], Report::Inventory)
         }),
-        row(POST, "/pxe/{mac}/done", Pxe, Json, |a, r, p, _| pxe::post(a, r, p[0], "done")),
-        row(POST, "/pxe/{mac}/status", Pxe, Json, |a, r, p, _| pxe::post(a, r, p[0], "status")),
-        row(POST, "/pxe/{mac}/progress", Pxe, Json, |a, r, p, _| pxe::post(a, r, p[0], "progress")),
+        row(POST, "/pxe/{mac}/done", Pxe, Json, |a, r, p, _| pxe::post(a, r, p[0], Report::Done)),
+        row(POST, "/pxe/{mac}/status", Pxe, Json, |a, r, p, _| {
+            pxe::post(a, r, p[0], Report::Status)
+        }),
+        row(POST, "/pxe/{mac}/progress", Pxe, Json, |a, r, p, _| {
+            pxe::post(a, r, p[0], Report::Progress)
+        }),
         // The operator's API: a session cookie, an allowed Host, changes only from our origin.
         row(READ, "/machines", Session, None, |a, _, _, _| api::machines(a)),
         row(&["GET", "HEAD", "PUT", "DELETE"], "/machines/{mac}", Session, Json, |a, r, p, _| {

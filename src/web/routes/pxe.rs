@@ -8,14 +8,19 @@ use crate::web::http::{Req, Resp};
 use crate::web::{catalog, guard, pxe, validate};
 use crate::wire::{Plan, Status};
 
+/// What a PXE contact decided, for the script or the plan.
+struct Contact {
+    machine: Machine,
+    decision: pxe::Decision,
+    /// The catalog entry of the machine's image, when it has one.
+    image: Option<CatalogEntry>,
+    /// This server's name as the client reached it, safe to put in a script.
+    host: String,
+}
+
 /// A PXE contact: records it (discovering unknown MACs) and decides, in one transaction; the
 /// script route also applies the decision's mark and logs it.
-fn decide(
-    app: &App,
-    req: &Req,
-    mac: &str,
-    offer: bool,
-) -> Result<(Machine, pxe::Decision, Option<CatalogEntry>, String), Resp> {
+fn decide(app: &App, req: &Req, mac: &str, offer: bool) -> Result<Contact, Resp> {
     let mac = validate::normalize_mac(mac).map_err(bad)?;
     let host =
         guard::script_host(app, req).ok_or_else(|| Resp::error(400, "invalid Host header"))?;
@@ -46,7 +51,7 @@ fn decide(
     if wrote {
         app.hub.changed();
     }
-    Ok((m, d, image, host))
+    Ok(Contact { machine: m, decision: d, image, host })
 }
 
 /// An unknown MAC past a growth cap: nothing recorded, and an answer that leaves the machine
@@ -77,8 +82,8 @@ fn discovery_refused(app: &App, cap: Capped, ip: &str, script: bool) -> Resp {
 }
 
 pub(super) fn script(app: &App, req: &Req, mac: &str) -> Resp {
-    let (m, d, _, host) = match decide(app, req, mac, true) {
-        Ok(x) => x,
+    let Contact { machine: m, decision: d, host, .. } = match decide(app, req, mac, true) {
+        Ok(c) => c,
         Err(r) => return r,
     };
     let counter = match d {
@@ -93,7 +98,7 @@ pub(super) fn script(app: &App, req: &Req, mac: &str) -> Resp {
 
 pub(super) fn plan(app: &App, req: &Req, mac: &str) -> Resp {
     match decide(app, req, mac, false) {
-        Ok((m, d, mut image, host)) => {
+        Ok(Contact { machine: m, decision: d, mut image, host }) => {
             // The plan hands out where to fetch from: this server's cache when it can serve
             // the image (a cached or cacheable pinned entry), else the origin.
             if let Some(img) = image.as_mut() {
@@ -111,8 +116,29 @@ pub(super) fn plan(app: &App, req: &Req, mac: &str) -> Resp {
     }
 }
 
+/// What the live environment posts to `/pxe/{mac}/...`.
+#[derive(Clone, Copy)]
+pub(super) enum Report {
+    Inventory,
+    Done,
+    Status,
+    Progress,
+}
+
+impl Report {
+    fn name(self) -> &'static str {
+        match self {
+            Report::Inventory => "inventory",
+            Report::Done => "done",
+            Report::Status => "status",
+            Report::Progress => "progress",
+        }
+    }
+}
+
 /// POSTs from the live environment: inventory, done, status, progress.
-pub(super) fn post(app: &App, req: &Req, mac: &str, what: &str) -> Resp {
+pub(super) fn post(app: &App, req: &Req, mac: &str, report: Report) -> Resp {
+    let what = report.name();
     let mac = match validate::normalize_mac(mac) {
         Ok(m) => m,
         Err(e) => return bad(e),
@@ -133,8 +159,8 @@ pub(super) fn post(app: &App, req: &Req, mac: &str, what: &str) -> Resp {
         Resp::error(404, &format!("no machine record for {mac}"))
     };
     let mut done = false;
-    let found = match what {
-        "inventory" => match validate::inventory(&req.body) {
+    let found = match report {
+        Report::Inventory => match validate::inventory(&req.body) {
             Ok(inv) => {
                 if inv.lshw_dropped {
                     crate::warn!(
@@ -160,11 +186,11 @@ pub(super) fn post(app: &App, req: &Req, mac: &str, what: &str) -> Resp {
             }
             Err(e) => return bad(e),
         },
-        "done" => {
+        Report::Done => {
             done = true;
             app.db.pxe_mark(&mac, PxeMark::FlashDone)
         }
-        "status" => match validate::pxe_status(&req.body) {
+        Report::Status => match validate::pxe_status(&req.body) {
             Ok(Status::Done) => {
                 done = true;
                 app.db.pxe_mark(&mac, PxeMark::FlashDone)
@@ -184,7 +210,7 @@ pub(super) fn post(app: &App, req: &Req, mac: &str, what: &str) -> Resp {
             }
             Err(e) => return bad(e),
         },
-        "progress" => match validate::pxe_progress(&req.body) {
+        Report::Progress => match validate::pxe_progress(&req.body) {
             Ok(p) => match app.db.machine(&mac) {
                 Ok(Some(_)) => {
                     app.progress.lock().unwrap_or_else(|p| p.into_inner()).insert(mac.clone(), p);
@@ -195,7 +221,6 @@ pub(super) fn post(app: &App, req: &Req, mac: &str, what: &str) -> Resp {
             },
             Err(e) => return bad(e),
         },
-        _ => return Resp::error(404, "Not Found"),
     };
     match found {
         Ok(true) => {
