@@ -172,138 +172,15 @@ pub fn detail(ctx: &Ctx<'_>, mac: &str, state: Option<FormState>) -> PageResult 
     };
     let sanboot = input("sanboot_drive", m.sanboot_drive.as_deref());
 
-    let mut image_options = Html::new();
-    image_options.push(format_args!("<option value=\"\">none (not assigned)</option>\n"));
-    let mut image_known = image.is_empty();
-    for e in &catalog {
-        let sel = if e.bty_image_ref == image { " selected" } else { "" };
-        image_known |= e.bty_image_ref == image;
-        image_options.push(format_args!(
-            "<option value=\"{}\"{sel}>{} ({})</option>\n",
-            Escape(&e.bty_image_ref),
-            Escape(&e.name),
-            Escape(&e.src)
-        ));
-    }
-    if !image_known {
-        image_options.push(format_args!(
-            "<option value=\"{}\" selected>{} (not in the catalog)</option>\n",
-            Escape(&image),
-            Escape(&image)
-        ));
-    }
+    let image_options = image_options(&catalog, &image);
     let disks: Vec<serde_json::Value> =
         m.known_disks.as_ref().and_then(|d| d.as_array().cloned()).unwrap_or_default();
-    let s = |d: &serde_json::Value, k: &str| {
-        d.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string()
-    };
-    let mut disk_options = Html::new();
-    disk_options.push(format_args!("<option value=\"\">none</option>\n"));
-    let mut serial_known = serial.is_empty();
-    for d in &disks {
-        let ser = s(d, "serial");
-        if ser.is_empty() {
-            continue;
-        }
-        let sel = if ser == serial { " selected" } else { "" };
-        serial_known |= ser == serial;
-        disk_options.push(format_args!(
-            "<option value=\"{}\"{sel}>{} {} {} (serial {})</option>\n",
-            Escape(&ser),
-            Escape(&s(d, "path")),
-            Escape(&s(d, "size")),
-            Escape(&s(d, "model")),
-            Escape(&ser)
-        ));
-    }
-    if !serial_known {
-        disk_options.push(format_args!(
-            "<option value=\"{}\" selected>serial {} (not in the last inventory)</option>\n",
-            Escape(&serial),
-            Escape(&serial)
-        ));
-    }
-    let mut mode_options = Html::new();
-    for bm in BootMode::ALL.map(BootMode::as_str) {
-        let sel = if bm == mode { " selected" } else { "" };
-        mode_options.push(format_args!("<option value=\"{bm}\"{sel}>{bm}</option>\n"));
-    }
+    let disk_options = disk_options(&disks, &serial);
+    let mode_options = mode_options(&mode);
 
-    let mut facts = Html::new();
-    let mut fact = |k: &str, v: Option<&str>| {
-        facts.push(format_args!(
-            "<dt>{}</dt><dd>{}</dd>\n",
-            Escape(k),
-            Escape(v.filter(|v| !v.is_empty()).unwrap_or("-"))
-        ));
-    };
-    fact("MAC", Some(&m.mac));
-    fact(
-        "State",
-        Some(if m.bty_image_ref.is_some() { "assigned" } else { "discovered, not assigned" }),
-    );
-    fact("Boot mode", Some(m.boot_mode.as_str()));
-    fact("Labels", Some(&m.labels.join(", ")));
-    fact("Discovered", m.discovered_at.as_deref());
-    fact(
-        "Last seen",
-        m.last_seen_at
-            .as_deref()
-            .map(|at| format!("{at} from {}", m.last_seen_ip.as_deref().unwrap_or("?")))
-            .as_deref(),
-    );
-    fact("Last flashed", m.last_flashed_at.as_deref());
-    fact("Last status", m.last_status.as_deref());
-    fact("Inventory posted", m.known_disks_at.as_deref());
-    fact("Updated", Some(&m.updated_at));
-    // app.js keeps this one current from the live snapshot, in the same words.
-    let progress = match app.progress.lock().unwrap_or_else(|p| p.into_inner()).get(mac) {
-        Some(p) => match p.total_bytes.filter(|t| *t > 0) {
-            Some(t) => format!("{} {}%", p.phase, p.written_bytes.min(t) * 100 / t),
-            None => format!("{} {} bytes", p.phase, p.written_bytes),
-        },
-        None => "-".to_string(),
-    };
-    facts.push(format_args!(
-        "<dt>Flash progress</dt><dd id=\"live-progress\" data-mac=\"{}\">{}</dd>\n",
-        Escape(&m.mac),
-        Escape(&progress)
-    ));
+    let facts = facts(ctx, &m);
 
-    let mut disk_table = Html::new();
-    if disks.is_empty() {
-        disk_table.push(format_args!(
-            "<p>No inventory yet: the live environment posts one when the machine boots it \
-             (boot mode bty-inventory).</p>"
-        ));
-    } else {
-        disk_table.push(format_args!(
-            "<div class=\"scroll\"><table class=\"list\"><thead><tr><th scope=\"col\">Path</th>\
-             <th scope=\"col\">Size</th><th scope=\"col\">Vendor</th><th scope=\"col\">Model</th>\
-             <th scope=\"col\">Serial</th><th scope=\"col\">Transport</th><th scope=\"col\">Flags</th>\
-             </tr></thead><tbody>\n"
-        ));
-        for d in &disks {
-            let mut flags = Vec::new();
-            if d.get("removable").and_then(|v| v.as_bool()) == Some(true) {
-                flags.push("removable");
-            }
-            if d.get("readonly").and_then(|v| v.as_bool()) == Some(true) {
-                flags.push("read-only");
-            }
-            disk_table.push(format_args!(
-                "<tr><td class=\"mono\">{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"mono\">{}</td><td>{}</td><td>{}</td></tr>\n",
-                Escape(&s(d, "path")),
-                Escape(&s(d, "size")),
-                Escape(&s(d, "vendor")),
-                Escape(&s(d, "model")),
-                Escape(&s(d, "serial")),
-                Escape(&s(d, "tran")),
-                flags.join(", ")
-            ));
-        }
-        disk_table.push(format_args!("</tbody></table></div>"));
-    }
+    let disk_table = disk_table(&disks);
 
     let hardware = hardware_summary(&m.mac, lshw.as_deref());
     let err = |name: &str| -> Html {
@@ -342,6 +219,162 @@ pub fn detail(ctx: &Ctx<'_>, mac: &str, state: Option<FormState>) -> PageResult 
     );
     let status = if state.is_some() { 422 } else { 200 };
     Ok(page(ctx, "machines", &format!("Machine {}", m.mac), status, &body))
+}
+
+/// A string field of an inventory disk, empty when it has none.
+fn s(d: &serde_json::Value, k: &str) -> String {
+    d.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string()
+}
+
+/// The image `<select>`: the catalog, and the current ref when the catalog no longer has it.
+fn image_options(catalog: &[CatalogEntry], image: &str) -> Html {
+    let mut image_options = Html::new();
+    image_options.push(format_args!("<option value=\"\">none (not assigned)</option>\n"));
+    let mut image_known = image.is_empty();
+    for e in catalog {
+        let sel = if e.bty_image_ref == image { " selected" } else { "" };
+        image_known |= e.bty_image_ref == image;
+        image_options.push(format_args!(
+            "<option value=\"{}\"{sel}>{} ({})</option>\n",
+            Escape(&e.bty_image_ref),
+            Escape(&e.name),
+            Escape(&e.src)
+        ));
+    }
+    if !image_known {
+        image_options.push(format_args!(
+            "<option value=\"{}\" selected>{} (not in the catalog)</option>\n",
+            Escape(image),
+            Escape(image)
+        ));
+    }
+    image_options
+}
+
+/// The target disk `<select>`: the disks of the last inventory that have a serial, and the
+/// current serial when that inventory does not list it.
+fn disk_options(disks: &[serde_json::Value], serial: &str) -> Html {
+    let mut disk_options = Html::new();
+    disk_options.push(format_args!("<option value=\"\">none</option>\n"));
+    let mut serial_known = serial.is_empty();
+    for d in disks {
+        let ser = s(d, "serial");
+        if ser.is_empty() {
+            continue;
+        }
+        let sel = if ser == serial { " selected" } else { "" };
+        serial_known |= ser == serial;
+        disk_options.push(format_args!(
+            "<option value=\"{}\"{sel}>{} {} {} (serial {})</option>\n",
+            Escape(&ser),
+            Escape(&s(d, "path")),
+            Escape(&s(d, "size")),
+            Escape(&s(d, "model")),
+            Escape(&ser)
+        ));
+    }
+    if !serial_known {
+        disk_options.push(format_args!(
+            "<option value=\"{}\" selected>serial {} (not in the last inventory)</option>\n",
+            Escape(serial),
+            Escape(serial)
+        ));
+    }
+    disk_options
+}
+
+fn mode_options(mode: &str) -> Html {
+    let mut mode_options = Html::new();
+    for bm in BootMode::ALL.map(BootMode::as_str) {
+        let sel = if bm == mode { " selected" } else { "" };
+        mode_options.push(format_args!("<option value=\"{bm}\"{sel}>{bm}</option>\n"));
+    }
+    mode_options
+}
+
+/// The facts list at the top of the page, with the live flash progress.
+fn facts(ctx: &Ctx<'_>, m: &Machine) -> Html {
+    let mac = m.mac.as_str();
+    let mut facts = Html::new();
+    let mut fact = |k: &str, v: Option<&str>| {
+        facts.push(format_args!(
+            "<dt>{}</dt><dd>{}</dd>\n",
+            Escape(k),
+            Escape(v.filter(|v| !v.is_empty()).unwrap_or("-"))
+        ));
+    };
+    fact("MAC", Some(&m.mac));
+    fact(
+        "State",
+        Some(if m.bty_image_ref.is_some() { "assigned" } else { "discovered, not assigned" }),
+    );
+    fact("Boot mode", Some(m.boot_mode.as_str()));
+    fact("Labels", Some(&m.labels.join(", ")));
+    fact("Discovered", m.discovered_at.as_deref());
+    fact(
+        "Last seen",
+        m.last_seen_at
+            .as_deref()
+            .map(|at| format!("{at} from {}", m.last_seen_ip.as_deref().unwrap_or("?")))
+            .as_deref(),
+    );
+    fact("Last flashed", m.last_flashed_at.as_deref());
+    fact("Last status", m.last_status.as_deref());
+    fact("Inventory posted", m.known_disks_at.as_deref());
+    fact("Updated", Some(&m.updated_at));
+    // app.js keeps this one current from the live snapshot, in the same words.
+    let progress = match ctx.app.progress.lock().unwrap_or_else(|p| p.into_inner()).get(mac) {
+        Some(p) => match p.total_bytes.filter(|t| *t > 0) {
+            Some(t) => format!("{} {}%", p.phase, p.written_bytes.min(t) * 100 / t),
+            None => format!("{} {} bytes", p.phase, p.written_bytes),
+        },
+        None => "-".to_string(),
+    };
+    facts.push(format_args!(
+        "<dt>Flash progress</dt><dd id=\"live-progress\" data-mac=\"{}\">{}</dd>\n",
+        Escape(&m.mac),
+        Escape(&progress)
+    ));
+    facts
+}
+
+/// The disks of the last inventory, as a table.
+fn disk_table(disks: &[serde_json::Value]) -> Html {
+    let mut disk_table = Html::new();
+    if disks.is_empty() {
+        disk_table.push(format_args!(
+            "<p>No inventory yet: the live environment posts one when the machine boots it \
+             (boot mode bty-inventory).</p>"
+        ));
+    } else {
+        disk_table.push(format_args!(
+            "<div class=\"scroll\"><table class=\"list\"><thead><tr><th scope=\"col\">Path</th>\
+             <th scope=\"col\">Size</th><th scope=\"col\">Vendor</th><th scope=\"col\">Model</th>\
+             <th scope=\"col\">Serial</th><th scope=\"col\">Transport</th><th scope=\"col\">Flags</th>\
+             </tr></thead><tbody>\n"
+        ));
+        for d in disks {
+            let mut flags = Vec::new();
+            if d.get("removable").and_then(|v| v.as_bool()) == Some(true) {
+                flags.push("removable");
+            }
+            if d.get("readonly").and_then(|v| v.as_bool()) == Some(true) {
+                flags.push("read-only");
+            }
+            disk_table.push(format_args!(
+                "<tr><td class=\"mono\">{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"mono\">{}</td><td>{}</td><td>{}</td></tr>\n",
+                Escape(&s(d, "path")),
+                Escape(&s(d, "size")),
+                Escape(&s(d, "vendor")),
+                Escape(&s(d, "model")),
+                Escape(&s(d, "serial")),
+                Escape(&s(d, "tran")),
+                flags.join(", ")
+            ));
+        }
+        disk_table.push(format_args!("</tbody></table></div>"));
+    }
+    disk_table
 }
 
 /// The parts of an lshw tree an operator looks for first: system, CPUs, memory, NICs.
