@@ -264,8 +264,7 @@ e2e: live ipxe
 	$(CARGO) test $(TEST_FEATURES) --test it e2e:: -- --nocapture
 
 # Power-on to `done` for a 256 MiB image (the figure in bench/RESULTS.md).
-bench-# Only the e2e module of the integration tests (a name filter on the `it` binary).
-e2e: live ipxe
+bench-e2e: live ipxe
 	BTY_E2E_IMAGE_MIB=256 $(CARGO) test $(TEST_FEATURES) --test it e2e:: -- --nocapture --test-threads=1
 
 bench: bench-flash
