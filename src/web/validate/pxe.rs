@@ -1,6 +1,9 @@
 //! The live environment's reports: `POST /pxe/{mac}/inventory`, `/status` and `/progress`,
 //! checked field by field and built into the `wire` types the agent sends.
 
+use std::cell::Cell;
+use std::io::{BufReader, Read};
+
 use serde_json::Value;
 
 use super::{
@@ -59,6 +62,117 @@ pub fn inventory(body: &[u8]) -> Result<Inventory, Invalid> {
         Some(v) => (Some(v), false),
     };
     Ok(Inventory { report: wire::Inventory { disks, lshw }, lshw_dropped })
+}
+
+/// The most bytes the `disks` of an inventory read by [`inventory_stream`] may take: 64 disks
+/// of lsblk columns are a few tens of KiB.
+pub const STREAMED_DISKS_MAX: u64 = 1 << 20;
+
+/// Parses an inventory body too long to hold whole: `head` is its first bytes, `rest` the
+/// remainder as it arrives. Read as a stream: `disks` is kept (at most
+/// [`STREAMED_DISKS_MAX`] bytes) and checked as [`inventory`] checks it, `lshw` is read through
+/// for its syntax and not kept (only a tree far over [`LSHW_MAX`] makes a body this long), so
+/// `lshw_dropped` is set and the previous tree stays. Unknown top-level keys are refused.
+pub fn inventory_stream(head: &[u8], rest: &mut dyn Read) -> Result<Inventory, Invalid> {
+    use serde::Deserializer as _;
+    let consumed = Cell::new(0u64);
+    let cap = Cell::new(u64::MAX);
+    let reader = Metered {
+        inner: BufReader::with_capacity(64 << 10, head.chain(rest)),
+        consumed: &consumed,
+        cap: &cap,
+    };
+    let mut de = serde_json::Deserializer::from_reader(reader);
+    let top = de
+        .deserialize_map(Top { consumed: &consumed, cap: &cap })
+        .and_then(|t| de.end().map(|()| t));
+    let top = match top {
+        Ok(t) => t,
+        Err(_) if cap.get() != u64::MAX && consumed.get() > cap.get() => {
+            return Err(Invalid::new(
+                "disks",
+                format!(
+                    "over {} KiB in an inventory too long to hold (an lshw tree far over its cap)",
+                    STREAMED_DISKS_MAX >> 10
+                ),
+            ));
+        }
+        Err(e) if e.is_data() => {
+            return Err(Invalid::new("body", "must be a JSON object"));
+        }
+        Err(e) => return Err(Invalid::Json(e.to_string())),
+    };
+    if let Some(k) = top.unknown {
+        let obj: serde_json::Map<String, Value> = [(k, Value::Null)].into_iter().collect();
+        refuse_unknown(&obj, &INVENTORY_KEYS)?;
+    }
+    let Some(disks) = top.disks else { return Err(Invalid::new("disks", "required")) };
+    let body = serde_json::json!({ "disks": disks }).to_string();
+    let mut inv = inventory(body.as_bytes())?;
+    inv.lshw_dropped = top.lshw;
+    Ok(inv)
+}
+
+/// A reader that counts what serde_json takes from it and fails past `cap`.
+struct Metered<'a, R> {
+    inner: R,
+    consumed: &'a Cell<u64>,
+    cap: &'a Cell<u64>,
+}
+
+impl<R: Read> Read for Metered<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.consumed.get() > self.cap.get() {
+            return Err(std::io::Error::other("over the size cap"));
+        }
+        let n = self.inner.read(buf)?;
+        self.consumed.set(self.consumed.get() + n as u64);
+        Ok(n)
+    }
+}
+
+/// The top level of a streamed inventory.
+#[derive(Default)]
+struct Parsed {
+    disks: Option<Value>,
+    lshw: bool,
+    /// The first unknown key (its value read through like lshw's).
+    unknown: Option<String>,
+}
+
+struct Top<'a> {
+    consumed: &'a Cell<u64>,
+    cap: &'a Cell<u64>,
+}
+
+impl<'de> serde::de::Visitor<'de> for Top<'_> {
+    type Value = Parsed;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Parsed, A::Error> {
+        let mut out = Parsed::default();
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "disks" => {
+                    self.cap.set(self.consumed.get().saturating_add(STREAMED_DISKS_MAX));
+                    out.disks = Some(map.next_value::<Value>()?);
+                    self.cap.set(u64::MAX);
+                }
+                "lshw" => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    out.lshw = true;
+                }
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    out.unknown.get_or_insert(key);
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
 fn inventory_disk(i: usize, d: &Value) -> Result<InventoryDisk, Invalid> {
