@@ -1,7 +1,8 @@
 //! bty-web state: one SQLite file, `state.db`, in WAL mode. All SQL lives in this directory:
 //! here the `Db` type, opening, the schema and its migration, settings and the write
 //! generation; `machines.rs` the machines and their inventory, `contact.rs` a PXE contact and
-//! its marks, `catalog.rs` the catalog entries, `events.rs` the event log, `jobs.rs` the jobs.
+//! its marks, `catalog.rs` the catalog entries, `events.rs` the event log, `jobs.rs` the jobs,
+//! `reference.rs` the reference server's `state.db`, read (never written) for an import.
 //!
 //! One writer connection behind a mutex, a few reader connections, short transactions and
 //! cached prepared statements, so that one PXE contact costs the same whatever the fleet size.
@@ -23,12 +24,14 @@ mod contact;
 mod events;
 mod jobs;
 mod machines;
+mod reference;
 
 pub use catalog::CatalogEntry;
 pub use contact::{Contact, Contacted, Decided, PxeMark};
 pub use events::Event;
 pub use jobs::{Job, JobKind, JobState};
 pub use machines::{ImportedMachine, InventoryStored, Machine, MachineUpsert};
+pub use reference::{StoredMachine, StoredState, read_state};
 
 /// The schema this build writes. Bump it with every incompatible schema change.
 pub const SCHEMA_VERSION: &str = "bty-rs-1";
@@ -257,7 +260,7 @@ impl Db {
                 None,
                 &format!(
                     "state.db had schema {from}, this build uses {SCHEMA_VERSION}: it was kept as \
-                     {file} and a fresh one created"
+                     {file} and a fresh one created (bty-web import {file} brings its machines back)"
                 ),
                 Some(serde_json::json!({
                     "from_version": from, "to_version": SCHEMA_VERSION, "archived_at": archived_at,

@@ -28,7 +28,8 @@ pub use machine::{
     target_disk_serial,
 };
 pub use pxe::{
-    Inventory, STREAMED_DISKS_MAX, inventory, inventory_stream, pxe_progress, pxe_status,
+    Inventory, STREAMED_DISKS_MAX, inventory, inventory_stream, known_disks, pxe_progress,
+    pxe_status,
 };
 
 /// Why input was rejected. The caller answers 400 for [`Invalid::BadName`] and 422 for the rest

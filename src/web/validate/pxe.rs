@@ -175,6 +175,28 @@ impl<'de> serde::de::Visitor<'de> for Top<'_> {
     }
 }
 
+/// Checks a stored disk list (an import's `known_disks`) by the inventory's rules: an array of
+/// at most 64 disks, each as in [`inventory`]; refusals name `known_disks[i].field`.
+pub fn known_disks(v: &Value) -> Result<Vec<InventoryDisk>, Invalid> {
+    let Value::Array(a) = v else {
+        return Err(type_err("known_disks", "an array of disks", v));
+    };
+    if a.len() > INVENTORY_MAX_DISKS {
+        return Err(Invalid::new(
+            "known_disks",
+            format!("at most {INVENTORY_MAX_DISKS} disks (got {})", a.len()),
+        ));
+    }
+    a.iter().enumerate().map(|(i, d)| inventory_disk(i, d)).collect::<Result<_, _>>().map_err(|e| {
+        match e {
+            Invalid::Field { field, message } => {
+                Invalid::Field { field: format!("known_{field}"), message }
+            }
+            other => other,
+        }
+    })
+}
+
 fn inventory_disk(i: usize, d: &Value) -> Result<InventoryDisk, Invalid> {
     let Value::Object(o) = d else {
         return Err(type_err(&format!("disks[{i}]"), "an object", d));
