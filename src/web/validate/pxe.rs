@@ -317,6 +317,45 @@ mod tests {
     }
 
     #[test]
+    fn a_streamed_inventory_keeps_its_disks_and_drops_lshw_whatever_the_order() {
+        let pad = "x".repeat(3 << 20);
+        for body in [
+            json!({"disks": [disk("/dev/sda")], "lshw": {"pad": pad}}),
+            json!({"lshw": {"pad": pad}, "disks": [disk("/dev/sda")]}),
+        ] {
+            let text = body.to_string();
+            // Split anywhere: the head the request layer held, the rest still on the wire.
+            for cut in [0, 1, 100, text.len() / 2, text.len()] {
+                let (head, rest) = text.as_bytes().split_at(cut);
+                let inv = inventory_stream(head, &mut &rest[..]).unwrap();
+                assert!(inv.lshw_dropped && inv.report.lshw.is_none());
+                assert_eq!(
+                    serde_json::to_value(&inv.report.disks).unwrap(),
+                    json!([disk("/dev/sda")])
+                );
+            }
+        }
+        let run = |b: &str| inventory_stream(b.as_bytes(), &mut std::io::empty());
+        assert_eq!(
+            msg(run(r#"{"disks":[],"x":1}"#)),
+            "x: unknown field (expected one of: disks, lshw)"
+        );
+        assert_eq!(msg(run(r#"{"lshw":1}"#)), "disks: required");
+        assert_eq!(msg(run("[1]")), "body: must be a JSON object");
+        assert!(msg(run(r#"{"disks":[],"lshw":[1,}"#)).starts_with("body is not valid JSON"));
+        assert!(msg(run(r#"{"disks":[{"path":"/etc/x"}]}"#)).starts_with("disks[0].path"));
+        let huge =
+            format!(r#"{{"disks":[{{"path":"/dev/sda","junk":"{}"}}]}}"#, "y".repeat(2 << 20));
+        assert!(msg(run(&huge)).starts_with("disks: over 1024 KiB"), "{}", msg(run(&huge)));
+        // The import's check: the same rules, named as known_disks.
+        assert_eq!(
+            msg(known_disks(&json!([{"path": "/etc/x"}]))),
+            "known_disks[0].path: must be a device path under /dev/ (got \"/etc/x\")"
+        );
+        assert!(msg(known_disks(&json!({}))).starts_with("known_disks: must be an array"));
+    }
+
+    #[test]
     fn inventory_normalises_disks() {
         let body = json!({"disks": [
             disk("/dev/sda"),
