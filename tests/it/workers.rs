@@ -745,6 +745,30 @@ fn import_brings_the_reference_state_db_across_read_only_and_refuses_hostile_val
     assert!(ev.contains("0.60.1"), "{ev}");
     drop(s);
 
+    // A reference database in WAL mode whose last rows are still only in its -wal (copied
+    // while the reference server ran): those rows are read, and the file is still not written.
+    let live = dir.path("live/state.db");
+    reference_db(&live, "");
+    let writer = rusqlite::Connection::open(&live).unwrap();
+    let _: String = writer.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).unwrap();
+    writer
+        .execute_batch(
+            "INSERT INTO machines (mac, created_at, updated_at) VALUES ('aa:bb:cc:00:00:03', 't', 't')",
+        )
+        .unwrap();
+    let copy = dir.path("copy");
+    std::fs::create_dir_all(&copy).unwrap();
+    for f in ["state.db", "state.db-wal"] {
+        std::fs::copy(dir.path(&format!("live/{f}")), copy.join(f)).unwrap();
+    }
+    drop(writer);
+    let main_before = std::fs::read(copy.join("state.db")).unwrap();
+    let wal_dst = dir.path("wal-dst");
+    let o = web(&wal_dst).arg("import").arg(copy.join("state.db")).output().unwrap();
+    assert!(o.status.success(), "{}", util::stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("imported 3 machines"));
+    assert_eq!(std::fs::read(copy.join("state.db")).unwrap(), main_before, "not checkpointed");
+
     // One hostile or broken value refuses the whole import, named, and writes nothing.
     for (n, (sql, want)) in [
         ("INSERT INTO machine_labels VALUES ('aa:bb:cc:00:00:01', '../x')", "labels[0]: must start with a letter or digit"),
