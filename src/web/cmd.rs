@@ -223,6 +223,16 @@ fn cache_list(settings: &Settings) -> Result<ExitCode> {
 /// `bty-web import DIR|FILE`: the machines of an export, or of the reference server's
 /// state.db, with the server stopped.
 fn import(state: &std::path::Path, dir: &std::path::Path) -> Result<ExitCode> {
+    // Importing the state dir's own database would clear every binding it holds.
+    let own = state.join("state.db");
+    if let (Ok(a), Ok(b)) = (std::fs::canonicalize(dir), std::fs::canonicalize(&own)) {
+        crate::ensure!(
+            a != b,
+            "{} is the database of the state dir being imported into; import another server's \
+             state.db (or a state.db.*.bak archive) or an export",
+            dir.display()
+        );
+    }
     let found = export::parse(dir)?;
     let n = found.machines.len();
     let _lock = lock_state_dir(state)?;

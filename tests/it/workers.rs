@@ -720,6 +720,11 @@ fn import_brings_the_reference_state_db_across_read_only_and_refuses_hostile_val
         assert!(!p.exists(), "{} was created", p.display());
     }
 
+    // Not the target's own database: that would clear every binding it holds.
+    let o = web(&dst).arg("import").arg(dst.join("state.db")).output().unwrap();
+    assert!(!o.status.success());
+    assert!(util::stderr(&o).contains("is the database of the state dir"), "{}", util::stderr(&o));
+
     let s = Server::start_in(dst.clone());
     let c = s.login();
     let get = |p: &str| s.call("GET", p, Some(&c), "");
