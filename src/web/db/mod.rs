@@ -206,7 +206,7 @@ impl Db {
                     path.display(),
                     bak.display()
                 );
-                reset = Some((from, at, bak));
+                reset = Some((from, bak));
             }
         }
         let writer = connect(&path, true)?;
@@ -252,7 +252,7 @@ impl Db {
             max_unclaimed: AtomicU64::new(u64::MAX),
             max_lshw_bytes: AtomicU64::new(u64::MAX),
         };
-        if let Some((from, archived_at, bak)) = reset {
+        if let Some((from, bak)) = reset {
             let file =
                 bak.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             db.add_event(
@@ -262,9 +262,11 @@ impl Db {
                     "state.db had schema {from}, this build uses {SCHEMA_VERSION}: it was kept as \
                      {file} and a fresh one created (bty-web import {file} brings its machines back)"
                 ),
+                // archived_at is where the old database went, as the reference records it
+                // (its tests look for ".bak" in it); the event's own time says when.
                 Some(serde_json::json!({
-                    "from_version": from, "to_version": SCHEMA_VERSION, "archived_at": archived_at,
-                    "archive": file,
+                    "from_version": from, "to_version": SCHEMA_VERSION,
+                    "archived_at": bak.display().to_string(),
                 })),
             )?;
         }
@@ -694,7 +696,9 @@ mod tests {
         assert_eq!(details["from_version"], "0.60.1");
         assert_eq!(details["to_version"], SCHEMA_VERSION);
         let archived_at = details["archived_at"].as_str().unwrap();
-        assert_eq!(baks(&d, "state.db.0.60.1."), [format!("state.db.0.60.1.{archived_at}.bak")]);
+        let names = baks(&d, "state.db.0.60.1.");
+        assert_eq!(names.len(), 1, "{names:?}");
+        assert_eq!(archived_at, d.join(&names[0]).display().to_string());
         drop(db);
 
         // No marker but tables: pre-versioning. A key/value `bty_version` is read too, and a
