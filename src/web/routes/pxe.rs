@@ -167,11 +167,7 @@ pub(super) fn post(
     };
     let mut done = false;
     let found = match report {
-        Report::Inventory => match if req.body.len() > guard::INVENTORY_HELD {
-            validate::inventory_stream(&req.body, body)
-        } else {
-            validate::inventory(&req.body)
-        } {
+        Report::Inventory => match inventory(req, body) {
             Ok(inv) => {
                 if inv.lshw_dropped {
                     crate::warn!(
@@ -244,6 +240,19 @@ pub(super) fn post(
         }
         Ok(false) => orphan(app),
         Err(e) => internal(e),
+    }
+}
+
+/// An inventory body: held whole, or, longer than `guard::INVENTORY_HELD`, its held head and
+/// the rest read through.
+fn inventory(
+    req: &Req,
+    rest: &mut dyn std::io::Read,
+) -> Result<validate::Inventory, validate::Invalid> {
+    if req.body.len() > guard::INVENTORY_HELD {
+        validate::inventory_stream(&req.body, rest)
+    } else {
+        validate::inventory(&req.body)
     }
 }
 
