@@ -19,7 +19,8 @@ Usage: bty-web [--listen HOST:PORT] [--state-dir DIR]   serve
        bty-web config [--listen ...] [--state-dir ...]  print every setting and its source
        bty-web restore FILE [--state-dir DIR]       put a backup back (bty-web stopped)
        bty-web export DIR [--state-dir DIR]         write DIR/inventory.json (version 3)
-       bty-web import DIR [--state-dir DIR]         add the machines of an export (stopped)
+       bty-web import DIR|FILE [--state-dir DIR]    add the machines of an export, or of
+                                                    the reference's state.db (stopped)
        bty-web tftp [--state-dir DIR]                   serve only the boot dir over TFTP
        bty-web cache add FILE...                        put images into [cache] dir (air gap)
        bty-web cache ls                                 list the cached images
@@ -219,21 +220,33 @@ fn cache_list(settings: &Settings) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `bty-web import DIR`: the machines of an export, with the server stopped.
+/// `bty-web import DIR|FILE`: the machines of an export, or of the reference server's
+/// state.db, with the server stopped.
 fn import(state: &std::path::Path, dir: &std::path::Path) -> Result<ExitCode> {
-    let machines = export::parse(dir)?;
+    // Importing the state dir's own database would clear every binding it holds.
+    let own = state.join("state.db");
+    if let (Ok(a), Ok(b)) = (std::fs::canonicalize(dir), std::fs::canonicalize(&own)) {
+        crate::ensure!(
+            a != b,
+            "{} is the database of the state dir being imported into; import another server's \
+             state.db (or a state.db.*.bak archive) or an export",
+            dir.display()
+        );
+    }
+    let found = export::parse(dir)?;
+    let n = found.machines.len();
     let _lock = lock_state_dir(state)?;
     let db = db::Db::open(state)?;
-    db.import_machines(&machines)?;
+    db.import_machines(&found.machines)?;
     db.event(
         "machines.imported",
         None,
-        &format!("{} machines imported from {}", machines.len(), dir.display()),
+        &format!("{n} machines imported from {}", found.source),
         None,
     );
     println!(
-        "imported {} machines as bty-inventory (image and disk bindings cleared)",
-        machines.len()
+        "imported {n} machines from {} as bty-inventory (image, boot mode and target disk cleared)",
+        found.source
     );
     Ok(ExitCode::SUCCESS)
 }

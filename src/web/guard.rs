@@ -61,6 +61,13 @@ impl Access {
     }
 }
 
+/// The inventory body held in memory. Over it the disks are still stored and the lshw tree is
+/// read through and dropped (it is then far over `wire::LSHW_MAX`, 2 MiB), so a machine with an
+/// enormous tree still gets its disks in rather than a 413 that loses both.
+pub const INVENTORY_HELD: usize = 4 << 20;
+/// The longest inventory body read at all (413 beyond).
+pub const INVENTORY_MAX: u64 = 64 << 20;
+
 /// What a route's body may be, and so how the HTTP layer takes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Body {
@@ -68,7 +75,8 @@ pub enum Body {
     None,
     /// A small JSON document (64 KiB).
     Json,
-    /// The live environment's inventory with its lshw tree (4 MiB).
+    /// The live environment's inventory with its lshw tree: 4 MiB held; a longer one (up to
+    /// 64 MiB) is read through, keeping its disks (see `INVENTORY_HELD`).
     Inventory,
     /// A catalog to import: a TOML file or a JSON `{"src": ...}` (64 KiB).
     Catalog,
@@ -87,7 +95,7 @@ impl Body {
     pub fn policy(self) -> BodyPolicy {
         match self {
             Body::None | Body::Json | Body::Catalog | Body::Form => BodyPolicy::Buffer(64 << 10),
-            Body::Inventory => BodyPolicy::Buffer(4 << 20),
+            Body::Inventory => BodyPolicy::Spill(INVENTORY_HELD, INVENTORY_MAX),
             // A catalog file, plus the multipart framing around it.
             Body::CatalogForm => {
                 BodyPolicy::Buffer(crate::web::ui::CATALOG_UPLOAD_MAX + (64 << 10))
@@ -110,6 +118,12 @@ impl Body {
                 n >> 10
             ),
             BodyPolicy::Stream(_) => format!("{} (streamed)", format!("{self:?}").to_lowercase()),
+            BodyPolicy::Spill(held, max) => format!(
+                "{} (buffered up to {} KiB, read through up to {} MiB)",
+                format!("{self:?}").to_lowercase(),
+                held >> 10,
+                max >> 20
+            ),
         }
     }
 }

@@ -1019,3 +1019,66 @@ fn stale_unclaimed_discoveries_expire_with_one_event() {
     // The machine comes back as a new discovery when it boots again.
     assert!(is_live(&s.pxe(stale)));
 }
+
+#[test]
+fn inventory_contract_404_before_the_first_and_an_oversize_lshw_keeps_the_disks() {
+    let s = Server::start("inventory-contract");
+    let c = s.login();
+    let mac = "52:54:00:0f:00:01";
+    s.pxe(mac);
+    let get = |p: &str| s.call("GET", &format!("/machines/{mac}/{p}"), Some(&c), "");
+    // Discovered, never inventoried: both downloads are 404 with the reason, not `[]`.
+    let (st, _, body) = get("disks.json");
+    assert_eq!(
+        (st, body.as_str()),
+        (404, r#"{"detail":"no inventory for 52:54:00:0f:00:01 yet"}"#)
+    );
+    let (st, _, body) = get("lshw.json");
+    assert!(st == 404 && body.contains("no lshw data"), "{st} {body}");
+    let disks = |serial: &str| {
+        format!(
+            r#"[{{"path":"/dev/vda","size":"8G","serial":"{serial}","tran":null,"removable":false,"readonly":false,"vendor":null,"model":null}}]"#
+        )
+    };
+    let post = |body: &str| s.call("POST", &format!("/pxe/{mac}/inventory"), None, body).0;
+    assert_eq!(post(&format!(r#"{{"disks":{},"lshw":{{"id":"first"}}}}"#, disks("D-1"))), 204);
+    let (st, _, body) = get("disks.json");
+    assert!(st == 200 && body.contains("D-1"), "{st} {body}");
+    let blob = |mib: usize| format!(r#"{{"id":"huge","pad":"{}"}}"#, "x".repeat(mib << 20));
+
+    // lshw over its 2 MiB cap in a body the server holds (4 MiB): the disks are stored, the
+    // previous tree kept.
+    let body = format!(r#"{{"disks":{},"lshw":{}}}"#, disks("D-2"), blob(3));
+    assert!(body.len() < 4 << 20);
+    assert_eq!(post(&body), 204);
+    assert!(get("disks.json").2.contains("D-2"));
+    assert_eq!(get("lshw.json").2, r#"{"id":"first"}"#);
+
+    // A body over the 4 MiB held: read through, not refused; the disks still land, whichever
+    // comes first.
+    for (serial, body) in [
+        ("D-3", format!(r#"{{"disks":{},"lshw":{}}}"#, disks("D-3"), blob(9))),
+        ("D-4", format!(r#"{{"lshw":{}, "disks":{}}}"#, blob(9), disks("D-4"))),
+    ] {
+        assert_eq!(post(&body), 204, "{serial}");
+        let (st, _, got) = get("disks.json");
+        assert!(st == 200 && got.contains(serial), "{serial}: {st} {got}");
+        assert_eq!(get("lshw.json").2, r#"{"id":"first"}"#, "{serial}");
+    }
+    // Read through is still checked: broken JSON, an unknown key, bad disks, no disks.
+    let big = "x".repeat(5 << 20);
+    for (body, want) in [
+        (format!(r#"{{"disks":{},"lshw":["{big}""#, disks("E")), "body is not valid JSON"),
+        (format!(r#"{{"disks":{},"junk":"{big}"}}"#, disks("E")), "junk: unknown field"),
+        (format!(r#"{{"disks":[{{"path":"/etc/passwd"}}],"lshw":"{big}"}}"#), "disks[0].path"),
+        (format!(r#"{{"lshw":"{big}"}}"#), "disks: required"),
+    ] {
+        let (st, _, got) = s.call("POST", &format!("/pxe/{mac}/inventory"), None, &body);
+        assert!(st == 422 && got.contains(want), "{want}: {st} {got}");
+    }
+    assert!(get("disks.json").2.contains("D-4"), "refused posts changed nothing");
+    // An unknown MAC with a long body: 404, readable.
+    let other = "52:54:00:0f:00:99";
+    let body = format!(r#"{{"disks":[],"lshw":{}}}"#, blob(5));
+    assert_eq!(s.call("POST", &format!("/pxe/{other}/inventory"), None, &body).0, 404);
+}

@@ -623,3 +623,89 @@ fn mutated_requests_to_the_real_server_get_4xx_or_a_close() {
     // Without the cookie none of them could change the machine.
     assert_eq!(s.call("GET", &format!("/machines/{mac}"), Some(&cookie), "").2, before);
 }
+
+/// Sends a head and then `len` bytes of body without waiting for an answer, as most HTTP
+/// libraries do without `Expect: 100-continue`; returns whether every byte went out, and the
+/// answer read after.
+fn send_whole_then_read(s: &Server, head: &str, len: usize) -> (bool, u16, String) {
+    let mut c = connect(s);
+    c.write_all(head.as_bytes()).unwrap();
+    let chunk = vec![b'x'; 1 << 20];
+    let mut left = len;
+    let mut sent_all = true;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        if c.write_all(&chunk[..n]).is_err() {
+            sent_all = false;
+            break;
+        }
+        left -= n;
+    }
+    let mut out = Vec::new();
+    let _ = c.read_to_end(&mut out);
+    let out = String::from_utf8_lossy(&out).into_owned();
+    let status = out.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (sent_all, status, out)
+}
+
+#[test]
+fn a_refused_large_upload_gets_a_413_the_client_reads_not_a_reset() {
+    let s = Server::start_env("http-413", &[("BTY_BOOT_MAX_UPLOAD_MIB", "3")]);
+    let cookie = s.login();
+    let len = 24 << 20;
+    let mac = "52:54:00:41:30:01";
+    for (what, head) in [
+        (
+            "PUT /boot (streamed, the handler's limit)",
+            format!(
+                "PUT /boot/big.img HTTP/1.1\r\nHost: {}\r\nCookie: {cookie}\r\nContent-Length: {len}\r\n\r\n",
+                s.addr
+            ),
+        ),
+        (
+            "a buffered route (64 KiB)",
+            format!(
+                "POST /pxe/{mac}/status HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n",
+                s.addr
+            ),
+        ),
+        (
+            "a buffered route, chunked",
+            format!(
+                "POST /pxe/{mac}/status HTTP/1.1\r\nHost: {}\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+                s.addr, len
+            ),
+        ),
+    ] {
+        let started = Instant::now();
+        let (sent_all, status, out) = send_whole_then_read(&s, &head, len);
+        assert!(sent_all, "{what}: the upload was cut off (reset) before the client could read");
+        assert_eq!(status, 413, "{what}: {out}");
+        assert!(out.contains("too large") || out.contains("upload limit"), "{what}: {out}");
+        assert!(started.elapsed() < Duration::from_secs(15), "{what}: {:?}", started.elapsed());
+    }
+    // A client that reads while it sends gets the 413 at once, even for a body past what the
+    // server discards (it then closes; the sender may see a reset, the answer is read).
+    let c = connect(&s);
+    let mut w = c.try_clone().unwrap();
+    let head = format!(
+        "POST /pxe/{mac}/inventory HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n",
+        s.addr,
+        200u64 << 20
+    );
+    let sender = std::thread::spawn(move || {
+        let _ = w.write_all(head.as_bytes());
+        let chunk = vec![b' '; 1 << 20];
+        for _ in 0..200 {
+            if w.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+    });
+    let (st, _, body) = read_response(&mut BufReader::new(c.try_clone().unwrap()));
+    assert_eq!(st, 413, "{}", String::from_utf8_lossy(&body));
+    drop(c);
+    sender.join().unwrap();
+    assert!(healthy(&s));
+    assert!(!s.state.join("boot/big.img").exists());
+}

@@ -653,3 +653,222 @@ fn netboot_release_fetch_installs_verified_files_and_keeps_the_old_ones_on_failu
         .collect();
     assert!(names.iter().all(|n| !n.starts_with('.')), "temp files left: {names:?}");
 }
+
+/// The reference server's `state.db` as its public schema has it: a one-row `bty_version`
+/// table, the `Machine` wire fields as machines columns (lshw as `hw_lshw`, JSON as text), a
+/// `machine_labels` side table, and columns and tables bty-web does not read.
+const REFERENCE_SCHEMA: &str = "
+CREATE TABLE bty_version (version TEXT NOT NULL);
+INSERT INTO bty_version VALUES ('0.60.1');
+CREATE TABLE machines (
+    mac TEXT PRIMARY KEY, bty_image_ref TEXT, hostname TEXT, discovered_at TEXT,
+    last_seen_at TEXT, last_seen_ip TEXT, boot_mode TEXT NOT NULL DEFAULT 'ipxe-exit',
+    sanboot_drive TEXT, last_flashed_at TEXT, saw_flasher_boot INTEGER NOT NULL DEFAULT 0,
+    known_disks TEXT, known_disks_at TEXT, hw_lshw TEXT, hw_lshw_at TEXT,
+    target_disk_serial TEXT, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+    a_later_column BLOB
+);
+CREATE TABLE machine_labels (mac TEXT NOT NULL, label TEXT NOT NULL, PRIMARY KEY (mac, label));
+CREATE TABLE events (id INTEGER PRIMARY KEY, ts TEXT, kind TEXT, summary TEXT);
+";
+
+/// Writes a reference-shaped state.db at `path` with two good machines, then runs `extra`.
+fn reference_db(path: &Path, extra: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let c = rusqlite::Connection::open(path).unwrap();
+    c.execute_batch(REFERENCE_SCHEMA).unwrap();
+    let disks = r#"[{"path":"/dev/sda","size":"1.8T","vendor":"ATA","model":"X","serial":"S1","tran":"sata","removable":false,"readonly":false}]"#;
+    c.execute(
+        "INSERT INTO machines (mac, bty_image_ref, boot_mode, target_disk_serial, known_disks, \
+         known_disks_at, hw_lshw, hw_lshw_at, created_at, updated_at, a_later_column) \
+         VALUES ('aa:bb:cc:00:00:01', ?1, 'bty-flash-always', 'S1', ?2, \
+         '2026-05-25T10:00:00+00:00', '{\"id\":\"box\",\"product\":\"Lab PC\"}', \
+         '2026-05-25T10:00:00+00:00', 't', 't', x'00ff')",
+        rusqlite::params!["ab".repeat(32), disks],
+    )
+    .unwrap();
+    c.execute_batch(
+        "INSERT INTO machines (mac, created_at, updated_at) VALUES ('AA-BB-CC-00-00-02', 't', 't');
+         INSERT INTO machine_labels VALUES ('aa:bb:cc:00:00:01', 'rack-3'),
+             ('aa:bb:cc:00:00:01', 'noisy'), ('AA-BB-CC-00-00-02', 'gpu');",
+    )
+    .unwrap();
+    c.execute_batch(extra).unwrap();
+}
+
+#[test]
+fn import_brings_the_reference_state_db_across_read_only_and_refuses_hostile_values() {
+    let dir = TestDir::new("workers-reference-import");
+    let reference = dir.path("reference/state.db");
+    reference_db(&reference, "");
+    let before = std::fs::read(&reference).unwrap();
+    // A stopped server's state dir with a machine of its own, which the import keeps.
+    let dst = dir.path("dst");
+    let s = Server::start_in(dst.clone());
+    let cookie = s.login();
+    let own = "52:54:00:06:00:01";
+    assert_eq!(s.call("PUT", &format!("/machines/{own}"), Some(&cookie), "{}").0, 200);
+    s.stop_keeping_state();
+
+    let o = web(&dst).arg("import").arg(&reference).output().unwrap();
+    assert!(o.status.success(), "{}", util::stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("imported 2 machines") && out.contains("0.60.1"), "{out}");
+    assert_eq!(std::fs::read(&reference).unwrap(), before, "the reference database is untouched");
+    for side in ["-wal", "-shm", "-journal"] {
+        let p = dir.path(&format!("reference/state.db{side}"));
+        assert!(!p.exists(), "{} was created", p.display());
+    }
+
+    // Not the target's own database: that would clear every binding it holds.
+    let o = web(&dst).arg("import").arg(dst.join("state.db")).output().unwrap();
+    assert!(!o.status.success());
+    assert!(util::stderr(&o).contains("is the database of the state dir"), "{}", util::stderr(&o));
+
+    let s = Server::start_in(dst.clone());
+    let c = s.login();
+    let get = |p: &str| s.call("GET", p, Some(&c), "");
+    let (st, _, m) = get("/machines/aa:bb:cc:00:00:01");
+    assert_eq!(st, 200, "{m}");
+    let m = json(&m);
+    assert_eq!(m["boot_mode"], "bty-inventory", "bindings cleared: {m}");
+    assert_eq!(m["bty_image_ref"], serde_json::Value::Null);
+    assert_eq!(m["target_disk_serial"], serde_json::Value::Null);
+    assert_eq!(m["labels"], serde_json::json!(["noisy", "rack-3"]));
+    assert_eq!(m["known_disks"][0]["serial"], "S1");
+    assert_eq!(m["known_disks_at"], "2026-05-25T10:00:00+00:00");
+    let (st, _, lshw) = get("/machines/aa:bb:cc:00:00:01/lshw.json");
+    assert!(st == 200 && lshw.contains("Lab PC"), "{st} {lshw}");
+    // The MAC is normalised; no inventory, so its disks are 404.
+    let (st, _, m) = get("/machines/aa:bb:cc:00:00:02");
+    assert_eq!(st, 200, "{m}");
+    assert_eq!(json(&m)["labels"], serde_json::json!(["gpu"]));
+    let (st, _, body) = get("/machines/aa:bb:cc:00:00:02/disks.json");
+    assert!(st == 404 && body.contains("no inventory for aa:bb:cc:00:00:02 yet"), "{st} {body}");
+    assert_eq!(get(&format!("/machines/{own}")).0, 200, "the server's own machine stays");
+    let (_, _, ev) = get("/events?kind=machines.imported");
+    assert!(ev.contains("0.60.1"), "{ev}");
+    drop(s);
+
+    // A reference database in WAL mode whose last rows are still only in its -wal (copied
+    // while the reference server ran): those rows are read, and the file is still not written.
+    let live = dir.path("live/state.db");
+    reference_db(&live, "");
+    let writer = rusqlite::Connection::open(&live).unwrap();
+    let _: String = writer.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).unwrap();
+    writer
+        .execute_batch(
+            "INSERT INTO machines (mac, created_at, updated_at) VALUES ('aa:bb:cc:00:00:03', 't', 't')",
+        )
+        .unwrap();
+    let copy = dir.path("copy");
+    std::fs::create_dir_all(&copy).unwrap();
+    for f in ["state.db", "state.db-wal"] {
+        std::fs::copy(dir.path(&format!("live/{f}")), copy.join(f)).unwrap();
+    }
+    drop(writer);
+    let main_before = std::fs::read(copy.join("state.db")).unwrap();
+    let wal_dst = dir.path("wal-dst");
+    let o = web(&wal_dst).arg("import").arg(copy.join("state.db")).output().unwrap();
+    assert!(o.status.success(), "{}", util::stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("imported 3 machines"));
+    assert_eq!(std::fs::read(copy.join("state.db")).unwrap(), main_before, "not checkpointed");
+
+    // One hostile or broken value refuses the whole import, named, and writes nothing.
+    for (n, (sql, want)) in [
+        ("INSERT INTO machine_labels VALUES ('aa:bb:cc:00:00:01', '../x')", "labels[0]: must start with a letter or digit"),
+        ("INSERT INTO machine_labels VALUES ('aa:bb:cc:00:00:01', 'a<script>')", "character '<' is not allowed"),
+        ("INSERT INTO machines (mac, created_at, updated_at) VALUES ('not-a-mac', 't', 't')", "is not a MAC address"),
+        ("INSERT INTO machines (mac, created_at, updated_at) VALUES (x'aabbcc', 't', 't')", "mac: holds binary data"),
+        ("INSERT INTO machines (mac, created_at, updated_at) VALUES ('aa:bb:cc:00:00:02', 't', 't')", "appears twice"),
+        ("UPDATE machines SET known_disks = '[{\"path\":\"/etc/passwd\"}]' WHERE mac = 'AA-BB-CC-00-00-02'", "known_disks[0].path: must be a device path under /dev/"),
+        ("UPDATE machines SET hw_lshw = '{not json' WHERE mac = 'AA-BB-CC-00-00-02'", "hw_lshw: not valid JSON"),
+        ("UPDATE machines SET known_disks_at = '<img src=x>' WHERE mac = 'AA-BB-CC-00-00-02'", "known_disks_at: expected an ISO 8601 time"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let bad = dir.path(&format!("bad-{n}/state.db"));
+        reference_db(&bad, sql);
+        let empty = dir.path(&format!("empty-{n}"));
+        let o = web(&empty).arg("import").arg(&bad).output().unwrap();
+        let err = util::stderr(&o);
+        assert!(!o.status.success(), "{sql}");
+        assert!(err.contains(want) && err.contains("state.db: machine"), "{sql}: {err}");
+        assert!(!empty.join("state.db").exists(), "{sql}: a refused import writes nothing");
+    }
+}
+
+/// Starts bty-web on `state` and waits for it to exit (it must: the start is refused); its
+/// stderr.
+fn refused_start(state: &Path) -> String {
+    let mut child = web(state)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("BTY_ADMIN_PASSWORD", "pw-for-tests")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("bty-web started on {}", state.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let o = child.wait_with_output().unwrap();
+    assert!(!o.status.success());
+    util::stderr(&o)
+}
+
+#[test]
+fn upgrading_over_the_reference_state_db_archives_it_and_import_brings_it_back() {
+    let dir = TestDir::new("workers-reference-upgrade");
+    let state = dir.path("state");
+    reference_db(&state.join("state.db"), "");
+    let s = Server::start_in(state.clone());
+    let c = s.login();
+    let (_, _, ev) = s.call("GET", "/events?kind=system.schema.reset", Some(&c), "");
+    let ev = json(&ev);
+    let details = &ev["events"][0]["details"];
+    assert_eq!(details["from_version"], "0.60.1", "{ev}");
+    assert_eq!(details["to_version"], "bty-rs-1");
+    let bak = PathBuf::from(details["archived_at"].as_str().unwrap());
+    let name = bak.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(name.starts_with("state.db.0.60.1.") && name.ends_with(".bak"), "{name}");
+    assert_eq!(bak.parent(), Some(state.as_path()));
+    assert!(bak.is_file(), "{} missing", bak.display());
+    assert_eq!(s.call("GET", "/machines", Some(&c), "").2, "[]", "a fresh database");
+    s.stop_keeping_state();
+    let full = std::fs::read(&bak).unwrap();
+    let o = web(&state).arg("import").arg(&bak).output().unwrap();
+    assert!(o.status.success(), "{}", util::stderr(&o));
+    let s = Server::start_in(state.clone());
+    let c = s.login();
+    let (st, _, m) = s.call("GET", "/machines/aa:bb:cc:00:00:01", Some(&c), "");
+    assert_eq!(st, 200, "{m}");
+    assert_eq!(json(&m)["labels"], serde_json::json!(["noisy", "rack-3"]));
+    drop(s);
+
+    // Not SQLite at all, or a truncated copy: the start is refused and the file kept as it was.
+    for (n, bytes) in
+        [b"PK\x03\x04 a zip, not a database".to_vec(), full[..full.len() / 2].to_vec()]
+            .into_iter()
+            .enumerate()
+    {
+        let state = dir.path(&format!("broken-{n}"));
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::write(state.join("state.db"), &bytes).unwrap();
+        let err = refused_start(&state);
+        assert!(err.contains("refusing to start over it"), "{err}");
+        assert_eq!(std::fs::read(state.join("state.db")).unwrap(), bytes, "left as it was");
+        let names: Vec<_> = std::fs::read_dir(&state)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("state.db."))
+            .collect();
+        assert!(names.is_empty(), "{names:?}");
+    }
+}

@@ -329,6 +329,7 @@ mod tests {
             known_disks: None,
             known_disks_at: None,
             lshw: Some(lshw.clone()),
+            labels: Vec::new(),
         }])
         .unwrap();
         assert_eq!(db.unclaimed(), 0);

@@ -22,13 +22,15 @@ pub enum InventoryStored {
     WithoutLshw,
 }
 
-/// A machine read from an export.
+/// A machine read from an export or a reference state.db, checked by the caller.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ImportedMachine {
     pub mac: String,
     pub known_disks: Option<serde_json::Value>,
     pub known_disks_at: Option<String>,
     pub lshw: Option<serde_json::Value>,
+    /// They replace the machine's labels (none from an export).
+    pub labels: Vec<String>,
 }
 
 /// A machine as the API returns it (the spec's `Machine` wire type).
@@ -352,7 +354,8 @@ impl Db {
     }
 
     /// Inserts or replaces imported machines, all or none: each as `bty-inventory` with no
-    /// image, target disk or labels, and claimed (the operator brought it in).
+    /// image or target disk, the labels it brings (checked by the caller), and claimed (the
+    /// operator brought it in).
     pub fn import_machines(&self, machines: &[ImportedMachine]) -> Result<()> {
         let now = now_iso8601();
         let mut conn = self.write();
@@ -380,6 +383,14 @@ impl Db {
                 now
             ])
             .with_context(|| format!("importing {}", m.mac))?;
+            let mut label = tx.prepare_cached(
+                "INSERT OR IGNORE INTO machine_labels (mac, label) VALUES (?1, ?2)",
+            )?;
+            for l in &m.labels {
+                label
+                    .execute(params![m.mac, l])
+                    .with_context(|| format!("importing the labels of {}", m.mac))?;
+            }
         }
         let (unclaimed, lshw_bytes) = growth(&tx).context("counting machines after the import")?;
         tx.commit().context("committing the import")?;

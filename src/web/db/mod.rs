@@ -1,7 +1,8 @@
 //! bty-web state: one SQLite file, `state.db`, in WAL mode. All SQL lives in this directory:
 //! here the `Db` type, opening, the schema and its migration, settings and the write
 //! generation; `machines.rs` the machines and their inventory, `contact.rs` a PXE contact and
-//! its marks, `catalog.rs` the catalog entries, `events.rs` the event log, `jobs.rs` the jobs.
+//! its marks, `catalog.rs` the catalog entries, `events.rs` the event log, `jobs.rs` the jobs,
+//! `reference.rs` the reference server's `state.db`, read (never written) for an import.
 //!
 //! One writer connection behind a mutex, a few reader connections, short transactions and
 //! cached prepared statements, so that one PXE contact costs the same whatever the fleet size.
@@ -23,12 +24,14 @@ mod contact;
 mod events;
 mod jobs;
 mod machines;
+mod reference;
 
 pub use catalog::CatalogEntry;
 pub use contact::{Contact, Contacted, Decided, PxeMark};
 pub use events::Event;
 pub use jobs::{Job, JobKind, JobState};
 pub use machines::{ImportedMachine, InventoryStored, Machine, MachineUpsert};
+pub use reference::{StoredMachine, StoredState, read_state};
 
 /// The schema this build writes. Bump it with every incompatible schema change.
 pub const SCHEMA_VERSION: &str = "bty-rs-1";
@@ -178,21 +181,23 @@ impl Drop for Writer<'_> {
 }
 
 impl Db {
-    /// Opens (or creates) `<state_dir>/state.db`. A database of another schema version, or one
-    /// without a marker, is renamed aside and replaced by a fresh one.
+    /// Opens (or creates) `<state_dir>/state.db`. A database of another schema version (ours
+    /// or the reference server's `bty_version`), or one with tables and no marker at all, is
+    /// renamed aside as `state.db.<from>.<UTC>.bak` and replaced by a fresh one. A file that is
+    /// not an SQLite database, or a damaged one, is refused and left as it is.
     pub fn open(state_dir: &Path) -> Result<Db> {
         let path = state_dir.join("state.db");
         let mut reset = None;
         if path.exists() {
-            let found = read_marker(&path)?;
-            if found.as_deref() != Some(SCHEMA_VERSION) {
-                let from = found.unwrap_or_else(|| "unversioned".into());
+            if let Found::Other(from) = inspect(&path)? {
                 let at = now_iso8601();
-                let bak = state_dir.join(format!("state.db.{from}.{at}.bak"));
+                let bak = archive_name(state_dir, &from, &at);
                 std::fs::rename(&path, &bak).with_context(|| {
                     format!("setting aside {} (schema {from}) as {}", path.display(), bak.display())
                 })?;
-                for ext in ["-wal", "-shm"] {
+                // The WAL was folded into the file by `inspect`; what is left refers to the
+                // renamed file by its old name and would be replayed into the fresh one.
+                for ext in ["-wal", "-shm", "-journal"] {
                     let side = state_dir.join(format!("state.db{ext}"));
                     let _ = std::fs::remove_file(&side);
                 }
@@ -201,7 +206,7 @@ impl Db {
                     path.display(),
                     bak.display()
                 );
-                reset = Some((from, at));
+                reset = Some((from, bak));
             }
         }
         let writer = connect(&path, true)?;
@@ -247,13 +252,21 @@ impl Db {
             max_unclaimed: AtomicU64::new(u64::MAX),
             max_lshw_bytes: AtomicU64::new(u64::MAX),
         };
-        if let Some((from, archived_at)) = reset {
+        if let Some((from, bak)) = reset {
+            let file =
+                bak.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             db.add_event(
                 "system.schema.reset",
                 None,
-                &format!("state.db had schema {from}; it was archived and a fresh one created"),
+                &format!(
+                    "state.db had schema {from}, this build uses {SCHEMA_VERSION}: it was kept as \
+                     {file} and a fresh one created (bty-web import {file} brings its machines back)"
+                ),
+                // archived_at is where the old database went, as the reference records it
+                // (its tests look for ".bak" in it); the event's own time says when.
                 Some(serde_json::json!({
-                    "from_version": from, "to_version": SCHEMA_VERSION, "archived_at": archived_at,
+                    "from_version": from, "to_version": SCHEMA_VERSION,
+                    "archived_at": bak.display().to_string(),
                 })),
             )?;
         }
@@ -430,29 +443,137 @@ fn connect(path: &Path, writer: bool) -> Result<Connection> {
     Ok(conn)
 }
 
-/// The schema marker of an existing database file, None when it has none (or is not ours).
-fn read_marker(path: &Path) -> Result<Option<String>> {
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
-        .with_context(|| format!("opening {}", path.display()))?;
-    let has_meta: bool = match conn.query_row(
-        "SELECT count(*) > 0 FROM sqlite_master WHERE name = 'meta'",
-        [],
-        |r| r.get(0),
-    ) {
-        Ok(b) => b,
-        // Not a database at all (garbage, truncated): treat as unversioned, so it is set aside.
-        Err(_) => return Ok(None),
+/// What an existing `state.db` is, by its schema marker.
+#[derive(Debug, PartialEq, Eq)]
+enum Found {
+    /// Ours, this schema version (or an empty database, made ours in place).
+    Current,
+    /// Another version: ours, the reference server's `bty_version`, or `pre-versioning` (tables
+    /// but no marker at all). Already made safe for a file name.
+    Other(String),
+}
+
+/// The first bytes of every SQLite 3 database file.
+const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
+
+/// Reads the schema marker of an existing database file, after checking that it is an SQLite
+/// database at all and not damaged (`PRAGMA quick_check`): a file that is not (garbage, a
+/// truncated copy) is refused with the reason, and nothing is changed, rather than being
+/// renamed aside as if it were merely old. When the file will be set aside, its write-ahead
+/// log is folded into it first, so the archive is complete on its own.
+///
+/// Markers recognised: ours (`meta.schema_version`); the reference server's `bty_version`
+/// table (its `version` column, the one row it keeps); and, for other releases of it, a
+/// `bty_version` key in a `meta`, `bty_meta` or `settings` key/value table. A database with
+/// tables and none of these is `pre-versioning`; one without tables is used as it is.
+fn inspect(path: &Path) -> Result<Found> {
+    let shown = path.display();
+    let refuse = |why: String| -> crate::error::Error {
+        crate::error::Error::msg(format!(
+            "{shown} {why}: refusing to start over it, and nothing was changed. Move it away \
+             (a fresh state.db is then created) or put a backup back (bty-web restore)"
+        ))
     };
-    if !has_meta {
-        return Ok(None);
+    let mut head = Vec::with_capacity(SQLITE_HEADER.len());
+    {
+        use std::io::Read;
+        let f = std::fs::File::open(path).with_context(|| format!("opening {shown}"))?;
+        f.take(SQLITE_HEADER.len() as u64)
+            .read_to_end(&mut head)
+            .with_context(|| format!("reading the header of {shown}"))?;
     }
-    let marker = conn
-        .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
-        .optional()
-        .unwrap_or(None);
-    // Fold the WAL into the main file, so the renamed .bak is complete on its own.
-    let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
-    Ok(marker)
+    if head.is_empty() {
+        // SQLite's own empty database: nothing in it to keep.
+        return Ok(Found::Current);
+    }
+    if head.as_slice() != SQLITE_HEADER {
+        return Err(refuse(
+            "is not an SQLite database (it does not start with SQLite's header)".into(),
+        ));
+    }
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .map_err(|e| refuse(format!("cannot be opened as an SQLite database ({e})")))?;
+    let check: Vec<String> = conn
+        .prepare("PRAGMA quick_check(3)")
+        .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
+        .map_err(|e| refuse(format!("cannot be read as an SQLite database ({e})")))?;
+    if check.first().map(String::as_str) != Some("ok") {
+        return Err(refuse(format!("is damaged (SQLite's quick_check: {})", check.join("; "))));
+    }
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+        .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
+        .with_context(|| format!("listing the tables of {shown}"))?;
+    let has = |t: &str| tables.iter().any(|n| n.eq_ignore_ascii_case(t));
+    let text = |sql: &str| -> Option<String> {
+        conn.query_row(sql, [], |r| r.get::<_, Option<String>>(0))
+            .optional()
+            .ok()
+            .flatten()
+            .flatten()
+    };
+    let ours =
+        has("meta").then(|| text("SELECT value FROM meta WHERE key = 'schema_version'")).flatten();
+    let reference =
+        || has("bty_version").then(|| text("SELECT version FROM bty_version LIMIT 1")).flatten();
+    let keyed = || {
+        ["meta", "bty_meta", "settings"]
+            .iter()
+            .filter(|t| has(t))
+            .find_map(|t| text(&format!("SELECT value FROM {t} WHERE key = 'bty_version'")))
+    };
+    let found = match ours {
+        Some(v) if v == SCHEMA_VERSION => None,
+        Some(v) => Some(v),
+        None => reference()
+            .or_else(keyed)
+            .or_else(|| (!tables.is_empty()).then(|| "pre-versioning".to_string())),
+    };
+    let Some(from) = found else { return Ok(Found::Current) };
+    // Fold the WAL into the main file, so the renamed .bak is complete on its own; if that
+    // cannot be done, setting the file aside would lose what is only in the WAL.
+    let busy: i64 =
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0)).with_context(|| {
+            format!("folding the write-ahead log of {shown} into it before setting it aside")
+        })?;
+    crate::ensure!(
+        busy == 0,
+        "folding the write-ahead log of {shown} into it before setting it aside: the database is \
+         busy (another process has it open?); nothing was changed"
+    );
+    Ok(Found::Other(file_safe(&from)))
+}
+
+/// A version string as it may appear in a file name: letters, digits and `.+-_` kept, anything
+/// else `_`, at most 64 characters; `unnamed` when nothing is left.
+fn file_safe(v: &str) -> String {
+    let s: String =
+        v.trim()
+            .chars()
+            .take(64)
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '+' | '-' | '_') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+    if s.is_empty() { "unnamed".into() } else { s }
+}
+
+/// `state.db.<from>.<at>.bak` in `dir`, with `-2`, `-3`... when that name is taken (two
+/// rotations in one second must not overwrite the first archive).
+fn archive_name(dir: &Path, from: &str, at: &str) -> PathBuf {
+    let mut n = 1;
+    loop {
+        let suffix = if n == 1 { String::new() } else { format!("-{n}") };
+        let p = dir.join(format!("state.db.{from}.{at}{suffix}.bak"));
+        if !p.exists() {
+            return p;
+        }
+        n += 1;
+    }
 }
 
 #[cfg(test)]
@@ -504,13 +625,121 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
     }
 
+    fn baks(d: &Path, prefix: &str) -> Vec<String> {
+        let mut v: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(prefix) && n.ends_with(".bak"))
+            .collect();
+        v.sort();
+        v
+    }
+
     #[test]
-    fn garbage_file_is_set_aside_as_unversioned() {
+    fn garbage_and_truncated_files_are_refused_and_left_alone() {
         let d = tmp("garbage");
-        std::fs::write(d.join("state.db"), b"this is not sqlite at all, just bytes").unwrap();
+        let junk = b"this is not sqlite at all, just bytes".to_vec();
+        std::fs::write(d.join("state.db"), &junk).unwrap();
+        let e = Db::open(&d).err().expect("garbage refused").to_string();
+        assert!(
+            e.contains("is not an SQLite database") && e.contains("nothing was changed"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(d.join("state.db")).unwrap(), junk, "the file is untouched");
+        assert!(baks(&d, "state.db.").is_empty());
+
+        // A real database of another version, cut short: refused, not archived as if old.
+        let d = tmp("truncated");
+        {
+            let c = Connection::open(d.join("full.db")).unwrap();
+            c.execute_batch(
+                "CREATE TABLE bty_version (version TEXT); INSERT INTO bty_version VALUES ('0.60.1');
+                 CREATE TABLE machines (mac TEXT PRIMARY KEY, blob TEXT);",
+            )
+            .unwrap();
+            for i in 0..200 {
+                c.execute(
+                    "INSERT INTO machines VALUES (?1, ?2)",
+                    (format!("m{i}"), "x".repeat(2000)),
+                )
+                .unwrap();
+            }
+        }
+        let full = std::fs::read(d.join("full.db")).unwrap();
+        for cut in [10, 100, full.len() / 2] {
+            std::fs::write(d.join("state.db"), &full[..cut]).unwrap();
+            let e = Db::open(&d).err().expect("truncated refused").to_string();
+            assert!(e.contains("refusing to start over it"), "cut at {cut}: {e}");
+            assert_eq!(std::fs::read(d.join("state.db")).unwrap(), &full[..cut]);
+            assert!(baks(&d, "state.db.").is_empty(), "cut at {cut}");
+        }
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn the_reference_servers_marker_names_the_archive() {
+        let d = tmp("reference");
+        let make = |d: &Path, sql: &str| {
+            let c = Connection::open(d.join("state.db")).unwrap();
+            c.execute_batch(sql).unwrap();
+        };
+        // The reference keeps its release in a one-row `bty_version` table.
+        make(
+            &d,
+            "CREATE TABLE bty_version (version TEXT NOT NULL); INSERT INTO bty_version VALUES ('0.60.1');
+             CREATE TABLE machines (mac TEXT PRIMARY KEY); INSERT INTO machines VALUES ('aa:bb:cc:dd:ee:ff');",
+        );
         let db = Db::open(&d).unwrap();
         let ev = db.events(Some("system.schema.reset"), None, 10, None).unwrap();
-        assert_eq!(ev[0].details.as_ref().unwrap()["from_version"], "unversioned");
+        let details = ev[0].details.as_ref().unwrap();
+        assert_eq!(details["from_version"], "0.60.1");
+        assert_eq!(details["to_version"], SCHEMA_VERSION);
+        let archived_at = details["archived_at"].as_str().unwrap();
+        let names = baks(&d, "state.db.0.60.1.");
+        assert_eq!(names.len(), 1, "{names:?}");
+        assert_eq!(archived_at, d.join(&names[0]).display().to_string());
+        drop(db);
+
+        // No marker but tables: pre-versioning. A key/value `bty_version` is read too, and a
+        // hostile version string cannot steer the file name.
+        for (sql, from) in [
+            ("CREATE TABLE machines (mac TEXT PRIMARY KEY);", "pre-versioning"),
+            (
+                "CREATE TABLE settings (key TEXT, value TEXT); INSERT INTO settings VALUES ('bty_version', '0.30.0');",
+                "0.30.0",
+            ),
+            (
+                "CREATE TABLE bty_version (version TEXT); INSERT INTO bty_version VALUES ('../../x y');",
+                ".._.._x_y",
+            ),
+        ] {
+            let d = tmp("reference-2");
+            make(&d, sql);
+            let db = Db::open(&d).unwrap();
+            let ev = db.events(Some("system.schema.reset"), None, 10, None).unwrap();
+            assert_eq!(ev[0].details.as_ref().unwrap()["from_version"], from, "{sql}");
+            assert_eq!(baks(&d, &format!("state.db.{from}.")).len(), 1, "{sql}");
+            let _ = std::fs::remove_dir_all(&d);
+        }
+
+        // An empty file is SQLite's empty database: used in place, nothing archived.
+        let d = tmp("empty");
+        std::fs::write(d.join("state.db"), b"").unwrap();
+        let db = Db::open(&d).unwrap();
+        assert!(db.events(Some("system.schema.reset"), None, 10, None).unwrap().is_empty());
+        assert!(baks(&d, "state.db.").is_empty());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn archives_in_the_same_second_do_not_overwrite_each_other() {
+        let d = tmp("collide");
+        let a = archive_name(&d, "0.1", "2026-01-01T00:00:00Z");
+        std::fs::write(&a, b"first").unwrap();
+        let b = archive_name(&d, "0.1", "2026-01-01T00:00:00Z");
+        assert_ne!(a, b);
+        assert!(b.to_string_lossy().ends_with("state.db.0.1.2026-01-01T00:00:00Z-2.bak"), "{b:?}");
         let _ = std::fs::remove_dir_all(&d);
     }
 }

@@ -212,7 +212,7 @@ fn refuse(stream: TcpStream, detail: &str) {
     let resp = Resp::error(503, detail).with_header("Retry-After", "1");
     let mut w = BufWriter::new(&stream);
     if write_response(&mut w, resp, false, true).is_ok() {
-        linger(&stream, Duration::from_millis(50));
+        linger(&stream, Duration::from_millis(50), MAX_DRAIN * 4);
     }
 }
 
@@ -237,20 +237,30 @@ fn refuse_now(stream: TcpStream, detail: &str) {
     let _ = stream.shutdown(std::net::Shutdown::Write);
 }
 
-/// Closes our side and discards what the peer still sends, for a bounded time: closing a socket
-/// with unread input makes Linux send a reset, and the reset can destroy the response we just
-/// wrote before the client reads it (a 413 or 503 would never be seen).
-fn linger(stream: &TcpStream, wait: Duration) {
+/// What is read and discarded of a refused body before the connection is closed, and for how
+/// long at most. A client that sends its whole body before it reads the answer (most HTTP
+/// libraries without `Expect: 100-continue`) must be able to finish sending, or its write fails
+/// with a reset and it never reads the 413; a bound keeps a client from holding a thread with
+/// an endless body. Beyond it the connection is closed (and the peer may see a reset).
+pub(super) const REFUSED_DRAIN: u64 = 64 << 20;
+pub(super) const REFUSED_WAIT: Duration = Duration::from_secs(10);
+
+/// Closes our side and discards what the peer still sends, up to `max` bytes and for at most
+/// `wait`: closing a socket with unread input makes Linux send a reset, and the reset can
+/// destroy the response we just wrote before the client reads it, or fail the client's write
+/// of its body before it gets to read (a 413 or 503 would never be seen).
+fn linger(stream: &TcpStream, wait: Duration, max: u64) {
     let _ = stream.shutdown(std::net::Shutdown::Write);
     let deadline = Instant::now() + wait;
-    let mut sink = [0u8; 8192];
-    let mut left = MAX_DRAIN * 4;
+    let mut sink = [0u8; 16 << 10];
+    let mut left = max;
     while left > 0 {
         let now = Instant::now();
         if now >= deadline {
             break;
         }
-        let _ = stream.set_read_timeout(Some(deadline - now));
+        // A second of silence: the peer has sent what it will and waits for the close.
+        let _ = stream.set_read_timeout(Some((deadline - now).min(Duration::from_secs(1))));
         match (&mut &*stream).read(&mut sink) {
             Ok(0) | Err(_) => break,
             Ok(n) => left = left.saturating_sub(n as u64),
@@ -283,7 +293,7 @@ fn connection(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
             Err(HeadError::Reject(status, detail)) => {
                 crate::info!("- - {status} {detail} {}", peer.ip());
                 if write_response(&mut writer, Resp::error(status, &detail), false, true).is_ok() {
-                    linger(&stream, Duration::from_secs(1));
+                    linger(&stream, Duration::from_secs(1), MAX_DRAIN * 4);
                 }
                 return;
             }
@@ -295,7 +305,7 @@ fn connection(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
             Outcome::KeepAlive if !stop.load(Ordering::Relaxed) => {}
             Outcome::KeepAlive | Outcome::Close => return,
             Outcome::CloseUnread => {
-                linger(&stream, Duration::from_secs(1));
+                linger(&stream, REFUSED_WAIT, REFUSED_DRAIN);
                 return;
             }
         }

@@ -116,6 +116,11 @@ pub enum BodyPolicy {
     /// Left on the connection for the handler to read from its reader, at most this many bytes:
     /// uploads go to disk and the handler checks auth before a byte is read.
     Stream(u64),
+    /// Buffered like `Buffer(.0)` (and under the same budget), but a longer body, up to `.1`
+    /// bytes, is not refused: the handler gets its first `.0 + 1` bytes in `Req::body` (one more
+    /// than the buffer, so it can tell) and reads the rest from its reader. For a body whose
+    /// bulk the handler can skip without holding it (the inventory's lshw tree).
+    Spill(usize, u64),
 }
 
 /// Answers one request; the reader yields the body for `Stream` routes and nothing otherwise.

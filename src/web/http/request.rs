@@ -106,12 +106,18 @@ pub(super) fn request<'s>(
     let early = match admitted {
         Err(resp) => Some(resp),
         Ok(policy) => match policy {
-            BodyPolicy::Buffer(max) => {
+            BodyPolicy::Buffer(_) | BodyPolicy::Spill(..) => {
+                // What is held in memory at most, and the largest body taken at all.
+                let (held, max) = match policy {
+                    BodyPolicy::Spill(buf, max) => (buf + 1, max),
+                    BodyPolicy::Buffer(max) => (max, max as u64),
+                    BodyPolicy::Stream(max) => (0, max),
+                };
                 let want = match body.framing {
-                    Framing::Length(n) if n > max as u64 => None,
-                    Framing::Length(n) => Some(n as usize),
+                    Framing::Length(n) if n > max => None,
+                    Framing::Length(n) => Some((n as usize).min(held)),
                     // Unknown length: the most it may grow to.
-                    Framing::Chunked { .. } => Some(max),
+                    Framing::Chunked { .. } => Some(held),
                 };
                 match want {
                     None => Some(too_large(max)),
@@ -154,6 +160,19 @@ pub(super) fn request<'s>(
             }
             Err(resp) => resp,
         },
+        (None, BodyPolicy::Spill(buf, max)) => {
+            let mut head = Vec::new();
+            match (&mut body).take(buf as u64 + 1).read_to_end(&mut head) {
+                Ok(_) => {
+                    let rest = max.saturating_sub(head.len() as u64);
+                    req.body = head;
+                    let mut limited = LimitedBody { inner: &mut body, left: rest, over: false };
+                    let resp = call(shared, &req, &mut limited);
+                    if limited.over { too_large(max) } else { resp }
+                }
+                Err(e) => Resp::error(400, &format!("reading the request body: {e}")),
+            }
+        }
         (None, BodyPolicy::Stream(max)) => {
             let mut limited = LimitedBody { inner: &mut body, left: max, over: false };
             let resp = call(shared, &req, &mut limited);

@@ -206,14 +206,18 @@ pub(super) fn machine(app: &App, req: &Req, mac: &str) -> Resp {
     }
 }
 
-/// The disks from the machine's last inventory (`[]` before the first one).
+/// The disks from the machine's last inventory; 404 until one was posted (the spec's
+/// "404 if none posted"), so a client tells "no inventory yet" from "no disks".
 pub(super) fn machine_disks(app: &App, mac: &str) -> Resp {
     let mac = match validate::normalize_mac(mac) {
         Ok(m) => m,
         Err(e) => return bad(e),
     };
     match app.db.machine(&mac) {
-        Ok(Some(m)) => Resp::json(200, &m.known_disks.unwrap_or_else(|| serde_json::json!([]))),
+        Ok(Some(m)) => match m.known_disks {
+            Some(disks) => Resp::json(200, &disks),
+            None => Resp::error(404, &format!("no inventory for {mac} yet")),
+        },
         Ok(None) => Resp::error(404, &format!("no machine record for {mac}")),
         Err(e) => internal(e),
     }

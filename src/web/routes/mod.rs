@@ -82,15 +82,17 @@ pub static ROUTES: &[Route] = {
         // The live environment and iPXE: no session, any Host, no Origin on a change.
         row(READ, "/pxe/{mac}", Pxe, None, |a, r, p, _| pxe::script(a, r, p[0])),
         row(READ, "/pxe/{mac}/plan", Pxe, None, |a, r, p, _| pxe::plan(a, r, p[0])),
-        row(POST, "/pxe/{mac}/inventory", Pxe, Inventory, |a, r, p, _| {
-            pxe::post(a, r, p[0], Report::Inventory)
+        row(POST, "/pxe/{mac}/inventory", Pxe, Inventory, |a, r, p, b| {
+            pxe::post(a, r, p[0], Report::Inventory, b)
         }),
-        row(POST, "/pxe/{mac}/done", Pxe, Json, |a, r, p, _| pxe::post(a, r, p[0], Report::Done)),
-        row(POST, "/pxe/{mac}/status", Pxe, Json, |a, r, p, _| {
-            pxe::post(a, r, p[0], Report::Status)
+        row(POST, "/pxe/{mac}/done", Pxe, Json, |a, r, p, b| {
+            pxe::post(a, r, p[0], Report::Done, b)
         }),
-        row(POST, "/pxe/{mac}/progress", Pxe, Json, |a, r, p, _| {
-            pxe::post(a, r, p[0], Report::Progress)
+        row(POST, "/pxe/{mac}/status", Pxe, Json, |a, r, p, b| {
+            pxe::post(a, r, p[0], Report::Status, b)
+        }),
+        row(POST, "/pxe/{mac}/progress", Pxe, Json, |a, r, p, b| {
+            pxe::post(a, r, p[0], Report::Progress, b)
         }),
         // The operator's API: a session cookie, an allowed Host, changes only from our origin.
         row(READ, "/machines", Session, None, |a, _, _, _| api::machines(a)),

@@ -136,8 +136,15 @@ impl Report {
     }
 }
 
-/// POSTs from the live environment: inventory, done, status, progress.
-pub(super) fn post(app: &App, req: &Req, mac: &str, report: Report) -> Resp {
+/// POSTs from the live environment: inventory, done, status, progress. `body` is what the
+/// request layer did not hold: the rest of an inventory longer than `guard::INVENTORY_HELD`.
+pub(super) fn post(
+    app: &App,
+    req: &Req,
+    mac: &str,
+    report: Report,
+    body: &mut dyn std::io::Read,
+) -> Resp {
     let what = report.name();
     let mac = match validate::normalize_mac(mac) {
         Ok(m) => m,
@@ -160,7 +167,7 @@ pub(super) fn post(app: &App, req: &Req, mac: &str, report: Report) -> Resp {
     };
     let mut done = false;
     let found = match report {
-        Report::Inventory => match validate::inventory(&req.body) {
+        Report::Inventory => match inventory(req, body) {
             Ok(inv) => {
                 if inv.lshw_dropped {
                     crate::warn!(
@@ -233,6 +240,19 @@ pub(super) fn post(app: &App, req: &Req, mac: &str, report: Report) -> Resp {
         }
         Ok(false) => orphan(app),
         Err(e) => internal(e),
+    }
+}
+
+/// An inventory body: held whole, or, longer than `guard::INVENTORY_HELD`, its held head and
+/// the rest read through.
+fn inventory(
+    req: &Req,
+    rest: &mut dyn std::io::Read,
+) -> Result<validate::Inventory, validate::Invalid> {
+    if req.body.len() > guard::INVENTORY_HELD {
+        validate::inventory_stream(&req.body, rest)
+    } else {
+        validate::inventory(&req.body)
     }
 }
 

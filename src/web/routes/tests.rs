@@ -134,7 +134,10 @@ fn body_policies_per_route() {
         Found::Route(r, _) => r.body.policy(),
         _ => panic!("{m} {p} has no route"),
     };
-    assert_eq!(policy("POST", "/pxe/aa:bb:cc:dd:ee:ff/inventory"), BodyPolicy::Buffer(4 << 20));
+    assert_eq!(
+        policy("POST", "/pxe/aa:bb:cc:dd:ee:ff/inventory"),
+        BodyPolicy::Spill(4 << 20, 64 << 20)
+    );
     assert_eq!(policy("PUT", "/machines/aa:bb:cc:dd:ee:ff"), BodyPolicy::Buffer(64 << 10));
     assert_eq!(policy("PUT", "/boot/x.initrd"), BodyPolicy::Stream(u64::MAX));
     assert_eq!(policy("POST", "/ui/netboot/upload"), BodyPolicy::Stream(u64::MAX));

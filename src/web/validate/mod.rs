@@ -27,7 +27,10 @@ pub use machine::{
     boot_mode, bty_image_ref, labels, machine_upsert, normalize_upsert, sanboot_drive,
     target_disk_serial,
 };
-pub use pxe::{Inventory, inventory, pxe_progress, pxe_status};
+pub use pxe::{
+    Inventory, STREAMED_DISKS_MAX, inventory, inventory_stream, known_disks, pxe_progress,
+    pxe_status,
+};
 
 /// Why input was rejected. The caller answers 400 for [`Invalid::BadName`] and 422 for the rest
 /// ([`Invalid::status`]); `Display` gives the message for `{"detail": ...}`.

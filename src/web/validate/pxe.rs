@@ -1,6 +1,9 @@
 //! The live environment's reports: `POST /pxe/{mac}/inventory`, `/status` and `/progress`,
 //! checked field by field and built into the `wire` types the agent sends.
 
+use std::cell::Cell;
+use std::io::{BufReader, Read};
+
 use serde_json::Value;
 
 use super::{
@@ -59,6 +62,139 @@ pub fn inventory(body: &[u8]) -> Result<Inventory, Invalid> {
         Some(v) => (Some(v), false),
     };
     Ok(Inventory { report: wire::Inventory { disks, lshw }, lshw_dropped })
+}
+
+/// The most bytes the `disks` of an inventory read by [`inventory_stream`] may take: 64 disks
+/// of lsblk columns are a few tens of KiB.
+pub const STREAMED_DISKS_MAX: u64 = 1 << 20;
+
+/// Parses an inventory body too long to hold whole: `head` is its first bytes, `rest` the
+/// remainder as it arrives. Read as a stream: `disks` is kept (at most
+/// [`STREAMED_DISKS_MAX`] bytes) and checked as [`inventory`] checks it, `lshw` is read through
+/// for its syntax and not kept (only a tree far over [`LSHW_MAX`] makes a body this long), so
+/// `lshw_dropped` is set and the previous tree stays. Unknown top-level keys are refused.
+pub fn inventory_stream(head: &[u8], rest: &mut dyn Read) -> Result<Inventory, Invalid> {
+    use serde::Deserializer as _;
+    let consumed = Cell::new(0u64);
+    let cap = Cell::new(u64::MAX);
+    let reader = Metered {
+        inner: BufReader::with_capacity(64 << 10, head.chain(rest)),
+        consumed: &consumed,
+        cap: &cap,
+    };
+    let mut de = serde_json::Deserializer::from_reader(reader);
+    let top = de
+        .deserialize_map(Top { consumed: &consumed, cap: &cap })
+        .and_then(|t| de.end().map(|()| t));
+    let top = match top {
+        Ok(t) => t,
+        Err(_) if cap.get() != u64::MAX && consumed.get() > cap.get() => {
+            return Err(Invalid::new(
+                "disks",
+                format!(
+                    "over {} KiB in an inventory too long to hold (an lshw tree far over its cap)",
+                    STREAMED_DISKS_MAX >> 10
+                ),
+            ));
+        }
+        Err(e) if e.is_data() => {
+            return Err(Invalid::new("body", "must be a JSON object"));
+        }
+        Err(e) => return Err(Invalid::Json(e.to_string())),
+    };
+    if let Some(k) = top.unknown {
+        let obj: serde_json::Map<String, Value> = [(k, Value::Null)].into_iter().collect();
+        refuse_unknown(&obj, &INVENTORY_KEYS)?;
+    }
+    let Some(disks) = top.disks else { return Err(Invalid::new("disks", "required")) };
+    let body = serde_json::json!({ "disks": disks }).to_string();
+    let mut inv = inventory(body.as_bytes())?;
+    inv.lshw_dropped = top.lshw;
+    Ok(inv)
+}
+
+/// A reader that counts what serde_json takes from it and fails past `cap`.
+struct Metered<'a, R> {
+    inner: R,
+    consumed: &'a Cell<u64>,
+    cap: &'a Cell<u64>,
+}
+
+impl<R: Read> Read for Metered<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.consumed.get() > self.cap.get() {
+            return Err(std::io::Error::other("over the size cap"));
+        }
+        let n = self.inner.read(buf)?;
+        self.consumed.set(self.consumed.get() + n as u64);
+        Ok(n)
+    }
+}
+
+/// The top level of a streamed inventory.
+#[derive(Default)]
+struct Parsed {
+    disks: Option<Value>,
+    lshw: bool,
+    /// The first unknown key (its value read through like lshw's).
+    unknown: Option<String>,
+}
+
+struct Top<'a> {
+    consumed: &'a Cell<u64>,
+    cap: &'a Cell<u64>,
+}
+
+impl<'de> serde::de::Visitor<'de> for Top<'_> {
+    type Value = Parsed;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Parsed, A::Error> {
+        let mut out = Parsed::default();
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "disks" => {
+                    self.cap.set(self.consumed.get().saturating_add(STREAMED_DISKS_MAX));
+                    out.disks = Some(map.next_value::<Value>()?);
+                    self.cap.set(u64::MAX);
+                }
+                "lshw" => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    out.lshw = true;
+                }
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    out.unknown.get_or_insert(key);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Checks a stored disk list (an import's `known_disks`) by the inventory's rules: an array of
+/// at most 64 disks, each as in [`inventory`]; refusals name `known_disks[i].field`.
+pub fn known_disks(v: &Value) -> Result<Vec<InventoryDisk>, Invalid> {
+    let Value::Array(a) = v else {
+        return Err(type_err("known_disks", "an array of disks", v));
+    };
+    if a.len() > INVENTORY_MAX_DISKS {
+        return Err(Invalid::new(
+            "known_disks",
+            format!("at most {INVENTORY_MAX_DISKS} disks (got {})", a.len()),
+        ));
+    }
+    a.iter().enumerate().map(|(i, d)| inventory_disk(i, d)).collect::<Result<_, _>>().map_err(|e| {
+        match e {
+            Invalid::Field { field, message } => {
+                Invalid::Field { field: format!("known_{field}"), message }
+            }
+            other => other,
+        }
+    })
 }
 
 fn inventory_disk(i: usize, d: &Value) -> Result<InventoryDisk, Invalid> {
@@ -178,6 +314,45 @@ mod tests {
     fn disk(path: &str) -> Value {
         json!({"path": path, "size": "500G", "vendor": "ATA", "model": "Samsung 980",
                "serial": "S1", "tran": "sata", "removable": false, "readonly": false})
+    }
+
+    #[test]
+    fn a_streamed_inventory_keeps_its_disks_and_drops_lshw_whatever_the_order() {
+        let pad = "x".repeat(3 << 20);
+        for body in [
+            json!({"disks": [disk("/dev/sda")], "lshw": {"pad": pad}}),
+            json!({"lshw": {"pad": pad}, "disks": [disk("/dev/sda")]}),
+        ] {
+            let text = body.to_string();
+            // Split anywhere: the head the request layer held, the rest still on the wire.
+            for cut in [0, 1, 100, text.len() / 2, text.len()] {
+                let (head, rest) = text.as_bytes().split_at(cut);
+                let inv = inventory_stream(head, &mut &rest[..]).unwrap();
+                assert!(inv.lshw_dropped && inv.report.lshw.is_none());
+                assert_eq!(
+                    serde_json::to_value(&inv.report.disks).unwrap(),
+                    json!([disk("/dev/sda")])
+                );
+            }
+        }
+        let run = |b: &str| inventory_stream(b.as_bytes(), &mut std::io::empty());
+        assert_eq!(
+            msg(run(r#"{"disks":[],"x":1}"#)),
+            "x: unknown field (expected one of: disks, lshw)"
+        );
+        assert_eq!(msg(run(r#"{"lshw":1}"#)), "disks: required");
+        assert_eq!(msg(run("[1]")), "body: must be a JSON object");
+        assert!(msg(run(r#"{"disks":[],"lshw":[1,}"#)).starts_with("body is not valid JSON"));
+        assert!(msg(run(r#"{"disks":[{"path":"/etc/x"}]}"#)).starts_with("disks[0].path"));
+        let huge =
+            format!(r#"{{"disks":[{{"path":"/dev/sda","junk":"{}"}}]}}"#, "y".repeat(2 << 20));
+        assert!(msg(run(&huge)).starts_with("disks: over 1024 KiB"), "{}", msg(run(&huge)));
+        // The import's check: the same rules, named as known_disks.
+        assert_eq!(
+            msg(known_disks(&json!([{"path": "/etc/x"}]))),
+            "known_disks[0].path: must be a device path under /dev/ (got \"/etc/x\")"
+        );
+        assert!(msg(known_disks(&json!({}))).starts_with("known_disks: must be an array"));
     }
 
     #[test]
