@@ -27,6 +27,11 @@ ARM64_TARGET := aarch64-unknown-linux-musl
 #   `apt-get download` into target/live-cache, not installed on this machine.
 #   ipxe-qemu ovmf (and qemu-system-x86, below): the guest that PXE-boots against bty-web (BIOS
 #   and UEFI); dosfstools mtools: the EFI system partition of its test image, without a mount.
+#   dnsmasq-base iproute2: tests/it/lab.rs builds a lab network of its own (a network namespace,
+#   a bridge, one tap per guest; `ip netns`, `ip tuntap`) and runs dnsmasq in it as the lab's
+#   DHCP server (and as a proxyDHCP) with what `bty-web dhcp` prints. dnsmasq-base is the
+#   program alone: the `dnsmasq` package would also enable and start a system-wide DNS and DHCP
+#   service on the machine that runs the tests.
 #   gcc-aarch64-linux-gnu: the cross C compiler and linker of the static arm64 bty-web (ring and
 #   the bundled SQLite are C); qemu-user-static: tests/it/image.rs runs that arm64 binary with
 #   qemu-aarch64-static (bookworm's 7.2: unlike qemu-system-x86 it breaks nothing of the 10.x
@@ -35,7 +40,8 @@ DEB_PACKAGES := qemu-utils e2fsprogs gdisk fdisk util-linux zstd xz-utils bzip2 
 	bmap-tools mbuffer musl-tools python3 time bsdutils wrk python3-venv lshw \
 	docker-registry curl tmux tftp-hpa ca-certificates podman \
 	chromium chromium-driver python3-yaml systemd dosfstools mtools \
-	busybox-static cpio kmod file ipxe-qemu ovmf gcc-aarch64-linux-gnu qemu-user-static
+	busybox-static cpio kmod file ipxe-qemu ovmf gcc-aarch64-linux-gnu qemu-user-static \
+	dnsmasq-base iproute2
 IMAGE_DIR ?= target/image
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 IMAGE_TAG ?= localhost/bty-web:$(VERSION)
@@ -74,7 +80,7 @@ help:
 	@echo "make live         build the netboot kernel + initrd (+ .sha256) into build/live"
 	@echo "make ipxe         Debian's iPXE binaries (undionly.kpxe, ipxe.efi, + .sha256) into build/ipxe"
 	@echo "make live-check   build the live environment twice and compare the bytes"
-	@echo "make e2e          a QEMU guest PXE-boots from bty-web, is inventoried and flashed"
+	@echo "make e2e          QEMU guests PXE-boot from bty-web (user-mode net, and a lab netns with dnsmasq)"
 	@echo "make bench-e2e    the same with a 256 MiB image: power-on to done -> bench/RESULTS.md"
 	@echo "make bench-flash  flash benchmark against the reference pipelines -> bench/RESULTS.md"
 	@echo "make bench-http   flash over http from 127.0.0.1 against curl | zstd -dc | dd -> bench/RESULTS.md"
@@ -259,9 +265,10 @@ live-check: live
 	cd build/live && for f in *; do cmp "$$f" "../../target/live-check/$$f"; done
 	@echo "live-check: the live environment builds reproducibly"
 
-# Only the e2e module of the integration tests (a name filter on the `it` binary).
-e2e: live ipxe
-	$(CARGO) test $(TEST_FEATURES) --test it e2e:: -- --nocapture
+# Only the end-to-end modules of the integration tests (name filters on the `it` binary): e2e
+# (QEMU's user-mode network) and lab (a network namespace with dnsmasq as the lab's DHCP).
+e2e: deps live ipxe
+	$(CARGO) test $(TEST_FEATURES) --test it -- --nocapture e2e:: lab::
 
 # Power-on to `done` for a 256 MiB image (the figure in bench/RESULTS.md).
 bench-e2e: live ipxe

@@ -1,5 +1,5 @@
 //! bty-web's command line: its flags, `--help`, and the subcommands (`config`, `restore`,
-//! `export`, `import`, `tftp`, `cache`, `health`, `init`, `deploy`, `upgrade`); serving is
+//! `export`, `import`, `tftp`, `cache`, `health`, `dhcp`, `init`, `deploy`, `upgrade`); serving is
 //! `serve::serve`.
 
 use std::io::Write;
@@ -26,6 +26,8 @@ Usage: bty-web [--listen HOST:PORT] [--state-dir DIR]   serve
        bty-web cache ls                                 list the cached images
        bty-web health                                   exit 0 if the local server answers /healthz
        bty-web routes                                   list every route and who may call it
+       bty-web dhcp [--mode tftp|http-boot|proxy|all] [--addr IP] [--dnsmasq|--isc]
+                                                        print the lab DHCP server's boot options
        bty-web init DIR [--host-addr IP] [--image REF] [--force] [--dry-run]
        bty-web deploy DIR [same flags]                  init, then start the stack
        bty-web upgrade DIR [--image REF] [--dry-run]    regenerate, pull and restart
@@ -60,6 +62,11 @@ deploy starts it: as root with Quadlet units in /etc/containers/systemd and syst
 user with podman compose or docker compose (no TFTP, no autostart), and says what it skipped.
 upgrade keeps envvars, bty.toml and the bty-data volume, rewrites the other files for this
 version, pulls the image and restarts. --dry-run prints instead of writing or running.
+`bty-web dhcp` prints the DHCP configuration that boots machines into this bty-web (dnsmasq by
+default, --isc for ISC dhcpd): tftp (PXE firmware loads iPXE over TFTP), http-boot (UEFI HTTP
+Boot), all (both; the default) or proxy (a dnsmasq proxyDHCP beside the lab's DHCP server).
+The address is --addr, else [server] public_url's host, else the listen address, else the
+address of the default route's interface; the port is public_url's, else the listen port.
 `bty-web routes` prints every route: its methods, path, who may call it (open: anyone; pxe:
 firmware and the live environment, no Origin on a change; public: the login pages, our own
 names only; page: a UI page or form with a session; session: the JSON API with a session
@@ -91,6 +98,7 @@ pub(super) fn run() -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Mode::Tftp => serve_tftp_only(&settings),
+        Mode::Dhcp(args) => dhcp_config(&settings, &args),
         Mode::Health => health(&settings),
         Mode::CacheList => cache_list(&settings),
         Mode::CacheAdd(files) => cache_add(&settings, &files),
@@ -159,6 +167,30 @@ fn parse_args() -> Result<Parsed> {
                 }
             }
             Value(cmd) if cmd == "health" => mode = Mode::Health,
+            Value(cmd) if cmd == "dhcp" => mode = Mode::Dhcp(DhcpArgs::default()),
+            Long("mode") if matches!(mode, Mode::Dhcp(_)) => {
+                let v = parser.value()?.string()?;
+                if let Mode::Dhcp(a) = &mut mode {
+                    a.mode = v.parse()?;
+                }
+            }
+            Long("addr") if matches!(mode, Mode::Dhcp(_)) => {
+                let v = parser.value()?.string()?;
+                let ip = v.parse().map_err(|_| {
+                    crate::error::Error::msg(format!(
+                        "invalid --addr {v:?}: expected bty-web's IPv4 address"
+                    ))
+                })?;
+                if let Mode::Dhcp(a) = &mut mode {
+                    a.addr = Some(ip);
+                }
+            }
+            Long(f @ ("dnsmasq" | "isc")) if matches!(mode, Mode::Dhcp(_)) => {
+                let isc = f == "isc";
+                if let Mode::Dhcp(a) = &mut mode {
+                    a.isc = isc;
+                }
+            }
             Value(cmd) if cmd == "routes" => {
                 print!("{}", crate::web::routes::describe());
                 return Ok(Parsed::Done(ExitCode::SUCCESS));
@@ -255,12 +287,55 @@ enum Mode {
     Serve,
     Config,
     Tftp,
+    Dhcp(DhcpArgs),
     Health,
     CacheList,
     CacheAdd(Vec<std::path::PathBuf>),
     Restore(std::path::PathBuf),
     Export(std::path::PathBuf),
     Import(std::path::PathBuf),
+}
+
+/// The flags of `bty-web dhcp`.
+struct DhcpArgs {
+    mode: dhcp::Mode,
+    addr: Option<std::net::Ipv4Addr>,
+    isc: bool,
+}
+
+impl Default for DhcpArgs {
+    fn default() -> DhcpArgs {
+        DhcpArgs { mode: dhcp::Mode::All, addr: None, isc: false }
+    }
+}
+
+/// `bty-web dhcp`: prints the DHCP server's configuration for this bty-web.
+fn dhcp_config(settings: &Settings, args: &DhcpArgs) -> Result<ExitCode> {
+    let public = settings.public_url().and_then(dhcp::public_url_parts);
+    let port = match public {
+        Some((_, port)) => port,
+        None => {
+            let v = settings.get("server", "port");
+            v.parse().map_err(|_| {
+                crate::error::Error::msg(format!("invalid [server] port {v:?} for bty-web dhcp"))
+            })?
+        }
+    };
+    let addr = match args.addr {
+        Some(ip) => ip,
+        None => dhcp::default_addr(public.map(|p| p.0), settings.get("server", "host"))
+            .ok_or_else(|| {
+                crate::error::Error::msg(
+                    "bty-web dhcp: cannot tell which IPv4 address machines reach bty-web at \
+                     (no IPv4 public_url, listen address or default route): pass --addr IP",
+                )
+            })?,
+    };
+    let target = dhcp::Target { addr, port };
+    let text =
+        if args.isc { dhcp::isc(target, args.mode)? } else { dhcp::dnsmasq(target, args.mode) };
+    print!("{text}");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `bty-web health`: asks the local server's /healthz, for container healthchecks (the image

@@ -392,7 +392,7 @@ fn find_program(name: &str) -> Option<PathBuf> {
 }
 
 /// The address of the interface that the default route leaves from: what lab machines reach.
-fn detect_host_addr() -> Option<IpAddr> {
+pub(crate) fn detect_host_addr() -> Option<IpAddr> {
     let s = UdpSocket::bind("0.0.0.0:0").ok()?;
     // connect() on UDP only picks the route and the source address; nothing is sent.
     s.connect("192.0.2.1:9").ok()?;

@@ -13,6 +13,7 @@ mod cmd;
 pub mod config;
 pub mod db;
 pub mod deploy;
+pub mod dhcp;
 pub mod export;
 pub mod guard;
 pub mod http;

@@ -243,11 +243,17 @@ pub const AUTOEXEC: &str = "autoexec.ipxe";
 /// A failure says what was tried and retries, with a key for the iPXE shell, instead of falling
 /// through silently: a machine that cannot reach bty-web would otherwise boot whatever disk it
 /// has, which is the one thing a lab flasher must not do unnoticed.
+///
+/// `ifopen` first: an `ipxe.efi` loaded by UEFI PXE fetches this script through the firmware's
+/// TFTP before it has opened the NIC, with the firmware's DHCP answer already in `${ip}`; it
+/// would skip `dhcp` and find no route to bty-web ("Network unreachable", found by
+/// tests/it/lab.rs). Opening an open interface does nothing.
 pub fn autoexec(base: &str) -> String {
     format!(
         "#!ipxe\n\
          # bty-web: chain to {base}/pxe-bootstrap.ipxe\n\
          :retry\n\
+         ifopen ||\n\
          isset ${{ip}} || dhcp || goto failed\n\
          echo bty: chaining {base}/pxe-bootstrap.ipxe\n\
          chain {base}/pxe-bootstrap.ipxe || goto failed\n\
@@ -413,7 +419,7 @@ mod tests {
         assert!(
             s.contains("\nchain http://${next-server}:8080/pxe-bootstrap.ipxe || goto failed\n")
         );
-        assert!(s.contains("isset ${ip} || dhcp || goto failed\n"));
+        assert!(s.contains(":retry\nifopen ||\nisset ${ip} || dhcp || goto failed\n"));
         assert!(s.contains(":failed\necho bty: could not load"));
         assert!(s.ends_with("goto retry\n"));
     }

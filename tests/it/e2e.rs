@@ -16,13 +16,13 @@
 //! `BTY_E2E_ACCEL` picks the accelerator (default tcg: KVM inside these VMs stops with an
 //! emulation failure in the iPXE ROM).
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::util;
 use crate::util::Server;
+use crate::util::guest::{self, Guest, tail};
 use crate::util::httpd::Httpd;
 
 const MAC: &str = "52:54:00:b7:e2:01";
@@ -176,85 +176,22 @@ fn boot_dir() -> PathBuf {
     dir
 }
 
-/// One powered-on guest; powered off (killed) on drop.
-struct Guest {
-    child: Child,
-    log: PathBuf,
-    started: Instant,
-}
-
-impl Guest {
-    fn power_on(firmware: &Firmware, server_port: u16, disk: &Path, log: PathBuf) -> Guest {
-        let _ = std::fs::remove_file(&log);
-        let accel = std::env::var("BTY_E2E_ACCEL").unwrap_or_else(|_| "tcg".into());
-        let mut c = Command::new("qemu-system-x86_64");
-        c.args(["-accel", &accel, "-m", "512", "-smp", "1"])
-            .args(["-vga", "none", "-display", "none", "-monitor", "none"])
-            .arg("-serial")
-            .arg(format!("file:{}", log.display()))
-            .arg("-netdev")
-            .arg(format!("user,id=n0,bootfile=http://10.0.2.2:{server_port}/pxe-bootstrap.ipxe"))
-            .arg("-device")
-            .arg(format!("virtio-net-pci,netdev=n0,mac={MAC},bootindex=1"))
-            .arg("-drive")
-            .arg(format!("file={},if=none,id=d0,format=raw", disk.display()))
-            .arg("-device")
-            .arg(format!("virtio-blk-pci,drive=d0,serial={DISK_SERIAL},bootindex=2"))
-            // Every boot asks the network first, as lab machines do: bty-web decides. SeaBIOS
-            // reads -boot; OVMF only the bootindex properties above.
-            .args(["-boot", "order=n"])
-            .args(&firmware.args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let child = c.spawn().expect("starting qemu-system-x86_64 (make deps installs it)");
-        Guest { child, log, started: Instant::now() }
-    }
-
-    fn serial(&self) -> String {
-        let b = std::fs::read(&self.log).unwrap_or_default();
-        String::from_utf8_lossy(&b).replace('\r', "")
-    }
-
-    /// Waits until the serial console shows `marker`; the time since power-on.
-    fn wait_for(&mut self, marker: &str, limit: Duration) -> Duration {
-        let t0 = Instant::now();
-        loop {
-            if self.serial().contains(marker) {
-                return self.started.elapsed();
-            }
-            if let Ok(Some(st)) = self.child.try_wait() {
-                let mut err = String::new();
-                if let Some(mut e) = self.child.stderr.take() {
-                    let _ = e.read_to_string(&mut err);
-                }
-                panic!(
-                    "qemu exited ({st}) before {marker:?}: {err}\nserial ({}):\n{}",
-                    self.log.display(),
-                    tail(&self.serial())
-                );
-            }
-            assert!(
-                t0.elapsed() < limit,
-                "no {marker:?} on the serial console within {limit:?}; serial ({}):\n{}",
-                self.log.display(),
-                tail(&self.serial())
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-}
-
-impl Drop for Guest {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn tail(s: &str) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
+/// A guest on QEMU's user-mode network, whose DHCP names bty-web's bootstrap script.
+fn power_on(firmware: &Firmware, server_port: u16, disk: &Path, log: PathBuf) -> Guest {
+    let mut c = guest::qemu(Command::new("qemu-system-x86_64"), 512, &log);
+    c.arg("-netdev")
+        .arg(format!("user,id=n0,bootfile=http://10.0.2.2:{server_port}/pxe-bootstrap.ipxe"))
+        .arg("-device")
+        .arg(format!("virtio-net-pci,netdev=n0,mac={MAC},bootindex=1"))
+        .arg("-drive")
+        .arg(format!("file={},if=none,id=d0,format=raw", disk.display()))
+        .arg("-device")
+        .arg(format!("virtio-blk-pci,drive=d0,serial={DISK_SERIAL},bootindex=2"))
+        // Every boot asks the network first, as lab machines do: bty-web decides. SeaBIOS
+        // reads -boot; OVMF only the bootindex properties above.
+        .args(["-boot", "order=n"])
+        .args(&firmware.args);
+    Guest::start(c, log)
 }
 
 struct Firmware {
@@ -320,7 +257,7 @@ fn life_of_a_machine(firmware: Firmware) {
 
     // a. First power-on: the unknown MAC is discovered, the live env posts its inventory and
     // reboots, and the next contact boots the disk.
-    let mut g = Guest::power_on(&firmware, port, &disk, out.join("boot-1.log"));
+    let mut g = power_on(&firmware, port, &disk, out.join("boot-1.log"));
     g.wait_for("bty: inventory posted; rebooting", CYCLE);
     let t = g.wait_for(OLD_MARKER, CYCLE);
     eprintln!("e2e {}: discovered, inventoried, old disk booted after {t:.1?}", firmware.name);
@@ -350,7 +287,7 @@ fn life_of_a_machine(firmware: Firmware) {
     assert_eq!(st, 200, "{body}");
 
     // c. Next power-on flashes unattended, posts done, reboots into the new disk.
-    let mut g = Guest::power_on(&firmware, port, &disk, out.join("boot-2.log"));
+    let mut g = power_on(&firmware, port, &disk, out.join("boot-2.log"));
     g.wait_for("bty: auto-flash starting", CYCLE);
     g.wait_for("bty: write 100%", CYCLE);
     let done = g.wait_for("bty: flash complete; rebooting", CYCLE);
@@ -375,7 +312,7 @@ fn life_of_a_machine(firmware: Firmware) {
     assert!(cache.join("sha256").join(sha).is_file(), "the image is in the cache");
 
     // d. A further power-on goes straight to the disk: no live environment.
-    let mut g = Guest::power_on(&firmware, port, &disk, out.join("boot-3.log"));
+    let mut g = power_on(&firmware, port, &disk, out.join("boot-3.log"));
     let t = g.wait_for(NEW_MARKER, CYCLE);
     let serial = g.serial();
     assert!(!serial.contains("bty-live:"), "the live env booted again:\n{}", tail(&serial));
@@ -396,7 +333,7 @@ fn life_of_a_machine(firmware: Firmware) {
     let mut written = std::fs::read(&disk).unwrap();
     written[..512].fill(0);
     std::fs::write(&disk, &written).unwrap();
-    let mut g = Guest::power_on(&firmware, port, &disk, out.join("boot-4.log"));
+    let mut g = power_on(&firmware, port, &disk, out.join("boot-4.log"));
     g.wait_for("bty: flash complete; rebooting", CYCLE);
     let t = g.wait_for(NEW_MARKER, CYCLE);
     drop(g);
@@ -419,19 +356,10 @@ fn bios_machine_is_discovered_flashed_and_boots_its_new_disk() {
 fn uefi_machine_is_discovered_flashed_and_boots_its_new_disk() {
     life_of_a_machine(Firmware {
         name: "uefi",
-        args: [
-            "-bios",
-            "/usr/share/ovmf/OVMF.fd",
-            // After iPXE's `exit`, OVMF would try its own PXE and HTTP boot on the same NIC
-            // first, over IPv4 and IPv6, each waiting for timeouts (~2 min under TCG) before
-            // the disk. Turn off what fw_cfg can turn off.
-            "-fw_cfg",
-            "name=opt/org.tianocore/IPv4PXESupport,string=n",
-            "-fw_cfg",
-            "name=opt/org.tianocore/IPv6PXESupport,string=n",
-        ]
-        .map(String::from)
-        .to_vec(),
+        // After iPXE's `exit`, OVMF would try its own PXE and HTTP boot on the same NIC first,
+        // over IPv4 and IPv6, each waiting for timeouts (~2 min under TCG) before the disk.
+        // Turn off what fw_cfg can turn off.
+        args: guest::ovmf_args(),
         flash_always: false,
     });
 }
@@ -446,7 +374,7 @@ fn wait_log(
 ) {
     let t0 = Instant::now();
     loop {
-        let text = String::from_utf8_lossy(&std::fs::read(log).unwrap_or_default()).into_owned();
+        let text = guest::read_lossy(log);
         if done(&text) {
             return;
         }

@@ -35,6 +35,7 @@ mod http;
 mod image;
 mod images;
 mod inspect;
+mod lab;
 mod qcow2;
 mod source_http;
 mod source_oras;

@@ -12,8 +12,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use sha2::{Digest, Sha256};
 
+pub mod guest;
 pub mod html;
 pub mod httpd;
+pub mod netns;
 pub mod registry;
 pub mod webdriver;
 

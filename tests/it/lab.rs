@@ -1,0 +1,259 @@
+//! A lab network of the test's own, the way a lab runs bty-web: a network namespace with a
+//! bridge (util/netns.rs), bty-web with its TFTP server on the bridge's address, Debian's
+//! dnsmasq as the lab's DHCP server fed exactly what `bty-web dhcp` prints (plus the lines every
+//! lab has: the interface, the address range, the lease file), and QEMU guests on taps of the
+//! bridge. Unlike e2e.rs (QEMU's user-mode network, whose DHCP gives one fixed answer), the
+//! firmware here gets what the lab's DHCP server decides by client architecture, user class and
+//! vendor class, so every boot path of the README's DHCP section is checked against a real
+//! DHCP server:
+//!
+//! - legacy BIOS over TFTP, UEFI PXE over TFTP, UEFI HTTP Boot, and BIOS behind a proxyDHCP,
+//!   each until the machine's own script `/pxe/MAC` is asked for (bty-web's log says so).
+//!
+//! Every test keeps bty-web's log, dnsmasq's configuration and log and the guests' serial
+//! consoles in target/e2e/lab/<test>/. Needs root, QEMU, dnsmasq (`make deps`) and Debian's
+//! iPXE binaries (`make ipxe`, or `BTY_E2E_IPXE_DIR`). It fails, never skips, when they are
+//! missing: CI runs it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::util::guest::{self, Guest, in_order, read_lossy, tail};
+use crate::util::netns::{HTTP_PORT, Lab};
+
+/// Firmware to iPXE to bty-web's bootstrap and the machine's script: well under a minute under
+/// TCG; the bound leaves room for a loaded CI machine.
+const TO_BOOTSTRAP: Duration = Duration::from_secs(240);
+
+fn ipxe_dir() -> PathBuf {
+    let dir = std::env::var_os("BTY_E2E_IPXE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("build/ipxe"));
+    for f in ["undionly.kpxe", "ipxe.efi"] {
+        assert!(dir.join(f).is_file(), "{}/{f} is missing: run `make ipxe` first", dir.display());
+    }
+    dir
+}
+
+/// How a guest boots from the network.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Firmware {
+    /// SeaBIOS with the NIC's option ROM (QEMU's is iPXE).
+    Bios,
+    /// OVMF's own PXE (no option ROM on the NIC: the firmware's virtio-net driver and PXE).
+    UefiPxe,
+    /// OVMF's own HTTP Boot: PXE turned off, so HTTP over IPv4 is the NIC's first boot option.
+    UefiHttp,
+}
+
+/// The lab's address-giving DHCP lines, which are not bty's: what a lab's DHCP server already
+/// has besides the interface and the lease file.
+fn range(lab: &Lab) -> String {
+    let n = lab.net();
+    format!("dhcp-range={n}.100,{n}.199,255.255.255.0,1h\n")
+}
+
+/// Powers on a guest with no disk on a new tap of the lab.
+fn power_on(lab: &mut Lab, fw: Firmware, mac: &str, name: &str) -> Guest {
+    let tap = lab.tap();
+    let log = lab.log(&format!("serial-{name}.log"));
+    let mut c = guest::qemu(lab.exec("qemu-system-x86_64"), 256, &log);
+    // No option ROM for OVMF: the firmware's own driver and network boot are what is tested
+    // (QEMU's default ROM would put iPXE there).
+    let rom = if fw == Firmware::Bios { "" } else { ",romfile=" };
+    c.arg("-netdev")
+        .arg(format!("tap,id=n0,ifname={tap},script=no,downscript=no"))
+        .arg("-device")
+        .arg(format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=1{rom}"))
+        .args(["-boot", "order=n"]);
+    match fw {
+        Firmware::Bios => {}
+        Firmware::UefiPxe => {
+            c.args(["-bios", "/usr/share/ovmf/OVMF.fd"])
+                .args(["-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=n"]);
+        }
+        Firmware::UefiHttp => {
+            c.args(guest::ovmf_args());
+        }
+    }
+    Guest::start(c, log)
+}
+
+/// One guest of a case: its firmware, MAC, and what bty-web's log must show for it, in order,
+/// before its `/pxe/MAC`.
+type Case<'a> = (Firmware, &'a str, &'a [&'a str]);
+
+/// Powers on the guests at once and waits until bty-web's log shows each one's `/pxe/MAC`;
+/// then checks, from the log lines of each guest's address, that its steps came in order, and
+/// that bty-web discovered it. Returns each guest's time from power-on to its `/pxe/MAC`.
+fn reach_the_bootstrap(lab: &mut Lab, cases: &[Case]) -> Vec<Duration> {
+    lab.assert_running();
+    let web_log = lab.log("bty-web.log");
+    let mut guests: Vec<Guest> =
+        cases.iter().map(|(fw, mac, _)| power_on(lab, *fw, mac, &mac.replace(':', ""))).collect();
+    let contact = |mac: &str| format!("GET /pxe/{} 200", mac.replace(':', "-"));
+    let times: Vec<Duration> = guests
+        .iter_mut()
+        .zip(cases)
+        .map(|(g, (_, mac, _))| {
+            let c = contact(mac);
+            g.wait_log(&web_log, TO_BOOTSTRAP, "contact at /pxe/MAC", |t| t.contains(&c))
+        })
+        .collect();
+    drop(guests);
+    let text = read_lossy(&web_log);
+    for (_, mac, marks) in cases {
+        let c = contact(mac);
+        // The guest's address ends its contact's line; its TFTP lines name it as IP:PORT.
+        let line = text.lines().find(|l| l.contains(&c)).unwrap_or_default();
+        let ip = line.rsplit(' ').next().unwrap_or_default();
+        let own: String = text
+            .lines()
+            .filter(|l| l.ends_with(&format!(" {ip}")) || l.contains(&format!(" {ip}:")))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let mut all: Vec<&str> = marks.to_vec();
+        all.push(&c);
+        assert!(
+            in_order(&own, &all),
+            "expected {all:?} in this order from {ip}; bty-web's log:\n{}",
+            tail(&text)
+        );
+        let (st, body) = lab.api("GET", &format!("/machines/{mac}"), None);
+        assert_eq!(st, 200, "the machine was discovered: {body}");
+        assert!(body.contains("\"last_seen_at\":\""), "{body}");
+    }
+    times
+}
+
+/// dnsmasq's log (`--log-dhcp`).
+fn dnsmasq_answers(lab: &Lab, name: &str) -> String {
+    read_lossy(&lab.log(&format!("dnsmasq-{name}.log")))
+}
+
+/// Whether dnsmasq's log says it handed out `file`: as option 67 (an address-giving answer) or
+/// as a proxyDHCP answer's boot file.
+fn gave(log: &str, file: &str) -> bool {
+    log.contains(&format!("bootfile-name  {file}"))
+        || log.contains(&format!("bootfile name: {file}"))
+}
+
+/// (a) Legacy BIOS with the README's `tftp` configuration. QEMU's BIOS network boot is the
+/// NIC's option ROM, which is iPXE: it sends the user class `iPXE`, so it gets `autoexec.ipxe`
+/// at once, as a lab machine whose NIC runs iPXE does. The firmware half of a machine with a
+/// vendor's PXE ROM (no user class, architecture 0: `undionly.kpxe` over TFTP) is asked by a
+/// stand-in, busybox udhcpc with the PXE vendor class and option 93 = 0, then tftp-hpa.
+#[test]
+fn bios_pxe_over_tftp_with_dnsmasq_reaches_the_bootstrap() {
+    let ipxe = ipxe_dir();
+    let mut lab = Lab::new("bios-tftp");
+    lab.start_web(&ipxe, &[]);
+    let conf = lab.dhcp_config(&["--mode", "tftp"]);
+    lab.start_dnsmasq("dhcp", &format!("{}{conf}", range(&lab)));
+
+    let lease = lab.dhcp_as_firmware("PXEClient:Arch:00000:UNDI:002001", &["0x5d:0000"]);
+    let has = |lease: &str, line: &str| lease.lines().any(|l| l == line);
+    assert!(has(&lease, "boot_file=undionly.kpxe"), "{lease}");
+    assert!(has(&lease, &format!("siaddr={}", lab.addr)), "{lease}");
+    let got = lab.tftp_get("undionly.kpxe");
+    assert!(got == std::fs::read(ipxe.join("undionly.kpxe")).unwrap(), "undionly.kpxe's bytes");
+    // UEFI PXE firmware (architecture 7) gets ipxe.efi the same way.
+    let lease = lab.dhcp_as_firmware("PXEClient:Arch:00007:UNDI:003000", &["0x5d:0007"]);
+    assert!(has(&lease, "boot_file=ipxe.efi"), "{lease}");
+
+    let t = reach_the_bootstrap(
+        &mut lab,
+        &[(
+            Firmware::Bios,
+            "52:54:00:1a:b0:01",
+            &["tftp: sent autoexec.ipxe", "GET /pxe-bootstrap.ipxe 200"],
+        )],
+    )[0];
+    let d = dnsmasq_answers(&lab, "dhcp");
+    assert!(gave(&d, "autoexec.ipxe"), "{}", tail(&d));
+    eprintln!("lab bios-tftp: /pxe/MAC after {t:.1?}");
+}
+
+/// (b) UEFI PXE (OVMF's own): `ipxe.efi` over TFTP, then iPXE's user class gets autoexec.ipxe.
+#[test]
+fn uefi_pxe_over_tftp_with_dnsmasq_reaches_the_bootstrap() {
+    let mut lab = Lab::new("uefi-pxe");
+    lab.start_web(&ipxe_dir(), &[]);
+    let conf = lab.dhcp_config(&["--mode", "tftp"]);
+    lab.start_dnsmasq("dhcp", &format!("{}{conf}", range(&lab)));
+    let t = reach_the_bootstrap(
+        &mut lab,
+        &[(
+            Firmware::UefiPxe,
+            "52:54:00:1a:b0:02",
+            &["tftp: sent ipxe.efi", "tftp: sent autoexec.ipxe", "GET /pxe-bootstrap.ipxe 200"],
+        )],
+    )[0];
+    // iPXE fetched autoexec.ipxe through the firmware's TFTP itself (the server that sent it):
+    // it asked DHCP nothing.
+    let d = dnsmasq_answers(&lab, "dhcp");
+    assert!(gave(&d, "ipxe.efi"), "{}", tail(&d));
+    eprintln!("lab uefi-pxe: /pxe/MAC after {t:.1?}");
+}
+
+/// (c) UEFI HTTP Boot (OVMF's own): the firmware's HTTPClient request is answered with
+/// bty-web's `ipxe.efi` URL, which runs the `autoexec.ipxe` beside it.
+#[test]
+fn uefi_http_boot_with_dnsmasq_reaches_the_bootstrap() {
+    let mut lab = Lab::new("uefi-http");
+    lab.start_web(&ipxe_dir(), &[]);
+    let conf = lab.dhcp_config(&["--mode", "http-boot"]);
+    lab.start_dnsmasq("dhcp", &format!("{}{conf}", range(&lab)));
+    let t = reach_the_bootstrap(
+        &mut lab,
+        &[(
+            Firmware::UefiHttp,
+            "52:54:00:1a:b0:03",
+            &[
+                "GET /boot/ipxe.efi 200",
+                "GET /boot/autoexec.ipxe 200",
+                "GET /pxe-bootstrap.ipxe 200",
+            ],
+        )],
+    )[0];
+    let d = dnsmasq_answers(&lab, "dhcp");
+    let url = format!("http://{}:{HTTP_PORT}/boot/ipxe.efi", lab.addr);
+    assert!(gave(&d, &url), "{}", tail(&d));
+    assert!(d.contains("tags: httpboot"), "{}", tail(&d));
+    eprintln!("lab uefi-http: /pxe/MAC after {t:.1?}");
+}
+
+/// (d) proxyDHCP: one dnsmasq gives addresses only (the lab's router), a second one in the
+/// README's `proxy` configuration gives boot options only. A BIOS guest (the NIC's iPXE, by its
+/// user class) and a UEFI PXE guest (OVMF's own PXE, through a `pxe-service` line) boot at once.
+#[test]
+fn pxe_behind_a_proxy_dhcp_reaches_the_bootstrap() {
+    let mut lab = Lab::new("proxy");
+    lab.start_web(&ipxe_dir(), &[]);
+    lab.start_dnsmasq("router", &range(&lab));
+    let conf = lab.dhcp_config(&["--mode", "proxy"]);
+    lab.start_dnsmasq("proxy", &conf);
+    let t = reach_the_bootstrap(
+        &mut lab,
+        &[
+            (
+                Firmware::Bios,
+                "52:54:00:1a:b0:04",
+                &["tftp: sent autoexec.ipxe", "GET /pxe-bootstrap.ipxe 200"],
+            ),
+            (
+                Firmware::UefiPxe,
+                "52:54:00:1a:b0:05",
+                &["tftp: sent ipxe.efi", "tftp: sent autoexec.ipxe", "GET /pxe-bootstrap.ipxe 200"],
+            ),
+        ],
+    );
+    let router = dnsmasq_answers(&lab, "router");
+    assert!(router.contains("DHCPACK(br0)"), "the router gave the addresses:\n{}", tail(&router));
+    assert!(!gave(&router, ""), "the router gave no boot file:\n{}", tail(&router));
+    let proxy = dnsmasq_answers(&lab, "proxy");
+    assert!(gave(&proxy, "autoexec.ipxe"), "{}", tail(&proxy));
+    assert!(gave(&proxy, "ipxe.efi"), "{}", tail(&proxy));
+    assert!(!proxy.contains("DHCPACK"), "the proxy gave no address:\n{}", tail(&proxy));
+    eprintln!("lab proxy: /pxe/MAC after {:.1?} (BIOS), {:.1?} (UEFI PXE)", t[0], t[1]);
+}
