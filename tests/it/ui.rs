@@ -868,3 +868,39 @@ fn pxe_scripts_embed_only_hosts_the_server_owns() {
     let (st, _, body) = req_to(&s, "bty.example:8081", "GET", "/ui/login", &[], b"");
     assert_eq!(st, 200, "{body}");
 }
+
+#[test]
+fn the_netboot_page_says_which_boot_setups_are_served_with_the_dhcp_configuration() {
+    let dir = crate::util::TestDir::new("ui-bootpaths");
+    let ipxe = dir.path("ipxe");
+    std::fs::create_dir_all(&ipxe).unwrap();
+    std::fs::write(ipxe.join("ipxe.efi"), b"not really ipxe").unwrap();
+    let ipxe_dir = ipxe.display().to_string();
+    let s = Server::start_env(
+        "ui-bootpaths",
+        &[
+            ("BTY_BOOT_IPXE_DIR", &ipxe_dir),
+            ("BTY_SERVER_PUBLIC_URL", "http://10.66.0.1:8080"),
+            ("BTY_SERVER_ALLOWED_HOSTS", "10.66.0.1"),
+        ],
+    );
+    let cookie = s.login();
+    let (_, _, page) = get(&s, &cookie, "/ui/netboot");
+    // TFTP is off and undionly.kpxe missing: only UEFI HTTP Boot is served, at the public address.
+    assert!(page.contains("http://10.66.0.1:8080/boot/ipxe.efi"), "{page}");
+    assert!(page.contains("bty-web&#39;s TFTP server is off"), "{page}");
+    // The configuration, as `bty-web dhcp` prints it, for that address.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bty-web"))
+        .args(["dhcp", "--addr", "10.66.0.1"])
+        .env("BTY_SERVER_PORT", "8080")
+        .env("BTY_PATHS_STATE_DIR", dir.path("state"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed =
+        String::from_utf8_lossy(&out.stdout).replace('\'', "&#39;").replace('"', "&quot;");
+    assert!(page.contains(printed.trim()), "the page's dnsmasq differs from bty-web dhcp:\n{page}");
+    let (_, _, dash) = get(&s, &cookie, "/ui/dashboard");
+    assert!(dash.contains("missing: undionly.kpxe"), "{dash}");
+    assert!(dash.contains("UEFI HTTP Boot: http://10.66.0.1:8080/boot/ipxe.efi"), "{dash}");
+}

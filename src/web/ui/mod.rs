@@ -15,6 +15,7 @@ use crate::web::app::App;
 use crate::web::auth::{self, Session};
 use crate::web::http::{Req, Resp};
 
+mod boot_paths;
 mod config_edit;
 mod forms;
 mod machines;

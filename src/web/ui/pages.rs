@@ -8,7 +8,7 @@ use crate::web::app::internal;
 use crate::web::db::{Event, JobKind};
 use crate::web::http::Resp;
 use crate::web::ui::template::{Escape, Html, Val, render};
-use crate::web::ui::{Ctx, FormState, machines, page, short};
+use crate::web::ui::{Ctx, FormState, boot_paths, machines, page, short};
 use crate::web::validate;
 
 const DASHBOARD: &str = include_str!("../../../html/dashboard.html");
@@ -108,6 +108,33 @@ fn dashboard(ctx: &Ctx<'_>) -> PageResult {
     );
     let (tftp_ok, tftp_detail) = tftp_check(s);
     check(Some(tftp_ok), "TFTP reachable or not configured", tftp_detail, "/ui/netboot#tftp");
+    let (found, missing) = boot_paths::binaries(s);
+    check(
+        Some(missing.is_empty()),
+        "iPXE binaries present",
+        if missing.is_empty() {
+            found.join(", ")
+        } else {
+            format!("missing: {} (make ipxe, or [boot] ipxe_dir)", missing.join(", "))
+        },
+        "/ui/netboot#dhcp",
+    );
+    let host = crate::web::guard::script_host(app, ctx.req).unwrap_or_default();
+    let paths = boot_paths::paths(s, boot_paths::target(s, &host));
+    let served: Vec<String> = paths
+        .iter()
+        .filter_map(|p| p.served.as_ref().ok().map(|how| format!("{}: {how}", p.name)))
+        .collect();
+    check(
+        Some(!served.is_empty()),
+        "A network boot setup served",
+        if served.is_empty() {
+            "none: turn on TFTP or provide ipxe.efi for UEFI HTTP Boot".to_string()
+        } else {
+            served.join("; ")
+        },
+        "/ui/netboot#dhcp",
+    );
     check(
         Some(!s.default_password()),
         "Admin password changed",
@@ -395,6 +422,13 @@ fn netboot(ctx: &Ctx<'_>) -> PageResult {
         &[
             ("boot_dir", Val::Text(&dir.display().to_string())),
             ("artifacts", Val::Html(&t)),
+            (
+                "dhcp",
+                Val::Html(&boot_paths::card(
+                    s,
+                    &crate::web::guard::script_host(ctx.app, ctx.req).unwrap_or_default(),
+                )),
+            ),
             ("csrf", Val::Text(&ctx.csrf)),
             ("max_upload", Val::Text(&crate::units::bytes(s.max_upload()))),
             ("base", Val::Text(&base_url(ctx))),
