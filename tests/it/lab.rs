@@ -421,3 +421,55 @@ fn three_machines_are_flashed_from_the_cache_and_boot_their_new_disks() {
     assert_eq!(pulls, 1, "bty-web pulled the image once:\n{}", read_lossy(&origin_log));
     assert!(cache.join("sha256").join(&sha).is_file(), "the image is in the cache");
 }
+
+/// `bty-web dhcp` on the command line: the default is `all` for dnsmasq, ISC has no proxy mode,
+/// and a bad mode or address is refused with the value named. No namespace needed.
+#[test]
+fn bty_web_dhcp_prints_the_configuration_and_refuses_what_it_cannot_say() {
+    let dir = util::TestDir::new("dhcp-cli");
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_bty-web"))
+            .arg("dhcp")
+            .args(args)
+            .arg("--state-dir")
+            .arg(&dir.0)
+            .env_remove("BTY_CONFIG_FILE")
+            .env_remove("BTY_CONFIG_DIR")
+            .env_remove("BTY_SERVER_PUBLIC_URL")
+            .output()
+            .expect("running bty-web dhcp")
+    };
+    let o = run(&["--addr", "192.168.1.10"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        out.starts_with(
+            "# bty-web dhcp --mode all --dnsmasq: bty-web at 192.168.1.10, HTTP port 8080\n"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("dhcp-boot=tag:bios,tag:!ipxe,undionly.kpxe,,192.168.1.10\n"), "{out}");
+    assert!(out.contains("http://192.168.1.10:8080/boot/ipxe.efi\n"), "{out}");
+
+    let o = run(&["--addr", "10.0.0.5", "--listen", "0.0.0.0:8081", "--isc", "--mode", "tftp"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("next-server 10.0.0.5;") && !out.contains("HTTPClient"), "{out}");
+    // The port is the listen port; iPXE gets autoexec.ipxe over TFTP in this mode.
+    assert!(
+        out.starts_with("# bty-web dhcp --mode tftp --isc: bty-web at 10.0.0.5, HTTP port 8081\n"),
+        "{out}"
+    );
+    assert!(out.contains("filename \"autoexec.ipxe\";"), "{out}");
+
+    for (args, want) in [
+        (&["--addr", "10.0.0.5", "--isc", "--mode", "proxy"][..], "no proxyDHCP mode"),
+        (&["--addr", "10.0.0.5", "--mode", "pxe"][..], "invalid DHCP mode \"pxe\""),
+        (&["--addr", "lab.example"][..], "invalid --addr \"lab.example\""),
+    ] {
+        let o = run(args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(want), "{args:?}: {err}");
+        assert!(o.stdout.is_empty(), "{args:?} printed nothing");
+    }
+}
