@@ -31,7 +31,9 @@ ARM64_TARGET := aarch64-unknown-linux-musl
 #   a bridge, one tap per guest; `ip netns`, `ip tuntap`) and runs dnsmasq in it as the lab's
 #   DHCP server (and as a proxyDHCP) with what `bty-web dhcp` prints. dnsmasq-base is the
 #   program alone: the `dnsmasq` package would also enable and start a system-wide DNS and DHCP
-#   service on the machine that runs the tests.
+#   service on the machine that runs the tests. In that namespace lab.rs also uses curl (the
+#   API), busybox's udhcpc and tftp-hpa (a PXE firmware stand-in) and python3's http.server (the
+#   image's origin), all listed above.
 #   gcc-aarch64-linux-gnu: the cross C compiler and linker of the static arm64 bty-web (ring and
 #   the bundled SQLite are C); qemu-user-static: tests/it/image.rs runs that arm64 binary with
 #   qemu-aarch64-static (bookworm's 7.2: unlike qemu-system-x86 it breaks nothing of the 10.x

@@ -248,6 +248,12 @@ pub const AUTOEXEC: &str = "autoexec.ipxe";
 /// TFTP before it has opened the NIC, with the firmware's DHCP answer already in `${ip}`; it
 /// would skip `dhcp` and find no route to bty-web ("Network unreachable", found by
 /// tests/it/lab.rs). Opening an open interface does nothing.
+///
+/// A chain that returns is the machine's script handing back to the firmware for the local
+/// disk; `exit 1` then, not `exit`: an `ipxe.efi` that firmware PXE or HTTP Boot loaded returns
+/// the script's status to the firmware, and edk2's boot manager answers an EFI_SUCCESS with its
+/// menu (OVMF's UiApp) instead of the next boot option, the disk (found by tests/it/lab.rs).
+/// BIOS firmware goes to its next boot device either way.
 pub fn autoexec(base: &str) -> String {
     format!(
         "#!ipxe\n\
@@ -257,7 +263,7 @@ pub fn autoexec(base: &str) -> String {
          isset ${{ip}} || dhcp || goto failed\n\
          echo bty: chaining {base}/pxe-bootstrap.ipxe\n\
          chain {base}/pxe-bootstrap.ipxe || goto failed\n\
-         exit\n\
+         exit 1\n\
          :failed\n\
          echo bty: could not load {base}/pxe-bootstrap.ipxe (error ${{errno}}): check DHCP and that bty-web answers there\n\
          prompt --key s --timeout 10000 bty: press s for the iPXE shell, or wait 10 s to retry && shell ||\n\
@@ -421,6 +427,8 @@ mod tests {
         );
         assert!(s.contains(":retry\nifopen ||\nisset ${ip} || dhcp || goto failed\n"));
         assert!(s.contains(":failed\necho bty: could not load"));
+        // Back from the chain: the firmware's next boot option (UEFI needs a failure status).
+        assert!(s.contains("/pxe-bootstrap.ipxe || goto failed\nexit 1\n:failed\n"));
         assert!(s.ends_with("goto retry\n"));
     }
 

@@ -7,17 +7,23 @@
 //! vendor class, so every boot path of the README's DHCP section is checked against a real
 //! DHCP server:
 //!
-//! - legacy BIOS over TFTP, UEFI PXE over TFTP, UEFI HTTP Boot, and BIOS behind a proxyDHCP,
-//!   each until the machine's own script `/pxe/MAC` is asked for (bty-web's log says so).
+//! - legacy BIOS over TFTP, UEFI PXE over TFTP, UEFI HTTP Boot, and BIOS and UEFI PXE behind a
+//!   proxyDHCP, each until the machine's own script `/pxe/MAC` is asked for (bty-web's log says
+//!   so);
+//! - a mixed lab: three machines at once (BIOS, UEFI PXE, UEFI HTTP Boot) discovered, assigned
+//!   an image through the API, flashed by the live environment (`make live`) from bty-web's image
+//!   cache, booting their new disks.
 //!
 //! Every test keeps bty-web's log, dnsmasq's configuration and log and the guests' serial
-//! consoles in target/e2e/lab/<test>/. Needs root, QEMU, dnsmasq (`make deps`) and Debian's
-//! iPXE binaries (`make ipxe`, or `BTY_E2E_IPXE_DIR`). It fails, never skips, when they are
+//! consoles in target/e2e/lab/<test>/. Needs root, QEMU, dnsmasq (`make deps`), Debian's iPXE
+//! binaries (`make ipxe`, or `BTY_E2E_IPXE_DIR`) and for the flash the live environment
+//! (`make live`, or `BTY_E2E_BOOT_DIR`). It fails, never skips, when they are
 //! missing: CI runs it.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::util;
 use crate::util::guest::{self, Guest, in_order, read_lossy, tail};
 use crate::util::netns::{HTTP_PORT, Lab};
 
@@ -53,11 +59,33 @@ fn range(lab: &Lab) -> String {
     format!("dhcp-range={n}.100,{n}.199,255.255.255.0,1h\n")
 }
 
+/// A guest's disk: its file and serial.
+type Disk<'a> = Option<(&'a std::path::Path, &'a str)>;
+
 /// Powers on a guest with no disk on a new tap of the lab.
 fn power_on(lab: &mut Lab, fw: Firmware, mac: &str, name: &str) -> Guest {
+    power_on_with(lab, fw, mac, name, None, 256)
+}
+
+/// Powers on a guest on a new tap of the lab, with a virtio disk after the NIC in the boot
+/// order when one is given.
+fn power_on_with(
+    lab: &mut Lab,
+    fw: Firmware,
+    mac: &str,
+    name: &str,
+    disk: Disk,
+    mem_mib: u32,
+) -> Guest {
     let tap = lab.tap();
     let log = lab.log(&format!("serial-{name}.log"));
-    let mut c = guest::qemu(lab.exec("qemu-system-x86_64"), 256, &log);
+    let mut c = guest::qemu(lab.exec("qemu-system-x86_64"), mem_mib, &log);
+    if let Some((file, serial)) = disk {
+        c.arg("-drive")
+            .arg(format!("file={},if=none,id=d0,format=raw", file.display()))
+            .arg("-device")
+            .arg(format!("virtio-blk-pci,drive=d0,serial={serial},bootindex=2"));
+    }
     // No option ROM for OVMF: the firmware's own driver and network boot are what is tested
     // (QEMU's default ROM would put iPXE there).
     let rom = if fw == Firmware::Bios { "" } else { ",romfile=" };
@@ -75,6 +103,11 @@ fn power_on(lab: &mut Lab, fw: Firmware, mac: &str, name: &str) -> Guest {
         Firmware::UefiHttp => {
             c.args(guest::ovmf_args());
         }
+    }
+    if fw != Firmware::Bios {
+        // The lab has no IPv6 service: after iPXE's `exit` to the disk, OVMF's IPv6 boot
+        // options on the NIC would each wait for their timeouts first.
+        c.args(["-fw_cfg", "name=opt/org.tianocore/IPv6Support,string=n"]);
     }
     Guest::start(c, log)
 }
@@ -256,4 +289,187 @@ fn pxe_behind_a_proxy_dhcp_reaches_the_bootstrap() {
     assert!(gave(&proxy, "ipxe.efi"), "{}", tail(&proxy));
     assert!(!proxy.contains("DHCPACK"), "the proxy gave no address:\n{}", tail(&proxy));
     eprintln!("lab proxy: /pxe/MAC after {:.1?} (BIOS), {:.1?} (UEFI PXE)", t[0], t[1]);
+}
+
+/// From power-on to a flashed disk's marker: firmware, iPXE, the live environment's kernel (~30 s
+/// under TCG), the flash, the reboot and the disk, for three guests sharing two cores.
+const CYCLE: Duration = Duration::from_secs(420);
+
+/// (e) A mixed lab with `--mode all`: a BIOS, a UEFI PXE and a UEFI HTTP Boot machine at once are
+/// discovered, assigned an image through the API, flashed by the live environment (`make live`)
+/// from bty-web's image cache, which pulls the image from its origin once, post `done` and boot
+/// their new disks, which hold the image's bytes.
+#[test]
+fn three_machines_are_flashed_from_the_cache_and_boot_their_new_disks() {
+    const OLD: &str = "BTY-LAB-OLD-DISK";
+    const NEW: &str = "BTY-LAB-NEW-DISK";
+    let live = guest::live_dir();
+    let mut lab = Lab::new("three");
+    let cache = lab.tmp.join("cache");
+    lab.start_web(
+        &ipxe_dir(),
+        &[
+            ("BTY_PATHS_BOOT_DIR", live.to_str().unwrap()),
+            ("BTY_CACHE_DIR", cache.to_str().unwrap()),
+        ],
+    );
+    let conf = lab.dhcp_config(&[]);
+    assert!(conf.starts_with("# bty-web dhcp --mode all --dnsmasq"), "{conf}");
+    lab.start_dnsmasq("dhcp", &format!("{}{conf}", range(&lab)));
+
+    // The image's origin: a web server on the namespace's loopback, which bty-web reaches and
+    // the guests do not (their 127.0.0.1 is their own).
+    let out = lab.out.clone();
+    let new = guest::image(NEW, 88, 8 << 20, &out);
+    let packed = util::zstd(&new);
+    let sha = util::sha256(&packed);
+    let origin = lab.tmp.join("origin");
+    std::fs::create_dir_all(&origin).unwrap();
+    std::fs::write(origin.join("disk.img.zst"), &packed).unwrap();
+    std::fs::write(origin.join("disk.img.zst.sha256"), format!("{sha}  disk.img.zst\n")).unwrap();
+    let origin_log = lab.log("origin.log");
+    let mut c = lab.exec("python3");
+    c.args(["-u", "-m", "http.server", "8081", "--bind", "127.0.0.1", "--directory"])
+        .arg(&origin)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(lab.log("origin.out")).unwrap())
+        .stderr(std::fs::File::create(&origin_log).unwrap());
+    let child = c.spawn().expect("starting python3's http.server");
+    lab.keep("the origin web server", child);
+
+    let machines = [
+        (Firmware::Bios, "52:54:00:1a:b0:11", "BTYLAB0011"),
+        (Firmware::UefiPxe, "52:54:00:1a:b0:12", "BTYLAB0012"),
+        (Firmware::UefiHttp, "52:54:00:1a:b0:13", "BTYLAB0013"),
+    ];
+    let disks: Vec<PathBuf> = machines
+        .iter()
+        .map(|(_, _, serial)| {
+            let disk = lab.tmp.join(format!("{serial}.raw"));
+            let mut old = guest::image(OLD, 7, 8 << 20, &out);
+            old.resize(64 << 20, 0);
+            std::fs::write(&disk, &old).unwrap();
+            disk
+        })
+        .collect();
+    let web_log = lab.log("bty-web.log");
+
+    // 1. First power-on: each unknown MAC asks for its script and is recorded.
+    let mut guests: Vec<Guest> = machines
+        .iter()
+        .zip(&disks)
+        .map(|((fw, mac, serial), disk)| {
+            power_on_with(&mut lab, *fw, mac, &format!("{serial}-1"), Some((disk, serial)), 512)
+        })
+        .collect();
+    for (g, (_, mac, _)) in guests.iter_mut().zip(&machines) {
+        let c = format!("GET /pxe/{} 200", mac.replace(':', "-"));
+        g.wait_log(&web_log, TO_BOOTSTRAP, "contact at /pxe/MAC", |t| t.contains(&c));
+    }
+    drop(guests);
+    for (_, mac, _) in &machines {
+        let (st, body) = lab.api("GET", &format!("/machines/{mac}"), None);
+        assert_eq!(st, 200, "{mac} was discovered: {body}");
+    }
+
+    // 2. The operator adds the image (digest from its manifest) and assigns it to all three.
+    let (st, body) = lab.api(
+        "POST",
+        "/catalog/entries",
+        Some(
+            r#"{"image_url":"http://127.0.0.1:8081/disk.img.zst","sha_url":"http://127.0.0.1:8081/disk.img.zst.sha256"}"#,
+        ),
+    );
+    assert!(st == 200 || st == 201, "{st} {body}");
+    let entry: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(entry["disk_image_sha"].as_str(), Some(sha.as_str()), "{entry}");
+    let image_ref = entry["bty_image_ref"].as_str().unwrap().to_string();
+    for (_, mac, serial) in &machines {
+        let put = format!(
+            r#"{{"boot_mode":"bty-flash-once","bty_image_ref":"{image_ref}","target_disk_serial":"{serial}"}}"#
+        );
+        let (st, body) = lab.api("PUT", &format!("/machines/{mac}"), Some(&put));
+        assert_eq!(st, 200, "{body}");
+    }
+
+    // 3. Next power-on: each flashes unattended, posts done, reboots and boots its new disk.
+    let mut guests: Vec<Guest> = machines
+        .iter()
+        .zip(&disks)
+        .map(|((fw, mac, serial), disk)| {
+            power_on_with(&mut lab, *fw, mac, &format!("{serial}-2"), Some((disk, serial)), 512)
+        })
+        .collect();
+    for (g, (fw, _, _)) in guests.iter_mut().zip(&machines) {
+        let done = g.wait_for("bty: flash complete; rebooting", CYCLE);
+        let t = g.wait_for(NEW, CYCLE);
+        eprintln!("lab three {fw:?}: power-on to done {done:.1?}, to the new disk {t:.1?}");
+    }
+    drop(guests);
+
+    // 4. bty-web recorded it, the disks hold the image, and the origin served it once.
+    for ((_, mac, _), disk) in machines.iter().zip(&disks) {
+        let (st, body) = lab.api("GET", &format!("/machines/{mac}"), None);
+        assert_eq!(st, 200, "{body}");
+        let m: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(m["last_status"], "done", "{m}");
+        assert!(m["last_flashed_at"].is_string(), "{m}");
+        let written = std::fs::read(disk).unwrap();
+        assert!(written[..new.len()] == new[..], "{mac}'s disk holds the image's bytes");
+    }
+    let pulls = read_lossy(&origin_log).matches("\"GET /disk.img.zst HTTP").count();
+    assert_eq!(pulls, 1, "bty-web pulled the image once:\n{}", read_lossy(&origin_log));
+    assert!(cache.join("sha256").join(&sha).is_file(), "the image is in the cache");
+}
+
+/// `bty-web dhcp` on the command line: the default is `all` for dnsmasq, ISC has no proxy mode,
+/// and a bad mode or address is refused with the value named. No namespace needed.
+#[test]
+fn bty_web_dhcp_prints_the_configuration_and_refuses_what_it_cannot_say() {
+    let dir = util::TestDir::new("dhcp-cli");
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_bty-web"))
+            .arg("dhcp")
+            .args(args)
+            .arg("--state-dir")
+            .arg(&dir.0)
+            .env_remove("BTY_CONFIG_FILE")
+            .env_remove("BTY_CONFIG_DIR")
+            .env_remove("BTY_SERVER_PUBLIC_URL")
+            .output()
+            .expect("running bty-web dhcp")
+    };
+    let o = run(&["--addr", "192.168.1.10"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        out.starts_with(
+            "# bty-web dhcp --mode all --dnsmasq: bty-web at 192.168.1.10, HTTP port 8080\n"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("dhcp-boot=tag:bios,tag:!ipxe,undionly.kpxe,,192.168.1.10\n"), "{out}");
+    assert!(out.contains("http://192.168.1.10:8080/boot/ipxe.efi\n"), "{out}");
+
+    let o = run(&["--addr", "10.0.0.5", "--listen", "0.0.0.0:8081", "--isc", "--mode", "tftp"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("next-server 10.0.0.5;") && !out.contains("HTTPClient"), "{out}");
+    // The port is the listen port; iPXE gets autoexec.ipxe over TFTP in this mode.
+    assert!(
+        out.starts_with("# bty-web dhcp --mode tftp --isc: bty-web at 10.0.0.5, HTTP port 8081\n"),
+        "{out}"
+    );
+    assert!(out.contains("filename \"autoexec.ipxe\";"), "{out}");
+
+    for (args, want) in [
+        (&["--addr", "10.0.0.5", "--isc", "--mode", "proxy"][..], "no proxyDHCP mode"),
+        (&["--addr", "10.0.0.5", "--mode", "pxe"][..], "invalid DHCP mode \"pxe\""),
+        (&["--addr", "lab.example"][..], "invalid --addr \"lab.example\""),
+    ] {
+        let o = run(args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(want), "{args:?}: {err}");
+        assert!(o.stdout.is_empty(), "{args:?} printed nothing");
+    }
 }
