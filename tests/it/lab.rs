@@ -320,7 +320,10 @@ fn three_machines_are_flashed_from_the_cache_and_boot_their_new_disks() {
     // The image's origin: a web server on the namespace's loopback, which bty-web reaches and
     // the guests do not (their 127.0.0.1 is their own).
     let out = lab.out.clone();
-    let new = guest::image(NEW, 88, 8 << 20, &out);
+    // `make bench-e2e` sets a bigger image (BTY_E2E_IMAGE_MIB) to time three flashes at once.
+    let mib: usize =
+        std::env::var("BTY_E2E_IMAGE_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
+    let new = guest::image(NEW, 88, mib << 20, &out);
     let packed = util::zstd(&new);
     let sha = util::sha256(&packed);
     let origin = lab.tmp.join("origin");
@@ -347,7 +350,7 @@ fn three_machines_are_flashed_from_the_cache_and_boot_their_new_disks() {
         .map(|(_, _, serial)| {
             let disk = lab.tmp.join(format!("{serial}.raw"));
             let mut old = guest::image(OLD, 7, 8 << 20, &out);
-            old.resize(64 << 20, 0);
+            old.resize((64 << 20).max(new.len() + (8 << 20)), 0);
             std::fs::write(&disk, &old).unwrap();
             disk
         })
