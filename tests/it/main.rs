@@ -28,6 +28,7 @@ mod api;
 mod browser;
 mod cache;
 mod deploy;
+mod discovery;
 mod disks;
 mod e2e;
 mod flash;
