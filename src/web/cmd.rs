@@ -311,27 +311,7 @@ impl Default for DhcpArgs {
 
 /// `bty-web dhcp`: prints the DHCP server's configuration for this bty-web.
 fn dhcp_config(settings: &Settings, args: &DhcpArgs) -> Result<ExitCode> {
-    let public = settings.public_url().and_then(dhcp::public_url_parts);
-    let port = match public {
-        Some((_, port)) => port,
-        None => {
-            let v = settings.get("server", "port");
-            v.parse().map_err(|_| {
-                crate::error::Error::msg(format!("invalid [server] port {v:?} for bty-web dhcp"))
-            })?
-        }
-    };
-    let addr = match args.addr {
-        Some(ip) => ip,
-        None => dhcp::default_addr(public.map(|p| p.0), settings.get("server", "host"))
-            .ok_or_else(|| {
-                crate::error::Error::msg(
-                    "bty-web dhcp: cannot tell which IPv4 address machines reach bty-web at \
-                     (no IPv4 public_url, listen address or default route): pass --addr IP",
-                )
-            })?,
-    };
-    let target = dhcp::Target { addr, port };
+    let target = dhcp::target(settings, args.addr, None)?;
     let text =
         if args.isc { dhcp::isc(target, args.mode)? } else { dhcp::dnsmasq(target, args.mode) };
     print!("{text}");

@@ -186,6 +186,36 @@ pub fn isc(t: Target, mode: Mode) -> Result<String> {
     Ok(s)
 }
 
+/// Where machines reach this bty-web: `given` (`--addr`), else `default_addr`, else `fallback`
+/// (the address a browser used); the HTTP port of `public_url`, else `[server] port`. Shared
+/// by `bty-web dhcp` and the netboot page, so both print the same configuration.
+pub fn target(
+    s: &crate::web::config::Settings,
+    given: Option<Ipv4Addr>,
+    fallback: Option<Ipv4Addr>,
+) -> Result<Target> {
+    let public = s.public_url().and_then(public_url_parts);
+    let port = match public {
+        Some((_, port)) => port,
+        None => {
+            let v = s.get("server", "port");
+            v.parse().map_err(|_| {
+                crate::error::Error::msg(format!("invalid [server] port {v:?} for bty-web dhcp"))
+            })?
+        }
+    };
+    let addr = given
+        .or_else(|| default_addr(public.map(|p| p.0), s.get("server", "host")))
+        .or(fallback)
+        .ok_or_else(|| {
+            crate::error::Error::msg(
+                "bty-web dhcp: cannot tell which IPv4 address machines reach bty-web at \
+                 (no IPv4 public_url, listen address or default route): pass --addr IP",
+            )
+        })?;
+    Ok(Target { addr, port })
+}
+
 /// The address machines reach bty-web at, when `--addr` is not given: `[server] public_url`'s
 /// host when it is an IPv4 address, else the listen address when it is one machines can reach,
 /// else the address of the interface the default route leaves from.

@@ -111,16 +111,12 @@ impl Body {
     }
 
     pub fn describe(self) -> String {
+        let name = format!("{self:?}").to_lowercase();
         match self.policy() {
-            BodyPolicy::Buffer(n) => format!(
-                "{} (buffered, at most {} KiB)",
-                format!("{self:?}").to_lowercase(),
-                n >> 10
-            ),
-            BodyPolicy::Stream(_) => format!("{} (streamed)", format!("{self:?}").to_lowercase()),
+            BodyPolicy::Buffer(n) => format!("{name} (buffered, at most {} KiB)", n >> 10),
+            BodyPolicy::Stream(_) => format!("{name} (streamed)"),
             BodyPolicy::Spill(held, max) => format!(
-                "{} (buffered up to {} KiB, read through up to {} MiB)",
-                format!("{self:?}").to_lowercase(),
+                "{name} (buffered up to {} KiB, read through up to {} MiB)",
                 held >> 10,
                 max >> 20
             ),

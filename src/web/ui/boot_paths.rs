@@ -38,19 +38,13 @@ pub fn binaries(s: &Settings) -> (Vec<String>, Vec<&'static str>) {
 /// listen address or the default route's (as `bty-web dhcp`), else the IPv4 address the
 /// browser used.
 pub fn target(s: &Settings, browser_host: &str) -> Option<Target> {
-    let public = s.public_url().and_then(dhcp::public_url_parts);
-    let port = match public {
-        Some((_, port)) => port,
-        None => s.get("server", "port").parse().ok()?,
-    };
     let browser = browser_host
         .rsplit_once(':')
         .map_or(browser_host, |(h, _)| h)
         .parse::<Ipv4Addr>()
         .ok()
         .filter(|ip| !ip.is_loopback());
-    let addr = dhcp::default_addr(public.map(|p| p.0), s.get("server", "host")).or(browser)?;
-    Some(Target { addr, port })
+    dhcp::target(s, None, browser).ok()
 }
 
 /// Each setup and whether this server serves it now.
