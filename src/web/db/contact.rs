@@ -8,7 +8,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::catalog::{CATALOG_BY_REF, catalog_from_row};
 use super::events::insert_event;
 use super::machines::{MACHINE_BY_MAC, machine_from_row};
-use super::{Capped, CatalogEntry, Db, Machine};
+use super::{Capped, CatalogEntry, Db, Machine, immediate};
 use crate::error::{Context, Result};
 use crate::units::now_iso8601;
 use crate::web::offers::Offers;
@@ -116,9 +116,7 @@ impl Db {
             }
         }
         let mut conn = self.write();
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .context("starting a transaction")?;
+        let tx = immediate(&mut conn)?;
         let n = tx
             .prepare_cached(
                 "UPDATE machines SET last_seen_at = ?2, last_seen_ip = ?3 WHERE mac = ?1",

@@ -6,7 +6,7 @@ use rusqlite::params;
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use serde::{Serialize, Serializer};
 
-use super::Db;
+use super::{Db, immediate};
 use crate::error::{Context, Result};
 use crate::units::now_iso8601;
 
@@ -122,9 +122,7 @@ impl Db {
     /// (one job per kind at a time).
     pub fn job_create(&self, kind: JobKind) -> Result<Option<i64>> {
         let mut conn = self.write();
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .context("starting a transaction")?;
+        let tx = immediate(&mut conn)?;
         let busy: bool = tx
             .prepare_cached("SELECT count(*) > 0 FROM jobs WHERE kind = ?1 AND state IN (?2, ?3)")?
             .query_row(params![kind, JobState::Queued, JobState::Running], |r| r.get(0))
@@ -168,9 +166,7 @@ impl Db {
     /// ids, so that each can be logged.
     pub fn jobs_interrupted(&self) -> Result<Vec<(i64, JobKind)>> {
         let mut conn = self.write();
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .context("starting a transaction")?;
+        let tx = immediate(&mut conn)?;
         let unfinished = params![JobState::Queued, JobState::Running];
         let left: Vec<(i64, JobKind)> = tx
             .prepare_cached("SELECT id, kind FROM jobs WHERE state IN (?1, ?2)")?

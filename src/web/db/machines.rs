@@ -7,7 +7,7 @@ use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
 use super::events::insert_event;
-use super::{Db, growth, sub};
+use super::{Db, growth, immediate, sub};
 use crate::error::{Context, Result};
 use crate::units::now_iso8601;
 use crate::wire::BootMode;
@@ -172,9 +172,7 @@ impl Db {
         let now = now_iso8601();
         {
             let mut conn = self.write();
-            let tx = conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .context("starting a transaction")?;
+            let tx = immediate(&mut conn)?;
             let old: Option<Stored> = tx
                 .prepare_cached(
                     "SELECT bty_image_ref, boot_mode, target_disk_serial, unclaimed FROM machines \
@@ -270,9 +268,7 @@ impl Db {
         let cutoff =
             crate::units::iso8601(crate::units::now_secs().saturating_sub(ttl_days * 86_400));
         let mut conn = self.write();
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .context("starting a transaction")?;
+        let tx = immediate(&mut conn)?;
         let gone: Vec<u64> = tx
             .prepare_cached(
                 "DELETE FROM machines WHERE unclaimed = 1 AND last_seen_at < ?1 \
@@ -315,9 +311,7 @@ impl Db {
         lshw: Option<&serde_json::Value>,
     ) -> Result<InventoryStored> {
         let mut conn = self.write();
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .context("starting a transaction")?;
+        let tx = immediate(&mut conn)?;
         let Some(old) = tx
             .prepare_cached("SELECT coalesce(octet_length(lshw), 0) FROM machines WHERE mac = ?1")?
             .query_row([mac], |r| r.get::<_, u64>(0))
@@ -359,9 +353,7 @@ impl Db {
     pub fn import_machines(&self, machines: &[ImportedMachine]) -> Result<()> {
         let now = now_iso8601();
         let mut conn = self.write();
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .context("starting a transaction")?;
+        let tx = immediate(&mut conn)?;
         for m in machines {
             tx.prepare_cached("DELETE FROM machine_labels WHERE mac = ?1")?
                 .execute([&m.mac])

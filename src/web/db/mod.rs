@@ -159,6 +159,13 @@ pub struct Writer<'a> {
     generation: &'a AtomicU64,
 }
 
+/// A write transaction that takes SQLite's write lock at BEGIN (IMMEDIATE): one that began as
+/// a reader could fail half-way with SQLITE_BUSY on its first write.
+pub(super) fn immediate(conn: &mut rusqlite::Connection) -> Result<rusqlite::Transaction<'_>> {
+    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .context("starting a transaction")
+}
+
 impl std::ops::Deref for Writer<'_> {
     type Target = Connection;
     fn deref(&self) -> &Connection {
