@@ -23,6 +23,9 @@ const FORBIDDEN: &[(&str, &str, &str)] = &[
     ("catalog", "web", "catalogs are read by bty and bty-web alike"),
     ("catalog", "cli", "catalogs are read by bty and bty-web alike"),
     ("catalog", "flash", "a catalog names images; it does not flash them"),
+    ("usb", "web", "the stick's grow runs in the live environment, with no server"),
+    ("usb", "cli", "the stick's grow is called by the command line, not the other way"),
+    ("usb", "flash", "growing BTY_IMAGES writes no image"),
 ];
 
 /// Violations that exist today, by file: issue 17 removes them.

@@ -22,6 +22,7 @@ mod layers;
 pub mod source;
 pub mod suffix;
 pub mod units;
+pub mod usb;
 pub mod web;
 pub mod wire;
 

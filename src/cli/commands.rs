@@ -170,3 +170,20 @@ fn hash_source(src: &Source) -> Result<String> {
     }
     Ok(crate::hex::encode(&h.finalize()))
 }
+
+/// `bty usb-grow`: one line saying what happened, on stdout (the live system's console).
+pub fn usb_grow(args: crate::cli::UsbGrowArgs) -> Result<ExitCode> {
+    let disk = args.disk.display();
+    match crate::usb::grow(&args.disk, args.baked)? {
+        crate::usb::Outcome::Grown { from, to, kept } => println!(
+            "bty: BTY_IMAGES on {disk} grown from {} to {}, {} of files and folders kept",
+            crate::units::bytes(from),
+            crate::units::bytes(to),
+            crate::units::bytes(kept)
+        ),
+        crate::usb::Outcome::NotNeeded(why) => {
+            println!("bty: BTY_IMAGES on {disk}: nothing to grow ({why})")
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use lexopt::prelude::*;
 
-use crate::error::Result;
+use crate::error::{Context, Result};
 
 const HELP: &str = "\
 bty: put pre-built OS disk images onto disks, fast and safely
@@ -32,6 +32,9 @@ Usage:
                                       may write them (bty disks --help)
   bty inventory [--json] [--all]      disks and hardware, as reported to bty-web
                                       (bty inventory --help)
+  bty usb-grow DISK --baked SERIAL:SECTORS
+                                      the USB live stick's first boot: grow its
+                                      BTY_IMAGES partition (bty usb-grow --help)
   bty --version | --help
 
 The wizard (bty with no command) runs on any terminal, 80x24 is enough: steps
@@ -163,6 +166,7 @@ fn run() -> Result<ExitCode> {
                     "images" => images::images(parse_images(&mut parser)?),
                     "disks" => inventory::disks(parse_disks(&mut parser)?),
                     "inventory" => inventory::inventory(parse_inventory(&mut parser)?),
+                    "usb-grow" => commands::usb_grow(parse_usb_grow(&mut parser)?),
                     other => crate::bail!("unknown command {other:?} (see bty --help)"),
                 };
             }
@@ -189,6 +193,50 @@ fn run() -> Result<ExitCode> {
         }
         None => wizard::run(&args, None, None),
     }
+}
+
+const USB_GROW_HELP: &str = "\
+bty usb-grow DISK --baked SERIAL:SECTORS
+
+Grows the BTY_IMAGES exFAT partition of a bty USB live stick to fill the stick,
+keeping the files on it. The live system runs it once on first boot, with the
+sentinels from its kernel command line (bty.usb=SERIAL:SECTORS): it only acts
+on the stick the image was built as (ISO 9660 first, an MBR with the EFI
+partition second and BTY_IMAGES last) while BTY_IMAGES still has the build's
+volume serial and size. The grown file system gets a new serial, so a second
+run has nothing to do. Anything else is refused with the reason, unwritten.
+The stick's partitions must not be mounted. An interrupted grow leaves the old
+file system readable and is taken up again by the next run.
+
+  DISK                 the whole stick: /dev/sdX, or an image file
+  --baked SERIAL:SECTORS
+                       BTY_IMAGES as the build made it (hex serial, 512-byte
+                       sectors)
+";
+
+/// Arguments of `bty usb-grow`.
+pub struct UsbGrowArgs {
+    pub disk: std::path::PathBuf,
+    pub baked: crate::usb::Baked,
+}
+
+fn parse_usb_grow(parser: &mut lexopt::Parser) -> Result<UsbGrowArgs> {
+    let (mut disk, mut baked) = (None, None);
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Long("baked") => baked = Some(parser.value()?.string()?.parse()?),
+            Short('h') | Long("help") => {
+                print!("{USB_GROW_HELP}");
+                std::process::exit(0);
+            }
+            Value(v) if disk.is_none() => disk = Some(std::path::PathBuf::from(v)),
+            _ => return Err(arg.unexpected().into()),
+        }
+    }
+    let disk = disk.context("bty usb-grow needs the stick (see bty usb-grow --help)")?;
+    let baked =
+        baked.context("bty usb-grow needs --baked SERIAL:SECTORS (see bty usb-grow --help)")?;
+    Ok(UsbGrowArgs { disk, baked })
 }
 
 /// `--server` as a base URL: a bare host gets http://, a trailing slash goes.

@@ -1,0 +1,211 @@
+//! The USB live medium's own stick: on the first boot, BTY_IMAGES (the exFAT partition the
+//! image is built with, 32 MiB) grows to fill the stick, keeping the files already on it.
+//!
+//! It runs once and only on what the build made: the stick must carry the ISO 9660 medium, an
+//! MBR with the EFI partition and BTY_IMAGES last, and BTY_IMAGES must still have the volume
+//! serial and size of the build (the sentinels, from the kernel command line). The grown file
+//! system gets a new serial, so the next boot finds nothing to do. Each refusal says why and
+//! writes nothing; see `exfat` for why an interruption leaves a readable file system.
+
+pub mod exfat;
+pub mod mbr;
+
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::path::Path;
+
+use crate::error::{Context, Result};
+
+/// What the build made BTY_IMAGES with: `bty.usb=<serial hex>:<sectors>` on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Baked {
+    pub serial: u32,
+    pub sectors: u64,
+}
+
+impl std::str::FromStr for Baked {
+    type Err = crate::error::Error;
+    fn from_str(s: &str) -> Result<Baked> {
+        let (serial, sectors) =
+            s.split_once(':').with_context(|| format!("{s:?} is not <serial hex>:<sectors>"))?;
+        Ok(Baked {
+            serial: u32::from_str_radix(serial, 16)
+                .with_context(|| format!("serial {serial:?} is not 8 hex digits"))?,
+            sectors: sectors
+                .parse::<u64>()
+                .with_context(|| format!("size {sectors:?} is not a number of sectors"))?,
+        })
+    }
+}
+
+/// What a grow did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Grown from `from` to `to` bytes; `kept` bytes of clusters were carried over.
+    Grown { from: u64, to: u64, kept: u64 },
+    /// Nothing to do, and why (already grown, or formatted anew by someone).
+    NotNeeded(String),
+}
+
+/// The MBR partition type of BTY_IMAGES (exFAT/NTFS) and of the EFI system partition.
+const EXFAT: u8 = 0x07;
+const ESP: u8 = 0xef;
+/// The largest old file system read into memory (the build makes 32 MiB).
+const OLD_MAX: u64 = 256 << 20;
+
+/// Grows BTY_IMAGES on `disk` (the whole stick: a block device, or an image file).
+pub fn grow(disk: &Path, baked: Baked) -> Result<Outcome> {
+    let shown = disk.display();
+    let meta = std::fs::metadata(disk).with_context(|| format!("reading {shown}"))?;
+    let block = meta.file_type().is_block_device();
+    // O_EXCL on a block device: the kernel refuses while a partition of it is mounted.
+    let f = crate::sys::open_buffered(disk, block, false)
+        .with_context(|| format!("opening {shown} (a mounted partition keeps it busy)"))?;
+    let size = if block {
+        let lbs = crate::sys::logical_block_size(&f)
+            .with_context(|| format!("reading {shown}'s block size"))?;
+        crate::ensure!(lbs == 512, "{shown} has {lbs}-byte sectors; the stick's table counts 512");
+        crate::sys::block_device_size(&f).with_context(|| format!("reading {shown}'s size"))?
+    } else {
+        meta.len()
+    };
+    let disk_sectors = size / exfat::SECTOR;
+
+    let mut sector0 = vec![0u8; 512];
+    f.read_exact_at(&mut sector0, 0).with_context(|| format!("reading {shown}'s first sector"))?;
+    let entries =
+        mbr::parse(&sector0).with_context(|| format!("reading {shown}'s partition table"))?;
+    let mut cd = [0u8; 5];
+    f.read_exact_at(&mut cd, 32769).with_context(|| format!("reading {shown}"))?;
+    crate::ensure!(
+        &cd == b"CD001",
+        "{shown} does not start with an ISO 9660 file system: not a bty stick"
+    );
+    crate::ensure!(
+        entries.iter().all(|e| e.kind != mbr::GPT_PROTECTIVE),
+        "{shown} has a GPT; the bty stick has an MBR only (was it partitioned anew?)"
+    );
+    let (esp, p3) = (entries[1], entries[2]);
+    crate::ensure!(
+        esp.kind == ESP && p3.kind == EXFAT && entries[3].kind == 0,
+        "{shown}'s partition table is not the one the image was built with (types {:02x} {:02x} {:02x} {:02x}; want an EFI partition second, exFAT third, no fourth)",
+        entries[0].kind,
+        entries[1].kind,
+        entries[2].kind,
+        entries[3].kind
+    );
+    crate::ensure!(
+        entries[..2].iter().all(|e| e.end() <= u64::from(p3.start))
+            && u64::from(p3.start) >= esp.end(),
+        "{shown}'s BTY_IMAGES partition is not the last one"
+    );
+    crate::ensure!(p3.end() <= disk_sectors, "{shown}'s BTY_IMAGES partition ends past the disk");
+
+    let start = u64::from(p3.start) * exfat::SECTOR;
+    let mut head = vec![0u8; 512];
+    f.read_exact_at(&mut head, start).with_context(|| format!("reading BTY_IMAGES on {shown}"))?;
+    let boot =
+        exfat::parse_boot(&head).with_context(|| format!("reading BTY_IMAGES on {shown}"))?;
+    if boot.serial != baked.serial {
+        return Ok(Outcome::NotNeeded(format!(
+            "BTY_IMAGES has volume serial {:08x}, not the build's {:08x}: grown already, or formatted anew",
+            boot.serial, baked.serial
+        )));
+    }
+    crate::ensure!(
+        boot.volume_sectors == baked.sectors,
+        "BTY_IMAGES has the build's serial but {} sectors, not the build's {}",
+        boot.volume_sectors,
+        baked.sectors
+    );
+    // The partition is the build's size, or already reaches the end of the stick (a grow that
+    // was interrupted after the table was written).
+    let room = (disk_sectors - u64::from(p3.start)).min(u64::from(u32::MAX));
+    crate::ensure!(
+        u64::from(p3.sectors) == baked.sectors || u64::from(p3.sectors) == room,
+        "{shown}'s BTY_IMAGES partition has {} sectors; the build made {}",
+        p3.sectors,
+        baked.sectors
+    );
+    crate::ensure!(
+        boot.volume_sectors * exfat::SECTOR <= OLD_MAX,
+        "BTY_IMAGES is larger than the build makes it"
+    );
+
+    let mut old = vec![0u8; (boot.volume_sectors * exfat::SECTOR) as usize];
+    f.read_exact_at(&mut old, start).with_context(|| format!("reading BTY_IMAGES on {shown}"))?;
+    let mut serial = [0u8; 4];
+    crate::sys::random_bytes(&mut serial).context("drawing a volume serial")?;
+    let serial = u32::from_le_bytes(serial) | 1;
+    let serial = if serial == baked.serial { serial ^ 2 } else { serial };
+    let plan = exfat::plan(&old, room, serial)
+        .with_context(|| format!("planning the grow of BTY_IMAGES on {shown}"))?;
+    drop(old);
+
+    // 1. The table: a larger partition around the old file system harms nothing.
+    if u64::from(p3.sectors) != room {
+        mbr::set_sectors(&mut sector0, 2, room as u32);
+        f.write_all_at(&sector0, 0)
+            .with_context(|| format!("writing {shown}'s partition table"))?;
+        f.sync_all().with_context(|| format!("syncing {shown}"))?;
+    }
+    // 2. The new FAT, bitmap and clusters, all past the old file system.
+    let write = |at: u64, data: &[u8]| {
+        f.write_all_at(data, start + at).with_context(|| format!("writing BTY_IMAGES on {shown}"))
+    };
+    let zeros = vec![0u8; 1 << 20];
+    let (mut at, end) = (plan.zero.0, plan.zero.0 + plan.zero.1);
+    while at < end {
+        let n = (end - at).min(zeros.len() as u64) as usize;
+        write(at, &zeros[..n])?;
+        at += n as u64;
+    }
+    for (at, data) in &plan.writes {
+        write(*at, data)?;
+    }
+    f.sync_all().with_context(|| format!("syncing {shown}"))?;
+    // 3. The boot region: the backup first, then the one that switches to the new file system.
+    write(plan.backup_boot.0, &plan.backup_boot.1)?;
+    f.sync_all().with_context(|| format!("syncing {shown}"))?;
+    write(plan.main_boot.0, &plan.main_boot.1)?;
+    f.sync_all().with_context(|| format!("syncing {shown}"))?;
+    if block && let Err(e) = crate::sys::reread_partitions(&f) {
+        crate::warn!(
+            "{shown}: the kernel kept the old partition table ({e}); it sees the new size after a reboot"
+        );
+    }
+    Ok(Outcome::Grown {
+        from: baked.sectors * exfat::SECTOR,
+        to: plan.layout.volume_sectors * exfat::SECTOR,
+        kept: plan.copied.1,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sentinels_parse_from_the_command_line_form() {
+        assert_eq!(
+            "b7e10001:65536".parse::<Baked>().unwrap(),
+            Baked { serial: 0xb7e1_0001, sectors: 65536 }
+        );
+        assert!(
+            "b7e10001".parse::<Baked>().unwrap_err().to_string().contains("<serial hex>:<sectors>")
+        );
+        assert!("zz:1".parse::<Baked>().unwrap_err().to_string().contains("hex"));
+        assert!("1:x".parse::<Baked>().unwrap_err().to_string().contains("sectors"));
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_stick_is_refused_and_left_alone() {
+        let dir = std::env::temp_dir().join(format!("bty-usb-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("plain.img");
+        std::fs::write(&p, vec![0u8; 1 << 20]).unwrap();
+        let e = grow(&p, Baked { serial: 1, sectors: 65536 }).unwrap_err().to_string();
+        assert!(e.contains("partition table"), "{e}");
+        assert_eq!(std::fs::read(&p).unwrap(), vec![0u8; 1 << 20]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
