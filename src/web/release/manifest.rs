@@ -146,7 +146,10 @@ pub fn parse(bytes: &[u8], max_size: u64) -> Result<Manifest> {
         bytes.len()
     );
     let text = std::str::from_utf8(bytes).context("the manifest is not UTF-8 text")?;
-    let raw: Raw = toml::from_str(text).context("the manifest is not valid release TOML")?;
+    let raw: Raw = toml::from_str(text).map_err(|e| {
+        let why = crate::catalog::toml_error(text, &e, true);
+        crate::error::Error::msg(format!("the manifest is not valid release TOML: {why}"))
+    })?;
     let version = raw.version.context("missing required key version")?;
     word(&version).map_err(|e| crate::error::Error::msg(format!("version {version:?}: {e}")))?;
     if let Some(r) = &raw.revision {
@@ -391,6 +394,9 @@ mod tests {
 
     #[test]
     fn not_toml_too_big_and_not_utf8_are_refused() {
+        let e = err("version = \"1\"\n[[assets]\nname = \"k\"\n");
+        assert!(e.contains("not valid release TOML: invalid TOML at line 2, column 10"), "{e}");
+        assert!(!e.contains('\n'), "one line, for the job's message: {e}");
         assert!(err("version = \n").contains("not valid release TOML"));
         assert!(err("version = 1\n").contains("not valid release TOML"));
         assert!(err("assets = \"x\"\nversion = \"1\"\n").contains("not valid release TOML"));
