@@ -729,6 +729,15 @@ fn netboot_release_fetch_reads_a_local_directory_and_the_operators_names_win() {
     assert_eq!(rel::script_names(&s, mac), (K1.to_string(), I1.to_string()));
     let (_, _, ev) = s.call("GET", "/events?kind=boot.release.installed", Some(&cookie), "");
     assert!(ev.contains(&format!("{url}/release.toml")), "{ev}");
+    // The Netboot page and the dashboard's readiness check look for the fetched pair.
+    let (_, _, page) = s.call("GET", "/ui/netboot", Some(&cookie), "");
+    for (name, role) in [(K1, "live kernel"), (I1, "live initrd")] {
+        let row =
+            format!("<td class=\"mono\">{name}</td><td>{role}</td><td><span class=\"badge ok\">");
+        assert!(page.contains(&row), "{row}: {page}");
+    }
+    let (_, _, page) = s.call("GET", "/ui/dashboard", Some(&cookie), "");
+    assert!(page.contains("kernel and initrd are in"), "{page}");
 
     // 2.0.0 in the mirror, corrupted, then too long: 1.0.0 stays.
     let k2 = util::prng_bytes(83, 2 << 20);
