@@ -305,8 +305,9 @@ fn parse_sha256(s: &str) -> Option<String> {
     (s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())).then(|| s.to_ascii_lowercase())
 }
 
-/// A TOML syntax error in one line: where, then (`quote`) the line and what.
-fn toml_error(text: &str, e: &toml::de::Error, quote: bool) -> String {
+/// A TOML syntax error in one line: where, then (`quote`) the line and what. Also for bty-web's
+/// release manifest, whose errors end up in one-line job messages.
+pub fn toml_error(text: &str, e: &toml::de::Error, quote: bool) -> String {
     let msg = e.message().trim().replace('\n', "; ");
     match e.span() {
         Some(span) => {

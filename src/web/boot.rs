@@ -39,9 +39,9 @@ pub fn serve(app: &App, req: &Req, name: &str) -> Resp {
     if req.method == "GET" {
         app.metrics.boot_bytes.fetch_add(len, Ordering::Relaxed);
     }
-    let s = &app.settings;
     if let Some(mac) = req.param("mac").and_then(|m| validate::normalize_mac(m).ok()) {
-        if name == s.get("boot", "kernel") || name == s.get("boot", "initrd") {
+        let (kernel, initrd) = crate::web::release::active(app);
+        if name == kernel || name == initrd {
             if let Err(e) = app.db.pxe_mark(&mac, PxeMark::FlasherBooted) {
                 crate::warn!("{e}");
             }

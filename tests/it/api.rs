@@ -112,7 +112,7 @@ impl Server {
     }
 
     /// Seeds a catalog entry into the real state.db (the catalog routes are not built yet).
-    fn seed_catalog(&self, image_ref: &str, src: &str) {
+    pub(crate) fn seed_catalog(&self, image_ref: &str, src: &str) {
         let c = rusqlite::Connection::open(self.state.join("state.db")).unwrap();
         c.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
         c.execute(

@@ -38,6 +38,7 @@ mod images;
 mod inspect;
 mod lab;
 mod qcow2;
+mod release;
 mod source_http;
 mod source_oras;
 mod tftp;

@@ -92,8 +92,8 @@ pub(super) fn script(app: &App, req: &Req, mac: &str) -> Resp {
         pxe::Decision::Exit { .. } => &app.metrics.offers_exit,
     };
     counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let s = &app.settings;
-    Resp::text(200, pxe::script(&d, &m, &host, s.get("boot", "kernel"), s.get("boot", "initrd")))
+    let (kernel, initrd) = crate::web::release::active(app);
+    Resp::text(200, pxe::script(&d, &m, &host, &kernel, &initrd))
 }
 
 pub(super) fn plan(app: &App, req: &Req, mac: &str) -> Resp {

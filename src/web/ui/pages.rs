@@ -67,7 +67,8 @@ fn dashboard(ctx: &Ctx<'_>) -> PageResult {
         .count();
     let s = &app.settings;
     let boot = s.boot_dir();
-    let missing: Vec<&str> = [s.get("boot", "kernel"), s.get("boot", "initrd")]
+    let (kernel, initrd) = crate::web::release::active(app);
+    let missing: Vec<&str> = [kernel.as_str(), initrd.as_str()]
         .into_iter()
         .filter(|n| !boot.join(n).is_file())
         .collect();
@@ -368,7 +369,8 @@ fn base_url(ctx: &Ctx<'_>) -> String {
 fn netboot(ctx: &Ctx<'_>) -> PageResult {
     let s = &ctx.app.settings;
     let dir = s.boot_dir();
-    let expected = [s.get("boot", "kernel"), s.get("boot", "initrd")];
+    let (kernel, initrd) = crate::web::release::active(ctx.app);
+    let expected = [kernel.as_str(), initrd.as_str()];
     let mut files: Vec<(String, Option<std::fs::Metadata>)> =
         expected.iter().map(|n| (n.to_string(), std::fs::metadata(dir.join(n)).ok())).collect();
     if let Ok(rd) = std::fs::read_dir(&dir) {

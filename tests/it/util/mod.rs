@@ -17,6 +17,7 @@ pub mod html;
 pub mod httpd;
 pub mod netns;
 pub mod registry;
+pub mod release;
 pub mod webdriver;
 
 /// A fresh directory under the system temp dir, removed on drop.
