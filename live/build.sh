@@ -37,6 +37,8 @@ MODULES=(
     xhci_pci ehci_pci ohci_pci uhci_hcd usb_storage uas mmc_block sdhci_pci sdhci_acpi
     # console input
     usbhid hid_generic atkbd
+    # the USB live medium (live/usb.sh): its ISO 9660 file system, BTY_IMAGES
+    isofs exfat nls_utf8
 )
 
 die() { echo "live/build.sh: $*" >&2; exit 1; }

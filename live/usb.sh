@@ -53,7 +53,7 @@ mkdir -p "$work/iso/boot/grub" "$work/iso/bty" "$OUT"
 
 # The kernel command line carries the sentinels, so the live system needs no file of its own
 # to know what the build made.
-cmdline="bty.usb=$IMAGES_SERIAL:$((IMAGES_MIB << 11)) console=tty1 console=ttyS0,115200"
+cmdline="bty.usb=$IMAGES_SERIAL:$((IMAGES_MIB << 11)) console=tty1 console=ttyS0,115200 quiet"
 cat >"$work/iso/boot/grub/grub.cfg" <<EOF
 # bty USB live medium $version
 serial --unit=0 --speed=115200

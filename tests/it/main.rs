@@ -43,6 +43,7 @@ mod source_http;
 mod source_oras;
 mod tftp;
 mod ui;
+mod usb;
 mod web;
 mod wizard;
 mod workers;

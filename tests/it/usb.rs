@@ -1,0 +1,353 @@
+//! The USB live medium (`make usb`, live/usb.sh): booted in QEMU as a 2 GiB USB stick with
+//! BIOS and with UEFI, its first boot grows BTY_IMAGES keeping the files already on it, the
+//! wizard lists the image placed there, refuses the stick, and, driven over the serial
+//! console, flashes a second virtual disk byte for byte; booted as a CD it reaches the wizard
+//! without BTY_IMAGES. And `bty usb-grow` on stick images: what it refuses, and an interrupted
+//! grow taken up again.
+//!
+//! Files go onto BTY_IMAGES (exFAT) from the host through exfat-fuse over a loop device: the
+//! machines the tests run on have no exFAT in their kernel.
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::util::guest::{self, Guest};
+use crate::util::{Loop, TestDir, bty, prng_bytes, zstd};
+
+const STICK: u64 = 2 << 30;
+/// BTY_IMAGES as live/usb.sh builds it (the `bty.usb=` sentinels on GRUB's command line).
+const BAKED: &str = "b7e10001:65536";
+
+fn iso() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("build/usb/bty-usbboot-pc-x86_64-v{}.iso", env!("CARGO_PKG_VERSION")));
+    assert!(p.is_file(), "{} is missing: run `make usb` first", p.display());
+    p
+}
+
+/// (start, sectors) of MBR entry `i` of `disk`.
+fn partition(disk: &Path, i: usize) -> (u64, u64) {
+    let b = std::fs::read(disk).map(|b| b[..512].to_vec()).expect("reading the stick's MBR");
+    let e = &b[446 + 16 * i..446 + 16 * (i + 1)];
+    let le = |x: &[u8]| u64::from(u32::from_le_bytes([x[0], x[1], x[2], x[3]]));
+    (le(&e[8..12]), le(&e[12..16]))
+}
+
+/// BTY_IMAGES of `stick` mounted with exfat-fuse at `dir` until drop.
+struct Images {
+    dir: PathBuf,
+    _lo: Loop,
+}
+
+impl Images {
+    fn mount(stick: &Path, dir: PathBuf) -> Images {
+        let (start, sectors) = partition(stick, 2);
+        let lo = Loop::attach(
+            stick,
+            &["-o", &(start * 512).to_string(), "--sizelimit", &(sectors * 512).to_string()],
+        );
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = Command::new("mount.exfat-fuse")
+            .arg(&lo.dev)
+            .arg(&dir)
+            .output()
+            .expect("running mount.exfat-fuse (make deps installs exfat-fuse)");
+        assert!(out.status.success(), "mount.exfat-fuse: {}", String::from_utf8_lossy(&out.stderr));
+        Images { dir, _lo: lo }
+    }
+
+    fn fsck(stick: &Path) -> String {
+        let (start, sectors) = partition(stick, 2);
+        let lo = Loop::attach(
+            stick,
+            &["-o", &(start * 512).to_string(), "--sizelimit", &(sectors * 512).to_string()],
+        );
+        let out = Command::new("fsck.exfat").arg("-n").arg(&lo.dev).output().expect("fsck.exfat");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success() && text.contains("clean"), "fsck.exfat: {text}");
+        text
+    }
+}
+
+impl Drop for Images {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.dir).status();
+    }
+}
+
+/// A stick of `len` bytes written with the image, `files` copied onto BTY_IMAGES.
+fn stick(dir: &TestDir, len: u64, files: &[(&str, &[u8])]) -> PathBuf {
+    let p = dir.path("stick.img");
+    std::fs::copy(iso(), &p).expect("copying the ISO");
+    std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(len).unwrap();
+    let m = Images::mount(&p, dir.path("mnt"));
+    for (name, data) in files {
+        std::fs::write(m.dir.join(name), data).expect("writing onto BTY_IMAGES");
+    }
+    drop(m);
+    p
+}
+
+/// The serial console: output from QEMU's log file, input through its socket. Connected at
+/// the first keystroke: a client connecting while GRUB counts down stops its menu.
+struct Console {
+    path: PathBuf,
+    sock: Option<UnixStream>,
+}
+
+impl Console {
+    fn send(&mut self, line: &str) {
+        if self.sock.is_none() {
+            let s = UnixStream::connect(&self.path).expect("connecting to the serial console");
+            // QEMU holds the guest's output back until the client reads it; the log file has
+            // it all, so what the socket brings is dropped.
+            let mut drain = s.try_clone().expect("cloning the console socket");
+            std::thread::spawn(move || std::io::copy(&mut drain, &mut std::io::sink()));
+            self.sock = Some(s);
+        }
+        let sock = self.sock.as_mut().expect("connected above");
+        sock.write_all(format!("{line}\r").as_bytes()).expect("typing on the serial console");
+    }
+}
+
+/// Waits until `marker` shows on the console after byte `from`; the console's text from `from`
+/// to the marker's end, and where that is.
+fn wait_after(g: &mut Guest, from: usize, marker: &str, limit: Duration) -> (String, usize) {
+    let t0 = Instant::now();
+    loop {
+        let s = g.serial();
+        if let Some(i) = s.get(from..).and_then(|t| t.find(marker)) {
+            let end = from + i + marker.len();
+            return (s[from..end].to_string(), end);
+        }
+        if let Ok(Some(st)) = g.child.try_wait() {
+            panic!("qemu exited ({st}) before {marker:?}; serial:\n{}", guest::tail(&s));
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "no {marker:?} within {limit:?}; serial:\n{}",
+            guest::tail(&s)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Escape sequences off, so rows can be read.
+fn plain(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for d in chars.by_ref() {
+                    if d.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+enum Firmware {
+    Bios,
+    Uefi,
+}
+
+/// Boots `stick` as a USB disk beside a 64 MiB virtio disk (`target`).
+fn boot_stick(dir: &TestDir, fw: Firmware, stick: &Path, target: &Path) -> (Guest, Console) {
+    let log = dir.path("serial.log");
+    let sock = dir.path("serial.sock");
+    let mut c = Command::new("qemu-system-x86_64");
+    c.args(["-accel", &guest::accel(), "-m", "1024", "-smp", "1", "-no-reboot"])
+        .args(["-vga", "none", "-display", "none", "-monitor", "none"])
+        .arg("-chardev")
+        .arg(format!(
+            "socket,id=con,path={},server=on,wait=off,logfile={}",
+            sock.display(),
+            log.display()
+        ))
+        .args(["-serial", "chardev:con", "-net", "none"]);
+    if let Firmware::Uefi = fw {
+        c.args(guest::ovmf_args());
+    }
+    c.args(["-device", "qemu-xhci"])
+        .arg("-drive")
+        .arg(format!("if=none,id=stick,format=raw,file={}", stick.display()))
+        .args(["-device", "usb-storage,drive=stick,bootindex=0"])
+        .arg("-drive")
+        .arg(format!("if=virtio,format=raw,file={}", target.display()))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let g = Guest::start(c, log);
+    (g, Console { path: sock, sock: None })
+}
+
+/// The whole first use of a stick: grow, the image on BTY_IMAGES in the wizard, the stick
+/// refused, the flash over the serial console, the disk byte-exact, the files kept.
+fn first_use(name: &str, fw: Firmware) {
+    let dir = TestDir::new(name);
+    let raw = crate::util::disk_image(0x05b, 6 << 20);
+    let keep = prng_bytes(0x6ee9, 3 << 20);
+    let stick = stick(&dir, STICK, &[("keep.bin", &keep), ("small.img.zst", &zstd(&raw))]);
+    let target = dir.path("target.img");
+    std::fs::write(&target, prng_bytes(0x7a6, 64 << 20)).unwrap();
+    let (mut g, mut con) = boot_stick(&dir, fw, &stick, &target);
+
+    let limit = Duration::from_secs(300);
+    let (boot, at) = wait_after(&mut g, 0, "Image: ", limit);
+    let boot = plain(&boot);
+    assert!(boot.contains("grown from 32.0 MiB to 2.0 GiB"), "{boot}");
+    assert!(boot.contains("mounted on /var/lib/bty/images"), "{boot}");
+    assert!(boot.contains("small.img.zst"), "the image on BTY_IMAGES is not listed:\n{boot}");
+    con.send("1");
+    let (screen, at) = wait_after(&mut g, at, "Disk: ", Duration::from_secs(60));
+    let screen = plain(&screen);
+    let row = |dev: &str| {
+        screen
+            .lines()
+            .position(|l| l.contains(dev))
+            .unwrap_or_else(|| panic!("no {dev} row:\n{screen}"))
+    };
+    let lines: Vec<&str> = screen.lines().collect();
+    let stick_row = row("/dev/sda");
+    let why = lines[stick_row + 1..].iter().take(3).copied().collect::<Vec<_>>().join(" ");
+    assert!(
+        why.contains("not writable") && why.contains("boot medium"),
+        "the stick is not refused as the boot medium:\n{screen}"
+    );
+    let n: u32 =
+        lines[row("/dev/vda")].split_whitespace().next().and_then(|w| w.parse().ok()).unwrap();
+    con.send(&n.to_string());
+    let (_, at) = wait_after(&mut g, at, "Flash? ", Duration::from_secs(60));
+    con.send("yes");
+    let (done, _) = wait_after(&mut g, at, "Next [r/p/s/a]: ", Duration::from_secs(240));
+    assert!(!plain(&done).contains("flash failed"), "{}", plain(&done));
+    con.send("p");
+    let t0 = Instant::now();
+    while g.child.try_wait().ok().flatten().is_none() {
+        assert!(t0.elapsed() < Duration::from_secs(60), "the guest did not power off");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    let written = std::fs::read(&target).unwrap();
+    assert!(written[..raw.len()] == raw[..], "the flashed disk differs from the image");
+    let (start, sectors) = partition(&stick, 2);
+    assert_eq!(start + sectors, STICK / 512, "BTY_IMAGES does not reach the end of the stick");
+    Images::fsck(&stick);
+    let m = Images::mount(&stick, dir.path("mnt"));
+    assert!(std::fs::read(m.dir.join("keep.bin")).unwrap() == keep, "keep.bin changed");
+    assert_eq!(std::fs::read(m.dir.join("small.img.zst")).unwrap(), zstd(&raw));
+}
+
+#[test]
+fn bios_stick_grows_lists_refuses_itself_and_flashes() {
+    first_use("usb-bios", Firmware::Bios);
+}
+
+#[test]
+fn uefi_stick_grows_lists_refuses_itself_and_flashes() {
+    first_use("usb-uefi", Firmware::Uefi);
+}
+
+#[test]
+fn as_a_cd_the_wizard_runs_without_bty_images() {
+    let dir = TestDir::new("usb-cd");
+    let log = dir.path("serial.log");
+    let mut c = guest::qemu(Command::new("qemu-system-x86_64"), 1024, &log);
+    c.args(["-no-reboot", "-net", "none"])
+        .arg("-drive")
+        .arg(format!("if=none,id=cd,media=cdrom,readonly=on,file={}", iso().display()))
+        .args(["-device", "ide-cd,drive=cd,bootindex=0"]);
+    let mut g = Guest::start(c, log);
+    let (text, _) = wait_after(&mut g, 0, "Choice [d/c/l/q]: ", Duration::from_secs(300));
+    let text = plain(&text);
+    assert!(text.contains("booted from /dev/sr0"), "{text}");
+    assert!(text.contains("no BTY_IMAGES on sr0"), "{text}");
+    assert!(text.contains("Where should images come from?"), "{text}");
+    assert!(!text.contains("usb-grow"), "{text}");
+}
+
+fn grow(stick: &Path) -> std::process::Output {
+    bty().args(["usb-grow"]).arg(stick).args(["--baked", BAKED]).output().unwrap()
+}
+
+#[test]
+fn usb_grow_refuses_what_the_build_did_not_make_and_writes_nothing() {
+    let dir = TestDir::new("usb-grow-refuse");
+    // A stick no larger than the image: nothing to grow into.
+    let p = dir.path("exact.img");
+    std::fs::copy(iso(), &p).unwrap();
+    let before = std::fs::read(&p).unwrap();
+    let o = grow(&p);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("no room past the old file system"), "{err}");
+    assert!(std::fs::read(&p).unwrap() == before);
+
+    // The table changed (a fourth partition): not the build's.
+    let p = dir.path("table.img");
+    let mut b = before.clone();
+    b[446 + 48 + 4] = 0x83;
+    b.resize(64 << 20, 0);
+    std::fs::write(&p, &b).unwrap();
+    let o = grow(&p);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("not the one the image was built with"), "{err}");
+    assert!(std::fs::read(&p).unwrap() == b);
+
+    // Sentinels that are not the build's, and a disk that is not a stick.
+    let o = bty().args(["usb-grow"]).arg(&p).args(["--baked", "xyz"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not <serial hex>:<sectors>"));
+    let plain_disk = dir.path("zeros.img");
+    std::fs::write(&plain_disk, vec![0u8; 1 << 20]).unwrap();
+    let o = grow(&plain_disk);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no MBR signature"));
+}
+
+#[test]
+fn usb_grow_runs_once_and_takes_up_an_interrupted_grow() {
+    let dir = TestDir::new("usb-grow-twice");
+    let keep = prng_bytes(0x11, 5 << 20);
+    let p = stick(&dir, 256 << 20, &[("keep.bin", &keep)]);
+    // Interrupted after the first write: the table already reaches the end of the stick, the
+    // file system is still the old one.
+    let (start, _) = partition(&p, 2);
+    let mut mbr = std::fs::read(&p).unwrap()[..512].to_vec();
+    mbr[446 + 32 + 12..446 + 32 + 16]
+        .copy_from_slice(&(((256u64 << 20) / 512 - start) as u32).to_le_bytes());
+    {
+        use std::os::unix::fs::FileExt;
+        std::fs::OpenOptions::new().write(true).open(&p).unwrap().write_all_at(&mbr, 0).unwrap();
+    }
+    let o = grow(&p);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && out.contains("grown from 32.0 MiB"),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    Images::fsck(&p);
+    let o = grow(&p);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && out.contains("nothing to grow"), "{out}");
+    let m = Images::mount(&p, dir.path("mnt"));
+    assert!(std::fs::read(m.dir.join("keep.bin")).unwrap() == keep);
+    // The grown file system takes a file larger than the whole old one.
+    let big = prng_bytes(0x22, 48 << 20);
+    std::fs::write(m.dir.join("big.bin"), &big).unwrap();
+    drop(m);
+    Images::fsck(&p);
+    assert_eq!(partition(&p, 2).0 + partition(&p, 2).1, (256u64 << 20) / 512);
+}
