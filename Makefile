@@ -27,6 +27,10 @@ ARM64_TARGET := aarch64-unknown-linux-musl
 #   `apt-get download` into target/live-cache, not installed on this machine.
 #   ipxe-qemu ovmf (and qemu-system-x86, below): the guest that PXE-boots against bty-web (BIOS
 #   and UEFI); dosfstools mtools: the EFI system partition of its test image, without a mount.
+#   xorriso grub-pc-bin grub-efi-amd64-bin exfatprogs: `make usb` (live/usb.sh) builds the USB
+#   live medium with them (the hybrid ISO, GRUB for BIOS and UEFI, the BTY_IMAGES exFAT);
+#   exfat-fuse: tests/it/usb.rs reads and writes BTY_IMAGES from the host, whose kernel may have
+#   no exFAT (fsck.exfat from exfatprogs checks it).
 #   dnsmasq-base iproute2: tests/it/lab.rs builds a lab network of its own (a network namespace,
 #   a bridge, one tap per guest; `ip netns`, `ip tuntap`) and runs dnsmasq in it as the lab's
 #   DHCP server (and as a proxyDHCP) with what `bty-web dhcp` prints. dnsmasq-base is the
@@ -43,7 +47,7 @@ DEB_PACKAGES := qemu-utils e2fsprogs gdisk fdisk util-linux zstd xz-utils bzip2 
 	docker-registry curl tmux tftp-hpa ca-certificates podman \
 	chromium chromium-driver python3-yaml systemd dosfstools mtools \
 	busybox-static cpio kmod file ipxe-qemu ovmf gcc-aarch64-linux-gnu qemu-user-static \
-	dnsmasq-base iproute2
+	dnsmasq-base iproute2 xorriso grub-pc-bin grub-efi-amd64-bin exfatprogs exfat-fuse
 IMAGE_DIR ?= target/image
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 IMAGE_TAG ?= localhost/bty-web:$(VERSION)
@@ -70,7 +74,7 @@ APT_ARM64_OPTS := -o APT::Architecture=arm64 -o APT::Architectures::=arm64 \
 	-o Dir::State::status=/dev/null -o APT::Sandbox::User=root
 MUSL_ARM64_INC := $(APT_ARM64)/musl/usr/include/aarch64-linux-musl
 
-.PHONY: help run test deps quadlet lint build release static static-arm64 static-bty image ipxe live live-check e2e bench-e2e bench bench-flash bench-http bench-web clean
+.PHONY: help run test deps quadlet lint build build-release release release-check usb static static-arm64 static-bty image ipxe live live-check e2e bench-e2e bench bench-flash bench-http bench-web clean
 
 help:
 	@echo "make run          build and start bty-web on $(STATE_DIR) (prints URL and password)"
@@ -82,13 +86,16 @@ help:
 	@echo "make live         build the netboot kernel + initrd (+ .sha256) into build/live"
 	@echo "make ipxe         Debian's iPXE binaries (undionly.kpxe, ipxe.efi, + .sha256) into build/ipxe"
 	@echo "make live-check   build the live environment twice and compare the bytes"
+	@echo "make usb          the USB live medium (BIOS+UEFI stick, CD) + .sha256 into build/usb"
+	@echo "make release      the whole asset set, release.toml and SHA256SUMS into build/release"
+	@echo "make release-check  build the release's ISO and image again elsewhere and compare"
 	@echo "make e2e          QEMU guests PXE-boot from bty-web (user-mode net, and a lab netns with dnsmasq)"
 	@echo "make bench-e2e    the same with a 256 MiB image: power-on to done -> bench/RESULTS.md"
 	@echo "make bench-flash  flash benchmark against the reference pipelines -> bench/RESULTS.md"
 	@echo "make bench-http   flash over http from 127.0.0.1 against curl | zstd -dc | dd -> bench/RESULTS.md"
 	@echo "make bench-web    bty-web against the reference server (PyPI bty-lab), ~4 min -> bench/RESULTS.md"
 
-run: release
+run: build-release
 	@mkdir -p $(STATE_DIR)
 	@if [ ! -s $(STATE_DIR)/admin-password ]; then \
 		(umask 077; head -c 18 /dev/urandom | base64 | tr '+/' '-_' > $(STATE_DIR)/admin-password); fi
@@ -206,14 +213,38 @@ $(IPXE_OUT)/undionly.kpxe.sha256: $(IPXE_DEB)
 # (release, static*, live, image) leaves it off.
 TEST_FEATURES := --features test-hooks
 
-test: deps quadlet lint static static-arm64 live-check ipxe
+test: deps quadlet lint static static-arm64 live-check ipxe release-check
 	$(CARGO) test --all-targets $(TEST_FEATURES)
 
 build:
 	$(CARGO) build
 
-release:
+build-release:
 	$(CARGO) build --release
+
+# The release's asset set (deploy/release.sh): what bty-web's netboot fetch and an air-gapped
+# mirror take. tests/it/release.rs points a bty-web at it.
+release: static static-arm64 live ipxe usb image
+	deploy/release.sh
+
+# Two builds of one commit give the same release: the ISO and the OCI image are made again from
+# their inputs in another directory (the live environment's own check is live-check), the set
+# gathered again, and every file compared.
+release-check: release
+	rm -rf target/release-check
+	OUT=target/release-check/usb live/usb.sh >/dev/null
+	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct) python3 deploy/mkimage.py \
+		--binary amd64=target/$(MUSL_TARGET)/static/bty-web \
+		--binary arm64=target/$(ARM64_TARGET)/static/bty-web --out target/release-check/image \
+		--tag $(IMAGE_TAG) --ipxe-dir $(IPXE_OUT) --version $(VERSION) --revision $$(git rev-parse HEAD) >/dev/null
+	OUT=target/release-check/release USB=target/release-check/usb IMAGE=target/release-check/image \
+		deploy/release.sh >/dev/null
+	diff -r build/release target/release-check/release
+	@echo "release-check: the release builds reproducibly"
+
+# The USB live medium carries the live environment's kernel and initrd.
+usb: live
+	live/usb.sh
 
 STATIC_BUILD = CC_x86_64_unknown_linux_musl=musl-gcc RUSTFLAGS="-C target-feature=+crt-static" \
 	$(CARGO) build --profile static --target $(MUSL_TARGET)
@@ -269,8 +300,8 @@ live-check: live
 
 # Only the end-to-end modules of the integration tests (name filters on the `it` binary): e2e
 # (QEMU's user-mode network) and lab (a network namespace with dnsmasq as the lab's DHCP).
-e2e: deps live ipxe
-	$(CARGO) test $(TEST_FEATURES) --test it -- --nocapture e2e:: lab::
+e2e: deps live ipxe usb
+	$(CARGO) test $(TEST_FEATURES) --test it -- --nocapture e2e:: lab:: usb::
 
 # Power-on to `done` for a 256 MiB image (the figures in bench/RESULTS.md): each firmware alone
 # (e2e::), then three machines at once on the lab network (lab::three_machines...), one after the other.
@@ -279,10 +310,10 @@ bench-e2e: deps live ipxe
 
 bench: bench-flash
 
-bench-flash: deps release
+bench-flash: deps build-release
 	bench/flash.sh
 
-bench-http: deps release
+bench-http: deps build-release
 	bench/http.sh
 
 # Installs the reference (pip, into target/bench-venv) on first use; then only 127.0.0.1.

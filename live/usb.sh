@@ -128,7 +128,7 @@ xorriso -as mkisofs -quiet -o "$OUT/$name.iso.tmp" -V "$LABEL" -R -r \
     -append_partition 2 0xef "$work/efi.img" \
     -append_partition 3 0x07 "$work/images.img" \
     -eltorito-alt-boot -e --interval:appended_partition_2:all:: -no-emul-boot \
-    "$work/iso"
+    "$work/iso" 2>"$work/xorriso.log" || { cat "$work/xorriso.log" >&2; die "xorriso failed"; }
 mv "$OUT/$name.iso.tmp" "$OUT/$name.iso"
 touch -d "@$SOURCE_DATE_EPOCH" "$OUT/$name.iso"
 (cd "$OUT" && sha256sum "$name.iso" >"$name.iso.sha256")
