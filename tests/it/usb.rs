@@ -15,6 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::util::guest::{self, Guest};
+use crate::util::httpd::Httpd;
 use crate::util::{Loop, TestDir, bty, prng_bytes, zstd};
 
 const STICK: u64 = 2 << 30;
@@ -139,6 +140,23 @@ fn wait_after(g: &mut Guest, from: usize, marker: &str, limit: Duration) -> (Str
     }
 }
 
+/// As `wait_after`, for whichever of `markers` shows first.
+fn wait_any(g: &mut Guest, from: usize, markers: &[&str], limit: Duration) -> (String, usize) {
+    let t0 = Instant::now();
+    loop {
+        let s = g.serial();
+        let hit = markers
+            .iter()
+            .filter_map(|m| s.get(from..).and_then(|t| t.find(m)).map(|i| from + i + m.len()))
+            .min();
+        if let Some(end) = hit {
+            return (s[from..end].to_string(), end);
+        }
+        assert!(t0.elapsed() < limit, "none of {markers:?} within {limit:?}:\n{}", guest::tail(&s));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 /// Escape sequences off, so rows can be read.
 fn plain(s: &str) -> String {
     let mut out = String::new();
@@ -165,8 +183,16 @@ enum Firmware {
     Uefi,
 }
 
-/// Boots `stick` as a USB disk beside a 64 MiB virtio disk (`target`).
-fn boot_stick(dir: &TestDir, fw: Firmware, stick: &Path, target: &Path) -> (Guest, Console) {
+/// Boots from `medium` (a -drive spec with id `stick` or `cd`, and its -device) beside a
+/// virtio disk (`target`), with QEMU's user-mode network when `net`.
+fn boot(
+    dir: &TestDir,
+    fw: Firmware,
+    device: &[&str],
+    medium: &str,
+    target: &Path,
+    net: bool,
+) -> (Guest, Console) {
     let log = dir.path("serial.log");
     let sock = dir.path("serial.sock");
     let mut c = Command::new("qemu-system-x86_64");
@@ -178,14 +204,18 @@ fn boot_stick(dir: &TestDir, fw: Firmware, stick: &Path, target: &Path) -> (Gues
             sock.display(),
             log.display()
         ))
-        .args(["-serial", "chardev:con", "-net", "none"]);
+        .args(["-serial", "chardev:con"]);
+    if net {
+        c.args(["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"]);
+    } else {
+        c.args(["-net", "none"]);
+    }
     if let Firmware::Uefi = fw {
         c.args(guest::ovmf_args());
     }
-    c.args(["-device", "qemu-xhci"])
-        .arg("-drive")
-        .arg(format!("if=none,id=stick,format=raw,file={}", stick.display()))
-        .args(["-device", "usb-storage,drive=stick,bootindex=0"])
+    c.arg("-drive")
+        .arg(medium)
+        .args(device)
         .arg("-drive")
         .arg(format!("if=virtio,format=raw,file={}", target.display()))
         .stdin(std::process::Stdio::null())
@@ -193,6 +223,32 @@ fn boot_stick(dir: &TestDir, fw: Firmware, stick: &Path, target: &Path) -> (Gues
         .stderr(std::process::Stdio::piped());
     let g = Guest::start(c, log);
     (g, Console { path: sock, sock: None })
+}
+
+/// From the wizard's Image prompt (console byte `at`): image 1 onto /dev/vda, confirmed, the
+/// guest powered off from the Done step. The Disk step's screen, for the caller to read.
+fn flash_first_image_to_vda(g: &mut Guest, con: &mut Console, at: usize) -> String {
+    con.send("1");
+    let (screen, at) = wait_after(g, at, "Disk: ", Duration::from_secs(60));
+    let screen = plain(&screen);
+    let lines: Vec<&str> = screen.lines().collect();
+    let row = lines
+        .iter()
+        .find(|l| l.contains("/dev/vda"))
+        .unwrap_or_else(|| panic!("no /dev/vda row:\n{screen}"));
+    let n: u32 = row.split_whitespace().next().and_then(|w| w.parse().ok()).unwrap();
+    con.send(&n.to_string());
+    let (_, at) = wait_after(g, at, "Flash? ", Duration::from_secs(60));
+    con.send("yes");
+    let (done, _) = wait_after(g, at, "Next [r/p/s/a]: ", Duration::from_secs(240));
+    assert!(!plain(&done).contains("flash failed"), "{}", plain(&done));
+    con.send("p");
+    let t0 = Instant::now();
+    while g.child.try_wait().ok().flatten().is_none() {
+        assert!(t0.elapsed() < Duration::from_secs(60), "the guest did not power off");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    screen
 }
 
 /// The whole first use of a stick: grow, the image on BTY_IMAGES in the wizard, the stick
@@ -204,7 +260,9 @@ fn first_use(name: &str, fw: Firmware) {
     let stick = stick(&dir, STICK, &[("keep.bin", &keep), ("small.img.zst", &zstd(&raw))]);
     let target = dir.path("target.img");
     std::fs::write(&target, prng_bytes(0x7a6, 64 << 20)).unwrap();
-    let (mut g, mut con) = boot_stick(&dir, fw, &stick, &target);
+    let medium = format!("if=none,id=stick,format=raw,file={}", stick.display());
+    let device = ["-device", "qemu-xhci", "-device", "usb-storage,drive=stick,bootindex=0"];
+    let (mut g, mut con) = boot(&dir, fw, &device, &medium, &target, false);
 
     let limit = Duration::from_secs(300);
     let (boot, at) = wait_after(&mut g, 0, "Image: ", limit);
@@ -212,35 +270,17 @@ fn first_use(name: &str, fw: Firmware) {
     assert!(boot.contains("grown from 32.0 MiB to 2.0 GiB"), "{boot}");
     assert!(boot.contains("mounted on /var/lib/bty/images"), "{boot}");
     assert!(boot.contains("small.img.zst"), "the image on BTY_IMAGES is not listed:\n{boot}");
-    con.send("1");
-    let (screen, at) = wait_after(&mut g, at, "Disk: ", Duration::from_secs(60));
-    let screen = plain(&screen);
-    let row = |dev: &str| {
-        screen
-            .lines()
-            .position(|l| l.contains(dev))
-            .unwrap_or_else(|| panic!("no {dev} row:\n{screen}"))
-    };
+    let screen = flash_first_image_to_vda(&mut g, &mut con, at);
     let lines: Vec<&str> = screen.lines().collect();
-    let stick_row = row("/dev/sda");
+    let stick_row = lines
+        .iter()
+        .position(|l| l.contains("/dev/sda"))
+        .unwrap_or_else(|| panic!("no /dev/sda row:\n{screen}"));
     let why = lines[stick_row + 1..].iter().take(3).copied().collect::<Vec<_>>().join(" ");
     assert!(
         why.contains("not writable") && why.contains("boot medium"),
         "the stick is not refused as the boot medium:\n{screen}"
     );
-    let n: u32 =
-        lines[row("/dev/vda")].split_whitespace().next().and_then(|w| w.parse().ok()).unwrap();
-    con.send(&n.to_string());
-    let (_, at) = wait_after(&mut g, at, "Flash? ", Duration::from_secs(60));
-    con.send("yes");
-    let (done, _) = wait_after(&mut g, at, "Next [r/p/s/a]: ", Duration::from_secs(240));
-    assert!(!plain(&done).contains("flash failed"), "{}", plain(&done));
-    con.send("p");
-    let t0 = Instant::now();
-    while g.child.try_wait().ok().flatten().is_none() {
-        assert!(t0.elapsed() < Duration::from_secs(60), "the guest did not power off");
-        std::thread::sleep(Duration::from_millis(250));
-    }
 
     let written = std::fs::read(&target).unwrap();
     assert!(written[..raw.len()] == raw[..], "the flashed disk differs from the image");
@@ -263,21 +303,64 @@ fn uefi_stick_grows_lists_refuses_itself_and_flashes() {
 }
 
 #[test]
-fn as_a_cd_the_wizard_runs_without_bty_images() {
+fn as_a_cd_the_wizard_flashes_from_a_catalog_over_the_network_without_bty_images() {
     let dir = TestDir::new("usb-cd");
-    let log = dir.path("serial.log");
-    let mut c = guest::qemu(Command::new("qemu-system-x86_64"), 1024, &log);
-    c.args(["-no-reboot", "-net", "none"])
-        .arg("-drive")
-        .arg(format!("if=none,id=cd,media=cdrom,readonly=on,file={}", iso().display()))
-        .args(["-device", "ide-cd,drive=cd,bootindex=0"]);
-    let mut g = Guest::start(c, log);
-    let (text, _) = wait_after(&mut g, 0, "Choice [d/c/l/q]: ", Duration::from_secs(300));
+    // The catalog and its image on 127.0.0.1, which the guest reaches as 10.0.2.2 over QEMU's
+    // user-mode network (the live system's DHCP gets it its address).
+    let raw = crate::util::disk_image(0xcd, 4 << 20);
+    let http = Httpd::start();
+    let port = http.url("").rsplit(':').next().map(str::to_string).unwrap();
+    let guest_url = |p: &str| format!("http://10.0.2.2:{port}{p}");
+    http.file("/net.img.zst", zstd(&raw), true, None);
+    let catalog = format!(
+        "version = 1\n[[images]]\nname = \"net.img.zst\"\nsrc = \"{}\"\nsha256 = \"{}\"\n",
+        guest_url("/net.img.zst"),
+        crate::util::sha256(&zstd(&raw))
+    );
+    http.file("/catalog.toml", catalog.into_bytes(), false, None);
+    let target = dir.path("target.img");
+    std::fs::write(&target, prng_bytes(0xcd2, 32 << 20)).unwrap();
+    let medium = format!("if=none,id=cd,media=cdrom,readonly=on,file={}", iso().display());
+    let (mut g, mut con) = boot(
+        &dir,
+        Firmware::Bios,
+        &["-device", "ide-cd,drive=cd,bootindex=0"],
+        &medium,
+        &target,
+        true,
+    );
+
+    let (text, mut at) = wait_after(&mut g, 0, "Choice [d/c/l/q]: ", Duration::from_secs(300));
     let text = plain(&text);
     assert!(text.contains("booted from /dev/sr0"), "{text}");
     assert!(text.contains("no BTY_IMAGES on sr0"), "{text}");
     assert!(text.contains("Where should images come from?"), "{text}");
     assert!(!text.contains("usb-grow"), "{text}");
+    // DHCP runs in the background: until it has a lease, loading the catalog fails and the
+    // wizard asks again.
+    let mut listed = None;
+    for _ in 0..10 {
+        con.send("c");
+        at = wait_after(&mut g, at, "Catalog source (Enter to go back): ", Duration::from_secs(60))
+            .1;
+        con.send(&guest_url("/catalog.toml"));
+        let (screen, end) =
+            wait_any(&mut g, at, &["Image: ", "Choice [d/c/l/q]: "], Duration::from_secs(60));
+        at = end;
+        if screen.ends_with("Image: ") {
+            listed = Some(plain(&screen));
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    let listed = listed.expect("the catalog never loaded over the network");
+    assert!(listed.contains("net.img.zst"), "{listed}");
+    flash_first_image_to_vda(&mut g, &mut con, at);
+    let written = std::fs::read(&target).unwrap();
+    assert!(
+        written[..raw.len()] == raw[..],
+        "the disk flashed from the network differs from the image"
+    );
 }
 
 fn grow(stick: &Path) -> std::process::Output {
