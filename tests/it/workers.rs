@@ -1047,3 +1047,38 @@ fn upgrading_over_the_reference_state_db_archives_it_and_import_brings_it_back()
         assert!(names.is_empty(), "{names:?}");
     }
 }
+
+#[test]
+fn netboot_release_fetch_holds_only_what_it_installs_to_the_upload_limit() {
+    let dir = TestDir::new("workers-release-limit");
+    let mirror = dir.path("mirror");
+    std::fs::create_dir_all(&mirror).unwrap();
+    let k1 = util::prng_bytes(91, 1 << 20);
+    let i1 = util::prng_bytes(92, 1 << 20);
+    let big = util::prng_bytes(93, 3 << 20);
+    let write = |name: &str, data: &[u8]| std::fs::write(mirror.join(name), data).unwrap();
+    write(K1, &k1);
+    write(I1, &i1);
+    // The USB image is larger than the 2 MiB limit, but the fetch does not download it.
+    let mut m = rel::manifest("1.0.0", &[(K1, "netboot-kernel", &k1), (I1, "netboot-initrd", &i1)]);
+    m.extend_from_slice(rel::asset("bty-usbboot.iso", "usb-iso", "x86_64", &big).as_bytes());
+    write("release.toml", &m);
+    let url = mirror.display().to_string();
+    let s = Server::start_env(
+        "workers-release-limit",
+        &[("BTY_BOOT_RELEASE_URL", url.as_str()), ("BTY_BOOT_MAX_UPLOAD_MIB", "2")],
+    );
+    let cookie = s.login();
+    rel::fetch(&s, &cookie, "done");
+    assert_eq!(std::fs::read(s.state.join("boot").join(K1)).unwrap(), k1);
+    // An initrd over the limit is refused before a byte is downloaded; the old pair stays.
+    write(I2, &big);
+    write(
+        "release.toml",
+        &rel::manifest("1.0.1", &[(K1, "netboot-kernel", &k1), (I2, "netboot-initrd", &big)]),
+    );
+    let e = rel::error(&rel::fetch(&s, &cookie, "failed"));
+    assert!(e.contains(I2) && e.contains("max_upload_mib"), "{e}");
+    assert!(!s.state.join("boot").join(I2).exists());
+    assert!(rel::boot_files(&s).iter().all(|f| !f.starts_with('.')));
+}

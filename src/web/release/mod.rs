@@ -180,6 +180,9 @@ fn choose<'m>(m: &'m Manifest, at: &str) -> Result<Choice<'m>> {
     Ok(Choice { kernel, initrd, all, sums_name })
 }
 
+/// The largest asset a manifest may list at all.
+const ANY_ASSET_MAX: u64 = 64 << 30;
+
 /// The job: the manifest first, then each chosen asset, verified; then all installed together
 /// and recorded as the active pair.
 fn fetch(ctx: &Ctx) -> Result<String> {
@@ -187,9 +190,20 @@ fn fetch(ctx: &Ctx) -> Result<String> {
     let boot = app.settings.boot_dir();
     let manifest_at = location(app, MANIFEST)?;
     let bytes = crate::source::fetch_document(&manifest_at, manifest::MAX_BYTES)?;
-    let m = manifest::parse(&bytes, app.settings.max_upload())
+    // Assets bty-web does not download (the USB image, the OCI archive) may be larger than
+    // its upload limit; only the ones it installs are held to it.
+    let m = manifest::parse(&bytes, ANY_ASSET_MAX)
         .with_context(|| format!("reading the release manifest {manifest_at}"))?;
     let choice = choose(&m, &manifest_at)?;
+    let limit = app.settings.max_upload();
+    for a in &choice.all {
+        crate::ensure!(
+            a.size <= limit,
+            "{manifest_at}: {} is {} bytes, more than the {limit} allowed ([boot] max_upload_mib)",
+            a.name,
+            a.size
+        );
+    }
     fs::create_dir_all(&boot).with_context(|| format!("creating {}", boot.display()))?;
     let temp = |name: &str| boot.join(format!(".{name}.fetch-{}", ctx.id));
     let temps: Vec<PathBuf> = choice.all.iter().map(|a| temp(&a.name)).collect();
