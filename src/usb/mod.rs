@@ -166,6 +166,7 @@ pub fn grow(disk: &Path, baked: Baked) -> Result<Outcome> {
     // 3. The boot region: the backup first, then the one that switches to the new file system.
     write(plan.backup_boot.0, &plan.backup_boot.1)?;
     f.sync_all().with_context(|| format!("syncing {shown}"))?;
+    crash_before_switch();
     write(plan.main_boot.0, &plan.main_boot.1)?;
     f.sync_all().with_context(|| format!("syncing {shown}"))?;
     if block && let Err(e) = crate::sys::reread_partitions(&f) {
@@ -178,6 +179,17 @@ pub fn grow(disk: &Path, baked: Baked) -> Result<Outcome> {
         to: plan.layout.volume_sectors * exfat::SECTOR,
         kept: plan.copied.1,
     })
+}
+
+/// Test hook (cargo feature `test-hooks`, which no shipped build enables): with
+/// BTY_TEST_USB_GROW_CRASH=1 the process dies here, as at a power cut, with everything but the
+/// main boot region written, so a test can show the old file system is still whole. Without
+/// the feature it does nothing.
+fn crash_before_switch() {
+    #[cfg(feature = "test-hooks")]
+    if std::env::var_os("BTY_TEST_USB_GROW_CRASH").is_some_and(|v| v == "1") {
+        std::process::abort();
+    }
 }
 
 #[cfg(test)]

@@ -266,11 +266,18 @@ fn first_use(name: &str, fw: Firmware) {
 
     let limit = Duration::from_secs(300);
     let (boot, at) = wait_after(&mut g, 0, "Image: ", limit);
+    let to_wizard = g.started.elapsed();
     let boot = plain(&boot);
     assert!(boot.contains("grown from 32.0 MiB to 2.0 GiB"), "{boot}");
     assert!(boot.contains("mounted on /var/lib/bty/images"), "{boot}");
     assert!(boot.contains("small.img.zst"), "the image on BTY_IMAGES is not listed:\n{boot}");
     let screen = flash_first_image_to_vda(&mut g, &mut con, at);
+    // The figures bench/RESULTS.md records (TCG, one vCPU): `make e2e` prints them.
+    eprintln!(
+        "usb {name}: power-on to the wizard (grow included) {:.1} s, to powered off after the flash {:.1} s",
+        to_wizard.as_secs_f64(),
+        g.started.elapsed().as_secs_f64()
+    );
     let lines: Vec<&str> = screen.lines().collect();
     let stick_row = lines
         .iter()
@@ -433,4 +440,49 @@ fn usb_grow_runs_once_and_takes_up_an_interrupted_grow() {
     drop(m);
     Images::fsck(&p);
     assert_eq!(partition(&p, 2).0 + partition(&p, 2).1, (256u64 << 20) / 512);
+}
+
+#[test]
+fn usb_grow_killed_before_the_switch_leaves_the_old_file_system_whole() {
+    let dir = TestDir::new("usb-grow-crash");
+    let keep = prng_bytes(0x33, 7 << 20);
+    let p = stick(&dir, 512 << 20, &[("keep.bin", &keep)]);
+    // Killed with the table, the new FAT, bitmap and clusters and the backup boot region
+    // written: the main boot region still describes the 32 MiB file system, which is clean and
+    // holds the file.
+    let o = bty()
+        .args(["usb-grow"])
+        .arg(&p)
+        .args(["--baked", BAKED])
+        .env("BTY_TEST_USB_GROW_CRASH", "1")
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "the crash hook did not stop the grow");
+    let (start, sectors) = partition(&p, 2);
+    assert_eq!(start + sectors, (512u64 << 20) / 512, "the table was written first");
+    let lo = Loop::attach(&p, &["-o", &(start * 512).to_string()]);
+    let out = Command::new("fsck.exfat").arg("-n").arg(&lo.dev).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success() && text.contains("clean"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(lo);
+    {
+        let m = Images::mount(&p, dir.path("mnt"));
+        assert!(std::fs::read(m.dir.join("keep.bin")).unwrap() == keep);
+        let free =
+            Command::new("df").arg("--output=size").arg("-B1M").arg(&m.dir).output().unwrap();
+        let size: u64 =
+            String::from_utf8_lossy(&free.stdout).lines().nth(1).unwrap().trim().parse().unwrap();
+        assert!(size <= 32, "the old file system is {size} MiB");
+    }
+    // The next boot takes it up and finishes.
+    let o = grow(&p);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && out.contains("grown from 32.0 MiB"), "{out}");
+    Images::fsck(&p);
+    let m = Images::mount(&p, dir.path("mnt"));
+    assert!(std::fs::read(m.dir.join("keep.bin")).unwrap() == keep);
 }
