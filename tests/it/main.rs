@@ -39,6 +39,7 @@ mod inspect;
 mod lab;
 mod qcow2;
 mod release;
+mod release_fetch;
 mod source_http;
 mod source_oras;
 mod tftp;

@@ -93,6 +93,6 @@ pub fn boot_files(s: &Server) -> Vec<String> {
     names
 }
 
-fn json(body: &str) -> serde_json::Value {
+pub fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }

@@ -1,0 +1,294 @@
+//! bty-web's netboot fetch (`POST /boot/releases`) against releases the tests make: served over
+//! http on 127.0.0.1 with cut connections and bad files, from a local directory, with hostile
+//! manifests, and against the upload limit. tests/it/release.rs takes the real `make release`.
+
+use crate::util;
+use crate::util::release as rel;
+use crate::util::{Server, TestDir};
+
+const K1: &str = "bty-netboot-pc-x86_64-v1.0.0.vmlinuz";
+const I1: &str = "bty-netboot-pc-x86_64-v1.0.0.initrd";
+const K2: &str = "bty-netboot-pc-x86_64-v2.0.0.vmlinuz";
+const I2: &str = "bty-netboot-pc-x86_64-v2.0.0.initrd";
+const K3: &str = "bty-netboot-pc-x86_64-v3.0.0.vmlinuz";
+const I3: &str = "bty-netboot-pc-x86_64-v3.0.0.initrd";
+
+/// No hidden temp file is left in the boot dir.
+fn no_temp_files(s: &Server) {
+    let names = rel::boot_files(s);
+    assert!(names.iter().all(|n| !n.starts_with('.')), "temp files left: {names:?}");
+}
+
+#[test]
+fn netboot_release_fetch_installs_verified_files_and_keeps_the_old_ones_on_failure() {
+    use util::httpd::{Fault, Httpd};
+    let http = Httpd::start();
+    let s = Server::start_env(
+        "workers-release",
+        &[("BTY_BOOT_RELEASE_URL", http.url("/rel/").as_str())],
+    );
+    let cookie = s.login();
+    assert_eq!(s.call("POST", "/boot/releases", None, "").0, 401);
+    let boot = s.state.join("boot");
+    let mac = "52:54:00:07:00:01";
+    rel::flash_machine(&s, &cookie, mac);
+    let default = format!("bty-netboot-pc-x86_64-v{}.vmlinuz", env!("CARGO_PKG_VERSION"));
+    assert_eq!(rel::script_names(&s, mac).0, default, "before any fetch, the default name");
+    let serve = |files: &[(&str, &[u8])], manifest: Vec<u8>| {
+        for (name, data) in files {
+            http.file(&format!("/rel/{name}"), data.to_vec(), true, None);
+        }
+        http.file("/rel/release.toml", manifest, false, None);
+    };
+
+    // Release 1.0.0 with an iPXE binary, one connection cut on the way (resumed with Range).
+    let k1 = util::prng_bytes(91, 3 << 20);
+    let i1 = util::prng_bytes(92, 5 << 20);
+    let efi = util::prng_bytes(90, 64 << 10);
+    let files: [(&str, &[u8]); 3] = [(K1, &k1), (I1, &i1), ("ipxe.efi", &efi)];
+    serve(
+        &files,
+        rel::manifest(
+            "1.0.0",
+            &[
+                (K1, "netboot-kernel", &k1),
+                (I1, "netboot-initrd", &i1),
+                ("ipxe.efi", "ipxe-efi", &efi),
+            ],
+        ),
+    );
+    http.faults(&format!("/rel/{I1}"), vec![Fault::Cut(2 << 20)]);
+    rel::fetch(&s, &cookie, "done");
+    assert_eq!(std::fs::read(boot.join(K1)).unwrap(), k1);
+    assert_eq!(std::fs::read(boot.join(I1)).unwrap(), i1);
+    assert_eq!(std::fs::read(boot.join("ipxe.efi")).unwrap(), efi);
+    assert_eq!(
+        std::fs::read_to_string(boot.join("bty-netboot-pc-x86_64-v1.0.0.sha256")).unwrap(),
+        format!("{}  {K1}\n{}  {I1}\n", util::sha256(&k1), util::sha256(&i1))
+    );
+    assert!(!boot.join("bty-arm64.tar.zst").exists(), "only the netboot assets are installed");
+    // Served to machines at once, and named in their scripts.
+    assert_eq!(s.call("HEAD", &format!("/boot/{I1}"), None, "").0, 200);
+    assert_eq!(rel::script_names(&s, mac), (K1.to_string(), I1.to_string()));
+    let (_, _, ev) = s.call("GET", "/events?kind=boot.release.installed", Some(&cookie), "");
+    let ev = rel::json(&ev);
+    let d = &ev["events"][0]["details"];
+    assert_eq!(d["version"], "1.0.0", "{ev}");
+    assert_eq!(
+        d["files"],
+        serde_json::json!([K1, I1, "ipxe.efi", "bty-netboot-pc-x86_64-v1.0.0.sha256"])
+    );
+    assert_eq!(d["source"], http.url("/rel/release.toml"), "{ev}");
+
+    // Release 2.0.0 replaces the pair in the scripts; 1.0.0's files stay where they are.
+    let k2 = util::prng_bytes(93, 3 << 20);
+    let i2 = util::prng_bytes(94, 4 << 20);
+    serve(
+        &[(K2, &k2), (I2, &i2)],
+        rel::manifest("2.0.0", &[(K2, "netboot-kernel", &k2), (I2, "netboot-initrd", &i2)]),
+    );
+    rel::fetch(&s, &cookie, "done");
+    assert_eq!(rel::script_names(&s, mac), (K2.to_string(), I2.to_string()));
+    assert_eq!(std::fs::read(boot.join(K1)).unwrap(), k1);
+
+    // Release 3.0.0 goes wrong in each way; every time 2.0.0 stays installed and in the scripts.
+    let unchanged = |what: &str| {
+        assert_eq!(std::fs::read(boot.join(K2)).unwrap(), k2, "{what}");
+        assert_eq!(std::fs::read(boot.join(I2)).unwrap(), i2, "{what}");
+        assert_eq!(rel::script_names(&s, mac), (K2.to_string(), I2.to_string()), "{what}");
+        assert!(!boot.join(K3).exists() && !boot.join(I3).exists(), "{what}");
+        no_temp_files(&s);
+    };
+    let k3 = util::prng_bytes(95, 3 << 20);
+    let i3 = util::prng_bytes(96, 4 << 20);
+    let m3 = |k: &[u8], i: &[u8]| {
+        rel::manifest("3.0.0", &[(K3, "netboot-kernel", k), (I3, "netboot-initrd", i)])
+    };
+    // A corrupted initrd: the message names the file.
+    let mut bad = i3.clone();
+    bad[4096] ^= 1;
+    serve(&[(K3, &k3), (I3, &bad)], m3(&k3, &i3));
+    let e = rel::error(&rel::fetch(&s, &cookie, "failed"));
+    assert!(e.contains(I3) && e.contains("sha256") && e.contains("does not match"), "{e}");
+    unchanged("wrong sha256");
+    // A truncated initrd: fewer bytes than the manifest lists.
+    serve(&[(K3, &k3), (I3, &i3[..i3.len() - 1000])], m3(&k3, &i3));
+    let e = rel::error(&rel::fetch(&s, &cookie, "failed"));
+    assert!(e.contains(I3) && e.contains(&i3.len().to_string()), "{e}");
+    unchanged("truncated");
+    // An oversize kernel: more bytes than the manifest lists.
+    let mut big = k3.clone();
+    big.extend_from_slice(&[0u8; 4096]);
+    serve(&[(K3, &big), (I3, &i3)], m3(&k3, &i3));
+    let e = rel::error(&rel::fetch(&s, &cookie, "failed"));
+    assert!(e.contains(K3) && e.contains(&k3.len().to_string()), "{e}");
+    unchanged("oversize");
+    // A listed file the origin does not have.
+    http.file(&format!("/rel/{K3}"), k3.clone(), true, None);
+    http.file("/rel/release.toml", m3(&k3, b"not served"), false, None);
+    http.faults(&format!("/rel/{I3}"), vec![Fault::Status(404)]);
+    let e = rel::error(&rel::fetch(&s, &cookie, "failed"));
+    assert!(e.contains(I3) && e.contains("404"), "{e}");
+    unchanged("missing file");
+}
+
+#[test]
+fn netboot_release_fetch_reads_a_local_directory_and_the_operators_names_win() {
+    let dir = TestDir::new("workers-release-dir");
+    let mirror = dir.path("mirror");
+    std::fs::create_dir_all(&mirror).unwrap();
+    let k1 = util::prng_bytes(81, 2 << 20);
+    let i1 = util::prng_bytes(82, 3 << 20);
+    let write = |name: &str, data: &[u8]| std::fs::write(mirror.join(name), data).unwrap();
+    write(K1, &k1);
+    write(I1, &i1);
+    write(
+        "release.toml",
+        &rel::manifest("1.0.0", &[(K1, "netboot-kernel", &k1), (I1, "netboot-initrd", &i1)]),
+    );
+    let url = mirror.display().to_string();
+    let s = Server::start_env("workers-release-dir", &[("BTY_BOOT_RELEASE_URL", url.as_str())]);
+    let cookie = s.login();
+    let boot = s.state.join("boot");
+    let mac = "52:54:00:07:00:02";
+    rel::flash_machine(&s, &cookie, mac);
+    rel::fetch(&s, &cookie, "done");
+    assert_eq!(std::fs::read(boot.join(K1)).unwrap(), k1);
+    assert_eq!(std::fs::read(boot.join(I1)).unwrap(), i1);
+    assert_eq!(rel::script_names(&s, mac), (K1.to_string(), I1.to_string()));
+    let (_, _, ev) = s.call("GET", "/events?kind=boot.release.installed", Some(&cookie), "");
+    assert!(ev.contains(&format!("{url}/release.toml")), "{ev}");
+    // The Netboot page and the dashboard's readiness check look for the fetched pair.
+    let (_, _, page) = s.call("GET", "/ui/netboot", Some(&cookie), "");
+    for (name, role) in [(K1, "live kernel"), (I1, "live initrd")] {
+        let row =
+            format!("<td class=\"mono\">{name}</td><td>{role}</td><td><span class=\"badge ok\">");
+        assert!(page.contains(&row), "{row}: {page}");
+    }
+    let (_, _, page) = s.call("GET", "/ui/dashboard", Some(&cookie), "");
+    assert!(page.contains("kernel and initrd are in"), "{page}");
+
+    // 2.0.0 in the mirror, corrupted, then too long: 1.0.0 stays.
+    let k2 = util::prng_bytes(83, 2 << 20);
+    let i2 = util::prng_bytes(84, 3 << 20);
+    let m2 = rel::manifest("2.0.0", &[(K2, "netboot-kernel", &k2), (I2, "netboot-initrd", &i2)]);
+    write("release.toml", &m2);
+    let mut bad = k2.clone();
+    bad[0] ^= 1;
+    write(K2, &bad);
+    write(I2, &i2);
+    let e = rel::error(&rel::fetch(&s, &cookie, "failed"));
+    assert!(e.contains(K2) && e.contains("does not match"), "{e}");
+    let mut big = k2.clone();
+    big.push(0);
+    write(K2, &big);
+    let e = rel::error(&rel::fetch(&s, &cookie, "failed"));
+    assert!(e.contains(K2) && e.contains(&k2.len().to_string()), "{e}");
+    assert_eq!(rel::script_names(&s, mac), (K1.to_string(), I1.to_string()));
+    assert!(!boot.join(K2).exists() && !boot.join(I2).exists());
+    no_temp_files(&s);
+    drop(s);
+
+    // A kernel the operator names in the configuration stays in the scripts after a fetch;
+    // the initrd, left to the default, follows the release.
+    write(K2, &k2);
+    let s = Server::start_env(
+        "workers-release-pinned",
+        &[("BTY_BOOT_RELEASE_URL", url.as_str()), ("BTY_BOOT_KERNEL", "mine.vmlinuz")],
+    );
+    let cookie = s.login();
+    rel::flash_machine(&s, &cookie, mac);
+    rel::fetch(&s, &cookie, "done");
+    assert_eq!(rel::script_names(&s, mac), ("mine.vmlinuz".to_string(), I2.to_string()));
+}
+
+#[test]
+fn netboot_release_fetch_refuses_bad_manifests_and_writes_nothing() {
+    use util::httpd::Httpd;
+    let http = Httpd::start();
+    let s = Server::start_env(
+        "workers-release-bad",
+        &[("BTY_BOOT_RELEASE_URL", http.url("/rel").as_str())],
+    );
+    let cookie = s.login();
+    let mac = "52:54:00:07:00:03";
+    rel::flash_machine(&s, &cookie, mac);
+    let default = rel::script_names(&s, mac);
+    let k = util::prng_bytes(71, 1 << 20);
+    let i = util::prng_bytes(72, 1 << 20);
+    for name in [K1, I1, "../x", ".hidden", "a/b", "<script>"] {
+        http.file(&format!("/rel/{name}"), k.clone(), true, None);
+    }
+    let initrd = rel::asset(I1, "netboot-initrd", "x86_64", &i);
+    let hostile = |name: &str| {
+        format!("version = \"1.0.0\"\n{}{initrd}", rel::asset(name, "netboot-kernel", "x86_64", &k))
+    };
+    for (manifest, want) in [
+        ("version = \"1.0.0\"\n[[assets]\nname = \"k\"\n".to_string(), "not valid release TOML"),
+        (hostile("../x"), "assets[0] \"../x\": name: must be a plain file name, not a path"),
+        (hostile("a/b"), "assets[0] \"a/b\": name: must be a plain file name, not a path"),
+        (hostile(".hidden"), "assets[0] \".hidden\": name: must not start with a dot"),
+        (hostile("<script>"), "assets[0] \"<script>\": name: character '<' is not allowed"),
+        (format!("version = \"1.0.0\"\n{initrd}"), "lists no netboot-kernel asset for arch x86_64"),
+        (
+            format!("version = \"1.0.0\"\n{}", rel::asset(K1, "netboot-kernel", "arm64", &k)),
+            "lists no netboot-kernel asset for arch x86_64",
+        ),
+        (
+            format!(
+                "version = \"1.0.0\"\n[[assets]]\nname = \"{K1}\"\nkind = \"netboot-kernel\"\nsize = 1\n"
+            ),
+            "missing required key sha256",
+        ),
+    ] {
+        http.file("/rel/release.toml", manifest.clone().into_bytes(), false, None);
+        let e = rel::error(&rel::fetch(&s, &cookie, "failed"));
+        assert!(e.contains(want) && e.contains("release.toml"), "{manifest}\n=> {e}");
+        assert_eq!(
+            rel::boot_files(&s),
+            Vec::<String>::new(),
+            "{manifest}: the boot dir is untouched"
+        );
+        assert_eq!(rel::script_names(&s, mac), default, "{manifest}");
+    }
+    // No manifest at all.
+    http.faults("/rel/release.toml", vec![util::httpd::Fault::Status(404)]);
+    let e = rel::error(&rel::fetch(&s, &cookie, "failed"));
+    assert!(e.contains("release.toml") && e.contains("404"), "{e}");
+    assert_eq!(rel::boot_files(&s), Vec::<String>::new());
+}
+
+#[test]
+fn netboot_release_fetch_holds_only_what_it_installs_to_the_upload_limit() {
+    let dir = TestDir::new("workers-release-limit");
+    let mirror = dir.path("mirror");
+    std::fs::create_dir_all(&mirror).unwrap();
+    let k1 = util::prng_bytes(91, 1 << 20);
+    let i1 = util::prng_bytes(92, 1 << 20);
+    let big = util::prng_bytes(93, 3 << 20);
+    let write = |name: &str, data: &[u8]| std::fs::write(mirror.join(name), data).unwrap();
+    write(K1, &k1);
+    write(I1, &i1);
+    // The USB image is larger than the 2 MiB limit, but the fetch does not download it.
+    let mut m = rel::manifest("1.0.0", &[(K1, "netboot-kernel", &k1), (I1, "netboot-initrd", &i1)]);
+    m.extend_from_slice(rel::asset("bty-usbboot.iso", "usb-iso", "x86_64", &big).as_bytes());
+    write("release.toml", &m);
+    let url = mirror.display().to_string();
+    let s = Server::start_env(
+        "workers-release-limit",
+        &[("BTY_BOOT_RELEASE_URL", url.as_str()), ("BTY_BOOT_MAX_UPLOAD_MIB", "2")],
+    );
+    let cookie = s.login();
+    rel::fetch(&s, &cookie, "done");
+    assert_eq!(std::fs::read(s.state.join("boot").join(K1)).unwrap(), k1);
+    // An initrd over the limit is refused before a byte is downloaded; the old pair stays.
+    write(I2, &big);
+    write(
+        "release.toml",
+        &rel::manifest("1.0.1", &[(K1, "netboot-kernel", &k1), (I2, "netboot-initrd", &big)]),
+    );
+    let e = rel::error(&rel::fetch(&s, &cookie, "failed"));
+    assert!(e.contains(I2) && e.contains("max_upload_mib"), "{e}");
+    assert!(!s.state.join("boot").join(I2).exists());
+    assert!(rel::boot_files(&s).iter().all(|f| !f.starts_with('.')));
+}
