@@ -81,7 +81,7 @@ help:
 	@echo "make test         install test dependencies, then lint and run every test"
 	@echo "make deps         install the Debian packages and Rust targets the tests need"
 	@echo "make static       build static bty and bty-web (musl, LTO, stripped), print sizes"
-	@echo "make static-arm64 build the static arm64 bty-web (cross, musl), print its size"
+	@echo "make static-arm64 build the static arm64 bty and bty-web (cross, musl), print their sizes"
 	@echo "make image        reproducible OCI image of bty-web, amd64 + arm64 (no daemon) -> $(IMAGE_DIR)"
 	@echo "make live         build the netboot kernel + initrd (+ .sha256) into build/live"
 	@echo "make ipxe         Debian's iPXE binaries (undionly.kpxe, ipxe.efi, + .sha256) into build/ipxe"
@@ -260,9 +260,12 @@ STATIC_ARM64_BUILD = CC_aarch64_unknown_linux_musl=aarch64-linux-gnu-gcc \
 	$(CARGO) build --profile static --target $(ARM64_TARGET)
 
 static-arm64: deps
-	$(STATIC_ARM64_BUILD) --bin bty-web
+	$(STATIC_ARM64_BUILD) --bin bty --bin bty-web
 	@f=target/$(ARM64_TARGET)/static/bty-web; size=$$(stat -c %s $$f); \
 		echo "$$f: $$size bytes ($$((size / 1024)) KiB)"; file $$f 2>/dev/null || true
+	@f=target/$(ARM64_TARGET)/static/bty; size=$$(stat -c %s $$f); \
+		echo "$$f: $$size bytes ($$((size / 1024)) KiB), limit 4 MiB"; file $$f 2>/dev/null || true; \
+		test $$size -le $$((4 * 1024 * 1024))
 
 static: deps
 	@rustup target list --installed 2>/dev/null | grep -qx $(MUSL_TARGET) || rustup target add $(MUSL_TARGET)

@@ -10,7 +10,7 @@
 #
 # Inputs (environment; the defaults are where `make` puts them):
 #   OUT (build/release), LIVE (build/live), USB (build/usb), IPXE (build/ipxe),
-#   IMAGE (target/image), BTY_X86_64, BTY_WEB_X86_64, BTY_WEB_ARM64 (the static builds)
+#   IMAGE (target/image), BTY_X86_64, BTY_ARM64, BTY_WEB_X86_64, BTY_WEB_ARM64 (the static builds)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +21,7 @@ USB=${USB:-build/usb}
 IPXE=${IPXE:-build/ipxe}
 IMAGE=${IMAGE:-target/image}
 BTY_X86_64=${BTY_X86_64:-target/x86_64-unknown-linux-musl/static/bty}
+BTY_ARM64=${BTY_ARM64:-target/aarch64-unknown-linux-musl/static/bty}
 BTY_WEB_X86_64=${BTY_WEB_X86_64:-target/x86_64-unknown-linux-musl/static/bty-web}
 BTY_WEB_ARM64=${BTY_WEB_ARM64:-target/aarch64-unknown-linux-musl/static/bty-web}
 if [ -z "${SOURCE_DATE_EPOCH:-}" ]; then
@@ -44,6 +45,7 @@ assets=(
     "undionly.kpxe|$IPXE/undionly.kpxe|ipxe-bios|x86_64|0644"
     "ipxe.efi|$IPXE/ipxe.efi|ipxe-efi|x86_64|0644"
     "bty-x86_64-linux-musl-v$version|$BTY_X86_64|bty|x86_64|0755"
+    "bty-aarch64-linux-musl-v$version|$BTY_ARM64|bty|arm64|0755"
     "bty-web-x86_64-linux-musl-v$version|$BTY_WEB_X86_64|bty-web|x86_64|0755"
     "bty-web-aarch64-linux-musl-v$version|$BTY_WEB_ARM64|bty-web|arm64|0755"
     "bty-web-$version.oci.tar|$IMAGE/bty-web-$version.oci.tar|oci-image|any|0644"

@@ -328,17 +328,7 @@ fn the_arm64_bty_web_in_the_image_is_static_aarch64_and_serves_under_qemu_user()
         .iter()
         .find(|f| f.0 == "usr/local/bin/bty-web")
         .expect("usr/local/bin/bty-web in the arm64 layer");
-    assert_eq!(&elf[..4], b"\x7fELF");
-    assert_eq!((elf[4], elf[5]), (2, 1), "64-bit little-endian");
-    let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]);
-    let u32_at = |o: usize| u32::from_le_bytes(elf[o..o + 4].try_into().unwrap());
-    let u64_at = |o: usize| u64::from_le_bytes(elf[o..o + 8].try_into().unwrap());
-    assert_eq!(u16_at(18), 183, "e_machine is EM_AARCH64");
-    assert!(matches!(u16_at(16), 2 | 3), "an executable (ET_EXEC or static-pie ET_DYN)");
-    let (phoff, phentsize, phnum) = (u64_at(32) as usize, u16_at(54) as usize, u16_at(56));
-    let types: Vec<u32> = (0..phnum as usize).map(|i| u32_at(phoff + i * phentsize)).collect();
-    assert!(types.contains(&1), "has PT_LOAD segments: {types:?}");
-    assert!(!types.contains(&3), "static: no PT_INTERP (program interpreter): {types:?}");
+    util::assert_static_aarch64(elf);
 
     let bin = t.path("bty-web-arm64");
     std::fs::write(&bin, elf).unwrap();

@@ -25,6 +25,7 @@ mod util;
 
 mod agent;
 mod api;
+mod arm64;
 mod browser;
 mod cache;
 mod deploy;
