@@ -74,7 +74,7 @@ APT_ARM64_OPTS := -o APT::Architecture=arm64 -o APT::Architectures::=arm64 \
 	-o Dir::State::status=/dev/null -o APT::Sandbox::User=root
 MUSL_ARM64_INC := $(APT_ARM64)/musl/usr/include/aarch64-linux-musl
 
-.PHONY: help run test deps quadlet lint build build-release release release-check usb static static-arm64 static-bty image ipxe live live-check e2e bench-e2e bench bench-flash bench-http bench-web clean
+.PHONY: help run test deps quadlet lint build build-release release release-check usb live-x86_64 live-arm64 static static-arm64 static-bty image ipxe live live-check e2e bench-e2e bench bench-flash bench-http bench-web clean
 
 help:
 	@echo "make run          build and start bty-web on $(STATE_DIR) (prints URL and password)"
@@ -83,7 +83,7 @@ help:
 	@echo "make static       build static bty and bty-web (musl, LTO, stripped), print sizes"
 	@echo "make static-arm64 build the static arm64 bty and bty-web (cross, musl), print their sizes"
 	@echo "make image        reproducible OCI image of bty-web, amd64 + arm64 (no daemon) -> $(IMAGE_DIR)"
-	@echo "make live         build the netboot kernel + initrd (+ .sha256) into build/live"
+	@echo "make live         build the netboot kernel + initrd (+ .sha256) into build/live (ARCH=arm64: arm64)"
 	@echo "make ipxe         Debian's iPXE binaries (undionly.kpxe, ipxe.efi, + .sha256) into build/ipxe"
 	@echo "make live-check   build the live environment twice and compare the bytes"
 	@echo "make usb          the USB live medium (BIOS+UEFI stick, CD) + .sha256 into build/usb"
@@ -224,7 +224,7 @@ build-release:
 
 # The release's asset set (deploy/release.sh): what bty-web's netboot fetch and an air-gapped
 # mirror take. tests/it/release.rs points a bty-web at it.
-release: static static-arm64 live ipxe usb image
+release: static static-arm64 live-x86_64 live-arm64 ipxe usb image
 	deploy/release.sh
 
 # Two builds of one commit give the same release: the ISO and the OCI image are made again from
@@ -243,7 +243,7 @@ release-check: release
 	@echo "release-check: the release builds reproducibly"
 
 # The USB live medium carries the live environment's kernel and initrd.
-usb: live
+usb: live-x86_64
 	live/usb.sh
 
 STATIC_BUILD = CC_x86_64_unknown_linux_musl=musl-gcc RUSTFLAGS="-C target-feature=+crt-static" \
@@ -292,23 +292,34 @@ static-bty: deps
 	@rustup target list --installed 2>/dev/null | grep -qx $(MUSL_TARGET) || rustup target add $(MUSL_TARGET)
 	$(STATIC_BUILD) --bin bty
 
-live: static-bty
-	live/build.sh
+# `make live ARCH=arm64` builds the arm64 one (Debian's arm64 kernel, busybox and the static
+# arm64 bty); both go to build/live, side by side.
+ARCH ?= x86_64
+live: $(if $(filter arm64 aarch64,$(ARCH)),live-arm64,live-x86_64)
 
-# Two builds from the same inputs (the second in another directory) must give the same bytes.
-live-check: live
-	OUT=target/live-check live/build.sh >/dev/null
+live-x86_64: static-bty
+	ARCH=x86_64 live/build.sh
+
+live-arm64: static-arm64
+	ARCH=arm64 live/build.sh
+
+# Two builds from the same inputs (the second in another directory) must give the same bytes,
+# for each architecture.
+live-check: live-x86_64 live-arm64
+	rm -rf target/live-check
+	OUT=target/live-check ARCH=x86_64 live/build.sh >/dev/null
+	OUT=target/live-check ARCH=arm64 live/build.sh >/dev/null
 	cd build/live && for f in *; do cmp "$$f" "../../target/live-check/$$f"; done
-	@echo "live-check: the live environment builds reproducibly"
+	@echo "live-check: the live environments (x86_64, arm64) build reproducibly"
 
 # Only the end-to-end modules of the integration tests (name filters on the `it` binary): e2e
 # (QEMU's user-mode network) and lab (a network namespace with dnsmasq as the lab's DHCP).
-e2e: deps live ipxe usb
+e2e: deps live-x86_64 ipxe usb
 	$(CARGO) test $(TEST_FEATURES) --test it -- --nocapture e2e:: lab:: usb::
 
 # Power-on to `done` for a 256 MiB image (the figures in bench/RESULTS.md): each firmware alone
 # (e2e::), then three machines at once on the lab network (lab::three_machines...), one after the other.
-bench-e2e: deps live ipxe
+bench-e2e: deps live-x86_64 ipxe
 	BTY_E2E_IMAGE_MIB=256 $(CARGO) test $(TEST_FEATURES) --test it -- --nocapture --test-threads=1 e2e::bios_machine e2e::uefi_machine lab::three_machines
 
 bench: bench-flash

@@ -4,42 +4,81 @@
 # the cpio is sorted, owned by 0:0, every mtime is SOURCE_DATE_EPOCH, and compression is fixed.
 #
 # Output in $OUT (default build/live):
-#   bty-netboot-pc-x86_64-v<version>.vmlinuz, .initrd, .sha256 (sha256sum format, both files)
+#   x86_64: bty-netboot-pc-x86_64-v<version>.vmlinuz, .initrd, .sha256 (sha256sum format)
+#   arm64:  bty-netboot-arm64-v<version>.vmlinuz, .initrd, .sha256
 # Inputs (environment):
-#   BTY              the static bty (default: the musl build of `make static`)
-#   KERNEL_PKG       Debian kernel package (default: what linux-image-amd64 depends on now)
-#   CACHE            where the .deb files are downloaded and unpacked (default target/live-cache)
+#   ARCH             x86_64 (default) or arm64
+#   BTY              the static bty (default: the musl build of `make static` / `make static-arm64`)
+#   KERNEL_PKG       Debian kernel package (default: what linux-image-amd64 / -arm64 depends on now)
+#   CACHE            where the .deb files are downloaded and unpacked (default target/live-cache,
+#                    target/live-cache/arm64 for arm64)
 #   SOURCE_DATE_EPOCH  mtime of every file (default: the commit time of HEAD)
+# The arm64 packages come through an apt state of their own under $CACHE/apt (arm64 only, the
+# mirror this machine's apt uses: deploy/apt-mirror.sh), so the machine's dpkg is untouched.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
-BTY=${BTY:-target/x86_64-unknown-linux-musl/static/bty}
+ARCH=${ARCH:-x86_64}
+case $ARCH in
+    x86_64 | amd64)
+        ARCH=x86_64
+        deb_arch=amd64
+        BTY=${BTY:-target/x86_64-unknown-linux-musl/static/bty}
+        CACHE=${CACHE:-target/live-cache}
+        name_arch=pc-x86_64
+        ;;
+    arm64 | aarch64)
+        ARCH=arm64
+        deb_arch=arm64
+        BTY=${BTY:-target/aarch64-unknown-linux-musl/static/bty}
+        CACHE=${CACHE:-target/live-cache/arm64}
+        name_arch=arm64
+        ;;
+    *) echo "live/build.sh: ARCH is x86_64 or arm64, not $ARCH" >&2; exit 1 ;;
+esac
 OUT=${OUT:-build/live}
-CACHE=${CACHE:-target/live-cache}
 if [ -z "${SOURCE_DATE_EPOCH:-}" ]; then
     SOURCE_DATE_EPOCH=$(git log -1 --format=%ct 2>/dev/null || echo 0)
 fi
 export SOURCE_DATE_EPOCH
-name=bty-netboot-pc-x86_64-v$version
+name=bty-netboot-$name_arch-v$version
 
 # NIC and storage drivers a lab machine may need, plus USB keyboards for the triage shell. Only
 # modules the kernel builds as modules matter; built-in ones are skipped. Their dependencies
 # come from modules.dep.
-MODULES=(
-    # buses whose devices no driver below pulls in by dependency
-    virtio_pci
-    # network: QEMU/KVM, Intel, Realtek, Broadcom, Mellanox, Aquantia, USB dongles
-    virtio_net e1000 e1000e igb igc ixgb ixgbe i40e r8169 tg3 bnxt_en mlx4_en mlx5_core atlantic
-    r8152 cdc_ether ax88179_178a
-    # storage: virtio, SATA/IDE, NVMe, SAS/RAID HBAs, USB, SD/eMMC
-    virtio_blk virtio_scsi ahci ata_piix nvme sd_mod sr_mod mpt3sas megaraid_sas
-    xhci_pci ehci_pci ohci_pci uhci_hcd usb_storage uas mmc_block sdhci_pci sdhci_acpi
-    # console input
-    usbhid hid_generic atkbd
-    # the USB live medium (live/usb.sh): its ISO 9660 file system, BTY_IMAGES
-    isofs exfat nls_utf8
-)
+if [ "$ARCH" = x86_64 ]; then
+    MODULES=(
+        # buses whose devices no driver below pulls in by dependency
+        virtio_pci
+        # network: QEMU/KVM, Intel, Realtek, Broadcom, Mellanox, Aquantia, USB dongles
+        virtio_net e1000 e1000e igb igc ixgb ixgbe i40e r8169 tg3 bnxt_en mlx4_en mlx5_core atlantic
+        r8152 cdc_ether ax88179_178a
+        # storage: virtio, SATA/IDE, NVMe, SAS/RAID HBAs, USB, SD/eMMC
+        virtio_blk virtio_scsi ahci ata_piix nvme sd_mod sr_mod mpt3sas megaraid_sas
+        xhci_pci ehci_pci ohci_pci uhci_hcd usb_storage uas mmc_block sdhci_pci sdhci_acpi
+        # console input
+        usbhid hid_generic atkbd
+        # the USB live medium (live/usb.sh): its ISO 9660 file system, BTY_IMAGES
+        isofs exfat nls_utf8
+    )
+else
+    MODULES=(
+        # buses: PCI virtio (QEMU's virt machine), and the host bridges of arm64 servers and
+        # boards whose drivers are modules
+        virtio_pci pcie_brcmstb
+        # network: QEMU/KVM, Intel, Broadcom (and the Raspberry Pi 4's GENET), Mellanox,
+        # Marvell, Realtek, Aquantia, USB dongles
+        virtio_net e1000e igb igc ixgbe i40e tg3 bnxt_en genet mlx4_en mlx5_core mvpp2 r8169
+        atlantic r8152 cdc_ether ax88179_178a
+        # storage: virtio, SATA, NVMe, SAS/RAID HBAs, USB, SD/eMMC (the Pi's iProc SDHCI)
+        virtio_blk virtio_scsi ahci nvme sd_mod sr_mod mpt3sas megaraid_sas
+        xhci_pci usb_storage uas mmc_block sdhci_pci sdhci_iproc
+        # console input
+        usbhid hid_generic
+        isofs exfat nls_utf8
+    )
+fi
 
 die() { echo "live/build.sh: $*" >&2; exit 1; }
 [ -x "$BTY" ] || die "no static bty at $BTY (run: make static)"
@@ -51,23 +90,45 @@ done
 mkdir -p "$CACHE"
 # A .deb already in the cache is used as it is: rebuilding from the same files gives the same
 # bytes even after the mirror moves on.
+APT_OPTS=()
+if [ "$ARCH" != x86_64 ]; then
+    # An apt state of its own, for this architecture alone: its lists, its cache, no dpkg status.
+    apt=$PWD/$CACHE/apt
+    APT_OPTS=(-o "APT::Architecture=$deb_arch" -o "APT::Architectures::=$deb_arch"
+        -o "Dir::Etc::sourcelist=$apt/sources.list" -o Dir::Etc::sourceparts=-
+        -o "Dir::State::lists=$apt/lists" -o "Dir::Cache=$apt/cache"
+        -o "Dir::Cache::archives=$apt/archives" -o Dir::State::status=/dev/null
+        -o APT::Sandbox::User=root)
+    if [ ! -s "$apt/sources.list" ] || [ -z "$(ls "$apt/lists" 2>/dev/null | grep -v partial)" ]; then
+        mkdir -p "$apt/lists/partial" "$apt/archives/partial" "$apt/cache"
+        mirror=$(deploy/apt-mirror.sh) || die "no Debian mirror in this machine's apt sources"
+        {
+            echo "deb $mirror bookworm main"
+            echo "deb $mirror bookworm-updates main"
+            if security=$(deploy/apt-mirror.sh security 2>/dev/null); then
+                echo "deb $security bookworm-security main"
+            fi
+        } >"$apt/sources.list"
+        apt-get "${APT_OPTS[@]}" update -qq || die "apt-get update for $deb_arch failed"
+    fi
+fi
 fetch_deb() { # package -> path of its .deb in the cache
     local deb
     deb=$(find "$CACHE" -maxdepth 1 -name "${1}_*.deb" | sort | tail -n 1)
     if [ -z "$deb" ]; then
-        (cd "$CACHE" && apt-get download -q "$1" >&2) || die "apt-get download $1 failed"
+        (cd "$CACHE" && apt-get "${APT_OPTS[@]}" download -q "$1:$deb_arch" >&2) || die "apt-get download $1 failed"
         deb=$(find "$CACHE" -maxdepth 1 -name "${1}_*.deb" | sort | tail -n 1)
     fi
     [ -n "$deb" ] || die "no .deb for $1 in $CACHE"
     echo "$deb"
 }
 if [ -z "${KERNEL_PKG:-}" ]; then
-    KERNEL_PKG=$(find "$CACHE" -maxdepth 1 -name 'linux-image-[0-9]*-amd64_*.deb' -printf '%f\n' |
+    KERNEL_PKG=$(find "$CACHE" -maxdepth 1 -name "linux-image-[0-9]*-${deb_arch}_*.deb" -printf '%f\n' |
         sort -V | tail -n 1 | cut -d_ -f1)
 fi
 if [ -z "${KERNEL_PKG:-}" ]; then
-    KERNEL_PKG=$(apt-cache depends linux-image-amd64 2>/dev/null |
-        awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+    KERNEL_PKG=$(apt-cache "${APT_OPTS[@]}" depends "linux-image-$deb_arch" 2>/dev/null |
+        awk '/Depends: linux-image-[0-9]/ {print $2; exit}' | cut -d: -f1)
 fi
 [ -n "$KERNEL_PKG" ] || die "cannot tell the kernel package (set KERNEL_PKG)"
 kdeb=$(fetch_deb "$KERNEL_PKG")
@@ -106,7 +167,7 @@ visit() {
 for m in "${MODULES[@]}"; do
     if [ -n "${by_name[$m]:-}" ]; then
         visit "${by_name[$m]}"
-    elif ! grep -q "/${m}.ko" "$kmods/modules.builtin"; then
+    elif ! grep -q "/${m//_/[-_]}.ko" "$kmods/modules.builtin"; then
         die "module $m is neither a module nor built into $kver"
     fi
 done
@@ -114,7 +175,10 @@ done
 R=$work/root
 mkdir -p "$R"/{bin,dev,etc/bty,lib/modules,proc,root,run,sys,tmp}
 install -m 0755 "$work/busybox/bin/busybox" "$R/bin/busybox"
-for a in $("$R/bin/busybox" --list); do
+# The applet list comes from the binary itself (run through qemu-user for arm64).
+run=()
+[ "$ARCH" = arm64 ] && run=(qemu-aarch64-static)
+for a in $("${run[@]}" "$R/bin/busybox" --list); do
     [ "$a" = busybox ] || ln -s busybox "$R/bin/$a"
 done
 install -m 0755 "$BTY" "$R/bin/bty"
