@@ -30,7 +30,8 @@ ARM64_TARGET := aarch64-unknown-linux-musl
 #   xorriso grub-pc-bin grub-efi-amd64-bin exfatprogs: `make usb` (live/usb.sh) builds the USB
 #   live medium with them (the hybrid ISO, GRUB for BIOS and UEFI, the BTY_IMAGES exFAT);
 #   exfat-fuse: tests/it/usb.rs reads and writes BTY_IMAGES from the host, whose kernel may have
-#   no exFAT (fsck.exfat from exfatprogs checks it).
+#   no exFAT (fsck.exfat from exfatprogs checks it). grub-efi-arm64-bin: the arm64 PXE test's
+#   disk image boots a GRUB that prints a marker (grub-mkimage -O arm64-efi).
 #   dnsmasq-base iproute2: tests/it/lab.rs builds a lab network of its own (a network namespace,
 #   a bridge, one tap per guest; `ip netns`, `ip tuntap`) and runs dnsmasq in it as the lab's
 #   DHCP server (and as a proxyDHCP) with what `bty-web dhcp` prints. dnsmasq-base is the
@@ -47,12 +48,15 @@ DEB_PACKAGES := qemu-utils e2fsprogs gdisk fdisk util-linux zstd xz-utils bzip2 
 	docker-registry curl tmux tftp-hpa ca-certificates podman \
 	chromium chromium-driver python3-yaml systemd dosfstools mtools \
 	busybox-static cpio kmod file ipxe-qemu ovmf gcc-aarch64-linux-gnu qemu-user-static \
-	dnsmasq-base iproute2 xorriso grub-pc-bin grub-efi-amd64-bin exfatprogs exfat-fuse
+	dnsmasq-base iproute2 xorriso grub-pc-bin grub-efi-amd64-bin exfatprogs exfat-fuse \
+	grub-efi-arm64-bin
 IMAGE_DIR ?= target/image
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 IMAGE_TAG ?= localhost/bty-web:$(VERSION)
 
-# qemu-system-x86 comes from bookworm-backports, like the project machines' qemu-utils (10.x):
+# qemu-system-x86 and qemu-system-arm (the arm64 PXE guest of tests/it/e2e_arm64.rs, with
+# AAVMF from qemu-efi-aarch64) come from bookworm-backports, like the project machines'
+# qemu-utils (10.x):
 # bookworm's 7.2 would make apt remove that qemu-utils (it Breaks qemu-system-common << 8). The backports
 # source is handed to apt for this one install; the machine's own sources stay as they are.
 # Every private source list here (backports, arm64 musl headers, trixie's podman and ipxe) points
@@ -112,8 +116,9 @@ deps:
 		if [ "$$(id -u)" != 0 ]; then echo "make deps: need root to install:$$missing" >&2; exit 1; fi; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
-	@if ! dpkg -s qemu-system-x86 >/dev/null 2>&1; then \
-		echo "installing: qemu-system-x86 qemu-utils (bookworm-backports)"; \
+	@if ! dpkg -s qemu-system-x86 >/dev/null 2>&1 || ! dpkg -s qemu-system-arm >/dev/null 2>&1 || \
+		! dpkg -s qemu-efi-aarch64 >/dev/null 2>&1; then \
+		echo "installing: qemu-system-x86 qemu-system-arm qemu-efi-aarch64 qemu-utils (bookworm-backports)"; \
 		if [ "$$(id -u)" != 0 ]; then echo "make deps: need root to install qemu-system-x86" >&2; exit 1; fi; \
 		mkdir -p $(APT_BPO)/lists/partial $(APT_BPO)/archives/partial; \
 		mirror=$$(deploy/apt-mirror.sh) || exit 1; \
@@ -123,7 +128,7 @@ deps:
 			echo "deb $$security bookworm-security main" >>$(APT_BPO)/sources.list; fi; \
 		apt-get $(APT_BPO_OPTS) update -qq && DEBIAN_FRONTEND=noninteractive apt-get $(APT_BPO_OPTS) \
 			install -y -qq -t bookworm-backports --no-install-recommends --no-remove \
-			qemu-system-x86 qemu-utils >/dev/null; \
+			qemu-system-x86 qemu-system-arm qemu-efi-aarch64 qemu-utils >/dev/null; \
 	fi
 	@rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
 	@for t in $(MUSL_TARGET) $(ARM64_TARGET); do \

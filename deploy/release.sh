@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Gathers the release's asset set into one directory: the USB live medium, the netboot kernel
-# and initrd, the iPXE first stages bty-web serves, the static binaries, the OCI image archive,
+# and initrd of each architecture (x86_64, arm64), the iPXE first stages bty-web serves, the static binaries, the OCI image archive,
 # then release.toml (what bty-web's netboot fetch reads: version, each asset's name, kind,
 # architecture, size and sha256) and SHA256SUMS over everything. Every file carries
 # SOURCE_DATE_EPOCH as its time, so two runs over the same build give identical directories.
@@ -35,6 +35,7 @@ die() { echo "deploy/release.sh: $*" >&2; exit 1; }
 # "Netboot artifacts from a release"); bty-web installs netboot-kernel, netboot-initrd,
 # ipxe-bios and ipxe-efi.
 netboot=bty-netboot-pc-x86_64-v$version
+netboot_arm64=bty-netboot-arm64-v$version
 usb=bty-usbboot-pc-x86_64-v$version.iso
 assets=(
     "$usb|$USB/$usb|usb-iso|x86_64|0644"
@@ -42,6 +43,9 @@ assets=(
     "$netboot.vmlinuz|$LIVE/$netboot.vmlinuz|netboot-kernel|x86_64|0644"
     "$netboot.initrd|$LIVE/$netboot.initrd|netboot-initrd|x86_64|0644"
     "$netboot.sha256|$LIVE/$netboot.sha256|checksums|x86_64|0644"
+    "$netboot_arm64.vmlinuz|$LIVE/$netboot_arm64.vmlinuz|netboot-kernel|arm64|0644"
+    "$netboot_arm64.initrd|$LIVE/$netboot_arm64.initrd|netboot-initrd|arm64|0644"
+    "$netboot_arm64.sha256|$LIVE/$netboot_arm64.sha256|checksums|arm64|0644"
     "undionly.kpxe|$IPXE/undionly.kpxe|ipxe-bios|x86_64|0644"
     "ipxe.efi|$IPXE/ipxe.efi|ipxe-efi|x86_64|0644"
     "bty-x86_64-linux-musl-v$version|$BTY_X86_64|bty|x86_64|0755"

@@ -32,6 +32,7 @@ mod deploy;
 mod discovery;
 mod disks;
 mod e2e;
+mod e2e_arm64;
 mod flash;
 mod http;
 mod image;

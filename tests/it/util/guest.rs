@@ -202,6 +202,28 @@ pub fn efi_app(marker: &str) -> Vec<u8> {
         0xf4,                               // halt: hlt
         0xeb, 0xfd,                         // jmp halt
     ];
+    pe(0x8664, &code, marker)
+}
+
+/// The same for AArch64 (AAVMF): the arguments arrive in x0 (image) and x1 (system table).
+pub fn efi_app_arm64(marker: &str) -> Vec<u8> {
+    let code: Vec<u8> = [
+        0xf940_2020u32, // ldr x0, [x1, #64]: SystemTable->ConOut
+        0x1000_00a1,    // adr x1, #20: the text, at code offset 24
+        0xf940_0402,    // ldr x2, [x0, #8]: ConOut->OutputString
+        0xd63f_0040,    // blr x2
+        0xd503_207f,    // halt: wfi
+        0x17ff_ffff,    // b halt
+    ]
+    .iter()
+    .flat_map(|i| i.to_le_bytes())
+    .collect();
+    pe(0xaa64, &code, marker)
+}
+
+/// A one-section PE32+ EFI application for `machine`: `code`, then at offset 24 the marker as
+/// UTF-16 between line breaks.
+fn pe(machine: u16, code: &[u8], marker: &str) -> Vec<u8> {
     let mut text = code.to_vec();
     text.resize(24, 0);
     for u in format!("\r\n{marker}\r\n\0").encode_utf16() {
@@ -215,8 +237,8 @@ pub fn efi_app(marker: &str) -> Vec<u8> {
     pe[0x3c..0x40].copy_from_slice(&0x40u32.to_le_bytes());
     let mut h = Vec::new();
     h.extend_from_slice(b"PE\0\0");
-    // COFF: x86-64, one section, a PE32+ optional header of 240 bytes, executable.
-    for v in [0x8664u16, 1] {
+    // COFF: the machine, one section, a PE32+ optional header of 240 bytes, executable.
+    for v in [machine, 1] {
         h.extend_from_slice(&v.to_le_bytes());
     }
     h.extend_from_slice(&[0; 12]);
@@ -259,13 +281,16 @@ pub fn efi_app(marker: &str) -> Vec<u8> {
     pe
 }
 
-/// A FAT file system holding `\EFI\BOOT\BOOTX64.EFI`, the path UEFI boots on a disk with no
-/// boot entry of its own (dosfstools and mtools: no mount, no root).
+/// A FAT file system holding `\EFI\BOOT\BOOTX64.EFI` and `BOOTAA64.EFI`, the paths x86_64
+/// and arm64 UEFI boot on a disk with no boot entry of its own (dosfstools and mtools: no
+/// mount, no root).
 pub fn esp(marker: &str, dir: &Path) -> Vec<u8> {
     let fat = dir.join(format!("esp-{marker}.fat"));
     let app = dir.join(format!("esp-{marker}.efi"));
+    let app_arm64 = dir.join(format!("esp-{marker}-aa64.efi"));
     let _ = std::fs::remove_file(&fat);
     std::fs::write(&app, efi_app(marker)).unwrap();
+    std::fs::write(&app_arm64, efi_app_arm64(marker)).unwrap();
     let run = |c: &mut Command| {
         let o = c.output().unwrap_or_else(|e| panic!("{c:?}: {e} (make deps installs it)"));
         assert!(o.status.success(), "{c:?}: {}", String::from_utf8_lossy(&o.stderr));
@@ -276,6 +301,7 @@ pub fn esp(marker: &str, dir: &Path) -> Vec<u8> {
         .arg("6144"));
     run(Command::new("mmd").arg("-i").arg(&fat).args(["::/EFI", "::/EFI/BOOT"]));
     run(Command::new("mcopy").arg("-i").arg(&fat).arg(&app).arg("::/EFI/BOOT/BOOTX64.EFI"));
+    run(Command::new("mcopy").arg("-i").arg(&fat).arg(&app_arm64).arg("::/EFI/BOOT/BOOTAA64.EFI"));
     std::fs::read(&fat).unwrap()
 }
 
