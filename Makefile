@@ -318,9 +318,10 @@ live-check: live-x86_64 live-arm64
 	@echo "live-check: the live environments (x86_64, arm64) build reproducibly"
 
 # Only the end-to-end modules of the integration tests (name filters on the `it` binary): e2e
-# (QEMU's user-mode network) and lab (a network namespace with dnsmasq as the lab's DHCP).
-e2e: deps live-x86_64 ipxe usb
-	$(CARGO) test $(TEST_FEATURES) --test it -- --nocapture e2e:: lab:: usb::
+# and e2e_arm64 (x86_64 and arm64 guests on QEMU's user-mode network), lab (a network namespace
+# with dnsmasq as the lab's DHCP) and usb (the USB medium booted as a stick and as a CD).
+e2e: deps live-x86_64 live-arm64 ipxe usb
+	$(CARGO) test $(TEST_FEATURES) --test it -- --nocapture e2e:: e2e_arm64:: lab:: usb::
 
 # Power-on to `done` for a 256 MiB image (the figures in bench/RESULTS.md): each firmware alone
 # (e2e::), then three machines at once on the lab network (lab::three_machines...), one after the other.
