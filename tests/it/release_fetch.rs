@@ -342,19 +342,17 @@ fn netboot_release_fetch_installs_the_arm64_pair_beside_x86_64_and_the_script_na
 
     // Then a release with both: both pairs installed, each with its checksum file, and the
     // script's arm64 branch names the arm64 pair while the x86_64 lines keep theirs.
-    write(
-        "release.toml",
-        &rel::manifest_arches(
-            "1.0.0",
-            &[
-                (K1, "netboot-kernel", "x86_64", &k1),
-                (I1, "netboot-initrd", "x86_64", &i1),
-                (KA, "netboot-kernel", "arm64", &ka),
-                (IA, "netboot-initrd", "arm64", &ia),
-                ("ipxe-arm64.efi", "ipxe-efi", "arm64", &efi),
-            ],
-        ),
+    let both = rel::manifest_arches(
+        "1.0.0",
+        &[
+            (K1, "netboot-kernel", "x86_64", &k1),
+            (I1, "netboot-initrd", "x86_64", &i1),
+            (KA, "netboot-kernel", "arm64", &ka),
+            (IA, "netboot-initrd", "arm64", &ia),
+            ("ipxe-arm64.efi", "ipxe-efi", "arm64", &efi),
+        ],
     );
+    write("release.toml", &both);
     rel::fetch(&s, &cookie, "done");
     assert_eq!(std::fs::read(boot.join(KA)).unwrap(), ka);
     assert_eq!(std::fs::read(boot.join(IA)).unwrap(), ia);
@@ -405,4 +403,18 @@ fn netboot_release_fetch_installs_the_arm64_pair_beside_x86_64_and_the_script_na
     let e = rel::error(&rel::fetch(&s, &cookie, "failed"));
     assert!(e.contains(&format!("{KA} for arch arm64 but no netboot-initrd")), "{e}");
     assert_eq!(rel::arm64_script_names(&s, mac), (KA.to_string(), IA.to_string()));
+    drop(s);
+
+    // [boot] kernel_arm64 set by the operator wins over the fetched name, as kernel does; the
+    // arm64 initrd, left to the default, follows the release.
+    write("release.toml", &both);
+    let s = Server::start_env(
+        "release-arm64-pinned",
+        &[("BTY_BOOT_RELEASE_URL", url.as_str()), ("BTY_BOOT_KERNEL_ARM64", "mine.vmlinuz")],
+    );
+    let cookie = s.login();
+    rel::flash_machine(&s, &cookie, mac);
+    rel::fetch(&s, &cookie, "done");
+    assert_eq!(rel::arm64_script_names(&s, mac), ("mine.vmlinuz".to_string(), IA.to_string()));
+    assert_eq!(rel::script_names(&s, mac), (K1.to_string(), I1.to_string()));
 }
