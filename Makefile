@@ -88,7 +88,7 @@ help:
 	@echo "make static-arm64 build the static arm64 bty and bty-web (cross, musl), print their sizes"
 	@echo "make image        reproducible OCI image of bty-web, amd64 + arm64 (no daemon) -> $(IMAGE_DIR)"
 	@echo "make live         build the netboot kernel + initrd (+ .sha256) into build/live (ARCH=arm64: arm64)"
-	@echo "make ipxe         Debian's iPXE binaries (undionly.kpxe, ipxe.efi, + .sha256) into build/ipxe"
+	@echo "make ipxe         Debian's iPXE binaries (undionly.kpxe, ipxe.efi, ipxe-arm64.efi, + .sha256) into build/ipxe"
 	@echo "make live-check   build the live environment twice and compare the bytes"
 	@echo "make usb          the USB live medium (BIOS+UEFI stick, CD) + .sha256 into build/usb"
 	@echo "make release      the whole asset set, release.toml and SHA256SUMS into build/release"
@@ -185,8 +185,11 @@ IPXE_APT_OPTS := -o Dir::Etc::sourcelist=$(IPXE_APT)/sources.list -o Dir::Etc::s
 IPXE_DEB := $(IPXE_APT)/deb/ipxe_$(subst :,%3a,$(IPXE_VERSION))_all.deb
 IPXE_SHA256_UNDIONLY := 391bfe580ec9f823d046ee390765d6c389f482b9a8b9fae0f90871cd8ff57828
 IPXE_SHA256_EFI := 6095eb23f4173674a3dc124a2a6d3cdeed514172793306a10d525f57b97cdc6a
+IPXE_SHA256_EFI_ARM64 := 5369815eee98bf98b28a18af9a57207f9096a3b4e542ed3df1eb3f5b28d3d9a9
 
-ipxe: $(IPXE_OUT)/undionly.kpxe.sha256
+# The target is the file the newest binary added brings, so a checkout that ran `make ipxe`
+# before arm64 runs the rule again rather than calling build/ipxe done.
+ipxe: $(IPXE_OUT)/ipxe-arm64.efi.sha256
 
 # The .deb stays in target/ipxe-apt, so a rebuild does not download it again.
 $(IPXE_DEB):
@@ -197,15 +200,18 @@ $(IPXE_DEB):
 	apt-get $(IPXE_APT_OPTS) update -qq
 	cd $(IPXE_APT)/deb && apt-get $(IPXE_APT_OPTS) download -q 'ipxe=$(IPXE_VERSION)'
 
-$(IPXE_OUT)/undionly.kpxe.sha256: $(IPXE_DEB)
+$(IPXE_OUT)/ipxe-arm64.efi.sha256: $(IPXE_DEB)
 	rm -rf $(IPXE_APT)/x && mkdir -p $(IPXE_APT)/x $(IPXE_OUT)
 	dpkg-deb -x $(IPXE_DEB) $(IPXE_APT)/x
 	echo "$(IPXE_SHA256_UNDIONLY)  $(IPXE_APT)/x/usr/lib/ipxe/undionly.kpxe" | sha256sum -c --quiet
 	echo "$(IPXE_SHA256_EFI)  $(IPXE_APT)/x/usr/lib/ipxe/ipxe-amd64.efi" | sha256sum -c --quiet
+	echo "$(IPXE_SHA256_EFI_ARM64)  $(IPXE_APT)/x/usr/lib/ipxe/ipxe-arm64.efi" | sha256sum -c --quiet
 	install -m 0644 $(IPXE_APT)/x/usr/lib/ipxe/undionly.kpxe $(IPXE_OUT)/undionly.kpxe
 	install -m 0644 $(IPXE_APT)/x/usr/lib/ipxe/ipxe-amd64.efi $(IPXE_OUT)/ipxe.efi
-	touch -d @0 $(IPXE_OUT)/undionly.kpxe $(IPXE_OUT)/ipxe.efi
+	install -m 0644 $(IPXE_APT)/x/usr/lib/ipxe/ipxe-arm64.efi $(IPXE_OUT)/ipxe-arm64.efi
+	touch -d @0 $(IPXE_OUT)/undionly.kpxe $(IPXE_OUT)/ipxe.efi $(IPXE_OUT)/ipxe-arm64.efi
 	cd $(IPXE_OUT) && sha256sum ipxe.efi >ipxe.efi.sha256 && sha256sum undionly.kpxe >undionly.kpxe.sha256
+	cd $(IPXE_OUT) && sha256sum ipxe-arm64.efi >ipxe-arm64.efi.sha256
 	@cat $(IPXE_OUT)/*.sha256
 
 # The static binaries first (tests/it/image.rs packs both static bty-webs, x86_64 and arm64,

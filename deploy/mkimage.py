@@ -89,11 +89,11 @@ def layer_entries(binary, ca, ipxe_dir=None):
     with open(binary, "rb") as f:
         e.append(("usr/local/bin/bty-web", "file", 0o755, 0, f.read()))
     # The machines' iPXE binaries (`make ipxe`) where [boot] ipxe_dir looks by default; they
-    # are for the clients, so every server architecture carries the same x86 files.
+    # are for the clients, so every server architecture carries the same files, x86 and arm64.
     if ipxe_dir:
         e += [(d + "/", "dir", 0o755, 0, b"") for d in ["usr/share", "usr/share/bty",
                                                           "usr/share/bty/ipxe"]]
-        for name in ["undionly.kpxe", "ipxe.efi"]:
+        for name in ["undionly.kpxe", "ipxe.efi", "ipxe-arm64.efi"]:
             with open(os.path.join(ipxe_dir, name), "rb") as f:
                 e.append(("usr/share/bty/ipxe/" + name, "file", 0o644, 0, f.read()))
     return e
@@ -259,7 +259,8 @@ def main():
     p.add_argument("--arch", default="amd64", choices=list(PLATFORMS),
                    help="the architecture of a --binary given without ARCH=")
     p.add_argument("--ca-dir", default="/usr/share/ca-certificates/mozilla")
-    p.add_argument("--ipxe-dir", help="undionly.kpxe and ipxe.efi for /usr/share/bty/ipxe")
+    p.add_argument("--ipxe-dir",
+                   help="undionly.kpxe, ipxe.efi and ipxe-arm64.efi for /usr/share/bty/ipxe")
     p.add_argument("--epoch", type=int,
                    default=int(os.environ.get("SOURCE_DATE_EPOCH", "0")),
                    help="mtime of every file (default $SOURCE_DATE_EPOCH)")

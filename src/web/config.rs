@@ -176,10 +176,24 @@ const KEYS: &[Key] = &[
     },
     Key {
         section: "boot",
+        key: "kernel_arm64",
+        default: |_| format!("bty-netboot-arm64-v{}.vmlinuz", crate::VERSION),
+        secret: false,
+        help: "arm64 live-environment kernel file name the boot scripts name for arm64 machines (iPXE's ${buildarch}); when left unset, the one the last netboot fetch installed (else the default)",
+    },
+    Key {
+        section: "boot",
+        key: "initrd_arm64",
+        default: |_| format!("bty-netboot-arm64-v{}.initrd", crate::VERSION),
+        secret: false,
+        help: "arm64 live-environment initrd file name the boot scripts name for arm64 machines; when left unset, the one the last netboot fetch installed (else the default)",
+    },
+    Key {
+        section: "boot",
         key: "ipxe_dir",
         default: |_| "/usr/share/bty/ipxe".into(),
         secret: false,
-        help: "iPXE binaries (undionly.kpxe, ipxe.efi) served over TFTP and /boot/{name} when the boot dir has no file of that name",
+        help: "iPXE binaries (undionly.kpxe, ipxe.efi, ipxe-arm64.efi) served over TFTP and /boot/{name} when the boot dir has no file of that name",
     },
     Key {
         section: "boot",
@@ -413,7 +427,7 @@ impl Settings {
         }
         // These names are joined to the boot dir by the release fetch and embedded in every
         // per-MAC script: the upload rule keeps both a plain file name.
-        for key in ["kernel", "initrd"] {
+        for key in ["kernel", "initrd", "kernel_arm64", "initrd_arm64"] {
             let (v, src) = self.entry("boot", key);
             if let Err(e) = crate::web::validate::boot_file_name(v) {
                 crate::bail!("invalid [boot] {key} (from {src}): {e}");
@@ -676,6 +690,16 @@ mod tests {
         let e = env(&[("BTY_BOOT_INITRD", "../initrd")]);
         let err = Settings::load(&e, &[]).unwrap_err().to_string();
         assert!(err.contains("invalid [boot] initrd"), "{err}");
+        // The arm64 pair goes into the same scripts, through the same check.
+        let e = env(&[("BTY_BOOT_KERNEL_ARM64", "a/b")]);
+        let err = Settings::load(&e, &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("invalid [boot] kernel_arm64 (from env BTY_BOOT_KERNEL_ARM64)"),
+            "{err}"
+        );
+        let s = Settings::load(&env(&[]), &[]).unwrap();
+        let v = crate::VERSION;
+        assert_eq!(s.get("boot", "initrd_arm64"), format!("bty-netboot-arm64-v{v}.initrd"));
         assert!(Settings::load(&env(&[("BTY_BOOT_KERNEL", "vmlinuz-6.1_x86-64")]), &[]).is_ok());
     }
 

@@ -6,11 +6,12 @@
 //! The modes:
 //!
 //! - `tftp`: PXE firmware loads iPXE over bty-web's TFTP (BIOS `undionly.kpxe` by client
-//!   architecture (option 93) 0, UEFI `ipxe.efi` by architecture 7 or 9), and iPXE, known by its
-//!   user class (option 77) `iPXE`, loads the generated `autoexec.ipxe`, also over TFTP.
+//!   architecture (option 93) 0, UEFI `ipxe.efi` by architecture 7 or 9, arm64 UEFI
+//!   `ipxe-arm64.efi` by architecture 11), and iPXE, known by its user class (option 77)
+//!   `iPXE`, loads the generated `autoexec.ipxe`, also over TFTP.
 //! - `http-boot`: UEFI HTTP Boot firmware (vendor class `HTTPClient`) is answered with
-//!   `http://ADDR:PORT/boot/ipxe.efi` and option 60 `HTTPClient`; iPXE with
-//!   `http://ADDR:PORT/pxe-bootstrap.ipxe`. No TFTP.
+//!   `http://ADDR:PORT/boot/ipxe.efi` (arm64, architecture 19: `ipxe-arm64.efi`) and option 60
+//!   `HTTPClient`; iPXE with `http://ADDR:PORT/pxe-bootstrap.ipxe`. No TFTP.
 //! - `all`: both, for the lab's address-giving DHCP server (the default).
 //! - `proxy`: a second dnsmasq next to the lab's router that gives no addresses, only boot
 //!   options (proxyDHCP: `dhcp-range=ADDR,proxy` and `pxe-service` lines). ISC dhcpd has no
@@ -98,6 +99,7 @@ pub fn dnsmasq(t: Target, mode: Mode) -> String {
              pxe-service=tag:!ipxe,x86PC,\"bty: iPXE (BIOS)\",undionly.kpxe,{a}\n\
              pxe-service=tag:!ipxe,X86-64_EFI,\"bty: iPXE (UEFI)\",ipxe.efi,{a}\n\
              pxe-service=tag:!ipxe,BC_EFI,\"bty: iPXE (UEFI)\",ipxe.efi,{a}\n\
+             pxe-service=tag:!ipxe,ARM64_EFI,\"bty: iPXE (arm64 UEFI)\",ipxe-arm64.efi,{a}\n\
              # iPXE: the generated autoexec.ipxe over TFTP, which chains {http}/pxe-bootstrap.ipxe.\n\
              dhcp-boot=tag:ipxe,autoexec.ipxe,,{a}\n"
         ));
@@ -109,8 +111,10 @@ pub fn dnsmasq(t: Target, mode: Mode) -> String {
              dhcp-match=set:bios,option:client-arch,0\n\
              dhcp-match=set:efi64,option:client-arch,7\n\
              dhcp-match=set:efi64,option:client-arch,9\n\
+             dhcp-match=set:arm64,option:client-arch,11\n\
              dhcp-boot=tag:bios,tag:!ipxe,undionly.kpxe,,{a}\n\
              dhcp-boot=tag:efi64,tag:!ipxe,ipxe.efi,,{a}\n\
+             dhcp-boot=tag:arm64,tag:!ipxe,ipxe-arm64.efi,,{a}\n\
              # iPXE: the generated autoexec.ipxe over TFTP, which chains {http}/pxe-bootstrap.ipxe.\n\
              dhcp-boot=tag:ipxe,autoexec.ipxe,,{a}\n"
         ));
@@ -118,9 +122,12 @@ pub fn dnsmasq(t: Target, mode: Mode) -> String {
     if mode.http_boot() {
         s.push_str(&format!(
             "# UEFI HTTP Boot (vendor class HTTPClient): iPXE over HTTP; it runs the autoexec.ipxe\n\
-             # beside it. The answer must carry option 60 HTTPClient too.\n\
+             # beside it. The answer must carry option 60 HTTPClient too. arm64 firmware says\n\
+             # client architecture 19; the tags keep the two answers apart.\n\
              dhcp-vendorclass=set:httpboot,HTTPClient\n\
-             dhcp-boot=tag:httpboot,tag:!ipxe,{http}/boot/ipxe.efi\n\
+             dhcp-match=set:arm64http,option:client-arch,19\n\
+             dhcp-boot=tag:httpboot,tag:!arm64http,tag:!ipxe,{http}/boot/ipxe.efi\n\
+             dhcp-boot=tag:httpboot,tag:arm64http,tag:!ipxe,{http}/boot/ipxe-arm64.efi\n\
              dhcp-option-force=tag:httpboot,tag:!ipxe,60,HTTPClient\n"
         ));
         if !mode.tftp() {
@@ -170,12 +177,22 @@ pub fn isc(t: Target, mode: Mode) -> Result<String> {
                # UEFI PXE firmware: iPXE over bty-web's TFTP.\n  \
                next-server {a};\n  \
                filename \"ipxe.efi\";\n\
+             }} elsif option client-arch = 00:0b {{\n  \
+               # arm64 UEFI PXE firmware: iPXE over bty-web's TFTP.\n  \
+               next-server {a};\n  \
+               filename \"ipxe-arm64.efi\";\n\
              }}"
         ));
     }
     if mode.http_boot() {
+        // arm64 first: the x86_64 branch's test matches every HTTP Boot client.
         s.push_str(&format!(
-            " elsif substring (option vendor-class-identifier, 0, 10) = \"HTTPClient\" {{\n  \
+            " elsif substring (option vendor-class-identifier, 0, 10) = \"HTTPClient\" \
+               and option client-arch = 00:13 {{\n  \
+               # arm64 UEFI HTTP Boot: iPXE over HTTP; it runs the autoexec.ipxe beside it.\n  \
+               option vendor-class-identifier \"HTTPClient\";\n  \
+               filename \"{http}/boot/ipxe-arm64.efi\";\n\
+             }} elsif substring (option vendor-class-identifier, 0, 10) = \"HTTPClient\" {{\n  \
                # UEFI HTTP Boot: iPXE over HTTP; it runs the autoexec.ipxe beside it.\n  \
                option vendor-class-identifier \"HTTPClient\";\n  \
                filename \"{http}/boot/ipxe.efi\";\n\
@@ -274,6 +291,8 @@ mod tests {
             "dhcp-userclass=set:ipxe,iPXE",
             "dhcp-boot=tag:bios,tag:!ipxe,undionly.kpxe,,192.168.1.10",
             "dhcp-boot=tag:efi64,tag:!ipxe,ipxe.efi,,192.168.1.10",
+            "dhcp-match=set:arm64,option:client-arch,11",
+            "dhcp-boot=tag:arm64,tag:!ipxe,ipxe-arm64.efi,,192.168.1.10",
             "dhcp-boot=tag:ipxe,autoexec.ipxe,,192.168.1.10",
         ] {
             assert!(l.contains(&want), "{want} in\n{d}");
@@ -290,6 +309,8 @@ mod tests {
             "filename \"undionly.kpxe\";",
             "elsif option client-arch = 00:07 or option client-arch = 00:09 {",
             "filename \"ipxe.efi\";",
+            "elsif option client-arch = 00:0b {",
+            "filename \"ipxe-arm64.efi\";",
             "next-server 192.168.1.10;",
         ] {
             assert!(i.contains(want), "{want} in\n{i}");
@@ -304,7 +325,9 @@ mod tests {
         let l = lines(&d);
         for want in [
             "dhcp-vendorclass=set:httpboot,HTTPClient",
-            "dhcp-boot=tag:httpboot,tag:!ipxe,http://192.168.1.10:8080/boot/ipxe.efi",
+            "dhcp-boot=tag:httpboot,tag:!arm64http,tag:!ipxe,http://192.168.1.10:8080/boot/ipxe.efi",
+            "dhcp-match=set:arm64http,option:client-arch,19",
+            "dhcp-boot=tag:httpboot,tag:arm64http,tag:!ipxe,http://192.168.1.10:8080/boot/ipxe-arm64.efi",
             "dhcp-option-force=tag:httpboot,tag:!ipxe,60,HTTPClient",
             "dhcp-userclass=set:ipxe,iPXE",
             "dhcp-boot=tag:ipxe,http://192.168.1.10:8080/pxe-bootstrap.ipxe",
@@ -320,9 +343,15 @@ mod tests {
             "option vendor-class-identifier \"HTTPClient\";",
             "filename \"http://192.168.1.10:8080/boot/ipxe.efi\";",
             "filename \"http://192.168.1.10:8080/pxe-bootstrap.ipxe\";",
+            "filename \"http://192.168.1.10:8080/boot/ipxe-arm64.efi\";",
         ] {
             assert!(i.contains(want), "{want} in\n{i}");
         }
+        // if/elsif takes the first match: arm64 (architecture 19) must come before the branch
+        // every HTTPClient matches.
+        let arm64 = i.find("option client-arch = 00:13").expect("the arm64 branch");
+        let x86 = i.find("/boot/ipxe.efi").expect("the x86_64 branch");
+        assert!(arm64 < x86, "{i}");
         assert!(!i.contains("undionly.kpxe"), "{i}");
         assert_eq!(i.matches('{').count(), i.matches('}').count(), "{i}");
     }
@@ -357,6 +386,7 @@ mod tests {
             "dhcp-userclass=set:ipxe,iPXE",
             "pxe-service=tag:!ipxe,x86PC,\"bty: iPXE (BIOS)\",undionly.kpxe,192.168.1.10",
             "pxe-service=tag:!ipxe,X86-64_EFI,\"bty: iPXE (UEFI)\",ipxe.efi,192.168.1.10",
+            "pxe-service=tag:!ipxe,ARM64_EFI,\"bty: iPXE (arm64 UEFI)\",ipxe-arm64.efi,192.168.1.10",
             "dhcp-boot=tag:ipxe,autoexec.ipxe,,192.168.1.10",
         ] {
             assert!(l.contains(&want), "{want} in\n{d}");

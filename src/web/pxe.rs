@@ -82,7 +82,13 @@ pub fn decide(m: &Machine, image: Option<&CatalogEntry>) -> Decision {
 }
 
 /// The iPXE script for a decision. `host` was allow-listed by the caller; `mac` is normalised.
-pub fn script(d: &Decision, m: &Machine, host: &str, kernel: &str, initrd: &str) -> String {
+/// The live environment's kernel and initrd file names, per architecture.
+pub struct LiveFiles<'a> {
+    pub x86_64: (&'a str, &'a str),
+    pub arm64: (&'a str, &'a str),
+}
+
+pub fn script(d: &Decision, m: &Machine, host: &str, live: &LiveFiles<'_>) -> String {
     match d {
         Decision::Disk { .. } => {
             let drive = m.sanboot_drive.as_deref().unwrap_or("0x80");
@@ -91,12 +97,24 @@ pub fn script(d: &Decision, m: &Machine, host: &str, kernel: &str, initrd: &str)
                 d.reason()
             )
         }
+        // One script for both architectures: iPXE knows which it was built for. `boot` does not
+        // return when it works, and a failed command ends an iPXE script, so x86_64 never runs
+        // into the arm64 lines.
         // `initrd=initrd` names the initrd for the kernel's EFI stub, which loads it itself on
         // UEFI with iPXE builds before 2022 (no LoadFile2 protocol); BIOS kernels ignore it.
+        // arm64 gets no console=: its firmware describes the console (ACPI SPCR, device tree)
+        // and the kernel finds it there; a console=ttyS0 would send the output nowhere.
         Decision::LiveEnv { .. } => {
             let mac = &m.mac;
+            let (kernel, initrd) = live.x86_64;
+            let (kernel_arm64, initrd_arm64) = live.arm64;
             format!(
-                "#!ipxe\n# {}\nkernel http://{host}/boot/{kernel}?mac={mac} initrd=initrd console=tty0 console=ttyS0,115200 bty.server=http://{host} bty.mac={mac}\ninitrd --name initrd http://{host}/boot/{initrd}?mac={mac}\nboot\n",
+                "#!ipxe\n# {}\niseq ${{buildarch}} arm64 && goto arm64 ||\n\
+                 kernel http://{host}/boot/{kernel}?mac={mac} initrd=initrd console=tty0 console=ttyS0,115200 bty.server=http://{host} bty.mac={mac}\n\
+                 initrd --name initrd http://{host}/boot/{initrd}?mac={mac}\nboot\n\
+                 :arm64\n\
+                 kernel http://{host}/boot/{kernel_arm64}?mac={mac} initrd=initrd bty.server=http://{host} bty.mac={mac}\n\
+                 initrd --name initrd http://{host}/boot/{initrd_arm64}?mac={mac}\nboot\n",
                 d.reason()
             )
         }
@@ -396,7 +414,7 @@ mod tests {
         m.target_disk_serial = None;
         let d = decide(&m, Some(&entry()));
         assert!(d.reason().contains("target disk serial"));
-        assert!(script(&d, &m, "h", "k", "i").contains("echo bty: boot mode bty-flash-once needs"));
+        assert!(script(&d, &m, "h", &LIVE).contains("echo bty: boot mode bty-flash-once needs"));
     }
 
     #[test]
@@ -436,7 +454,7 @@ mod tests {
     fn scripts_carry_host_mac_and_serial_consoles() {
         let m = machine("bty-tui");
         let d = decide(&m, None);
-        let s = script(&d, &m, "10.0.2.2:8080", "k.vmlinuz", "i.initrd");
+        let s = script(&d, &m, "10.0.2.2:8080", &LIVE);
         assert!(s.starts_with("#!ipxe\n"));
         assert!(s.contains("kernel http://10.0.2.2:8080/boot/k.vmlinuz?mac=aa:bb:cc:dd:ee:ff initrd=initrd console=tty0 console=ttyS0,115200 bty.server=http://10.0.2.2:8080 bty.mac=aa:bb:cc:dd:ee:ff"));
         assert!(s.contains(
@@ -447,9 +465,35 @@ mod tests {
             Plan::Interactive { catalog: Some("http://h:1/catalog.toml".into()) }
         );
         let m = machine("ipxe-exit");
-        let s = script(&decide(&m, None), &m, "h", "k", "i");
+        let s = script(&decide(&m, None), &m, "h", &LIVE);
         assert!(s.contains(
             "iseq ${platform} efi && exit ||\nsanboot --no-describe --drive 0x80 || exit"
         ));
+    }
+
+    const LIVE: LiveFiles<'static> =
+        LiveFiles { x86_64: ("k.vmlinuz", "i.initrd"), arm64: ("ka.vmlinuz", "ia.initrd") };
+
+    #[test]
+    fn the_live_script_branches_on_buildarch_and_arm64_gets_no_console() {
+        let m = machine("bty-tui");
+        let s = script(&decide(&m, None), &m, "h:1", &LIVE);
+        let mac = "aa:bb:cc:dd:ee:ff";
+        let want = format!(
+            "iseq ${{buildarch}} arm64 && goto arm64 ||\n\
+             kernel http://h:1/boot/k.vmlinuz?mac={mac} initrd=initrd console=tty0 console=ttyS0,115200 bty.server=http://h:1 bty.mac={mac}\n\
+             initrd --name initrd http://h:1/boot/i.initrd?mac={mac}\n\
+             boot\n\
+             :arm64\n\
+             kernel http://h:1/boot/ka.vmlinuz?mac={mac} initrd=initrd bty.server=http://h:1 bty.mac={mac}\n\
+             initrd --name initrd http://h:1/boot/ia.initrd?mac={mac}\n\
+             boot\n"
+        );
+        assert!(s.ends_with(&want), "{s}");
+        // The branch comes before any x86_64 line, and the arm64 part has no console at all.
+        let (x86, arm64) = s.split_once(":arm64\n").expect("an arm64 label");
+        assert!(x86.find("iseq ${buildarch}") < x86.find("kernel "), "{s}");
+        assert!(!arm64.contains("console="), "{s}");
+        assert_eq!(s.matches("goto arm64").count(), 1);
     }
 }

@@ -1,7 +1,7 @@
 //! A read-only TFTP server for the boot dir and the iPXE binaries (RFC 1350 with the option
 //! extension of RFC 2347 and the blksize, timeout and tsize options of RFC 2348/2349), for PXE
-//! firmware that can fetch its first bootfile (iPXE's `undionly.kpxe`, `ipxe.efi`) only over
-//! TFTP. Each transfer runs on its own thread with its own socket, which is also the transfer
+//! firmware that can fetch its first bootfile (iPXE's `undionly.kpxe`, `ipxe.efi`,
+//! `ipxe-arm64.efi`) only over TFTP. Each transfer runs on its own thread with its own socket, which is also the transfer
 //! ID the RFC asks for.
 
 use std::collections::HashMap;
@@ -45,8 +45,8 @@ const MAX_SENDS: u32 = 5;
 /// machines at once, not hundreds.
 const MAX_TRANSFERS: usize = 128;
 /// iPXE first-stage binaries: once one has run, it asks for its own name again.
-const FIRST_STAGE: [&str; 5] =
-    ["undionly.kpxe", "undionly.kkpxe", "ipxe.efi", "snponly.efi", "ipxe.pxe"];
+const FIRST_STAGE: [&str; 6] =
+    ["undionly.kpxe", "undionly.kkpxe", "ipxe.efi", "snponly.efi", "ipxe.pxe", "ipxe-arm64.efi"];
 /// A client that asks for the first stage it received whole this recently is that first stage
 /// running (firmware fetches its boot file once per boot; iPXE starts in well under this).
 const CHAIN_WINDOW: Duration = Duration::from_secs(60);

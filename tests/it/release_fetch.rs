@@ -10,6 +10,8 @@ const K1: &str = "bty-netboot-pc-x86_64-v1.0.0.vmlinuz";
 const I1: &str = "bty-netboot-pc-x86_64-v1.0.0.initrd";
 const K2: &str = "bty-netboot-pc-x86_64-v2.0.0.vmlinuz";
 const I2: &str = "bty-netboot-pc-x86_64-v2.0.0.initrd";
+const KA: &str = "bty-netboot-arm64-v1.0.0.vmlinuz";
+const IA: &str = "bty-netboot-arm64-v1.0.0.initrd";
 const K3: &str = "bty-netboot-pc-x86_64-v3.0.0.vmlinuz";
 const I3: &str = "bty-netboot-pc-x86_64-v3.0.0.initrd";
 
@@ -291,4 +293,128 @@ fn netboot_release_fetch_holds_only_what_it_installs_to_the_upload_limit() {
     assert!(e.contains(I2) && e.contains("max_upload_mib"), "{e}");
     assert!(!s.state.join("boot").join(I2).exists());
     assert!(rel::boot_files(&s).iter().all(|f| !f.starts_with('.')));
+}
+
+#[test]
+fn netboot_release_fetch_installs_the_arm64_pair_beside_x86_64_and_the_script_names_both() {
+    let dir = TestDir::new("release-arm64");
+    let mirror = dir.path("mirror");
+    std::fs::create_dir_all(&mirror).unwrap();
+    let write = |name: &str, data: &[u8]| std::fs::write(mirror.join(name), data).unwrap();
+    let (k1, i1) = (util::prng_bytes(71, 1 << 20), util::prng_bytes(72, 2 << 20));
+    let (ka, ia) = (util::prng_bytes(73, 1 << 20), util::prng_bytes(74, 2 << 20));
+    let efi = util::prng_bytes(75, 64 << 10);
+    for (name, data) in [(K1, &k1), (I1, &i1), (KA, &ka), (IA, &ia), ("ipxe-arm64.efi", &efi)] {
+        write(name, data);
+    }
+
+    // Only x86_64 first: it installs as before, and arm64 keeps its default names.
+    write(
+        "release.toml",
+        &rel::manifest_arches(
+            "1.0.0",
+            &[(K1, "netboot-kernel", "x86_64", &k1), (I1, "netboot-initrd", "x86_64", &i1)],
+        ),
+    );
+    let url = mirror.display().to_string();
+    let s = Server::start_env("release-arm64", &[("BTY_BOOT_RELEASE_URL", url.as_str())]);
+    let cookie = s.login();
+    let boot = s.state.join("boot");
+    let mac = "52:54:00:07:00:64";
+    rel::flash_machine(&s, &cookie, mac);
+    rel::fetch(&s, &cookie, "done");
+    let v = env!("CARGO_PKG_VERSION");
+    let default_arm64 =
+        (format!("bty-netboot-arm64-v{v}.vmlinuz"), format!("bty-netboot-arm64-v{v}.initrd"));
+    assert_eq!(rel::script_names(&s, mac), (K1.to_string(), I1.to_string()));
+    assert_eq!(rel::arm64_script_names(&s, mac), default_arm64);
+    assert!(!boot.join(KA).exists() && !boot.join("ipxe-arm64.efi").exists());
+    // The dashboard warns about arm64 only, and the x86_64 row stays good.
+    let (_, _, dash) = s.call("GET", "/ui/dashboard", Some(&cookie), "");
+    assert!(dash.contains("kernel and initrd are in"), "{dash}");
+    assert!(dash.contains("arm64 machines cannot netboot until"), "{dash}");
+    let (_, _, page) = s.call("GET", "/ui/netboot", Some(&cookie), "");
+    let row = format!(
+        "<td class=\"mono\">{}</td><td>arm64 live kernel</td><td><span class=\"badge new\">missing",
+        default_arm64.0
+    );
+    assert!(page.contains(&row), "{row}: {page}");
+
+    // Then a release with both: both pairs installed, each with its checksum file, and the
+    // script's arm64 branch names the arm64 pair while the x86_64 lines keep theirs.
+    let both = rel::manifest_arches(
+        "1.0.0",
+        &[
+            (K1, "netboot-kernel", "x86_64", &k1),
+            (I1, "netboot-initrd", "x86_64", &i1),
+            (KA, "netboot-kernel", "arm64", &ka),
+            (IA, "netboot-initrd", "arm64", &ia),
+            ("ipxe-arm64.efi", "ipxe-efi", "arm64", &efi),
+        ],
+    );
+    write("release.toml", &both);
+    rel::fetch(&s, &cookie, "done");
+    assert_eq!(std::fs::read(boot.join(KA)).unwrap(), ka);
+    assert_eq!(std::fs::read(boot.join(IA)).unwrap(), ia);
+    assert_eq!(std::fs::read(boot.join("ipxe-arm64.efi")).unwrap(), efi);
+    assert_eq!(
+        std::fs::read_to_string(boot.join("bty-netboot-arm64-v1.0.0.sha256")).unwrap(),
+        format!("{}  {KA}\n{}  {IA}\n", util::sha256(&ka), util::sha256(&ia))
+    );
+    assert_eq!(rel::script_names(&s, mac), (K1.to_string(), I1.to_string()));
+    assert_eq!(rel::arm64_script_names(&s, mac), (KA.to_string(), IA.to_string()));
+    let script = s.pxe(mac);
+    assert!(script.contains("iseq ${buildarch} arm64 && goto arm64 ||\nkernel "), "{script}");
+    let (x86, arm64) = script.split_once(":arm64\n").unwrap();
+    assert!(x86.contains("console=ttyS0,115200") && !arm64.contains("console="), "{script}");
+    assert!(arm64.contains(&format!("bty.mac={mac}")), "{script}");
+    let (_, _, ev) = s.call("GET", "/events?kind=boot.release.installed", Some(&cookie), "");
+    let d = &rel::json(&ev)["events"][0]["details"];
+    assert_eq!(
+        d["files"],
+        serde_json::json!([
+            K1,
+            I1,
+            KA,
+            IA,
+            "ipxe-arm64.efi",
+            "bty-netboot-pc-x86_64-v1.0.0.sha256",
+            "bty-netboot-arm64-v1.0.0.sha256"
+        ]),
+        "{d}"
+    );
+    // The arm64 kernel is served at /boot with ?mac=, as x86_64's.
+    assert_eq!(s.call("HEAD", &format!("/boot/{KA}?mac={mac}"), None, "").0, 200);
+    let (_, _, dash) = s.call("GET", "/ui/dashboard", Some(&cookie), "");
+    assert!(!dash.contains("arm64 machines cannot netboot until"), "{dash}");
+
+    // Half an arm64 pair is refused, naming the missing half; the installed pairs stay.
+    write(
+        "release.toml",
+        &rel::manifest_arches(
+            "1.0.1",
+            &[
+                (K1, "netboot-kernel", "x86_64", &k1),
+                (I1, "netboot-initrd", "x86_64", &i1),
+                (KA, "netboot-kernel", "arm64", &ka),
+            ],
+        ),
+    );
+    let e = rel::error(&rel::fetch(&s, &cookie, "failed"));
+    assert!(e.contains(&format!("{KA} for arch arm64 but no netboot-initrd")), "{e}");
+    assert_eq!(rel::arm64_script_names(&s, mac), (KA.to_string(), IA.to_string()));
+    drop(s);
+
+    // [boot] kernel_arm64 set by the operator wins over the fetched name, as kernel does; the
+    // arm64 initrd, left to the default, follows the release.
+    write("release.toml", &both);
+    let s = Server::start_env(
+        "release-arm64-pinned",
+        &[("BTY_BOOT_RELEASE_URL", url.as_str()), ("BTY_BOOT_KERNEL_ARM64", "mine.vmlinuz")],
+    );
+    let cookie = s.login();
+    rel::flash_machine(&s, &cookie, mac);
+    rel::fetch(&s, &cookie, "done");
+    assert_eq!(rel::arm64_script_names(&s, mac), ("mine.vmlinuz".to_string(), IA.to_string()));
+    assert_eq!(rel::script_names(&s, mac), (K1.to_string(), I1.to_string()));
 }

@@ -221,6 +221,9 @@ fn ipxe_binaries_and_the_generated_autoexec_come_after_the_boot_dir() {
     let server = Tftp::start(&dir.0);
     let got = |name| get(server.addr, name, &[], None);
     assert_eq!(got("undionly.kpxe").unwrap().data, b"installed kpxe");
+    // arm64 UEFI firmware's first stage (DHCP client architecture 11) comes the same way.
+    std::fs::write(dir.0.join("ipxe/ipxe-arm64.efi"), b"installed arm64 efi").unwrap();
+    assert_eq!(got("ipxe-arm64.efi").unwrap().data, b"installed arm64 efi");
     // The operator's own file wins.
     std::fs::write(dir.0.join("boot/ipxe.efi"), b"operator efi").unwrap();
     assert_eq!(got("ipxe.efi").unwrap().data, b"operator efi");
@@ -309,10 +312,12 @@ fn serve_runs_tftp_next_to_http_when_enabled() {
     let script = get(addr, "autoexec.ipxe", &[], None);
     std::fs::create_dir_all(dir.0.join("ipxe")).unwrap();
     std::fs::write(dir.0.join("ipxe/ipxe.efi"), b"installed efi").unwrap();
+    std::fs::write(dir.0.join("ipxe/ipxe-arm64.efi"), b"installed arm64 efi").unwrap();
     let web = http.trim().strip_prefix("listening on http://").unwrap().to_string();
     let port = web.rsplit(':').next().unwrap();
     let lab = format!("bty.lab.example:{port}");
     let efi = http_get(&web, "/boot/ipxe.efi", &lab);
+    let efi_arm64 = http_get(&web, "/boot/ipxe-arm64.efi", &lab);
     let http_script = http_get(&web, "/boot/autoexec.ipxe", &lab);
     let _ = child.kill();
     let _ = child.wait();
@@ -320,6 +325,8 @@ fn serve_runs_tftp_next_to_http_when_enabled() {
     let script = String::from_utf8(script.unwrap().data).unwrap();
     assert!(script.contains(&format!("chain http://${{next-server}}:{port}/pxe-bootstrap.ipxe ")));
     assert!(efi.starts_with("HTTP/1.1 200") && efi.ends_with("\r\n\r\ninstalled efi"), "{efi}");
+    // UEFI HTTP Boot on arm64 (client architecture 19) fetches its binary the same way.
+    assert!(efi_arm64.ends_with("\r\n\r\ninstalled arm64 efi"), "{efi_arm64}");
     // Over HTTP (an HTTP-booted ipxe.efi fetches it beside itself) it chains by the Host used,
     // a name of this server's ([server] allowed_hosts).
     assert!(

@@ -2,10 +2,10 @@
 //! (see `manifest.rs`) from `[boot] release_url`, a base URL or a local directory that an
 //! air-gapped lab mirrors a release into, else from the project's GitHub release
 //! (`[boot] release_repo` and `release_tag`, or those saved on the settings page). It installs
-//! the x86_64 live kernel and initrd the manifest lists, and its iPXE binaries when it lists
-//! them. Every file is checked against the manifest's size and sha256 while it streams into a
+//! the x86_64 live kernel and initrd the manifest lists, the arm64 pair when it lists one, and
+//! its iPXE binaries when it lists them. Every file is checked against the manifest's size and sha256 while it streams into a
 //! hidden temp file in the boot dir; only when all are good are they renamed into place under
-//! their release names and recorded as the active pair ([`active`]), so a failure leaves the
+//! their release names and recorded as the active pairs ([`active`]), so a failure leaves the
 //! previous artifacts and the names the scripts hand out as they were.
 
 pub mod manifest;
@@ -27,24 +27,51 @@ use manifest::{Asset, Kind, Manifest};
 /// The manifest's file name, beside the assets.
 pub const MANIFEST: &str = "release.toml";
 
-/// The `settings` row recording the kernel and initrd the last successful fetch installed (one
-/// row, JSON, so the pair changes in one write).
+/// The `settings` row recording the pairs the last successful fetches installed (one row,
+/// JSON, so a fetch changes them in one write): `kernel`/`initrd` for x86_64 (the keys from
+/// before arm64, so an existing row still reads), `kernel_arm64`/`initrd_arm64` for arm64.
 const ACTIVE_SETTING: &str = "release.active";
 
-/// The only architecture bty-web boots machines into today.
-const ARCH: &str = "x86_64";
+/// The architectures bty-web boots machines into; each has its live kernel and initrd.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    X86_64,
+    Arm64,
+}
+
+impl Arch {
+    pub const ALL: [Arch; 2] = [Arch::X86_64, Arch::Arm64];
+
+    /// The manifest's spelling, and iPXE's `${buildarch}`'s for arm64.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+
+    /// The `[boot]` keys naming the pair, which are also the keys of the recorded row.
+    fn keys(self) -> (&'static str, &'static str) {
+        match self {
+            Arch::X86_64 => ("kernel", "initrd"),
+            Arch::Arm64 => ("kernel_arm64", "initrd_arm64"),
+        }
+    }
+}
 
 /// Starts a fetch job; None when one is running already.
 pub fn start(app: &Arc<App>) -> Result<Option<i64>> {
     Jobs::start(app, JobKind::Release, fetch)
 }
 
-/// The live kernel and initrd the per-MAC scripts name, the dashboard checks and the Netboot
-/// page lists: each as the operator set it (`[boot] kernel` / `initrd` in a file, the
-/// environment or a flag), else as the last successful release fetch recorded, else the
-/// default for this version.
-pub fn active(app: &App) -> (String, String) {
-    let fetched = recorded(app);
+/// The live kernel and initrd of `arch` the per-MAC scripts name, the dashboard checks and the
+/// Netboot page lists: each as the operator set it (`[boot] kernel` / `initrd`, or
+/// `kernel_arm64` / `initrd_arm64`, in a file, the environment or a flag), else as the last
+/// successful release fetch that had that architecture recorded, else the default for this
+/// version.
+pub fn active(app: &App, arch: Arch) -> (String, String) {
+    let (kk, ik) = arch.keys();
+    let fetched = recorded(app, arch);
     let pick = |key: &str, fetched: Option<String>| {
         let s = &app.settings;
         match (s.source("boot", key), fetched) {
@@ -52,17 +79,12 @@ pub fn active(app: &App) -> (String, String) {
             _ => s.get("boot", key).to_string(),
         }
     };
-    let (k, i) = match fetched {
-        Some((k, i)) => (Some(k), Some(i)),
-        None => (None, None),
-    };
-    (pick("kernel", k), pick("initrd", i))
+    let (k, i) = fetched.unzip();
+    (pick(kk, k), pick(ik, i))
 }
 
-/// The pair the last fetch recorded, if it is there and still two plain file names (the row is
-/// ours, but the names go into scripts and are joined to the boot dir, so they are checked on
-/// the way out as they were on the way in).
-fn recorded(app: &App) -> Option<(String, String)> {
+/// The recorded row as JSON, when there is one that parses.
+fn recorded_row(app: &App) -> Option<serde_json::Value> {
     let raw = match app.db.setting(ACTIVE_SETTING) {
         Ok(v) => v?,
         Err(e) => {
@@ -70,15 +92,32 @@ fn recorded(app: &App) -> Option<(String, String)> {
             return None;
         }
     };
-    let v: serde_json::Value = serde_json::from_str(&raw).ok()?;
+    let v = serde_json::from_str(&raw);
+    if v.is_err() {
+        crate::warn!("ignoring setting {ACTIVE_SETTING}: {raw:?} is not JSON");
+    }
+    v.ok()
+}
+
+/// The pair of `arch` the last fetch recorded, if it is there and still two plain file names
+/// (the row is ours, but the names go into scripts and are joined to the boot dir, so they are
+/// checked on the way out as they were on the way in).
+fn recorded(app: &App, arch: Arch) -> Option<(String, String)> {
+    let v = recorded_row(app)?;
+    let (kk, ik) = arch.keys();
+    // No arm64 keys: a row from before arm64, or releases without it. Not worth a warning.
+    if v.get(kk).is_none() && v.get(ik).is_none() {
+        return None;
+    }
     let name = |k: &str| {
         let n = v[k].as_str()?;
         crate::web::validate::boot_file_name(n).ok().map(str::to_string)
     };
-    let pair = name("kernel").zip(name("initrd"));
+    let pair = name(kk).zip(name(ik));
     if pair.is_none() {
         crate::warn!(
-            "ignoring setting {ACTIVE_SETTING}: {raw:?} does not name a kernel and an initrd"
+            "ignoring setting {ACTIVE_SETTING}: {v} does not name a {} kernel and initrd",
+            arch.as_str()
         );
     }
     pair
@@ -124,14 +163,22 @@ fn location(app: &App, name: &str) -> Result<String> {
     })
 }
 
-/// What a fetch installs: the kernel, the initrd, and the iPXE binaries the release has.
-struct Choice<'m> {
+/// One architecture's live kernel and initrd in a release.
+struct Pair<'m> {
+    arch: Arch,
     kernel: &'m Asset,
     initrd: &'m Asset,
-    /// Every asset to download, kernel and initrd first.
-    all: Vec<&'m Asset>,
     /// `<kernel base>.sha256`, sha256sum lines for the kernel and the initrd.
     sums_name: String,
+}
+
+/// What a fetch installs: the x86_64 pair, the arm64 pair when the release has one, and the
+/// iPXE binaries the release has.
+struct Choice<'m> {
+    /// x86_64 first, then arm64 when listed.
+    pairs: Vec<Pair<'m>>,
+    /// Every asset to download, the pairs first.
+    all: Vec<&'m Asset>,
 }
 
 /// Picks the assets to install, or says what the manifest lacks or has too many of.
@@ -155,29 +202,70 @@ fn choose<'m>(m: &'m Manifest, at: &str) -> Result<Choice<'m>> {
             ),
         }
     };
-    let kernel = one(Kind::NetbootKernel, &[ARCH], true)?.context("unreachable: required")?;
-    let initrd = one(Kind::NetbootInitrd, &[ARCH], true)?.context("unreachable: required")?;
-    let mut all = vec![kernel, initrd];
-    for kind in [Kind::IpxeBios, Kind::IpxeEfi] {
-        all.extend(one(kind, &[ARCH, "any"], false)?);
-    }
-    let sums_name = match kernel.name.strip_suffix(".vmlinuz") {
+    let sums_name = |kernel: &Asset| match kernel.name.strip_suffix(".vmlinuz") {
         Some(base) => format!("{base}.sha256"),
         None => format!("{}.sha256", kernel.name),
     };
+    let mut pairs = Vec::new();
+    for arch in Arch::ALL {
+        // x86_64 machines are what every lab has; arm64 is installed when the release has it.
+        let required = arch == Arch::X86_64;
+        let a = arch.as_str();
+        let kernel = one(Kind::NetbootKernel, &[a], required)?;
+        let initrd = one(Kind::NetbootInitrd, &[a], required)?;
+        match (kernel, initrd) {
+            (Some(kernel), Some(initrd)) => {
+                pairs.push(Pair { arch, kernel, initrd, sums_name: sums_name(kernel) })
+            }
+            (None, None) => {}
+            (Some(only), None) | (None, Some(only)) => crate::bail!(
+                "{at} (release {}) lists {} {} for arch {a} but no {} for it; nothing was installed",
+                m.version,
+                only.kind,
+                only.name,
+                if only.kind == Kind::NetbootKernel {
+                    Kind::NetbootInitrd
+                } else {
+                    Kind::NetbootKernel
+                }
+            ),
+        }
+    }
+    let mut all: Vec<&Asset> = pairs.iter().flat_map(|p| [p.kernel, p.initrd]).collect();
+    for (kind, arches) in [
+        (Kind::IpxeBios, &["x86_64", "any"][..]),
+        (Kind::IpxeEfi, &["x86_64", "any"][..]),
+        (Kind::IpxeEfi, &["arm64"][..]),
+    ] {
+        all.extend(one(kind, arches, false)?);
+    }
     // The manifest allows '+' and 200 bytes; what is installed is served at /boot/{name} and
     // named in iPXE scripts, whose rule is stricter. Refused here, before a byte is written.
-    for name in all.iter().map(|a| a.name.as_str()).chain([sums_name.as_str()]) {
+    let sums: Vec<&str> = pairs.iter().map(|p| p.sums_name.as_str()).collect();
+    for name in all.iter().map(|a| a.name.as_str()).chain(sums.iter().copied()) {
         if let Err(e) = crate::web::validate::boot_file_name(name) {
             crate::bail!("{at}: {name:?} cannot be installed in the boot dir: {e}");
         }
     }
-    crate::ensure!(
-        all.iter().all(|a| a.name != sums_name),
-        "{at}: asset {sums_name:?} has the name of the checksum file bty-web writes for {}",
-        kernel.name
-    );
-    Ok(Choice { kernel, initrd, all, sums_name })
+    for p in &pairs {
+        crate::ensure!(
+            all.iter().all(|a| a.name != p.sums_name),
+            "{at}: asset {:?} has the name of the checksum file bty-web writes for {}",
+            p.sums_name,
+            p.kernel.name
+        );
+    }
+    // Two files renamed to one name would leave one of them installed under the other's role:
+    // the manifest has no name twice, but two kernels of one base would share a checksum file.
+    let mut names: Vec<&str> = all.iter().map(|a| a.name.as_str()).chain(sums).collect();
+    names.sort_unstable();
+    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        crate::bail!(
+            "{at}: {:?} would be installed twice (two assets or checksum files of that name)",
+            w[0]
+        );
+    }
+    Ok(Choice { pairs, all })
 }
 
 /// The largest asset a manifest may list at all.
@@ -207,8 +295,8 @@ fn fetch(ctx: &Ctx) -> Result<String> {
     fs::create_dir_all(&boot).with_context(|| format!("creating {}", boot.display()))?;
     let temp = |name: &str| boot.join(format!(".{name}.fetch-{}", ctx.id));
     let temps: Vec<PathBuf> = choice.all.iter().map(|a| temp(&a.name)).collect();
-    let sums_tmp = temp(&choice.sums_name);
-    let _cleanup = jobs::TempFiles(temps.iter().cloned().chain([sums_tmp.clone()]).collect());
+    let sums_tmp: Vec<PathBuf> = choice.pairs.iter().map(|p| temp(&p.sums_name)).collect();
+    let _cleanup = jobs::TempFiles(temps.iter().chain(&sums_tmp).cloned().collect());
     let total: u64 = choice.all.iter().map(|a| a.size).sum();
     let mut done = 0u64;
     for (a, tmp) in choice.all.iter().zip(&temps) {
@@ -233,51 +321,77 @@ fn fetch(ctx: &Ctx) -> Result<String> {
         f.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
         done += a.size;
     }
-    let sums = format!(
-        "{}  {}\n{}  {}\n",
-        choice.kernel.sha256, choice.kernel.name, choice.initrd.sha256, choice.initrd.name
-    );
-    write_synced(&sums_tmp, sums.as_bytes())?;
+    for (p, tmp) in choice.pairs.iter().zip(&sums_tmp) {
+        let sums = format!(
+            "{}  {}\n{}  {}\n",
+            p.kernel.sha256, p.kernel.name, p.initrd.sha256, p.initrd.name
+        );
+        write_synced(tmp, sums.as_bytes())?;
+    }
     for (a, tmp) in choice.all.iter().zip(&temps) {
         let dest = boot.join(&a.name);
         fs::rename(tmp, &dest).with_context(|| format!("installing {}", dest.display()))?;
     }
-    let sums_dest = boot.join(&choice.sums_name);
-    fs::rename(&sums_tmp, &sums_dest)
-        .with_context(|| format!("installing {}", sums_dest.display()))?;
+    for (p, tmp) in choice.pairs.iter().zip(&sums_tmp) {
+        let dest = boot.join(&p.sums_name);
+        fs::rename(tmp, &dest).with_context(|| format!("installing {}", dest.display()))?;
+    }
     if let Err(e) = File::open(&boot).and_then(|d| d.sync_all()) {
         crate::warn!("syncing {}: {e}", boot.display());
     }
-    // Last: until this row changes, scripts keep naming the previous pair, which is still there.
-    let record = serde_json::json!({
-        "version": m.version,
-        "kernel": choice.kernel.name,
-        "initrd": choice.initrd.name,
-    });
+    // Last: until this row changes, scripts keep naming the previous pairs, which are still
+    // there. An architecture this release lacks keeps the pair an earlier fetch recorded: its
+    // files are still in the boot dir, and its machines keep booting.
+    let mut record = serde_json::json!({ "version": m.version });
+    let previous = recorded_row(app);
+    for arch in Arch::ALL {
+        let (kk, ik) = arch.keys();
+        match choice.pairs.iter().find(|p| p.arch == arch) {
+            Some(p) => {
+                record[kk] = p.kernel.name.as_str().into();
+                record[ik] = p.initrd.name.as_str().into();
+            }
+            None => {
+                if let Some(prev) = &previous {
+                    for k in [kk, ik] {
+                        if let Some(v) = prev.get(k) {
+                            record[k] = v.clone();
+                        }
+                    }
+                }
+            }
+        }
+    }
     app.db.set_setting(ACTIVE_SETTING, &record.to_string())?;
-    let files: Vec<&str> =
-        choice.all.iter().map(|a| a.name.as_str()).chain([choice.sums_name.as_str()]).collect();
+    let files: Vec<&str> = choice
+        .all
+        .iter()
+        .map(|a| a.name.as_str())
+        .chain(choice.pairs.iter().map(|p| p.sums_name.as_str()))
+        .collect();
     let msg = format!("installed release {} ({}) from {manifest_at}", m.version, files.join(", "));
-    app.db.event(
-        "boot.release.installed",
-        None,
-        &msg,
-        Some(serde_json::json!({
-            "version": m.version,
-            "revision": m.revision,
-            "files": files,
-            "source": manifest_at,
-            "kernel": choice.kernel.name,
-            "initrd": choice.initrd.name,
-        })),
-    );
-    let (k, i) = active(app);
-    if (k.as_str(), i.as_str()) != (choice.kernel.name.as_str(), choice.initrd.name.as_str()) {
-        crate::warn!(
-            "the fetched {} and {} are installed, but scripts keep naming {k} and {i}, set in [boot] kernel/initrd",
-            choice.kernel.name,
-            choice.initrd.name
-        );
+    let mut details = serde_json::json!({
+        "version": m.version,
+        "revision": m.revision,
+        "files": files,
+        "source": manifest_at,
+    });
+    for p in &choice.pairs {
+        let (kk, ik) = p.arch.keys();
+        details[kk] = p.kernel.name.as_str().into();
+        details[ik] = p.initrd.name.as_str().into();
+    }
+    app.db.event("boot.release.installed", None, &msg, Some(details));
+    for p in &choice.pairs {
+        let (k, i) = active(app, p.arch);
+        if (k.as_str(), i.as_str()) != (p.kernel.name.as_str(), p.initrd.name.as_str()) {
+            let (kk, ik) = p.arch.keys();
+            crate::warn!(
+                "the fetched {} and {} are installed, but scripts keep naming {k} and {i}, set in [boot] {kk}/{ik}",
+                p.kernel.name,
+                p.initrd.name
+            );
+        }
     }
     Ok(msg)
 }
@@ -343,7 +457,7 @@ mod tests {
         Asset {
             name: "k.vmlinuz".into(),
             kind: Kind::NetbootKernel,
-            arch: ARCH.into(),
+            arch: "x86_64".into(),
             size: data.len() as u64,
             sha256: crate::hex::encode(&Sha256::digest(data)),
         }
@@ -415,7 +529,6 @@ mod tests {
     #[test]
     fn choose_takes_the_x86_64_pair_and_the_ipxe_binaries_and_says_what_is_missing() {
         let m = manifest(&[
-            ("k-arm64.vmlinuz", "netboot-kernel", "arm64"),
             ("k.vmlinuz", "netboot-kernel", "x86_64"),
             ("k.initrd", "netboot-initrd", "x86_64"),
             ("ipxe.efi", "ipxe-efi", "any"),
@@ -423,10 +536,12 @@ mod tests {
             ("k.iso", "usb-iso", "x86_64"),
         ]);
         let c = choose(&m, "R").unwrap();
-        assert_eq!((c.kernel.name.as_str(), c.initrd.name.as_str()), ("k.vmlinuz", "k.initrd"));
+        assert_eq!(c.pairs.len(), 1, "no arm64 pair listed, none installed");
+        let p = &c.pairs[0];
+        assert_eq!((p.kernel.name.as_str(), p.initrd.name.as_str()), ("k.vmlinuz", "k.initrd"));
         let names: Vec<&str> = c.all.iter().map(|a| a.name.as_str()).collect();
         assert_eq!(names, ["k.vmlinuz", "k.initrd", "ipxe.efi"]);
-        assert_eq!(c.sums_name, "k.sha256");
+        assert_eq!(p.sums_name, "k.sha256");
 
         let m = manifest(&[("k.initrd", "netboot-initrd", "x86_64")]);
         let e = choose(&m, "R").err().unwrap().to_string();
@@ -460,5 +575,76 @@ mod tests {
         ]);
         let e = choose(&m, "R").err().unwrap().to_string();
         assert!(e.contains("has the name of the checksum file"), "{e}");
+    }
+
+    #[test]
+    fn choose_takes_the_arm64_pair_and_its_ipxe_when_listed_and_whole() {
+        let x86 = [
+            ("k.vmlinuz", "netboot-kernel", "x86_64"),
+            ("k.initrd", "netboot-initrd", "x86_64"),
+            ("undionly.kpxe", "ipxe-bios", "x86_64"),
+            ("ipxe.efi", "ipxe-efi", "x86_64"),
+        ];
+        let mut both = x86.to_vec();
+        both.extend([
+            ("a.vmlinuz", "netboot-kernel", "arm64"),
+            ("a.initrd", "netboot-initrd", "arm64"),
+            ("ipxe-arm64.efi", "ipxe-efi", "arm64"),
+        ]);
+        let m = manifest(&both);
+        let c = choose(&m, "R").unwrap();
+        let pairs: Vec<(Arch, &str, &str, &str)> = c
+            .pairs
+            .iter()
+            .map(|p| (p.arch, p.kernel.name.as_str(), p.initrd.name.as_str(), p.sums_name.as_str()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                (Arch::X86_64, "k.vmlinuz", "k.initrd", "k.sha256"),
+                (Arch::Arm64, "a.vmlinuz", "a.initrd", "a.sha256")
+            ]
+        );
+        let names: Vec<&str> = c.all.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "k.vmlinuz",
+                "k.initrd",
+                "a.vmlinuz",
+                "a.initrd",
+                "undionly.kpxe",
+                "ipxe.efi",
+                "ipxe-arm64.efi"
+            ]
+        );
+
+        // Half an arm64 pair is an error naming the half that is there and the one that is not.
+        let mut half = x86.to_vec();
+        half.push(("a.vmlinuz", "netboot-kernel", "arm64"));
+        let e = choose(&manifest(&half), "R").err().unwrap().to_string();
+        assert!(
+            e.contains(
+                "lists netboot-kernel a.vmlinuz for arch arm64 but no netboot-initrd for it"
+            ),
+            "{e}"
+        );
+        let mut half = x86.to_vec();
+        half.push(("a.initrd", "netboot-initrd", "arm64"));
+        let e = choose(&manifest(&half), "R").err().unwrap().to_string();
+        assert!(e.contains("a.initrd for arch arm64 but no netboot-kernel"), "{e}");
+        let mut two = both.clone();
+        two.push(("b.vmlinuz", "netboot-kernel", "arm64"));
+        let e = choose(&manifest(&two), "R").err().unwrap().to_string();
+        assert!(e.contains("lists 2 netboot-kernel assets for arch arm64"), "{e}");
+        // An arm64 pair alone is not enough: x86_64 is required.
+        let e = choose(&manifest(&both[4..]), "R").err().unwrap().to_string();
+        assert!(e.contains("lists no netboot-kernel asset for arch x86_64"), "{e}");
+        // The manifest refuses a name twice; two kernels with one base would still make one
+        // checksum file for both.
+        let mut clash = x86.to_vec();
+        clash.extend([("k", "netboot-kernel", "arm64"), ("a.initrd", "netboot-initrd", "arm64")]);
+        let e = choose(&manifest(&clash), "R").err().unwrap().to_string();
+        assert!(e.contains("\"k.sha256\" would be installed twice"), "{e}");
     }
 }

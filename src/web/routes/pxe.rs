@@ -92,8 +92,13 @@ pub(super) fn script(app: &App, req: &Req, mac: &str) -> Resp {
         pxe::Decision::Exit { .. } => &app.metrics.offers_exit,
     };
     counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let (kernel, initrd) = crate::web::release::active(app);
-    Resp::text(200, pxe::script(&d, &m, &host, &kernel, &initrd))
+    use crate::web::release::{Arch, active};
+    let (x86_64, arm64) = (active(app, Arch::X86_64), active(app, Arch::Arm64));
+    let live = pxe::LiveFiles {
+        x86_64: (x86_64.0.as_str(), x86_64.1.as_str()),
+        arm64: (arm64.0.as_str(), arm64.1.as_str()),
+    };
+    Resp::text(200, pxe::script(&d, &m, &host, &live))
 }
 
 pub(super) fn plan(app: &App, req: &Req, mac: &str) -> Resp {

@@ -13,11 +13,16 @@ use crate::web::ui::template::{Escape, Html};
 pub struct Path {
     pub name: &'static str,
     pub served: Result<String, String>,
+    /// For arm64 machines only: not serving it leaves the x86_64 lab working.
+    pub arm64: bool,
 }
+
+/// The arm64 UEFI iPXE binary's name, in the boot dir or `[boot] ipxe_dir`.
+pub const IPXE_ARM64: &str = "ipxe-arm64.efi";
 
 /// Where an iPXE binary is found: the boot dir first (an operator's own build), then
 /// `[boot] ipxe_dir`, the order bty-web serves them in.
-fn ipxe_binary(s: &Settings, name: &str) -> Option<std::path::PathBuf> {
+pub fn ipxe_binary(s: &Settings, name: &str) -> Option<std::path::PathBuf> {
     [s.boot_dir().join(name), s.ipxe_dir().join(name)].into_iter().find(|p| p.is_file())
 }
 
@@ -58,20 +63,24 @@ pub fn paths(s: &Settings, t: Option<Target>) -> Vec<Path> {
             None => Err(format!("{file} is in neither the boot dir nor [boot] ipxe_dir")),
         }
     };
-    let http_boot = match (ipxe_binary(s, "ipxe.efi"), t) {
-        (None, _) => Err("ipxe.efi is in neither the boot dir nor [boot] ipxe_dir".to_string()),
+    let http_boot = |file: &str| match (ipxe_binary(s, file), t) {
+        (None, _) => Err(format!("{file} is in neither the boot dir nor [boot] ipxe_dir")),
         (Some(_), None) => Err("no IPv4 address machines could reach this server at".into()),
-        (Some(_), Some(t)) => Ok(format!("http://{}:{}/boot/ipxe.efi", t.addr, t.port)),
+        (Some(_), Some(t)) => Ok(format!("http://{}:{}/boot/{file}", t.addr, t.port)),
     };
     let proxy = match (tftp("undionly.kpxe"), tftp("ipxe.efi")) {
         (Ok(_), Ok(_)) => Ok("a second dnsmasq beside the router gives the boot options".into()),
         (Err(e), _) | (_, Err(e)) => Err(e),
     };
+    let x86 = |name, served| Path { name, served, arm64: false };
+    let arm64 = |name, served| Path { name, served, arm64: true };
     vec![
-        Path { name: "BIOS PXE over TFTP", served: tftp("undionly.kpxe") },
-        Path { name: "UEFI PXE over TFTP", served: tftp("ipxe.efi") },
-        Path { name: "UEFI HTTP Boot", served: http_boot },
-        Path { name: "proxyDHCP (the router keeps giving addresses)", served: proxy },
+        x86("BIOS PXE over TFTP", tftp("undionly.kpxe")),
+        x86("UEFI PXE over TFTP", tftp("ipxe.efi")),
+        x86("UEFI HTTP Boot", http_boot("ipxe.efi")),
+        x86("proxyDHCP (the router keeps giving addresses)", proxy),
+        arm64("arm64 UEFI PXE over TFTP", tftp(IPXE_ARM64)),
+        arm64("arm64 UEFI HTTP Boot", http_boot(IPXE_ARM64)),
     ]
 }
 
@@ -86,6 +95,7 @@ pub fn card(s: &Settings, browser_host: &str) -> Html {
     for p in paths(s, t) {
         let (badge, text) = match &p.served {
             Ok(how) => ("<span class=\"badge ok\">served</span>", how),
+            Err(why) if p.arm64 => ("<span class=\"badge new\">not served</span>", why),
             Err(why) => ("<span class=\"badge bad\">not served</span>", why),
         };
         h.push(format_args!(
@@ -138,5 +148,13 @@ mod tests {
         let card = card(&s, "192.168.9.9:8080");
         assert!(card.as_str().contains("dhcp-boot"), "{}", card.as_str());
         assert!(card.as_str().contains("http://10.1.2.3:9000/boot/ipxe.efi"));
+        // Without ipxe-arm64.efi its rows are a warning, the x86_64 ones unaffected.
+        assert!(
+            card.as_str().contains(
+                "<td>arm64 UEFI HTTP Boot</td><td><span class=\"badge new\">not served</span>"
+            ),
+            "{}",
+            card.as_str()
+        );
     }
 }

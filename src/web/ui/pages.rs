@@ -67,32 +67,31 @@ fn dashboard(ctx: &Ctx<'_>) -> PageResult {
         .count();
     let s = &app.settings;
     let boot = s.boot_dir();
-    let (kernel, initrd) = crate::web::release::active(app);
+    use crate::web::release::{Arch, active};
+    let (kernel, initrd) = active(app, Arch::X86_64);
     let missing: Vec<&str> = [kernel.as_str(), initrd.as_str()]
         .into_iter()
         .filter(|n| !boot.join(n).is_file())
         .collect();
     let mut checks = Html::new();
-    let mut check = |ok: Option<bool>, what: &str, detail: String, fix: &str| {
-        let (cls, word) = match ok {
-            Some(true) => ("ok", "ok"),
-            Some(false) => ("bad", "needs attention"),
-            None => ("new", "not checked"),
+    let mut check = |v: Verdict, what: &str, detail: String, fix: &str| {
+        let (cls, word, link) = match v {
+            Verdict::Ok => ("ok", "ok", None),
+            Verdict::Bad => ("bad", "needs attention", Some("Fix this")),
+            Verdict::Warn => ("new", "warning", Some("Details")),
         };
         checks.push(format_args!(
             "<tr><td>{}</td><td><span class=\"badge {cls}\">{word}</span></td><td>{}",
             Escape(what),
             Escape(&detail)
         ));
-        match ok {
-            Some(true) => {}
-            Some(false) => checks.push(format_args!(" <a href=\"{fix}\">Fix this</a>")),
-            None => checks.push(format_args!(" <a href=\"{fix}\">Details</a>")),
+        if let Some(link) = link {
+            checks.push(format_args!(" <a href=\"{fix}\">{link}</a>"));
         }
         checks.push(format_args!("</td></tr>\n"));
     };
     check(
-        Some(missing.is_empty()),
+        Verdict::from(missing.is_empty()),
         "Netboot artifacts present",
         if missing.is_empty() {
             format!("kernel and initrd are in {}", boot.display())
@@ -101,17 +100,46 @@ fn dashboard(ctx: &Ctx<'_>) -> PageResult {
         },
         "/ui/netboot",
     );
+    // arm64 is a second kind of machine, not part of every lab: what it lacks is a warning on
+    // its own row, so a lab of x86_64 machines does not look broken for it.
+    let (kernel_arm64, initrd_arm64) = active(app, Arch::Arm64);
+    let mut arm64_missing: Vec<&str> = [kernel_arm64.as_str(), initrd_arm64.as_str()]
+        .into_iter()
+        .filter(|n| !boot.join(n).is_file())
+        .collect();
+    if boot_paths::ipxe_binary(s, boot_paths::IPXE_ARM64).is_none() {
+        arm64_missing.push(boot_paths::IPXE_ARM64);
+    }
     check(
-        Some(!catalog.is_empty()),
+        Verdict::from(arm64_missing.is_empty()).or_warn(),
+        "arm64 netboot artifacts present",
+        if arm64_missing.is_empty() {
+            format!("{kernel_arm64}, {initrd_arm64} and {} are installed", boot_paths::IPXE_ARM64)
+        } else {
+            format!(
+                "arm64 machines cannot netboot until {} installed (a netboot fetch of a release \
+                 with arm64, or make ipxe); x86_64 machines are not affected",
+                arm64_missing.join(", ")
+            )
+        },
+        "/ui/netboot",
+    );
+    check(
+        Verdict::from(!catalog.is_empty()),
         "Image catalog not empty",
         format!("{} entries", catalog.len()),
         "/ui/images",
     );
     let (tftp_ok, tftp_detail) = tftp_check(s);
-    check(Some(tftp_ok), "TFTP reachable or not configured", tftp_detail, "/ui/netboot#tftp");
+    check(
+        Verdict::from(tftp_ok),
+        "TFTP reachable or not configured",
+        tftp_detail,
+        "/ui/netboot#tftp",
+    );
     let (found, missing) = boot_paths::binaries(s);
     check(
-        Some(missing.is_empty()),
+        Verdict::from(missing.is_empty()),
         "iPXE binaries present",
         if missing.is_empty() {
             found.join(", ")
@@ -127,7 +155,7 @@ fn dashboard(ctx: &Ctx<'_>) -> PageResult {
         .filter_map(|p| p.served.as_ref().ok().map(|how| format!("{}: {how}", p.name)))
         .collect();
     check(
-        Some(!served.is_empty()),
+        Verdict::from(!served.is_empty()),
         "A network boot setup served",
         if served.is_empty() {
             "none: turn on TFTP or provide ipxe.efi for UEFI HTTP Boot".to_string()
@@ -137,7 +165,7 @@ fn dashboard(ctx: &Ctx<'_>) -> PageResult {
         "/ui/netboot#dhcp",
     );
     check(
-        Some(!s.default_password()),
+        Verdict::from(!s.default_password()),
         "Admin password changed",
         if s.default_password() {
             let why: String = s.ignored.iter().map(|i| format!("; {i}, which sets none")).collect();
@@ -159,6 +187,28 @@ fn dashboard(ctx: &Ctx<'_>) -> PageResult {
         ],
     );
     Ok(page(ctx, "dashboard", "Dashboard", 200, &body))
+}
+
+/// A readiness row's state.
+#[derive(Clone, Copy)]
+enum Verdict {
+    Ok,
+    Bad,
+    /// Something a part of the lab lacks, while the rest works.
+    Warn,
+}
+
+impl Verdict {
+    fn from(ok: bool) -> Verdict {
+        if ok { Verdict::Ok } else { Verdict::Bad }
+    }
+
+    fn or_warn(self) -> Verdict {
+        match self {
+            Verdict::Bad => Verdict::Warn,
+            v => v,
+        }
+    }
 }
 
 /// Values of the add-by-URL form to show again, with the error.
@@ -369,10 +419,19 @@ fn base_url(ctx: &Ctx<'_>) -> String {
 fn netboot(ctx: &Ctx<'_>) -> PageResult {
     let s = &ctx.app.settings;
     let dir = s.boot_dir();
-    let (kernel, initrd) = crate::web::release::active(ctx.app);
-    let expected = [kernel.as_str(), initrd.as_str()];
+    use crate::web::release::{Arch, active};
+    let (kernel, initrd) = active(ctx.app, Arch::X86_64);
+    let (kernel_arm64, initrd_arm64) = active(ctx.app, Arch::Arm64);
+    let expected = [kernel.as_str(), initrd.as_str(), kernel_arm64.as_str(), initrd_arm64.as_str()];
     let mut files: Vec<(String, Option<std::fs::Metadata>)> =
         expected.iter().map(|n| (n.to_string(), std::fs::metadata(dir.join(n)).ok())).collect();
+    // The operator may name one file for both architectures; it is listed once, as x86_64's.
+    if kernel_arm64 == kernel || kernel_arm64 == initrd {
+        files[2].0.clear();
+    }
+    if initrd_arm64 == kernel || initrd_arm64 == initrd || initrd_arm64 == kernel_arm64 {
+        files[3].0.clear();
+    }
     if let Ok(rd) = std::fs::read_dir(&dir) {
         let mut extra: Vec<(String, Option<std::fs::Metadata>)> = rd
             .flatten()
@@ -394,14 +453,21 @@ fn netboot(ctx: &Ctx<'_>) -> PageResult {
          <th scope=\"col\">Modified (UTC)</th></tr></thead><tbody>\n"
     ));
     for (i, (name, meta)) in files.iter().enumerate() {
+        if name.is_empty() {
+            continue;
+        }
         let role = match i {
             0 => "live kernel",
             1 => "live initrd",
+            2 => "arm64 live kernel",
+            3 => "arm64 live initrd",
             _ => "other",
         };
-        let state = match meta {
-            Some(_) => "<span class=\"badge ok\">present</span>",
-            None => "<span class=\"badge bad\">missing</span>",
+        // Without the arm64 pair only arm64 machines cannot netboot: a warning, not an error.
+        let state = match (meta, i) {
+            (Some(_), _) => "<span class=\"badge ok\">present</span>",
+            (None, 2 | 3) => "<span class=\"badge new\">missing</span>",
+            (None, _) => "<span class=\"badge bad\">missing</span>",
         };
         let size =
             meta.as_ref().map(|m| crate::units::bytes(m.len())).unwrap_or_else(|| "-".into());

@@ -27,6 +27,32 @@ pub fn manifest(version: &str, assets: &[(&str, &str, &[u8])]) -> Vec<u8> {
     t.into_bytes()
 }
 
+/// A manifest of `version` with assets of any arch (name, kind, arch, bytes).
+pub fn manifest_arches(version: &str, assets: &[(&str, &str, &str, &[u8])]) -> Vec<u8> {
+    let mut t = format!("version = \"{version}\"\n");
+    for (name, kind, arch, data) in assets {
+        t.push_str(&asset(name, kind, arch, data));
+    }
+    t.into_bytes()
+}
+
+/// The kernel and initrd names the `:arm64` branch of `mac`'s per-MAC script chains.
+pub fn arm64_script_names(s: &Server, mac: &str) -> (String, String) {
+    let script = s.pxe(mac);
+    let (_, arm64) =
+        script.split_once("\n:arm64\n").unwrap_or_else(|| panic!("no :arm64 branch: {script}"));
+    let after = |word: &str| {
+        let line = arm64
+            .lines()
+            .find(|l| l.starts_with(word))
+            .unwrap_or_else(|| panic!("no {word} line after :arm64: {script}"));
+        let path = line.split_whitespace().find(|w| w.contains("/boot/")).unwrap_or_default();
+        let name = path.split("/boot/").nth(1).unwrap_or_default();
+        name.split('?').next().unwrap_or_default().to_string()
+    };
+    (after("kernel "), after("initrd "))
+}
+
 /// Starts a fetch (`POST /boot/releases`) and waits until the job is `want` (bounded); returns
 /// the job.
 pub fn fetch(s: &Server, cookie: &str, want: &str) -> serde_json::Value {
