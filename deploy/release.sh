@@ -48,6 +48,7 @@ assets=(
     "$netboot_arm64.sha256|$LIVE/$netboot_arm64.sha256|checksums|arm64|0644"
     "undionly.kpxe|$IPXE/undionly.kpxe|ipxe-bios|x86_64|0644"
     "ipxe.efi|$IPXE/ipxe.efi|ipxe-efi|x86_64|0644"
+    "ipxe-arm64.efi|$IPXE/ipxe-arm64.efi|ipxe-efi|arm64|0644"
     "bty-x86_64-linux-musl-v$version|$BTY_X86_64|bty|x86_64|0755"
     "bty-aarch64-linux-musl-v$version|$BTY_ARM64|bty|arm64|0755"
     "bty-web-x86_64-linux-musl-v$version|$BTY_WEB_X86_64|bty-web|x86_64|0755"
