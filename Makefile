@@ -30,8 +30,7 @@ ARM64_TARGET := aarch64-unknown-linux-musl
 #   xorriso grub-pc-bin grub-efi-amd64-bin exfatprogs: `make usb` (live/usb.sh) builds the USB
 #   live medium with them (the hybrid ISO, GRUB for BIOS and UEFI, the BTY_IMAGES exFAT);
 #   exfat-fuse: tests/it/usb.rs reads and writes BTY_IMAGES from the host, whose kernel may have
-#   no exFAT (fsck.exfat from exfatprogs checks it). grub-efi-arm64-bin: the arm64 PXE test's
-#   disk image boots a GRUB that prints a marker (grub-mkimage -O arm64-efi).
+#   no exFAT (fsck.exfat from exfatprogs checks it).
 #   dnsmasq-base iproute2: tests/it/lab.rs builds a lab network of its own (a network namespace,
 #   a bridge, one tap per guest; `ip netns`, `ip tuntap`) and runs dnsmasq in it as the lab's
 #   DHCP server (and as a proxyDHCP) with what `bty-web dhcp` prints. dnsmasq-base is the
@@ -48,8 +47,7 @@ DEB_PACKAGES := qemu-utils e2fsprogs gdisk fdisk util-linux zstd xz-utils bzip2 
 	docker-registry curl tmux tftp-hpa ca-certificates podman \
 	chromium chromium-driver python3-yaml systemd dosfstools mtools \
 	busybox-static cpio kmod file ipxe-qemu ovmf gcc-aarch64-linux-gnu qemu-user-static \
-	dnsmasq-base iproute2 xorriso grub-pc-bin grub-efi-amd64-bin exfatprogs exfat-fuse \
-	grub-efi-arm64-bin
+	dnsmasq-base iproute2 xorriso grub-pc-bin grub-efi-amd64-bin exfatprogs exfat-fuse
 IMAGE_DIR ?= target/image
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 IMAGE_TAG ?= localhost/bty-web:$(VERSION)
