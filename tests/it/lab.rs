@@ -7,9 +7,9 @@
 //! vendor class, so every boot path of the README's DHCP section is checked against a real
 //! DHCP server:
 //!
-//! - legacy BIOS over TFTP, UEFI PXE over TFTP, UEFI HTTP Boot, and BIOS and UEFI PXE behind a
-//!   proxyDHCP, each until the machine's own script `/pxe/MAC` is asked for (bty-web's log says
-//!   so);
+//! - legacy BIOS over TFTP, UEFI PXE over TFTP, UEFI HTTP Boot, arm64 UEFI PXE and HTTP Boot
+//!   (AAVMF), and BIOS and UEFI PXE behind a proxyDHCP, each until the machine's own script
+//!   `/pxe/MAC` is asked for (bty-web's log says so);
 //! - a mixed lab: three machines at once (BIOS, UEFI PXE, UEFI HTTP Boot) discovered, assigned
 //!   an image through the API, flashed by the live environment (`make live`) from bty-web's image
 //!   cache, booting their new disks.
@@ -35,7 +35,7 @@ fn ipxe_dir() -> PathBuf {
     let dir = std::env::var_os("BTY_E2E_IPXE_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("build/ipxe"));
-    for f in ["undionly.kpxe", "ipxe.efi"] {
+    for f in ["undionly.kpxe", "ipxe.efi", "ipxe-arm64.efi"] {
         assert!(dir.join(f).is_file(), "{}/{f} is missing: run `make ipxe` first", dir.display());
     }
     dir
@@ -50,6 +50,16 @@ enum Firmware {
     UefiPxe,
     /// OVMF's own HTTP Boot: PXE turned off, so HTTP over IPv4 is the NIC's first boot option.
     UefiHttp,
+    /// An arm64 machine (`qemu-system-aarch64 -M virt`) with AAVMF's own PXE.
+    Arm64Pxe,
+    /// The same with AAVMF's HTTP Boot.
+    Arm64Http,
+}
+
+impl Firmware {
+    fn arm64(self) -> bool {
+        matches!(self, Firmware::Arm64Pxe | Firmware::Arm64Http)
+    }
 }
 
 /// The lab's address-giving DHCP lines, which are not bty's: what a lab's DHCP server already
@@ -79,7 +89,8 @@ fn power_on_with(
 ) -> Guest {
     let tap = lab.tap();
     let log = lab.log(&format!("serial-{name}.log"));
-    let mut c = guest::qemu(lab.exec("qemu-system-x86_64"), mem_mib, &log);
+    let program = if fw.arm64() { "qemu-system-aarch64" } else { "qemu-system-x86_64" };
+    let mut c = guest::qemu(lab.exec(program), mem_mib, &log);
     if let Some((file, serial)) = disk {
         c.arg("-drive")
             .arg(format!("file={},if=none,id=d0,format=raw", file.display()))
@@ -102,6 +113,21 @@ fn power_on_with(
         }
         Firmware::UefiHttp => {
             c.args(guest::ovmf_args());
+        }
+        Firmware::Arm64Pxe | Firmware::Arm64Http => {
+            // AAVMF's code, and a variable store of the guest's own.
+            let vars = lab.log(&format!("AAVMF_VARS-{name}.fd"));
+            std::fs::copy("/usr/share/AAVMF/AAVMF_VARS.fd", &vars)
+                .expect("copying AAVMF's variable store (make deps installs qemu-efi-aarch64)");
+            c.args(["-M", "virt", "-cpu", "max"])
+                .arg("-drive")
+                .arg("if=pflash,format=raw,readonly=on,file=/usr/share/AAVMF/AAVMF_CODE.fd")
+                .arg("-drive")
+                .arg(format!("if=pflash,format=raw,file={}", vars.display()));
+            if fw == Firmware::Arm64Http {
+                c.args(["-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=n"]);
+            }
+            c.args(["-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=n"]);
         }
     }
     if fw != Firmware::Bios {
@@ -259,6 +285,49 @@ fn uefi_http_boot_with_dnsmasq_reaches_the_bootstrap() {
 /// (d) proxyDHCP: one dnsmasq gives addresses only (the lab's router), a second one in the
 /// README's `proxy` configuration gives boot options only. A BIOS guest (the NIC's iPXE, by its
 /// user class) and a UEFI PXE guest (OVMF's own PXE, through a `pxe-service` line) boot at once.
+/// (c') arm64 machines (`qemu-system-aarch64 -M virt`, AAVMF) in the same lab, both ways at
+/// once: the firmware's PXE (client architecture 11) gets `ipxe-arm64.efi` over TFTP, its HTTP
+/// Boot (architecture 19) gets bty-web's `/boot/ipxe-arm64.efi`; each iPXE then runs the
+/// `autoexec.ipxe` beside it. A PXE stand-in (udhcpc with option 93 = 11) checks the answer
+/// alone.
+#[test]
+fn arm64_pxe_and_http_boot_with_dnsmasq_reach_the_bootstrap() {
+    let mut lab = Lab::new("arm64");
+    lab.start_web(&ipxe_dir(), &[]);
+    let conf = lab.dhcp_config(&["--mode", "all"]);
+    lab.start_dnsmasq("dhcp", &format!("{}{conf}", range(&lab)));
+    let lease = lab.dhcp_as_firmware("PXEClient:Arch:00011:UNDI:003000", &["0x5d:000b"]);
+    assert!(lease.lines().any(|l| l == "boot_file=ipxe-arm64.efi"), "{lease}");
+    let times = reach_the_bootstrap(
+        &mut lab,
+        &[
+            (
+                Firmware::Arm64Pxe,
+                "52:54:00:1a:a6:01",
+                &[
+                    "tftp: sent ipxe-arm64.efi",
+                    "tftp: sent autoexec.ipxe",
+                    "GET /pxe-bootstrap.ipxe 200",
+                ],
+            ),
+            (
+                Firmware::Arm64Http,
+                "52:54:00:1a:a6:02",
+                &[
+                    "GET /boot/ipxe-arm64.efi 200",
+                    "GET /boot/autoexec.ipxe 200",
+                    "GET /pxe-bootstrap.ipxe 200",
+                ],
+            ),
+        ],
+    );
+    let d = dnsmasq_answers(&lab, "dhcp");
+    assert!(gave(&d, "ipxe-arm64.efi"), "{}", tail(&d));
+    let url = format!("http://{}:{HTTP_PORT}/boot/ipxe-arm64.efi", lab.addr);
+    assert!(gave(&d, &url), "{}", tail(&d));
+    eprintln!("lab arm64: /pxe/MAC after {:.1?} (PXE), {:.1?} (HTTP Boot)", times[0], times[1]);
+}
+
 #[test]
 fn pxe_behind_a_proxy_dhcp_reaches_the_bootstrap() {
     let mut lab = Lab::new("proxy");
