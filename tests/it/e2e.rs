@@ -67,6 +67,39 @@ fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
 
+/// After the first power-on: `mac` was inventoried with the disk `serial` among its disks. Then
+/// the operator adds the test server's `/disk.img.zst` (with its sha256 manifest) to the catalog
+/// and assigns it with a one-time flash of that disk. The catalog entry and the PUT body.
+pub(crate) fn inventoried_then_assigned(
+    s: &Server,
+    cookie: &str,
+    mac: &str,
+    serial: &str,
+    http_port: &str,
+) -> (serde_json::Value, String) {
+    let m = machine_of(s, cookie, mac);
+    assert_eq!(m["boot_mode"], "bty-inventory", "{m}");
+    let disks = m["known_disks"].as_array().unwrap_or_else(|| panic!("no inventory: {m}"));
+    assert!(disks.iter().any(|d| d["serial"] == serial), "{m}");
+    let (st, _, body) = s.call(
+        "POST",
+        "/catalog/entries",
+        Some(cookie),
+        &format!(
+            r#"{{"image_url":"http://127.0.0.1:{http_port}/disk.img.zst","sha_url":"http://127.0.0.1:{http_port}/disk.img.zst.sha256"}}"#
+        ),
+    );
+    assert!(st == 200 || st == 201, "{st} {body}");
+    let entry = json(&body);
+    let image_ref = entry["bty_image_ref"].as_str().unwrap();
+    let put = format!(
+        r#"{{"boot_mode":"bty-flash-once","bty_image_ref":"{image_ref}","target_disk_serial":"{serial}"}}"#
+    );
+    let (st, _, body) = s.call("PUT", &format!("/machines/{mac}"), Some(cookie), &put);
+    assert_eq!(st, 200, "{body}");
+    (entry, put)
+}
+
 fn machine(s: &Server, cookie: &str) -> serde_json::Value {
     machine_of(s, cookie, MAC)
 }
@@ -123,29 +156,9 @@ fn life_of_a_machine(firmware: Firmware) {
     let t = g.wait_for(OLD_MARKER, CYCLE);
     eprintln!("e2e {}: discovered, inventoried, old disk booted after {t:.1?}", firmware.name);
     drop(g);
-    let m = machine(&s, &cookie);
-    assert_eq!(m["boot_mode"], "bty-inventory", "{m}");
-    let disks = m["known_disks"].as_array().unwrap_or_else(|| panic!("no inventory: {m}"));
-    assert!(disks.iter().any(|d| d["serial"] == DISK_SERIAL), "{m}");
-
     // b. The operator assigns the image, the disk and a one-time flash.
-    let (st, _, body) = s.call(
-        "POST",
-        "/catalog/entries",
-        Some(&cookie),
-        &format!(
-            r#"{{"image_url":"http://127.0.0.1:{http_port}/disk.img.zst","sha_url":"http://127.0.0.1:{http_port}/disk.img.zst.sha256"}}"#
-        ),
-    );
-    assert!(st == 200 || st == 201, "{st} {body}");
-    let entry = json(&body);
+    let (entry, put) = inventoried_then_assigned(&s, &cookie, MAC, DISK_SERIAL, http_port);
     assert_eq!(entry["disk_image_sha"].as_str(), Some(util::sha256(&util::zstd(&new)).as_str()));
-    let image_ref = entry["bty_image_ref"].as_str().unwrap();
-    let put = format!(
-        r#"{{"boot_mode":"bty-flash-once","bty_image_ref":"{image_ref}","target_disk_serial":"{DISK_SERIAL}"}}"#
-    );
-    let (st, _, body) = s.call("PUT", &format!("/machines/{MAC}"), Some(&cookie), &put);
-    assert_eq!(st, 200, "{body}");
 
     // c. Next power-on flashes unattended, posts done, reboots into the new disk.
     let mut g = power_on(&firmware, port, &disk, out.join("boot-2.log"));

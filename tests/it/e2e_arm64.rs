@@ -157,28 +157,8 @@ fn arm64_machine_is_discovered_flashed_and_boots_its_new_disk() {
     eprintln!("e2e arm64: power-on to the inventory posted {:.1} s", t.as_secs_f64());
     g.wait_for(OLD_MARKER, CYCLE);
     drop(g);
-    let m = machine(&s, &cookie);
-    assert_eq!(m["boot_mode"], "bty-inventory", "{m}");
-    let disks = m["known_disks"].as_array().unwrap_or_else(|| panic!("no inventory: {m}"));
-    assert!(disks.iter().any(|d| d["serial"] == DISK_SERIAL), "{m}");
-
     // b. The image, assigned with a one-time flash of that disk.
-    let (st, _, body) = s.call(
-        "POST",
-        "/catalog/entries",
-        Some(&cookie),
-        &format!(
-            r#"{{"image_url":"http://127.0.0.1:{http_port}/disk.img.zst","sha_url":"http://127.0.0.1:{http_port}/disk.img.zst.sha256"}}"#
-        ),
-    );
-    assert!(st == 200 || st == 201, "{st} {body}");
-    let entry: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let image_ref = entry["bty_image_ref"].as_str().unwrap();
-    let put = format!(
-        r#"{{"boot_mode":"bty-flash-once","bty_image_ref":"{image_ref}","target_disk_serial":"{DISK_SERIAL}"}}"#
-    );
-    let (st, _, body) = s.call("PUT", &format!("/machines/{MAC}"), Some(&cookie), &put);
-    assert_eq!(st, 200, "{body}");
+    crate::e2e::inventoried_then_assigned(&s, &cookie, MAC, DISK_SERIAL, &http_port);
 
     // c. Flashed unattended; the new disk's EFI application boots.
     let mut g = power_on("boot-2.log");
