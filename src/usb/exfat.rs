@@ -86,6 +86,17 @@ pub fn parse_boot(s: &[u8]) -> Result<Boot> {
     );
     crate::ensure!(b.cluster_shift <= 16, "cluster size shift {} is out of range", b.cluster_shift);
     crate::ensure!(b.fats == 1, "the file system has {} FATs; only one is handled", b.fats);
+    // Byte offsets are sectors times 512 in a u64.
+    crate::ensure!(
+        b.volume_sectors < 1 << 55,
+        "the volume length {} sectors is out of range",
+        b.volume_sectors
+    );
+    crate::ensure!(
+        u64::from(b.clusters) <= MAX_CLUSTERS,
+        "the cluster count {} is more than exFAT allows",
+        b.clusters
+    );
     crate::ensure!(
         u64::from(b.fat_offset) >= BOOT_SECTORS as u64 * 2
             && u64::from(b.fat_offset) + u64::from(b.fat_sectors) <= u64::from(b.heap_offset)
@@ -364,6 +375,123 @@ mod tests {
             sector_shift: 9,
             cluster_shift: 6,
             fats: 1,
+        }
+    }
+
+    /// A small exFAT as mkfs.exfat lays one out: 2 MiB, 4 KiB clusters, the FAT at sector 32,
+    /// the heap at 64; the bitmap in cluster 2, the up-case table in 3, the root directory in
+    /// 4; and one file of two clusters (5, 6) whose bytes are `file`.
+    fn small_exfat(file: &[u8; 8192]) -> Vec<u8> {
+        let mut v = vec![0u8; 2 << 20];
+        v[0..3].copy_from_slice(&[0xeb, 0x76, 0x90]);
+        v[3..11].copy_from_slice(b"EXFAT   ");
+        v[72..80].copy_from_slice(&4096u64.to_le_bytes());
+        for (at, x) in [(80, 32u32), (84, 8), (88, 64), (92, 504), (96, 4), (100, 0xb7e1_0001)] {
+            v[at..at + 4].copy_from_slice(&x.to_le_bytes());
+        }
+        v[104..106].copy_from_slice(&0x0100u16.to_le_bytes());
+        (v[108], v[109], v[110]) = (9, 3, 1);
+        v[510..512].copy_from_slice(&[0x55, 0xaa]);
+        let sum = checksum(&v).to_le_bytes();
+        for c in v[11 * 512..12 * 512].chunks_mut(4) {
+            c.copy_from_slice(&sum);
+        }
+        v.copy_within(0..12 * 512, 12 * 512);
+        let fat = 32 * 512;
+        let set = |v: &mut Vec<u8>, c: usize, x: u32| {
+            v[fat + c * 4..fat + c * 4 + 4].copy_from_slice(&x.to_le_bytes())
+        };
+        for (c, x) in [
+            (0, 0xffff_fff8),
+            (1, END_OF_CHAIN),
+            (2, END_OF_CHAIN),
+            (3, END_OF_CHAIN),
+            (4, END_OF_CHAIN),
+            (5, 6),
+            (6, END_OF_CHAIN),
+        ] {
+            set(&mut v, c, x);
+        }
+        let cluster = |c: usize| 64 * 512 + (c - 2) * 4096;
+        v[cluster(2)] = 0b1_1111; // clusters 2-6 in use
+        let root = cluster(4);
+        v[root] = 0x83; // volume label, empty
+        v[root + 32] = 0x81;
+        v[root + 32 + 20..root + 32 + 24].copy_from_slice(&2u32.to_le_bytes());
+        v[root + 32 + 24..root + 32 + 32].copy_from_slice(&63u64.to_le_bytes());
+        v[root + 64] = 0x82;
+        v[root + 64 + 20..root + 64 + 24].copy_from_slice(&3u32.to_le_bytes());
+        v[cluster(5)..cluster(5) + 8192].copy_from_slice(file);
+        v
+    }
+
+    /// The bytes the plan puts at `at` (partition offset), if a write covers them.
+    fn planned(p: &Plan, at: u64, len: usize) -> Option<Vec<u8>> {
+        p.writes.iter().find_map(|(o, d)| {
+            (at >= *o && at + len as u64 <= o + d.len() as u64)
+                .then(|| d[(at - o) as usize..(at - o) as usize + len].to_vec())
+        })
+    }
+
+    #[test]
+    fn the_plan_keeps_cluster_numbers_and_moves_the_bitmap_past_the_old_clusters() {
+        let mut file = [0u8; 8192];
+        for (i, b) in file.iter_mut().enumerate() {
+            *b = (i * 7 % 251) as u8;
+        }
+        let old = small_exfat(&file);
+        let p = plan(&old, 200_000, 0x1234_5678).unwrap();
+        let l = &p.layout;
+        assert_eq!(l.fat_offset, 4096, "the new FAT starts past the old 2 MiB");
+        let heap = l.heap_offset * SECTOR;
+        let at = |c: u64| heap + (c - 2) * 4096;
+        // The file's two clusters keep their numbers, and their bytes.
+        assert_eq!(planned(&p, at(5), 4096).unwrap(), file[..4096]);
+        assert_eq!(planned(&p, at(6), 4096).unwrap(), file[4096..]);
+        // The root directory's bitmap entry names the new bitmap: cluster 506 (past the old
+        // 504 clusters), sized for the new count; the old bitmap cluster is free.
+        let root = planned(&p, at(4), 4096).unwrap();
+        assert_eq!(u32::from_le_bytes(root[52..56].try_into().unwrap()), 506);
+        assert_eq!(u64::from_le_bytes(root[56..64].try_into().unwrap()), l.clusters.div_ceil(8));
+        let bitmap = planned(&p, at(506), 1).unwrap();
+        assert_eq!(bitmap[0] & 1, 0, "the old bitmap's cluster 2 is free");
+        assert_eq!(bitmap[0] & 0b1_1110, 0b1_1110, "clusters 3-6 stay in use");
+        let fat = planned(&p, l.fat_offset * SECTOR, 7 * 4).unwrap();
+        assert_eq!(u32::from_le_bytes(fat[8..12].try_into().unwrap()), 0, "cluster 2 freed");
+        assert_eq!(u32::from_le_bytes(fat[20..24].try_into().unwrap()), 6, "the file's chain");
+        // The boot region: new geometry and serial, a valid checksum, backup equal to main.
+        let boot = parse_boot(&p.main_boot.1).unwrap();
+        assert_eq!(
+            (boot.serial, boot.volume_sectors, boot.clusters as u64),
+            (0x1234_5678, 200_000, l.clusters)
+        );
+        verify_boot_region(&p.main_boot.1).unwrap();
+        assert_eq!(p.main_boot.1, p.backup_boot.1);
+        assert_eq!(p.backup_boot.0, 12 * SECTOR);
+        // Nothing but the boot region is written inside the old file system.
+        assert!(p.writes.iter().all(|(o, _)| *o >= old.len() as u64));
+        assert!(p.zero.0 >= old.len() as u64);
+    }
+
+    /// Hostile sticks: mutated metadata (with the checksum made right again half the time, to
+    /// get past it) is refused or planned, never a panic or an out-of-range index.
+    #[test]
+    fn mutated_file_systems_never_panic_the_plan() {
+        use crate::fuzz::{Rng, iterations, mutate, seed};
+        let base = small_exfat(&[0x5a; 8192]);
+        let meta = 64 * 512 + 5 * 4096;
+        let mut rng = Rng::new(seed());
+        for _ in 0..iterations(3000) {
+            let mut v = base.clone();
+            let m = mutate(&mut rng, &v[..meta], meta);
+            v[..m.len().min(meta)].copy_from_slice(&m[..m.len().min(meta)]);
+            if rng.chance(2) {
+                let sum = checksum(&v).to_le_bytes();
+                for c in v[11 * 512..12 * 512].chunks_mut(4) {
+                    c.copy_from_slice(&sum);
+                }
+            }
+            let _ = plan(&v, 1 + rng.below(1 << 22) as u64, 7);
         }
     }
 
