@@ -40,11 +40,9 @@ pub fn serve(app: &App, req: &Req, name: &str) -> Resp {
         app.metrics.boot_bytes.fetch_add(len, Ordering::Relaxed);
     }
     if let Some(mac) = req.param("mac").and_then(|m| validate::normalize_mac(m).ok()) {
-        use crate::web::release::{Arch, active};
-        let live = Arch::ALL.iter().any(|&a| {
-            let (kernel, initrd) = active(app, a);
-            name == kernel || name == initrd
-        });
+        let live = crate::web::release::active_all(app)
+            .iter()
+            .any(|(kernel, initrd)| name == kernel || name == initrd);
         if live {
             if let Err(e) = app.db.pxe_mark(&mac, PxeMark::FlasherBooted) {
                 crate::warn!("{e}");

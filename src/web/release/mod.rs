@@ -70,8 +70,20 @@ pub fn start(app: &Arc<App>) -> Result<Option<i64>> {
 /// successful release fetch that had that architecture recorded, else the default for this
 /// version.
 pub fn active(app: &App, arch: Arch) -> (String, String) {
+    pick(app, arch, recorded(recorded_row(app).as_ref(), arch))
+}
+
+/// [`active`] for every architecture, in [`Arch::ALL`]'s order, from one read of the recorded
+/// row: what a per-MAC script or a live boot file's request needs for both.
+pub fn active_all(app: &App) -> [(String, String); 2] {
+    let row = recorded_row(app);
+    Arch::ALL.map(|arch| pick(app, arch, recorded(row.as_ref(), arch)))
+}
+
+/// The pair of `arch`: each name as the operator set it, else the `fetched` one, else the
+/// default.
+fn pick(app: &App, arch: Arch, fetched: Option<(String, String)>) -> (String, String) {
     let (kk, ik) = arch.keys();
-    let fetched = recorded(app, arch);
     let pick = |key: &str, fetched: Option<String>| {
         let s = &app.settings;
         match (s.source("boot", key), fetched) {
@@ -102,8 +114,8 @@ fn recorded_row(app: &App) -> Option<serde_json::Value> {
 /// The pair of `arch` the last fetch recorded, if it is there and still two plain file names
 /// (the row is ours, but the names go into scripts and are joined to the boot dir, so they are
 /// checked on the way out as they were on the way in).
-fn recorded(app: &App, arch: Arch) -> Option<(String, String)> {
-    let v = recorded_row(app)?;
+fn recorded(row: Option<&serde_json::Value>, arch: Arch) -> Option<(String, String)> {
+    let v = row?;
     let (kk, ik) = arch.keys();
     // No arm64 keys: a row from before arm64, or releases without it. Not worth a warning.
     if v.get(kk).is_none() && v.get(ik).is_none() {

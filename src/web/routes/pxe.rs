@@ -92,8 +92,12 @@ pub(super) fn script(app: &App, req: &Req, mac: &str) -> Resp {
         pxe::Decision::Exit { .. } => &app.metrics.offers_exit,
     };
     counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    use crate::web::release::{Arch, active};
-    let (x86_64, arm64) = (active(app, Arch::X86_64), active(app, Arch::Arm64));
+    // Only the live environment's branch names the files: the disk and exit answers, most of
+    // a PXE storm, skip reading which pair is active.
+    let [x86_64, arm64] = match d {
+        pxe::Decision::LiveEnv { .. } => crate::web::release::active_all(app),
+        _ => Default::default(),
+    };
     let live = pxe::LiveFiles {
         x86_64: (x86_64.0.as_str(), x86_64.1.as_str()),
         arm64: (arm64.0.as_str(), arm64.1.as_str()),

@@ -67,8 +67,7 @@ fn dashboard(ctx: &Ctx<'_>) -> PageResult {
         .count();
     let s = &app.settings;
     let boot = s.boot_dir();
-    use crate::web::release::{Arch, active};
-    let (kernel, initrd) = active(app, Arch::X86_64);
+    let [(kernel, initrd), (kernel_arm64, initrd_arm64)] = crate::web::release::active_all(app);
     let missing: Vec<&str> = [kernel.as_str(), initrd.as_str()]
         .into_iter()
         .filter(|n| !boot.join(n).is_file())
@@ -102,7 +101,6 @@ fn dashboard(ctx: &Ctx<'_>) -> PageResult {
     );
     // arm64 is a second kind of machine, not part of every lab: what it lacks is a warning on
     // its own row, so a lab of x86_64 machines does not look broken for it.
-    let (kernel_arm64, initrd_arm64) = active(app, Arch::Arm64);
     let mut arm64_missing: Vec<&str> = [kernel_arm64.as_str(), initrd_arm64.as_str()]
         .into_iter()
         .filter(|n| !boot.join(n).is_file())
@@ -419,9 +417,7 @@ fn base_url(ctx: &Ctx<'_>) -> String {
 fn netboot(ctx: &Ctx<'_>) -> PageResult {
     let s = &ctx.app.settings;
     let dir = s.boot_dir();
-    use crate::web::release::{Arch, active};
-    let (kernel, initrd) = active(ctx.app, Arch::X86_64);
-    let (kernel_arm64, initrd_arm64) = active(ctx.app, Arch::Arm64);
+    let [(kernel, initrd), (kernel_arm64, initrd_arm64)] = crate::web::release::active_all(ctx.app);
     let expected = [kernel.as_str(), initrd.as_str(), kernel_arm64.as_str(), initrd_arm64.as_str()];
     let mut files: Vec<(String, Option<std::fs::Metadata>)> =
         expected.iter().map(|n| (n.to_string(), std::fs::metadata(dir.join(n)).ok())).collect();
