@@ -44,12 +44,17 @@ struct Images {
 }
 
 impl Images {
-    fn mount(stick: &Path, dir: PathBuf) -> Images {
+    /// A loop device over the partition as the stick's table has it.
+    fn attach(stick: &Path) -> Loop {
         let (start, sectors) = partition(stick, 2);
-        let lo = Loop::attach(
+        Loop::attach(
             stick,
             &["-o", &(start * 512).to_string(), "--sizelimit", &(sectors * 512).to_string()],
-        );
+        )
+    }
+
+    fn mount(stick: &Path, dir: PathBuf) -> Images {
+        let lo = Images::attach(stick);
         std::fs::create_dir_all(&dir).unwrap();
         let out = Command::new("mount.exfat-fuse")
             .arg(&lo.dev)
@@ -61,11 +66,7 @@ impl Images {
     }
 
     fn fsck(stick: &Path) -> String {
-        let (start, sectors) = partition(stick, 2);
-        let lo = Loop::attach(
-            stick,
-            &["-o", &(start * 512).to_string(), "--sizelimit", &(sectors * 512).to_string()],
-        );
+        let lo = Images::attach(stick);
         let out = Command::new("fsck.exfat").arg("-n").arg(&lo.dev).output().expect("fsck.exfat");
         let text = format!(
             "{}{}",
