@@ -30,7 +30,9 @@ ARM64_TARGET := aarch64-unknown-linux-musl
 #   xorriso grub-pc-bin grub-efi-amd64-bin exfatprogs: `make usb` (live/usb.sh) builds the USB
 #   live medium with them (the hybrid ISO, GRUB for BIOS and UEFI, the BTY_IMAGES exFAT);
 #   exfat-fuse: tests/it/usb.rs reads and writes BTY_IMAGES from the host, whose kernel may have
-#   no exFAT (fsck.exfat from exfatprogs checks it).
+#   no exFAT (fsck.exfat from exfatprogs checks it). `make rpi` (live/rpi.sh) adds fdisk's
+#   sfdisk, mtools and grub-common's grub-mkimage; the Pi firmware and GRUB's arm64 modules come
+#   as arm64 .deb files (live/debs.sh), not installed.
 #   dnsmasq-base iproute2: tests/it/lab.rs builds a lab network of its own (a network namespace,
 #   a bridge, one tap per guest; `ip netns`, `ip tuntap`) and runs dnsmasq in it as the lab's
 #   DHCP server (and as a proxyDHCP) with what `bty-web dhcp` prints. dnsmasq-base is the
@@ -76,7 +78,7 @@ APT_ARM64_OPTS := -o APT::Architecture=arm64 -o APT::Architectures::=arm64 \
 	-o Dir::State::status=/dev/null -o APT::Sandbox::User=root
 MUSL_ARM64_INC := $(APT_ARM64)/musl/usr/include/aarch64-linux-musl
 
-.PHONY: help run test deps quadlet lint build build-release release release-check usb live-x86_64 live-arm64 static static-arm64 static-bty image ipxe live live-check e2e bench-e2e bench bench-flash bench-http bench-web clean
+.PHONY: help run test deps quadlet lint build build-release release release-check usb rpi live-x86_64 live-arm64 static static-arm64 static-bty image ipxe live live-check e2e bench-e2e bench bench-flash bench-http bench-web clean
 
 help:
 	@echo "make run          build and start bty-web on $(STATE_DIR) (prints URL and password)"
@@ -89,6 +91,7 @@ help:
 	@echo "make ipxe         Debian's iPXE binaries (undionly.kpxe, ipxe.efi, ipxe-arm64.efi, + .sha256) into build/ipxe"
 	@echo "make live-check   build the live environment twice and compare the bytes"
 	@echo "make usb          the USB live medium (BIOS+UEFI stick, CD) + .sha256 into build/usb"
+	@echo "make rpi          the Raspberry Pi stick (Pi 3/4 firmware, arm64 UEFI) + .sha256 into build/usb"
 	@echo "make release      the whole asset set, release.toml and SHA256SUMS into build/release"
 	@echo "make release-check  build the release's ISO and image again elsewhere and compare"
 	@echo "make e2e          QEMU guests PXE-boot from bty-web (user-mode net, and a lab netns with dnsmasq)"
@@ -233,7 +236,7 @@ build-release:
 
 # The release's asset set (deploy/release.sh): what bty-web's netboot fetch and an air-gapped
 # mirror take. tests/it/release.rs points a bty-web at it.
-release: static static-arm64 live-x86_64 live-arm64 ipxe usb image
+release: static static-arm64 live-x86_64 live-arm64 ipxe usb rpi image
 	deploy/release.sh
 
 # Two builds of one commit give the same release: the ISO and the OCI image are made again from
@@ -242,6 +245,7 @@ release: static static-arm64 live-x86_64 live-arm64 ipxe usb image
 release-check: release
 	rm -rf target/release-check
 	OUT=target/release-check/usb live/usb.sh >/dev/null
+	OUT=target/release-check/usb live/rpi.sh >/dev/null
 	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct) python3 deploy/mkimage.py \
 		--binary amd64=target/$(MUSL_TARGET)/static/bty-web \
 		--binary arm64=target/$(ARM64_TARGET)/static/bty-web --out target/release-check/image \
@@ -254,6 +258,10 @@ release-check: release
 # The USB live medium carries the live environment's kernel and initrd.
 usb: live-x86_64
 	live/usb.sh
+
+# The Raspberry Pi stick carries the arm64 live environment's kernel and initrd.
+rpi: live-arm64
+	live/rpi.sh
 
 STATIC_BUILD = CC_x86_64_unknown_linux_musl=musl-gcc RUSTFLAGS="-C target-feature=+crt-static" \
 	$(CARGO) build --profile static --target $(MUSL_TARGET)
@@ -323,9 +331,10 @@ live-check: live-x86_64 live-arm64
 
 # Only the end-to-end modules of the integration tests (name filters on the `it` binary): e2e
 # and e2e_arm64 (x86_64 and arm64 guests on QEMU's user-mode network), lab (a network namespace
-# with dnsmasq as the lab's DHCP) and usb (the USB medium booted as a stick and as a CD).
-e2e: deps live-x86_64 live-arm64 ipxe usb
-	$(CARGO) test $(TEST_FEATURES) --test it -- --nocapture e2e:: e2e_arm64:: lab:: usb::
+# with dnsmasq as the lab's DHCP), usb (the USB medium booted as a stick and as a CD) and rpi
+# (the Raspberry Pi stick in QEMU's raspi3b and, through UEFI, in its virt machine).
+e2e: deps live-x86_64 live-arm64 ipxe usb rpi
+	$(CARGO) test $(TEST_FEATURES) --test it -- --nocapture e2e:: e2e_arm64:: lab:: usb:: rpi::
 
 # Power-on to `done` for a 256 MiB image (the figures in bench/RESULTS.md): each firmware alone
 # (e2e::), then three machines at once on the lab network (lab::three_machines...), one after the other.

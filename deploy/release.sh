@@ -37,9 +37,12 @@ die() { echo "deploy/release.sh: $*" >&2; exit 1; }
 netboot=bty-netboot-pc-x86_64-v$version
 netboot_arm64=bty-netboot-arm64-v$version
 usb=bty-usbboot-pc-x86_64-v$version.iso
+rpi=bty-usbboot-rpi-arm64-v$version.img.gz
 assets=(
     "$usb|$USB/$usb|usb-iso|x86_64|0644"
     "$usb.sha256|$USB/$usb.sha256|checksums|x86_64|0644"
+    "$rpi|$USB/$rpi|usb-image|arm64|0644"
+    "$rpi.sha256|$USB/$rpi.sha256|checksums|arm64|0644"
     "$netboot.vmlinuz|$LIVE/$netboot.vmlinuz|netboot-kernel|x86_64|0644"
     "$netboot.initrd|$LIVE/$netboot.initrd|netboot-initrd|x86_64|0644"
     "$netboot.sha256|$LIVE/$netboot.sha256|checksums|x86_64|0644"

@@ -13,8 +13,8 @@
 #   CACHE            where the .deb files are downloaded and unpacked (default target/live-cache,
 #                    target/live-cache/arm64 for arm64)
 #   SOURCE_DATE_EPOCH  mtime of every file (default: the commit time of HEAD)
-# The arm64 packages come through an apt state of their own under $CACHE/apt (arm64 only, the
-# mirror this machine's apt uses: deploy/apt-mirror.sh), so the machine's dpkg is untouched.
+# The arm64 packages come through an apt state of their own (live/debs.sh), so the machine's
+# dpkg is untouched.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -71,12 +71,18 @@ else
         # Marvell, Realtek, Aquantia, USB dongles
         virtio_net e1000e igb igc ixgbe i40e tg3 bnxt_en genet mlx4_en mlx5_core mvpp2 r8169
         atlantic r8152 cdc_ether ax88179_178a
-        # storage: virtio, SATA, NVMe, SAS/RAID HBAs, USB, SD/eMMC (the Pi's iProc SDHCI)
+        # storage: virtio, SATA, NVMe, SAS/RAID HBAs, USB, SD/eMMC (the Pi's iProc SDHCI and
+        # SD host)
         virtio_blk virtio_scsi ahci nvme sd_mod sr_mod mpt3sas megaraid_sas
-        xhci_pci usb_storage uas mmc_block sdhci_pci sdhci_iproc
+        xhci_pci usb_storage uas mmc_block sdhci_pci sdhci_iproc bcm2835
+        # the Raspberry Pi: the Pi 3's USB controller and the LAN chips behind it, the reset
+        # line the Pi 4's VL805 USB controller waits for
+        dwc2 smsc95xx lan78xx reset_raspberrypi
         # console input
         usbhid hid_generic
-        isofs exfat nls_utf8
+        # the USB live media: ISO 9660 (live/usb.sh), the Pi stick's FAT boot partition
+        # (live/rpi.sh), BTY_IMAGES
+        isofs vfat nls_cp437 nls_ascii exfat nls_utf8
     )
 fi
 
@@ -87,41 +93,7 @@ for t in dpkg-deb cpio depmod zstd; do
     command -v "$t" >/dev/null || die "needs $t (make deps)"
 done
 
-mkdir -p "$CACHE"
-# A .deb already in the cache is used as it is: rebuilding from the same files gives the same
-# bytes even after the mirror moves on.
-APT_OPTS=()
-if [ "$ARCH" != x86_64 ]; then
-    # An apt state of its own, for this architecture alone: its lists, its cache, no dpkg status.
-    apt=$PWD/$CACHE/apt
-    APT_OPTS=(-o "APT::Architecture=$deb_arch" -o "APT::Architectures::=$deb_arch"
-        -o "Dir::Etc::sourcelist=$apt/sources.list" -o Dir::Etc::sourceparts=-
-        -o "Dir::State::lists=$apt/lists" -o "Dir::Cache=$apt/cache"
-        -o "Dir::Cache::archives=$apt/archives" -o Dir::State::status=/dev/null
-        -o APT::Sandbox::User=root)
-    if [ ! -s "$apt/sources.list" ] || [ -z "$(ls "$apt/lists" 2>/dev/null | grep -v partial)" ]; then
-        mkdir -p "$apt/lists/partial" "$apt/archives/partial" "$apt/cache"
-        mirror=$(deploy/apt-mirror.sh) || die "no Debian mirror in this machine's apt sources"
-        {
-            echo "deb $mirror bookworm main"
-            echo "deb $mirror bookworm-updates main"
-            if security=$(deploy/apt-mirror.sh security 2>/dev/null); then
-                echo "deb $security bookworm-security main"
-            fi
-        } >"$apt/sources.list"
-        apt-get "${APT_OPTS[@]}" update -qq || die "apt-get update for $deb_arch failed"
-    fi
-fi
-fetch_deb() { # package -> path of its .deb in the cache
-    local deb
-    deb=$(find "$CACHE" -maxdepth 1 -name "${1}_*.deb" | sort | tail -n 1)
-    if [ -z "$deb" ]; then
-        (cd "$CACHE" && apt-get "${APT_OPTS[@]}" download -q "$1:$deb_arch" >&2) || die "apt-get download $1 failed"
-        deb=$(find "$CACHE" -maxdepth 1 -name "${1}_*.deb" | sort | tail -n 1)
-    fi
-    [ -n "$deb" ] || die "no .deb for $1 in $CACHE"
-    echo "$deb"
-}
+. live/debs.sh
 if [ -z "${KERNEL_PKG:-}" ]; then
     KERNEL_PKG=$(find "$CACHE" -maxdepth 1 -name "linux-image-[0-9]*-${deb_arch}_*.deb" -printf '%f\n' |
         sort -V | tail -n 1 | cut -d_ -f1)

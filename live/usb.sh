@@ -97,27 +97,7 @@ find "$work/esp" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 mkfs.fat -C -i 0b7e0001 --invariant -n BTY_EFI "$work/efi.img" "$efi_kib" >/dev/null
 mcopy -s -m -i "$work/efi.img" "$work/esp/EFI" ::/
 
-# BTY_IMAGES: 32 KiB clusters (so the grown file system's allocation table stays small), then
-# the serial mkfs.exfat draws from the clock replaced by the fixed one, and the boot region's
-# checksum recomputed.
-truncate -s "${IMAGES_MIB}M" "$work/images.img"
-mkfs.exfat -L BTY_IMAGES -c 32K "$work/images.img" >/dev/null
-python3 - "$work/images.img" "$IMAGES_SERIAL" <<'EOF'
-import struct, sys
-path, serial = sys.argv[1], int(sys.argv[2], 16)
-with open(path, "r+b") as f:
-    region = bytearray(f.read(12 * 512))
-    struct.pack_into("<I", region, 100, serial)
-    s = 0
-    for i, b in enumerate(region[: 11 * 512]):
-        if i in (106, 107, 112):
-            continue
-        s = ((s >> 1) | ((s & 1) << 31)) + b & 0xFFFFFFFF
-    region[11 * 512 :] = struct.pack("<I", s) * 128
-    f.seek(0)
-    f.write(region)
-    f.write(region)  # the backup boot region, sectors 12-23
-EOF
+live/bty-images.sh "$work/images.img" "$IMAGES_MIB" "$IMAGES_SERIAL"
 
 find "$work/iso" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 rm -f "$OUT/$name.iso.tmp"

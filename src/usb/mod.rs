@@ -1,9 +1,10 @@
 //! The USB live medium's own stick: on the first boot, BTY_IMAGES (the exFAT partition the
 //! image is built with, 32 MiB) grows to fill the stick, keeping the files already on it.
 //!
-//! It runs once and only on what the build made: the stick must carry the ISO 9660 medium, an
-//! MBR with the EFI partition and BTY_IMAGES last, and BTY_IMAGES must still have the volume
-//! serial and size of the build (the sentinels, from the kernel command line). The grown file
+//! It runs once and only on what the build made: the stick must carry the ISO 9660 medium
+//! (live/usb.sh) or the Raspberry Pi boot partition (live/rpi.sh), an MBR with BTY_IMAGES
+//! last, and BTY_IMAGES must still have the volume serial and size of the build (the
+//! sentinels, from the kernel command line). The grown file
 //! system gets a new serial, so the next boot finds nothing to do. Each refusal says why and
 //! writes nothing; see `exfat` for why an interruption leaves a readable file system.
 
@@ -46,9 +47,11 @@ pub enum Outcome {
     NotNeeded(String),
 }
 
-/// The MBR partition type of BTY_IMAGES (exFAT/NTFS) and of the EFI system partition.
+/// The MBR partition type of BTY_IMAGES (exFAT/NTFS), of the EFI system partition, and of the
+/// Raspberry Pi stick's boot partition (FAT32 with LBA).
 const EXFAT: u8 = 0x07;
 const ESP: u8 = 0xef;
+const FAT32_LBA: u8 = 0x0c;
 /// The largest old file system read into memory (the build makes 32 MiB).
 const OLD_MAX: u64 = 256 << 20;
 
@@ -74,33 +77,18 @@ pub fn grow(disk: &Path, baked: Baked) -> Result<Outcome> {
     f.read_exact_at(&mut sector0, 0).with_context(|| format!("reading {shown}'s first sector"))?;
     let entries =
         mbr::parse(&sector0).with_context(|| format!("reading {shown}'s partition table"))?;
-    let mut cd = [0u8; 5];
-    f.read_exact_at(&mut cd, 32769).with_context(|| format!("reading {shown}"))?;
+    let index = images_partition(&f, &shown.to_string(), &entries)?;
+    let images = entries[index];
     crate::ensure!(
-        &cd == b"CD001",
-        "{shown} does not start with an ISO 9660 file system: not a bty stick"
-    );
-    crate::ensure!(
-        entries.iter().all(|e| e.kind != mbr::GPT_PROTECTIVE),
-        "{shown} has a GPT; the bty stick has an MBR only (was it partitioned anew?)"
-    );
-    let (esp, p3) = (entries[1], entries[2]);
-    crate::ensure!(
-        esp.kind == ESP && p3.kind == EXFAT && entries[3].kind == 0,
-        "{shown}'s partition table is not the one the image was built with (types {:02x} {:02x} {:02x} {:02x}; want an EFI partition second, exFAT third, no fourth)",
-        entries[0].kind,
-        entries[1].kind,
-        entries[2].kind,
-        entries[3].kind
-    );
-    crate::ensure!(
-        entries[..2].iter().all(|e| e.end() <= u64::from(p3.start))
-            && u64::from(p3.start) >= esp.end(),
+        entries[..index].iter().all(|e| e.end() <= u64::from(images.start)),
         "{shown}'s BTY_IMAGES partition is not the last one"
     );
-    crate::ensure!(p3.end() <= disk_sectors, "{shown}'s BTY_IMAGES partition ends past the disk");
+    crate::ensure!(
+        images.end() <= disk_sectors,
+        "{shown}'s BTY_IMAGES partition ends past the disk"
+    );
 
-    let start = u64::from(p3.start) * exfat::SECTOR;
+    let start = u64::from(images.start) * exfat::SECTOR;
     let mut head = vec![0u8; 512];
     f.read_exact_at(&mut head, start).with_context(|| format!("reading BTY_IMAGES on {shown}"))?;
     let boot =
@@ -119,11 +107,11 @@ pub fn grow(disk: &Path, baked: Baked) -> Result<Outcome> {
     );
     // The partition is the build's size, or already reaches the end of the stick (a grow that
     // was interrupted after the table was written).
-    let room = (disk_sectors - u64::from(p3.start)).min(u64::from(u32::MAX));
+    let room = (disk_sectors - u64::from(images.start)).min(u64::from(u32::MAX));
     crate::ensure!(
-        u64::from(p3.sectors) == baked.sectors || u64::from(p3.sectors) == room,
+        u64::from(images.sectors) == baked.sectors || u64::from(images.sectors) == room,
         "{shown}'s BTY_IMAGES partition has {} sectors; the build made {}",
-        p3.sectors,
+        images.sectors,
         baked.sectors
     );
     crate::ensure!(
@@ -142,8 +130,8 @@ pub fn grow(disk: &Path, baked: Baked) -> Result<Outcome> {
     drop(old);
 
     // 1. The table: a larger partition around the old file system harms nothing.
-    if u64::from(p3.sectors) != room {
-        mbr::set_sectors(&mut sector0, 2, room as u32);
+    if u64::from(images.sectors) != room {
+        mbr::set_sectors(&mut sector0, index, room as u32);
         f.write_all_at(&sector0, 0)
             .with_context(|| format!("writing {shown}'s partition table"))?;
         f.sync_all().with_context(|| format!("syncing {shown}"))?;
@@ -179,6 +167,42 @@ pub fn grow(disk: &Path, baked: Baked) -> Result<Outcome> {
         to: plan.layout.volume_sectors * exfat::SECTOR,
         kept: plan.copied.1,
     })
+}
+
+/// Which entry of the table is BTY_IMAGES, once the stick is known as one of the two media the
+/// build makes: the ISO (live/usb.sh: ISO 9660, the EFI partition second, BTY_IMAGES third) or
+/// the Raspberry Pi stick (live/rpi.sh: the FAT32 boot partition labelled BTY_LIVE, BTY_IMAGES
+/// second). Anything else is refused with what was found.
+fn images_partition(f: &std::fs::File, shown: &str, entries: &[mbr::Entry; 4]) -> Result<usize> {
+    crate::ensure!(
+        entries.iter().all(|e| e.kind != mbr::GPT_PROTECTIVE),
+        "{shown} has a GPT; the bty stick has an MBR only (was it partitioned anew?)"
+    );
+    let kinds = entries.iter().map(|e| format!("{:02x}", e.kind)).collect::<Vec<_>>().join(" ");
+    let mut cd = [0u8; 5];
+    f.read_exact_at(&mut cd, 32769).with_context(|| format!("reading {shown}"))?;
+    if &cd == b"CD001" {
+        crate::ensure!(
+            entries[1].kind == ESP && entries[2].kind == EXFAT && entries[3].kind == 0,
+            "{shown}'s partition table is not the one the image was built with (types {kinds}; want an EFI partition second, exFAT third, no fourth)"
+        );
+        return Ok(2);
+    }
+    let boot = entries[0];
+    let mut head = [0u8; 512];
+    if boot.kind == FAT32_LBA {
+        f.read_exact_at(&mut head, u64::from(boot.start) * exfat::SECTOR)
+            .with_context(|| format!("reading {shown}'s first partition"))?;
+    }
+    crate::ensure!(
+        boot.kind == FAT32_LBA && &head[82..90] == b"FAT32   " && &head[71..82] == b"BTY_LIVE   ",
+        "{shown} carries neither the ISO 9660 medium nor a FAT32 boot partition labelled BTY_LIVE: not a bty stick"
+    );
+    crate::ensure!(
+        entries[1].kind == EXFAT && entries[2].kind == 0 && entries[3].kind == 0,
+        "{shown}'s partition table is not the one the image was built with (types {kinds}; want the boot partition first, exFAT second, nothing after)"
+    );
+    Ok(1)
 }
 
 /// Test hook (cargo feature `test-hooks`, which no shipped build enables): with
@@ -218,6 +242,21 @@ mod tests {
         let e = grow(&p, Baked { serial: 1, sectors: 65536 }).unwrap_err().to_string();
         assert!(e.contains("partition table"), "{e}");
         assert_eq!(std::fs::read(&p).unwrap(), vec![0u8; 1 << 20]);
+
+        // A FAT32 partition first, but not the Pi stick's: another label.
+        let mut disk = vec![0u8; 4 << 20];
+        disk[446 + 4] = FAT32_LBA;
+        disk[446 + 8..446 + 12].copy_from_slice(&2048u32.to_le_bytes());
+        disk[446 + 12..446 + 16].copy_from_slice(&2048u32.to_le_bytes());
+        disk[446 + 16 + 4] = EXFAT;
+        disk[510..512].copy_from_slice(&[0x55, 0xaa]);
+        let boot = 2048 * 512;
+        disk[boot + 71..boot + 82].copy_from_slice(b"RASPIFIRM  ");
+        disk[boot + 82..boot + 90].copy_from_slice(b"FAT32   ");
+        std::fs::write(&p, &disk).unwrap();
+        let e = grow(&p, Baked { serial: 1, sectors: 65536 }).unwrap_err().to_string();
+        assert!(e.contains("labelled BTY_LIVE: not a bty stick"), "{e}");
+        assert!(std::fs::read(&p).unwrap() == disk);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -21,7 +21,7 @@ const NEW_MARKER: &str = "BTY-ARM64-NEW-DISK";
 const CYCLE: Duration = Duration::from_secs(400);
 
 /// AAVMF's code and a fresh copy of its variable store in `dir`, as pflash drives.
-fn aavmf(dir: &Path) -> Vec<String> {
+pub(crate) fn aavmf(dir: &Path) -> Vec<String> {
     let code = Path::new("/usr/share/AAVMF/AAVMF_CODE.fd");
     assert!(code.is_file(), "{} is missing (make deps installs qemu-efi-aarch64)", code.display());
     let vars = dir.join("AAVMF_VARS.fd");

@@ -42,6 +42,7 @@ mod lab;
 mod qcow2;
 mod release;
 mod release_fetch;
+mod rpi;
 mod source_http;
 mod source_oras;
 mod tftp;

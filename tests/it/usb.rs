@@ -30,30 +30,37 @@ fn iso() -> PathBuf {
 }
 
 /// (start, sectors) of MBR entry `i` of `disk`.
-fn partition(disk: &Path, i: usize) -> (u64, u64) {
+pub(crate) fn partition(disk: &Path, i: usize) -> (u64, u64) {
     let b = std::fs::read(disk).map(|b| b[..512].to_vec()).expect("reading the stick's MBR");
     let e = &b[446 + 16 * i..446 + 16 * (i + 1)];
     let le = |x: &[u8]| u64::from(u32::from_le_bytes([x[0], x[1], x[2], x[3]]));
     (le(&e[8..12]), le(&e[12..16]))
 }
 
+/// Which MBR entry of `disk` is BTY_IMAGES: the last exFAT one (the third on the x86_64 stick,
+/// the second on the Raspberry Pi one).
+pub(crate) fn images_index(disk: &Path) -> usize {
+    let b = std::fs::read(disk).map(|b| b[..512].to_vec()).expect("reading the stick's MBR");
+    (0..4).rev().find(|i| b[446 + 16 * i + 4] == 0x07).expect("the stick has no exFAT partition")
+}
+
 /// BTY_IMAGES of `stick` mounted with exfat-fuse at `dir` until drop.
-struct Images {
-    dir: PathBuf,
+pub(crate) struct Images {
+    pub(crate) dir: PathBuf,
     _lo: Loop,
 }
 
 impl Images {
     /// A loop device over the partition as the stick's table has it.
     fn attach(stick: &Path) -> Loop {
-        let (start, sectors) = partition(stick, 2);
+        let (start, sectors) = partition(stick, images_index(stick));
         Loop::attach(
             stick,
             &["-o", &(start * 512).to_string(), "--sizelimit", &(sectors * 512).to_string()],
         )
     }
 
-    fn mount(stick: &Path, dir: PathBuf) -> Images {
+    pub(crate) fn mount(stick: &Path, dir: PathBuf) -> Images {
         let lo = Images::attach(stick);
         std::fs::create_dir_all(&dir).unwrap();
         let out = Command::new("mount.exfat-fuse")
@@ -65,7 +72,7 @@ impl Images {
         Images { dir, _lo: lo }
     }
 
-    fn fsck(stick: &Path) -> String {
+    pub(crate) fn fsck(stick: &Path) -> String {
         let lo = Images::attach(stick);
         let out = Command::new("fsck.exfat").arg("-n").arg(&lo.dev).output().expect("fsck.exfat");
         let text = format!(
@@ -99,13 +106,18 @@ fn stick(dir: &TestDir, len: u64, files: &[(&str, &[u8])]) -> PathBuf {
 
 /// The serial console: output from QEMU's log file, input through its socket. Connected at
 /// the first keystroke: a client connecting while GRUB counts down stops its menu.
-struct Console {
+pub(crate) struct Console {
     path: PathBuf,
     sock: Option<UnixStream>,
 }
 
 impl Console {
-    fn send(&mut self, line: &str) {
+    /// The console whose socket QEMU listens on at `path`.
+    pub(crate) fn new(path: PathBuf) -> Console {
+        Console { path, sock: None }
+    }
+
+    pub(crate) fn send(&mut self, line: &str) {
         if self.sock.is_none() {
             let s = UnixStream::connect(&self.path).expect("connecting to the serial console");
             // QEMU holds the guest's output back until the client reads it; the log file has
@@ -121,7 +133,12 @@ impl Console {
 
 /// Waits until `marker` shows on the console after byte `from`; the console's text from `from`
 /// to the marker's end, and where that is.
-fn wait_after(g: &mut Guest, from: usize, marker: &str, limit: Duration) -> (String, usize) {
+pub(crate) fn wait_after(
+    g: &mut Guest,
+    from: usize,
+    marker: &str,
+    limit: Duration,
+) -> (String, usize) {
     let t0 = Instant::now();
     loop {
         let s = g.serial();
@@ -142,7 +159,12 @@ fn wait_after(g: &mut Guest, from: usize, marker: &str, limit: Duration) -> (Str
 }
 
 /// As `wait_after`, for whichever of `markers` shows first.
-fn wait_any(g: &mut Guest, from: usize, markers: &[&str], limit: Duration) -> (String, usize) {
+pub(crate) fn wait_any(
+    g: &mut Guest,
+    from: usize,
+    markers: &[&str],
+    limit: Duration,
+) -> (String, usize) {
     let t0 = Instant::now();
     loop {
         let s = g.serial();
@@ -159,7 +181,7 @@ fn wait_any(g: &mut Guest, from: usize, markers: &[&str], limit: Duration) -> (S
 }
 
 /// Escape sequences off, so rows can be read.
-fn plain(s: &str) -> String {
+pub(crate) fn plain(s: &str) -> String {
     let mut out = String::new();
     let mut chars = s.chars().peekable();
     while let Some(c) = chars.next() {
@@ -223,12 +245,12 @@ fn boot(
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
     let g = Guest::start(c, log);
-    (g, Console { path: sock, sock: None })
+    (g, Console::new(sock))
 }
 
 /// From the wizard's Image prompt (console byte `at`): image 1 onto /dev/vda, confirmed, the
 /// guest powered off from the Done step. The Disk step's screen, for the caller to read.
-fn flash_first_image_to_vda(g: &mut Guest, con: &mut Console, at: usize) -> String {
+pub(crate) fn flash_first_image_to_vda(g: &mut Guest, con: &mut Console, at: usize) -> String {
     con.send("1");
     let (screen, at) = wait_after(g, at, "Disk: ", Duration::from_secs(60));
     let screen = plain(&screen);
