@@ -207,6 +207,10 @@ fn on_qemus_raspberry_pi_the_stick_grows_and_the_wizard_refuses_it() {
     let mut g = Guest::start(c, log);
 
     let (boot, at) = wait_after(&mut g, 0, "Image: ", Duration::from_secs(400));
+    eprintln!(
+        "rpi raspi3b: power-on to the wizard (grow included) {:.1} s",
+        g.started.elapsed().as_secs_f64()
+    );
     let boot = plain(&boot);
     assert!(boot.contains("booted from /dev/mmcblk0p1"), "{boot}");
     assert!(boot.contains(&grown(&disk)), "{boot}");
@@ -264,4 +268,55 @@ fn through_arm64_uefi_the_stick_grows_and_flashes_a_disk_from_bty_images() {
     Images::fsck(&disk);
     let m = Images::mount(&disk, dir.path("mnt"));
     assert!(std::fs::read(m.dir.join("keep.bin")).unwrap() == keep, "keep.bin changed");
+}
+
+#[test]
+fn usb_grow_on_the_pi_stick_refuses_a_changed_table_then_grows_once() {
+    let dir = TestDir::new("rpi-grow");
+    let p = dir.path("stick.img");
+    let mut b = raw();
+    b.resize(256 << 20, 0);
+    // A third partition after BTY_IMAGES: not the table the build made.
+    let mut changed = b.clone();
+    changed[446 + 32 + 4] = 0x83;
+    std::fs::write(&p, &changed).unwrap();
+    let o = crate::util::bty()
+        .args(["usb-grow"])
+        .arg(&p)
+        .args(["--baked", "b7e10001:65536"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("want the boot partition first, exFAT second"),
+        "{err}"
+    );
+    assert!(std::fs::read(&p).unwrap() == changed, "a refused grow wrote to the stick");
+
+    std::fs::write(&p, &b).unwrap();
+    let o = crate::util::bty()
+        .args(["usb-grow"])
+        .arg(&p)
+        .args(["--baked", "b7e10001:65536"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stderr).to_string() + &String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && out.contains("grown from 32.0 MiB"), "{out}");
+    let (start, sectors) = partition(&p, 1);
+    assert_eq!(start + sectors, (256u64 << 20) / 512);
+    // Past the table (sector 0, where BTY_IMAGES's size changed), nothing before it moved.
+    let grown = std::fs::read(&p).unwrap();
+    assert!(
+        grown[512..start as usize * 512] == b[512..start as usize * 512],
+        "the boot partition changed"
+    );
+    Images::fsck(&p);
+    let o = crate::util::bty()
+        .args(["usb-grow"])
+        .arg(&p)
+        .args(["--baked", "b7e10001:65536"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stderr).to_string() + &String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && out.contains("grown already"), "{out}");
 }
