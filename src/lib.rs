@@ -19,6 +19,7 @@ pub mod inventory;
 pub mod io;
 #[cfg(test)]
 mod layers;
+pub mod natural;
 pub mod source;
 pub mod suffix;
 pub mod units;

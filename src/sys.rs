@@ -481,6 +481,16 @@ pub fn total_memory() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// The number of rows of the terminal on `fd`, when it is one that knows its size (a serial
+/// console reports 0: unknown).
+pub fn terminal_rows(fd: i32) -> Option<u16> {
+    let mut ws = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCGWINSZ writes one winsize into the struct we own and pass by pointer; a
+    // descriptor that is not a terminal makes it fail with ENOTTY and write nothing.
+    let rc = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws as *mut libc::winsize) };
+    (rc == 0 && ws.ws_row > 0).then_some(ws.ws_row)
+}
+
 /// Whether the fd is a terminal.
 pub fn isatty(fd: i32) -> bool {
     // SAFETY: isatty takes an integer and only inspects it.

@@ -109,7 +109,11 @@ pub fn list_images(root: &Path) -> Result<Listing> {
             Err(e) => warnings.push((path.clone(), format!("skipping {}: {e}", path.display()))),
         }
     }
-    let by_path = |a: &Path, b: &Path| a.as_os_str().as_bytes().cmp(b.as_os_str().as_bytes());
+    // Natural order (img-2 before img-10): a root of numbered images reads as people count.
+    let by_path = |a: &Path, b: &Path| {
+        crate::natural::cmp(&a.to_string_lossy(), &b.to_string_lossy())
+            .then_with(|| a.as_os_str().as_bytes().cmp(b.as_os_str().as_bytes()))
+    };
     listing.images.sort_by(|a, b| by_path(&a.path, &b.path));
     warnings.sort_by(|a, b| by_path(&a.0, &b.0));
     listing.warnings = warnings.into_iter().map(|(_, w)| w).collect();

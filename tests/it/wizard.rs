@@ -19,6 +19,16 @@ struct Tmux {
 impl Tmux {
     /// Starts `bty ARGS` with `env` in a shell that survives Ctrl+C and reports the exit status.
     fn start(name: &str, env: &[(&str, &str)], args: &[&str]) -> Tmux {
+        Tmux::start_sized(name, (80, 24), env, args)
+    }
+
+    /// As `start`, on a terminal of `cols` x `rows`.
+    fn start_sized(
+        name: &str,
+        (cols, rows): (u16, u16),
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Tmux {
         let socket = format!("bty-test-{}-{name}", std::process::id());
         let mut cmd = String::from("trap : INT; env -u BTY_LOG");
         for (k, v) in env {
@@ -30,7 +40,8 @@ impl Tmux {
         }
         cmd.push_str("; echo EXITED=$?; sleep 600");
         let st = Command::new("tmux")
-            .args(["-L", &socket, "-f", "/dev/null", "new-session", "-d", "-x", "80", "-y", "24"])
+            .args(["-L", &socket, "-f", "/dev/null", "new-session", "-d"])
+            .args(["-x", &cols.to_string(), "-y", &rows.to_string()])
             .args(["sh", "-c", &cmd])
             .status()
             .expect("running tmux (make deps installs it)");
@@ -176,7 +187,11 @@ fn wizard_back_navigation_and_bad_input_messages() {
     let screen = t.answer(catalog.to_str().unwrap(), "[Image]");
     assert!(screen.contains("Nav-Image.img") && screen.contains("remote"), "{screen}");
     t.answer("9", "there is no image 9: pick a number from 1 to 1");
-    t.answer("zz", "\"zz\" is not a choice: type a number from 1 to 1, or r, b or q");
+    // Text that is not a number or a key filters the list.
+    t.answer("zz", "no rows matching \"zz\"");
+    t.answer("1", "there is no image 1: none matches \"zz\"");
+    t.answer("?", "\"?\" is not a choice: type r, b or q");
+    t.answer("/", "rows 1-1 of 1");
     t.answer("b", "[Catalog]");
     let screen = t.answer("l", "[Image]");
     assert!(screen.contains("No images"), "{screen}");
@@ -280,4 +295,82 @@ fn wizard_flashes_from_an_http_catalog_and_ctrl_c_cancels_cleanly() {
     t.answer("", "EXITED=0");
     assert!(!reboot.exists(), "Enter on a workstation exits to the shell, no reboot");
     assert_eq!(disk.read(0, fast.len()), fast);
+}
+
+/// The image names of the table on `screen`, top to bottom, with their numbers.
+fn image_rows(screen: &str) -> Vec<(usize, String)> {
+    screen
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let n = w.next()?.parse().ok()?;
+            let name = w.next().filter(|n| n.starts_with("img-"))?;
+            Some((n, name.to_string()))
+        })
+        .collect()
+}
+
+/// The whole screen is the wizard's: its first line is the header, not scrolled off.
+fn unscrolled(screen: &str) {
+    let first = screen.lines().next().unwrap_or_default();
+    assert!(first.starts_with("bty "), "the screen scrolled:\n{screen}");
+}
+
+#[test]
+fn wizard_pages_and_filters_two_hundred_images_on_small_and_large_terminals() {
+    let dir = TestDir::new("wiz-200");
+    let root = dir.path("root");
+    std::fs::create_dir(&root).unwrap();
+    for i in 1..=200 {
+        let f = std::fs::File::create(root.join(format!("img-{i}.img"))).unwrap();
+        f.set_len(1 << 20).unwrap();
+    }
+    let disk = Loop::new(&dir, "disk", 8 << 20);
+    let (s, reboot) = (serials(&[&disk]), dir.path("reboot"));
+    let mut env = env_with(&s, &reboot);
+    env.push(("NO_COLOR", "1"));
+    let root_arg = root.to_str().unwrap();
+
+    // 80x24: natural order (img-2 after img-1, not img-10), one screenful per page.
+    let t = Tmux::start("p200", &env, &["--image-root", root_arg]);
+    let screen = t.wait("\nImage:");
+    unscrolled(&screen);
+    let rows = image_rows(&screen);
+    let per = rows.len();
+    assert!(per >= 8, "too few rows on 80x24:\n{screen}");
+    let want: Vec<(usize, String)> = (1..=per).map(|i| (i, format!("img-{i}.img"))).collect();
+    assert_eq!(rows, want, "{screen}");
+    assert!(screen.contains(&format!("rows 1-{per} of 200  [n] next page")), "{screen}");
+
+    let screen = t.answer("n", &format!("rows {}-{} of 200", per + 1, 2 * per));
+    unscrolled(&screen);
+    assert_eq!(image_rows(&screen)[0], (per + 1, format!("img-{}.img", per + 1)), "{screen}");
+    t.answer("p", &format!("rows 1-{per} of 200"));
+    t.answer("p", "this is the first page");
+    // A number is good on any page: image 150 is nowhere on screen.
+    let screen = t.answer("150", "[Disk]");
+    assert!(screen.contains("image      img-150.img"), "{screen}");
+    t.answer("b", "[Image]");
+
+    // A filter: img-19 and img-190 to img-199, numbered 1 to 11 in that list.
+    let screen = t.answer("/img-19", "matching \"img-19\"");
+    unscrolled(&screen);
+    let rows = image_rows(&screen);
+    assert_eq!(rows[0], (1, "img-19.img".to_string()), "{screen}");
+    assert_eq!(rows[1], (2, "img-190.img".to_string()), "{screen}");
+    let screen = t.answer("11", "[Disk]");
+    assert!(screen.contains("image      img-199.img"), "{screen}");
+    t.answer("b", "[Image]");
+    t.answer("/", &format!("rows 1-{per} of 200"));
+    t.answer("q", "EXITED=0");
+    drop(t);
+
+    // A large terminal shows more rows per page.
+    let t = Tmux::start_sized("p200big", (160, 60), &env, &["--image-root", root_arg]);
+    let screen = t.wait("\nImage:");
+    unscrolled(&screen);
+    let big = image_rows(&screen).len();
+    assert!(big > 2 * per, "{big} rows on 160x60, {per} on 80x24:\n{screen}");
+    assert_eq!(image_rows(&screen).last(), Some(&(big, format!("img-{big}.img"))));
+    t.answer("q", "EXITED=0");
 }

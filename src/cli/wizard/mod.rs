@@ -3,6 +3,7 @@
 //! letter), so it works the same on an 80x24 framebuffer, a serial console and a terminal
 //! emulator.
 
+mod pager;
 mod screen;
 
 use std::fmt::Write as _;
@@ -17,15 +18,18 @@ use crate::flash::progress::{Mode, Reporter};
 use crate::flash::{self, FlashError, Options, Plan};
 use crate::sys::PowerAction;
 use crate::units;
+use pager::{Move, Pager};
 use screen::{Input, Screen, fit, parse_input};
 
 /// The catalog behind `[d] default`: the one the upstream image builder publishes.
 pub const DEFAULT_CATALOG: &str =
     "https://github.com/safl/nosi/releases/latest/download/catalog.toml";
 
-/// Rows of a table shown at once: what fits an 80x24 screen under the header and over the
-/// prompt.
-const MAX_ROWS: usize = 14;
+/// Screen lines of the image and disk steps that are not table rows: the header (4; the disk
+/// step adds the image's line), the title and column header (2), the status and key lines
+/// (2), a message (2) and the prompt (2). The rest of the screen holds rows.
+const IMAGE_STEP_LINES: usize = 12;
+const DISK_STEP_LINES: usize = 13;
 
 /// An image picked to flash: what a plan or a table row says about it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,6 +66,8 @@ struct Wizard {
     catalog_src: Option<String>,
     catalog: Option<Catalog>,
     images: Vec<ImageEntry>,
+    image_pager: Pager,
+    disk_pager: Pager,
     /// Problems of the last image listing (shown on the image step).
     notes: Vec<String>,
     image: Option<Choice>,
@@ -94,6 +100,8 @@ pub fn run(
         catalog_src: catalog.or_else(|| args.catalog.clone()),
         catalog: None,
         images: Vec::new(),
+        image_pager: Pager::default(),
+        disk_pager: Pager::default(),
         notes: Vec::new(),
         image: None,
         disks: Vec::new(),
@@ -259,6 +267,15 @@ impl Wizard {
     }
 
     fn image_step(&mut self) -> Next {
+        let texts: Vec<String> = self
+            .images
+            .iter()
+            .map(|e| format!("{} {} {}", e.name, e.format, e.arch.as_deref().unwrap_or("")))
+            .collect();
+        let matching = self.image_pager.matching(texts.iter().map(String::as_str));
+        let heights = vec![1; matching.len()];
+        let budget = pager::budget(self.screen.rows(), IMAGE_STEP_LINES + self.notes.len());
+        let page = self.image_pager.window(&heights, budget);
         let mut body = String::new();
         if self.images.is_empty() {
             let _ = writeln!(
@@ -272,13 +289,14 @@ impl Wizard {
                 }
             );
         } else {
-            let _ = writeln!(body, "Pick an image:\n");
+            let _ = writeln!(body, "Pick an image:");
             let _ = writeln!(
                 body,
                 "  {:>3}  {:<34} {:<8} {:<7} {:>9}  where",
                 "#", "name", "format", "arch", "size"
             );
-            for (i, e) in self.images.iter().enumerate().take(MAX_ROWS) {
+            for pos in page.clone() {
+                let e = &self.images[matching[pos]];
                 let size = e.virtual_size.or(e.size_bytes).map_or("?".to_string(), units::bytes);
                 let place = match e.origin {
                     Origin::Local => "local",
@@ -287,31 +305,36 @@ impl Wizard {
                 let _ = writeln!(
                     body,
                     "  {:>3}  {:<34} {:<8} {:<7} {:>9}  {place}",
-                    i + 1,
+                    pos + 1,
                     fit(&e.name, 34),
                     fit(&e.format, 8),
                     e.arch.as_deref().unwrap_or("-"),
                     size
                 );
             }
-            if self.images.len() > MAX_ROWS {
-                let _ = writeln!(
-                    body,
-                    "  ... {} more not shown (the first {MAX_ROWS} fit the screen)",
-                    self.images.len() - MAX_ROWS
-                );
-            }
-            let _ = writeln!(body, "\n  number: pick  [r] refresh  [b] back  [q] quit");
+            let status = self.image_pager.status(&page, matching.len(), self.images.len());
+            let keys = self.image_pager.keys(&heights, budget);
+            let _ = writeln!(body, "  {}", fit(&format!("{status}  {keys}"), 76));
+            let _ =
+                writeln!(body, "  number: pick  /text: filter  [r] refresh  [b] back  [q] quit");
         }
         for n in &self.notes {
             let _ = writeln!(body, "  {}", self.screen.dim(&fit(&format!("note: {n}"), 76)));
         }
         self.draw(Step::Image, &body);
         let Some(line) = self.ask("\nImage: ") else { return quit() };
-        let shown = self.images.len().min(MAX_ROWS);
+        if !self.images.is_empty()
+            && let Some(m) = self.image_pager.answer(&line, &heights, budget)
+        {
+            if let Move::Refused(why) = m {
+                self.message = Some(why);
+            }
+            return Next::Go(Step::Image);
+        }
+        let shown = matching.len();
         match parse_input(&line) {
             Input::Row(n) if (1..=shown).contains(&n) => {
-                let e = &self.images[n - 1];
+                let e = &self.images[matching[n - 1]];
                 self.image = Some(Choice {
                     name: e.name.clone(),
                     format: e.format.clone(),
@@ -320,9 +343,16 @@ impl Wizard {
                 });
                 Next::Go(Step::Disk)
             }
-            Input::Row(n) if shown == 0 => {
+            Input::Row(n) if self.images.is_empty() => {
                 self.message = Some(format!(
                     "there is no image {n}: the list is empty (r refreshes, b picks a catalog)"
+                ));
+                Next::Go(Step::Image)
+            }
+            Input::Row(n) if shown == 0 => {
+                self.message = Some(format!(
+                    "there is no image {n}: none matches {:?} (/ alone clears the filter)",
+                    self.image_pager.filter()
                 ));
                 Next::Go(Step::Image)
             }
@@ -359,50 +389,84 @@ impl Wizard {
                 Vec::new()
             }
         };
+        let texts: Vec<String> = self
+            .disks
+            .iter()
+            .map(|d| {
+                let inv = &d.inventory;
+                [Some(&inv.path), inv.model.as_ref(), inv.serial.as_ref(), inv.tran.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect();
+        let matching = self.disk_pager.matching(texts.iter().map(String::as_str));
+        // A refused disk takes its reason's lines too.
+        let reasons: Vec<Vec<String>> = self
+            .disks
+            .iter()
+            .map(|d| {
+                d.refusal.as_ref().map_or(Vec::new(), |r| wrap(&format!("not writable: {r}"), 66))
+            })
+            .collect();
+        let heights: Vec<usize> = matching.iter().map(|&i| 1 + reasons[i].len()).collect();
+        let budget = pager::budget(self.screen.rows(), DISK_STEP_LINES);
+        let page = self.disk_pager.window(&heights, budget);
         let mut body = String::new();
         if self.disks.is_empty() {
             let _ = writeln!(body, "No disks found.\n\n  [r] rescan  [b] back  [q] quit");
         } else {
-            let _ = writeln!(body, "Pick the disk to overwrite:\n");
+            let _ = writeln!(body, "Pick the disk to overwrite:");
             let _ = writeln!(
                 body,
                 "  {:>3}  {:<14} {:>9}  {:<21} {:<6} serial",
                 "#", "path", "size", "model", "tran"
             );
-            for (i, d) in self.disks.iter().enumerate().take(MAX_ROWS) {
+            for pos in page.clone() {
+                let d = &self.disks[matching[pos]];
                 let inv = &d.inventory;
                 let row = format!(
                     "  {:>3}  {:<14} {:>9}  {:<21} {:<6} {}",
-                    i + 1,
+                    pos + 1,
                     fit(&inv.path, 14),
                     units::bytes(d.size_bytes),
                     fit(inv.model.as_deref().unwrap_or("-"), 21),
                     fit(inv.tran.as_deref().unwrap_or("-"), 6),
                     fit(inv.serial.as_deref().unwrap_or("-"), 20)
                 );
-                match &d.refusal {
-                    None => {
-                        let _ = writeln!(body, "{row}");
-                    }
-                    Some(r) => {
-                        let _ = writeln!(body, "{}", self.screen.dim(&row));
-                        // The whole reason, wrapped: it names the mount point or holder
-                        // the operator has to deal with.
-                        for (i, l) in wrap(&format!("not writable: {r}"), 66).iter().enumerate() {
-                            let lead = if i == 0 { "         - " } else { "           " };
-                            let _ = writeln!(body, "{}", self.screen.dim(&format!("{lead}{l}")));
-                        }
-                    }
+                if d.refusal.is_none() {
+                    let _ = writeln!(body, "{row}");
+                    continue;
+                }
+                let _ = writeln!(body, "{}", self.screen.dim(&row));
+                // The whole reason, wrapped: it names the mount point or holder the operator
+                // has to deal with.
+                for (i, l) in reasons[matching[pos]].iter().enumerate() {
+                    let lead = if i == 0 { "         - " } else { "           " };
+                    let _ = writeln!(body, "{}", self.screen.dim(&format!("{lead}{l}")));
                 }
             }
-            let _ = writeln!(body, "\n  number: pick  [r] rescan  [b] back  [q] quit");
+            let status = self.disk_pager.status(&page, matching.len(), self.disks.len());
+            let keys = self.disk_pager.keys(&heights, budget);
+            let _ = writeln!(body, "  {}", fit(&format!("{status}  {keys}"), 76));
+            let _ = writeln!(body, "  number: pick  /text: filter  [r] rescan  [b] back  [q] quit");
         }
         self.draw(Step::Disk, &body);
         let Some(line) = self.ask("\nDisk: ") else { return quit() };
-        let shown = self.disks.len().min(MAX_ROWS);
+        if !self.disks.is_empty()
+            && let Some(m) = self.disk_pager.answer(&line, &heights, budget)
+        {
+            if let Move::Refused(why) = m {
+                self.message = Some(why);
+            }
+            return Next::Go(Step::Disk);
+        }
+        let shown = matching.len();
         match parse_input(&line) {
             Input::Row(n) if (1..=shown).contains(&n) => {
-                let d = &self.disks[n - 1];
+                let d = &self.disks[matching[n - 1]];
                 if let Some(r) = &d.refusal {
                     self.message =
                         Some(format!("disk {n} ({}) cannot be written: {r}", d.inventory.path));
@@ -411,9 +475,16 @@ impl Wizard {
                 self.disk = Some(d.clone());
                 Next::Go(Step::Confirm)
             }
-            Input::Row(n) if shown == 0 => {
+            Input::Row(n) if self.disks.is_empty() => {
                 self.message =
                     Some(format!("there is no disk {n}: no disks were found (r rescans)"));
+                Next::Go(Step::Disk)
+            }
+            Input::Row(n) if shown == 0 => {
+                self.message = Some(format!(
+                    "there is no disk {n}: none matches {:?} (/ alone clears the filter)",
+                    self.disk_pager.filter()
+                ));
                 Next::Go(Step::Disk)
             }
             Input::Row(n) => {

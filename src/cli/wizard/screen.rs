@@ -69,6 +69,12 @@ impl Screen {
         let _ = out.flush();
     }
 
+    /// The terminal's height in lines: what it reports, or 24 (an 80x24 console; a serial
+    /// console does not know its size).
+    pub fn rows(&self) -> u16 {
+        crate::sys::terminal_rows(1).unwrap_or(24)
+    }
+
     /// Prints `prompt` and reads one line; None at end of input.
     pub fn ask(&self, prompt: &str) -> Option<String> {
         {
