@@ -136,7 +136,7 @@ mod tests {
     fn pages_fill_the_budget_and_hold_a_tall_row_alone() {
         assert_eq!(pages(&[1; 5], 2), [0..2, 2..4, 4..5]);
         assert_eq!(pages(&[1, 3, 1, 1], 3), [0..1, 1..2, 2..4]);
-        assert_eq!(pages(&[5], 3), [0..1]);
+        assert_eq!(pages(&[5], 3), vec![0..1]);
         assert!(pages(&[], 3).is_empty());
     }
 
