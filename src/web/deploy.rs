@@ -246,7 +246,7 @@ fn start(a: &Args) -> Result<ExitCode> {
             );
             return Ok(ExitCode::from(1));
         }
-        install_quadlet(a)?;
+        install_quadlet(a, true)?;
         run(a, &["systemctl", "daemon-reload"])?;
         run(a, &["systemctl", "start", "bty-web.service", "bty-tftp.service"])?;
         println!("started bty-web and bty-tftp as systemd services (they start again at boot)");
@@ -450,14 +450,20 @@ fn upgrade(a: &Args) -> Result<ExitCode> {
     println!("kept {} and the bty-data and bty-cache volumes", env_path.display());
     match runner {
         Runner::Quadlet => {
-            install_quadlet(a)?;
+            // Decided before the copy, so the dry run and the real run restart the same units
+            // and a TFTP unit the operator removed stays removed.
+            let tftp = quadlet_dir().join("bty-tftp.container");
+            let with_tftp = tftp.exists();
+            install_quadlet(a, with_tftp)?;
             run(a, &["systemctl", "daemon-reload"])?;
             let mut units = vec!["systemctl", "restart", "bty-web.service"];
-            let tftp = quadlet_dir().join("bty-tftp.container");
-            if tftp.exists() {
+            if with_tftp {
                 units.push("bty-tftp.service");
             } else {
-                println!("skipped restarting bty-tftp: {} is not installed", tftp.display());
+                println!(
+                    "skipped installing and restarting bty-tftp: {} was not installed",
+                    tftp.display()
+                );
             }
             run(a, &units)?;
         }
@@ -480,9 +486,13 @@ fn upgrade(a: &Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Copies the stack's Quadlet units to /etc/containers/systemd.
-fn install_quadlet(a: &Args) -> Result<()> {
-    for (name, _) in TEMPLATES.iter().filter(|t| t.0.starts_with("quadlet/")) {
+/// Copies the stack's Quadlet units, bty-tftp's only `with_tftp`, to the Quadlet dir.
+fn install_quadlet(a: &Args, with_tftp: bool) -> Result<()> {
+    let units = TEMPLATES
+        .iter()
+        .filter(|t| t.0.starts_with("quadlet/"))
+        .filter(|t| with_tftp || t.0 != "quadlet/bty-tftp.container");
+    for (name, _) in units {
         let src = a.dir.join(name);
         let dest = quadlet_dir().join(name.trim_start_matches("quadlet/"));
         println!(

@@ -524,6 +524,25 @@ fn upgrade_restarts_the_quadlet_units_on_the_local_image() {
 }
 
 #[test]
+fn upgrade_leaves_a_removed_tftp_unit_removed_and_says_so() {
+    let t = TestDir::new("upgrade-no-tftp");
+    let dir = t.path("stack");
+    init_stack(&dir, None);
+    let tools = FakeTools::new(&t, true);
+    tools.install_quadlet(&dir);
+    std::fs::remove_file(tools.quadlet.join("bty-tftp.container")).unwrap();
+    for args in [&["upgrade", "--dry-run"][..], &["upgrade"]] {
+        let o = tools.run(args, &dir);
+        let out = text(&o);
+        assert!(o.status.success(), "{out}");
+        assert!(out.contains("skipped installing and restarting bty-tftp"), "{out}");
+        assert!(!out.contains("bty-tftp.service"), "{out}");
+    }
+    assert!(!tools.quadlet.join("bty-tftp.container").exists());
+    assert_eq!(tools.commands().last().unwrap(), "systemctl restart bty-web.service");
+}
+
+#[test]
 fn upgrade_refuses_an_absent_localhost_image_and_changes_nothing() {
     let t = TestDir::new("upgrade-absent");
     let dir = t.path("stack");
