@@ -30,7 +30,8 @@ Usage: bty-web [--listen HOST:PORT] [--state-dir DIR]   serve
                                                         print the lab DHCP server's boot options
        bty-web init DIR [--host-addr IP] [--image REF] [--force] [--dry-run]
        bty-web deploy DIR [same flags]                  init, then start the stack
-       bty-web upgrade DIR [--image REF] [--dry-run]    regenerate, pull and restart
+       bty-web upgrade DIR [--image REF] [--pull] [--dry-run]
+                                                        regenerate and restart (pull if asked)
        bty-web --version | --help
 
   --listen HOST:PORT  address to serve on (default 0.0.0.0:8080; [server] host/port)
@@ -60,8 +61,12 @@ init writes DIR/compose.yaml, DIR/quadlet/*.{container,volume}, DIR/bty.toml and
 BTY_ADMIN_PASSWORD) and touches nothing else; it refuses an existing stack without --force.
 deploy starts it: as root with Quadlet units in /etc/containers/systemd and systemctl, as a
 user with podman compose or docker compose (no TFTP, no autostart), and says what it skipped.
+The image is --image, else envvars' BTY_IMAGE, else localhost/bty-web:VERSION, the tag of
+`make image` (load it with `podman load -i target/image/bty-web-VERSION.oci.tar`).
 upgrade keeps envvars, bty.toml and the bty-data volume, rewrites the other files for this
-version, pulls the image and restarts. --dry-run prints instead of writing or running.
+version and restarts the stack on the image this machine has: it pulls only with --pull or
+when the image is absent, and a localhost/ image, which no registry serves, must be loaded.
+--dry-run prints every command instead of writing or running (it does look for the image).
 `bty-web dhcp` prints the DHCP configuration that boots machines into this bty-web (dnsmasq by
 default, --isc for ISC dhcpd): tftp (PXE firmware loads iPXE over TFTP), http-boot (UEFI HTTP
 Boot), all (both; the default) or proxy (a dnsmasq proxyDHCP beside the lab's DHCP server).

@@ -46,9 +46,17 @@ host = \"0.0.0.0\"
 port = 8080
 ";
 
-/// The image a stack runs unless `--image` or envvars' BTY_IMAGE names another.
+/// The image a stack runs unless `--image` or envvars' BTY_IMAGE names another: the name and
+/// tag `make image` gives its archives (the Makefile's IMAGE_TAG), so `podman load -i` of what
+/// this version built is what deploy and upgrade find.
 pub fn default_image() -> String {
-    format!("ghcr.io/safl/bty-web:{}", crate::VERSION)
+    format!("localhost/bty-web:{}", crate::VERSION)
+}
+
+/// An image under `localhost/` names one built or loaded on this machine: no registry serves
+/// it, so pulling it can only fail.
+fn local_only(image: &str) -> bool {
+    image.starts_with("localhost/")
 }
 
 struct Args {
@@ -57,13 +65,20 @@ struct Args {
     image: Option<String>,
     force: bool,
     dry_run: bool,
+    pull: bool,
 }
 
 /// Runs `bty-web init|deploy|upgrade` with the rest of the command line.
 pub fn command(action: Action, parser: &mut lexopt::Parser) -> Result<ExitCode> {
     let mut dir = None;
-    let mut a =
-        Args { dir: PathBuf::new(), host_addr: None, image: None, force: false, dry_run: false };
+    let mut a = Args {
+        dir: PathBuf::new(),
+        host_addr: None,
+        image: None,
+        force: false,
+        dry_run: false,
+        pull: false,
+    };
     while let Some(arg) = parser.next()? {
         match arg {
             Long("host-addr") => {
@@ -75,6 +90,7 @@ pub fn command(action: Action, parser: &mut lexopt::Parser) -> Result<ExitCode> 
             Long("image") => a.image = Some(parser.value()?.string()?),
             Long("force") => a.force = true,
             Long("dry-run") => a.dry_run = true,
+            Long("pull") if action == Action::Upgrade => a.pull = true,
             Value(v) if dir.is_none() => dir = Some(PathBuf::from(v)),
             _ => return Err(arg.unexpected().into()),
         }
@@ -230,7 +246,7 @@ fn start(a: &Args) -> Result<ExitCode> {
             );
             return Ok(ExitCode::from(1));
         }
-        install_quadlet(a)?;
+        install_quadlet(a, true)?;
         run(a, &["systemctl", "daemon-reload"])?;
         run(a, &["systemctl", "start", "bty-web.service", "bty-tftp.service"])?;
         println!("started bty-web and bty-tftp as systemd services (they start again at boot)");
@@ -257,8 +273,144 @@ fn start(a: &Args) -> Result<ExitCode> {
     }
 }
 
+/// Where root's Quadlet units are: /etc/containers/systemd, or `BTY_TEST_QUADLET_DIR`, a test
+/// hook that only a build with the cargo feature `test-hooks` reads (no shipped build enables
+/// it), so that tests run the Quadlet path without writing /etc.
+fn quadlet_dir() -> PathBuf {
+    #[cfg(feature = "test-hooks")]
+    if let Some(dir) = std::env::var_os("BTY_TEST_QUADLET_DIR") {
+        return PathBuf::from(dir);
+    }
+    PathBuf::from(QUADLET_DIR)
+}
+
+/// Whether this is a root install, whose units are Quadlet's. The test hook of `quadlet_dir`
+/// stands for one too, so those tests behave the same whoever runs them.
+fn root_install() -> bool {
+    #[cfg(feature = "test-hooks")]
+    if std::env::var_os("BTY_TEST_QUADLET_DIR").is_some() {
+        return true;
+    }
+    crate::sys::euid() == 0
+}
+
+/// What runs an installed stack, and so what restarts it.
+enum Runner {
+    /// Root's Quadlet units, run by systemd.
+    Quadlet,
+    /// A compose tool's argv prefix, for a user's stack (or root's without Quadlet units).
+    Compose(Vec<&'static str>),
+}
+
+impl Runner {
+    /// The container CLI whose image store the stack's containers come from.
+    fn image_tool(&self) -> &'static str {
+        match self {
+            Runner::Compose(c) if c[0] == "docker" => "docker",
+            _ => "podman",
+        }
+    }
+}
+
+/// How the stack in this machine is run, or why it cannot be restarted from here.
+fn upgrade_runner() -> std::result::Result<Runner, String> {
+    let qdir = quadlet_dir();
+    if root_install() && qdir.join("bty-web.container").exists() {
+        if find_program("podman").is_none() {
+            return Err(format!(
+                "the stack runs from Quadlet units in {} but podman is not installed",
+                qdir.display()
+            ));
+        }
+        return Ok(Runner::Quadlet);
+    }
+    compose_command().map(Runner::Compose).ok_or_else(|| {
+        format!(
+            "no Quadlet units in {} and no compose tool (podman compose, docker compose or \
+             podman-compose) is installed",
+            qdir.display()
+        )
+    })
+}
+
+/// Whether `image` is in `tool`'s local store. Read-only, so it runs in a dry run too: what
+/// the dry run prints next depends on it.
+fn image_present(tool: &str, image: &str) -> Result<bool> {
+    let argv: &[&str] = if tool == "docker" {
+        &["docker", "image", "inspect", "--format", "{{.Id}}", image]
+    } else {
+        &["podman", "image", "exists", image]
+    };
+    println!("checking: {}", argv.join(" "));
+    let out = Command::new(argv[0])
+        .args(&argv[1..])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("checking whether {image} is present: running {tool}"))?;
+    if out.status.success() {
+        return Ok(true);
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // podman says "absent" with exit status 1 and errors with 125; docker says absent only in
+    // words, and anything else (a daemon not running) must not pass for a missing image.
+    let absent = if tool == "docker" {
+        stderr.to_ascii_lowercase().contains("no such image")
+    } else {
+        out.status.code() == Some(1)
+    };
+    crate::ensure!(
+        absent,
+        "checking whether {image} is present: {} failed ({}): {}",
+        argv.join(" "),
+        out.status,
+        stderr.trim()
+    );
+    Ok(false)
+}
+
+/// Whether upgrade pulls `image`: only when asked (--pull) or when it is absent. Refuses an
+/// image that cannot be pulled and is needed from a registry, before anything is changed.
+fn decide_pull(a: &Args, tool: &str, image: &str) -> Result<bool> {
+    let present = image_present(tool, image)?;
+    let archive = match image.strip_prefix("localhost/bty-web:") {
+        Some(tag) => format!("target/image/bty-web-{tag}.oci.tar"),
+        None => "target/image/bty-web-VERSION.oci.tar".into(),
+    };
+    let load = format!(
+        "load it first (`make image` writes {archive}; `{tool} load -i` it on this machine) or \
+         pass --image with one a registry serves"
+    );
+    if local_only(image) && (a.pull || !present) {
+        let what = if present {
+            format!("--pull cannot pull image {image}")
+        } else {
+            format!("image {image} is not on this machine and cannot be pulled")
+        };
+        crate::bail!(
+            "upgrading {}: {what}: a localhost/ name is an image built or loaded here, which no \
+             registry serves; {load}. Nothing was changed",
+            a.dir.display()
+        );
+    }
+    match (present, a.pull) {
+        (true, false) => {
+            println!("skipped pull: {image} is present locally (--pull fetches it again)");
+            Ok(false)
+        }
+        (true, true) => {
+            println!("{image} is present locally; pulling it again as --pull asks");
+            Ok(true)
+        }
+        (false, _) => {
+            println!("{image} is not on this machine: pulling it");
+            Ok(true)
+        }
+    }
+}
+
 /// Rewrites the generated files for this version, keeping envvars, bty.toml and the data
-/// volume, then pulls the image and restarts whatever runs the stack.
+/// volume, then restarts whatever runs the stack on the image: the local one, pulled only when
+/// absent or asked for with --pull.
 fn upgrade(a: &Args) -> Result<ExitCode> {
     let env_path = a.dir.join(ENVVARS);
     let env = read_envvars(&env_path).with_context(|| {
@@ -278,46 +430,71 @@ fn upgrade(a: &Args) -> Result<ExitCode> {
     if !a.dir.join(TOML).exists() {
         files.push((TOML.into(), BTY_TOML.into(), 0o644));
     }
-    write_files(&a.dir, &files, a.dry_run)?;
-    println!("kept {} and the bty-data and bty-cache volumes", env_path.display());
-    let quadlet = Path::new(QUADLET_DIR).join("bty-web.container").exists();
-    if crate::sys::euid() == 0 && quadlet {
-        if find_program("podman").is_none() {
-            println!(
-                "skipped pull and restart: the stack runs from Quadlet units but podman is not installed"
-            );
+    let runner = match upgrade_runner() {
+        Ok(r) => r,
+        Err(why) => {
+            // The files are still worth regenerating: the operator can start them by hand.
+            write_files(&a.dir, &files, a.dry_run)?;
+            println!("kept {} and the bty-data and bty-cache volumes", env_path.display());
+            println!("skipped pull and restart: {why}");
             return Ok(ExitCode::from(1));
         }
-        install_quadlet(a)?;
-        run(a, &["podman", "pull", &image])?;
-        run(a, &["systemctl", "daemon-reload"])?;
-        let mut units = vec!["systemctl", "restart", "bty-web.service"];
-        if Path::new(QUADLET_DIR).join("bty-tftp.container").exists() {
-            units.push("bty-tftp.service");
-        }
-        run(a, &units)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    let Some(compose) = compose_command() else {
-        println!(
-            "skipped pull and restart: no Quadlet units in {QUADLET_DIR} and no compose tool \
-             (podman compose, docker compose or podman-compose) is installed"
-        );
-        return Ok(ExitCode::from(1));
     };
-    for step in [&["pull"][..], &["up", "-d"][..]] {
-        let mut cmd = compose.clone();
-        cmd.extend_from_slice(step);
-        run(a, &cmd)?;
+    // The image first: a pull that fails or an image that cannot be had leaves the running
+    // stack and its files as they were.
+    let tool = runner.image_tool();
+    if decide_pull(a, tool, &image)? {
+        run(a, &[tool, "pull", &image])?;
     }
+    write_files(&a.dir, &files, a.dry_run)?;
+    println!("kept {} and the bty-data and bty-cache volumes", env_path.display());
+    match runner {
+        Runner::Quadlet => {
+            // Decided before the copy, so the dry run and the real run restart the same units
+            // and a TFTP unit the operator removed stays removed.
+            let tftp = quadlet_dir().join("bty-tftp.container");
+            let with_tftp = tftp.exists();
+            install_quadlet(a, with_tftp)?;
+            run(a, &["systemctl", "daemon-reload"])?;
+            let mut units = vec!["systemctl", "restart", "bty-web.service"];
+            if with_tftp {
+                units.push("bty-tftp.service");
+            } else {
+                println!(
+                    "skipped installing and restarting bty-tftp: {} was not installed",
+                    tftp.display()
+                );
+            }
+            run(a, &units)?;
+        }
+        Runner::Compose(compose) => {
+            // Recreated even when compose.yaml did not change: a new build loaded under the
+            // same tag must replace the running container, and podman-compose only compares
+            // the file.
+            let mut cmd = compose.clone();
+            cmd.extend(["up", "-d", "--force-recreate"]);
+            run(a, &cmd)?;
+            println!(
+                "skipped restarting bty-tftp: it is in the tftp profile, which `up` leaves out; \
+                 where it runs, `{} --profile tftp up -d --force-recreate` restarts it",
+                compose.join(" ")
+            );
+        }
+    }
+    let verb = if a.dry_run { "would restart" } else { "restarted" };
+    println!("{verb} the stack in {} on {image}", a.dir.display());
     Ok(ExitCode::SUCCESS)
 }
 
-/// Copies the stack's Quadlet units to /etc/containers/systemd.
-fn install_quadlet(a: &Args) -> Result<()> {
-    for (name, _) in TEMPLATES.iter().filter(|t| t.0.starts_with("quadlet/")) {
+/// Copies the stack's Quadlet units, bty-tftp's only `with_tftp`, to the Quadlet dir.
+fn install_quadlet(a: &Args, with_tftp: bool) -> Result<()> {
+    let units = TEMPLATES
+        .iter()
+        .filter(|t| t.0.starts_with("quadlet/"))
+        .filter(|t| with_tftp || t.0 != "quadlet/bty-tftp.container");
+    for (name, _) in units {
         let src = a.dir.join(name);
-        let dest = Path::new(QUADLET_DIR).join(name.trim_start_matches("quadlet/"));
+        let dest = quadlet_dir().join(name.trim_start_matches("quadlet/"));
         println!(
             "{} {} -> {}",
             if a.dry_run { "would copy" } else { "copying" },
@@ -431,6 +608,15 @@ mod tests {
             assert!(!text.contains('@'), "{name} keeps a placeholder:\n{text}");
             assert!(text.contains("localhost/bty-web:x") || name.ends_with(".volume"), "{name}");
         }
+    }
+
+    #[test]
+    fn the_default_image_is_local_and_of_this_version() {
+        assert_eq!(default_image(), format!("localhost/bty-web:{}", crate::VERSION));
+        assert!(local_only(&default_image()));
+        assert!(!local_only("ghcr.io/safl/bty-web:1"));
+        // Only the registry part counts: a repository path mentioning localhost is pullable.
+        assert!(!local_only("registry.example/localhost/bty-web:1"));
     }
 
     #[test]

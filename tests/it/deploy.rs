@@ -1,7 +1,9 @@
 //! `bty-web init / deploy / upgrade` on temp dirs: the files it writes, checked by the tools that
 //! will read them where this machine has them (python3's yaml, systemd-analyze, the Quadlet
 //! generator), refusing to overwrite, --dry-run, and envvars surviving an upgrade. Nothing here
-//! starts containers or touches /etc: deploy and upgrade run with a PATH without podman/docker.
+//! starts containers or touches /etc: deploy and upgrade run with a PATH without podman/docker,
+//! or with one whose podman and systemctl are scripts that only log their arguments, and the
+//! Quadlet dir is a temp dir (BTY_TEST_QUADLET_DIR, a test hook).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -311,4 +313,259 @@ fn upgrade_keeps_envvars_and_rewrites_the_generated_files() {
     let o = bty_web(&["upgrade"], &t.path("nothing-here"));
     assert!(!o.status.success());
     assert!(text(&o).contains("bty-web init"), "{}", text(&o));
+}
+
+/// The image `make image` tags: the Makefile's IMAGE_TAG with this crate's version.
+fn make_image_tag() -> String {
+    let makefile =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Makefile")).unwrap();
+    let tag = makefile
+        .lines()
+        .find_map(|l| l.strip_prefix("IMAGE_TAG ?= "))
+        .expect("IMAGE_TAG in the Makefile");
+    tag.trim().replace("$(VERSION)", env!("CARGO_PKG_VERSION"))
+}
+
+#[test]
+fn deploy_defaults_to_the_image_make_image_tags() {
+    let tag = make_image_tag();
+    assert_eq!(tag, format!("localhost/bty-web:{}", env!("CARGO_PKG_VERSION")));
+    let t = TestDir::new("deploy-default-image");
+    let dir = t.path("stack");
+    let empty = t.path("empty-path");
+    std::fs::create_dir_all(&empty).unwrap();
+    let o = bty_web_no_tools(&["deploy", "--host-addr", "192.0.2.10"], &dir, &empty);
+    assert_eq!(o.status.code(), Some(1), "nothing to start it with here: {}", text(&o));
+    let compose = std::fs::read_to_string(dir.join("compose.yaml")).unwrap();
+    assert!(compose.contains(&format!("image: {tag}\n")), "{compose}");
+    let unit = std::fs::read_to_string(dir.join("quadlet/bty-web.container")).unwrap();
+    assert!(unit.contains(&format!("Image={tag}\n")), "{unit}");
+    let env = std::fs::read_to_string(dir.join("envvars")).unwrap();
+    assert!(!env.contains("BTY_IMAGE"), "the default is not pinned: {env}");
+}
+
+/// A PATH whose podman and systemctl only append their arguments to `log`; `podman image
+/// exists` answers whether the image is present, `podman compose version` says it has compose.
+struct FakeTools {
+    bin: std::path::PathBuf,
+    log: std::path::PathBuf,
+    quadlet: std::path::PathBuf,
+}
+
+impl FakeTools {
+    fn new(t: &TestDir, image_present: bool) -> FakeTools {
+        let bin = t.path("fake-bin");
+        let log = t.path("commands.log");
+        let quadlet = t.path("quadlet-dir");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(&quadlet).unwrap();
+        let exists = if image_present { 0 } else { 1 };
+        let podman = format!(
+            "#!/bin/sh\necho \"podman $*\" >> '{}'\ncase \"$1 $2\" in\n\
+             \"image exists\") exit {exists} ;;\nesac\nexit 0\n",
+            log.display()
+        );
+        let systemctl = format!("#!/bin/sh\necho \"systemctl $*\" >> '{}'\n", log.display());
+        for (name, script) in [("podman", podman), ("systemctl", systemctl)] {
+            let p = bin.join(name);
+            std::fs::write(&p, script).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        FakeTools { bin, log, quadlet }
+    }
+
+    fn run(&self, args: &[&str], dir: &Path) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_bty-web"))
+            .args(args)
+            .arg(dir)
+            .env("PATH", &self.bin)
+            .env("BTY_TEST_QUADLET_DIR", &self.quadlet)
+            .env_remove("BTY_CONFIG_FILE")
+            .env_remove("BTY_CONFIG_DIR")
+            .output()
+            .expect("running bty-web")
+    }
+
+    /// The commands the tools ran, without compose's version probe (how bty-web finds it).
+    fn commands(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| *l != "podman compose version")
+            .map(String::from)
+            .collect()
+    }
+
+    /// Puts the stack's Quadlet units where a root install keeps them.
+    fn install_quadlet(&self, dir: &Path) {
+        for f in ["bty-web.container", "bty-tftp.container"] {
+            std::fs::copy(dir.join("quadlet").join(f), self.quadlet.join(f)).unwrap();
+        }
+    }
+}
+
+/// The lines of `out` that name a command, in order: what a dry run says would run.
+fn would_run(out: &str) -> Vec<&str> {
+    out.lines().filter_map(|l| l.strip_prefix("would run: ")).collect()
+}
+
+fn init_stack(dir: &Path, image: Option<&str>) {
+    let mut args = vec!["init", "--host-addr", "192.0.2.10"];
+    if let Some(image) = image {
+        args.extend(["--image", image]);
+    }
+    let o = bty_web(&args, dir);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+#[test]
+fn upgrade_dry_run_uses_the_local_image_without_pulling_and_prints_the_restart() {
+    let t = TestDir::new("upgrade-dry-local");
+    let dir = t.path("stack");
+    init_stack(&dir, None);
+    std::fs::write(dir.join("compose.yaml"), "stale: true\n").unwrap();
+    let tools = FakeTools::new(&t, true);
+    let o = tools.run(&["upgrade", "--dry-run"], &dir);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    let image = make_image_tag();
+    assert!(out.contains(&format!("checking: podman image exists {image}\n")), "{out}");
+    assert!(out.contains(&format!("skipped pull: {image} is present locally")), "{out}");
+    assert_eq!(would_run(&out), ["podman compose up -d --force-recreate"], "{out}");
+    assert!(!out.contains(" pull "), "{out}");
+    assert!(out.contains("skipped restarting bty-tftp"), "says why: {out}");
+    // Only the read-only look for the image ran; nothing was written.
+    assert_eq!(tools.commands(), [format!("podman image exists {image}")]);
+    assert_eq!(std::fs::read_to_string(dir.join("compose.yaml")).unwrap(), "stale: true\n");
+}
+
+#[test]
+fn upgrade_dry_run_with_pull_prints_the_pull_before_the_restart() {
+    let t = TestDir::new("upgrade-dry-pull");
+    let dir = t.path("stack");
+    // A registry's name: nothing is fetched, the fake podman only logs.
+    let image = "registry.invalid/bty-web:9.9.9";
+    init_stack(&dir, Some(image));
+    let tools = FakeTools::new(&t, true);
+    let o = tools.run(&["upgrade", "--dry-run", "--pull"], &dir);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert_eq!(
+        would_run(&out),
+        [&format!("podman pull {image}")[..], "podman compose up -d --force-recreate"],
+        "{out}"
+    );
+    assert_eq!(tools.commands(), [format!("podman image exists {image}")]);
+    // Absent, a registry's image is pulled without being asked.
+    let t2 = TestDir::new("upgrade-dry-absent");
+    let tools = FakeTools::new(&t2, false);
+    let o = tools.run(&["upgrade", "--dry-run"], &dir);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains(&format!("{image} is not on this machine: pulling it")), "{out}");
+    assert_eq!(would_run(&out)[0], format!("podman pull {image}"), "{out}");
+    // --pull is upgrade's alone.
+    let o = bty_web(&["init", "--pull", "--force"], &dir);
+    assert!(!o.status.success(), "{}", text(&o));
+}
+
+#[test]
+fn upgrade_restarts_the_compose_stack_on_the_local_image() {
+    let t = TestDir::new("upgrade-compose");
+    let dir = t.path("stack");
+    init_stack(&dir, None);
+    std::fs::write(dir.join("compose.yaml"), "stale: true\n").unwrap();
+    let tools = FakeTools::new(&t, true);
+    let o = tools.run(&["upgrade"], &dir);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    let image = make_image_tag();
+    assert_eq!(
+        tools.commands(),
+        [format!("podman image exists {image}"), "podman compose up -d --force-recreate".into()],
+        "{out}"
+    );
+    let compose = std::fs::read_to_string(dir.join("compose.yaml")).unwrap();
+    assert!(compose.contains(&format!("image: {image}\n")), "rewritten before the restart");
+    assert!(out.contains(&format!("restarted the stack in {} on {image}", dir.display())));
+}
+
+#[test]
+fn upgrade_restarts_the_quadlet_units_on_the_local_image() {
+    let t = TestDir::new("upgrade-quadlet");
+    let dir = t.path("stack");
+    init_stack(&dir, None);
+    let tools = FakeTools::new(&t, true);
+    tools.install_quadlet(&dir);
+    std::fs::write(tools.quadlet.join("bty-web.container"), "[Container]\nImage=old\n").unwrap();
+    let image = make_image_tag();
+    let restart = "systemctl restart bty-web.service bty-tftp.service";
+    // The dry run names the same commands, in the order the real run runs them.
+    let o = tools.run(&["upgrade", "--dry-run"], &dir);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert_eq!(would_run(&out), ["systemctl daemon-reload", restart], "{out}");
+    assert!(out.contains(&format!("would copy {}/quadlet/bty-web.container", dir.display())));
+    let o = tools.run(&["upgrade"], &dir);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert_eq!(
+        tools.commands(),
+        [
+            format!("podman image exists {image}"),
+            format!("podman image exists {image}"),
+            "systemctl daemon-reload".into(),
+            restart.into()
+        ],
+        "{out}"
+    );
+    let unit = std::fs::read_to_string(tools.quadlet.join("bty-web.container")).unwrap();
+    assert!(unit.contains(&format!("Image={image}\n")), "units copied before the restart");
+}
+
+#[test]
+fn upgrade_leaves_a_removed_tftp_unit_removed_and_says_so() {
+    let t = TestDir::new("upgrade-no-tftp");
+    let dir = t.path("stack");
+    init_stack(&dir, None);
+    let tools = FakeTools::new(&t, true);
+    tools.install_quadlet(&dir);
+    std::fs::remove_file(tools.quadlet.join("bty-tftp.container")).unwrap();
+    for args in [&["upgrade", "--dry-run"][..], &["upgrade"]] {
+        let o = tools.run(args, &dir);
+        let out = text(&o);
+        assert!(o.status.success(), "{out}");
+        assert!(out.contains("skipped installing and restarting bty-tftp"), "{out}");
+        assert!(!out.contains("bty-tftp.service"), "{out}");
+    }
+    assert!(!tools.quadlet.join("bty-tftp.container").exists());
+    assert_eq!(tools.commands().last().unwrap(), "systemctl restart bty-web.service");
+}
+
+#[test]
+fn upgrade_refuses_an_absent_localhost_image_and_changes_nothing() {
+    let t = TestDir::new("upgrade-absent");
+    let dir = t.path("stack");
+    init_stack(&dir, None);
+    std::fs::write(dir.join("compose.yaml"), "stale: true\n").unwrap();
+    let tools = FakeTools::new(&t, false);
+    let image = make_image_tag();
+    for args in [&["upgrade"][..], &["upgrade", "--dry-run"], &["upgrade", "--pull"]] {
+        let o = tools.run(args, &dir);
+        let out = text(&o);
+        assert!(!o.status.success(), "{args:?}: {out}");
+        assert!(out.contains(&format!("upgrading {}", dir.display())), "{out}");
+        assert!(out.contains(&image) && out.contains("cannot be pulled"), "{out}");
+        assert!(out.contains("podman load -i"), "says how to get it: {out}");
+        assert!(!out.contains("would run") && !out.contains("running:"), "{out}");
+    }
+    assert!(tools.commands().iter().all(|c| c.starts_with("podman image exists")));
+    assert_eq!(std::fs::read_to_string(dir.join("compose.yaml")).unwrap(), "stale: true\n");
+    // Present, a localhost/ image still cannot be pulled on request.
+    let t2 = TestDir::new("upgrade-pull-local");
+    let tools = FakeTools::new(&t2, true);
+    let o = tools.run(&["upgrade", "--pull"], &dir);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("--pull cannot pull"), "{}", text(&o));
+    assert!(tools.commands().iter().all(|c| c.starts_with("podman image exists")));
 }
