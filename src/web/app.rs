@@ -2,7 +2,7 @@
 //! the routes and the pages that use it, so that none of them imports another for it.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::web::auth::Auth;
 use crate::web::config::Settings;
@@ -14,7 +14,8 @@ use crate::web::{pxe, validate};
 
 /// What every route can reach.
 pub struct App {
-    pub settings: Settings,
+    /// The settings in force: replaced when the Settings page saves one that applies at once.
+    settings: RwLock<Arc<Settings>>,
     pub db: Db,
     pub auth: Auth,
     /// Latest flash progress per MAC, as the live environment reports it (not persisted).
@@ -36,6 +37,40 @@ pub struct App {
 }
 
 impl App {
+    /// An App over `settings` and the rest of what it holds.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        settings: Settings,
+        db: Db,
+        auth: Auth,
+        cache: Option<Arc<crate::web::cache::Cache>>,
+        discovery: pxe::Discovery,
+    ) -> App {
+        App {
+            settings: RwLock::new(Arc::new(settings)),
+            db,
+            auth,
+            progress: Default::default(),
+            hub: Default::default(),
+            metrics: Default::default(),
+            jobs: Default::default(),
+            machines_json: Default::default(),
+            cache,
+            discovery,
+            offers: Default::default(),
+        }
+    }
+
+    /// The settings in force now.
+    pub fn settings(&self) -> Arc<Settings> {
+        Arc::clone(&self.settings.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Puts `settings` in force (a saved change that applies at once).
+    pub fn set_settings(&self, settings: Settings) {
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(settings);
+    }
+
     /// `GET /machines`: the whole table as JSON, built once per database change. Polling
     /// dashboards and scripts then cost a copy of a shared buffer, not a query and a
     /// serialisation of the fleet each.

@@ -66,7 +66,7 @@ pub fn list(state: &Path) -> Result<Vec<BackupFile>> {
 /// The backup job.
 fn create(ctx: &Ctx) -> Result<String> {
     let app = &ctx.app;
-    let state = app.settings.state_dir();
+    let state = app.settings().state_dir();
     let dir = dir(&state);
     private_dir(&dir)?;
     let tmp_db = dir.join(format!(".job-{}-state.db", ctx.id));
@@ -191,7 +191,7 @@ pub fn keep(app: &App) -> usize {
 
 /// Deletes all but the newest `keep` backups.
 pub fn prune(app: &App, keep: usize) -> Result<()> {
-    for old in list(&app.settings.state_dir())?.into_iter().skip(keep) {
+    for old in list(&app.settings().state_dir())?.into_iter().skip(keep) {
         fs::remove_file(&old.path).with_context(|| format!("removing {}", old.path))?;
         app.db.event(
             "backup.pruned",
@@ -220,7 +220,7 @@ pub fn run_scheduler(app: Arc<App>) -> io::Result<()> {
                 crate::warn!("backup schedule: {e}");
             }
             // The one periodic worker also runs the expiry of stale discoveries.
-            if crate::web::pxe::expire_discovered(&app.db, &app.settings) > 0 {
+            if crate::web::pxe::expire_discovered(&app.db, &app.settings()) > 0 {
                 app.hub.changed();
             }
         }
@@ -239,7 +239,7 @@ fn scheduled(app: &Arc<App>) -> Result<()> {
         .and_then(|v| v.parse().ok())
         .filter(|h| *h > 0)
         .unwrap_or(24);
-    let newest = list(&app.settings.state_dir())?.into_iter().next();
+    let newest = list(&app.settings().state_dir())?.into_iter().next();
     let age = newest
         .and_then(|b| fs::metadata(&b.path).ok())
         .and_then(|m| m.modified().ok())

@@ -20,8 +20,8 @@ pub fn serve(app: &App, req: &Req, name: &str) -> Resp {
         Ok(n) => n,
         Err(e) => return bad(e),
     };
-    let path = app.settings.boot_dir().join(name);
-    let (file, len) = match open_first(&path, name, &app.settings.ipxe_dir()) {
+    let path = app.settings().boot_dir().join(name);
+    let (file, len) = match open_first(&path, name, &app.settings().ipxe_dir()) {
         Ok(Some(f)) => f,
         // An HTTP-booted ipxe.efi fetches this beside itself; the name the client used for
         // us is one it can reach, so the script chains there (when that name is ours).
@@ -92,11 +92,11 @@ pub fn upload(app: &App, req: &Req, name: &str, body: &mut dyn Read) -> Resp {
         Ok(n) => n,
         Err(e) => return bad(e),
     };
-    let max = app.settings.max_upload();
+    let max = app.settings().max_upload();
     if req.content_length().is_some_and(|n| n > max) {
         return Resp::error(413, &format!("{name}: larger than the upload limit of {max} bytes"));
     }
-    let dir = app.settings.boot_dir();
+    let dir = app.settings().boot_dir();
     let dest = dir.join(name);
     // A leading dot keeps the partial file out of GET /boot (names may not start with one).
     static SEQ: AtomicU64 = AtomicU64::new(0);

@@ -80,8 +80,7 @@ Browser UI: /ui/ (log in at /ui/login).
 SIGTERM or SIGINT stops it after the requests in flight (at most 5 s).
 ";
 
-/// A setting given as a flag: (section, key, value, the flag's name).
-type Flag = (&'static str, &'static str, String, &'static str);
+use crate::web::config::Flag;
 
 pub(super) fn run() -> Result<ExitCode> {
     let (mode, flags) = match parse_args()? {
@@ -94,7 +93,7 @@ pub(super) fn run() -> Result<ExitCode> {
         crate::warn!("unknown setting ignored: {u}");
     }
     for i in &settings.ignored {
-        crate::warn!("setting ignored: {i} (an empty password is never used)");
+        crate::warn!("setting ignored: {i}");
     }
     let state = settings.state_dir();
     match mode {

@@ -1,6 +1,8 @@
 //! bty-web configuration: `bty.toml` (found through `BTY_CONFIG_FILE`, `BTY_CONFIG_DIR` or the
-//! default search list) with `BTY_<SECTION>_<KEY>` environment overrides and command-line flags
-//! on top. Every setting remembers where its value came from, for `bty-web config` and the UI.
+//! default search list), then what operators saved on the Settings page (`settings.toml` in the
+//! state dir, a file bty-web owns), then `BTY_<SECTION>_<KEY>` environment overrides and
+//! command-line flags. Every setting remembers where its value came from, for `bty-web config`
+//! and the UI, and whether bty-web applies a change at once or reads it only at start.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,6 +19,8 @@ pub enum Source {
     Env(String),
     /// A command-line flag, by name.
     Flag(&'static str),
+    /// Saved from the Settings page, in the state dir's `settings.toml`.
+    Saved(PathBuf),
 }
 
 impl std::fmt::Display for Source {
@@ -26,6 +30,7 @@ impl std::fmt::Display for Source {
             Source::File(p) => write!(f, "toml {}", p.display()),
             Source::Env(v) => write!(f, "env {v}"),
             Source::Flag(n) => write!(f, "flag {n}"),
+            Source::Saved(p) => write!(f, "saved {}", p.display()),
         }
     }
 }
@@ -260,6 +265,29 @@ const KEYS: &[Key] = &[
     },
 ];
 
+/// Settings bty-web reads where it uses them (each request, each fetch, each worker round), so
+/// a change applies at once. Every other one is read at start: sockets, limits, paths, the
+/// cache and the PXE caps are set up from it, and a change applies at the next restart.
+const LIVE: &[(&str, &str)] = &[
+    ("server", "public_url"),
+    ("server", "allowed_hosts"),
+    ("boot", "release_repo"),
+    ("boot", "release_tag"),
+    ("boot", "release_url"),
+    ("boot", "kernel"),
+    ("boot", "initrd"),
+    ("boot", "kernel_arm64"),
+    ("boot", "initrd_arm64"),
+    ("boot", "max_upload_mib"),
+    ("pxe", "discovered_ttl_days"),
+];
+
+/// The file of the Settings page's changes, in the state dir.
+pub const SAVED_FILE: &str = "settings.toml";
+
+/// A setting given as a flag: (section, key, value, the flag's name).
+pub type Flag = (&'static str, &'static str, String, &'static str);
+
 /// The password used when none is configured; bty-web warns about it at start.
 pub const DEFAULT_PASSWORD: &str = "bty-lab";
 
@@ -273,20 +301,21 @@ pub struct Settings {
     pub unknown: Vec<String>,
     /// Secrets given empty, and so left unset (an empty `BTY_ADMIN_PASSWORD=` is no password).
     pub ignored: Vec<String>,
+    /// What it was loaded from (the `BTY_` variables and the flags), to load it again.
+    inputs: (BTreeMap<String, String>, Vec<Flag>),
 }
 
 impl Settings {
     /// Resolves the settings from files, the environment (`env`, usually std::env::vars) and
     /// command-line overrides (section, key, value, flag name).
-    pub fn load(
-        env: &BTreeMap<String, String>,
-        flags: &[(&'static str, &'static str, String, &'static str)],
-    ) -> Result<Settings> {
+    pub fn load(env: &BTreeMap<String, String>, flags: &[Flag]) -> Result<Settings> {
+        let ours = env.iter().filter(|(k, _)| k.starts_with("BTY_"));
         let mut s = Settings {
             values: BTreeMap::new(),
             files: Vec::new(),
             unknown: Vec::new(),
             ignored: Vec::new(),
+            inputs: (ours.map(|(k, v)| (k.clone(), v.clone())).collect(), flags.to_vec()),
         };
         // Flags and env that place the state dir decide where <state_dir>/bty.toml is looked for.
         let state_hint = flags
@@ -304,7 +333,7 @@ impl Settings {
                 format!("BTY_{}_{}", k.section.to_ascii_uppercase(), k.key.to_ascii_uppercase());
             if let Some(v) = env.get(&var) {
                 if k.secret && v.is_empty() {
-                    s.ignored.push(format!("{var} is empty"));
+                    s.ignored.push(format!("{var} is empty (an empty password is never used)"));
                     continue;
                 }
                 s.values.insert((k.section, k.key), (v.clone(), Source::Env(var)));
@@ -320,8 +349,96 @@ impl Settings {
                 s.values.insert((k.section, k.key), (v, Source::Default));
             }
         }
+        // The Settings page's changes, in the state dir the above settled: over the files and
+        // the defaults, under the environment and the flags (a deployment's own overrides).
+        let saved = s.saved_path();
+        if saved.is_file() {
+            s.read_saved(&saved)?;
+        }
         s.validate()?;
         Ok(s)
+    }
+
+    /// The same settings read again from the same files, variables and flags: what the next
+    /// start would see.
+    pub fn reload(&self) -> Result<Settings> {
+        Settings::load(&self.inputs.0, &self.inputs.1)
+    }
+
+    /// Where the Settings page saves its changes.
+    pub fn saved_path(&self) -> PathBuf {
+        self.state_dir().join(SAVED_FILE)
+    }
+
+    /// Whether a change of `[section] key` applies at once (else at the next start); None for
+    /// a setting bty-web does not know.
+    pub fn applies_now(section: &str, key: &str) -> Option<bool> {
+        KEYS.iter()
+            .any(|k| k.section == section && k.key == key)
+            .then(|| LIVE.contains(&(section, key)))
+    }
+
+    /// Whether the Settings page may change `[section] key`, and if not why: the password is
+    /// changed in a file, the state dir holds the saved file itself, and a value from the
+    /// environment or a flag wins over the page.
+    pub fn editable(&self, section: &str, key: &str) -> std::result::Result<(), String> {
+        let Some(k) = KEYS.iter().find(|k| k.section == section && k.key == key) else {
+            return Err(format!("[{section}] {key} is not a setting bty-web knows"));
+        };
+        if k.secret {
+            return Err("the password is not changed in the browser; set it in bty.toml or BTY_ADMIN_PASSWORD".into());
+        }
+        if (section, key) == ("paths", "state_dir") {
+            return Err("[paths] state_dir holds the page's own saved settings; set it in bty.toml or BTY_PATHS_STATE_DIR".into());
+        }
+        match self.source(section, key) {
+            Source::Env(v) => Err(format!(
+                "[{section}] {key} is set by the environment ({v}), which wins over this page; change it there"
+            )),
+            Source::Flag(f) => Err(format!(
+                "[{section}] {key} is set by the flag {f}, which wins over this page; change it there"
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// A copy with `[section] key` set as the page saved it, checked as at start.
+    pub fn with_saved(&self, section: &str, key: &str, value: &str) -> Result<Settings> {
+        let mut s = self.clone();
+        let k = KEYS
+            .iter()
+            .find(|k| k.section == section && k.key == key)
+            .with_context(|| format!("[{section}] {key} is not a setting bty-web knows"))?;
+        s.values.insert((k.section, k.key), (value.to_string(), Source::Saved(self.saved_path())));
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// Applies the saved file: each of its settings that the environment and the flags leave
+    /// to it. What the page cannot set (the password, the state dir, unknown keys) is reported
+    /// and ignored, as a hand edit of the file could put it there.
+    fn read_saved(&mut self, path: &Path) -> Result<()> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let table: toml::Table =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        for (section, v) in &table {
+            for (key, value) in v.as_table().into_iter().flatten() {
+                if let Err(why) = self.editable(section, key) {
+                    self.ignored.push(format!("{}: {why}", path.display()));
+                    continue;
+                }
+                let Some(k) = KEYS.iter().find(|k| k.section == section && k.key == key) else {
+                    continue;
+                };
+                let Some(value) = value.as_str() else {
+                    crate::bail!("parsing {}: [{section}] {key} must be a string", path.display());
+                };
+                self.values
+                    .insert((k.section, k.key), (value.to_string(), Source::Saved(path.into())));
+            }
+        }
+        Ok(())
     }
 
     fn read_file(&mut self, path: &Path) -> Result<()> {
@@ -353,7 +470,10 @@ impl Settings {
                     ),
                 };
                 if k.secret && value.is_empty() {
-                    self.ignored.push(format!("[{section}] {key} in {} is empty", path.display()));
+                    self.ignored.push(format!(
+                        "[{section}] {key} in {} is empty (an empty password is never used)",
+                        path.display()
+                    ));
                     continue;
                 }
                 self.values.insert((k.section, k.key), (value, Source::File(path.to_path_buf())));

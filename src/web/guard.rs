@@ -196,7 +196,7 @@ fn foreign_origin(app: &App, req: &Req) -> Option<String> {
         (None, Some(r)) => origin_of(r.trim()).unwrap_or_else(|| r.trim().to_string()),
         (None, None) => return None,
     };
-    (!own_origin(req.host(), app.settings.public_url(), &origin)).then_some(origin)
+    (!own_origin(req.host(), app.settings().public_url(), &origin)).then_some(origin)
 }
 
 /// Whether `origin` is this server's: `http(s)://` and the `host` the request was sent to, or
@@ -235,7 +235,7 @@ fn host_allowed(app: &App, req: &Req) -> Result<(), String> {
     if let Ok(ip) = name.parse::<IpAddr>() {
         return if ip.is_unspecified() { Err(refuse()) } else { Ok(()) };
     }
-    let s = &app.settings;
+    let s = &app.settings();
     let public = s.public_url().and_then(url_host_port);
     let mut ports: Vec<u16> = req.local.map(|a| a.port()).into_iter().collect();
     ports.extend(s.get("server", "port").parse::<u16>().ok().filter(|&p| p != 0));
@@ -265,7 +265,7 @@ fn host_allowed(app: &App, req: &Req) -> Result<(), String> {
 
 /// Whether a host name is one of this server's (addresses are settled before it is asked).
 fn owned_name(app: &App, name: &str, public_host: Option<&str>) -> bool {
-    let s = &app.settings;
+    let s = &app.settings();
     let same = |other: &str| name.eq_ignore_ascii_case(other.trim_end_matches('.'));
     name == "localhost"
         || public_host.is_some_and(same)
@@ -363,7 +363,7 @@ pub fn script_host(app: &App, req: &Req) -> Option<String> {
             return Some(host.to_string());
         }
     }
-    if let Some(rest) = app.settings.public_url().and_then(|u| u.strip_prefix("http://")) {
+    if let Some(rest) = app.settings().public_url().and_then(|u| u.strip_prefix("http://")) {
         let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
         if crate::web::guard::host_for_scripts(authority).is_some() {
             return Some(authority.to_string());

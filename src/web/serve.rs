@@ -108,26 +108,15 @@ fn app(settings: &Settings, db: db::Db) -> Result<app::App> {
         )),
         None => None,
     };
-    Ok(app::App {
-        settings: settings.clone(),
-        db,
-        auth,
-        progress: Default::default(),
-        hub: Default::default(),
-        metrics: Default::default(),
-        machines_json: Default::default(),
-        jobs: Default::default(),
-        cache,
-        discovery: pxe::Discovery::new(settings.pxe_limit("discoveries_per_minute")),
-        offers: Default::default(),
-    })
+    let discovery = pxe::Discovery::new(settings.pxe_limit("discoveries_per_minute"));
+    Ok(app::App::new(settings.clone(), db, auth, cache, discovery))
 }
 
 /// The background work: jobs a killed server left, the backup scheduler, the live-update
 /// publisher.
 fn start_workers(app: &Arc<app::App>) -> Result<()> {
     jobs::Jobs::recover(app)?;
-    backup::remove_leftovers(&app.settings.state_dir());
+    backup::remove_leftovers(&app.settings().state_dir());
     backup::run_scheduler(Arc::clone(app)).context("starting the backup scheduler")?;
     let publisher = Arc::clone(app);
     Arc::clone(&app.hub)

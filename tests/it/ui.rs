@@ -572,47 +572,70 @@ fn settings_store_the_default_catalog_which_the_images_page_fetches() {
 }
 
 #[test]
-fn toml_settings_are_edited_in_their_file() {
+fn settings_are_saved_in_the_state_dir_applied_now_or_at_restart() {
+    use std::os::unix::fs::PermissionsExt;
     let dir = util::TestDir::new("ui-config");
     let file = dir.path("bty.toml");
-    std::fs::write(
-        &file,
-        "# lab\n[boot]\nmax_upload_mib = 100 # small disks\nrelease_tag = \"v1\"\n",
-    )
-    .unwrap();
-    let s = Server::start_env("ui-config", &[("BTY_CONFIG_FILE", file.to_str().unwrap())]);
+    let text = "# lab\n[boot]\nmax_upload_mib = 100 # small disks\nrelease_tag = \"v1\"\n";
+    std::fs::write(&file, text).unwrap();
+    // As the compose and Quadlet stacks mount it: read-only. Saving must not need it.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let s = Server::start_env(
+        "ui-config",
+        &[("BTY_CONFIG_FILE", file.to_str().unwrap()), ("BTY_PXE_MAX_DISCOVERED", "50")],
+    );
     let cookie = s.login();
     let (_, _, page) = get(&s, &cookie, "/ui/settings");
     html::check(&page).unwrap();
-    assert!(
-        page.contains("name=\"name\" value=\"[boot] max_upload_mib\""),
-        "an inline form for TOML rows"
-    );
-    assert!(!page.contains("value=\"[server] port\""), "none for defaults");
-    let (_, page) = post_and_follow(
-        &s,
-        &cookie,
-        "/ui/settings/config/edit",
-        "name=%5Bboot%5D+max_upload_mib&value=abc",
-    );
+    let form = |name: &str| format!("name=\"name\" value=\"{name}\"");
+    assert!(page.contains(&form("[boot] max_upload_mib")), "a form for a row from the file");
+    assert!(page.contains(&form("[server] max_connections")), "a form for a default");
+    assert!(!page.contains(&form("[pxe] max_discovered")), "none for the environment's");
+    assert!(!page.contains(&form("[admin] password")), "none for the password");
+
+    let edit = |body: &str| post_and_follow(&s, &cookie, "/ui/settings/config/edit", body).1;
+    let page = edit("name=%5Bboot%5D+max_upload_mib&value=abc");
     assert!(
         page.contains("Not saved: ") && page.contains("expected a whole number above 0"),
         "{page}"
     );
-    let (_, page) = post_and_follow(
-        &s,
-        &cookie,
-        "/ui/settings/config/edit",
-        "name=%5Bboot%5D+max_upload_mib&value=200",
+    let saved = s.state.join("settings.toml");
+    assert!(!saved.exists(), "a refused value wrote the file");
+
+    // In force at once: the netboot page names the new release source.
+    let page = edit("name=%5Bboot%5D+release_url&value=%2Fsrv%2Fbty-mirror");
+    assert!(page.contains("Saved [boot] release_url = /srv/bty-mirror in "), "{page}");
+    assert!(page.contains("in force now"), "{page}");
+    let (_, _, page) = get(&s, &cookie, "/ui/netboot");
+    assert!(page.contains("/srv/bty-mirror"), "{page}");
+
+    // At the next start: said so, and shown as pending on the page.
+    let page = edit("name=%5Bserver%5D+max_connections&value=77");
+    assert!(page.contains("restart it to apply"), "{page}");
+    assert!(page.contains("at restart (saved: 77)"), "{page}");
+
+    // The environment wins over the page, and the page says where to change it.
+    let page = edit("name=%5Bpxe%5D+max_discovered&value=9");
+    assert!(page.contains("set by the environment (BTY_PXE_MAX_DISCOVERED)"), "{page}");
+    let page = edit("name=%5Badmin%5D+password&value=x");
+    assert!(page.contains("the password is not changed in the browser"), "{page}");
+
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), text, "bty.toml is the operator's");
+    let saved_text = std::fs::read_to_string(&saved).unwrap();
+    assert!(saved_text.contains("max_connections = \"77\""), "{saved_text}");
+
+    // After a restart both saved values are in force, from the saved file.
+    let state = s.state.clone();
+    s.stop_keeping_state();
+    let s = Server::start_in_env(
+        state,
+        &[("BTY_CONFIG_FILE", file.to_str().unwrap()), ("BTY_PXE_MAX_DISCOVERED", "50")],
     );
-    assert!(page.contains("Saved [boot] max_upload_mib = 200"), "{page}");
-    assert_eq!(
-        std::fs::read_to_string(&file).unwrap(),
-        "# lab\n[boot]\nmax_upload_mib = 200\nrelease_tag = \"v1\"\n"
-    );
-    let (_, page) =
-        post_and_follow(&s, &cookie, "/ui/settings/config/edit", "name=%5Bserver%5D+port&value=1");
-    assert!(page.contains("does not come from a TOML file"), "{page}");
+    let cookie = s.login();
+    let (_, _, page) = get(&s, &cookie, "/ui/settings");
+    assert!(page.contains("value=\"77\""), "{page}");
+    assert!(!page.contains("at restart (saved:"), "nothing pending after the restart: {page}");
+    assert!(page.contains("saved ") && page.contains("settings.toml"), "{page}");
 }
 
 #[test]

@@ -85,7 +85,7 @@ pub fn active_all(app: &App) -> [(String, String); 2] {
 fn pick(app: &App, arch: Arch, fetched: Option<(String, String)>) -> (String, String) {
     let (kk, ik) = arch.keys();
     let pick = |key: &str, fetched: Option<String>| {
-        let s = &app.settings;
+        let s = &app.settings();
         match (s.source("boot", key), fetched) {
             (Source::Default, Some(name)) => name,
             _ => s.get("boot", key).to_string(),
@@ -137,7 +137,7 @@ fn recorded(row: Option<&serde_json::Value>, arch: Arch) -> Option<(String, Stri
 
 /// The release repo and tag: as saved on the settings page, else from the configuration.
 pub fn repo_and_tag(app: &App) -> (String, String) {
-    let s = &app.settings;
+    let s = &app.settings();
     let saved = |k: &str| app.db.setting(k).ok().flatten().filter(|v| !v.is_empty());
     (
         saved("release_repo").unwrap_or_else(|| s.get("boot", "release_repo").to_string()),
@@ -148,14 +148,16 @@ pub fn repo_and_tag(app: &App) -> (String, String) {
 /// Where the release's files come from, for people: the base URL or directory, or the GitHub
 /// release of `repo` at `tag`.
 pub fn origin(app: &App, repo: &str, tag: &str) -> String {
-    let base = app.settings.get("boot", "release_url").trim();
+    let settings = app.settings();
+    let base = settings.get("boot", "release_url").trim();
     if base.is_empty() { format!("the GitHub release {repo} {tag}") } else { base.to_string() }
 }
 
 /// Where a file of the release is: under `release_url` (a URL or a directory: the same join
 /// serves both), else the GitHub release download URL.
 fn location(app: &App, name: &str) -> Result<String> {
-    let base = app.settings.get("boot", "release_url").trim();
+    let settings = app.settings();
+    let base = settings.get("boot", "release_url").trim();
     if !base.is_empty() {
         // Source::open would also take oras:// and friends; a release is a directory of
         // files, so only what holds one is accepted, with a message saying so.
@@ -287,7 +289,7 @@ const ANY_ASSET_MAX: u64 = 64 << 30;
 /// and recorded as the active pair.
 fn fetch(ctx: &Ctx) -> Result<String> {
     let app = &ctx.app;
-    let boot = app.settings.boot_dir();
+    let boot = app.settings().boot_dir();
     let manifest_at = location(app, MANIFEST)?;
     let bytes = crate::source::fetch_document(&manifest_at, manifest::MAX_BYTES)?;
     // Assets bty-web does not download (the USB image, the OCI archive) may be larger than
@@ -295,7 +297,7 @@ fn fetch(ctx: &Ctx) -> Result<String> {
     let m = manifest::parse(&bytes, ANY_ASSET_MAX)
         .with_context(|| format!("reading the release manifest {manifest_at}"))?;
     let choice = choose(&m, &manifest_at)?;
-    let limit = app.settings.max_upload();
+    let limit = app.settings().max_upload();
     for a in &choice.all {
         crate::ensure!(
             a.size <= limit,

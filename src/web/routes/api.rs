@@ -153,7 +153,7 @@ pub(super) fn backups(app: &App) -> Resp {
         Ok(j) => j,
         Err(e) => return internal(e),
     };
-    match crate::web::backup::list(&app.settings.state_dir()) {
+    match crate::web::backup::list(&app.settings().state_dir()) {
         Ok(files) => Resp::json(
             200,
             &serde_json::json!({ "jobs": jobs, "backups": files, "keep": crate::web::backup::keep(app) }),

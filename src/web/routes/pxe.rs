@@ -59,7 +59,7 @@ fn decide(app: &App, req: &Req, mac: &str, offer: bool) -> Result<Contact, Resp>
 /// Not the inventory an unknown machine gets below the cap: without a row its inventory post
 /// would be refused, and the live environment would boot again and again.
 fn discovery_refused(app: &App, cap: Capped, ip: &str, script: bool) -> Resp {
-    let s = &app.settings;
+    let s = &app.settings();
     let (limit, why) = match cap {
         Capped::Rate => (
             format!(
@@ -191,7 +191,7 @@ pub(super) fn post(
                     Ok(InventoryStored::WithoutLshw) => {
                         let limit = format!(
                             "[pxe] max_lshw_total_mib = {}",
-                            app.settings.get("pxe", "max_lshw_total_mib")
+                            app.settings().get("pxe", "max_lshw_total_mib")
                         );
                         app.discovery.refused(&app.db, &app.metrics, Capped::LshwTotal, &limit);
                         Ok(true)

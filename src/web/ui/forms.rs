@@ -274,7 +274,7 @@ fn import_report(resp: Resp) -> Resp {
 
 /// The session token of a multipart form, checked before the file part is read.
 fn multipart_allowed(ctx: &Ctx<'_>, token: Option<&str>) -> bool {
-    match super::origin_ok(ctx.req, ctx.app.settings.public_url()) {
+    match super::origin_ok(ctx.req, ctx.app.settings().public_url()) {
         Some(ok) => ok,
         None => token.is_some_and(|t| ctx.app.auth.csrf_ok(ctx.req.header("cookie"), t)),
     }
@@ -395,11 +395,13 @@ fn save_upstream(ctx: &Ctx<'_>, fields: Vec<(String, String)>) -> Resp {
     let saved = db
         .set_setting("catalog_url", if url == pages::DEFAULT_CATALOG { "" } else { &url })
         .and_then(|_| {
-            let default_repo = ctx.app.settings.get("boot", "release_repo");
+            let settings = ctx.app.settings();
+            let default_repo = settings.get("boot", "release_repo");
             db.set_setting("release_repo", if repo == default_repo { "" } else { &repo })
         })
         .and_then(|_| {
-            let default_tag = ctx.app.settings.get("boot", "release_tag");
+            let settings = ctx.app.settings();
+            let default_tag = settings.get("boot", "release_tag");
             db.set_setting("release_tag", if tag == default_tag { "" } else { &tag })
         });
     match saved {
@@ -411,14 +413,21 @@ fn save_upstream(ctx: &Ctx<'_>, fields: Vec<(String, String)>) -> Resp {
     }
 }
 
-/// `POST /ui/settings/config/edit`: one TOML-sourced setting, rewritten in its file.
+/// `POST /ui/settings/config/edit`: one setting, saved in the state dir's settings.toml, in
+/// force at once where bty-web reads it where it uses it.
 fn edit_config(ctx: &Ctx<'_>, fields: &[(String, String)]) -> Resp {
     let name = field(fields, "name").unwrap_or("");
     let value = field(fields, "value").unwrap_or("");
-    match super::config_edit::edit(&ctx.app.settings, name, value) {
-        Ok(file) => {
-            let msg =
-                format!("Saved {name} = {} in {file}; restart bty-web to apply it.", value.trim());
+    match super::config_edit::save(&ctx.app.settings(), name, value) {
+        Ok(saved) => {
+            let when = match saved.now {
+                Some(now) => {
+                    ctx.app.set_settings(now);
+                    "in force now"
+                }
+                None => "bty-web reads it at start: restart it to apply",
+            };
+            let msg = format!("Saved {name} = {} in {}; {when}.", value.trim(), saved.file);
             ctx.app.db.event("settings.config.edited", None, &msg, None);
             redirect_with("/ui/settings#config", false, &msg)
         }

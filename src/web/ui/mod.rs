@@ -85,10 +85,12 @@ fn route_inner(app: &Arc<App>, req: &Req, segs: &[&str], body: &mut dyn Read) ->
         ("GET", ["ui", "login"]) => return login_page(200, ""),
         // Login and logout have no session token to check; a foreign Origin is still refused,
         // so another site cannot log a browser into or out of this server.
-        ("POST", ["ui", "login"]) if origin_ok(req, app.settings.public_url()) != Some(false) => {
+        ("POST", ["ui", "login"]) if origin_ok(req, app.settings().public_url()) != Some(false) => {
             return login(app, req);
         }
-        ("POST", ["ui", "logout"]) if origin_ok(req, app.settings.public_url()) != Some(false) => {
+        ("POST", ["ui", "logout"])
+            if origin_ok(req, app.settings().public_url()) != Some(false) =>
+        {
             return logout(app, logged_in);
         }
         ("POST", ["ui", "login" | "logout"]) => return refused(),
@@ -175,7 +177,7 @@ fn origin_ok(req: &Req, public_url: Option<&str>) -> Option<bool> {
 /// The CSRF rule for a form post: a same-origin `Origin`, or, when the client sent none, the
 /// session's token in the `csrf` field.
 fn post_allowed(ctx: &Ctx<'_>, fields: &[(String, String)]) -> bool {
-    match origin_ok(ctx.req, ctx.app.settings.public_url()) {
+    match origin_ok(ctx.req, ctx.app.settings().public_url()) {
         Some(ok) => ok,
         None => {
             field(fields, "csrf").is_some_and(|t| ctx.app.auth.csrf_ok(ctx.req.header("cookie"), t))

@@ -65,7 +65,7 @@ fn dashboard(ctx: &Ctx<'_>) -> PageResult {
         .iter()
         .filter(|e| !e.acknowledged && warning(&e.kind))
         .count();
-    let s = &app.settings;
+    let s = &app.settings();
     let boot = s.boot_dir();
     let [(kernel, initrd), (kernel_arm64, initrd_arm64)] = crate::web::release::active_all(app);
     let missing: Vec<&str> = [kernel.as_str(), initrd.as_str()]
@@ -227,7 +227,7 @@ pub fn images(ctx: &Ctx<'_>, state: Option<AddState>) -> PageResult {
                  from this server after that.</p>",
                 u.files,
                 Escape(&crate::units::bytes(u.bytes)),
-                Escape(&crate::units::bytes(ctx.app.settings.cache_max_bytes())),
+                Escape(&crate::units::bytes(ctx.app.settings().cache_max_bytes())),
                 Escape(&c.dir().display().to_string()),
             ));
         }
@@ -415,7 +415,7 @@ fn base_url(ctx: &Ctx<'_>) -> String {
 }
 
 fn netboot(ctx: &Ctx<'_>) -> PageResult {
-    let s = &ctx.app.settings;
+    let s = &ctx.app.settings();
     let dir = s.boot_dir();
     let [(kernel, initrd), (kernel_arm64, initrd_arm64)] = crate::web::release::active_all(ctx.app);
     let expected = [kernel.as_str(), initrd.as_str(), kernel_arm64.as_str(), initrd_arm64.as_str()];
@@ -498,7 +498,7 @@ fn netboot(ctx: &Ctx<'_>) -> PageResult {
             ("base", Val::Text(&base_url(ctx))),
             ("release_from", Val::Text(&crate::web::release::origin(ctx.app, &repo, &tag))),
             ("jobs", Val::Html(&job_table(&ctx.app.db.jobs(Some(JobKind::Release), 5)?))),
-            ("tftp", Val::Text(&tftp_status(&ctx.app.settings))),
+            ("tftp", Val::Text(&tftp_status(&ctx.app.settings()))),
         ],
     );
     Ok(page(ctx, "netboot", "Netboot", 200, &body))
@@ -511,7 +511,7 @@ fn backups(ctx: &Ctx<'_>) -> PageResult {
     }
     list.sort_by_key(|e| std::cmp::Reverse(e.id));
     let db = ctx.app.db.path().display().to_string();
-    let state = ctx.app.settings.state_dir();
+    let state = ctx.app.settings().state_dir();
     let mut files = Html::new();
     let present = crate::web::backup::list(&state)?;
     if present.is_empty() {
@@ -657,11 +657,22 @@ pub fn upstream(ctx: &Ctx<'_>) -> crate::error::Result<(String, String, String)>
 }
 
 pub fn settings(ctx: &Ctx<'_>, state: Option<FormState>) -> PageResult {
-    let s = &ctx.app.settings;
+    let s = &ctx.app.settings();
     let mut rows = Html::new();
+    // What the next start would see: saves that wait for a restart show beside the value.
+    let next = s.reload().ok();
     for (name, value, source, help) in s.rows() {
-        // Rows from a TOML file get an inline form; secrets never (their value is not shown).
-        if source.starts_with("toml ") && !name.starts_with("[admin]") {
+        let Some((section, key)) = super::config_edit::parse_name(&name) else { continue };
+        let applies = match crate::web::config::Settings::applies_now(section, key) {
+            Some(true) => "now".to_string(),
+            _ => match next.as_ref().map(|n| n.get(section, key)) {
+                Some(v) if v != s.get(section, key) => {
+                    format!("at restart (saved: {v})")
+                }
+                _ => "at restart".to_string(),
+            },
+        };
+        if s.editable(section, key).is_ok() {
             let id = name.replace(['[', ']', ' '], "");
             rows.push(format_args!(
                 "<tr><td class=\"mono\"><label for=\"cfg-{id}\">{}</label></td><td>\
@@ -669,21 +680,23 @@ pub fn settings(ctx: &Ctx<'_>, state: Option<FormState>) -> PageResult {
                  <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
                  <input type=\"hidden\" name=\"name\" value=\"{}\">\
                  <input id=\"cfg-{id}\" name=\"value\" value=\"{}\">\
-                 <button type=\"submit\">Save</button></form></td><td>{}</td><td>{}</td></tr>\n",
+                 <button type=\"submit\">Save</button></form></td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
                 Escape(&name),
                 Escape(&ctx.csrf),
                 Escape(&name),
                 Escape(&value),
                 Escape(&source),
+                Escape(&applies),
                 Escape(help)
             ));
             continue;
         }
         rows.push(format_args!(
-            "<tr><td class=\"mono\">{}</td><td class=\"mono\">{}</td><td>{}</td><td>{}</td></tr>\n",
+            "<tr><td class=\"mono\">{}</td><td class=\"mono\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
             Escape(&name),
             Escape(&value),
             Escape(&source),
+            Escape(&applies),
             Escape(help)
         ));
     }
@@ -738,6 +751,7 @@ pub fn settings(ctx: &Ctx<'_>, state: Option<FormState>) -> PageResult {
             ("release_repo", Val::Text(&value("release_repo", &repo))),
             ("release_tag", Val::Text(&value("release_tag", &tag))),
             ("files", Val::Text(&files)),
+            ("saved", Val::Text(&s.saved_path().display().to_string())),
             ("rows", Val::Html(&rows)),
             ("host", Val::Text(host)),
             ("hostname", Val::Text(hostname)),
@@ -776,7 +790,7 @@ fn host_addresses() -> Vec<String> {
 }
 
 fn account(ctx: &Ctx<'_>) -> PageResult {
-    let s = &ctx.app.settings;
+    let s = &ctx.app.settings();
     let state = if s.default_password() {
         "The built-in default password is in use: anyone who knows bty can log in. Change it."
             .to_string()
