@@ -44,12 +44,16 @@ ARM64_TARGET := aarch64-unknown-linux-musl
 #   the bundled SQLite are C); qemu-user-static: tests/it/image.rs runs that arm64 binary with
 #   qemu-aarch64-static (bookworm's 7.2: unlike qemu-system-x86 it breaks nothing of the 10.x
 #   qemu-utils, so it needs no backports).
+#   tinyproxy: tests/it/proxy.rs runs its own instance (a config, a port and a log in the test's
+#   directory, foreground) on 127.0.0.1 as the real proxy that http_proxy/HTTPS_PROXY point at;
+#   the package's own service is not used.
 DEB_PACKAGES := qemu-utils e2fsprogs gdisk fdisk util-linux zstd xz-utils bzip2 pigz \
 	bmap-tools mbuffer musl-tools python3 time bsdutils wrk python3-venv lshw \
 	docker-registry curl tmux tftp-hpa ca-certificates podman \
 	chromium chromium-driver python3-yaml systemd dosfstools mtools \
 	busybox-static cpio kmod file ipxe-qemu ovmf gcc-aarch64-linux-gnu qemu-user-static \
-	dnsmasq-base iproute2 xorriso grub-pc-bin grub-efi-amd64-bin exfatprogs exfat-fuse
+	dnsmasq-base iproute2 xorriso grub-pc-bin grub-efi-amd64-bin exfatprogs exfat-fuse \
+	tinyproxy
 IMAGE_DIR ?= target/image
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 IMAGE_TAG ?= localhost/bty-web:$(VERSION)

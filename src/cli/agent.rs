@@ -33,7 +33,7 @@ pub struct Client {
 impl Client {
     /// A client for `base` (scheme and host, no trailing slash) and `mac`.
     pub fn new(base: &str, mac: &str, timeout: Duration) -> Result<Client> {
-        let agent = crate::source::http::agent_with_timeout(timeout)?;
+        let agent = crate::source::http::agent_with_timeout(base, timeout)?;
         Ok(Client { base: base.trim_end_matches('/').to_string(), mac: mac.to_string(), agent })
     }
 

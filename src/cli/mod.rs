@@ -116,7 +116,10 @@ SSL_CERT_FILE add PEM CA certificates to the built-in roots; BTY_HTTP_TIMEOUT se
 the seconds allowed to connect and for each network read (default 30);
 REGISTRY_AUTH_FILE (else ~/.docker/config.json) holds registry credentials;
 BTY_INSECURE_REGISTRIES lists host:port registries that speak plain http;
-BTY_IMAGE_ROOT the image root.
+BTY_IMAGE_ROOT the image root. http_proxy, https_proxy and all_proxy (or
+HTTP_PROXY, HTTPS_PROXY, ALL_PROXY) name the proxy for http, https (and oras)
+and both, as http://[user:password@]host[:port]; no_proxy (NO_PROXY) lists
+host names, domains, IP addresses and CIDR ranges to reach directly (* for all).
 ";
 
 /// Entry point of the `bty` binary.

@@ -10,6 +10,7 @@
 //! certificate store), the system bundle when there is one, and the PEM certificates in the
 //! files named by `SSL_CERT_FILE` and `BTY_CA_FILE` (a lab's own CA).
 
+use std::collections::HashMap;
 use std::io::{self, Read};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -19,6 +20,7 @@ use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
 
 use crate::error::{Context, Error, Result};
 use crate::io::ReadAt;
+use crate::source::proxy::{self, ProxyUrl};
 
 /// Redirect hops followed for one request (curl and browsers stop around 20; 10 is plenty).
 const MAX_REDIRECTS: usize = 10;
@@ -157,6 +159,8 @@ pub(crate) struct Response {
     pub status: u16,
     pub headers: HeaderMap,
     pub body: ureq::Body,
+    /// The proxy it came through: a 407 (or a 5xx) may be the proxy's answer, not the server's.
+    pub proxy: Option<ProxyUrl>,
 }
 
 impl Response {
@@ -188,12 +192,14 @@ impl Response {
     /// text is appended when it sent one.
     pub fn status_fail(self, what: &str) -> Fail {
         let status = self.status;
+        let via = self.proxy.as_ref().map(|p| format!(" (through the proxy {p})"));
         let reason = StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason());
         let detail = self.read_capped(64 << 10, what).ok().and_then(|b| registry_error(&b));
         let e = Error::msg(format!(
-            "{what}: HTTP {status}{}{}",
+            "{what}: HTTP {status}{}{}{}",
             reason.map(|r| format!(" {r}")).unwrap_or_default(),
             detail.map(|d| format!(" ({d})")).unwrap_or_default(),
+            via.unwrap_or_default(),
         ));
         if status >= 500 || status == 429 || status == 408 {
             Fail::Transient(e)
@@ -272,18 +278,13 @@ pub(crate) fn with_retries<T>(mut attempt: impl FnMut() -> Result<T, Fail>) -> R
     }
 }
 
-/// The process's HTTP agent, built on first use (the trust store is read once).
-fn agent() -> Result<&'static ureq::Agent> {
-    static AGENT: OnceLock<ureq::Agent> = OnceLock::new();
-    if let Some(a) = AGENT.get() {
-        return Ok(a);
+/// Seconds allowed for each step of a source's request: BTY_HTTP_TIMEOUT or the default.
+fn source_timeout() -> Result<Duration> {
+    static TIMEOUT: OnceLock<Duration> = OnceLock::new();
+    if let Some(t) = TIMEOUT.get() {
+        return Ok(*t);
     }
-    let built = build_agent()?;
-    Ok(AGENT.get_or_init(|| built))
-}
-
-fn build_agent() -> Result<ureq::Agent> {
-    let timeout = match std::env::var("BTY_HTTP_TIMEOUT") {
+    let secs = match std::env::var("BTY_HTTP_TIMEOUT") {
         Ok(v) => v
             .trim()
             .parse::<u64>()
@@ -292,27 +293,66 @@ fn build_agent() -> Result<ureq::Agent> {
             .with_context(|| format!("BTY_HTTP_TIMEOUT={v:?}: expected a number of seconds"))?,
         Err(_) => DEFAULT_TIMEOUT_S,
     };
-    agent_with_timeout(Duration::from_secs(timeout))
+    Ok(*TIMEOUT.get_or_init(|| Duration::from_secs(secs)))
+}
+
+/// The agent for requests to `url` and the proxy it goes through (from the environment, see
+/// [`proxy`](crate::source::proxy)). Agents are kept per timeout and proxy, so connections
+/// are pooled and the trust store is read once.
+pub(crate) fn agent_for(url: &Url, timeout: Duration) -> Result<(ureq::Agent, Option<ProxyUrl>)> {
+    type Agents = Mutex<HashMap<(Duration, Option<ProxyUrl>), ureq::Agent>>;
+    static AGENTS: OnceLock<Agents> = OnceLock::new();
+    let proxy = proxy::Settings::from_env().for_url(url)?;
+    let key = (timeout, proxy.clone());
+    let agents = AGENTS.get_or_init(Agents::default);
+    if let Some(a) = agents.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return Ok((a.clone(), proxy));
+    }
+    let agent = build_agent(timeout, proxy.as_ref())?;
+    agents.lock().unwrap_or_else(|e| e.into_inner()).insert(key, agent.clone());
+    Ok((agent, proxy))
 }
 
 /// An agent like the sources' (same trust store, no redirects followed, statuses returned
-/// rather than raised) with its own timeout: bty-web calls use a short one, so an unreachable
-/// server costs seconds, not minutes.
-pub(crate) fn agent_with_timeout(timeout: Duration) -> Result<ureq::Agent> {
+/// rather than raised, the environment's proxy for `url`) with its own timeout: bty-web calls
+/// use a short one, so an unreachable server costs seconds, not minutes.
+pub(crate) fn agent_with_timeout(url: &str, timeout: Duration) -> Result<ureq::Agent> {
+    Ok(agent_for(&Url::parse(url)?, timeout)?.0)
+}
+
+fn build_agent(timeout: Duration, proxy: Option<&ProxyUrl>) -> Result<ureq::Agent> {
+    let tls = tls_config()?;
+    let timeout = Some(timeout);
+    let config = || {
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .timeout_connect(timeout)
+            .timeout_recv_response(timeout)
+            .timeout_per_read(timeout)
+            .user_agent(format!("bty/{}", crate::VERSION))
+            .tls_config(tls.clone())
+    };
+    // ureq's default configuration reads the proxy variables itself (without curl's choice by
+    // scheme); the proxy is set explicitly, None included, so that only ours counts.
+    let (connector, ureq_proxy) = proxy::ProxyConnector::new(proxy, config().proxy(None).build())?;
+    Ok(ureq::Agent::with_parts(
+        config().proxy(ureq_proxy).build(),
+        connector,
+        ureq::unversioned::resolver::DefaultResolver::default(),
+    ))
+}
+
+/// The TLS settings of every agent, built once (reading the trust store takes a while).
+fn tls_config() -> Result<TlsConfig> {
+    static TLS: OnceLock<TlsConfig> = OnceLock::new();
+    if let Some(t) = TLS.get() {
+        return Ok(t.clone());
+    }
     // ring is our only provider; install_default fails only if one is installed already.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let timeout = Some(timeout);
     let tls = TlsConfig::builder().root_certs(RootCerts::Specific(Arc::new(root_certs()?))).build();
-    let config = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .timeout_connect(timeout)
-        .timeout_recv_response(timeout)
-        .timeout_per_read(timeout)
-        .user_agent(format!("bty/{}", crate::VERSION))
-        .tls_config(tls)
-        .build();
-    Ok(config.into())
+    Ok(TLS.get_or_init(|| tls).clone())
 }
 
 /// The roots bty trusts: Mozilla's, the system bundle, and the lab CAs named in the environment.
@@ -402,10 +442,15 @@ fn send_redirected(
     auth: Option<&Auth>,
     pinned: bool,
 ) -> Result<Response, Fail> {
-    let agent = agent().map_err(Fail::Final)?;
+    let timeout = source_timeout().map_err(Fail::Final)?;
     let mut url = url.clone();
     for _ in 0..=MAX_REDIRECTS {
-        let what = format!("fetching {url}");
+        // Each hop picks its own proxy: a redirect may lead to a host NO_PROXY lists.
+        let (agent, proxy) = agent_for(&url, timeout).map_err(Fail::Final)?;
+        let what = match &proxy {
+            Some(p) => format!("fetching {url} through the proxy {p}"),
+            None => format!("fetching {url}"),
+        };
         let mut req = agent.get(url.to_string());
         for (k, v) in headers {
             req = req.header(*k, *v);
@@ -428,7 +473,7 @@ fn send_redirected(
             continue;
         }
         let (parts, body) = resp.into_parts();
-        return Ok(Response { status, headers: parts.headers, body });
+        return Ok(Response { status, headers: parts.headers, body, proxy });
     }
     Err(Fail::Final(Error::msg(format!("fetching {url}: more than {MAX_REDIRECTS} redirects"))))
 }

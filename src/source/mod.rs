@@ -7,6 +7,7 @@
 
 pub mod http;
 pub mod oras;
+pub(crate) mod proxy;
 
 use std::fs::File;
 use std::io::{self, Read};

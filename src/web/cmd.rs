@@ -56,6 +56,10 @@ and the PXE plans hand out those URLs. [cache] max_gib caps it (least recently u
 `bty-web cache add` copies local image files in under their sha256, so an air-gapped lab
 flashes catalog entries pinned to those digests without reaching their origin.
 
+Outbound fetches (cache fills, catalog sha_url and oras:// entries, releases) honour
+http_proxy, https_proxy, all_proxy and no_proxy (or HTTP_PROXY, HTTPS_PROXY, ALL_PROXY,
+NO_PROXY) as curl does; `bty-web health` always connects to 127.0.0.1 directly.
+
 init writes DIR/compose.yaml, DIR/quadlet/*.{container,volume}, DIR/bty.toml and DIR/envvars
 (mode 0600: HOST_ADDR, detected from the default route unless --host-addr, and a generated
 BTY_ADMIN_PASSWORD) and touches nothing else; it refuses an existing stack without --force.
