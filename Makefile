@@ -32,7 +32,8 @@ ARM64_TARGET := aarch64-unknown-linux-musl
 #   exfat-fuse: tests/it/usb.rs reads and writes BTY_IMAGES from the host, whose kernel may have
 #   no exFAT (fsck.exfat from exfatprogs checks it). `make rpi` (live/rpi.sh) adds fdisk's
 #   sfdisk, mtools and grub-common's grub-mkimage; the Pi firmware and GRUB's arm64 modules come
-#   as arm64 .deb files (live/debs.sh), not installed.
+#   as arm64 .deb files (live/debs.sh), not installed. groff-base: tests/it/man.rs renders the
+#   man pages of `make man` with groff and fails on any warning.
 #   dnsmasq-base iproute2: tests/it/lab.rs builds a lab network of its own (a network namespace,
 #   a bridge, one tap per guest; `ip netns`, `ip tuntap`) and runs dnsmasq in it as the lab's
 #   DHCP server (and as a proxyDHCP) with what `bty-web dhcp` prints. dnsmasq-base is the
@@ -52,7 +53,7 @@ DEB_PACKAGES := qemu-utils e2fsprogs gdisk fdisk util-linux zstd xz-utils bzip2 
 	docker-registry curl tmux tftp-hpa ca-certificates podman \
 	chromium chromium-driver python3-yaml systemd dosfstools mtools \
 	busybox-static cpio kmod file ipxe-qemu ovmf gcc-aarch64-linux-gnu qemu-user-static \
-	dnsmasq-base iproute2 xorriso grub-pc-bin grub-efi-amd64-bin exfatprogs exfat-fuse \
+	dnsmasq-base iproute2 xorriso grub-pc-bin grub-efi-amd64-bin exfatprogs exfat-fuse groff-base \
 	tinyproxy
 IMAGE_DIR ?= target/image
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
@@ -82,7 +83,7 @@ APT_ARM64_OPTS := -o APT::Architecture=arm64 -o APT::Architectures::=arm64 \
 	-o Dir::State::status=/dev/null -o APT::Sandbox::User=root
 MUSL_ARM64_INC := $(APT_ARM64)/musl/usr/include/aarch64-linux-musl
 
-.PHONY: help run test deps quadlet lint build build-release release release-check usb rpi live-x86_64 live-arm64 static static-arm64 static-bty image ipxe live live-check e2e bench-e2e bench bench-flash bench-http bench-web clean
+.PHONY: help run test deps quadlet lint build build-release release release-check usb rpi man live-x86_64 live-arm64 static static-arm64 static-bty image ipxe live live-check e2e bench-e2e bench bench-flash bench-http bench-web clean
 
 help:
 	@echo "make run          build and start bty-web on $(STATE_DIR) (prints URL and password)"
@@ -95,6 +96,7 @@ help:
 	@echo "make ipxe         Debian's iPXE binaries (undionly.kpxe, ipxe.efi, ipxe-arm64.efi, + .sha256) into build/ipxe"
 	@echo "make live-check   build the live environment twice and compare the bytes"
 	@echo "make usb          the USB live medium (BIOS+UEFI stick, CD) + .sha256 into build/usb"
+	@echo "make man          bty(1) and bty-web(8) into build/man"
 	@echo "make rpi          the Raspberry Pi stick (Pi 3/4 firmware, arm64 UEFI) + .sha256 into build/usb"
 	@echo "make release      the whole asset set, release.toml and SHA256SUMS into build/release"
 	@echo "make release-check  build the release's ISO and image again elsewhere and compare"
@@ -253,7 +255,8 @@ release-check: release
 	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct) python3 deploy/mkimage.py \
 		--binary amd64=target/$(MUSL_TARGET)/static/bty-web \
 		--binary arm64=target/$(ARM64_TARGET)/static/bty-web --out target/release-check/image \
-		--tag $(IMAGE_TAG) --ipxe-dir $(IPXE_OUT) --version $(VERSION) --revision $$(git rev-parse HEAD) >/dev/null
+		--tag $(IMAGE_TAG) --ipxe-dir $(IPXE_OUT) --man-dir build/man --version $(VERSION) \
+		--revision $$(git rev-parse HEAD) >/dev/null
 	OUT=target/release-check/release USB=target/release-check/usb IMAGE=target/release-check/image \
 		deploy/release.sh >/dev/null
 	diff -r build/release target/release-check/release
@@ -262,6 +265,10 @@ release-check: release
 # The USB live medium carries the live environment's kernel and initrd.
 usb: live-x86_64
 	live/usb.sh
+
+# bty(1) and bty-web(8) from their pages in docs/man (the image and the packages ship them).
+man:
+	python3 docs/man/build.py build/man $(VERSION) $$(date -u -d @$$(git log -1 --format=%ct) +%Y-%m-%d)
 
 # The Raspberry Pi stick carries the arm64 live environment's kernel and initrd.
 rpi: live-arm64
@@ -301,11 +308,11 @@ static: deps
 # The image's files carry the last commit's time, so two builds of one commit are identical.
 # One index over linux/amd64 and linux/arm64 (target/image/oci and bty-web-VERSION.oci.tar),
 # plus one archive per architecture.
-image: static static-arm64 ipxe
+image: static static-arm64 ipxe man
 	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct) python3 deploy/mkimage.py \
 		--binary amd64=target/$(MUSL_TARGET)/static/bty-web \
 		--binary arm64=target/$(ARM64_TARGET)/static/bty-web --out $(IMAGE_DIR) --tag $(IMAGE_TAG) \
-		--ipxe-dir $(IPXE_OUT) \
+		--ipxe-dir $(IPXE_OUT) --man-dir build/man \
 		--version $(VERSION) --revision $$(git rev-parse HEAD)
 
 # The live environment carries only bty, so it does not wait for the static bty-web.

@@ -71,7 +71,7 @@ def ca_bundle(ca_dir):
     return out
 
 
-def layer_entries(binary, ca, ipxe_dir=None):
+def layer_entries(binary, ca, ipxe_dir=None, man_dir=None):
     dirs = ["etc", "etc/ssl", "etc/ssl/certs", "usr", "usr/local", "usr/local/bin", "var",
             "var/lib"]
     e = [(d + "/", "dir", 0o755, 0, b"") for d in dirs]
@@ -96,6 +96,14 @@ def layer_entries(binary, ca, ipxe_dir=None):
         for name in ["undionly.kpxe", "ipxe.efi", "ipxe-arm64.efi"]:
             with open(os.path.join(ipxe_dir, name), "rb") as f:
                 e.append(("usr/share/bty/ipxe/" + name, "file", 0o644, 0, f.read()))
+    # bty-web(8) (`make man`), so `podman run --rm IMAGE` users and tools that unpack images
+    # find the manual beside the binary.
+    if man_dir:
+        if not ipxe_dir:
+            e += [("usr/share/", "dir", 0o755, 0, b"")]
+        e += [(d + "/", "dir", 0o755, 0, b"") for d in ["usr/share/man", "usr/share/man/man8"]]
+        with open(os.path.join(man_dir, "bty-web.8.gz"), "rb") as f:
+            e.append(("usr/share/man/man8/bty-web.8.gz", "file", 0o644, 0, f.read()))
     return e
 
 
@@ -122,11 +130,11 @@ def desc(media, blob):
     return {"mediaType": media, "size": len(blob), "digest": digest(blob)}
 
 
-def arch_image(arch, binary, ca, epoch, created, labels, ipxe_dir=None):
+def arch_image(arch, binary, ca, epoch, created, labels, ipxe_dir=None, man_dir=None):
     """One architecture's layer, config and manifest: (blobs, manifest descriptor)."""
     platform = PLATFORMS[arch][0]
     check_elf(binary, arch)
-    layer = tar_bytes(layer_entries(binary, ca, ipxe_dir), epoch)
+    layer = tar_bytes(layer_entries(binary, ca, ipxe_dir, man_dir), epoch)
     config = dict(platform)
     config.update({
         "created": created,
@@ -206,7 +214,8 @@ def build(args):
     ca = ca_bundle(args.ca_dir)
     # Every architecture's blobs and manifest descriptor, in PLATFORMS order.
     archs = [a for a in PLATFORMS if a in args.binaries]
-    images = {a: arch_image(a, args.binaries[a], ca, epoch, created, labels, args.ipxe_dir)
+    images = {a: arch_image(a, args.binaries[a], ca, epoch, created, labels, args.ipxe_dir,
+                            args.man_dir)
               for a in archs}
     # The multi-arch image: an index over the manifests, named by the layout's index.json
     # (one entry, as buildah and buildx write it; podman load picks the host's manifest from it).
@@ -261,6 +270,7 @@ def main():
     p.add_argument("--ca-dir", default="/usr/share/ca-certificates/mozilla")
     p.add_argument("--ipxe-dir",
                    help="undionly.kpxe, ipxe.efi and ipxe-arm64.efi for /usr/share/bty/ipxe")
+    p.add_argument("--man-dir", help="bty-web.8.gz (make man) for /usr/share/man/man8")
     p.add_argument("--epoch", type=int,
                    default=int(os.environ.get("SOURCE_DATE_EPOCH", "0")),
                    help="mtime of every file (default $SOURCE_DATE_EPOCH)")

@@ -204,9 +204,10 @@ bty usb-grow DISK --baked SERIAL:SECTORS
 Grows the BTY_IMAGES exFAT partition of a bty USB live stick to fill the stick,
 keeping the files on it. The live system runs it once on first boot, with the
 sentinels from its kernel command line (bty.usb=SERIAL:SECTORS): it only acts
-on the stick the image was built as (ISO 9660 first, an MBR with the EFI
-partition second and BTY_IMAGES last) while BTY_IMAGES still has the build's
-volume serial and size. The grown file system gets a new serial, so a second
+on a stick as the build made it (an MBR with BTY_IMAGES last, after the ISO
+9660 medium and the EFI partition of the x86_64 stick, or after the FAT32
+partition labelled BTY_LIVE of the Raspberry Pi stick) while BTY_IMAGES still
+has the build's volume serial and size. The grown file system gets a new serial, so a second
 run has nothing to do. Anything else is refused with the reason, unwritten.
 The stick's partitions must not be mounted. An interrupted grow leaves the old
 file system readable and is taken up again by the next run.

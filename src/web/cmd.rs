@@ -135,6 +135,14 @@ enum Parsed {
 }
 
 fn parse_args() -> Result<Parsed> {
+    // Every subcommand's --help is this text (it documents them all), whatever operands the
+    // subcommand would otherwise take first.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let before_operands = args.iter().take_while(|a| *a != "--");
+    if before_operands.into_iter().any(|a| a == "--help" || a == "-h") {
+        print!("{HELP}");
+        return Ok(Parsed::Done(ExitCode::SUCCESS));
+    }
     let mut flags: Vec<Flag> = Vec::new();
     let mut mode = Mode::Serve;
     let mut parser = lexopt::Parser::from_env();

@@ -39,6 +39,7 @@ mod image;
 mod images;
 mod inspect;
 mod lab;
+mod man;
 mod proxy;
 mod qcow2;
 mod release;
