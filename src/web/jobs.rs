@@ -200,3 +200,31 @@ pub fn check_cancel(ctx: &Ctx) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_ids_are_plain_positive_numbers() {
+        assert_eq!(parse_id("42"), Ok(42));
+        for bad in ["", "0", "-1", "+1", " 1", "1.0", "1e3", "0x10", "99999999999999999999"] {
+            let e = parse_id(bad).unwrap_err();
+            assert!(e.starts_with("job id: expected a positive number, got "), "{bad}: {e}");
+        }
+        let e = parse_id(&"9".repeat(500)).unwrap_err();
+        assert!(e.len() < 100, "the echo is clipped: {e}");
+    }
+
+    #[test]
+    fn a_cancel_stops_only_a_running_job_of_its_kind() {
+        let jobs = Jobs::default();
+        let flag = Arc::new(AtomicBool::new(false));
+        jobs.lock().insert(7, (JobKind::Release, Arc::clone(&flag)));
+        assert!(!jobs.cancel(7, JobKind::Backup), "a backup cancel does not stop a fetch");
+        assert!(!flag.load(Ordering::Relaxed));
+        assert!(!jobs.cancel(8, JobKind::Release), "no job 8");
+        assert!(jobs.cancel(7, JobKind::Release));
+        assert!(flag.load(Ordering::Relaxed));
+    }
+}
