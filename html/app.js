@@ -1,5 +1,6 @@
-// bty-web: the only script. Pages work without it; it adds the live machines table (server-sent
-// events) and a confirmation before destructive forms. Data goes into the page as text nodes,
+// bty-web: the only script. Pages work without it; it adds the live machines table and the live
+// job rows of the Backups and Netboot pages (server-sent events), and a confirmation before
+// destructive forms. Data goes into the page as text nodes,
 // never as markup.
 'use strict';
 (function () {
@@ -21,6 +22,109 @@
       live.textContent = p.total_bytes
         ? p.phase + ' ' + Math.floor(100 * Math.min(p.written_bytes, p.total_bytes) / p.total_bytes) + '%'
         : p.phase + ' ' + p.written_bytes + ' bytes';
+    });
+  }
+
+  // The Backups and Netboot pages: their job rows follow `jobs-update` events (state, progress,
+  // times, error; the Cancel form goes when the job ends), and a job that starts while the page
+  // is open gets a row. Rows are found by id and cells by position, as pages.rs writes them.
+  var jobTables = Array.prototype.slice.call(document.querySelectorAll('table[data-jobs]'));
+  if (jobTables.length && window.EventSource) {
+    var csrfField = document.querySelector('input[name=csrf]');
+    var node = function (tag, text, cls) {
+      var n = document.createElement(tag);
+      if (text) { n.textContent = text; }
+      if (cls) { n.className = cls; }
+      return n;
+    };
+    // As units::bytes on the server, so a row reads the same before and after an update.
+    var bytes = function (n) {
+      if (n < 1024) { return n + ' B'; }
+      var units = ['KiB', 'MiB', 'GiB', 'TiB', 'PiB', 'EiB'];
+      var v = n / 1024;
+      var u = 0;
+      while (v >= 1023.95 && u + 1 < units.length) { v /= 1024; u += 1; }
+      return v.toFixed(1) + ' ' + units[u];
+    };
+    var ended = function (j) { return ['done', 'failed', 'cancelled'].indexOf(j.state) >= 0; };
+    var newRow = function (t, j) {
+      var tr = node('tr');
+      tr.id = 'job-' + j.id;
+      tr.appendChild(node('td', String(j.id)));
+      for (var i = 0; i < 5; i += 1) { tr.appendChild(node('td')); }
+      tr.cells[2].appendChild(node('span', '', 'job-bytes'));
+      var cell = node('td', ended(j) ? '-' : '');
+      if (!ended(j)) {
+        var f = node('form', '', 'inline');
+        f.method = 'post';
+        f.action = t.dataset.cancel.replace('{id}', String(j.id));
+        var h = node('input');
+        h.type = 'hidden';
+        h.name = 'csrf';
+        h.value = csrfField ? csrfField.value : '';
+        f.appendChild(h);
+        var b = node('button', 'Cancel', 'danger');
+        b.type = 'submit';
+        b.setAttribute('aria-label', 'Cancel ' + j.kind + ' job ' + j.id);
+        f.appendChild(b);
+        cell.appendChild(f);
+      }
+      tr.appendChild(cell);
+      return tr;
+    };
+    var fill = function (tr, j) {
+      var c = tr.cells;
+      if (c.length < 7) { return; }
+      var total = j.total_bytes > 0 ? j.total_bytes : 0;
+      c[1].textContent = j.state;
+      var bar = c[2].querySelector('progress');
+      if (total || !ended(j)) {
+        if (!bar) {
+          bar = node('progress');
+          bar.setAttribute('aria-label', 'progress of job ' + j.id);
+          c[2].insertBefore(document.createTextNode(' '), c[2].firstChild);
+          c[2].insertBefore(bar, c[2].firstChild);
+        }
+        if (total) { bar.max = total; bar.value = Math.min(j.progress_bytes, total); }
+      } else if (bar) {
+        bar.remove();
+      }
+      var text = c[2].querySelector('.job-bytes');
+      if (text) {
+        text.textContent = total
+          ? bytes(j.progress_bytes) + ' of ' + bytes(total) + ' (' + Math.floor(100 * Math.min(j.progress_bytes, total) / total) + '%)'
+          : bytes(j.progress_bytes);
+      }
+      c[3].textContent = j.started_at || '-';
+      c[4].textContent = j.finished_at || '-';
+      c[5].textContent = j.error || '';
+      if (ended(j) && c[6].querySelector('form')) { c[6].textContent = '-'; }
+    };
+    new EventSource('/events/jobs').addEventListener('jobs-update', function (ev) {
+      var all;
+      try { all = JSON.parse(ev.data); } catch (e) { return; }
+      jobTables.forEach(function (t) {
+        var body = t.tBodies[0];
+        var newest = 0;
+        Array.prototype.forEach.call(body.rows, function (r) {
+          var n = parseInt(r.id.replace('job-', ''), 10);
+          if (n > newest) { newest = n; }
+        });
+        // Oldest first, so that each new row goes on top of the one before it.
+        all.filter(function (j) { return j.kind === t.dataset.jobs; }).reverse().forEach(function (j) {
+          var tr = document.getElementById('job-' + j.id);
+          if (!tr) {
+            // Older than the rows the page lists: it was left out on purpose.
+            if (j.id <= newest) { return; }
+            tr = newRow(t, j);
+            body.insertBefore(tr, body.firstChild);
+            newest = j.id;
+            var empty = body.querySelector('.jobs-empty');
+            if (empty) { empty.remove(); }
+          }
+          fill(tr, j);
+        });
+      });
     });
   }
 

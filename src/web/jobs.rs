@@ -7,16 +7,21 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::error::{Context, Result};
 use crate::web::app::App;
 use crate::web::db::{JobKind, JobState};
 use crate::web::sse;
 
-/// The running jobs' cancel flags.
+/// How often a job's progress is recorded and sent at most: a local fetch reads hundreds of
+/// blocks a second, and a live-update client whose queue fills with them is dropped.
+const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+
+/// The running jobs' kinds and cancel flags.
 #[derive(Default)]
 pub struct Jobs {
-    cancel: Mutex<HashMap<i64, Arc<AtomicBool>>>,
+    cancel: Mutex<HashMap<i64, (JobKind, Arc<AtomicBool>)>>,
 }
 
 /// What a job's work sees: its id, its cancel flag, and how to report progress.
@@ -24,6 +29,8 @@ pub struct Ctx {
     pub id: i64,
     pub app: Arc<App>,
     cancel: Arc<AtomicBool>,
+    /// When progress was last recorded.
+    reported: std::cell::Cell<Option<Instant>>,
 }
 
 impl Ctx {
@@ -32,8 +39,14 @@ impl Ctx {
         self.cancel.load(Ordering::Relaxed)
     }
 
-    /// Records progress (not an event: progress is frequent).
+    /// Records progress (not an event: progress is frequent), at most every `PROGRESS_EVERY`
+    /// but always the last step, so a finished job shows all its bytes.
     pub fn progress(&self, bytes: u64, total: Option<u64>) {
+        let last = total.is_some_and(|t| bytes >= t);
+        if !last && self.reported.get().is_some_and(|at| at.elapsed() < PROGRESS_EVERY) {
+            return;
+        }
+        self.reported.set(Some(Instant::now()));
         if let Err(e) = self.app.db.job_progress(self.id, bytes, total) {
             crate::warn!("{e}");
         }
@@ -65,8 +78,8 @@ impl Jobs {
     ) -> Result<Option<i64>> {
         let Some(id) = app.db.job_create(kind)? else { return Ok(None) };
         let cancel = Arc::new(AtomicBool::new(false));
-        app.jobs.lock().insert(id, Arc::clone(&cancel));
-        let ctx = Ctx { id, app: Arc::clone(app), cancel };
+        app.jobs.lock().insert(id, (kind, Arc::clone(&cancel)));
+        let ctx = Ctx { id, app: Arc::clone(app), cancel, reported: Default::default() };
         let spawned = std::thread::Builder::new().name(format!("job-{kind}")).spawn(move || {
             let app = Arc::clone(&ctx.app);
             change(&app, id, kind, JobState::Running, None, None);
@@ -89,14 +102,15 @@ impl Jobs {
         Ok(Some(id))
     }
 
-    /// Asks a running job to stop; false when no such job is running.
-    pub fn cancel(&self, id: i64) -> bool {
+    /// Asks a running job of `kind` to stop; false when no such job is running (a job of
+    /// another kind is not stopped: each kind's cancel route stops only its own).
+    pub fn cancel(&self, id: i64, kind: JobKind) -> bool {
         match self.lock().get(&id) {
-            Some(flag) => {
+            Some((k, flag)) if *k == kind => {
                 flag.store(true, Ordering::Relaxed);
                 true
             }
-            None => false,
+            _ => false,
         }
     }
 
@@ -105,7 +119,7 @@ impl Jobs {
         self.lock().keys().copied().collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Arc<AtomicBool>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, (JobKind, Arc<AtomicBool>)>> {
         self.cancel.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -143,12 +157,27 @@ fn change(
 
 /// Sends the recent jobs to live-update clients.
 fn publish(app: &App) {
-    match app.db.jobs(None, 20) {
-        Ok(jobs) => match serde_json::to_string(&jobs) {
-            Ok(json) => app.hub.publish(sse::event("jobs-update", &json)),
-            Err(e) => crate::warn!("encoding jobs: {e}"),
-        },
+    match snapshot(app) {
+        Ok(json) => app.hub.publish(sse::event("jobs-update", &json)),
         Err(e) => crate::warn!("{e}"),
+    }
+}
+
+/// The recent jobs of every kind as JSON: the data of a `jobs-update` event.
+pub fn snapshot(app: &App) -> Result<String> {
+    let jobs = app.db.jobs(None, 20)?;
+    serde_json::to_string(&jobs).context("encoding the recent jobs")
+}
+
+/// A job id from a path: a positive decimal number, or a message saying what it got.
+pub fn parse_id(id: &str) -> std::result::Result<i64, String> {
+    match id.parse::<i64>() {
+        // `parse` takes a leading '+'; a job id in a path is plain digits.
+        Ok(n) if n > 0 && id.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
+        _ => {
+            let shown: String = id.chars().take(40).collect();
+            Err(format!("job id: expected a positive number, got {shown:?}"))
+        }
     }
 }
 
@@ -170,4 +199,32 @@ pub fn check_cancel(ctx: &Ctx) -> Result<()> {
         return Err(crate::error::Error::msg("cancelled")).context("job stopped by the operator");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_ids_are_plain_positive_numbers() {
+        assert_eq!(parse_id("42"), Ok(42));
+        for bad in ["", "0", "-1", "+1", " 1", "1.0", "1e3", "0x10", "99999999999999999999"] {
+            let e = parse_id(bad).unwrap_err();
+            assert!(e.starts_with("job id: expected a positive number, got "), "{bad}: {e}");
+        }
+        let e = parse_id(&"9".repeat(500)).unwrap_err();
+        assert!(e.len() < 100, "the echo is clipped: {e}");
+    }
+
+    #[test]
+    fn a_cancel_stops_only_a_running_job_of_its_kind() {
+        let jobs = Jobs::default();
+        let flag = Arc::new(AtomicBool::new(false));
+        jobs.lock().insert(7, (JobKind::Release, Arc::clone(&flag)));
+        assert!(!jobs.cancel(7, JobKind::Backup), "a backup cancel does not stop a fetch");
+        assert!(!flag.load(Ordering::Relaxed));
+        assert!(!jobs.cancel(8, JobKind::Release), "no job 8");
+        assert!(jobs.cancel(7, JobKind::Release));
+        assert!(flag.load(Ordering::Relaxed));
+    }
 }

@@ -418,3 +418,278 @@ fn netboot_release_fetch_installs_the_arm64_pair_beside_x86_64_and_the_script_na
     assert_eq!(rel::arm64_script_names(&s, mac), ("mine.vmlinuz".to_string(), IA.to_string()));
     assert_eq!(rel::script_names(&s, mac), (K1.to_string(), I1.to_string()));
 }
+
+/// A release origin on 127.0.0.1 that sends `release.toml` at once and every other file in
+/// 64 KiB pieces with a 50 ms pause after each (about 1.3 MB/s), so a fetch of a large file stays
+/// in progress long enough to be watched and cancelled. A connection whose client went away (a
+/// cancelled fetch) ends at its next write; every connection ends when its file is sent.
+pub struct SlowRelease {
+    addr: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SlowRelease {
+    /// Serves `files` (name, bytes) under `/rel/`.
+    pub fn start(files: Vec<(String, Vec<u8>)>) -> SlowRelease {
+        use std::io::{BufRead, BufReader, Write};
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
+        let addr = listener.local_addr().unwrap().to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let files: Arc<Vec<(String, Vec<u8>)>> = Arc::new(files);
+        let halt = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if halt.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(mut conn) = conn else { continue };
+                let (files, halt) = (Arc::clone(&files), Arc::clone(&halt));
+                std::thread::spawn(move || {
+                    let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(20)));
+                    let mut r = BufReader::new(conn.try_clone().unwrap());
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let path = line.split(' ').nth(1).unwrap_or("").to_string();
+                    loop {
+                        let mut h = String::new();
+                        if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                            break;
+                        }
+                    }
+                    let name = path.strip_prefix("/rel/").unwrap_or("");
+                    let Some((_, body)) = files.iter().find(|(n, _)| n == name) else {
+                        let _ = conn.write_all(
+                            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                        );
+                        return;
+                    };
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    if conn.write_all(head.as_bytes()).is_err() {
+                        return;
+                    }
+                    if name == "release.toml" {
+                        let _ = conn.write_all(body);
+                        return;
+                    }
+                    for piece in body.chunks(64 << 10) {
+                        if halt.load(Ordering::SeqCst) || conn.write_all(piece).is_err() {
+                            return;
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                    }
+                });
+            }
+        });
+        SlowRelease { addr, stop }
+    }
+
+    /// The release's base URL, for `BTY_BOOT_RELEASE_URL`.
+    pub fn url(&self) -> String {
+        format!("http://{}/rel/", self.addr)
+    }
+
+    /// A release 9.0.0 whose kernel is large enough (64 MiB, about 50 s at this pace) that a
+    /// test always cancels it long before its end.
+    pub fn large() -> SlowRelease {
+        let k = vec![0u8; 64 << 20];
+        let i = util::prng_bytes(99, 256 << 10);
+        let m = rel::manifest("9.0.0", &[(K3, "netboot-kernel", &k), (I3, "netboot-initrd", &i)]);
+        SlowRelease::start(vec![
+            ("release.toml".into(), m),
+            (K3.to_string(), k),
+            (I3.to_string(), i),
+        ])
+    }
+}
+
+impl Drop for SlowRelease {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wakes the accept loop so it sees the stop.
+        let _ = std::net::TcpStream::connect(&self.addr);
+    }
+}
+
+/// The release jobs as `GET /boot/releases` lists them; the one with `id`.
+fn release_job(s: &Server, cookie: &str, id: i64) -> serde_json::Value {
+    let (_, _, body) = s.call("GET", "/boot/releases", Some(cookie), "");
+    let v = rel::json(&body);
+    v["jobs"]
+        .as_array()
+        .and_then(|j| j.iter().find(|j| j["id"] == id).cloned())
+        .unwrap_or_else(|| panic!("no release job {id}: {body}"))
+}
+
+/// Polls job `id` (every 50 ms, at most 60 s) until `f` holds; the job then.
+fn wait_job(
+    s: &Server,
+    cookie: &str,
+    id: i64,
+    what: &str,
+    f: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let job = release_job(s, cookie, id);
+        if f(&job) {
+            return job;
+        }
+        assert!(std::time::Instant::now() < deadline, "release job {id} never {what}: {job}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// A form post from this server's own pages (a same-origin `Origin`); the status and headers.
+fn ui_post(s: &Server, cookie: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(&s.addr).unwrap();
+    write!(
+        c,
+        "POST {path} HTTP/1.1\r\nHost: {0}\r\nOrigin: http://{0}\r\nCookie: {cookie}\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        s.addr
+    )
+    .unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    let head = out.split("\r\n\r\n").next().unwrap_or("").to_ascii_lowercase();
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, percent_decoded(&head))
+}
+
+fn percent_decoded(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match (b[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn netboot_release_fetch_is_cancelled_by_the_api_and_the_form_leaving_nothing_behind() {
+    let origin = SlowRelease::large();
+    let s = Server::start_env("release-cancel", &[("BTY_BOOT_RELEASE_URL", origin.url().as_str())]);
+    let cookie = s.login();
+    let mac = "52:54:00:07:00:21";
+    rel::flash_machine(&s, &cookie, mac);
+    let before = rel::script_names(&s, mac);
+    let start = || {
+        let (st, _, body) = s.call("POST", "/boot/releases", Some(&cookie), "");
+        assert_eq!(st, 202, "{body}");
+        rel::json(&body)["job"].as_i64().expect("a job id")
+    };
+    let id = start();
+    let moving = |j: &serde_json::Value| j["progress_bytes"].as_u64().unwrap_or(0) > 0;
+    let job = wait_job(&s, &cookie, id, "made progress", moving);
+    assert_eq!(job["state"], "running", "{job}");
+    assert_eq!(job["total_bytes"], (64 << 20) + (256 << 10), "{job}");
+
+    // Refusals change nothing: no session, ids that are not job numbers, a job that does not
+    // exist, and the backup route, which stops only backups.
+    assert_eq!(s.call("DELETE", &format!("/boot/releases/{id}"), None, "").0, 401);
+    for bad in ["abc", "0", "-1", "+1", "1.0", "1e3", "99999999999999999999"] {
+        let (st, _, body) = s.call("DELETE", &format!("/boot/releases/{bad}"), Some(&cookie), "");
+        assert_eq!(st, 422, "{bad}: {body}");
+        assert!(body.contains("job id: expected a positive number"), "{bad}: {body}");
+    }
+    let (st, _, body) = s.call("DELETE", "/boot/releases/987654", Some(&cookie), "");
+    assert_eq!((st, body.contains("no running release job 987654")), (404, true), "{body}");
+    let (st, _, body) = s.call("DELETE", &format!("/workers/backups/{id}"), Some(&cookie), "");
+    assert_eq!(st, 404, "a release fetch is not a backup: {body}");
+    let (st, head) = ui_post(&s, &cookie, "/ui/netboot/fetch-release/x1/cancel");
+    assert!(st == 303 && head.contains("not cancelled: job id: expected"), "{head}");
+    let (st, head) = ui_post(&s, &cookie, &format!("/ui/backups/{id}/cancel"));
+    assert!(st == 303 && head.contains("no backup job"), "{head}");
+    let job = release_job(&s, &cookie, id);
+    assert_eq!(job["state"], "running", "still running after the refusals: {job}");
+
+    // The API's DELETE stops it: cancelled, no temp file, nothing installed, the scripts as
+    // they were; a second DELETE finds nothing running.
+    assert_eq!(s.call("DELETE", &format!("/boot/releases/{id}"), Some(&cookie), "").0, 204);
+    let job = wait_job(&s, &cookie, id, "ended", |j| j["finished_at"].is_string());
+    assert_eq!(job["state"], "cancelled", "{job}");
+    assert!(job["error"].is_null(), "{job}");
+    no_temp_files(&s);
+    assert!(!s.state.join("boot").join(K3).exists() && !s.state.join("boot").join(I3).exists());
+    assert_eq!(rel::script_names(&s, mac), before);
+    assert_eq!(s.call("DELETE", &format!("/boot/releases/{id}"), Some(&cookie), "").0, 404);
+    let (_, _, ev) =
+        s.call("GET", &format!("/events?kind=job.cancelled&subject_id={id}"), Some(&cookie), "");
+    assert!(ev.contains(&format!("release job {id} cancelled")), "{ev}");
+
+    // The next fetch may start at once, and the Netboot page's form cancels it as well.
+    let id = start();
+    wait_job(&s, &cookie, id, "made progress", moving);
+    let (_, _, page) = s.call("GET", "/ui/netboot", Some(&cookie), "");
+    let action = format!("action=\"/ui/netboot/fetch-release/{id}/cancel\"");
+    assert!(page.contains(&action), "a Cancel form for the running fetch: {page}");
+    assert!(page.contains(&format!("<tr id=\"job-{id}\"><td>{id}</td><td>running</td>")), "{page}");
+    let (st, head) = ui_post(&s, &cookie, &format!("/ui/netboot/fetch-release/{id}/cancel"));
+    assert_eq!(st, 303, "{head}");
+    assert!(head.contains("location: /ui/netboot#fetch"), "{head}");
+    assert!(head.contains(&format!("cancelling netboot fetch job {id}")), "{head}");
+    let job = wait_job(&s, &cookie, id, "ended", |j| j["finished_at"].is_string());
+    assert_eq!(job["state"], "cancelled", "{job}");
+    no_temp_files(&s);
+    assert!(!s.state.join("boot").join(K3).exists());
+    let (_, _, page) = s.call("GET", "/ui/netboot", Some(&cookie), "");
+    assert!(!page.contains(&action), "no Cancel form once it ended: {page}");
+    assert!(page.contains(&format!("<td>{id}</td><td>cancelled</td>")), "{page}");
+}
+
+#[test]
+fn the_job_stream_needs_a_session_and_starts_with_the_recent_jobs() {
+    use std::io::{BufRead, BufReader, Write};
+    let s = Server::start("jobs-stream");
+    assert_eq!(s.call("GET", "/events/jobs", None, "").0, 401);
+    let cookie = s.login();
+    let (st, _, body) = s.call("POST", "/workers/backups", Some(&cookie), "");
+    assert_eq!(st, 202, "{body}");
+    let id = rel::json(&body)["job"].as_i64().expect("a job id");
+    let mut c = std::net::TcpStream::connect(&s.addr).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    write!(c, "GET /events/jobs HTTP/1.1\r\nHost: {}\r\nCookie: {cookie}\r\n\r\n", s.addr).unwrap();
+    let mut r = BufReader::new(c);
+    let mut lines = Vec::new();
+    // The head, then the first event: bounded by lines and by the read timeout.
+    for _ in 0..40 {
+        let mut l = String::new();
+        if r.read_line(&mut l).unwrap_or(0) == 0 {
+            break;
+        }
+        let data = l.starts_with("data: ");
+        lines.push(l);
+        if data {
+            break;
+        }
+    }
+    let text = lines.concat();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.to_ascii_lowercase().contains("content-type: text/event-stream"), "{text}");
+    assert!(text.contains("event: jobs-update\ndata: ["), "{text}");
+    let data = text.rsplit("data: ").next().unwrap_or("");
+    let jobs = rel::json(data.trim());
+    assert!(
+        jobs.as_array().is_some_and(|a| a.iter().any(|j| j["id"] == id && j["kind"] == "backup")),
+        "{jobs}"
+    );
+}

@@ -140,10 +140,35 @@ pub(super) fn start_backup(app: &Arc<App>) -> Resp {
 
 /// `DELETE /workers/backups/{id}`: cancel a running backup.
 pub(super) fn cancel_backup(app: &App, id: &str) -> Resp {
-    match id.parse::<i64>() {
-        Ok(id) if app.jobs.cancel(id) => Resp::no_content(),
-        Ok(id) => Resp::error(404, &format!("no running backup job {id}")),
-        Err(_) => Resp::error(422, &format!("job id: expected a number, got {id:?}")),
+    cancel_job(app, JobKind::Backup, id)
+}
+
+/// `DELETE /boot/releases/{id}`: cancel a running netboot release fetch; it stops at its next
+/// check, removes its temp files and installs nothing.
+pub(super) fn cancel_release(app: &App, id: &str) -> Resp {
+    cancel_job(app, JobKind::Release, id)
+}
+
+/// Asks the running job `id` of `kind` to stop (204); 404 when no such job of that kind is
+/// running (ended, never was, or another kind's), 422 when `id` is not a job number.
+fn cancel_job(app: &App, kind: JobKind, id: &str) -> Resp {
+    match crate::web::jobs::parse_id(id) {
+        Ok(n) if app.jobs.cancel(n, kind) => Resp::no_content(),
+        Ok(n) => Resp::error(404, &format!("no running {kind} job {n}")),
+        Err(e) => Resp::error(422, &e),
+    }
+}
+
+/// `GET /events/jobs`: server-sent `jobs-update` events (the recent jobs with their progress),
+/// the first one now, so a page that reconnects after a job ended still learns its end.
+pub(super) fn job_stream(app: &App) -> Resp {
+    match crate::web::jobs::snapshot(app) {
+        Ok(s) => Resp {
+            status: 200,
+            headers: Vec::new(),
+            body: Body::Events(app.hub.subscribe(sse::event("jobs-update", &s))),
+        },
+        Err(e) => internal(e),
     }
 }
 

@@ -76,6 +76,9 @@ pub static ROUTES: &[Route] = {
         row(READ, "/catalog.toml", Open, None, |a, r, _, _| api::catalog_toml(a, r)),
         row(READ, "/boot/releases", Session, None, |a, _, _, _| api::releases(a)),
         row(POST, "/boot/releases", Session, Json, |a, _, _, _| api::fetch_release(a)),
+        row(DELETE, "/boot/releases/{id}", Session, None, |a, _, p, _| {
+            api::cancel_release(a, p[0])
+        }),
         row(READ, "/boot/{name}", Open, None, |a, r, p, _| boot::serve(a, r, p[0])),
         // A name with a slash is refused as a name (400), not as a missing route.
         row(PUT, "/boot/{*name}", Session, Upload, |a, r, p, b| boot::upload(a, r, p[0], b)),
@@ -107,6 +110,7 @@ pub static ROUTES: &[Route] = {
         }),
         row(READ, "/events", Session, None, |a, r, _, _| api::events(a, r)),
         row(GET, "/events/machines", Session, None, |a, _, _, _| api::event_stream(a)),
+        row(GET, "/events/jobs", Session, None, |a, _, _, _| api::job_stream(a)),
         row(POST, "/events/{id}/ack", Session, Json, |a, _, p, _| api::ack_event(a, p[0])),
         row(READ, "/metrics", Session, None, |a, _, _, _| api::metrics(a)),
         row(READ, "/catalog/entries", Session, None, |a, _, _, _| api::catalog_entries(a)),
@@ -152,6 +156,8 @@ pub static ROUTES: &[Route] = {
         row(POST, "/ui/netboot/upload", Page, UploadForm, page),
         row(POST, "/ui/netboot/fetch-release", Page, Form, page),
         row(POST, "/ui/backups/run", Page, Form, page),
+        row(POST, "/ui/backups/{id}/cancel", Page, Form, page),
+        row(POST, "/ui/netboot/fetch-release/{id}/cancel", Page, Form, page),
     ]
 };
 

@@ -6,7 +6,7 @@
 use std::io::Read;
 
 use crate::web::app::internal;
-use crate::web::db::MachineUpsert;
+use crate::web::db::{JobKind, MachineUpsert};
 use crate::web::http::{Body, Req, Resp};
 use crate::web::ui::multipart::{self, Multipart};
 use crate::web::ui::pages::{self, AddState};
@@ -48,8 +48,35 @@ pub fn post(ctx: &Ctx<'_>, segs: &[&str], body: &mut dyn Read) -> Resp {
             Ok(None) => redirect_with("/ui/backups#jobs", true, "A backup is already running."),
             Err(e) => internal(e),
         },
+        ["backups", id, "cancel"] => cancel_job(ctx, JobKind::Backup, id, "/ui/backups#jobs"),
+        ["netboot", "fetch-release", id, "cancel"] => {
+            cancel_job(ctx, JobKind::Release, id, "/ui/netboot#fetch")
+        }
         ["settings", "backup"] => save_backup_schedule(ctx, &fields()),
         _ => pages::not_found(ctx, "There is no such form."),
+    }
+}
+
+/// `POST /ui/backups/{id}/cancel`, `POST /ui/netboot/fetch-release/{id}/cancel`: asks the
+/// running job to stop, as the API's DELETE does, and goes `back` with what happened.
+fn cancel_job(ctx: &Ctx<'_>, kind: JobKind, id: &str, back: &str) -> Resp {
+    let what = match kind {
+        JobKind::Backup => "backup",
+        JobKind::Release => "netboot fetch",
+    };
+    match crate::web::jobs::parse_id(id) {
+        Err(e) => redirect_with(back, true, &format!("Not cancelled: {e}.")),
+        // The job's end is recorded as its `job.cancelled` event, as for the API's DELETE.
+        Ok(n) if ctx.app.jobs.cancel(n, kind) => redirect_with(
+            back,
+            false,
+            &format!("Cancelling {what} job {n}: it stops within a second."),
+        ),
+        Ok(n) => redirect_with(
+            back,
+            true,
+            &format!("Not cancelled: no {what} job {n} is running (it may have ended already)."),
+        ),
     }
 }
 

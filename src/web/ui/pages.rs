@@ -497,7 +497,14 @@ fn netboot(ctx: &Ctx<'_>) -> PageResult {
             ("max_upload", Val::Text(&crate::units::bytes(s.max_upload()))),
             ("base", Val::Text(&base_url(ctx))),
             ("release_from", Val::Text(&crate::web::release::origin(ctx.app, &repo, &tag))),
-            ("jobs", Val::Html(&job_table(&ctx.app.db.jobs(Some(JobKind::Release), 5)?))),
+            (
+                "jobs",
+                Val::Html(&job_table(
+                    ctx,
+                    JobKind::Release,
+                    &ctx.app.db.jobs(Some(JobKind::Release), 5)?,
+                )),
+            ),
             ("tftp", Val::Text(&tftp_status(&ctx.app.settings()))),
         ],
     );
@@ -546,44 +553,98 @@ fn backups(ctx: &Ctx<'_>) -> PageResult {
             ("enabled", Val::Html(&checked)),
             ("interval", Val::Text(&interval)),
             ("keep", Val::Text(&keep)),
-            ("jobs", Val::Html(&job_table(&ctx.app.db.jobs(Some(JobKind::Backup), 10)?))),
+            (
+                "jobs",
+                Val::Html(&job_table(
+                    ctx,
+                    JobKind::Backup,
+                    &ctx.app.db.jobs(Some(JobKind::Backup), 10)?,
+                )),
+            ),
             ("events", Val::Html(&event_table(ctx, &list, true))),
         ],
     );
     Ok(page(ctx, "backups", "Backups", 200, &body))
 }
 
-/// Recent jobs as a table: state, progress, times, error.
-fn job_table(jobs: &[crate::web::db::Job]) -> Html {
+/// Recent jobs of `kind` as a table: state, progress, times, error, and a Cancel form for a
+/// job still running. app.js keeps the rows current from `GET /events/jobs`: it finds them by
+/// `id` and the cells by position, and builds the rows of jobs that start later from the
+/// table's `data-jobs` (the kind) and `data-cancel` (the cancel form's action, `{id}` for the
+/// job's number).
+fn job_table(ctx: &Ctx<'_>, kind: JobKind, jobs: &[crate::web::db::Job]) -> Html {
+    let cancel = match kind {
+        JobKind::Backup => "/ui/backups/{id}/cancel",
+        JobKind::Release => "/ui/netboot/fetch-release/{id}/cancel",
+    };
     let mut h = Html::new();
-    if jobs.is_empty() {
-        h.push(format_args!("<p>No jobs yet.</p>"));
-        return h;
-    }
     h.push(format_args!(
-        "<div class=\"scroll\"><table class=\"list\"><thead><tr><th scope=\"col\">Job</th>\
+        "<div class=\"scroll\"><table class=\"list jobs\" id=\"jobs-{kind}\" data-jobs=\"{kind}\" \
+         data-cancel=\"{cancel}\"><thead><tr><th scope=\"col\">Job</th>\
          <th scope=\"col\">State</th><th scope=\"col\">Progress</th><th scope=\"col\">Started</th>\
-         <th scope=\"col\">Finished</th><th scope=\"col\">Error</th></tr></thead><tbody>\n"
+         <th scope=\"col\">Finished</th><th scope=\"col\">Error</th><th scope=\"col\">Cancel</th>\
+         </tr></thead><tbody>\n"
     ));
+    if jobs.is_empty() {
+        h.push(format_args!("<tr class=\"jobs-empty\"><td colspan=\"7\">No jobs yet.</td></tr>\n"));
+    }
     for j in jobs {
-        let progress = match j.total_bytes {
-            Some(t) if t > 0 => {
-                format!("{} of {}", crate::units::bytes(j.progress_bytes), crate::units::bytes(t))
-            }
-            _ => crate::units::bytes(j.progress_bytes),
+        let id = j.id;
+        let known = j.total_bytes.filter(|t| *t > 0);
+        // An indeterminate bar says "working"; on an ended job without a total it would
+        // animate for ever.
+        let bar = match known {
+            Some(t) => format!("<progress max=\"{t}\" value=\"{}\"", j.progress_bytes.min(t)),
+            None if !j.state.finished() => "<progress".to_string(),
+            None => String::new(),
         };
+        if !bar.is_empty() {
+            h.push(format_args!(
+                "<tr id=\"job-{id}\"><td>{id}</td><td>{}</td><td>{bar} aria-label=\"progress of job {id}\"></progress> ",
+                Escape(j.state.as_str())
+            ));
+        } else {
+            h.push(format_args!(
+                "<tr id=\"job-{id}\"><td>{id}</td><td>{}</td><td>",
+                Escape(j.state.as_str())
+            ));
+        }
         h.push(format_args!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
-            j.id,
-            Escape(j.state.as_str()),
-            Escape(&progress),
+            "<span class=\"job-bytes\">{}</span></td><td>{}</td><td>{}</td><td>{}</td><td>",
+            Escape(&progress_text(j.progress_bytes, known)),
             Escape(j.started_at.as_deref().unwrap_or("-")),
             Escape(j.finished_at.as_deref().unwrap_or("-")),
             Escape(j.error.as_deref().unwrap_or(""))
         ));
+        if j.state.finished() {
+            h.push(format_args!("-"));
+        } else {
+            h.push(format_args!(
+                "<form method=\"post\" action=\"{}\" class=\"inline\">\
+                 <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+                 <button type=\"submit\" class=\"danger\" aria-label=\"Cancel {kind} job {id}\">Cancel</button></form>",
+                cancel.replace("{id}", &id.to_string()),
+                Escape(&ctx.csrf)
+            ));
+        }
+        h.push(format_args!("</td></tr>\n"));
     }
     h.push(format_args!("</tbody></table></div>"));
     h
+}
+
+/// A job's progress for people, as app.js writes it: "1.5 MiB of 6.0 MiB (25%)", or the bytes
+/// alone when the total is not known.
+fn progress_text(done: u64, total: Option<u64>) -> String {
+    match total {
+        Some(t) => format!(
+            "{} of {} ({}%)",
+            crate::units::bytes(done),
+            crate::units::bytes(t),
+            done.min(t) * 100 / t
+        ),
+        None => crate::units::bytes(done),
+    }
 }
 
 /// The readiness row for TFTP: off is fine (HTTP boot or another TFTP server), on must answer.
