@@ -27,6 +27,7 @@ mod agent;
 mod api;
 mod arm64;
 mod browser;
+mod bulk;
 mod cache;
 mod deploy;
 mod discovery;
