@@ -43,7 +43,7 @@ pub struct Filter {
 impl Filter {
     /// Whether the page shows `m`; `names` maps image refs to catalog names.
     pub fn keep(&self, m: &Machine, names: &HashMap<&str, &str>) -> bool {
-        if !self.label.is_empty() && !m.labels.iter().any(|l| *l == self.label) {
+        if !self.label.is_empty() && !m.labels.contains(&self.label) {
             return false;
         }
         match self.status.as_str() {
