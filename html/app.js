@@ -153,12 +153,36 @@
     var hay = [m.mac, m.last_seen_ip || '', m.boot_mode, names[m.bty_image_ref] || '', m.labels.join(' ')];
     return hay.join(' ').toLowerCase().indexOf(q) >= 0;
   }
+  // Ticked rows stay ticked when a live update rebuilds the table.
+  var ticked = {};
+  body.addEventListener('change', function (e) {
+    if (e.target.name === 'mac') { ticked[e.target.value] = e.target.checked; }
+  });
+  var selectAll = document.getElementById('select-all');
+  if (selectAll) {
+    selectAll.hidden = false;
+    selectAll.addEventListener('change', function () {
+      body.querySelectorAll('input[name=mac]').forEach(function (c) {
+        c.checked = selectAll.checked;
+        ticked[c.value] = selectAll.checked;
+      });
+    });
+  }
+  body.querySelectorAll('input[name=mac]').forEach(function (c) { ticked[c.value] = c.checked; });
   function row(m) {
     var tr = document.createElement('tr');
     tr.id = 'm-' + m.mac.replace(/:/g, '');
+    var box = el('input');
+    box.type = 'checkbox';
+    box.name = 'mac';
+    box.value = m.mac;
+    box.setAttribute('form', 'bulk');
+    box.setAttribute('aria-label', 'select ' + m.mac);
+    box.checked = !!ticked[m.mac];
+    var td = el('td'); td.appendChild(box); tr.appendChild(td);
     var a = el('a', m.mac, 'mono');
     a.href = '/ui/machines/' + m.mac;
-    var td = el('td'); td.appendChild(a); tr.appendChild(td);
+    td = el('td'); td.appendChild(a); tr.appendChild(td);
     td = el('td');
     td.appendChild(m.bty_image_ref ? el('span', 'assigned', 'badge ok') : el('span', 'discovered', 'badge new'));
     if (m.last_status && m.last_status.indexOf('failed') === 0) { td.appendChild(el('span', 'failed', 'badge bad')); }

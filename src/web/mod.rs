@@ -7,6 +7,7 @@ pub mod app;
 pub mod auth;
 pub mod backup;
 pub mod boot;
+pub mod bulk;
 pub mod cache;
 pub mod catalog;
 mod cmd;

@@ -28,6 +28,7 @@ mod api;
 mod arm64;
 mod browser;
 mod browser_jobs;
+mod bulk;
 mod cache;
 mod deploy;
 mod discovery;

@@ -61,7 +61,7 @@ pub struct Machine {
 }
 
 /// What an operator sets on a machine (`MachineUpsert`, validated by the caller).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct MachineUpsert {
     pub bty_image_ref: Option<String>,
     pub labels: Vec<String>,
@@ -130,6 +130,115 @@ pub(super) fn machine_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Machin
     })
 }
 
+/// One machine of a bulk change: what it held when the change was planned, what it gets, and
+/// its `machine.updated` event.
+#[derive(Clone, Debug)]
+pub struct BulkWrite {
+    pub mac: String,
+    pub before: MachineUpsert,
+    pub after: MachineUpsert,
+    pub message: String,
+    pub details: serde_json::Value,
+}
+
+/// A machine's operator settings as stored (labels sorted as `machine_columns!` reads them).
+fn stored_upsert(tx: &rusqlite::Connection, mac: &str) -> Result<Option<MachineUpsert>> {
+    let Some(mut m) = tx
+        .prepare_cached(
+            "SELECT bty_image_ref, boot_mode, sanboot_drive, target_disk_serial FROM machines \
+             WHERE mac = ?1",
+        )?
+        .query_row([mac], |r| {
+            Ok(MachineUpsert {
+                bty_image_ref: r.get(0)?,
+                labels: Vec::new(),
+                boot_mode: boot_mode(r, 1)?,
+                sanboot_drive: r.get(2)?,
+                target_disk_serial: r.get(3)?,
+            })
+        })
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    m.labels = tx
+        .prepare_cached("SELECT label FROM machine_labels WHERE mac = ?1 ORDER BY label")?
+        .query_map([mac], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(Some(m))
+}
+
+/// Creates or replaces one machine's operator settings inside the caller's transaction (see
+/// `put_machine`); true when this claimed a discovered machine.
+fn write_machine(
+    tx: &rusqlite::Connection,
+    mac: &str,
+    m: &MachineUpsert,
+    now: &str,
+) -> Result<bool> {
+    let old: Option<Stored> = tx
+        .prepare_cached(
+            "SELECT bty_image_ref, boot_mode, target_disk_serial, unclaimed FROM machines \
+             WHERE mac = ?1",
+        )?
+        .query_row([mac], |r| {
+            Ok(Stored {
+                image: r.get(0)?,
+                mode: boot_mode(r, 1)?,
+                serial: r.get(2)?,
+                unclaimed: r.get(3)?,
+            })
+        })
+        .optional()?;
+    let claimed = old.as_ref().is_some_and(|o| o.unclaimed);
+    match old {
+        None => {
+            tx.prepare_cached(
+                "INSERT INTO machines (mac, bty_image_ref, boot_mode, sanboot_drive, \
+                 target_disk_serial, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+            )?
+            .execute(params![
+                mac,
+                m.bty_image_ref,
+                m.boot_mode.as_str(),
+                m.sanboot_drive,
+                m.target_disk_serial,
+                now
+            ])?;
+        }
+        Some(old) => {
+            let rearm = old.image != m.bty_image_ref
+                || old.mode != m.boot_mode
+                || old.serial != m.target_disk_serial;
+            tx.prepare_cached(
+                "UPDATE machines SET bty_image_ref = ?2, boot_mode = ?3, sanboot_drive = ?4, \
+                 target_disk_serial = ?5, updated_at = ?6, unclaimed = 0, \
+                 saw_flasher_boot = CASE WHEN ?7 THEN 0 ELSE saw_flasher_boot END, \
+                 boot_disk_next = CASE WHEN ?7 THEN 0 ELSE boot_disk_next END, \
+                 last_flashed_at = CASE WHEN ?7 THEN NULL ELSE last_flashed_at END, \
+                 known_disks_at = CASE WHEN ?7 THEN NULL ELSE known_disks_at END \
+                 WHERE mac = ?1",
+            )?
+            .execute(params![
+                mac,
+                m.bty_image_ref,
+                m.boot_mode.as_str(),
+                m.sanboot_drive,
+                m.target_disk_serial,
+                now,
+                rearm
+            ])?;
+        }
+    }
+    tx.prepare_cached("DELETE FROM machine_labels WHERE mac = ?1")?.execute([mac])?;
+    let mut ins =
+        tx.prepare_cached("INSERT OR IGNORE INTO machine_labels (mac, label) VALUES (?1, ?2)")?;
+    for l in &m.labels {
+        ins.execute(params![mac, l])?;
+    }
+    Ok(claimed)
+}
+
 impl Db {
     /// The stored lshw blob of a machine: Ok(None) for no machine, Ok(Some(None)) for no blob.
     pub fn lshw(&self, mac: &str) -> Result<Option<Option<String>>> {
@@ -169,79 +278,49 @@ impl Db {
     /// serial re-arms it (clears the live-environment mark, last flash and inventory time);
     /// labels and sanboot drive do not. Returns the stored machine.
     pub fn put_machine(&self, mac: &str, m: &MachineUpsert) -> Result<Machine> {
-        let now = now_iso8601();
         {
             let mut conn = self.write();
             let tx = immediate(&mut conn)?;
-            let old: Option<Stored> = tx
-                .prepare_cached(
-                    "SELECT bty_image_ref, boot_mode, target_disk_serial, unclaimed FROM machines \
-                     WHERE mac = ?1",
-                )?
-                .query_row([mac], |r| {
-                    Ok(Stored {
-                        image: r.get(0)?,
-                        mode: boot_mode(r, 1)?,
-                        serial: r.get(2)?,
-                        unclaimed: r.get(3)?,
-                    })
-                })
-                .optional()?;
-            let claimed = old.as_ref().is_some_and(|o| o.unclaimed);
-            match old {
-                None => {
-                    tx.prepare_cached(
-                        "INSERT INTO machines (mac, bty_image_ref, boot_mode, sanboot_drive, \
-                         target_disk_serial, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
-                    )?
-                    .execute(params![
-                        mac,
-                        m.bty_image_ref,
-                        m.boot_mode.as_str(),
-                        m.sanboot_drive,
-                        m.target_disk_serial,
-                        now
-                    ])?;
-                }
-                Some(old) => {
-                    let rearm = old.image != m.bty_image_ref
-                        || old.mode != m.boot_mode
-                        || old.serial != m.target_disk_serial;
-                    tx.prepare_cached(
-                        "UPDATE machines SET bty_image_ref = ?2, boot_mode = ?3, sanboot_drive = ?4, \
-                         target_disk_serial = ?5, updated_at = ?6, unclaimed = 0, \
-                         saw_flasher_boot = CASE WHEN ?7 THEN 0 ELSE saw_flasher_boot END, \
-                         boot_disk_next = CASE WHEN ?7 THEN 0 ELSE boot_disk_next END, \
-                         last_flashed_at = CASE WHEN ?7 THEN NULL ELSE last_flashed_at END, \
-                         known_disks_at = CASE WHEN ?7 THEN NULL ELSE known_disks_at END \
-                         WHERE mac = ?1",
-                    )?
-                    .execute(params![
-                        mac,
-                        m.bty_image_ref,
-                        m.boot_mode.as_str(),
-                        m.sanboot_drive,
-                        m.target_disk_serial,
-                        now,
-                        rearm
-                    ])?;
-                }
-            }
-            tx.prepare_cached("DELETE FROM machine_labels WHERE mac = ?1")?.execute([mac])?;
-            {
-                let mut ins = tx.prepare_cached(
-                    "INSERT OR IGNORE INTO machine_labels (mac, label) VALUES (?1, ?2)",
-                )?;
-                for l in &m.labels {
-                    ins.execute(params![mac, l])?;
-                }
-            }
+            let claimed = write_machine(&tx, mac, m, &now_iso8601())?;
             tx.commit().with_context(|| format!("saving machine {mac}"))?;
             if claimed {
                 sub(&self.unclaimed, 1);
             }
         }
         self.machine(mac)?.with_context(|| format!("reading back machine {mac}"))
+    }
+
+    /// Saves a bulk change in one transaction, with its events: every write or none. Each
+    /// machine must still hold what the change was planned from (`before`), else nothing is
+    /// written and the MAC of the first that moved is returned: a PUT between the plan and
+    /// this write must not be overwritten unseen.
+    pub fn put_machines(&self, writes: &[BulkWrite]) -> Result<Option<String>> {
+        let now = now_iso8601();
+        let mut conn = self.write();
+        let tx = immediate(&mut conn)?;
+        let mut claimed = 0;
+        for w in writes {
+            let current = stored_upsert(&tx, &w.mac)
+                .with_context(|| format!("reading machine {} for a bulk change", w.mac))?;
+            if current.as_ref() != Some(&w.before) {
+                return Ok(Some(w.mac.clone()));
+            }
+            if write_machine(&tx, &w.mac, &w.after, &now)
+                .with_context(|| format!("saving machine {} in a bulk change", w.mac))?
+            {
+                claimed += 1;
+            }
+            insert_event(
+                &tx,
+                "machine.updated",
+                Some(&w.mac),
+                &w.message,
+                Some(w.details.clone()),
+            )?;
+        }
+        tx.commit().context("committing a bulk change of machines")?;
+        sub(&self.unclaimed, claimed);
+        Ok(None)
     }
 
     /// Deletes a machine; false when there was none.
@@ -435,6 +514,41 @@ mod tests {
         assert!(m.saw_flasher_boot && m.last_flashed_at.is_some(), "labels alone do not re-arm");
         let m = db.put_machine(mac, &upsert("bty-flash-always", &["new-label"])).unwrap();
         assert!(!m.saw_flasher_boot && m.last_flashed_at.is_none(), "a new mode re-arms");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn bulk_writes_all_or_nothing_with_one_event_each() {
+        let d = tmp("bulk");
+        let db = Db::open(&d).unwrap();
+        let (a, b) = ("aa:bb:cc:dd:ee:01", "aa:bb:cc:dd:ee:02");
+        let before = upsert("ipxe-exit", &["r1"]);
+        db.put_machine(a, &before).unwrap();
+        db.put_machine(b, &before).unwrap();
+        let write = |mac: &str, from: &MachineUpsert| BulkWrite {
+            mac: mac.into(),
+            before: from.clone(),
+            after: upsert("bty-tui", &["r1", "r2"]),
+            message: format!("{mac} bulk"),
+            details: serde_json::json!({"bulk": true}),
+        };
+        // b no longer holds what the change was planned from: nothing is written, a included.
+        let stale = upsert("bty-inventory", &[]);
+        assert_eq!(
+            db.put_machines(&[write(a, &before), write(b, &stale)]).unwrap(),
+            Some(b.into())
+        );
+        assert_eq!(db.machine(a).unwrap().unwrap().boot_mode.as_str(), "ipxe-exit");
+        assert!(db.events(Some("machine.updated"), None, 10, None).unwrap().is_empty());
+        assert_eq!(db.put_machines(&[write(a, &before), write(b, &before)]).unwrap(), None);
+        for mac in [a, b] {
+            let m = db.machine(mac).unwrap().unwrap();
+            assert_eq!(
+                (m.boot_mode.as_str(), m.labels.clone()),
+                ("bty-tui", vec!["r1".into(), "r2".into()])
+            );
+            assert_eq!(db.events(Some("machine.updated"), Some(mac), 10, None).unwrap().len(), 1);
+        }
         let _ = std::fs::remove_dir_all(&d);
     }
 }

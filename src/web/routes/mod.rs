@@ -99,6 +99,7 @@ pub static ROUTES: &[Route] = {
         }),
         // The operator's API: a session cookie, an allowed Host, changes only from our origin.
         row(READ, "/machines", Session, None, |a, _, _, _| api::machines(a)),
+        row(POST, "/machines/bulk", Session, Json, |a, r, _, _| crate::web::bulk::api(a, &r.body)),
         row(&["GET", "HEAD", "PUT", "DELETE"], "/machines/{mac}", Session, Json, |a, r, p, _| {
             api::machine(a, r, p[0])
         }),
@@ -145,6 +146,8 @@ pub static ROUTES: &[Route] = {
         row(READ, "/ui/account", Page, None, page),
         row(POST, "/ui/machines/{mac}", Page, Form, page),
         row(POST, "/ui/machines/{mac}/delete", Page, Form, page),
+        row(POST, "/ui/machines/bulk/preview", Page, Form, page),
+        row(POST, "/ui/machines/bulk/apply", Page, Form, page),
         row(POST, "/ui/catalog/entries", Page, Form, page),
         row(POST, "/ui/catalog/delete", Page, Form, page),
         row(POST, "/ui/catalog/upload", Page, CatalogForm, page),

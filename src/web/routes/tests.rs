@@ -139,6 +139,7 @@ fn body_policies_per_route() {
         BodyPolicy::Spill(4 << 20, 64 << 20)
     );
     assert_eq!(policy("PUT", "/machines/aa:bb:cc:dd:ee:ff"), BodyPolicy::Buffer(64 << 10));
+    assert_eq!(policy("POST", "/machines/bulk"), BodyPolicy::Buffer(64 << 10));
     assert_eq!(policy("PUT", "/boot/x.initrd"), BodyPolicy::Stream(u64::MAX));
     assert_eq!(policy("POST", "/ui/netboot/upload"), BodyPolicy::Stream(u64::MAX));
     assert_eq!(

@@ -21,6 +21,8 @@ pub const CATALOG_UPLOAD_MAX: usize = 4 << 20;
 pub fn post(ctx: &Ctx<'_>, segs: &[&str], body: &mut dyn Read) -> Resp {
     let fields = || form(&ctx.req.body);
     match segs {
+        ["machines", "bulk", "preview"] => super::bulk::preview(ctx, &fields()),
+        ["machines", "bulk", "apply"] => super::bulk::apply(ctx, &fields()),
         ["machines", mac] => save_machine(ctx, mac, fields()),
         ["machines", mac, "delete"] => delete_machine(ctx, mac, &fields()),
         ["catalog", "entries"] => add_entry(ctx, fields()),

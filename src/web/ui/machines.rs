@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use crate::web::bulk::Filter;
 use crate::web::db::{CatalogEntry, Machine};
 use crate::web::ui::pages::{PageResult, event_table, not_found};
 use crate::web::ui::template::{Escape, Html, Val, render};
@@ -39,29 +40,8 @@ pub fn list(ctx: &Ctx<'_>) -> PageResult {
         let sel = if v == status { " selected" } else { "" };
         status_options.push(format_args!("<option value=\"{v}\"{sel}>{text}</option>\n"));
     }
-    let keep = |m: &Machine| {
-        if !label.is_empty() && !m.labels.iter().any(|l| l == label) {
-            return false;
-        }
-        match status {
-            "discovered" if m.bty_image_ref.is_some() => return false,
-            "assigned" if m.bty_image_ref.is_none() => return false,
-            _ => {}
-        }
-        if q.is_empty() {
-            return true;
-        }
-        let image = m.bty_image_ref.as_deref().and_then(|r| names.get(r)).copied().unwrap_or("");
-        let hay = format!(
-            "{} {} {} {} {}",
-            m.mac,
-            m.last_seen_ip.as_deref().unwrap_or(""),
-            m.boot_mode,
-            image,
-            m.labels.join(" ")
-        );
-        hay.to_lowercase().contains(&q)
-    };
+    let filter = Filter { q: q.clone(), label: label.to_string(), status: status.to_string() };
+    let keep = |m: &Machine| filter.keep(m, &names);
     let mut rows = Html::with_capacity(all.len() * 400);
     let mut shown = 0;
     for m in all.iter().filter(|m| keep(m)) {
@@ -71,6 +51,7 @@ pub fn list(ctx: &Ctx<'_>) -> PageResult {
     // For the script's live rows; `<` is escaped so the JSON cannot end the script element.
     let names_json = Html::script_json(&names);
     let count = format!("{shown} of {} machines", all.len());
+    let bulk_form = super::bulk::form(ctx, &catalog, &labels, &filter, shown);
     let body = render(
         MACHINES,
         &[
@@ -80,6 +61,7 @@ pub fn list(ctx: &Ctx<'_>) -> PageResult {
             ("count", Val::Text(&count)),
             ("image_names", Val::Html(&names_json)),
             ("rows", Val::Html(&rows)),
+            ("bulk", Val::Html(&bulk_form)),
         ],
     );
     Ok(page(ctx, "machines", "Machines", 200, &body))
@@ -93,8 +75,11 @@ fn machine_row(
     progress: Option<&Progress>,
 ) {
     let mac = Escape(&m.mac);
+    // The checkbox belongs to the bulk form under the table (`form=`), as forms cannot nest.
     out.push(format_args!(
-        "<tr id=\"m-{}\"><td><a class=\"mono\" href=\"/ui/machines/{mac}\">{mac}</a></td><td>",
+        "<tr id=\"m-{}\"><td><input type=\"checkbox\" name=\"mac\" value=\"{mac}\" \
+         form=\"bulk\" aria-label=\"select {mac}\"></td>\
+         <td><a class=\"mono\" href=\"/ui/machines/{mac}\">{mac}</a></td><td>",
         m.mac.replace(':', "")
     ));
     if m.bty_image_ref.is_some() {

@@ -16,6 +16,7 @@ use crate::web::auth::{self, Session};
 use crate::web::http::{Req, Resp};
 
 mod boot_paths;
+mod bulk;
 mod config_edit;
 mod forms;
 mod machines;

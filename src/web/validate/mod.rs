@@ -10,6 +10,7 @@
 //! The checks are the spec's (reference.txt wire types, api-details.md). Whether a
 //! `bty_image_ref` names a catalog entry, or a MAC has a record, is for the caller to look up.
 
+mod bulk;
 mod machine;
 mod pxe;
 
@@ -23,6 +24,7 @@ pub use crate::wire::{
     BOOT_NAME_MAX_CHARS, DISK_FIELD_MAX_CHARS, INVENTORY_MAX_DISKS, LABEL_MAX_CHARS, LABELS_MAX,
     LSHW_MAX, PHASE_MAX_CHARS, REASON_MAX_CHARS, SERIAL_MAX_CHARS,
 };
+pub use bulk::bulk_request;
 pub use machine::{
     boot_mode, bty_image_ref, labels, machine_upsert, normalize_upsert, sanboot_drive,
     target_disk_serial,
