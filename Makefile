@@ -182,7 +182,7 @@ lint:
 # binaries are Debian's own, pinned by version and by the sha256 of each file, which makes the
 # output reproducible. The trixie build (2025) rather than bookworm's (2019): its ipxe.efi runs
 # the autoexec.ipxe that sits beside it on an HTTP boot server, which bty-web generates (see the
-# README's legacy PXE section). The trixie list is handed to apt for this one download only.
+# legacy PXE section of docs/pxe.md). The trixie list is handed to apt for this one download only.
 IPXE_VERSION := 1.21.1+git20250501.dad20602+dfsg-1
 IPXE_OUT ?= build/ipxe
 IPXE_APT := $(CURDIR)/target/ipxe-apt

@@ -31,7 +31,7 @@ revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 
 die() { echo "deploy/release.sh: $*" >&2; exit 1; }
 
-# name <- source, kind, arch, mode. The kinds are the ones release.toml documents (README,
+# name <- source, kind, arch, mode. The kinds are the ones release.toml documents (docs/workers.md,
 # "Netboot artifacts from a release"); bty-web installs netboot-kernel, netboot-initrd,
 # ipxe-bios and ipxe-efi.
 netboot=bty-netboot-pc-x86_64-v$version

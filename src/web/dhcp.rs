@@ -1,6 +1,6 @@
 //! The DHCP configuration a lab needs to boot its machines into bty-web, as `bty-web dhcp`
 //! prints it: a dnsmasq snippet or an ISC dhcpd snippet for a given bty-web address and HTTP
-//! port. One generator, so the README, `bty-web dhcp` and the tests' dnsmasq
+//! port. One generator, so docs/pxe.md, `bty-web dhcp` and the tests' dnsmasq
 //! (tests/it/lab.rs) say the same thing.
 //!
 //! The modes:
@@ -419,13 +419,13 @@ mod tests {
         assert_eq!(default_addr(Some("lab.example"), "10.0.0.5"), Some(ip));
     }
 
-    /// The README's DHCP section shows what `bty-web dhcp` prints for its example address,
+    /// The DHCP section of docs/pxe.md shows what `bty-web dhcp` prints for its example address,
     /// verbatim: a change here without one there fails.
     #[test]
-    fn the_readme_shows_what_bty_web_dhcp_prints() {
-        let readme = include_str!("../../README.md");
+    fn the_docs_show_what_bty_web_dhcp_prints() {
+        let page = include_str!("../../docs/pxe.md");
         for text in [dnsmasq(T, Mode::All), isc(T, Mode::All).unwrap(), dnsmasq(T, Mode::Proxy)] {
-            assert!(readme.contains(&text), "README.md lacks, verbatim:\n{text}");
+            assert!(page.contains(&text), "docs/pxe.md lacks, verbatim:\n{text}");
         }
     }
 }

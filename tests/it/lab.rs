@@ -4,7 +4,7 @@
 //! lab has: the interface, the address range, the lease file), and QEMU guests on taps of the
 //! bridge. Unlike e2e.rs (QEMU's user-mode network, whose DHCP gives one fixed answer), the
 //! firmware here gets what the lab's DHCP server decides by client architecture, user class and
-//! vendor class, so every boot path of the README's DHCP section is checked against a real
+//! vendor class, so every boot path of the DHCP section of docs/pxe.md is checked against a real
 //! DHCP server:
 //!
 //! - legacy BIOS over TFTP, UEFI PXE over TFTP, UEFI HTTP Boot, arm64 UEFI PXE and HTTP Boot
@@ -197,7 +197,7 @@ fn gave(log: &str, file: &str) -> bool {
         || log.contains(&format!("bootfile name: {file}"))
 }
 
-/// (a) Legacy BIOS with the README's `tftp` configuration. QEMU's BIOS network boot is the
+/// (a) Legacy BIOS with the `tftp` configuration of docs/pxe.md. QEMU's BIOS network boot is the
 /// NIC's option ROM, which is iPXE: it sends the user class `iPXE`, so it gets `autoexec.ipxe`
 /// at once, as a lab machine whose NIC runs iPXE does. The firmware half of a machine with a
 /// vendor's PXE ROM (no user class, architecture 0: `undionly.kpxe` over TFTP) is asked by a
@@ -283,7 +283,7 @@ fn uefi_http_boot_with_dnsmasq_reaches_the_bootstrap() {
 }
 
 /// (d) proxyDHCP: one dnsmasq gives addresses only (the lab's router), a second one in the
-/// README's `proxy` configuration gives boot options only. A BIOS guest (the NIC's iPXE, by its
+/// `proxy` configuration of docs/pxe.md gives boot options only. A BIOS guest (the NIC's iPXE, by its
 /// user class) and a UEFI PXE guest (OVMF's own PXE, through a `pxe-service` line) boot at once.
 /// (c') arm64 machines (`qemu-system-aarch64 -M virt`, AAVMF) in the same lab, both ways at
 /// once: the firmware's PXE (client architecture 11) gets `ipxe-arm64.efi` over TFTP, its HTTP

@@ -138,3 +138,65 @@ fn the_pages_build_reproducibly_and_groff_reads_them_without_a_warning() {
         assert!(text.contains(&format!("bty {}", env!("CARGO_PKG_VERSION"))), "{text}");
     }
 }
+
+/// GitHub's anchor for a heading: lower case, punctuation but `-` and `_` dropped, spaces to `-`.
+fn anchor(title: &str) -> String {
+    title
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | ' '))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+fn anchors(text: &str) -> BTreeSet<String> {
+    let mut code = false;
+    let mut out = BTreeSet::new();
+    for l in text.lines() {
+        if l.starts_with("```") {
+            code = !code;
+        }
+        if !code && l.starts_with('#') {
+            out.insert(anchor(l.trim_start_matches('#')));
+        }
+    }
+    out
+}
+
+/// The README is the start page and the reference is one page per topic in docs/: every
+/// relative link between them names a file that exists and a heading it has.
+#[test]
+fn every_link_of_the_readme_and_the_docs_reaches_its_page_and_heading() {
+    let mut pages = vec![root().join("README.md"), root().join("ARCHITECTURE.md")];
+    for dir in ["docs", "docs/man"] {
+        for e in std::fs::read_dir(root().join(dir)).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "md") {
+                pages.push(p);
+            }
+        }
+    }
+    let mut broken = Vec::new();
+    for page in &pages {
+        let text = std::fs::read_to_string(page).unwrap();
+        for (i, _) in text.match_indices("](") {
+            let link: String = text[i + 2..].chars().take_while(|c| *c != ')').collect();
+            if link.contains("://") || link.contains(' ') || link.starts_with("mailto:") {
+                continue;
+            }
+            let (path, frag) = link.split_once('#').unwrap_or((&link, ""));
+            let target =
+                if path.is_empty() { page.clone() } else { page.parent().unwrap().join(path) };
+            if !target.exists() {
+                broken.push(format!("{}: {link}: no such file", page.display()));
+            } else if !frag.is_empty() && target.extension().is_some_and(|x| x == "md") {
+                let text = std::fs::read_to_string(&target).unwrap();
+                if !anchors(&text).contains(frag) {
+                    broken.push(format!("{}: {link}: no such heading", page.display()));
+                }
+            }
+        }
+    }
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+}
