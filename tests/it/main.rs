@@ -28,6 +28,7 @@ mod api;
 mod arm64;
 mod browser;
 mod cache;
+mod deb;
 mod deploy;
 mod discovery;
 mod disks;
