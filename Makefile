@@ -48,13 +48,14 @@ ARM64_TARGET := aarch64-unknown-linux-musl
 #   tinyproxy: tests/it/proxy.rs runs its own instance (a config, a port and a log in the test's
 #   directory, foreground) on 127.0.0.1 as the real proxy that http_proxy/HTTPS_PROXY point at;
 #   the package's own service is not used.
+#   lintian: tests/it/deb.rs checks the packages of `make deb` with it (no errors or warnings).
 DEB_PACKAGES := qemu-utils e2fsprogs gdisk fdisk util-linux zstd xz-utils bzip2 pigz \
 	bmap-tools mbuffer musl-tools python3 time bsdutils wrk python3-venv lshw \
 	docker-registry curl tmux tftp-hpa ca-certificates podman \
 	chromium chromium-driver python3-yaml systemd dosfstools mtools \
 	busybox-static cpio kmod file ipxe-qemu ovmf gcc-aarch64-linux-gnu qemu-user-static \
 	dnsmasq-base iproute2 xorriso grub-pc-bin grub-efi-amd64-bin exfatprogs exfat-fuse groff-base \
-	tinyproxy
+	tinyproxy lintian
 IMAGE_DIR ?= target/image
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 IMAGE_TAG ?= localhost/bty-web:$(VERSION)
@@ -83,7 +84,7 @@ APT_ARM64_OPTS := -o APT::Architecture=arm64 -o APT::Architectures::=arm64 \
 	-o Dir::State::status=/dev/null -o APT::Sandbox::User=root
 MUSL_ARM64_INC := $(APT_ARM64)/musl/usr/include/aarch64-linux-musl
 
-.PHONY: help run test deps quadlet lint build build-release release release-check usb rpi man live-x86_64 live-arm64 static static-arm64 static-bty image ipxe live live-check e2e bench-e2e bench bench-flash bench-http bench-web clean
+.PHONY: help run test deps quadlet lint build build-release release release-check deb usb rpi man live-x86_64 live-arm64 static static-arm64 static-bty image ipxe live live-check e2e bench-e2e bench bench-flash bench-http bench-web clean
 
 help:
 	@echo "make run          build and start bty-web on $(STATE_DIR) (prints URL and password)"
@@ -98,6 +99,7 @@ help:
 	@echo "make usb          the USB live medium (BIOS+UEFI stick, CD) + .sha256 into build/usb"
 	@echo "make man          bty(1) and bty-web(8) into build/man"
 	@echo "make rpi          the Raspberry Pi stick (Pi 3/4 firmware, arm64 UEFI) + .sha256 into build/usb"
+	@echo "make deb          Debian packages bty and bty-web, amd64 + arm64 (+ SHA256SUMS) into build/deb"
 	@echo "make release      the whole asset set, release.toml and SHA256SUMS into build/release"
 	@echo "make release-check  build the release's ISO and image again elsewhere and compare"
 	@echo "make e2e          QEMU guests PXE-boot from bty-web (user-mode net, and a lab netns with dnsmasq)"
@@ -231,7 +233,7 @@ $(IPXE_OUT)/ipxe-arm64.efi.sha256: $(IPXE_DEB)
 # (release, static*, live, image) leaves it off.
 TEST_FEATURES := --features test-hooks
 
-test: deps quadlet lint static static-arm64 live-check ipxe release-check
+test: deps quadlet lint static static-arm64 live-check ipxe release-check deb
 	$(CARGO) test --all-targets $(TEST_FEATURES)
 
 build:
@@ -242,8 +244,15 @@ build-release:
 
 # The release's asset set (deploy/release.sh): what bty-web's netboot fetch and an air-gapped
 # mirror take. tests/it/release.rs points a bty-web at it.
-release: static static-arm64 live-x86_64 live-arm64 ipxe usb rpi image
+release: static static-arm64 live-x86_64 live-arm64 ipxe usb rpi image deb
 	deploy/release.sh
+
+# The Debian packages (deploy/deb.sh): bty and bty-web for amd64 and arm64 from the static
+# binaries, with the man pages of `make man` (MAN_DIR, default build/man), reproducible (every
+# time the last commit's). tests/it/deb.rs checks them with lintian and installs them into a
+# throwaway root.
+deb: static static-arm64 man
+	deploy/deb.sh
 
 # Two builds of one commit give the same release: the ISO and the OCI image are made again from
 # their inputs in another directory (the live environment's own check is live-check), the set

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Gathers the release's asset set into one directory: the USB live medium, the netboot kernel
 # and initrd of each architecture (x86_64, arm64), the iPXE first stages bty-web serves, the static binaries, the OCI image archive,
+# the Debian packages (bty, bty-web; amd64 and arm64),
 # then release.toml (what bty-web's netboot fetch reads: version, each asset's name, kind,
 # architecture, size and sha256) and SHA256SUMS over everything. Every file carries
 # SOURCE_DATE_EPOCH as its time, so two runs over the same build give identical directories.
@@ -10,7 +11,8 @@
 #
 # Inputs (environment; the defaults are where `make` puts them):
 #   OUT (build/release), LIVE (build/live), USB (build/usb), IPXE (build/ipxe),
-#   IMAGE (target/image), BTY_X86_64, BTY_ARM64, BTY_WEB_X86_64, BTY_WEB_ARM64 (the static builds)
+#   IMAGE (target/image), DEB (build/deb) and DEB_REVISION (1, as deploy/deb.sh),
+#   BTY_X86_64, BTY_ARM64, BTY_WEB_X86_64, BTY_WEB_ARM64 (the static builds)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +22,8 @@ LIVE=${LIVE:-build/live}
 USB=${USB:-build/usb}
 IPXE=${IPXE:-build/ipxe}
 IMAGE=${IMAGE:-target/image}
+DEB=${DEB:-build/deb}
+deb_version=$version-${DEB_REVISION:-1}
 BTY_X86_64=${BTY_X86_64:-target/x86_64-unknown-linux-musl/static/bty}
 BTY_ARM64=${BTY_ARM64:-target/aarch64-unknown-linux-musl/static/bty}
 BTY_WEB_X86_64=${BTY_WEB_X86_64:-target/x86_64-unknown-linux-musl/static/bty-web}
@@ -57,6 +61,10 @@ assets=(
     "bty-web-x86_64-linux-musl-v$version|$BTY_WEB_X86_64|bty-web|x86_64|0755"
     "bty-web-aarch64-linux-musl-v$version|$BTY_WEB_ARM64|bty-web|arm64|0755"
     "bty-web-$version.oci.tar|$IMAGE/bty-web-$version.oci.tar|oci-image|any|0644"
+    "bty_${deb_version}_amd64.deb|$DEB/bty_${deb_version}_amd64.deb|deb|x86_64|0644"
+    "bty_${deb_version}_arm64.deb|$DEB/bty_${deb_version}_arm64.deb|deb|arm64|0644"
+    "bty-web_${deb_version}_amd64.deb|$DEB/bty-web_${deb_version}_amd64.deb|deb|x86_64|0644"
+    "bty-web_${deb_version}_arm64.deb|$DEB/bty-web_${deb_version}_arm64.deb|deb|arm64|0644"
 )
 
 rm -rf "$OUT.tmp"

@@ -30,6 +30,7 @@ mod browser;
 mod browser_jobs;
 mod bulk;
 mod cache;
+mod deb;
 mod deploy;
 mod discovery;
 mod disks;
