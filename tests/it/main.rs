@@ -25,6 +25,7 @@ mod util;
 
 mod agent;
 mod api;
+mod apt_mirror;
 mod arm64;
 mod browser;
 mod browser_jobs;
