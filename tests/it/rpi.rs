@@ -270,6 +270,18 @@ fn through_arm64_uefi_the_stick_grows_and_flashes_a_disk_from_bty_images() {
     assert!(std::fs::read(m.dir.join("keep.bin")).unwrap() == keep, "keep.bin changed");
 }
 
+/// `bty usb-grow` on `stick` with the build's sentinels: its status and what it printed.
+fn grow(stick: &Path) -> (std::process::Output, String) {
+    let o = crate::util::bty()
+        .args(["usb-grow"])
+        .arg(stick)
+        .args(["--baked", "b7e10001:65536"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stderr).to_string() + &String::from_utf8_lossy(&o.stdout);
+    (o, out)
+}
+
 #[test]
 fn usb_grow_on_the_pi_stick_refuses_a_changed_table_then_grows_once() {
     let dir = TestDir::new("rpi-grow");
@@ -280,13 +292,7 @@ fn usb_grow_on_the_pi_stick_refuses_a_changed_table_then_grows_once() {
     let mut changed = b.clone();
     changed[446 + 32 + 4] = 0x83;
     std::fs::write(&p, &changed).unwrap();
-    let o = crate::util::bty()
-        .args(["usb-grow"])
-        .arg(&p)
-        .args(["--baked", "b7e10001:65536"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
+    let (o, err) = grow(&p);
     assert!(
         !o.status.success() && err.contains("want the boot partition first, exFAT second"),
         "{err}"
@@ -294,13 +300,7 @@ fn usb_grow_on_the_pi_stick_refuses_a_changed_table_then_grows_once() {
     assert!(std::fs::read(&p).unwrap() == changed, "a refused grow wrote to the stick");
 
     std::fs::write(&p, &b).unwrap();
-    let o = crate::util::bty()
-        .args(["usb-grow"])
-        .arg(&p)
-        .args(["--baked", "b7e10001:65536"])
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&o.stderr).to_string() + &String::from_utf8_lossy(&o.stdout);
+    let (o, out) = grow(&p);
     assert!(o.status.success() && out.contains("grown from 32.0 MiB"), "{out}");
     let (start, sectors) = partition(&p, 1);
     assert_eq!(start + sectors, (256u64 << 20) / 512);
@@ -311,12 +311,6 @@ fn usb_grow_on_the_pi_stick_refuses_a_changed_table_then_grows_once() {
         "the boot partition changed"
     );
     Images::fsck(&p);
-    let o = crate::util::bty()
-        .args(["usb-grow"])
-        .arg(&p)
-        .args(["--baked", "b7e10001:65536"])
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&o.stderr).to_string() + &String::from_utf8_lossy(&o.stdout);
+    let (o, out) = grow(&p);
     assert!(o.status.success() && out.contains("grown already"), "{out}");
 }
