@@ -391,6 +391,13 @@ impl Settings {
         if (section, key) == ("paths", "state_dir") {
             return Err("[paths] state_dir holds the page's own saved settings; set it in bty.toml or BTY_PATHS_STATE_DIR".into());
         }
+        // The directories bty-web serves files from (to anyone, for the boot ones) are the
+        // host's business: a browser session, stolen or not, must not point them elsewhere.
+        if section == "paths" || matches!((section, key), ("boot", "ipxe_dir") | ("cache", "dir")) {
+            return Err(format!(
+                "[{section}] {key} is a directory bty-web serves files from; set it in bty.toml or the environment"
+            ));
+        }
         match self.source(section, key) {
             Source::Env(v) => Err(format!(
                 "[{section}] {key} is set by the environment ({v}), which wins over this page; change it there"
