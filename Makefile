@@ -49,13 +49,15 @@ ARM64_TARGET := aarch64-unknown-linux-musl
 #   directory, foreground) on 127.0.0.1 as the real proxy that http_proxy/HTTPS_PROXY point at;
 #   the package's own service is not used.
 #   lintian: tests/it/deb.rs checks the packages of `make deb` with it (no errors or warnings).
+#   lbzip2 pbzip2: the block-parallel bzip2 decoder (src/image/bzip2_mt.rs) is tested on their
+#   files (lbzip2's single stream, pbzip2's many), and lbzip2 -dc is its benchmark reference.
 DEB_PACKAGES := qemu-utils e2fsprogs gdisk fdisk util-linux zstd xz-utils bzip2 pigz \
 	bmap-tools mbuffer musl-tools python3 time bsdutils wrk python3-venv lshw \
 	docker-registry curl tmux tftp-hpa ca-certificates podman \
 	chromium chromium-driver python3-yaml systemd dosfstools mtools \
 	busybox-static cpio kmod file ipxe-qemu ovmf gcc-aarch64-linux-gnu qemu-user-static \
 	dnsmasq-base iproute2 xorriso grub-pc-bin grub-efi-amd64-bin exfatprogs exfat-fuse groff-base \
-	tinyproxy lintian
+	tinyproxy lintian lbzip2 pbzip2
 IMAGE_DIR ?= target/image
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 IMAGE_TAG ?= localhost/bty-web:$(VERSION)

@@ -65,7 +65,8 @@ pub fn stream_decoder(format: Format, input: Box<dyn Read + Send>) -> Result<Box
             zstd::stream::read::Decoder::with_buffer(input).context("starting the zstd decoder")?,
         ),
         Format::Xz => Box::new(MultiXzDecoder::new(input)?),
-        Format::Bzip2 => Box::new(bzip2::bufread::MultiBzDecoder::new(input)),
+        // Block-parallel on several cores (src/image/bzip2_mt.rs), libbz2 alone on one.
+        Format::Bzip2 => super::bzip2_mt::decoder(input)?,
         Format::Qcow2 => crate::bail!("qcow2 is not a stream format"),
     })
 }

@@ -365,6 +365,34 @@ fn regular_file_targets_round_trip_at_awkward_sizes() {
     }
 }
 
+/// bzip2 files of the parallel compressors decode block-parallel (src/image/bzip2_mt.rs):
+/// lbzip2's single stream and pbzip2's one stream per 100k block, and a damaged one fails.
+#[test]
+fn lbzip2_and_pbzip2_images_round_trip_and_a_damaged_one_fails() {
+    let dir = TestDir::new("pbzip2");
+    let raw = disk_image(19, 8 * MIB);
+    fs::write(dir.path("raw.img"), &raw).unwrap();
+    for (tool, args) in [("lbzip2", &["-9", "-n", "2"][..]), ("pbzip2", &["-1", "-b1", "-p2"][..])]
+    {
+        let o = Command::new(tool).args(args).args(["-k", "-c"]).arg(dir.path("raw.img")).output();
+        let o = o.unwrap_or_else(|e| panic!("running {tool} (install it: make deps): {e}"));
+        assert!(o.status.success(), "{tool}");
+        let src = dir.path(&format!("{tool}.img.bz2"));
+        fs::write(&src, &o.stdout).unwrap();
+        let out = dir.path(&format!("{tool}.out"));
+        let f = flash(&src, &out, &["--verify"]);
+        assert!(f.status.success(), "{tool}: {}", stderr(&f));
+        assert_eq!(fs::read(&out).unwrap(), raw, "{tool}");
+        let mut bad = o.stdout.clone();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 0x04;
+        fs::write(&src, &bad).unwrap();
+        let f = flash(&src, &out, &[]);
+        assert!(!f.status.success(), "{tool} damaged: {}", stderr(&f));
+        assert!(stderr(&f).contains("decoding bzip2 block "), "{tool} damaged: {}", stderr(&f));
+    }
+}
+
 #[test]
 fn regular_file_target_keeps_length_and_zeroes_old_data() {
     let dir = TestDir::new("filetarget");
