@@ -12,6 +12,9 @@
 //! registries. Tokens are fetched again when the registry refuses one (they expire during long
 //! downloads). An `Authorization` header never follows a redirect to another origin (blob
 //! storage). Plain http only for the `host:port`s listed in `BTY_INSECURE_REGISTRIES`.
+//!
+//! Mirrors: a containerd-style hosts.toml (`source::mirrors`) lists hosts tried before the origin for
+//! each manifest and blob; whatever they send is checked against its digest as the origin's is.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
