@@ -116,6 +116,8 @@ SSL_CERT_FILE add PEM CA certificates to the built-in roots; BTY_HTTP_TIMEOUT se
 the seconds allowed to connect and for each network read (default 30);
 REGISTRY_AUTH_FILE (else ~/.docker/config.json) holds registry credentials;
 BTY_INSECURE_REGISTRIES lists host:port registries that speak plain http;
+BTY_REGISTRY_HOSTS_DIR (default /etc/containerd/certs.d) holds containerd-style
+<registry>/hosts.toml files naming registry mirrors for oras:// pulls;
 BTY_IMAGE_ROOT the image root. http_proxy, https_proxy and all_proxy (or
 HTTP_PROXY, HTTPS_PROXY, ALL_PROXY) name the proxy for http, https (and oras)
 and both, as http://[user:password@]host[:port]; no_proxy (NO_PROXY) lists

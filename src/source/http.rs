@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -300,15 +301,16 @@ fn source_timeout() -> Result<Duration> {
 /// [`proxy`](crate::source::proxy)). Agents are kept per timeout and proxy, so connections
 /// are pooled and the trust store is read once.
 pub(crate) fn agent_for(url: &Url, timeout: Duration) -> Result<(ureq::Agent, Option<ProxyUrl>)> {
-    type Agents = Mutex<HashMap<(Duration, Option<ProxyUrl>), ureq::Agent>>;
+    type Agents = Mutex<HashMap<(Duration, Option<ProxyUrl>, Vec<PathBuf>), ureq::Agent>>;
     static AGENTS: OnceLock<Agents> = OnceLock::new();
     let proxy = proxy::Settings::from_env().for_url(url)?;
-    let key = (timeout, proxy.clone());
+    let extra = host_cas(url.authority());
+    let key = (timeout, proxy.clone(), extra.clone());
     let agents = AGENTS.get_or_init(Agents::default);
     if let Some(a) = agents.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
         return Ok((a.clone(), proxy));
     }
-    let agent = build_agent(timeout, proxy.as_ref())?;
+    let agent = build_agent(timeout, proxy.as_ref(), &extra)?;
     agents.lock().unwrap_or_else(|e| e.into_inner()).insert(key, agent.clone());
     Ok((agent, proxy))
 }
@@ -320,8 +322,55 @@ pub(crate) fn agent_with_timeout(url: &str, timeout: Duration) -> Result<ureq::A
     Ok(agent_for(&Url::parse(url)?, timeout)?.0)
 }
 
-fn build_agent(timeout: Duration, proxy: Option<&ProxyUrl>) -> Result<ureq::Agent> {
-    let tls = tls_config()?;
+/// Lab CAs trusted for one `host[:port]` only (a registry mirror's `ca` in its hosts.toml).
+type HostCas = Mutex<HashMap<String, Vec<PathBuf>>>;
+
+fn host_cas_map() -> &'static HostCas {
+    static CAS: OnceLock<HostCas> = OnceLock::new();
+    CAS.get_or_init(HostCas::default)
+}
+
+fn host_cas(authority: &str) -> Vec<PathBuf> {
+    host_cas_map()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(authority)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Trusts the PEM certificates in `files` for requests to `authority` (`host[:port]`), besides
+/// the usual roots.
+pub(crate) fn trust_for_host(authority: &str, files: &[PathBuf]) {
+    if files.is_empty() {
+        return;
+    }
+    let mut map = host_cas_map().lock().unwrap_or_else(|e| e.into_inner());
+    let list = map.entry(authority.to_ascii_lowercase()).or_default();
+    for f in files {
+        if !list.contains(f) {
+            list.push(f.clone());
+        }
+    }
+}
+
+fn build_agent(
+    timeout: Duration,
+    proxy: Option<&ProxyUrl>,
+    extra: &[PathBuf],
+) -> Result<ureq::Agent> {
+    let mut tls = tls_config()?;
+    if !extra.is_empty() {
+        let mut roots = root_certs()?;
+        for path in extra {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("reading the CA file {}", path.display()))?;
+            let certs: Vec<_> = pem_certs(&pem).collect();
+            crate::ensure!(!certs.is_empty(), "{} holds no PEM certificate", path.display());
+            roots.extend(certs);
+        }
+        tls = TlsConfig::builder().root_certs(RootCerts::Specific(Arc::new(roots))).build();
+    }
     let timeout = Some(timeout);
     let config = || {
         ureq::Agent::config_builder()

@@ -6,6 +6,7 @@
 //! http these are Range requests).
 
 pub mod http;
+pub(crate) mod mirrors;
 pub mod oras;
 pub(crate) mod proxy;
 

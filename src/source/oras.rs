@@ -12,6 +12,9 @@
 //! registries. Tokens are fetched again when the registry refuses one (they expire during long
 //! downloads). An `Authorization` header never follows a redirect to another origin (blob
 //! storage). Plain http only for the `host:port`s listed in `BTY_INSECURE_REGISTRIES`.
+//!
+//! Mirrors: a containerd-style hosts.toml (`source::mirrors`) lists hosts tried before the origin for
+//! each manifest and blob; whatever they send is checked against its digest as the origin's is.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,6 +24,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Context, Error, Result};
 use crate::source::http::{self, Auth, Fail, Fetch, Resource, Response, Resumable, Url};
+use crate::source::mirrors::{self, Endpoint};
 use crate::suffix::{self, NameHint};
 
 /// Manifest media types we ask for, most wanted first.
@@ -233,6 +237,8 @@ fn creds_for(file: &AuthFile, registry: &str) -> Option<Creds> {
 /// A registry connection for one repository: the auth state shared by every request.
 pub(crate) struct Registry {
     base: Url,
+    /// The API root path (`/v2`; a mirror's hosts.toml may say otherwise).
+    api: String,
     repository: String,
     creds: Option<Creds>,
     /// The Authorization value in use (None: anonymous so far).
@@ -240,16 +246,21 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
-    fn new(r: &Reference) -> Result<Registry> {
-        let scheme = if insecure(&r.registry) { "http" } else { "https" };
-        let base = Url::parse(&format!("{scheme}://{}/", r.registry))?;
-        let creds = credentials(&r.registry)?;
+    /// A connection to one endpoint (a mirror or the origin) for the repository of `r`.
+    fn new(r: &Reference, e: &Endpoint) -> Result<Registry> {
+        http::trust_for_host(e.authority(), &e.ca);
+        let creds = credentials(e.authority())?;
         let auth = match &creds {
             Some(Creds::Bearer(t)) => Some(format!("Bearer {t}")),
             _ => None,
         };
-        let reg =
-            Registry { base, repository: r.repository.clone(), creds, auth: Mutex::new(auth) };
+        let reg = Registry {
+            base: e.base.clone(),
+            api: e.api.clone(),
+            repository: r.repository.clone(),
+            creds,
+            auth: Mutex::new(auth),
+        };
         reg.try_token_endpoint();
         Ok(reg)
     }
@@ -403,21 +414,34 @@ impl Registry {
     }
 
     fn blob_path(&self, digest: &str) -> String {
-        format!("/v2/{}/blobs/{digest}", self.repository)
+        format!("{}/{}/blobs/{digest}", self.api, self.repository)
     }
 
     /// Fetches a manifest by tag or digest; returns its bytes, digest and media type.
-    fn manifest(&self, reference: &str, display: &str) -> Result<(Vec<u8>, String, String)> {
-        let path = format!("/v2/{}/manifests/{reference}", self.repository);
-        let what = format!("fetching the manifest of {display}");
-        let (body, content_type) = http::with_retries(|| {
+    /// `retry`: retry transient failures (not for a mirror, which the next host backs up).
+    fn manifest(
+        &self,
+        reference: &str,
+        display: &str,
+        retry: bool,
+    ) -> Result<(Vec<u8>, String, String)> {
+        let path = format!("{}/{}/manifests/{reference}", self.api, self.repository);
+        let what = format!("fetching the manifest of {display} from {}", self.base.authority());
+        let attempt = || {
             let resp = self.get(&path, &[("Accept", MANIFEST_ACCEPT)])?;
             if resp.status != 200 {
                 return Err(resp.status_fail(&what));
             }
             let ct = resp.header("content-type").unwrap_or_default().to_string();
             Ok((resp.read_capped(MAX_MANIFEST, &what)?, ct))
-        })?;
+        };
+        let (body, content_type) = if retry {
+            http::with_retries(attempt)?
+        } else {
+            attempt().map_err(|f| match f {
+                Fail::Final(e) | Fail::Transient(e) => e,
+            })?
+        };
         let digest = format!("sha256:{}", crate::hex::encode(&Sha256::digest(&body)));
         if reference.starts_with("sha256:") {
             crate::ensure!(
@@ -427,6 +451,96 @@ impl Registry {
         }
         let media = content_type.split(';').next().unwrap_or_default().trim().to_string();
         Ok((body, digest, media))
+    }
+}
+
+/// The registries to pull one reference from: mirrors in hosts.toml order, the origin last.
+pub(crate) struct Hosts {
+    list: Vec<(Arc<Registry>, Endpoint)>,
+}
+
+impl Hosts {
+    fn new(r: &Reference) -> Result<Hosts> {
+        let scheme = if insecure(&r.registry) { "http" } else { "https" };
+        let origin = Url::parse(&format!("{scheme}://{}/", r.registry))?;
+        let list = mirrors::endpoints(&r.registry, &origin)?
+            .into_iter()
+            .map(|e| Ok((Arc::new(Registry::new(r, &e)?), e)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Hosts { list })
+    }
+
+    fn mirrored(&self) -> bool {
+        self.list.len() > 1
+    }
+
+    /// Fetches a manifest from the first host that has it: by tag from hosts that may
+    /// resolve, by digest from hosts that may pull. A mirror's failure moves on to the next.
+    fn manifest(&self, reference: &str, display: &str) -> Result<(Vec<u8>, String, String)> {
+        let by_digest = reference.starts_with("sha256:");
+        let hosts: Vec<_> = self
+            .list
+            .iter()
+            .enumerate()
+            .filter(|(i, (_, e))| {
+                *i + 1 == self.list.len() || if by_digest { e.pull } else { e.resolve }
+            })
+            .collect();
+        let mut last = None;
+        for (n, (_, (reg, _))) in hosts.iter().enumerate() {
+            let is_last = n + 1 == hosts.len();
+            match reg.manifest(reference, display, is_last) {
+                Ok(m) => {
+                    if self.mirrored() {
+                        crate::info!(
+                            "{display}: manifest {reference} from {}",
+                            reg.base.authority()
+                        );
+                    }
+                    return Ok(m);
+                }
+                Err(e) if !is_last => {
+                    crate::warn!("{e}; trying the next registry host");
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::msg(format!("{display}: no registry host to ask"))))
+    }
+
+    /// GETs a blob from the first host that answers with it (a mirror's connection failure,
+    /// 404 or 5xx moves on to the next host). Its bytes are checked against the digest by the
+    /// caller, whichever host sent them.
+    fn get_blob(&self, digest: &str, headers: &[(&str, &str)]) -> Result<Response, Fail> {
+        let hosts: Vec<&(Arc<Registry>, Endpoint)> = self
+            .list
+            .iter()
+            .enumerate()
+            .filter(|(i, (_, e))| *i + 1 == self.list.len() || e.pull)
+            .map(|(_, h)| h)
+            .collect();
+        for (n, (reg, _)) in hosts.iter().enumerate() {
+            let is_last = n + 1 == hosts.len();
+            let path = reg.blob_path(digest);
+            match reg.get(&path, headers) {
+                Ok(resp) if is_last || !(resp.status == 404 || resp.status >= 500) => {
+                    if self.mirrored() {
+                        crate::info!("blob {digest} from {}", reg.base.authority());
+                    }
+                    return Ok(resp);
+                }
+                Ok(resp) => crate::warn!(
+                    "fetching blob {digest} from {}: HTTP {}; trying the next registry host",
+                    reg.base.authority(),
+                    resp.status
+                ),
+                Err(Fail::Final(e) | Fail::Transient(e)) if !is_last => {
+                    crate::warn!("{e}; trying the next registry host")
+                }
+                Err(f) => return Err(f),
+            }
+        }
+        Err(Fail::Final(Error::msg(format!("fetching blob {digest}: no registry host to ask"))))
     }
 }
 
@@ -572,7 +686,7 @@ pub struct Resolved {
 }
 
 /// A manifest that is not an index, and its digest.
-fn image_manifest(reg: &Registry, r: &Reference) -> Result<(Manifest, String)> {
+fn image_manifest(reg: &Hosts, r: &Reference) -> Result<(Manifest, String)> {
     let display = r.to_string();
     let (body, digest, media) = reg.manifest(r.manifest_ref(), &display)?;
     let m: Manifest = serde_json::from_slice(&body)
@@ -644,10 +758,10 @@ fn image_layer<'a>(m: &'a Manifest, display: &str) -> Result<&'a Descriptor> {
     )
 }
 
-fn resolve_with(reference: &str) -> Result<(Resolved, Arc<Registry>)> {
+fn resolve_with(reference: &str) -> Result<(Resolved, Arc<Hosts>)> {
     let r = Reference::parse(reference)?;
     let display = r.to_string();
-    let reg = Arc::new(Registry::new(&r)?);
+    let reg = Arc::new(Hosts::new(&r)?);
     let (m, manifest_digest) = image_manifest(&reg, &r)?;
     let layer = image_layer(&m, &display)?;
     parse_digest(&layer.digest).with_context(|| format!("{display}: the image layer"))?;
@@ -678,13 +792,13 @@ pub fn resolve(reference: &str) -> Result<Resolved> {
 
 /// A registry blob, fetched through the registry's auth.
 struct Blob {
-    reg: Arc<Registry>,
-    path: String,
+    reg: Arc<Hosts>,
+    digest: String,
 }
 
 impl Fetch for Blob {
     fn get(&self, headers: &[(&str, &str)]) -> Result<Response, Fail> {
-        self.reg.get(&self.path, headers)
+        self.reg.get_blob(&self.digest, headers)
     }
 }
 
@@ -701,7 +815,7 @@ pub(crate) struct Opened {
 pub(crate) fn open(spec: &str) -> Result<Opened> {
     let (resolved, reg) = resolve_with(spec)?;
     let digest = parse_digest(&resolved.layer_digest)?;
-    let fetch = Blob { path: reg.blob_path(&resolved.layer_digest), reg };
+    let fetch = Blob { digest: resolved.layer_digest.clone(), reg };
     let display = resolved.reference.clone();
     let (resource, stream) =
         Resource::open_sized(Box::new(fetch), display.clone(), Some(resolved.layer_size))?;
@@ -715,7 +829,7 @@ pub(crate) fn open(spec: &str) -> Result<Opened> {
 pub fn fetch_toml(reference: &str, max_bytes: u64) -> Result<Vec<u8>> {
     let r = Reference::parse(reference)?;
     let display = r.to_string();
-    let reg = Registry::new(&r)?;
+    let reg = Hosts::new(&r)?;
     let (m, _) = image_manifest(&reg, &r)?;
     let is_toml = |d: &&Descriptor| {
         d.title().is_some_and(|t| t.to_ascii_lowercase().ends_with(".toml"))
@@ -735,9 +849,8 @@ pub fn fetch_toml(reference: &str, max_bytes: u64) -> Result<Vec<u8>> {
         layer.size
     );
     let what = format!("fetching {display} (layer {})", layer.digest);
-    let path = reg.blob_path(&layer.digest);
     let body = http::with_retries(|| {
-        let resp = reg.get(&path, &[])?;
+        let resp = reg.get_blob(&layer.digest, &[])?;
         if resp.status != 200 {
             return Err(resp.status_fail(&what));
         }

@@ -381,3 +381,98 @@ fn api_child() {
     let e = bty::source::oras::resolve(&format!("oras://{addr}/lab/api")).unwrap_err();
     assert!(e.to_string().contains(":latest"), "{e}");
 }
+
+/// A containerd-style hosts directory naming `mirrors` (URL, extra lines) for `registry`.
+fn hosts_dir(dir: &TestDir, registry: &str, mirrors: &[(String, String)]) -> std::path::PathBuf {
+    let hosts = dir.path("hosts.d");
+    let _ = std::fs::remove_dir_all(&hosts);
+    std::fs::create_dir_all(hosts.join(registry)).unwrap();
+    let mut text = String::new();
+    for (url, extra) in mirrors {
+        text.push_str(&format!(
+            "[host.\"{url}\"]\ncapabilities = [\"pull\", \"resolve\"]\n{extra}\n"
+        ));
+    }
+    std::fs::write(hosts.join(registry).join("hosts.toml"), text).unwrap();
+    hosts
+}
+
+#[test]
+fn pulls_go_through_a_pull_through_cache_mirror() {
+    let dir = TestDir::new("oras-mirror");
+    let cache_dir = TestDir::new("oras-mirror-cache");
+    let origin = Registry::start(&dir, Options { tls: true, token: false, redirect_to: None });
+    let raw = disk_image(41, 6 * MIB);
+    let z = zstd(&raw);
+    let manifest = origin.push_artifact("lab/img", "v1", &[("disk.img.zst", &z)]);
+    // A second docker-registry as a pull-through cache of the origin (its own CA; the origin's
+    // CA trusted through SSL_CERT_FILE, as Go reads it).
+    let cache = Registry::start_with(
+        &cache_dir,
+        Options { tls: true, token: false, redirect_to: None },
+        &format!("proxy:\n  remoteurl: {}\n", origin.base()),
+        &[("SSL_CERT_FILE", origin.pki.ca_pem.as_path())],
+    );
+    let ca_line = format!("ca = \"{}\"", cache.pki.ca_pem.display());
+    let hosts =
+        hosts_dir(&dir, &origin.addr, &[(format!("https://{}", cache.addr), ca_line.clone())]);
+    let l = Loop::new(&dir, "target", 8 * MIB);
+    let env = origin.env();
+    let flash = |reference: &str| {
+        bty()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("BTY_HTTP_TIMEOUT", "20")
+            .env("BTY_REGISTRY_HOSTS_DIR", &hosts)
+            .args(["flash", "--yes", "--progress", "json"])
+            .arg(reference)
+            .arg(&l.dev)
+            .output()
+            .expect("running bty")
+    };
+    let by_tag = format!("oras://{}/lab/img:v1", origin.addr);
+    let o = flash(&by_tag);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(sha256(&l.read(0, raw.len())), sha256(&raw));
+    let layer = format!("sha256:{}", sha256(&z));
+    assert!(
+        stderr(&o).contains(&format!("blob {layer} from {}", cache.addr)),
+        "the mirror served the blob: {}",
+        stderr(&o)
+    );
+    assert!(cache.blob_file(&layer).exists(), "the cache kept the blob");
+
+    // A mirror that is down is passed over for the next host, here the origin.
+    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    // (The same directory, rewritten.)
+    hosts_dir(
+        &dir,
+        &origin.addr,
+        &[
+            (format!("https://{down}"), String::new()),
+            (format!("https://{}", cache.addr), ca_line.clone()),
+        ],
+    );
+    let o = flash(&by_tag);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("trying the next registry host"), "{}", stderr(&o));
+
+    // With the origin gone, a pull by digest still comes from the cache.
+    let by_digest = format!("oras://{}/lab/img@{manifest}", origin.addr);
+    drop(origin);
+    std::fs::write(l.dev.as_path(), vec![0u8; 8 * MIB]).unwrap();
+    let o = flash(&by_digest);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(sha256(&l.read(0, raw.len())), sha256(&raw));
+
+    // A mirror that serves wrong bytes fails like a wrong sha256.
+    let blob = cache.blob_file(&layer);
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 16] {
+        *b ^= 0xff;
+    }
+    std::fs::write(&blob, bytes).unwrap();
+    let o = flash(&by_digest);
+    assert!(!o.status.success(), "a tampered mirror blob was flashed");
+    assert!(stderr(&o).contains("sha256"), "{}", stderr(&o));
+}

@@ -266,6 +266,18 @@ fn free_port() -> u16 {
 
 impl Registry {
     pub fn start(dir: &TestDir, opts: Options) -> Registry {
+        Registry::start_with(dir, opts, "", &[])
+    }
+
+    /// As `start`, with more config.yml text (top-level sections such as `proxy:`) and more
+    /// environment for the registry process (such as SSL_CERT_FILE, for a pull-through cache
+    /// of a TLS origin).
+    pub fn start_with(
+        dir: &TestDir,
+        opts: Options,
+        extra_cfg: &str,
+        env: &[(&str, &std::path::Path)],
+    ) -> Registry {
         assert!(
             std::path::Path::new(REGISTRY_BIN).exists(),
             "{REGISTRY_BIN} is missing: `make deps` installs Debian's docker-registry"
@@ -302,12 +314,14 @@ impl Registry {
                 "middleware:\n  storage:\n    - name: redirect\n      options:\n        baseurl: {base}\n"
             ));
         }
+        cfg.push_str(extra_cfg);
         let cfg_path = dir.path("registry.yml");
         std::fs::write(&cfg_path, cfg).unwrap();
         let log = dir.path("registry.log");
         let child = Command::new(REGISTRY_BIN)
             .arg("serve")
             .arg(&cfg_path)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
