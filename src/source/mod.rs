@@ -9,6 +9,7 @@ pub mod http;
 pub(crate) mod mirrors;
 pub mod oras;
 pub(crate) mod proxy;
+pub(crate) mod trust;
 
 use std::fs::File;
 use std::io::{self, Read};
