@@ -53,10 +53,7 @@ fn operator_workflow_in_headless_chromium() {
     d.goto(&format!("{base}/ui/machines"));
     assert!(d.url().ends_with("/ui/login"), "{}", d.url());
     d.screenshot("01-login");
-    let pw = d.find("#password");
-    d.type_into(&pw, "pw-for-tests");
-    d.click(&d.find("form button[type=submit]"));
-    assert!(d.wait(Duration::from_secs(5), |d| d.url().ends_with("/ui/dashboard")), "{}", d.url());
+    d.submit_login();
     d.screenshot("02-dashboard");
     // Keyboard users get to the content first, then the navigation.
     d.tab();

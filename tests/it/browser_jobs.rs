@@ -20,10 +20,7 @@ fn job_progress_is_live_and_a_netboot_fetch_is_cancelled_from_its_page() {
     let s = Server::start_env("browser-jobs", &[("BTY_BOOT_RELEASE_URL", origin.url().as_str())]);
     let d = Driver::start("jobs");
     let base = format!("http://{}", s.addr);
-    d.goto(&format!("{base}/ui/login"));
-    d.type_into(&d.find("#password"), "pw-for-tests");
-    d.click(&d.find("form button[type=submit]"));
-    assert!(d.wait(Duration::from_secs(5), |d| d.url().ends_with("/ui/dashboard")), "{}", d.url());
+    d.log_in(&base);
 
     // Start a fetch with the page's button; its row is on the page it comes back to.
     d.goto(&format!("{base}/ui/netboot"));

@@ -235,10 +235,7 @@ fn bulk_change_on_the_machines_page_in_headless_chromium() {
     s.seed_catalog(REF, "https://images.example/debian.img.zst");
     let d = Driver::start("bulk");
     let base = format!("http://{}", s.addr);
-    d.goto(&format!("{base}/ui/login"));
-    d.type_into(&d.find("#password"), "pw-for-tests");
-    d.click(&d.find("form button[type=submit]"));
-    assert!(d.wait(Duration::from_secs(5), |d| d.url().ends_with("/ui/dashboard")), "{}", d.url());
+    d.log_in(&base);
 
     d.goto(&format!("{base}/ui/machines"));
     assert!(

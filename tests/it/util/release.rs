@@ -41,16 +41,7 @@ pub fn arm64_script_names(s: &Server, mac: &str) -> (String, String) {
     let script = s.pxe(mac);
     let (_, arm64) =
         script.split_once("\n:arm64\n").unwrap_or_else(|| panic!("no :arm64 branch: {script}"));
-    let after = |word: &str| {
-        let line = arm64
-            .lines()
-            .find(|l| l.starts_with(word))
-            .unwrap_or_else(|| panic!("no {word} line after :arm64: {script}"));
-        let path = line.split_whitespace().find(|w| w.contains("/boot/")).unwrap_or_default();
-        let name = path.split("/boot/").nth(1).unwrap_or_default();
-        name.split('?').next().unwrap_or_default().to_string()
-    };
-    (after("kernel "), after("initrd "))
+    boot_names(arm64, &script)
 }
 
 /// Starts a fetch (`POST /boot/releases`) and waits until the job is `want` (bounded); returns
@@ -98,8 +89,14 @@ pub fn flash_machine(s: &Server, cookie: &str, mac: &str) {
 /// The kernel and initrd names the per-MAC script of `mac` chains.
 pub fn script_names(s: &Server, mac: &str) -> (String, String) {
     let script = s.pxe(mac);
+    boot_names(&script, &script)
+}
+
+/// The boot-dir names of the first `kernel` and `initrd` lines of `part` (of `script`, shown
+/// when a line is missing).
+fn boot_names(part: &str, script: &str) -> (String, String) {
     let after = |word: &str| {
-        let line = script
+        let line = part
             .lines()
             .find(|l| l.starts_with(word))
             .unwrap_or_else(|| panic!("no {word} line: {script}"));

@@ -225,6 +225,20 @@ impl Driver {
         std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
     }
 
+    /// On the login page: types the tests' password, submits, and lands on the dashboard.
+    pub fn submit_login(&self) {
+        self.type_into(&self.find("#password"), "pw-for-tests");
+        self.click(&self.find("form button[type=submit]"));
+        let landed = self.wait(Duration::from_secs(5), |d| d.url().ends_with("/ui/dashboard"));
+        assert!(landed, "{}", self.url());
+    }
+
+    /// Logs in to the bty-web at `base` (`http://HOST:PORT`).
+    pub fn log_in(&self, base: &str) {
+        self.goto(&format!("{base}/ui/login"));
+        self.submit_login();
+    }
+
     /// Polls `f` every 50 ms until it holds or `limit` passes; whether it held.
     pub fn wait(&self, limit: Duration, f: impl Fn(&Driver) -> bool) -> bool {
         let deadline = Instant::now() + limit;
