@@ -312,9 +312,9 @@ impl Wizard {
                     size
                 );
             }
-            let status = self.image_pager.status(&page, matching.len(), self.images.len());
-            let keys = self.image_pager.keys(&heights, budget);
-            let _ = writeln!(body, "  {}", fit(&format!("{status}  {keys}"), 76));
+            let footer =
+                self.image_pager.footer(&page, matching.len(), self.images.len(), &heights, budget);
+            let _ = writeln!(body, "  {}", fit(&footer, 76));
             let _ =
                 writeln!(body, "  number: pick  /text: filter  [r] refresh  [b] back  [q] quit");
         }
@@ -324,11 +324,8 @@ impl Wizard {
         self.draw(Step::Image, &body);
         let Some(line) = self.ask("\nImage: ") else { return quit() };
         if !self.images.is_empty()
-            && let Some(m) = self.image_pager.answer(&line, &heights, budget)
+            && turned(&mut self.image_pager, &line, &heights, budget, &mut self.message)
         {
-            if let Move::Refused(why) = m {
-                self.message = Some(why);
-            }
             return Next::Go(Step::Image);
         }
         let shown = matching.len();
@@ -448,19 +445,16 @@ impl Wizard {
                     let _ = writeln!(body, "{}", self.screen.dim(&format!("{lead}{l}")));
                 }
             }
-            let status = self.disk_pager.status(&page, matching.len(), self.disks.len());
-            let keys = self.disk_pager.keys(&heights, budget);
-            let _ = writeln!(body, "  {}", fit(&format!("{status}  {keys}"), 76));
+            let footer =
+                self.disk_pager.footer(&page, matching.len(), self.disks.len(), &heights, budget);
+            let _ = writeln!(body, "  {}", fit(&footer, 76));
             let _ = writeln!(body, "  number: pick  /text: filter  [r] rescan  [b] back  [q] quit");
         }
         self.draw(Step::Disk, &body);
         let Some(line) = self.ask("\nDisk: ") else { return quit() };
         if !self.disks.is_empty()
-            && let Some(m) = self.disk_pager.answer(&line, &heights, budget)
+            && turned(&mut self.disk_pager, &line, &heights, budget, &mut self.message)
         {
-            if let Move::Refused(why) = m {
-                self.message = Some(why);
-            }
             return Next::Go(Step::Disk);
         }
         let shown = matching.len();
@@ -658,6 +652,25 @@ impl Wizard {
                 self.message = Some(e.to_string());
                 Next::Go(Step::Done)
             }
+        }
+    }
+}
+
+/// Whether `line` was for the pager (a page turn or a filter); a refused one leaves its reason
+/// in `message`.
+fn turned(
+    pager: &mut Pager,
+    line: &str,
+    heights: &[usize],
+    budget: usize,
+    message: &mut Option<String>,
+) -> bool {
+    match pager.answer(line, heights, budget) {
+        None => false,
+        Some(Move::Done) => true,
+        Some(Move::Refused(why)) => {
+            *message = Some(why);
+            true
         }
     }
 }

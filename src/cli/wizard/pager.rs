@@ -94,6 +94,18 @@ impl Pager {
         }
     }
 
+    /// The line under the table: the status and the page keys that work on this page.
+    pub fn footer(
+        &self,
+        shown: &Range<usize>,
+        matching: usize,
+        total: usize,
+        heights: &[usize],
+        budget: usize,
+    ) -> String {
+        format!("{}  {}", self.status(shown, matching, total), self.keys(heights, budget))
+    }
+
     /// The page keys that work on this page, for the status line.
     pub fn keys(&self, heights: &[usize], budget: usize) -> String {
         match self.more(heights, budget) {
