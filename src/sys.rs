@@ -14,7 +14,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 /// Error numbers callers branch on (so no other module names libc).
-pub use libc::{EBUSY, EINVAL, EIO, ENOSPC, ENOTTY, EOPNOTSUPP, EROFS};
+pub use libc::{EBUSY, EINVAL, EIO, ENOSPC, ENOSYS, ENOTTY, EOPNOTSUPP, EROFS};
 
 /// Alignment of every I/O buffer: covers 512- and 4096-byte logical blocks and the page size.
 pub const IO_ALIGN: usize = 4096;
@@ -260,6 +260,29 @@ pub fn kill_process_group(pgid: u32) -> io::Result<()> {
 pub fn euid() -> u32 {
     // SAFETY: geteuid takes nothing, touches no memory of ours and cannot fail.
     unsafe { libc::geteuid() }
+}
+
+/// Sends up to `count` bytes of `file` from `*offset` on the socket with sendfile(2), from the
+/// page cache without a copy through user space, and advances `*offset` past what was sent.
+/// Ok(0) means the file ends at `*offset`. A blocking socket's SO_SNDTIMEO bounds the wait: a
+/// peer that reads nothing for that long makes it fail with EAGAIN (`WouldBlock`).
+pub fn sendfile(
+    out: &std::net::TcpStream,
+    file: &File,
+    offset: &mut u64,
+    count: usize,
+) -> io::Result<usize> {
+    let mut off = libc::off_t::try_from(*offset)
+        .map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
+    // SAFETY: both descriptors are borrowed from live objects, so they stay open for the call;
+    // the kernel reads and updates only `off`, a live off_t of ours, and touches no other memory
+    // of this process (the bytes go from the file's pages to the socket inside the kernel).
+    let n = unsafe { libc::sendfile(out.as_raw_fd(), file.as_raw_fd(), &mut off, count) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    *offset = u64::try_from(off).unwrap_or(*offset);
+    Ok(n.unsigned_abs())
 }
 
 /// Shuts a listening socket down so that a thread blocked in `accept` on it returns (with

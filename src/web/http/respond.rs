@@ -1,8 +1,10 @@
 //! Responses: `Resp` and its body, and writing them on the connection (status line, headers,
-//! fixed, streamed and chunked bodies, server-sent events).
+//! fixed, streamed, chunked and sendfile(2) bodies, server-sent events).
 
+use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::net::TcpStream;
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -16,6 +18,16 @@ pub enum Body {
     Shared(Arc<[u8]>),
     /// Streamed (files): with a length when known, chunked otherwise.
     Stream(Box<dyn Read + Send>, Option<u64>),
+    /// `len` bytes of a regular file from `offset`, sent with sendfile(2) straight from the page
+    /// cache: no copy through user space and no buffer per client, so memory stays flat however
+    /// many download at once. `keep` is held until the last byte is out (a cache file's use
+    /// guard, which keeps eviction away from it).
+    File {
+        file: File,
+        offset: u64,
+        len: u64,
+        keep: Option<Box<dyn Send>>,
+    },
     /// Server-sent events, each written and flushed as it arrives; keep-alive comments in between.
     Events(std::sync::mpsc::Receiver<Arc<str>>),
 }
@@ -171,6 +183,16 @@ pub(super) fn write_response(
                 }
             }
         }
+        Body::File { file, offset, len, keep } => {
+            head.push_str(&format!("Content-Length: {len}\r\n\r\n"));
+            w.write_all(head.as_bytes())?;
+            if !head_only {
+                // The body bypasses the buffer, so the head must be on the socket first.
+                w.flush()?;
+                send_file(w.get_ref(), &file, offset, len)?;
+            }
+            drop(keep);
+        }
         Body::Stream(mut r, None) => {
             head.push_str("Transfer-Encoding: chunked\r\n\r\n");
             w.write_all(head.as_bytes())?;
@@ -194,6 +216,62 @@ pub(super) fn write_response(
         }
     }
     w.flush()
+}
+
+/// The most one sendfile(2) call is asked for: Linux sends at most 0x7ffff000 bytes per call.
+const SENDFILE_CHUNK: usize = 1 << 30;
+
+/// Sends `[offset, offset + len)` of `file` on the socket with sendfile(2). A peer that reads
+/// nothing for the write timeout fails it (so a stalled client cannot hold the thread), as does
+/// a file that ends early: the Content-Length already sent would be a lie, so the connection
+/// must close. Where sendfile does not apply (EINVAL: a file system without it; ENOSYS), the
+/// rest goes out as a plain copy.
+fn send_file(sock: &TcpStream, file: &File, mut offset: u64, len: u64) -> io::Result<()> {
+    let end = offset.saturating_add(len);
+    while offset < end {
+        let want = usize::try_from(end - offset).unwrap_or(SENDFILE_CHUNK).min(SENDFILE_CHUNK);
+        match crate::sys::sendfile(sock, file, &mut offset, want) {
+            Ok(0) => return Err(shrank(end - offset)),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("sending a file: the peer read nothing, {} bytes short", end - offset),
+                ));
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(crate::sys::EINVAL | crate::sys::ENOSYS)) => {
+                return copy_file(sock, file, offset, end);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The file ended `missing` bytes before the length the head announced.
+fn shrank(missing: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        format!("sending a file: it ends {missing} bytes before the length sent"),
+    )
+}
+
+/// `[offset, end)` of `file` written to the socket through a buffer: sendfile's fallback.
+fn copy_file(mut sock: &TcpStream, file: &File, mut offset: u64, end: u64) -> io::Result<()> {
+    let mut buf = vec![0u8; 64 << 10];
+    while offset < end {
+        let want = usize::try_from(end - offset).unwrap_or(buf.len()).min(buf.len());
+        let n = match file.read_at(&mut buf[..want], offset) {
+            Ok(0) => return Err(shrank(end - offset)),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        sock.write_all(&buf[..n])?;
+        offset += n as u64;
+    }
+    Ok(())
 }
 
 /// Writes server-sent events straight to the connection, each flushed at once. The body ends
