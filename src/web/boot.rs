@@ -1,5 +1,6 @@
-//! Netboot artifacts under the boot dir: served at `GET /boot/{name}` (marking that a machine's
-//! live environment booted when `?mac=` comes along) and uploaded with `PUT /boot/{name}`,
+//! Netboot artifacts under the boot dir: served at `GET /boot/{name}` with sendfile(2), Range
+//! and If-Range (marking that a machine's live environment booted when `?mac=` comes along),
+//! and uploaded with `PUT /boot/{name}`,
 //! streamed to a temporary file and renamed into place so a reader never sees half a file.
 
 use std::fs::{self, File, OpenOptions};
@@ -36,9 +37,6 @@ pub fn serve(app: &App, req: &Req, name: &str) -> Resp {
             return internal(crate::error::Error::from(e).wrap(format!("opening {}", p.display())));
         }
     };
-    if req.method == "GET" {
-        app.metrics.boot_bytes.fetch_add(len, Ordering::Relaxed);
-    }
     if let Some(mac) = req.param("mac").and_then(|m| validate::normalize_mac(m).ok()) {
         let live = crate::web::release::active_all(app)
             .iter()
@@ -49,11 +47,13 @@ pub fn serve(app: &App, req: &Req, name: &str) -> Resp {
             }
         }
     }
-    Resp {
-        status: 200,
-        headers: vec![("Content-Type".into(), "application/octet-stream".into())],
-        body: Body::Stream(Box::new(file), Some(len)),
-    }
+    let etag = crate::web::ranges::file_etag(&file, len);
+    crate::web::ranges::answer(req, len, etag, name, |offset, len| {
+        if req.method == "GET" {
+            app.metrics.boot_bytes.fetch_add(len, Ordering::Relaxed);
+        }
+        Body::File { file, offset, len, keep: None }
+    })
 }
 
 /// The regular file `path` of the boot dir, else the iPXE dir's file of that name (not for

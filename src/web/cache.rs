@@ -518,24 +518,6 @@ fn copy_hashing(
     }
 }
 
-/// `[start, end)` of a complete file.
-struct Slice {
-    file: File,
-    pos: u64,
-    end: u64,
-    _use: InUse,
-}
-
-impl Read for Slice {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let want = usize::try_from(self.end.saturating_sub(self.pos)).unwrap_or(usize::MAX);
-        let want = buf.len().min(want);
-        let n = self.file.read_at(&mut buf[..want], self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
 /// `[start, end)` of a file still being fetched: reads wait for the bytes, and the last byte
 /// waits for the digest check.
 struct Growing {
@@ -588,73 +570,9 @@ impl Read for Growing {
     }
 }
 
-/// The byte range a request asks for: `Ok(None)` for the whole file (no Range, an If-Range
-/// that no longer matches, or a Range we do not serve, which RFC 9110 lets us ignore), an
-/// inclusive `(first, last)`, or the 416 to send.
-fn range(req: &Req, len: u64, etag: &str) -> std::result::Result<Option<(u64, u64)>, Resp> {
-    let Some(spec) = req.header("range") else { return Ok(None) };
-    if req.header("if-range").is_some_and(|v| v.trim() != etag) {
-        return Ok(None);
-    }
-    let Some(spec) = spec.trim().strip_prefix("bytes=") else { return Ok(None) };
-    if spec.contains(',') {
-        return Ok(None);
-    }
-    let Some((a, b)) = spec.split_once('-') else { return Ok(None) };
-    let (a, b) = (a.trim(), b.trim());
-    let unsatisfiable = || {
-        Resp::error(416, &format!("range {spec:?} is outside the {len} bytes of the image"))
-            .with_header("Content-Range", &format!("bytes */{len}"))
-    };
-    if a.is_empty() {
-        let Ok(n) = b.parse::<u64>() else { return Ok(None) };
-        if n == 0 || len == 0 {
-            return Err(unsatisfiable());
-        }
-        return Ok(Some((len.saturating_sub(n), len - 1)));
-    }
-    let Ok(first) = a.parse::<u64>() else { return Ok(None) };
-    let last = if b.is_empty() {
-        len.saturating_sub(1)
-    } else {
-        match b.parse::<u64>() {
-            Ok(l) if l >= first => l.min(len.saturating_sub(1)),
-            _ => return Ok(None),
-        }
-    };
-    if first >= len {
-        return Err(unsatisfiable());
-    }
-    Ok(Some((first, last)))
-}
-
-/// The 200 or 206 answer for `len` bytes of an image.
-fn answer(
-    req: &Req,
-    hex: &str,
-    len: u64,
-    open: impl FnOnce(u64, u64) -> Box<dyn Read + Send>,
-) -> Resp {
-    let etag = format!("\"{hex}\"");
-    let (status, first, last) = match range(req, len, &etag) {
-        Ok(Some((a, b))) => (206, a, b),
-        Ok(None) => (200, 0, len.saturating_sub(1)),
-        Err(r) => return r,
-    };
-    let count = if len == 0 { 0 } else { last - first + 1 };
-    let mut resp = Resp {
-        status,
-        headers: vec![
-            ("Content-Type".into(), "application/octet-stream".into()),
-            ("Accept-Ranges".into(), "bytes".into()),
-            ("ETag".into(), etag),
-        ],
-        body: Body::Stream(open(first, first + count), Some(count)),
-    };
-    if status == 206 {
-        resp = resp.with_header("Content-Range", &format!("bytes {first}-{last}/{len}"));
-    }
-    resp
+/// The 200 or 206 answer for `len` bytes of an image: the digest is its ETag.
+fn answer(req: &Req, hex: &str, len: u64, body: impl FnOnce(u64, u64) -> Body) -> Resp {
+    crate::web::ranges::answer(req, len, format!("\"{hex}\""), "the image", body)
 }
 
 /// `GET|HEAD /images/{sha256}/{name}`: a pinned catalog image, from the cache, fetched into it
@@ -681,8 +599,11 @@ pub fn serve(app: &Arc<App>, req: &Req, sha256: &str) -> Resp {
             Ok(Some((file, len))) => {
                 app.metrics.cache_hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let guard = cache.use_file(&hex);
-                return answer(req, &hex, len, move |pos, end| {
-                    Box::new(Slice { file, pos, end, _use: guard })
+                return answer(req, &hex, len, move |offset, len| Body::File {
+                    file,
+                    offset,
+                    len,
+                    keep: Some(Box::new(guard)),
                 });
             }
             Ok(None) => {}
@@ -692,7 +613,9 @@ pub fn serve(app: &Arc<App>, req: &Req, sha256: &str) -> Resp {
         // download of gigabytes nobody asked for.
         if let (true, Some(len)) = (req.method == "HEAD", size_of(&entry)) {
             if cache.can_serve(&entry) {
-                return answer(req, &hex, len, |_, _| Box::new(std::io::empty()));
+                return answer(req, &hex, len, |_, n| {
+                    Body::Stream(Box::new(std::io::empty()), Some(n))
+                });
             }
         }
         if !cache.can_serve(&entry) {
@@ -753,8 +676,8 @@ pub fn serve(app: &Arc<App>, req: &Req, sha256: &str) -> Resp {
                 app.metrics.cache_misses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 // The fetch may have finished and moved the file since: then serve that.
                 let Ok(file) = File::open(&fill.part) else { continue };
-                return answer(req, &hex, len, move |pos, end| {
-                    Box::new(Growing { file, fill, pos, end })
+                return answer(req, &hex, len, move |pos, n| {
+                    Body::Stream(Box::new(Growing { file, fill, pos, end: pos + n }), Some(n))
                 });
             }
         }

@@ -22,6 +22,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod offers;
 pub mod pxe;
+pub mod ranges;
 pub mod release;
 pub mod routes;
 pub mod serve;
