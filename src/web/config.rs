@@ -124,6 +124,13 @@ const KEYS: &[Key] = &[
         help: "seconds an idle keep-alive connection is kept",
     },
     Key {
+        section: "server",
+        key: "io_timeout",
+        default: |_| "30".into(),
+        secret: false,
+        help: "seconds a client may stall mid-body (reading ours or sending its own) before it is dropped",
+    },
+    Key {
         section: "paths",
         key: "state_dir",
         default: |_| "/var/lib/bty".into(),
@@ -503,6 +510,7 @@ impl Settings {
             ("server", "body_grace"),
             ("server", "max_buffered_mib"),
             ("server", "idle_timeout"),
+            ("server", "io_timeout"),
             ("boot", "max_upload_mib"),
         ] {
             let (v, src) = self.entry(section, key);
@@ -614,6 +622,7 @@ impl Settings {
             )
             .unwrap_or(usize::MAX),
             idle_timeout: secs("idle_timeout"),
+            io_timeout: secs("io_timeout"),
             ..Default::default()
         }
     }

@@ -31,7 +31,7 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
 }
 
 /// Imports a catalog of (name, src, sha256, size) entries through the API.
-fn import(s: &Server, entries: &[(&str, &str, &str, usize)]) {
+pub(crate) fn import(s: &Server, entries: &[(&str, &str, &str, usize)]) {
     let mut toml = String::from("version = 1\n");
     for (name, src, sha, size) in entries {
         let format = if name.ends_with(".zst") { "img.zst" } else { "img" };

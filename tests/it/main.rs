@@ -57,3 +57,4 @@ mod usb;
 mod web;
 mod wizard;
 mod workers;
+mod zerocopy;
