@@ -263,9 +263,9 @@ for t in rows_t:
 kept = ""
 if os.path.exists(results):
     import re
-    # Everything from the bty-web section on belongs to other benchmarks (web.sh, the e2e
-    # figures): kept as it is.
-    m = re.search(r"<!-- bench-web:begin.*", open(results).read(), re.S)
+    # Everything from the bty-web or data-plane section on belongs to other benchmarks (web.sh,
+    # dataplane.sh, the e2e figures): kept as it is.
+    m = re.search(r"<!-- bench-(web:begin|dataplane:start).*", open(results).read(), re.S)
     kept = "\n" + m.group(0) if m else ""
 open(results, "w").write("\n".join(o) + "\n" + kept)
 print(f"wrote {results}", file=sys.stderr)
