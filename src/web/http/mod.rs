@@ -15,7 +15,8 @@
 //! - `request`: one request: admission, body policy and budget, the handler, the access log;
 //! - `parse`: the request head (request line, headers, their limits) and the body's framing;
 //! - `body`: the request body as the handler reads it (chunked, 100 Continue, rate, limit);
-//! - `respond`: `Resp` and writing it: status line, headers, bodies, server-sent events.
+//! - `respond`: `Resp` and writing it: status line, headers, bodies (files with sendfile(2)),
+//!   server-sent events.
 
 mod body;
 mod conn;

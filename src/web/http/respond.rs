@@ -326,6 +326,52 @@ mod tests {
         );
     }
 
+    /// A connected pair on 127.0.0.1: (our end, the peer's).
+    fn pair() -> (TcpStream, TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        (l.accept().unwrap().0, peer)
+    }
+
+    /// What the peer receives until our end closes.
+    fn received(ours: TcpStream, mut peer: TcpStream, send: impl FnOnce(&TcpStream)) -> Vec<u8> {
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            peer.read_to_end(&mut got).unwrap();
+            got
+        });
+        send(&ours);
+        drop(ours);
+        reader.join().unwrap()
+    }
+
+    #[test]
+    fn sendfile_and_its_copy_send_the_slice_and_fail_on_a_file_that_ends_early() {
+        let path = std::env::temp_dir().join(format!("bty-sendfile-{}", std::process::id()));
+        let data: Vec<u8> = (0..300_001u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let file = File::open(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        type SendFn = fn(&TcpStream, &File, u64, u64) -> io::Result<()>;
+        let ways: [(&str, SendFn); 2] = [
+            ("sendfile", send_file),
+            ("copy", |s, f, offset, len| copy_file(s, f, offset, offset + len)),
+        ];
+        for (name, send) in ways {
+            let (ours, peer) = pair();
+            let got = received(ours, peer, |s| send(s, &file, 4095, 200_000).unwrap());
+            assert!(got == data[4095..204_095], "{name}: the slice differs");
+            // Asked for more than the file holds: what it has goes out, then an error, so
+            // that the connection closes on a body shorter than its Content-Length.
+            let (ours, peer) = pair();
+            let got = received(ours, peer, |s| {
+                let e = send(s, &file, 100_000, 250_000).unwrap_err();
+                assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{name}: {e}");
+            });
+            assert!(got == data[100_000..], "{name}: the bytes the file had");
+        }
+    }
+
     #[test]
     fn http_dates() {
         assert_eq!(crate::units::http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
