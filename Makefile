@@ -86,7 +86,7 @@ APT_ARM64_OPTS := -o APT::Architecture=arm64 -o APT::Architectures::=arm64 \
 	-o Dir::State::status=/dev/null -o APT::Sandbox::User=root
 MUSL_ARM64_INC := $(APT_ARM64)/musl/usr/include/aarch64-linux-musl
 
-.PHONY: help run test deps quadlet lint build build-release release release-check deb usb rpi man live-x86_64 live-arm64 static static-arm64 static-bty image ipxe live live-check e2e bench-e2e bench bench-flash bench-http bench-web clean
+.PHONY: help run test deps quadlet lint build build-release release release-check deb usb rpi man live-x86_64 live-arm64 static static-arm64 static-bty image ipxe live live-check e2e bench-e2e bench bench-flash bench-http bench-web bench-fleet clean
 
 help:
 	@echo "make run          build and start bty-web on $(STATE_DIR) (prints URL and password)"
@@ -109,6 +109,7 @@ help:
 	@echo "make bench-flash  flash benchmark against the reference pipelines -> bench/RESULTS.md"
 	@echo "make bench-http   flash over http from 127.0.0.1 against curl | zstd -dc | dd -> bench/RESULTS.md"
 	@echo "make bench-web    bty-web against the reference server (PyPI bty-lab), ~4 min -> bench/RESULTS.md"
+	@echo "make bench-fleet  16 bty flash at once from one bty-web's cache against 16 curl | zstd -dc | dd from nginx -> bench/RESULTS.md"
 
 run: build-release
 	@mkdir -p $(STATE_DIR)
@@ -375,6 +376,14 @@ bench-http: deps build-release
 # Measures the static musl bty-web: the binary the container image and the host install ship.
 bench-web: static
 	BTY_WEB=target/$(MUSL_TARGET)/static/bty-web bench/web.sh
+
+# A fleet at once: 16 `bty flash` from one bty-web's image cache (the static musl bty-web, the
+# one the container image and the host install ship) against 16 `curl | zstd -dc | dd` from
+# nginx, onto loop devices; 127.0.0.1 only. bench/nginx-deps.sh installs nginx-light without
+# starting or enabling its system service (the benchmark runs its own, in the foreground).
+bench-fleet: deps build-release static
+	bench/nginx-deps.sh
+	BTY=target/release/bty BTY_WEB=target/$(MUSL_TARGET)/static/bty-web bench/fleet.sh
 
 clean:
 	$(CARGO) clean
