@@ -50,8 +50,12 @@ fn a_site_cache_fills_through_its_central_cache_with_the_origin_gone() {
     assert!(body == image, "the second site served other bytes");
     assert_eq!(cache_files(&site2_cache), vec![sha.clone()]);
 
-    // An upstream that sends other bytes of the right length: the copy is thrown away, the lie
-    // is reported naming the upstream, and the next upstream fills the cache.
+    // Upstreams that lie: one announces another length (refused before a byte is kept), one
+    // sends other bytes of the right length (thrown away once hashed). Each lie is reported
+    // naming its upstream, and the next upstream fills the cache.
+    let short = Httpd::start();
+    short.file(&path, image[..image.len() - 1].to_vec(), true, None);
+    let short_url = format!("http://{}", short.addr);
     let liar = Httpd::start();
     let mut garbage = image.clone();
     for b in &mut garbage[4096..4096 + 64] {
@@ -60,7 +64,7 @@ fn a_site_cache_fills_through_its_central_cache_with_the_origin_gone() {
     liar.file(&path, garbage, true, None);
     let liar_url = format!("http://{}", liar.addr);
     let site3_cache = dir.path("site3");
-    let both = format!("{liar_url},{upstream}");
+    let both = format!("{short_url},{liar_url},{upstream}");
     let site3 = start("chain-site3", &site3_cache, &[("BTY_CACHE_UPSTREAMS", &both)]);
     import(&site3, &entry);
     // The request that started the fill reads the lie as it arrives: it is cut short (or, if
@@ -77,8 +81,10 @@ fn a_site_cache_fills_through_its_central_cache_with_the_origin_gone() {
     assert_eq!(cache_files(&site3_cache), vec![sha.clone()]);
     assert_eq!(partials(&site3_cache), 0);
     let lied = events(&site3, "cache.upstream_lied");
-    assert_eq!(lied.len(), 1, "{lied:?}");
-    assert!(lied[0].contains(&liar_url) && lied[0].contains("but the catalog pins"), "{lied:?}");
+    assert_eq!(lied.len(), 2, "{lied:?}");
+    let said = |url: &str, what: &str| lied.iter().any(|m| m.contains(url) && m.contains(what));
+    assert!(said(&short_url, "but the catalog says the image has"), "{lied:?}");
+    assert!(said(&liar_url, "but the catalog pins"), "{lied:?}");
     let filled = events(&site3, "cache.filled");
     assert!(filled.iter().any(|m| m.contains(&format!("upstream {upstream}"))), "{filled:?}");
 

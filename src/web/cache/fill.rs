@@ -141,19 +141,15 @@ impl Cache {
                 }
                 Err(f) => f,
             };
-            if let Err(e) = fs::remove_file(&fill.part) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    crate::warn!("cache: removing {}: {e}", fill.part.display());
-                }
-            }
+            let part = fill.part.clone();
             let more = i + 1 < all.len();
             let what = format!("{}: {}", from.label(), failed.err);
+            // An upstream is never last (the origin is), so a lie always has a next source.
             if let (true, Some(base)) = (failed.lied, &from.upstream) {
                 let msg = format!(
-                    "cache: the upstream {base} sent other bytes than pinned for {} ({}); {}",
-                    entry.name,
-                    failed.err,
-                    if more { "trying the next source" } else { "no source is left" }
+                    "cache: the upstream {base} sent other bytes than pinned for {} ({}); trying \
+                     the next source",
+                    entry.name, failed.err
                 );
                 crate::warn!("{msg}");
                 let details = serde_json::json!({ "sha256": hex, "upstream": base });
@@ -176,6 +172,13 @@ impl Cache {
                     )),
                 );
                 fill = next;
+            }
+            // Only now: a request that took the old fill just before the swap still opens its
+            // file, and then reads the failure instead of finding no file.
+            if let Err(e) = fs::remove_file(&part) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    crate::warn!("cache: removing {}: {e}", part.display());
+                }
             }
         }
         lock(&self.inner).fills.remove(hex);
