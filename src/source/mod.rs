@@ -138,6 +138,15 @@ impl Source {
         Ok(Source::remote(o.display, o.name, o.resource, Box::new(o.stream), None))
     }
 
+    /// The layer with this sha256 (hex) of an `oras://` reference's repository, fetched by its
+    /// digest through the registry's mirrors without resolving the reference: for a caller that
+    /// pinned the layer (bty-web's cache), when the tag cannot be resolved. Checked against the
+    /// digest like any oras:// source.
+    pub fn open_oras_layer(spec: &str, sha256: &str, size: Option<u64>) -> Result<Source> {
+        let o = oras::open_blob(spec, &format!("sha256:{sha256}"), size)?;
+        Ok(Source::remote(o.display, o.name, o.resource, Box::new(o.stream), Some(o.digest)))
+    }
+
     /// A source over any byte stream (read once).
     pub fn pipe(display: String, r: Box<dyn Read + Send>) -> Source {
         Source { display, name: String::new(), kind: Kind::Pipe(Stream::new(r)), digest: None }

@@ -124,7 +124,9 @@ fn an_oras_cache_fills_through_a_registry_mirror_with_the_origin_gone() {
     let origin = Registry::start(&dir, plain_tls());
     let image = util::zstd(&util::disk_image(52, 4 << 20));
     let sha = util::sha256(&image);
-    let manifest = origin.push_artifact("lab/img", "v1", &[("disk.img.zst", &image)]);
+    origin.push_artifact("lab/img", "v1", &[("disk.img.zst", &image)]);
+    // The same artifact under a tag the mirror is never asked for while the origin is up.
+    origin.push_artifact("lab/img", "v2", &[("disk.img.zst", &image)]);
     // A second docker-registry as a pull-through cache of the origin, as in
     // source_oras::pulls_go_through_a_pull_through_cache_mirror.
     let mirror = Registry::start_with(
@@ -144,8 +146,8 @@ fn an_oras_cache_fills_through_a_registry_mirror_with_the_origin_gone() {
         ),
     )
     .unwrap();
-    // By digest: with the origin gone, a pull-through cache cannot resolve a tag.
-    let reference = format!("oras://{}/lab/img@{manifest}", origin.addr);
+    // By tag, as catalogs name images.
+    let reference = format!("oras://{}/lab/img:v1", origin.addr);
     let entry = [("disk.img.zst", reference.as_str(), sha.as_str(), image.len())];
     let path = format!("/images/{sha}/disk.img.zst");
     let reg_env = origin.env();
@@ -178,16 +180,21 @@ fn an_oras_cache_fills_through_a_registry_mirror_with_the_origin_gone() {
     assert_eq!(cache_files(&cache1), vec![sha.clone()]);
 
     // The origin registry goes away: a fresh bty-web (its own cache; the hosts directory from
-    // BTY_REGISTRY_HOSTS_DIR this time) still fills, from the mirror.
+    // BTY_REGISTRY_HOSTS_DIR this time) still fills, from the mirror. Its entry names the tag
+    // the mirror never saw, which nothing can resolve now: the fill takes the pinned layer by
+    // its digest, which the mirror holds.
+    let unseen = format!("oras://{}/lab/img:v2", origin.addr);
     drop(origin);
     let cache2 = dir.path("cache2");
     let env =
         env_for(&cache2, vec![("BTY_REGISTRY_HOSTS_DIR".into(), hosts.display().to_string())]);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let s2 = Server::start_env("chain-oras2", &env);
-    import(&s2, &entry);
+    import(&s2, &[("disk.img.zst", unseen.as_str(), sha.as_str(), image.len())]);
     let (st, head, body) = get(&s2.addr, "GET", &path, "");
     assert_eq!(st, 200, "{head}");
     assert!(body == image, "the second cache served other bytes");
     assert_eq!(cache_files(&cache2), vec![sha]);
+    let filled = events(&s2, "cache.filled");
+    assert!(filled.iter().any(|m| m.contains(&unseen)), "{filled:?}");
 }

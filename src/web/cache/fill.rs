@@ -98,6 +98,22 @@ fn sources(upstreams: &[String], hex: &str, entry: &CatalogEntry) -> Vec<From> {
     v
 }
 
+/// Opens an entry's origin. An `oras://` reference that does not resolve (its tag, with the
+/// origin registry down and only a pull-through mirror left, which resolves tags through it) is
+/// fetched by the pinned layer digest instead, through the same mirrors.
+fn open_origin(src: &str, hex: &str, size: Option<u64>) -> Result<crate::source::Source, Error> {
+    let first = match crate::source::Source::open(src) {
+        Ok(s) => return Ok(s),
+        Err(e) => e,
+    };
+    if !src.get(..7).is_some_and(|p| p.eq_ignore_ascii_case("oras://")) {
+        return Err(first);
+    }
+    crate::warn!("cache: {first}; fetching the pinned layer sha256:{hex} of {src} by its digest");
+    crate::source::Source::open_oras_layer(src, hex, size)
+        .map_err(|e| Error::msg(format!("{first}; by the pinned layer's digest: {e}")))
+}
+
 /// Ends a fill for the requests reading it.
 fn finish(fill: &Fill, result: std::result::Result<(), String>) {
     lock(&fill.state).done = Some(result);
@@ -227,7 +243,7 @@ impl Cache {
         let what = from.url.as_str();
         let src = match from.upstream {
             Some(_) => crate::source::Source::open_once(what)?,
-            None => crate::source::Source::open(what)?,
+            None => open_origin(what, hex, size_of(entry))?,
         };
         if let Some(d) = src.digest() {
             let d = crate::hex::encode(&d);
