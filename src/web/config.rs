@@ -702,9 +702,13 @@ impl Settings {
         crate::web::cache::parse_upstreams(self.get("cache", "upstreams")).unwrap_or_default()
     }
 
-    /// The registry hosts directory (`[registry] hosts_dir`).
+    /// The registry hosts directory (`[registry] hosts_dir`); empty (`BTY_REGISTRY_HOSTS_DIR=`)
+    /// is the default, as `bty` reads the variable.
     pub fn registry_hosts_dir(&self) -> PathBuf {
-        PathBuf::from(self.get("registry", "hosts_dir"))
+        match self.get("registry", "hosts_dir") {
+            "" => PathBuf::from(crate::source::mirrors::DEFAULT_HOSTS_DIR),
+            dir => PathBuf::from(dir),
+        }
     }
 
     /// Whether the admin password is the built-in default (unset, set empty, or set to it).
@@ -912,6 +916,8 @@ mod tests {
             .to_string();
         assert!(err.contains("invalid [cache] upstreams (from env BTY_CACHE_UPSTREAMS)"), "{err}");
         assert!(!err.contains("secret"), "{err}");
+        let s = Settings::load(&env(&[("BTY_REGISTRY_HOSTS_DIR", "")]), &[]).unwrap();
+        assert_eq!(s.registry_hosts_dir(), PathBuf::from("/etc/containerd/certs.d"));
         let err =
             Settings::load(&env(&[("BTY_SERVER_PORT", "http")]), &[]).unwrap_err().to_string();
         assert!(err.contains("invalid [server] port \"http\" (from env BTY_SERVER_PORT)"), "{err}");
