@@ -86,7 +86,7 @@ APT_ARM64_OPTS := -o APT::Architecture=arm64 -o APT::Architectures::=arm64 \
 	-o Dir::State::status=/dev/null -o APT::Sandbox::User=root
 MUSL_ARM64_INC := $(APT_ARM64)/musl/usr/include/aarch64-linux-musl
 
-.PHONY: help run test deps quadlet lint build build-release release release-check deb usb rpi man live-x86_64 live-arm64 static static-arm64 static-bty image ipxe live live-check e2e bench-e2e bench bench-flash bench-http bench-web bench-dataplane bench-deps clean
+.PHONY: help run test deps quadlet lint build build-release release release-check deb usb rpi man live-x86_64 live-arm64 static static-arm64 static-bty image ipxe live live-check e2e bench-e2e bench bench-flash bench-http bench-web bench-dataplane bench-fleet bench-deps clean
 
 help:
 	@echo "make run          build and start bty-web on $(STATE_DIR) (prints URL and password)"
@@ -110,6 +110,7 @@ help:
 	@echo "make bench-http   flash over http from 127.0.0.1 against curl | zstd -dc | dd -> bench/RESULTS.md"
 	@echo "make bench-web    bty-web against the reference server (PyPI bty-lab), ~4 min, then bench-dataplane -> bench/RESULTS.md"
 	@echo "make bench-dataplane  large files from bty-web against nginx (sendfile), /pxe during downloads, ~3 min -> bench/RESULTS.md"
+	@echo "make bench-fleet  16 bty flash at once from one bty-web's cache against 16 curl | zstd -dc | dd from nginx -> bench/RESULTS.md"
 
 run: build-release
 	@mkdir -p $(STATE_DIR)
@@ -385,26 +386,17 @@ bench-dataplane: static bench-deps
 	BTY_WEB=target/$(MUSL_TARGET)/static/bty-web bench/dataplane.sh
 
 # Packages only the benchmarks use, kept out of DEB_PACKAGES (the tests' list): nginx-light,
-# the reference of bench/dataplane.sh, which runs its own nginx in the foreground with its own
-# config on 127.0.0.1. The package's postinst would enable and start a system nginx on port 80:
-# for the install, /usr/sbin/policy-rc.d answers 101 ("action forbidden"), which invoke-rc.d
-# and deb-systemd-invoke obey, so nothing is started (one already there is put back after);
-# then the unit is disabled so that no boot starts it either.
-BENCH_PACKAGES := nginx-light
+# the reference of bench/dataplane.sh and bench/fleet.sh, which run their own nginx in the
+# foreground on 127.0.0.1. bench/nginx-deps.sh installs it with neither its system service
+# started (policy-rc.d answers 101 for the install) nor enabled.
 bench-deps: deps
-	@missing=""; for p in $(BENCH_PACKAGES); do \
-		dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-		echo "installing:$$missing (its service neither started nor enabled)"; \
-		if [ "$$(id -u)" != 0 ]; then echo "make bench-deps: need root to install:$$missing" >&2; exit 1; fi; \
-		if [ -e /usr/sbin/policy-rc.d ]; then mv /usr/sbin/policy-rc.d /usr/sbin/policy-rc.d.bty-bench; fi; \
-		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-		rc=$$?; rm -f /usr/sbin/policy-rc.d; \
-		if [ -e /usr/sbin/policy-rc.d.bty-bench ]; then mv /usr/sbin/policy-rc.d.bty-bench /usr/sbin/policy-rc.d; fi; \
-		systemctl disable nginx >/dev/null 2>&1 || true; \
-		exit $$rc; \
-	fi
+	bench/nginx-deps.sh
+
+# A fleet at once: 16 `bty flash` from one bty-web's image cache (the static musl bty-web, the
+# one the container image and the host install ship) against 16 `curl | zstd -dc | dd` from
+# nginx, onto loop devices; 127.0.0.1 only.
+bench-fleet: build-release static bench-deps
+	BTY=target/release/bty BTY_WEB=target/$(MUSL_TARGET)/static/bty-web bench/fleet.sh
 
 clean:
 	$(CARGO) clean

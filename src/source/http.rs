@@ -496,14 +496,25 @@ impl Resource {
         display: String,
         expected: Option<u64>,
     ) -> Result<(Arc<Resource>, Resumable)> {
+        Resource::open_with(fetch, display, expected, true)
+    }
+
+    /// As `open_sized`; `retry` false sends the first GET only once (later resumes still retry).
+    fn open_with(
+        fetch: Box<dyn Fetch>,
+        display: String,
+        expected: Option<u64>,
+        retry: bool,
+    ) -> Result<(Arc<Resource>, Resumable)> {
         let what = format!("fetching {display}");
-        let resp = with_retries(|| {
+        let first = || {
             let resp = fetch.get(&[])?;
             if resp.status != 200 {
                 return Err(resp.status_fail(&what));
             }
             Ok(resp)
-        })?;
+        };
+        let resp = if retry { with_retries(first)? } else { first().map_err(Error::from)? };
         let len = match (resp.content_length(), expected) {
             (Some(got), Some(want)) if got != want => crate::bail!(
                 "{what}: the server sends {got} bytes, but the manifest says the blob has {want}"
@@ -838,6 +849,19 @@ pub(crate) fn open(spec: &str) -> Result<Opened> {
     let name = url.file_name();
     let display = url.to_string();
     let (resource, stream) = Resource::open(Box::new(Plain(url)), display.clone())?;
+    Ok(Opened { display, name, resource, stream })
+}
+
+/// As [`open`], but a first request that fails is not retried: for a caller with another place
+/// to get the same bytes from (bty-web's cache, trying its upstreams before the origin), which
+/// moves on at once rather than waiting out the backoff on a server that is down. A transfer
+/// that started still resumes and retries as usual.
+pub(crate) fn open_once(spec: &str) -> Result<Opened> {
+    let url = Url::parse(spec)?;
+    let name = url.file_name();
+    let display = url.to_string();
+    let (resource, stream) =
+        Resource::open_with(Box::new(Plain(url)), display.clone(), None, false)?;
     Ok(Opened { display, name, resource, stream })
 }
 

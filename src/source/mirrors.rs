@@ -15,6 +15,7 @@
 //! mirror fails and the next host is tried). Unknown keys are ignored.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use crate::error::{Context, Result};
 use crate::source::http::Url;
@@ -23,6 +24,18 @@ use crate::source::http::Url;
 pub const DEFAULT_HOSTS_DIR: &str = "/etc/containerd/certs.d";
 /// A hosts.toml is a few lines; a larger one is refused.
 const MAX_HOSTS_FILE: u64 = 64 << 10;
+
+/// The hosts directory a program chose for itself (bty-web's `[registry] hosts_dir`, which it
+/// resolves from bty.toml and the environment alike); unset, `BTY_REGISTRY_HOSTS_DIR` is read.
+static HOSTS_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// Sets the hosts directory for every later pull of this process; the first call wins, as the
+/// setting is read once at start.
+pub(crate) fn use_hosts_dir(dir: PathBuf) {
+    if HOSTS_DIR.set(dir).is_err() {
+        crate::debug!("the registry hosts directory was set already; keeping the first");
+    }
+}
 
 /// One place to pull from: a mirror, or the origin (last).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,9 +62,10 @@ impl Endpoint {
 /// The endpoints for `registry` (`host[:port]`), mirrors first and the origin last. `origin` is
 /// the origin's URL when no hosts file names a `server`.
 pub(crate) fn endpoints(registry: &str, origin: &Url) -> Result<Vec<Endpoint>> {
-    let dir = match std::env::var_os("BTY_REGISTRY_HOSTS_DIR").filter(|d| !d.is_empty()) {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from(DEFAULT_HOSTS_DIR),
+    let dir = match (HOSTS_DIR.get(), std::env::var_os("BTY_REGISTRY_HOSTS_DIR")) {
+        (Some(d), _) => d.clone(),
+        (None, Some(d)) if !d.is_empty() => PathBuf::from(d),
+        _ => PathBuf::from(DEFAULT_HOSTS_DIR),
     };
     for sub in [registry, "_default"] {
         let path = dir.join(sub).join("hosts.toml");

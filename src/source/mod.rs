@@ -125,6 +125,28 @@ impl Source {
         })
     }
 
+    /// An http(s) URL opened as [`open`](Source::open) does, except that a first request that
+    /// fails (refused, 404, 5xx) fails at once instead of being retried: for a caller that has
+    /// somewhere else to fetch the same bytes from.
+    pub fn open_once(spec: &str) -> Result<Source> {
+        let lower = spec.get(..8).unwrap_or(spec).to_ascii_lowercase();
+        crate::ensure!(
+            lower.starts_with("http://") || lower.starts_with("https://"),
+            "opening {spec}: expected an http(s) URL"
+        );
+        let o = http::open_once(spec)?;
+        Ok(Source::remote(o.display, o.name, o.resource, Box::new(o.stream), None))
+    }
+
+    /// The layer with this sha256 (hex) of an `oras://` reference's repository, fetched by its
+    /// digest through the registry's mirrors without resolving the reference: for a caller that
+    /// pinned the layer (bty-web's cache), when the tag cannot be resolved. Checked against the
+    /// digest like any oras:// source.
+    pub fn open_oras_layer(spec: &str, sha256: &str, size: Option<u64>) -> Result<Source> {
+        let o = oras::open_blob(spec, &format!("sha256:{sha256}"), size)?;
+        Ok(Source::remote(o.display, o.name, o.resource, Box::new(o.stream), Some(o.digest)))
+    }
+
     /// A source over any byte stream (read once).
     pub fn pipe(display: String, r: Box<dyn Read + Send>) -> Source {
         Source { display, name: String::new(), kind: Kind::Pipe(Stream::new(r)), digest: None }

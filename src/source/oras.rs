@@ -822,6 +822,19 @@ pub(crate) fn open(spec: &str) -> Result<Opened> {
     Ok(Opened { display, name: resolved.name, resource, stream, digest })
 }
 
+/// Starts streaming the blob `digest` (`sha256:<hex>`, `size` bytes when known) of the
+/// reference's repository without resolving its tag or manifest: for a caller that pinned the
+/// layer already (bty-web's cache), so that a mirror holding the blob serves it when the tag
+/// cannot be resolved (a pull-through cache whose origin is down).
+pub(crate) fn open_blob(spec: &str, digest: &str, size: Option<u64>) -> Result<Opened> {
+    let r = Reference::parse(spec)?;
+    let want = parse_digest(digest).with_context(|| format!("{r}: the pinned layer"))?;
+    let fetch = Blob { digest: digest.to_string(), reg: Arc::new(Hosts::new(&r)?) };
+    let display = format!("{r} (layer {digest})");
+    let (resource, stream) = Resource::open_sized(Box::new(fetch), display.clone(), size)?;
+    Ok(Opened { display, name: String::new(), resource, stream, digest: want })
+}
+
 /// Fetches the TOML layer of a small artifact, such as an `oras://` catalog: the layer whose
 /// title ends in `.toml` or whose media type mentions toml (the only layer, if there is one).
 /// The blob's digest is checked, and a layer larger than `max_bytes` is refused before any of it

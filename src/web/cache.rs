@@ -24,6 +24,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
 
+mod fill;
+
+pub(crate) use fill::parse_upstreams;
+
 use crate::error::{Context, Error, Result};
 use crate::web::app::App;
 use crate::web::app::internal;
@@ -38,6 +42,8 @@ const FIRST_BYTE: Duration = Duration::from_secs(60);
 pub struct Cache {
     dir: PathBuf,
     max_bytes: u64,
+    /// Other bty-web servers a miss is fetched from before the origin (`[cache] upstreams`).
+    upstreams: Vec<String>,
     inner: Mutex<Inner>,
     /// Hashing a file of gigabytes takes seconds: one at a time, and a request that waited
     /// finds the file already checked.
@@ -91,6 +97,22 @@ fn is_digest(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
+/// An image name as the last segment of an /images URL: escaped, never empty.
+fn url_name(name: &str) -> String {
+    let mut file = String::new();
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"._~-".contains(&b) {
+            file.push(b as char);
+        } else {
+            file.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if file.is_empty() {
+        file.push_str("image");
+    }
+    file
+}
+
 impl Cache {
     /// Opens (creating) the cache at `dir` and evicts down to the cap if it was lowered. The
     /// server (`clean`) also drops the partial files a killed process left behind; `bty-web
@@ -111,6 +133,7 @@ impl Cache {
         let cache = Cache {
             dir: dir.to_path_buf(),
             max_bytes,
+            upstreams: Vec::new(),
             inner: Mutex::default(),
             verifying: Mutex::new(()),
         };
@@ -119,6 +142,13 @@ impl Cache {
             crate::info!("cache: evicted {hex} ({}) to fit the cap", crate::units::bytes(len));
         }
         Ok(cache)
+    }
+
+    /// The cache with these upstreams (base URLs checked by [`parse_upstreams`]) asked before
+    /// each origin.
+    pub fn with_upstreams(mut self, upstreams: Vec<String>) -> Cache {
+        self.upstreams = upstreams;
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -150,18 +180,7 @@ impl Cache {
 
     /// Where the live environment fetches the entry through this server.
     pub fn url(host: &str, sha256: &str, name: &str) -> String {
-        let mut file = String::new();
-        for b in name.bytes() {
-            if b.is_ascii_alphanumeric() || b"._~-".contains(&b) {
-                file.push(b as char);
-            } else {
-                file.push_str(&format!("%{b:02X}"));
-            }
-        }
-        if file.is_empty() {
-            file.push_str("image");
-        }
-        format!("http://{host}/images/{sha256}/{file}")
+        format!("http://{host}/images/{sha256}/{}", url_name(name))
     }
 
     /// The complete files and their total size.
@@ -311,127 +330,19 @@ impl Cache {
         if let Some(f) = inner.fills.get(hex) {
             return Arc::clone(f);
         }
-        let fill = Arc::new(Fill {
-            part: self.dir.join("partial").join(format!("{hex}.{}", std::process::id())),
-            state: Mutex::default(),
-            cv: Condvar::new(),
-        });
+        let fill = self.new_fill(hex, 0);
         inner.fills.insert(hex.to_string(), Arc::clone(&fill));
         drop(inner);
         let (cache, app, key, entry, f) =
             (Arc::clone(self), Arc::clone(app), hex.to_string(), entry.clone(), Arc::clone(&fill));
-        let spawned = std::thread::Builder::new().name("cache-fill".into()).spawn(move || {
-            let t0 = Instant::now();
-            let result = cache.fetch(&f, &key, &entry);
-            if result.is_err() {
-                let _ = fs::remove_file(&f.part);
-            }
-            lock(&cache.inner).fills.remove(&key);
-            let (kind, msg) = match &result {
-                Ok(len) => (
-                    "cache.filled",
-                    format!(
-                        "cached {} ({}) from {} in {:.1} s",
-                        entry.name,
-                        crate::units::bytes(*len),
-                        entry.src,
-                        t0.elapsed().as_secs_f64()
-                    ),
-                ),
-                Err(e) => ("cache.failed", format!("caching {} failed: {e}", entry.name)),
-            };
-            if result.is_ok() {
-                crate::info!("{msg}");
-            } else {
-                crate::warn!("{msg}");
-            }
-            app.db.event(kind, None, &msg, Some(serde_json::json!({ "sha256": key })));
-            lock(&f.state).done = Some(result.map(|_| ()).map_err(|e| e.to_string()));
-            f.cv.notify_all();
-        });
+        let spawned = std::thread::Builder::new()
+            .name("cache-fill".into())
+            .spawn(move || cache.run_fill(&app, f, &key, &entry));
         if let Err(e) = spawned {
             lock(&self.inner).fills.remove(hex);
             lock(&fill.state).done = Some(Err(format!("starting the fetch: {e}")));
         }
         fill
-    }
-
-    /// Fetches the entry's bytes into the partial file, checks them against the pin and moves
-    /// them into place; the length.
-    fn fetch(&self, fill: &Fill, hex: &str, entry: &CatalogEntry) -> Result<u64> {
-        let src = crate::source::Source::open(&entry.src)?;
-        if let Some(d) = src.digest() {
-            let d = crate::hex::encode(&d);
-            crate::ensure!(
-                d == hex,
-                "{} now resolves to a layer with sha256 {d}, but the catalog pins {hex}",
-                entry.src
-            );
-        }
-        let total = src.size().or(size_of(entry));
-        if let Some(n) = total {
-            crate::ensure!(
-                n <= self.max_bytes,
-                "{} has {}, more than the cache cap of {} ([cache] max_gib)",
-                entry.src,
-                crate::units::bytes(n),
-                crate::units::bytes(self.max_bytes)
-            );
-        }
-        for (h, len) in self.make_room(total.unwrap_or(0))? {
-            crate::info!("cache: evicted {h} ({}) to make room", crate::units::bytes(len));
-        }
-        let mut out = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&fill.part)
-            .with_context(|| format!("creating {}", fill.part.display()))?;
-        {
-            let mut s = lock(&fill.state);
-            s.started = true;
-            s.total = total;
-        }
-        fill.cv.notify_all();
-        let mut reader = src.reader()?;
-        let (got, written) =
-            copy_hashing(&mut reader, &entry.src, Some((&mut out, &fill.part)), |written| {
-                crate::ensure!(
-                    total.is_none_or(|t| written <= t) && written <= self.max_bytes,
-                    "{} sends more than the {} it announced",
-                    entry.src,
-                    crate::units::bytes(total.unwrap_or(self.max_bytes))
-                );
-                lock(&fill.state).written = written;
-                fill.cv.notify_all();
-                Ok(())
-            })?;
-        if let Some(t) = total {
-            crate::ensure!(written == t, "{} ended after {written} of {t} bytes", entry.src);
-        }
-        crate::ensure!(
-            got == hex,
-            "{} sent bytes with sha256 {got}, but the catalog pins {hex}",
-            entry.src
-        );
-        out.sync_all().with_context(|| format!("syncing {}", fill.part.display()))?;
-        let dest = self.file(hex);
-        fs::rename(&fill.part, &dest)
-            .with_context(|| format!("moving {} into place", fill.part.display()))?;
-        if let Err(e) = File::open(self.dir.join("sha256")).and_then(|d| d.sync_all()) {
-            crate::warn!("syncing {}: {e}", self.dir.join("sha256").display());
-        }
-        let meta = out.metadata().with_context(|| format!("reading {}", dest.display()))?;
-        lock(&self.inner).verified.insert(
-            hex.to_string(),
-            (meta.len(), meta.modified().unwrap_or(SystemTime::UNIX_EPOCH)),
-        );
-        // A fetch of unknown size reserved nothing: enforce the cap now that it is known.
-        if total.is_none() {
-            if let Err(e) = self.make_room(0) {
-                crate::warn!("cache: {e}");
-            }
-        }
-        Ok(written)
     }
 
     /// Copies a local image into the cache under its sha256 (pre-seeding an air-gapped lab);

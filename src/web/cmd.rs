@@ -99,6 +99,9 @@ pub(super) fn run() -> Result<ExitCode> {
     for i in &settings.ignored {
         crate::warn!("setting ignored: {i}");
     }
+    // Every oras:// pull of this process (cache fills, catalogs, imports) goes through the
+    // mirrors bty.toml or the environment names, as `bty` does with BTY_REGISTRY_HOSTS_DIR.
+    crate::source::mirrors::use_hosts_dir(settings.registry_hosts_dir());
     let state = settings.state_dir();
     match mode {
         Mode::Config => {

@@ -229,6 +229,20 @@ const KEYS: &[Key] = &[
         help: "size cap of the image cache in GiB; least recently used images go first",
     },
     Key {
+        section: "cache",
+        key: "upstreams",
+        default: |_| String::new(),
+        secret: false,
+        help: "other bty-web servers (http(s)://host[:port], comma-separated or a TOML list) a cache miss is fetched from, in order, before the image's origin; their bytes are checked against the pin like the origin's",
+    },
+    Key {
+        section: "registry",
+        key: "hosts_dir",
+        default: |_| crate::source::mirrors::DEFAULT_HOSTS_DIR.into(),
+        secret: false,
+        help: "containerd-style registry hosts directory (<registry>/hosts.toml) naming the mirrors oras:// pulls (cache fills, catalogs) go through; read only if present",
+    },
+    Key {
         section: "tftp",
         key: "enabled",
         default: |_| "false".into(),
@@ -405,6 +419,10 @@ impl Settings {
                 "[{section}] {key} is a directory bty-web serves files from; set it in bty.toml or the environment"
             ));
         }
+        // The hosts files name the CAs trusted for each mirror: the host's business too.
+        if (section, key) == ("registry", "hosts_dir") {
+            return Err("[registry] hosts_dir names which mirrors and CAs registry pulls trust; set it in bty.toml or BTY_REGISTRY_HOSTS_DIR".into());
+        }
         match self.source(section, key) {
             Source::Env(v) => Err(format!(
                 "[{section}] {key} is set by the environment ({v}), which wins over this page; change it there"
@@ -477,8 +495,13 @@ impl Settings {
                     toml::Value::String(s) => s.clone(),
                     toml::Value::Integer(i) => i.to_string(),
                     toml::Value::Boolean(b) => b.to_string(),
+                    // A list of strings, as `upstreams = ["http://a", "http://b"]`, is the
+                    // comma-separated value the environment would give.
+                    toml::Value::Array(a) if a.iter().all(toml::Value::is_str) => {
+                        a.iter().filter_map(toml::Value::as_str).collect::<Vec<_>>().join(",")
+                    }
                     other => crate::bail!(
-                        "parsing {}: [{section}] {key} must be a string or a number, not {}",
+                        "parsing {}: [{section}] {key} must be a string or a number (or a list of strings), not {}",
                         path.display(),
                         other.type_str()
                     ),
@@ -536,6 +559,10 @@ impl Settings {
             v.parse::<f64>().is_ok_and(|n| n > 0.0 && n < 1e9),
             "invalid [cache] max_gib {v:?} (from {src}): expected a number of GiB above 0 (0.5 is 512 MiB)"
         );
+        let (v, src) = self.entry("cache", "upstreams");
+        if let Err(e) = crate::web::cache::parse_upstreams(v) {
+            crate::bail!("invalid [cache] upstreams (from {src}): {e}");
+        }
         let (v, src) = self.entry("tftp", "enabled");
         crate::ensure!(
             parse_bool(v).is_some(),
@@ -676,6 +703,21 @@ impl Settings {
     pub fn cache_max_bytes(&self) -> u64 {
         let gib = self.get("cache", "max_gib").parse::<f64>().unwrap_or(50.0);
         (gib * f64::from(1u32 << 30)) as u64
+    }
+
+    /// The bty-web servers a cache miss is fetched from before the origin (`[cache] upstreams`,
+    /// validated): base URLs without a trailing slash.
+    pub fn cache_upstreams(&self) -> Vec<String> {
+        crate::web::cache::parse_upstreams(self.get("cache", "upstreams")).unwrap_or_default()
+    }
+
+    /// The registry hosts directory (`[registry] hosts_dir`); empty (`BTY_REGISTRY_HOSTS_DIR=`)
+    /// is the default, as `bty` reads the variable.
+    pub fn registry_hosts_dir(&self) -> PathBuf {
+        match self.get("registry", "hosts_dir") {
+            "" => PathBuf::from(crate::source::mirrors::DEFAULT_HOSTS_DIR),
+            dir => PathBuf::from(dir),
+        }
     }
 
     /// Whether the admin password is the built-in default (unset, set empty, or set to it).
@@ -875,6 +917,16 @@ mod tests {
         std::fs::write(&f, "[server]\nport = [1, 2]\n").unwrap();
         let err = Settings::load(&e, &[]).unwrap_err().to_string();
         assert!(err.contains("must be a string or a number"), "{err}");
+        std::fs::write(&f, "[cache]\nupstreams = [\"http://a:8080\", \"https://b/\"]\n").unwrap();
+        let s = Settings::load(&e, &[]).unwrap();
+        assert_eq!(s.cache_upstreams(), ["http://a:8080", "https://b"]);
+        let err = Settings::load(&env(&[("BTY_CACHE_UPSTREAMS", "http://u:secret@a/")]), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("invalid [cache] upstreams (from env BTY_CACHE_UPSTREAMS)"), "{err}");
+        assert!(!err.contains("secret"), "{err}");
+        let s = Settings::load(&env(&[("BTY_REGISTRY_HOSTS_DIR", "")]), &[]).unwrap();
+        assert_eq!(s.registry_hosts_dir(), PathBuf::from("/etc/containerd/certs.d"));
         let err =
             Settings::load(&env(&[("BTY_SERVER_PORT", "http")]), &[]).unwrap_err().to_string();
         assert!(err.contains("invalid [server] port \"http\" (from env BTY_SERVER_PORT)"), "{err}");

@@ -104,7 +104,8 @@ fn app(settings: &Settings, db: db::Db) -> Result<app::App> {
     let cache = match settings.cache_dir() {
         Some(dir) => Some(Arc::new(
             cache::Cache::open(&dir, settings.cache_max_bytes(), true)
-                .with_context(|| format!("opening the image cache {}", dir.display()))?,
+                .with_context(|| format!("opening the image cache {}", dir.display()))?
+                .with_upstreams(settings.cache_upstreams()),
         )),
         None => None,
     };

@@ -13,7 +13,7 @@ use crate::util::httpd::{Fault, Httpd};
 
 /// (status, lower-cased head, body bytes) of one request with extra header lines; a body cut
 /// short by the server is returned as far as it came.
-fn get(addr: &str, method: &str, path: &str, headers: &str) -> (u16, String, Vec<u8>) {
+pub(crate) fn get(addr: &str, method: &str, path: &str, headers: &str) -> (u16, String, Vec<u8>) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n")
@@ -56,7 +56,7 @@ fn images(s: &Server) -> Vec<serde_json::Value> {
     serde_json::from_str(&body).unwrap()
 }
 
-fn events(s: &Server, kind: &str) -> Vec<String> {
+pub(crate) fn events(s: &Server, kind: &str) -> Vec<String> {
     let c = s.login();
     let (st, _, body) = s.call("GET", "/events?limit=500", Some(&c), "");
     assert_eq!(st, 200, "{body}");
@@ -70,11 +70,11 @@ fn events(s: &Server, kind: &str) -> Vec<String> {
 
 /// How many times the origin was asked for the whole file (a resumed download adds ranged
 /// requests, not whole ones).
-fn whole_fetches(origin: &Httpd, path: &str) -> usize {
+pub(crate) fn whole_fetches(origin: &Httpd, path: &str) -> usize {
     origin.seen().iter().filter(|s| s.path == path && s.range.is_none()).count()
 }
 
-fn cache_files(cache: &Path) -> Vec<String> {
+pub(crate) fn cache_files(cache: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(cache.join("sha256"))
         .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
         .unwrap_or_default();
@@ -82,11 +82,11 @@ fn cache_files(cache: &Path) -> Vec<String> {
     v
 }
 
-fn partials(cache: &Path) -> usize {
+pub(crate) fn partials(cache: &Path) -> usize {
     std::fs::read_dir(cache.join("partial")).map(|rd| rd.count()).unwrap_or(0)
 }
 
-fn start(name: &str, cache: &Path, extra: &[(&str, &str)]) -> Server {
+pub(crate) fn start(name: &str, cache: &Path, extra: &[(&str, &str)]) -> Server {
     let mut env = vec![("BTY_CACHE_DIR", cache.to_str().unwrap())];
     env.extend_from_slice(extra);
     Server::start_env(name, &env)

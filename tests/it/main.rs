@@ -31,6 +31,7 @@ mod browser;
 mod browser_jobs;
 mod bulk;
 mod cache;
+mod cache_chain;
 mod deb;
 mod deploy;
 mod discovery;
