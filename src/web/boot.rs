@@ -48,7 +48,8 @@ pub fn serve(app: &App, req: &Req, name: &str) -> Resp {
         }
     }
     let etag = crate::web::ranges::file_etag(&file, len);
-    crate::web::ranges::answer(req, len, etag, name, |offset, len| {
+    // A boot file may be uploaded again under its name: caches must ask each time.
+    crate::web::ranges::answer(req, len, etag, "no-cache", name, |offset, len| {
         if req.method == "GET" {
             app.metrics.boot_bytes.fetch_add(len, Ordering::Relaxed);
         }

@@ -481,9 +481,13 @@ impl Read for Growing {
     }
 }
 
+/// How HTTP caches in front of us may keep an image: for good, since its URL names its sha256
+/// and the bytes behind it can never change.
+const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+
 /// The 200 or 206 answer for `len` bytes of an image: the digest is its ETag.
 fn answer(req: &Req, hex: &str, len: u64, body: impl FnOnce(u64, u64) -> Body) -> Resp {
-    crate::web::ranges::answer(req, len, format!("\"{hex}\""), "the image", body)
+    crate::web::ranges::answer(req, len, format!("\"{hex}\""), IMMUTABLE, "the image", body)
 }
 
 /// `GET|HEAD /images/{sha256}/{name}`: a pinned catalog image, from the cache, fetched into it
@@ -503,6 +507,11 @@ pub fn serve(app: &Arc<App>, req: &Req, sha256: &str) -> Resp {
     let Some(entry) = entry else {
         return Resp::error(404, &format!("no catalog entry is pinned to sha256 {hex}"));
     };
+    // A client or an HTTP cache that holds these bytes already needs nothing, least of all a
+    // fetch from the origin.
+    if let Some(r) = crate::web::ranges::not_modified(req, &format!("\"{hex}\""), IMMUTABLE) {
+        return r;
+    }
     // Twice at most: a file found corrupt is fetched again, and a fetch that just finished is
     // served from its complete file.
     for _ in 0..3 {

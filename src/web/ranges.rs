@@ -58,15 +58,36 @@ fn parse(spec: &str, len: u64) -> std::result::Result<Option<(u64, u64)>, ()> {
     Ok(Some((first, last)))
 }
 
-/// The 200 or 206 answer for a file of `len` bytes whose version `etag` names (quotes
-/// included); `body(first, count)` makes the body of the bytes chosen.
+/// The 304 for a client (or an HTTP cache in front of us) whose copy has this `etag`: its
+/// If-None-Match lists it (weak or strong, compared weakly as RFC 9110 says for GET) or is `*`.
+pub fn not_modified(req: &Req, etag: &str, cache_control: &str) -> Option<Resp> {
+    let list = req.header("if-none-match")?;
+    let bare = |t: &str| t.trim().trim_start_matches("W/").to_string();
+    let hit = list.split(',').any(|t| t.trim() == "*" || bare(t) == bare(etag));
+    hit.then(|| Resp {
+        status: 304,
+        headers: vec![
+            ("ETag".into(), etag.to_string()),
+            ("Cache-Control".into(), cache_control.to_string()),
+        ],
+        body: Body::Bytes(Vec::new()),
+    })
+}
+
+/// The 200, 206 or 304 answer for a file of `len` bytes whose version `etag` names (quotes
+/// included), with `cache_control` for HTTP caches between us and the clients;
+/// `body(first, count)` makes the body of the bytes chosen.
 pub fn answer(
     req: &Req,
     len: u64,
     etag: String,
+    cache_control: &str,
     what: &str,
     body: impl FnOnce(u64, u64) -> Body,
 ) -> Resp {
+    if let Some(r) = not_modified(req, &etag, cache_control) {
+        return r;
+    }
     let (status, first, last) = match range(req, len, &etag, what) {
         Ok(Some((a, b))) => (206, a, b),
         Ok(None) => (200, 0, len.saturating_sub(1)),
@@ -79,6 +100,7 @@ pub fn answer(
             ("Content-Type".into(), "application/octet-stream".into()),
             ("Accept-Ranges".into(), "bytes".into()),
             ("ETag".into(), etag),
+            ("Cache-Control".into(), cache_control.into()),
         ],
         body: body(first, count),
     };
@@ -103,6 +125,22 @@ pub fn file_etag(file: &File, len: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn if_none_match_answers_304_for_the_same_version_only() {
+        let req = |v: &str| Req {
+            method: "GET".into(),
+            headers: vec![("if-none-match".into(), v.into())],
+            ..Req::default()
+        };
+        for hit in ["\"abc\"", "W/\"abc\"", "\"x\", \"abc\"", "*"] {
+            let r = not_modified(&req(hit), "\"abc\"", "no-cache").expect(hit);
+            assert_eq!(r.status, 304);
+            assert!(r.headers.contains(&("ETag".into(), "\"abc\"".into())));
+        }
+        assert!(not_modified(&req("\"abd\""), "\"abc\"", "no-cache").is_none());
+        assert!(not_modified(&Req::default(), "\"abc\"", "no-cache").is_none());
+    }
 
     #[test]
     fn one_range_of_bytes_is_served_and_the_rest_ignored_or_refused() {

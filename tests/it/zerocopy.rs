@@ -54,7 +54,11 @@ impl Conn {
         assert!(head.starts_with("http/1.1 "), "a status line first, got {head:?}");
         let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
         let mut a = Answer { status, head, body: Vec::new() };
-        let len: usize = a.header("content-length").and_then(|v| v.trim().parse().ok()).unwrap();
+        // A 304 has no body and, from us, no Content-Length.
+        let len: usize = match status {
+            304 => 0,
+            _ => a.header("content-length").and_then(|v| v.trim().parse().ok()).unwrap(),
+        };
         if method != "HEAD" {
             a.body = vec![0; len];
             self.0.read_exact(&mut a.body).unwrap();
@@ -119,6 +123,13 @@ fn served_byte_exact(addr: &str, path: &str, data: &[u8]) -> String {
     let a = c.ask("GET", path, &[("Range", "bytes=10-19"), ("If-Range", "\"stale\"")]);
     assert_eq!(a.status, 200, "{}", a.head);
     assert!(a.body == data, "a stale If-Range gets the whole file");
+    // If-None-Match: 304 and no body for the copy the client has, the file for another.
+    let a = c.ask("GET", path, &[("If-None-Match", &format!("\"other\", {etag}"))]);
+    assert_eq!(a.status, 304, "{}", a.head);
+    assert_eq!(a.header("etag"), Some(etag.as_str()));
+    let a = c.ask("GET", path, &[("If-None-Match", "\"other\"")]);
+    assert_eq!(a.status, 200, "{}", a.head);
+    assert!(a.body == data, "another version gets the whole file");
     // Unsatisfiable: 416 with the length, and the connection still serves.
     let a = c.ask("GET", path, &[("Range", &format!("bytes={len}-"))]);
     assert_eq!(a.status, 416, "{}", a.head);
@@ -139,6 +150,8 @@ fn boot_files_go_out_whole_and_by_range_byte_exact() {
     std::fs::write(boot.join("vmlinuz"), &data).unwrap();
     let s = Server::start_env("zerocopy-boot", &[("BTY_PATHS_BOOT_DIR", boot.to_str().unwrap())]);
     let etag = served_byte_exact(&s.addr, "/boot/vmlinuz", &data);
+    let a = Conn::open(&s.addr).ask("HEAD", "/boot/vmlinuz", &[]);
+    assert_eq!(a.header("cache-control"), Some("no-cache"), "a boot file may be uploaded again");
 
     // A new file renamed into place is another version: a resume with the old ETag gets the
     // whole new file, not a range of it.
@@ -175,6 +188,9 @@ fn cached_images_go_out_whole_and_by_range_byte_exact() {
     crate::cache::import(&s, &[("disk.img", "http://127.0.0.1:9/disk.img", &sha, data.len())]);
     let etag = served_byte_exact(&s.addr, &format!("/images/{sha}/disk.img"), &data);
     assert_eq!(etag, format!("\"{sha}\""));
+    // Content-addressed, so HTTP caches in front may keep it for good.
+    let a = Conn::open(&s.addr).ask("HEAD", &format!("/images/{sha}/disk.img"), &[]);
+    assert_eq!(a.header("cache-control"), Some("public, max-age=31536000, immutable"));
 }
 
 /// Whether the server's end of the connection from local port `client` to port `server` has
