@@ -471,6 +471,18 @@ impl Fetch for Plain {
     }
 }
 
+/// A plain URL whose every request also carries `extra` headers.
+struct WithHeaders(Url, Vec<(String, String)>);
+
+impl Fetch for WithHeaders {
+    fn get(&self, headers: &[(&str, &str)]) -> Result<Response, Fail> {
+        let mut all: Vec<(&str, &str)> =
+            self.1.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        all.extend_from_slice(headers);
+        send(&self.0, &all, None)
+    }
+}
+
 /// A remote file as its first response described it.
 pub(crate) struct Resource {
     fetch: Box<dyn Fetch>,
@@ -856,12 +868,13 @@ pub(crate) fn open(spec: &str) -> Result<Opened> {
 /// to get the same bytes from (bty-web's cache, trying its upstreams before the origin), which
 /// moves on at once rather than waiting out the backoff on a server that is down. A transfer
 /// that started still resumes and retries as usual.
-pub(crate) fn open_once(spec: &str) -> Result<Opened> {
+pub(crate) fn open_once(spec: &str, headers: &[(&str, &str)]) -> Result<Opened> {
     let url = Url::parse(spec)?;
     let name = url.file_name();
     let display = url.to_string();
+    let extra = headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
     let (resource, stream) =
-        Resource::open_with(Box::new(Plain(url)), display.clone(), None, false)?;
+        Resource::open_with(Box::new(WithHeaders(url, extra)), display.clone(), None, false)?;
     Ok(Opened { display, name, resource, stream })
 }
 

@@ -127,14 +127,14 @@ impl Source {
 
     /// An http(s) URL opened as [`open`](Source::open) does, except that a first request that
     /// fails (refused, 404, 5xx) fails at once instead of being retried: for a caller that has
-    /// somewhere else to fetch the same bytes from.
-    pub fn open_once(spec: &str) -> Result<Source> {
+    /// somewhere else to fetch the same bytes from. Every request carries `headers` too.
+    pub fn open_once(spec: &str, headers: &[(&str, &str)]) -> Result<Source> {
         let lower = spec.get(..8).unwrap_or(spec).to_ascii_lowercase();
         crate::ensure!(
             lower.starts_with("http://") || lower.starts_with("https://"),
             "opening {spec}: expected an http(s) URL"
         );
-        let o = http::open_once(spec)?;
+        let o = http::open_once(spec, headers)?;
         Ok(Source::remote(o.display, o.name, o.resource, Box::new(o.stream), None))
     }
 

@@ -44,6 +44,9 @@ pub struct Cache {
     max_bytes: u64,
     /// Other bty-web servers a miss is fetched from before the origin (`[cache] upstreams`).
     upstreams: Vec<String>,
+    /// This cache's name in `Bty-Cache-Chain` (random per start): how it recognises a request
+    /// that it caused itself through a loop of upstreams.
+    id: String,
     inner: Mutex<Inner>,
     /// Hashing a file of gigabytes takes seconds: one at a time, and a request that waited
     /// finds the file already checked.
@@ -134,6 +137,7 @@ impl Cache {
             dir: dir.to_path_buf(),
             max_bytes,
             upstreams: Vec::new(),
+            id: fill::new_id()?,
             inner: Mutex::default(),
             verifying: Mutex::new(()),
         };
@@ -325,7 +329,13 @@ impl Cache {
     }
 
     /// The fetch of `hex` in flight, or a new one started for the entry.
-    fn fill(self: &Arc<Self>, app: &Arc<App>, hex: &str, entry: &CatalogEntry) -> Arc<Fill> {
+    fn fill(
+        self: &Arc<Self>,
+        app: &Arc<App>,
+        hex: &str,
+        entry: &CatalogEntry,
+        chain: &str,
+    ) -> Arc<Fill> {
         let mut inner = lock(&self.inner);
         if let Some(f) = inner.fills.get(hex) {
             return Arc::clone(f);
@@ -335,9 +345,10 @@ impl Cache {
         drop(inner);
         let (cache, app, key, entry, f) =
             (Arc::clone(self), Arc::clone(app), hex.to_string(), entry.clone(), Arc::clone(&fill));
+        let chain = chain.to_string();
         let spawned = std::thread::Builder::new()
             .name("cache-fill".into())
-            .spawn(move || cache.run_fill(&app, f, &key, &entry));
+            .spawn(move || cache.run_fill(&app, f, &key, &entry, &chain));
         if let Err(e) = spawned {
             lock(&self.inner).fills.remove(hex);
             lock(&fill.state).done = Some(Err(format!("starting the fetch: {e}")));
@@ -507,6 +518,10 @@ pub fn serve(app: &Arc<App>, req: &Req, sha256: &str) -> Resp {
     let Some(entry) = entry else {
         return Resp::error(404, &format!("no catalog entry is pinned to sha256 {hex}"));
     };
+    let chain = match fill::chain(req, &cache.id) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
     // A client or an HTTP cache that holds these bytes already needs nothing, least of all a
     // fetch from the origin.
     if let Some(r) = crate::web::ranges::not_modified(req, &format!("\"{hex}\""), IMMUTABLE) {
@@ -548,7 +563,10 @@ pub fn serve(app: &Arc<App>, req: &Req, sha256: &str) -> Resp {
                 ),
             );
         }
-        let fill = cache.fill(app, &hex, &entry);
+        if chain.looped {
+            return fill::loop_detected(&cache.id, &hex);
+        }
+        let fill = cache.fill(app, &hex, &entry, &chain.onward);
         let t0 = Instant::now();
         let mut st = lock(&fill.state);
         while !st.started && st.done.is_none() && t0.elapsed() < FIRST_BYTE {

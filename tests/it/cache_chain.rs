@@ -115,6 +115,75 @@ fn a_site_cache_fills_through_its_central_cache_with_the_origin_gone() {
     assert!(failed.iter().any(|m| m.contains("every source failed")), "{failed:?}");
 }
 
+/// Two caches that name each other as upstreams: a miss goes around once, the second cache
+/// sees the first's id in `Bty-Cache-Chain` and answers 508 instead of waiting on a fill that
+/// waits on it, and each cache goes on to its next source.
+#[test]
+fn caches_that_name_each_other_as_upstreams_do_not_wait_on_each_other() {
+    let dir = util::TestDir::new("chain-loop");
+    let image = util::zstd(&util::disk_image(53, 3 << 20));
+    let sha = util::sha256(&image);
+    let origin = Httpd::start();
+    origin.file("/img/loop.img.zst", image.clone(), true, None);
+    let src = origin.url("/img/loop.img.zst");
+    // B's port is taken before A starts so that each can name the other.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let b_url = format!("http://127.0.0.1:{port}");
+    let a_cache = dir.path("a");
+    let a = start("chain-loop-a", &a_cache, &[("BTY_CACHE_UPSTREAMS", &b_url)]);
+    let a_url = format!("http://{}", a.addr);
+    let b_cache = dir.path("b");
+    let b_state = dir.path("b-state");
+    let mut cmd = util::bty_web(&b_state);
+    cmd.args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("BTY_ADMIN_PASSWORD", "pw-for-tests")
+        .env("BTY_CACHE_DIR", &b_cache)
+        .env("BTY_CACHE_UPSTREAMS", &a_url);
+    let (child, addr) = util::spawn_web(cmd);
+    let b = Server { child, addr, state: b_state };
+    assert_eq!(b.addr, format!("127.0.0.1:{port}"));
+    let entry = [("loop.img.zst", src.as_str(), sha.as_str(), image.len())];
+    import(&a, &entry);
+    import(&b, &entry);
+
+    // A asks B, B asks A, A refuses the loop, B takes the origin, A takes B's copy.
+    let (st, head, body) = get(&a.addr, "GET", &format!("/images/{sha}/loop.img.zst"), "");
+    assert_eq!(st, 200, "{head}");
+    assert!(body == image, "A served other bytes");
+    assert_eq!(cache_files(&a_cache), vec![sha.clone()]);
+    assert_eq!(cache_files(&b_cache), vec![sha.clone()]);
+    let a_filled = events(&a, "cache.filled");
+    assert!(a_filled.iter().any(|m| m.contains(&format!("upstream {b_url}"))), "{a_filled:?}");
+    let b_filled = events(&b, "cache.filled");
+    assert!(b_filled.iter().any(|m| m.contains(&format!("origin {src}"))), "{b_filled:?}");
+    assert_eq!(whole_fetches(&origin, "/img/loop.img.zst"), 1, "{:?}", origin.seen());
+
+    // With the origin gone as well, the loop still ends at once: B's fill records A's 508, and
+    // A answers 502 naming B and the origin.
+    let gone = "http://127.0.0.1:9/img/other.img.zst";
+    let other = util::zstd(&util::disk_image(54, 1 << 20));
+    let other_sha = util::sha256(&other);
+    let entry = [("other.img.zst", gone, other_sha.as_str(), other.len())];
+    import(&a, &entry);
+    import(&b, &entry);
+    let (st, _, body) = get(&a.addr, "GET", &format!("/images/{other_sha}/other.img.zst"), "");
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(st, 502, "{body}");
+    assert!(body.contains(&format!("upstream {b_url}")) && body.contains(gone), "{body}");
+    let b_failed = events(&b, "cache.failed");
+    assert!(b_failed.iter().any(|m| m.contains("508")), "B did not record A's 508: {b_failed:?}");
+    assert!(cache_files(&a_cache) == vec![sha.clone()] && partials(&a_cache) == 0);
+
+    // A chain header from the network is checked like any input.
+    let (st, _, body) = get(
+        &a.addr,
+        "GET",
+        &format!("/images/{sha}/loop.img.zst"),
+        "Bty-Cache-Chain: <script>\r\n",
+    );
+    assert_eq!(st, 400, "{}", String::from_utf8_lossy(&body));
+}
+
 #[test]
 fn an_oras_cache_fills_through_a_registry_mirror_with_the_origin_gone() {
     use util::registry::{Options, Registry};

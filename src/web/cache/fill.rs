@@ -9,6 +9,11 @@
 //! thrown away, the requests reading it fail (the last byte of a body always waits for the
 //! digest, so none of them ends complete) and the next source fills a new partial file that
 //! later requests read.
+//!
+//! Upstreams that name each other would wait on each other's fill until the first-byte
+//! deadline: each fill's requests to an upstream carry `Bty-Cache-Chain`, the ids of the caches
+//! the request went through, and a cache that finds its own id there on a miss answers 508 at
+//! once, so the one before it moves on to its next source.
 
 use std::fs::{self, OpenOptions};
 use std::sync::{Arc, Condvar, Mutex};
@@ -18,6 +23,59 @@ use super::{Cache, Fill, copy_hashing, lock, size_of, url_name};
 use crate::error::{Context, Error};
 use crate::web::app::App;
 use crate::web::db::CatalogEntry;
+use crate::web::http::{Req, Resp};
+
+/// The header that carries the chain of caches a fill's request went through.
+pub(super) const CHAIN_HEADER: &str = "Bty-Cache-Chain";
+/// Caches one request may pass through: more is a loop or a mistake either way.
+const MAX_CHAIN: usize = 16;
+
+/// A new cache id: 16 hex digits, random, so that two servers cannot share one.
+pub(super) fn new_id() -> crate::error::Result<String> {
+    let mut b = [0u8; 8];
+    crate::sys::random_bytes(&mut b).context("drawing the image cache's id")?;
+    Ok(crate::hex::encode(&b))
+}
+
+/// Where a request stands in a chain of caches.
+pub(super) struct Chain {
+    /// This cache is in it already: a miss here would wait on itself.
+    pub looped: bool,
+    /// The header value for the requests this cache's fill makes: the chain plus its own id.
+    pub onward: String,
+}
+
+/// The request's `Bty-Cache-Chain` as seen by the cache `id`; a 400 for a malformed one (it
+/// comes from the network: only short hex ids, at most 16 of them).
+pub(super) fn chain(req: &Req, id: &str) -> std::result::Result<Chain, Resp> {
+    let ids: Vec<&str> = match req.header(&CHAIN_HEADER.to_ascii_lowercase()) {
+        Some(v) => v.split(',').map(str::trim).collect(),
+        None => Vec::new(),
+    };
+    let well_formed =
+        |i: &&str| (1..=32).contains(&i.len()) && i.bytes().all(|b| b.is_ascii_hexdigit());
+    if ids.len() > MAX_CHAIN || !ids.iter().all(well_formed) {
+        return Err(Resp::error(
+            400,
+            &format!("{CHAIN_HEADER}: expected at most {MAX_CHAIN} comma-separated hex ids"),
+        ));
+    }
+    let looped = ids.contains(&id);
+    let mut onward: Vec<&str> = ids;
+    onward.push(id);
+    Ok(Chain { looped, onward: onward.join(",") })
+}
+
+/// The 508 for a miss that came back to the cache that asked: its upstreams form a loop.
+pub(super) fn loop_detected(id: &str, hex: &str) -> Resp {
+    Resp::error(
+        508,
+        &format!(
+            "sha256 {hex} is not cached here, and this bty-web (cache id {id}) is already in the \
+             chain of caches asking for it: the [cache] upstreams of these servers form a loop"
+        ),
+    )
+}
 
 /// The base URLs of `[cache] upstreams` (comma-separated), without trailing slashes: http(s)
 /// only, with no credentials, query or fragment. A refusal never repeats credentials.
@@ -143,6 +201,7 @@ impl Cache {
         first: Arc<Fill>,
         hex: &str,
         entry: &CatalogEntry,
+        chain: &str,
     ) {
         let t0 = Instant::now();
         let all = sources(&self.upstreams, hex, entry);
@@ -150,7 +209,7 @@ impl Cache {
         let mut tried = Vec::new();
         let mut got = None;
         for (i, from) in all.iter().enumerate() {
-            let failed = match self.fetch(&fill, hex, entry, from) {
+            let failed = match self.fetch(&fill, hex, entry, from, chain) {
                 Ok(len) => {
                     got = Some((len, from));
                     break;
@@ -239,10 +298,11 @@ impl Cache {
         hex: &str,
         entry: &CatalogEntry,
         from: &From,
+        chain: &str,
     ) -> std::result::Result<u64, Failed> {
         let what = from.url.as_str();
         let src = match from.upstream {
-            Some(_) => crate::source::Source::open_once(what)?,
+            Some(_) => crate::source::Source::open_once(what, &[(CHAIN_HEADER, chain)])?,
             None => open_origin(what, hex, size_of(entry))?,
         };
         if let Some(d) = src.digest() {
@@ -334,6 +394,28 @@ impl Cache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chain_of_caches_is_extended_and_a_loop_is_seen() {
+        let req = |v: Option<&str>| Req {
+            headers: v
+                .map(|v| vec![("bty-cache-chain".to_string(), v.to_string())])
+                .unwrap_or_default(),
+            ..Req::default()
+        };
+        let c = chain(&req(None), "aa").map_err(|r| r.status).unwrap();
+        assert!(!c.looped);
+        assert_eq!(c.onward, "aa");
+        let c = chain(&req(Some("01, 02")), "aa").map_err(|r| r.status).unwrap();
+        assert!(!c.looped);
+        assert_eq!(c.onward, "01,02,aa");
+        assert!(chain(&req(Some("01,aa")), "aa").map_err(|r| r.status).unwrap().looped);
+        for bad in ["", "x1", "01,,02", "<script>", &"0,".repeat(17)] {
+            assert_eq!(chain(&req(Some(bad)), "aa").err().map(|r| r.status), Some(400), "{bad}");
+        }
+        assert_eq!(loop_detected("aa", "00").status, 508);
+        assert_ne!(new_id().unwrap(), new_id().unwrap());
+    }
 
     #[test]
     fn upstreams_are_http_base_urls_without_credentials() {

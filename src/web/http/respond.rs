@@ -111,6 +111,7 @@ fn reason(status: u16) -> &'static str {
         503 => "Service Unavailable",
         505 => "HTTP Version Not Supported",
         507 => "Insufficient Storage",
+        508 => "Loop Detected",
         _ => "",
     }
 }
