@@ -361,7 +361,7 @@ pub fn run(app: &App, req: &Request) -> Result<(Plan, bool), Refused> {
             "{mac} changed while the bulk change was being saved; nothing was saved: preview again"
         )));
     }
-    app.hub.changed();
+    app.hub.changed_macs(writes.iter().map(|w| w.mac.as_str()));
     Ok((plan, true))
 }
 

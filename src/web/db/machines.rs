@@ -342,18 +342,18 @@ impl Db {
     }
 
     /// Deletes the unclaimed discovered machines not seen for `ttl_days` days, with one event
-    /// naming how many; returns that count.
-    pub fn expire_discovered(&self, ttl_days: u64) -> Result<u64> {
+    /// naming how many; returns their MACs (the live updates announce each removal).
+    pub fn expire_discovered(&self, ttl_days: u64) -> Result<Vec<String>> {
         let cutoff =
             crate::units::iso8601(crate::units::now_secs().saturating_sub(ttl_days * 86_400));
         let mut conn = self.write();
         let tx = immediate(&mut conn)?;
-        let gone: Vec<u64> = tx
+        let gone: Vec<(String, u64)> = tx
             .prepare_cached(
                 "DELETE FROM machines WHERE unclaimed = 1 AND last_seen_at < ?1 \
-                 RETURNING coalesce(octet_length(lshw), 0)",
+                 RETURNING mac, coalesce(octet_length(lshw), 0)",
             )?
-            .query_map([&cutoff], |r| r.get(0))?
+            .query_map([&cutoff], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<_>>()
             .context("deleting stale discovered machines")?;
         let n = gone.len() as u64;
@@ -372,8 +372,8 @@ impl Db {
         }
         tx.commit().context("committing the expiry of discovered machines")?;
         sub(&self.unclaimed, n);
-        sub(&self.lshw_bytes, gone.iter().sum());
-        Ok(n)
+        sub(&self.lshw_bytes, gone.iter().map(|g| g.1).sum());
+        Ok(gone.into_iter().map(|g| g.0).collect())
     }
 
     /// Stores a posted inventory (and lshw unless None: an absent or dropped blob keeps the
