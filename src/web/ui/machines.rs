@@ -17,16 +17,30 @@ fn image_names(catalog: &[CatalogEntry]) -> HashMap<&str, &str> {
     catalog.iter().map(|e| (e.bty_image_ref.as_str(), e.name.as_str())).collect()
 }
 
-/// `GET /ui/machines`, filtered by `q` (text), `label` and `status`.
+/// Rows a page shows unless `per` says otherwise, and the most it may ask for.
+const PER_PAGE: usize = 100;
+const MAX_PER_PAGE: usize = 500;
+
+/// `GET /ui/machines`, filtered by `q` (text), `label` and `status`, one page of `per` rows
+/// (`page` from 1). The table carries the fleet version it shows, read before the machines,
+/// from which app.js follows the delta feed.
 pub fn list(ctx: &Ctx<'_>) -> PageResult {
     let app = ctx.app;
+    let version = app.hub.version();
     let all = app.db.machines()?;
     let catalog = app.db.catalog()?;
     let names = image_names(&catalog);
-    let progress = app.progress.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let q = ctx.req.param("q").unwrap_or("").trim().to_lowercase();
     let label = ctx.req.param("label").unwrap_or("");
     let status = ctx.req.param("status").unwrap_or("");
+    let number = |k: &str, max: usize, default: usize| {
+        ctx.req
+            .param(k)
+            .and_then(|v| v.parse().ok())
+            .filter(|n| (1..=max).contains(n))
+            .unwrap_or(default)
+    };
+    let per = number("per", MAX_PER_PAGE, PER_PAGE);
     let labels: BTreeSet<&str> =
         all.iter().flat_map(|m| m.labels.iter().map(String::as_str)).collect();
     let mut label_options = Html::new();
@@ -41,17 +55,35 @@ pub fn list(ctx: &Ctx<'_>) -> PageResult {
         status_options.push(format_args!("<option value=\"{v}\"{sel}>{text}</option>\n"));
     }
     let filter = Filter { q: q.clone(), label: label.to_string(), status: status.to_string() };
-    let keep = |m: &Machine| filter.keep(m, &names);
-    let mut rows = Html::with_capacity(all.len() * 400);
-    let mut shown = 0;
-    for m in all.iter().filter(|m| keep(m)) {
-        shown += 1;
-        machine_row(&mut rows, m, &names, progress.get(&m.mac));
+    let shown: Vec<&Machine> = all.iter().filter(|m| filter.keep(m, &names)).collect();
+    let pages = shown.len().div_ceil(per).max(1);
+    // A page past the end (the fleet shrank since the link was made) shows the last one.
+    let page_no =
+        ctx.req.param("page").and_then(|v| v.parse::<usize>().ok()).unwrap_or(1).clamp(1, pages);
+    let first = (page_no - 1) * per;
+    let on_page = &shown[first.min(shown.len())..(first + per).min(shown.len())];
+    let mut rows = Html::with_capacity(on_page.len() * 400);
+    {
+        let progress = app.progress.lock().unwrap_or_else(|p| p.into_inner());
+        for m in on_page {
+            machine_row(&mut rows, m, &names, progress.get(&m.mac));
+        }
     }
     // For the script's live rows; `<` is escaped so the JSON cannot end the script element.
     let names_json = Html::script_json(&names);
-    let count = format!("{shown} of {} machines", all.len());
-    let bulk_form = super::bulk::form(ctx, &catalog, &labels, &filter, shown);
+    let count = if on_page.is_empty() {
+        format!("0 of {} machines", all.len())
+    } else {
+        format!(
+            "rows {}–{} of {} matching, {} machines in all",
+            first + 1,
+            first + on_page.len(),
+            shown.len(),
+            all.len()
+        )
+    };
+    let pager = pager(ctx, page_no, pages, per);
+    let bulk_form = super::bulk::form(ctx, &catalog, &labels, &filter, shown.len());
     let body = render(
         MACHINES,
         &[
@@ -60,11 +92,48 @@ pub fn list(ctx: &Ctx<'_>) -> PageResult {
             ("status_options", Val::Html(&status_options)),
             ("count", Val::Text(&count)),
             ("image_names", Val::Html(&names_json)),
+            ("version", Val::Text(&version.to_string())),
+            ("first_page", Val::Text(if page_no == 1 { "1" } else { "" })),
+            ("last_page", Val::Text(if page_no == pages { "1" } else { "" })),
             ("rows", Val::Html(&rows)),
+            ("pager", Val::Html(&pager)),
             ("bulk", Val::Html(&bulk_form)),
         ],
     );
     Ok(page(ctx, "machines", "Machines", 200, &body))
+}
+
+/// Previous and next links, keeping the filter and the page size.
+fn pager(ctx: &Ctx<'_>, page_no: usize, pages: usize, per: usize) -> Html {
+    let mut h = Html::new();
+    if pages == 1 {
+        return h;
+    }
+    let href = |n: usize| {
+        let mut url = format!("/ui/machines?page={n}");
+        for k in ["q", "label", "status"] {
+            if let Some(v) = ctx.req.param(k).filter(|v| !v.is_empty()) {
+                url.push_str(&format!("&{k}={}", super::percent_encode(v)));
+            }
+        }
+        if per != PER_PAGE {
+            url.push_str(&format!("&per={per}"));
+        }
+        url
+    };
+    h.push(format_args!("<nav class=\"pager\" aria-label=\"pages of machines\">"));
+    if page_no > 1 {
+        h.push(format_args!(
+            "<a rel=\"prev\" href=\"{}\">previous</a> ",
+            Escape(&href(page_no - 1))
+        ));
+    }
+    h.push(format_args!("<span>page {page_no} of {pages}</span>"));
+    if page_no < pages {
+        h.push(format_args!(" <a rel=\"next\" href=\"{}\">next</a>", Escape(&href(page_no + 1))));
+    }
+    h.push(format_args!("</nav>\n"));
+    h
 }
 
 /// One row of the machines table; app.js builds the same row from the live snapshot.
@@ -77,7 +146,7 @@ fn machine_row(
     let mac = Escape(&m.mac);
     // The checkbox belongs to the bulk form under the table (`form=`), as forms cannot nest.
     out.push(format_args!(
-        "<tr id=\"m-{}\"><td><input type=\"checkbox\" name=\"mac\" value=\"{mac}\" \
+        "<tr id=\"m-{}\" data-mac=\"{mac}\"><td><input type=\"checkbox\" name=\"mac\" value=\"{mac}\" \
          form=\"bulk\" aria-label=\"select {mac}\"></td>\
          <td><a class=\"mono\" href=\"/ui/machines/{mac}\">{mac}</a></td><td>",
         m.mac.replace(':', "")
@@ -307,7 +376,8 @@ fn facts(ctx: &Ctx<'_>, m: &Machine) -> Html {
     fact("Last status", m.last_status.as_deref());
     fact("Inventory posted", m.known_disks_at.as_deref());
     fact("Updated", Some(&m.updated_at));
-    // app.js keeps this one current from the live snapshot, in the same words.
+    // app.js keeps this one current from the delta feed from `version`, in the same words.
+    let version = ctx.app.hub.version();
     let progress = match ctx.app.progress.lock().unwrap_or_else(|p| p.into_inner()).get(mac) {
         Some(p) => match p.total_bytes.filter(|t| *t > 0) {
             Some(t) => format!("{} {}%", p.phase, p.written_bytes.min(t) * 100 / t),
@@ -316,7 +386,8 @@ fn facts(ctx: &Ctx<'_>, m: &Machine) -> Html {
         None => "-".to_string(),
     };
     facts.push(format_args!(
-        "<dt>Flash progress</dt><dd id=\"live-progress\" data-mac=\"{}\">{}</dd>\n",
+        "<dt>Flash progress</dt><dd id=\"live-progress\" data-mac=\"{}\" \
+         data-version=\"{version}\">{}</dd>\n",
         Escape(&m.mac),
         Escape(&progress)
     ));
