@@ -96,6 +96,17 @@ pub(super) const MACHINE_BY_MAC: &str =
     concat!("SELECT ", machine_columns!(), " FROM machines m WHERE m.mac = ?1");
 const MACHINES_ALL: &str =
     concat!("SELECT ", machine_columns!(), " FROM machines m ORDER BY m.mac");
+// The machines page's label (?1, exact) and state (?2: 1 assigned, 0 discovered) filters, as
+// `bulk::Filter::keep` applies them; NULL leaves one out.
+macro_rules! page_filter {
+    () => {
+        " FROM machines m WHERE (?1 IS NULL OR EXISTS (SELECT 1 FROM machine_labels l \
+         WHERE l.mac = m.mac AND l.label = ?1)) AND (?2 IS NULL OR (m.bty_image_ref IS NOT NULL) = ?2)"
+    };
+}
+const MACHINES_PAGE: &str =
+    concat!("SELECT ", machine_columns!(), page_filter!(), " ORDER BY m.mac LIMIT ?3 OFFSET ?4");
+const MACHINES_COUNT: &str = concat!("SELECT count(*)", page_filter!());
 
 /// A stored boot mode; one this build does not know (a database written by another version,
 /// or by hand) fails the read with the value named rather than passing as some other mode.
@@ -271,6 +282,41 @@ impl Db {
         self.read(|c| {
             let mut st = c.prepare_cached(MACHINES_ALL)?;
             st.query_map([], machine_from_row)?.collect()
+        })
+    }
+
+    /// The machines page without a text filter: how many machines have `label` (any: None) and
+    /// are `assigned` or not (either: None), and `limit` of them from `offset` in MAC order.
+    /// A page of a large fleet reads its own rows, not the fleet.
+    pub fn machines_page(
+        &self,
+        label: Option<&str>,
+        assigned: Option<bool>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(usize, Vec<Machine>)> {
+        self.read(|c| {
+            let n: i64 = c
+                .prepare_cached(MACHINES_COUNT)?
+                .query_row(params![label, assigned], |r| r.get(0))?;
+            let rows = c
+                .prepare_cached(MACHINES_PAGE)?
+                .query_map(params![label, assigned, limit as i64, offset as i64], machine_from_row)?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok((n.max(0) as usize, rows))
+        })
+    }
+
+    /// Every label in use, sorted, and how many machines there are.
+    pub fn labels_and_count(&self) -> Result<(Vec<String>, usize)> {
+        self.read(|c| {
+            let labels = c
+                .prepare_cached("SELECT DISTINCT label FROM machine_labels ORDER BY label")?
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let n: i64 =
+                c.prepare_cached("SELECT count(*) FROM machines")?.query_row([], |r| r.get(0))?;
+            Ok((labels, n.max(0) as usize))
         })
     }
 

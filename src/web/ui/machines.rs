@@ -27,22 +27,20 @@ const MAX_PER_PAGE: usize = 500;
 pub fn list(ctx: &Ctx<'_>) -> PageResult {
     let app = ctx.app;
     let version = app.hub.version();
-    let all = app.db.machines()?;
     let catalog = app.db.catalog()?;
     let names = image_names(&catalog);
     let q = ctx.req.param("q").unwrap_or("").trim().to_lowercase();
     let label = ctx.req.param("label").unwrap_or("");
     let status = ctx.req.param("status").unwrap_or("");
-    let number = |k: &str, max: usize, default: usize| {
-        ctx.req
-            .param(k)
-            .and_then(|v| v.parse().ok())
-            .filter(|n| (1..=max).contains(n))
-            .unwrap_or(default)
-    };
-    let per = number("per", MAX_PER_PAGE, PER_PAGE);
-    let labels: BTreeSet<&str> =
-        all.iter().flat_map(|m| m.labels.iter().map(String::as_str)).collect();
+    let per = ctx
+        .req
+        .param("per")
+        .and_then(|v| v.parse().ok())
+        .filter(|n| (1..=MAX_PER_PAGE).contains(n))
+        .unwrap_or(PER_PAGE);
+    let asked = ctx.req.param("page").and_then(|v| v.parse::<usize>().ok()).unwrap_or(1).max(1);
+    let (all_labels, total) = app.db.labels_and_count()?;
+    let labels: BTreeSet<&str> = all_labels.iter().map(String::as_str).collect();
     let mut label_options = Html::new();
     for l in &labels {
         let sel = if *l == label { " selected" } else { "" };
@@ -55,35 +53,55 @@ pub fn list(ctx: &Ctx<'_>) -> PageResult {
         status_options.push(format_args!("<option value=\"{v}\"{sel}>{text}</option>\n"));
     }
     let filter = Filter { q: q.clone(), label: label.to_string(), status: status.to_string() };
-    let shown: Vec<&Machine> = all.iter().filter(|m| filter.keep(m, &names)).collect();
-    let pages = shown.len().div_ceil(per).max(1);
     // A page past the end (the fleet shrank since the link was made) shows the last one.
-    let page_no =
-        ctx.req.param("page").and_then(|v| v.parse::<usize>().ok()).unwrap_or(1).clamp(1, pages);
+    let last = |shown: usize| shown.div_ceil(per).max(1);
+    let (shown, page_no, on_page) = if q.is_empty() {
+        // Label and state only: SQL reads the page's rows and a count, not the fleet.
+        let assigned = match status {
+            "assigned" => Some(true),
+            "discovered" => Some(false),
+            _ => None,
+        };
+        let label = Some(label).filter(|l| !l.is_empty());
+        let (shown, rows) = app.db.machines_page(label, assigned, (asked - 1) * per, per)?;
+        let page_no = asked.min(last(shown));
+        if page_no == asked {
+            (shown, page_no, rows)
+        } else {
+            let (shown, rows) = app.db.machines_page(label, assigned, (page_no - 1) * per, per)?;
+            (shown, page_no, rows)
+        }
+    } else {
+        // The text also matches image names, with Unicode case folding: the same
+        // `Filter::keep` as the bulk change's "all matching the filter", over every machine.
+        let all = app.db.machines()?;
+        let shown: Vec<Machine> = all.into_iter().filter(|m| filter.keep(m, &names)).collect();
+        let page_no = asked.min(last(shown.len()));
+        let n = shown.len();
+        (n, page_no, shown.into_iter().skip((page_no - 1) * per).take(per).collect())
+    };
+    let pages = last(shown);
     let first = (page_no - 1) * per;
-    let on_page = &shown[first.min(shown.len())..(first + per).min(shown.len())];
     let mut rows = Html::with_capacity(on_page.len() * 400);
     {
         let progress = app.progress.lock().unwrap_or_else(|p| p.into_inner());
-        for m in on_page {
+        for m in &on_page {
             machine_row(&mut rows, m, &names, progress.get(&m.mac));
         }
     }
     // For the script's live rows; `<` is escaped so the JSON cannot end the script element.
     let names_json = Html::script_json(&names);
     let count = if on_page.is_empty() {
-        format!("0 of {} machines", all.len())
+        format!("0 of {total} machines")
     } else {
         format!(
-            "rows {}–{} of {} matching, {} machines in all",
+            "rows {}–{} of {shown} matching, {total} machines in all",
             first + 1,
             first + on_page.len(),
-            shown.len(),
-            all.len()
         )
     };
     let pager = pager(ctx, page_no, pages, per);
-    let bulk_form = super::bulk::form(ctx, &catalog, &labels, &filter, shown.len());
+    let bulk_form = super::bulk::form(ctx, &catalog, &labels, &filter, shown);
     let body = render(
         MACHINES,
         &[
