@@ -60,6 +60,17 @@ pub struct Machine {
     pub last_status: Option<String>,
 }
 
+/// The columns the machines page's text filter reads, for a scan of the whole fleet that skips
+/// the rest (an inventory's JSON above all).
+#[derive(Clone, Debug)]
+pub struct MachineKey {
+    pub mac: String,
+    pub last_seen_ip: Option<String>,
+    pub boot_mode: BootMode,
+    pub bty_image_ref: Option<String>,
+    pub labels: Vec<String>,
+}
+
 /// What an operator sets on a machine (`MachineUpsert`, validated by the caller).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MachineUpsert {
@@ -304,6 +315,31 @@ impl Db {
                 .query_map(params![label, assigned, limit as i64, offset as i64], machine_from_row)?
                 .collect::<rusqlite::Result<_>>()?;
             Ok((n.max(0) as usize, rows))
+        })
+    }
+
+    /// Every machine's `MachineKey`, ordered by MAC.
+    pub fn machine_keys(&self) -> Result<Vec<MachineKey>> {
+        self.read(|c| {
+            c.prepare_cached(
+                "SELECT m.mac, m.last_seen_ip, m.boot_mode, m.bty_image_ref, \
+                 (SELECT group_concat(label, char(10)) FROM \
+                    (SELECT label FROM machine_labels l WHERE l.mac = m.mac ORDER BY label)) \
+                 FROM machines m ORDER BY m.mac",
+            )?
+            .query_map([], |r| {
+                let labels: Option<String> = r.get(4)?;
+                Ok(MachineKey {
+                    mac: r.get(0)?,
+                    last_seen_ip: r.get(1)?,
+                    boot_mode: boot_mode(r, 2)?,
+                    bty_image_ref: r.get(3)?,
+                    labels: labels
+                        .map(|l| l.split('\n').map(str::to_string).collect())
+                        .unwrap_or_default(),
+                })
+            })?
+            .collect()
         })
     }
 
