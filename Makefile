@@ -86,7 +86,7 @@ APT_ARM64_OPTS := -o APT::Architecture=arm64 -o APT::Architectures::=arm64 \
 	-o Dir::State::status=/dev/null -o APT::Sandbox::User=root
 MUSL_ARM64_INC := $(APT_ARM64)/musl/usr/include/aarch64-linux-musl
 
-.PHONY: help run test deps quadlet lint build build-release release release-check deb usb rpi man live-x86_64 live-arm64 static static-arm64 static-bty image ipxe live live-check e2e bench-e2e bench bench-flash bench-http bench-web bench-dataplane bench-fleet bench-deps clean
+.PHONY: help run test deps quadlet lint build build-release release release-check deb usb rpi man live-x86_64 live-arm64 static static-arm64 static-bty image ipxe live live-check e2e bench-e2e bench bench-flash bench-http bench-web bench-dataplane bench-fleet bench-deps bench-fleet-view clean
 
 help:
 	@echo "make run          build and start bty-web on $(STATE_DIR) (prints URL and password)"
@@ -108,9 +108,10 @@ help:
 	@echo "make bench-e2e    the same with a 256 MiB image: power-on to done -> bench/RESULTS.md"
 	@echo "make bench-flash  flash benchmark against the reference pipelines -> bench/RESULTS.md"
 	@echo "make bench-http   flash over http from 127.0.0.1 against curl | zstd -dc | dd -> bench/RESULTS.md"
-	@echo "make bench-web    bty-web against the reference server (PyPI bty-lab), ~4 min, then bench-dataplane -> bench/RESULTS.md"
+	@echo "make bench-web    bty-web against the reference server (PyPI bty-lab), ~4 min, then bench-dataplane and bench-fleet-view -> bench/RESULTS.md"
 	@echo "make bench-dataplane  large files from bty-web against nginx (sendfile), /pxe during downloads, ~3 min -> bench/RESULTS.md"
 	@echo "make bench-fleet  16 bty flash at once from one bty-web's cache against 16 curl | zstd -dc | dd from nginx -> bench/RESULTS.md"
+	@echo "make bench-fleet-view  the machines page and the live stream at 1,000 and 10,000 machines -> bench/RESULTS.md"
 
 run: build-release
 	@mkdir -p $(STATE_DIR)
@@ -375,10 +376,15 @@ bench-http: deps build-release
 
 # Installs the reference (pip, into target/bench-venv) on first use; then only 127.0.0.1.
 # Measures the static musl bty-web: the binary the container image and the host install ship.
-# Then the data plane (bench-dataplane, below) with the same binary.
+# Then the data plane (bench-dataplane) and the fleet view (bench-fleet-view), same binary.
 bench-web: static bench-deps
 	BTY_WEB=target/$(MUSL_TARGET)/static/bty-web bench/web.sh
 	BTY_WEB=target/$(MUSL_TARGET)/static/bty-web bench/dataplane.sh
+	BTY_WEB=target/$(MUSL_TARGET)/static/bty-web bench/fleet-view.sh
+
+# Only 127.0.0.1: the page sizes and times, and the stream bytes per change in a storm.
+bench-fleet-view: static
+	BTY_WEB=target/$(MUSL_TARGET)/static/bty-web bench/fleet-view.sh
 
 # Large files out of the static bty-web against nginx serving the same file with sendfile, and
 # /pxe latency during the downloads; 127.0.0.1 only.

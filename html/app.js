@@ -10,18 +10,60 @@
     });
   });
 
+  // The delta feed of /events/machines from fleet version `since` (the version the page was
+  // rendered at): `apply` gets each machines-delta. A machines-reset means the page's version
+  // can no longer be brought up to date (the client fell behind, or the server restarted):
+  // the page is fetched again, `reload` takes what it needs from it and returns its version,
+  // and the feed starts again from there (null: stop). `status` hears of interruptions.
+  function follow(since, apply, reload, status) {
+    var es = new EventSource('/events/machines?since=' + encodeURIComponent(since));
+    es.addEventListener('machines-delta', function (ev) {
+      var d;
+      try { d = JSON.parse(ev.data); } catch (e) { return; }
+      apply(d);
+    });
+    es.addEventListener('machines-reset', function () {
+      // Closed so that the EventSource does not reconnect from its stale version by itself.
+      es.close();
+      if (status) { status('Reloading the table.'); }
+      fetch(window.location.href, { credentials: 'same-origin' })
+        .then(function (r) {
+          if (!r.ok) { throw new Error('HTTP ' + r.status); }
+          return r.text();
+        })
+        .then(function (html) {
+          var v = reload(new DOMParser().parseFromString(html, 'text/html'));
+          if (v !== null) { follow(v, apply, reload, status); }
+        })
+        .catch(function () {
+          // The old version gets another reset, and with it another try.
+          window.setTimeout(function () { follow(since, apply, reload, status); }, 3000);
+        });
+    });
+    es.addEventListener('error', function () {
+      if (status) { status('Live updates interrupted; reconnecting.'); }
+    });
+  }
+
   // One machine's page: keep its flash progress current.
   var live = document.getElementById('live-progress');
+  var showProgress = function (p) {
+    if (!p) { live.textContent = '-'; return; }
+    live.textContent = p.total_bytes
+      ? p.phase + ' ' + Math.floor(100 * Math.min(p.written_bytes, p.total_bytes) / p.total_bytes) + '%'
+      : p.phase + ' ' + p.written_bytes + ' bytes';
+  };
   if (live && window.EventSource) {
-    new EventSource('/events/machines').addEventListener('machines-update', function (ev) {
-      var all;
-      try { all = JSON.parse(ev.data); } catch (e) { return; }
-      var m = all.find(function (x) { return x.mac === live.dataset.mac; });
-      var p = m && m.flash_progress;
-      if (!p) { live.textContent = '-'; return; }
-      live.textContent = p.total_bytes
-        ? p.phase + ' ' + Math.floor(100 * Math.min(p.written_bytes, p.total_bytes) / p.total_bytes) + '%'
-        : p.phase + ' ' + p.written_bytes + ' bytes';
+    follow(live.dataset.version, function (d) {
+      d.changed.forEach(function (m) {
+        if (m.mac === live.dataset.mac) { showProgress(m.flash_progress); }
+      });
+      if (d.removed.indexOf(live.dataset.mac) >= 0) { live.textContent = '-'; }
+    }, function (doc) {
+      var fresh = doc.getElementById('live-progress');
+      if (!fresh) { return null; }
+      live.textContent = fresh.textContent;
+      return fresh.dataset.version;
     });
   }
 
@@ -128,16 +170,24 @@
     });
   }
 
+  // The machines page shows one page of the filtered fleet, rendered by the server at the
+  // fleet version in the table's data-version. The delta feed from there patches it in place:
+  // a changed row on the page is replaced (ticks kept), a removed one goes, a new one that
+  // sorts into the page's MAC range is inserted, and changes that belong to other pages are
+  // counted in a notice with a link to load the page again. No event rebuilds the table.
   var table = document.getElementById('machines');
   if (!table || !window.EventSource) { return; }
   var body = table.tBodies[0];
   var state = document.getElementById('live-state');
+  var notice = document.getElementById('live-outside');
   var names = {};
   try { names = JSON.parse(document.getElementById('image-names').textContent); } catch (e) { names = {}; }
   var params = new URLSearchParams(window.location.search);
   var q = (params.get('q') || '').toLowerCase();
   var label = params.get('label') || '';
   var status = params.get('status') || '';
+  var counted = state ? state.textContent : '';
+  var outside = {};
 
   function el(tag, text, cls) {
     var n = document.createElement(tag);
@@ -145,6 +195,7 @@
     if (cls) { n.className = cls; }
     return n;
   }
+  // As bulk.rs's Filter::keep, which chose the page's rows on the server.
   function keep(m) {
     if (label && m.labels.indexOf(label) < 0) { return false; }
     if (status === 'discovered' && m.bty_image_ref) { return false; }
@@ -153,7 +204,8 @@
     var hay = [m.mac, m.last_seen_ip || '', m.boot_mode, names[m.bty_image_ref] || '', m.labels.join(' ')];
     return hay.join(' ').toLowerCase().indexOf(q) >= 0;
   }
-  // Ticked rows stay ticked when a live update rebuilds the table.
+  function rowId(mac) { return 'm-' + mac.replace(/:/g, ''); }
+  // Ticked rows stay ticked when a live update replaces them or a reset reloads the page.
   var ticked = {};
   body.addEventListener('change', function (e) {
     if (e.target.name === 'mac') { ticked[e.target.value] = e.target.checked; }
@@ -169,9 +221,11 @@
     });
   }
   body.querySelectorAll('input[name=mac]').forEach(function (c) { ticked[c.value] = c.checked; });
+  // The same row as machines.rs's machine_row.
   function row(m) {
     var tr = document.createElement('tr');
-    tr.id = 'm-' + m.mac.replace(/:/g, '');
+    tr.id = rowId(m.mac);
+    tr.dataset.mac = m.mac;
     var box = el('input');
     box.type = 'checkbox';
     box.name = 'mac';
@@ -197,7 +251,7 @@
     var p = m.flash_progress;
     if (p) {
       var bar = el('progress');
-      if (p.total_bytes) { bar.max = p.total_bytes; bar.value = p.written_bytes; }
+      if (p.total_bytes) { bar.max = p.total_bytes; bar.value = Math.min(p.written_bytes, p.total_bytes); }
       bar.setAttribute('aria-label', 'flash progress of ' + m.mac);
       td.appendChild(bar);
       var pct = p.total_bytes ? ' ' + Math.floor(100 * Math.min(p.written_bytes, p.total_bytes) / p.total_bytes) + '%' : '';
@@ -208,17 +262,70 @@
     tr.appendChild(td);
     return tr;
   }
-  var es = new EventSource('/events/machines');
-  es.addEventListener('machines-update', function (ev) {
-    var all;
-    try { all = JSON.parse(ev.data); } catch (e) { return; }
-    var shown = all.filter(keep);
-    var frag = document.createDocumentFragment();
-    shown.forEach(function (m) { frag.appendChild(row(m)); });
-    body.replaceChildren(frag);
-    if (state) { state.textContent = shown.length + ' of ' + all.length + ' machines, live'; }
-  });
-  es.addEventListener('error', function () {
-    if (state) { state.textContent = 'Live updates interrupted; reconnecting.'; }
+  function macRows() { return body.querySelectorAll('tr[data-mac]'); }
+  // Whether `mac` sorts into this page: the server orders by MAC, so between the first and the
+  // last row, open-ended on the first and the last page.
+  function onThisPage(mac) {
+    var rows = macRows();
+    if (!rows.length) { return !!(table.dataset.firstPage && table.dataset.lastPage); }
+    return (table.dataset.firstPage || mac >= rows[0].dataset.mac) &&
+      (table.dataset.lastPage || mac <= rows[rows.length - 1].dataset.mac);
+  }
+  function insert(tr) {
+    var before = null;
+    macRows().forEach(function (r) { if (!before && r.dataset.mac > tr.dataset.mac) { before = r; } });
+    body.insertBefore(tr, before);
+  }
+  function show() {
+    var n = Object.keys(outside).length;
+    if (notice) {
+      notice.hidden = n === 0;
+      notice.replaceChildren();
+      if (n) {
+        notice.appendChild(document.createTextNode(n + ' machine(s) changed outside this page: '));
+        var a = el('a', 'refresh');
+        a.href = window.location.href;
+        notice.appendChild(a);
+      }
+    }
+    if (state) { state.textContent = counted + ', live'; }
+  }
+  function apply(d) {
+    d.changed.forEach(function (m) {
+      var tr = document.getElementById(rowId(m.mac));
+      if (tr && keep(m)) {
+        tr.replaceWith(row(m));
+      } else if (tr) {
+        tr.remove();
+        outside[m.mac] = true;
+      } else if (keep(m)) {
+        if (onThisPage(m.mac)) { insert(row(m)); } else { outside[m.mac] = true; }
+      }
+    });
+    d.removed.forEach(function (mac) {
+      var tr = document.getElementById(rowId(mac));
+      if (tr) { tr.remove(); }
+    });
+    table.dataset.version = String(d.version);
+    show();
+  }
+  // After a reset: the page as the server renders it now, with the user's ticks kept.
+  function reload(doc) {
+    var fresh = doc.getElementById('machines');
+    if (!fresh) { return null; }
+    var rows = Array.prototype.slice.call(fresh.tBodies[0].rows);
+    body.replaceChildren.apply(body, rows.map(function (r) { return document.adoptNode(r); }));
+    body.querySelectorAll('input[name=mac]').forEach(function (c) { c.checked = !!ticked[c.value]; });
+    table.dataset.firstPage = fresh.dataset.firstPage;
+    table.dataset.lastPage = fresh.dataset.lastPage;
+    table.dataset.version = fresh.dataset.version;
+    var freshState = doc.getElementById('live-state');
+    if (freshState) { counted = freshState.textContent; }
+    outside = {};
+    show();
+    return fresh.dataset.version;
+  }
+  follow(table.dataset.version, apply, reload, function (text) {
+    if (state) { state.textContent = text; }
   });
 })();

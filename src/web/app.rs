@@ -94,19 +94,37 @@ impl App {
     pub fn snapshot(&self) -> crate::error::Result<String> {
         let machines = self.db.machines()?;
         let progress = self.progress.lock().unwrap_or_else(|p| p.into_inner());
-        let rows: Vec<serde_json::Value> = machines
-            .into_iter()
-            .map(|m| {
-                let p = progress.get(&m.mac).map(|p| serde_json::json!(p));
-                let mut v = serde_json::json!(m);
-                if let Some(o) = v.as_object_mut() {
-                    o.insert("flash_progress".into(), p.unwrap_or(serde_json::Value::Null));
-                }
-                v
-            })
-            .collect();
+        let rows: Vec<serde_json::Value> =
+            machines.iter().map(|m| live_row(m, progress.get(&m.mac))).collect();
         Ok(serde_json::Value::Array(rows).to_string())
     }
+
+    /// The rows of `macs` as a delta sends them (a snapshot's rows), None for a machine gone.
+    pub fn live_rows(
+        &self,
+        macs: &[String],
+    ) -> crate::error::Result<Vec<(String, Option<String>)>> {
+        let mut out = Vec::with_capacity(macs.len());
+        for mac in macs {
+            let m = self.db.machine(mac)?;
+            let progress = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+            let row = m.map(|m| live_row(&m, progress.get(mac)).to_string());
+            out.push((mac.clone(), row));
+        }
+        Ok(out)
+    }
+}
+
+/// One machine as the live updates send it: the API's `Machine` with its `flash_progress`.
+fn live_row(
+    m: &crate::web::db::Machine,
+    progress: Option<&crate::wire::Progress>,
+) -> serde_json::Value {
+    let mut v = serde_json::json!(m);
+    if let Some(o) = v.as_object_mut() {
+        o.insert("flash_progress".into(), serde_json::json!(progress));
+    }
+    v
 }
 
 /// Logs an internal error and answers 500 without its details.

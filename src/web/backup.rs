@@ -223,9 +223,8 @@ pub fn run_scheduler(app: Arc<App>) -> io::Result<()> {
                 crate::warn!("backup schedule: {e}");
             }
             // The one periodic worker also runs the expiry of stale discoveries.
-            if crate::web::pxe::expire_discovered(&app.db, &app.settings()) > 0 {
-                app.hub.changed();
-            }
+            let gone = crate::web::pxe::expire_discovered(&app.db, &app.settings());
+            app.hub.changed_macs(gone.iter().map(String::as_str));
         }
     })?;
     Ok(())

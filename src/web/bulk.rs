@@ -15,7 +15,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::web::app::App;
-use crate::web::db::{BulkWrite, Machine, MachineUpsert};
+use crate::web::db::{BulkWrite, Machine, MachineKey, MachineUpsert};
 use crate::web::http::Resp;
 use crate::web::validate::{self, Invalid};
 use crate::wire::{BootMode, InventoryDisk};
@@ -43,27 +43,39 @@ pub struct Filter {
 impl Filter {
     /// Whether the page shows `m`; `names` maps image refs to catalog names.
     pub fn keep(&self, m: &Machine, names: &HashMap<&str, &str>) -> bool {
-        if !self.label.is_empty() && !m.labels.contains(&self.label) {
+        let image = m.bty_image_ref.as_deref();
+        self.matches(&m.mac, m.last_seen_ip.as_deref(), m.boot_mode, image, &m.labels, names)
+    }
+
+    /// `keep` on the few columns a text filter reads, for the machines page's scan of a fleet.
+    pub fn keep_key(&self, k: &MachineKey, names: &HashMap<&str, &str>) -> bool {
+        let image = k.bty_image_ref.as_deref();
+        self.matches(&k.mac, k.last_seen_ip.as_deref(), k.boot_mode, image, &k.labels, names)
+    }
+
+    fn matches(
+        &self,
+        mac: &str,
+        ip: Option<&str>,
+        mode: BootMode,
+        image: Option<&str>,
+        labels: &[String],
+        names: &HashMap<&str, &str>,
+    ) -> bool {
+        if !self.label.is_empty() && !labels.contains(&self.label) {
             return false;
         }
         match self.status.as_str() {
-            "discovered" if m.bty_image_ref.is_some() => return false,
-            "assigned" if m.bty_image_ref.is_none() => return false,
+            "discovered" if image.is_some() => return false,
+            "assigned" if image.is_none() => return false,
             _ => {}
         }
         let q = self.q.trim().to_lowercase();
         if q.is_empty() {
             return true;
         }
-        let image = m.bty_image_ref.as_deref().and_then(|r| names.get(r)).copied().unwrap_or("");
-        let hay = format!(
-            "{} {} {} {} {}",
-            m.mac,
-            m.last_seen_ip.as_deref().unwrap_or(""),
-            m.boot_mode,
-            image,
-            m.labels.join(" ")
-        );
+        let image = image.and_then(|r| names.get(r)).copied().unwrap_or("");
+        let hay = format!("{mac} {} {mode} {image} {}", ip.unwrap_or(""), labels.join(" "));
         hay.to_lowercase().contains(&q)
     }
 }
@@ -361,7 +373,7 @@ pub fn run(app: &App, req: &Request) -> Result<(Plan, bool), Refused> {
             "{mac} changed while the bulk change was being saved; nothing was saved: preview again"
         )));
     }
-    app.hub.changed();
+    app.hub.changed_macs(writes.iter().map(|w| w.mac.as_str()));
     Ok((plan, true))
 }
 

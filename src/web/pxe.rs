@@ -128,22 +128,25 @@ pub fn exit_script(reason: &str) -> String {
 }
 
 /// Deletes the unclaimed discoveries not seen for `[pxe] discovered_ttl_days` (0: keeps them);
-/// run at start and then every minute by the scheduler. Returns how many went.
-pub fn expire_discovered(db: &Db, settings: &Settings) -> u64 {
+/// run at start and then every minute by the scheduler. Returns the MACs that went.
+pub fn expire_discovered(db: &Db, settings: &Settings) -> Vec<String> {
     let days = settings.pxe_limit("discovered_ttl_days");
     if days == 0 {
-        return 0;
+        return Vec::new();
     }
     match db.expire_discovered(days) {
-        Ok(n) => {
-            if n > 0 {
-                crate::info!("expired {n} discovered machine(s) not seen for {days} day(s)");
+        Ok(gone) => {
+            if !gone.is_empty() {
+                crate::info!(
+                    "expired {} discovered machine(s) not seen for {days} day(s)",
+                    gone.len()
+                );
             }
-            n
+            gone
         }
         Err(e) => {
             crate::warn!("expiring stale discovered machines: {e}");
-            0
+            Vec::new()
         }
     }
 }

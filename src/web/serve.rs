@@ -120,8 +120,16 @@ fn start_workers(app: &Arc<app::App>) -> Result<()> {
     backup::remove_leftovers(&app.settings().state_dir());
     backup::run_scheduler(Arc::clone(app)).context("starting the backup scheduler")?;
     let publisher = Arc::clone(app);
+    let changes = Arc::clone(app);
     Arc::clone(&app.hub)
         .run_publisher(
+            move |macs| match changes.live_rows(macs) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    crate::error!("reading the changed machines for the live updates: {e}");
+                    None
+                }
+            },
             move || match publisher.snapshot() {
                 Ok(s) => Some(s),
                 Err(e) => {

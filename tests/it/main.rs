@@ -39,6 +39,7 @@ mod disks;
 mod e2e;
 mod e2e_arm64;
 mod flash;
+mod fleet_view;
 mod http;
 mod image;
 mod images;

@@ -60,6 +60,17 @@ pub struct Machine {
     pub last_status: Option<String>,
 }
 
+/// The columns the machines page's text filter reads, for a scan of the whole fleet that skips
+/// the rest (an inventory's JSON above all).
+#[derive(Clone, Debug)]
+pub struct MachineKey {
+    pub mac: String,
+    pub last_seen_ip: Option<String>,
+    pub boot_mode: BootMode,
+    pub bty_image_ref: Option<String>,
+    pub labels: Vec<String>,
+}
+
 /// What an operator sets on a machine (`MachineUpsert`, validated by the caller).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MachineUpsert {
@@ -96,6 +107,17 @@ pub(super) const MACHINE_BY_MAC: &str =
     concat!("SELECT ", machine_columns!(), " FROM machines m WHERE m.mac = ?1");
 const MACHINES_ALL: &str =
     concat!("SELECT ", machine_columns!(), " FROM machines m ORDER BY m.mac");
+// The machines page's label (?1, exact) and state (?2: 1 assigned, 0 discovered) filters, as
+// `bulk::Filter::keep` applies them; NULL leaves one out.
+macro_rules! page_filter {
+    () => {
+        " FROM machines m WHERE (?1 IS NULL OR EXISTS (SELECT 1 FROM machine_labels l \
+         WHERE l.mac = m.mac AND l.label = ?1)) AND (?2 IS NULL OR (m.bty_image_ref IS NOT NULL) = ?2)"
+    };
+}
+const MACHINES_PAGE: &str =
+    concat!("SELECT ", machine_columns!(), page_filter!(), " ORDER BY m.mac LIMIT ?3 OFFSET ?4");
+const MACHINES_COUNT: &str = concat!("SELECT count(*)", page_filter!());
 
 /// A stored boot mode; one this build does not know (a database written by another version,
 /// or by hand) fails the read with the value named rather than passing as some other mode.
@@ -274,6 +296,66 @@ impl Db {
         })
     }
 
+    /// The machines page without a text filter: how many machines have `label` (any: None) and
+    /// are `assigned` or not (either: None), and `limit` of them from `offset` in MAC order.
+    /// A page of a large fleet reads its own rows, not the fleet.
+    pub fn machines_page(
+        &self,
+        label: Option<&str>,
+        assigned: Option<bool>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(usize, Vec<Machine>)> {
+        self.read(|c| {
+            let n: i64 = c
+                .prepare_cached(MACHINES_COUNT)?
+                .query_row(params![label, assigned], |r| r.get(0))?;
+            let rows = c
+                .prepare_cached(MACHINES_PAGE)?
+                .query_map(params![label, assigned, limit as i64, offset as i64], machine_from_row)?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok((n.max(0) as usize, rows))
+        })
+    }
+
+    /// Every machine's `MachineKey`, ordered by MAC.
+    pub fn machine_keys(&self) -> Result<Vec<MachineKey>> {
+        self.read(|c| {
+            c.prepare_cached(
+                "SELECT m.mac, m.last_seen_ip, m.boot_mode, m.bty_image_ref, \
+                 (SELECT group_concat(label, char(10)) FROM \
+                    (SELECT label FROM machine_labels l WHERE l.mac = m.mac ORDER BY label)) \
+                 FROM machines m ORDER BY m.mac",
+            )?
+            .query_map([], |r| {
+                let labels: Option<String> = r.get(4)?;
+                Ok(MachineKey {
+                    mac: r.get(0)?,
+                    last_seen_ip: r.get(1)?,
+                    boot_mode: boot_mode(r, 2)?,
+                    bty_image_ref: r.get(3)?,
+                    labels: labels
+                        .map(|l| l.split('\n').map(str::to_string).collect())
+                        .unwrap_or_default(),
+                })
+            })?
+            .collect()
+        })
+    }
+
+    /// Every label in use, sorted, and how many machines there are.
+    pub fn labels_and_count(&self) -> Result<(Vec<String>, usize)> {
+        self.read(|c| {
+            let labels = c
+                .prepare_cached("SELECT DISTINCT label FROM machine_labels ORDER BY label")?
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let n: i64 =
+                c.prepare_cached("SELECT count(*) FROM machines")?.query_row([], |r| r.get(0))?;
+            Ok((labels, n.max(0) as usize))
+        })
+    }
+
     /// Creates or replaces a machine's operator settings. Changing boot mode, image or target
     /// serial re-arms it (clears the live-environment mark, last flash and inventory time);
     /// labels and sanboot drive do not. Returns the stored machine.
@@ -342,18 +424,18 @@ impl Db {
     }
 
     /// Deletes the unclaimed discovered machines not seen for `ttl_days` days, with one event
-    /// naming how many; returns that count.
-    pub fn expire_discovered(&self, ttl_days: u64) -> Result<u64> {
+    /// naming how many; returns their MACs (the live updates announce each removal).
+    pub fn expire_discovered(&self, ttl_days: u64) -> Result<Vec<String>> {
         let cutoff =
             crate::units::iso8601(crate::units::now_secs().saturating_sub(ttl_days * 86_400));
         let mut conn = self.write();
         let tx = immediate(&mut conn)?;
-        let gone: Vec<u64> = tx
+        let gone: Vec<(String, u64)> = tx
             .prepare_cached(
                 "DELETE FROM machines WHERE unclaimed = 1 AND last_seen_at < ?1 \
-                 RETURNING coalesce(octet_length(lshw), 0)",
+                 RETURNING mac, coalesce(octet_length(lshw), 0)",
             )?
-            .query_map([&cutoff], |r| r.get(0))?
+            .query_map([&cutoff], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<_>>()
             .context("deleting stale discovered machines")?;
         let n = gone.len() as u64;
@@ -372,8 +454,8 @@ impl Db {
         }
         tx.commit().context("committing the expiry of discovered machines")?;
         sub(&self.unclaimed, n);
-        sub(&self.lshw_bytes, gone.iter().sum());
-        Ok(n)
+        sub(&self.lshw_bytes, gone.iter().map(|g| g.1).sum());
+        Ok(gone.into_iter().map(|g| g.0).collect())
     }
 
     /// Stores a posted inventory (and lshw unless None: an absent or dropped blob keeps the

@@ -30,7 +30,9 @@ pub use catalog::CatalogEntry;
 pub use contact::{Contact, Contacted, Decided, PxeMark};
 pub use events::Event;
 pub use jobs::{Job, JobKind, JobState};
-pub use machines::{BulkWrite, ImportedMachine, InventoryStored, Machine, MachineUpsert};
+pub use machines::{
+    BulkWrite, ImportedMachine, InventoryStored, Machine, MachineKey, MachineUpsert,
+};
 pub use reference::{StoredMachine, StoredState, read_state};
 
 /// The schema this build writes. Bump it with every incompatible schema change.

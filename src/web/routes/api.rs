@@ -28,15 +28,21 @@ pub(super) fn machines(app: &App) -> Resp {
     }
 }
 
-/// `GET /events/machines`: server-sent `machines-update` events, the first one now.
-pub(super) fn event_stream(app: &App) -> Resp {
-    match app.snapshot() {
-        Ok(s) => Resp {
-            status: 200,
-            headers: Vec::new(),
-            body: Body::Events(app.hub.subscribe(sse::event("machines-update", &s))),
-        },
-        Err(e) => internal(e),
+/// `GET /events/machines`: server-sent `machines-update` events (the whole fleet), the first
+/// one now; with `?since=V`, `machines-delta` events from fleet version V on (see `sse`). A
+/// reconnecting EventSource's Last-Event-ID (the last delta's version) wins over the `since`
+/// its URL still carries.
+pub(super) fn event_stream(app: &App, req: &Req) -> Resp {
+    let events = |rx| Resp { status: 200, headers: Vec::new(), body: Body::Events(rx) };
+    let Some(since) = req.param("since") else {
+        return match app.snapshot() {
+            Ok(s) => events(app.hub.subscribe(sse::Feed::Whole, sse::event("machines-update", &s))),
+            Err(e) => internal(e),
+        };
+    };
+    match req.header("last-event-id").unwrap_or(since).trim().parse::<u64>() {
+        Ok(v) => events(app.hub.subscribe_delta(v)),
+        Err(_) => Resp::error(422, "since: expected a fleet version (a number)"),
     }
 }
 
@@ -166,7 +172,7 @@ pub(super) fn job_stream(app: &App) -> Resp {
         Ok(s) => Resp {
             status: 200,
             headers: Vec::new(),
-            body: Body::Events(app.hub.subscribe(sse::event("jobs-update", &s))),
+            body: Body::Events(app.hub.subscribe(sse::Feed::Jobs, sse::event("jobs-update", &s))),
         },
         Err(e) => internal(e),
     }
@@ -206,7 +212,7 @@ pub(super) fn machine(app: &App, req: &Req, mac: &str) -> Resp {
             };
             match app.db.put_machine(&mac, &upsert) {
                 Ok(m) => {
-                    app.hub.changed();
+                    app.hub.changed(&mac);
                     app.db.event(
                         "machine.updated",
                         Some(&mac),
@@ -220,7 +226,7 @@ pub(super) fn machine(app: &App, req: &Req, mac: &str) -> Resp {
         }
         "DELETE" => match app.db.delete_machine(&mac) {
             Ok(true) => {
-                app.hub.changed();
+                app.hub.changed(&mac);
                 app.db.event("machine.deleted", Some(&mac), &format!("{mac} deleted"), None);
                 Resp::no_content()
             }

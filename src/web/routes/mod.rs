@@ -110,7 +110,7 @@ pub static ROUTES: &[Route] = {
             api::machine_lshw(a, p[0])
         }),
         row(READ, "/events", Session, None, |a, r, _, _| api::events(a, r)),
-        row(GET, "/events/machines", Session, None, |a, _, _, _| api::event_stream(a)),
+        row(GET, "/events/machines", Session, None, |a, r, _, _| api::event_stream(a, r)),
         row(GET, "/events/jobs", Session, None, |a, _, _, _| api::job_stream(a)),
         row(POST, "/events/{id}/ack", Session, Json, |a, _, p, _| api::ack_event(a, p[0])),
         row(READ, "/metrics", Session, None, |a, _, _, _| api::metrics(a)),

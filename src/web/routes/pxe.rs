@@ -49,7 +49,7 @@ fn decide(app: &App, req: &Req, mac: &str, offer: bool) -> Result<Contact, Resp>
         Err(cap) => return Err(discovery_refused(app, cap, ip.as_deref().unwrap_or("?"), offer)),
     };
     if wrote {
-        app.hub.changed();
+        app.hub.changed(&mac);
     }
     Ok(Contact { machine: m, decision: d, image, host })
 }
@@ -240,7 +240,7 @@ pub(super) fn post(
     };
     match found {
         Ok(true) => {
-            app.hub.changed();
+            app.hub.changed(&mac);
             if done {
                 app.metrics.flashes_done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 app.db.event("flash.done", Some(&mac), &format!("{mac}: flash done"), None);

@@ -177,7 +177,7 @@ fn save_machine(ctx: &Ctx<'_>, mac: &str, fields: Vec<(String, String)>) -> Resp
     }
     match ctx.app.db.put_machine(&mac, &upsert) {
         Ok(m) => {
-            ctx.app.hub.changed();
+            ctx.app.hub.changed(&mac);
             ctx.app.db.event(
                 "machine.updated",
                 Some(&mac),
@@ -204,7 +204,7 @@ fn delete_machine(ctx: &Ctx<'_>, mac: &str, fields: &[(String, String)]) -> Resp
     }
     match ctx.app.db.delete_machine(&mac) {
         Ok(true) => {
-            ctx.app.hub.changed();
+            ctx.app.hub.changed(&mac);
             ctx.app.db.event("machine.deleted", Some(&mac), &format!("{mac} deleted"), None);
             redirect_with("/ui/machines", false, &format!("Deleted {mac}."))
         }

@@ -17,18 +17,30 @@ fn image_names(catalog: &[CatalogEntry]) -> HashMap<&str, &str> {
     catalog.iter().map(|e| (e.bty_image_ref.as_str(), e.name.as_str())).collect()
 }
 
-/// `GET /ui/machines`, filtered by `q` (text), `label` and `status`.
+/// Rows a page shows unless `per` says otherwise, and the most it may ask for.
+const PER_PAGE: usize = 100;
+const MAX_PER_PAGE: usize = 500;
+
+/// `GET /ui/machines`, filtered by `q` (text), `label` and `status`, one page of `per` rows
+/// (`page` from 1). The table carries the fleet version it shows, read before the machines,
+/// from which app.js follows the delta feed.
 pub fn list(ctx: &Ctx<'_>) -> PageResult {
     let app = ctx.app;
-    let all = app.db.machines()?;
+    let version = app.hub.version();
     let catalog = app.db.catalog()?;
     let names = image_names(&catalog);
-    let progress = app.progress.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let q = ctx.req.param("q").unwrap_or("").trim().to_lowercase();
     let label = ctx.req.param("label").unwrap_or("");
     let status = ctx.req.param("status").unwrap_or("");
-    let labels: BTreeSet<&str> =
-        all.iter().flat_map(|m| m.labels.iter().map(String::as_str)).collect();
+    let per = ctx
+        .req
+        .param("per")
+        .and_then(|v| v.parse().ok())
+        .filter(|n| (1..=MAX_PER_PAGE).contains(n))
+        .unwrap_or(PER_PAGE);
+    let asked = ctx.req.param("page").and_then(|v| v.parse::<usize>().ok()).unwrap_or(1).max(1);
+    let (all_labels, total) = app.db.labels_and_count()?;
+    let labels: BTreeSet<&str> = all_labels.iter().map(String::as_str).collect();
     let mut label_options = Html::new();
     for l in &labels {
         let sel = if *l == label { " selected" } else { "" };
@@ -41,16 +53,60 @@ pub fn list(ctx: &Ctx<'_>) -> PageResult {
         status_options.push(format_args!("<option value=\"{v}\"{sel}>{text}</option>\n"));
     }
     let filter = Filter { q: q.clone(), label: label.to_string(), status: status.to_string() };
-    let keep = |m: &Machine| filter.keep(m, &names);
-    let mut rows = Html::with_capacity(all.len() * 400);
-    let mut shown = 0;
-    for m in all.iter().filter(|m| keep(m)) {
-        shown += 1;
-        machine_row(&mut rows, m, &names, progress.get(&m.mac));
+    // A page past the end (the fleet shrank since the link was made) shows the last one.
+    let last = |shown: usize| shown.div_ceil(per).max(1);
+    let (shown, page_no, on_page) = if q.is_empty() {
+        // Label and state only: SQL reads the page's rows and a count, not the fleet.
+        let assigned = match status {
+            "assigned" => Some(true),
+            "discovered" => Some(false),
+            _ => None,
+        };
+        let label = Some(label).filter(|l| !l.is_empty());
+        let (shown, rows) = app.db.machines_page(label, assigned, (asked - 1) * per, per)?;
+        let page_no = asked.min(last(shown));
+        if page_no == asked {
+            (shown, page_no, rows)
+        } else {
+            let (shown, rows) = app.db.machines_page(label, assigned, (page_no - 1) * per, per)?;
+            (shown, page_no, rows)
+        }
+    } else {
+        // The text also matches image names, with Unicode case folding: the same
+        // `Filter::keep` as the bulk change's "all matching the filter", over every machine.
+        // The scan reads only the columns the filter needs; the page's rows are read whole.
+        let keys = app.db.machine_keys()?;
+        let shown: Vec<&str> =
+            keys.iter().filter(|k| filter.keep_key(k, &names)).map(|k| k.mac.as_str()).collect();
+        let page_no = asked.min(last(shown.len()));
+        let mut rows = Vec::with_capacity(per);
+        for mac in shown.iter().skip((page_no - 1) * per).take(per) {
+            // One deleted since the scan is left out, as a later load would.
+            rows.extend(app.db.machine(mac)?);
+        }
+        (shown.len(), page_no, rows)
+    };
+    let pages = last(shown);
+    let first = (page_no - 1) * per;
+    let mut rows = Html::with_capacity(on_page.len() * 400);
+    {
+        let progress = app.progress.lock().unwrap_or_else(|p| p.into_inner());
+        for m in &on_page {
+            machine_row(&mut rows, m, &names, progress.get(&m.mac));
+        }
     }
     // For the script's live rows; `<` is escaped so the JSON cannot end the script element.
     let names_json = Html::script_json(&names);
-    let count = format!("{shown} of {} machines", all.len());
+    let count = if on_page.is_empty() {
+        format!("0 of {total} machines")
+    } else {
+        format!(
+            "rows {}–{} of {shown} matching, {total} machines in all",
+            first + 1,
+            first + on_page.len(),
+        )
+    };
+    let pager = pager(ctx, page_no, pages, per);
     let bulk_form = super::bulk::form(ctx, &catalog, &labels, &filter, shown);
     let body = render(
         MACHINES,
@@ -60,11 +116,48 @@ pub fn list(ctx: &Ctx<'_>) -> PageResult {
             ("status_options", Val::Html(&status_options)),
             ("count", Val::Text(&count)),
             ("image_names", Val::Html(&names_json)),
+            ("version", Val::Text(&version.to_string())),
+            ("first_page", Val::Text(if page_no == 1 { "1" } else { "" })),
+            ("last_page", Val::Text(if page_no == pages { "1" } else { "" })),
             ("rows", Val::Html(&rows)),
+            ("pager", Val::Html(&pager)),
             ("bulk", Val::Html(&bulk_form)),
         ],
     );
     Ok(page(ctx, "machines", "Machines", 200, &body))
+}
+
+/// Previous and next links, keeping the filter and the page size.
+fn pager(ctx: &Ctx<'_>, page_no: usize, pages: usize, per: usize) -> Html {
+    let mut h = Html::new();
+    if pages == 1 {
+        return h;
+    }
+    let href = |n: usize| {
+        let mut url = format!("/ui/machines?page={n}");
+        for k in ["q", "label", "status"] {
+            if let Some(v) = ctx.req.param(k).filter(|v| !v.is_empty()) {
+                url.push_str(&format!("&{k}={}", super::percent_encode(v)));
+            }
+        }
+        if per != PER_PAGE {
+            url.push_str(&format!("&per={per}"));
+        }
+        url
+    };
+    h.push(format_args!("<nav class=\"pager\" aria-label=\"pages of machines\">"));
+    if page_no > 1 {
+        h.push(format_args!(
+            "<a rel=\"prev\" href=\"{}\">previous</a> ",
+            Escape(&href(page_no - 1))
+        ));
+    }
+    h.push(format_args!("<span>page {page_no} of {pages}</span>"));
+    if page_no < pages {
+        h.push(format_args!(" <a rel=\"next\" href=\"{}\">next</a>", Escape(&href(page_no + 1))));
+    }
+    h.push(format_args!("</nav>\n"));
+    h
 }
 
 /// One row of the machines table; app.js builds the same row from the live snapshot.
@@ -77,7 +170,7 @@ fn machine_row(
     let mac = Escape(&m.mac);
     // The checkbox belongs to the bulk form under the table (`form=`), as forms cannot nest.
     out.push(format_args!(
-        "<tr id=\"m-{}\"><td><input type=\"checkbox\" name=\"mac\" value=\"{mac}\" \
+        "<tr id=\"m-{}\" data-mac=\"{mac}\"><td><input type=\"checkbox\" name=\"mac\" value=\"{mac}\" \
          form=\"bulk\" aria-label=\"select {mac}\"></td>\
          <td><a class=\"mono\" href=\"/ui/machines/{mac}\">{mac}</a></td><td>",
         m.mac.replace(':', "")
@@ -307,7 +400,8 @@ fn facts(ctx: &Ctx<'_>, m: &Machine) -> Html {
     fact("Last status", m.last_status.as_deref());
     fact("Inventory posted", m.known_disks_at.as_deref());
     fact("Updated", Some(&m.updated_at));
-    // app.js keeps this one current from the live snapshot, in the same words.
+    // app.js keeps this one current from the delta feed from `version`, in the same words.
+    let version = ctx.app.hub.version();
     let progress = match ctx.app.progress.lock().unwrap_or_else(|p| p.into_inner()).get(mac) {
         Some(p) => match p.total_bytes.filter(|t| *t > 0) {
             Some(t) => format!("{} {}%", p.phase, p.written_bytes.min(t) * 100 / t),
@@ -316,7 +410,8 @@ fn facts(ctx: &Ctx<'_>, m: &Machine) -> Html {
         None => "-".to_string(),
     };
     facts.push(format_args!(
-        "<dt>Flash progress</dt><dd id=\"live-progress\" data-mac=\"{}\">{}</dd>\n",
+        "<dt>Flash progress</dt><dd id=\"live-progress\" data-mac=\"{}\" \
+         data-version=\"{version}\">{}</dd>\n",
         Escape(&m.mac),
         Escape(&progress)
     ));

@@ -171,6 +171,11 @@ impl Driver {
         v["value"].as_str().unwrap_or("").to_string()
     }
 
+    /// Runs `script` in the page as a function body; what it returns, as JSON.
+    pub fn js(&self, script: &str) -> Value {
+        self.cmd("POST", "/execute/sync", Some(json!({"script": script, "args": []})))
+    }
+
     /// Picks the option with this value in a select element.
     pub fn select(&self, select_css: &str, value: &str) {
         let el = self.find(&format!("{select_css} option[value=\"{value}\"]"));
