@@ -24,7 +24,8 @@
 #
 # Env: SIZE=1G (bytes, K/M/G suffixes: 1024-based)  DURATION=10 (s per wrk run)
 #      CLIENTS="1 16 64"  THREADS=2 (wrk threads, at most the connections)  MACHINES=1000
-#      PXE_CONNS=16  FLASH_CLIENTS=16  PXE_SLACK=1.10 (the /pxe target: p50 and p99 during the
+#      PXE_CONNS=16  FLASH_CLIENTS=16  DL_NICE=10 (the downloading clients' nice value in the
+#      PXE storm: they stand for machines elsewhere)  PXE_SLACK=1.10 (the /pxe target: p50 and p99 during the
 #      downloads at most this many times their figures alone)
 #      WORK=/tmp/bench-dataplane.XXXXXX (logs, raw wrk output; kept; the big file and the cache
 #      are deleted unless KEEP_FILE=1)  BTY_WEB=<repo>/target/release/bty-web (make passes the
@@ -34,7 +35,7 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CALLER_ENV=""
-for v in SIZE DURATION CLIENTS THREADS MACHINES PXE_CONNS FLASH_CLIENTS PXE_SLACK BTY_WEB NGINX; do
+for v in SIZE DURATION CLIENTS THREADS MACHINES PXE_CONNS FLASH_CLIENTS DL_NICE PXE_SLACK BTY_WEB NGINX; do
   [[ -n ${!v+x} ]] && CALLER_ENV+="$v=$(printf %q "${!v}") "
 done
 SIZE=${SIZE:-1G}
@@ -44,6 +45,7 @@ THREADS=${THREADS:-2}
 MACHINES=${MACHINES:-1000}
 PXE_CONNS=${PXE_CONNS:-16}
 FLASH_CLIENTS=${FLASH_CLIENTS:-16}
+DL_NICE=${DL_NICE:-10}
 PXE_SLACK=${PXE_SLACK:-1.10}
 BTY_WEB=${BTY_WEB:-$REPO/target/release/bty-web}
 NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
@@ -61,19 +63,10 @@ die() { log "error: $*"; exit 1; }
 for v in ${!BTY_@}; do [[ $v == BTY_WEB ]] || unset "$v"; done
 
 # ---- servers we started, stopped on exit whatever happens ----
-PIDS=()
-running() { [[ -r /proc/$1/stat ]] && [[ $(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) != Z ]]; }
-stop() { # PID: SIGTERM (nginx: a fast shutdown), up to 10 s, then SIGKILL
-  local pid=$1 i
-  running "$pid" || return 0
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for ((i = 0; i < 100; i++)); do running "$pid" || { wait "$pid" 2>/dev/null || true; return 0; }; sleep 0.1; done
-  log "pid $pid ignored SIGTERM for 10 s: SIGKILL"
-  kill -KILL "$pid" 2>/dev/null || true
-}
+# shellcheck source=bench/lib.sh
+source "$REPO/bench/lib.sh"
 cleanup() {
-  local p
-  for p in "${PIDS[@]}"; do stop "$p"; done
+  stop_all
   [[ -n ${KEEP_FILE:-} ]] || rm -rf "$WORK/boot" "$WORK/www" "$WORK/cache" "$WORK/big.img"
 }
 trap cleanup EXIT
@@ -89,8 +82,6 @@ mkdir -p "$WORK"
 chmod 755 "$WORK"
 : > "$KV"
 log "work dir $WORK"
-put() { echo "$1=$2" >> "$KV"; }
-freeport() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 # ---- the file ----
 mkdir -p "$WORK/boot" "$WORK/www" "$WORK/cache" "$WORK/state" "$WORK/nginx"
@@ -116,57 +107,12 @@ PIDS+=("$BTY_PID")
 
 # ---- nginx: its own config, in the foreground, nothing of the system's ----
 NPORT=$(freeport)
-cat > "$WORK/nginx/nginx.conf" <<EOF
-daemon off;
-worker_processes auto;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  sendfile on;
-  tcp_nopush on;
-  keepalive_requests 1000000;
-  default_type application/octet-stream;
-  client_body_temp_path $WORK/nginx/body;
-  server { listen 127.0.0.1:$NPORT; root $WORK/www; }
-}
-EOF
-"$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" > "$WORK/nginx/stdout.log" 2>&1 &
-NGINX_PID=$!
-PIDS+=("$NGINX_PID")
+start_nginx "$NPORT" "$WORK/www" "tcp_nopush on; keepalive_requests 1000000;"
 
-up() { # URL NAME PID: wait up to 60 s for a 200
-  local i
-  for ((i = 0; i < 600; i++)); do
-    [[ $(curl -s -m 5 -o /dev/null -w '%{http_code}' -I "$1") == 200 ]] && return 0
-    running "$3" || die "$2 exited; see $WORK"
-    sleep 0.1
-  done
-  die "$2 gave no 200 for $1 within 60 s"
-}
-up "http://127.0.0.1:$BPORT/healthz" bty-web "$BTY_PID"
-up "http://127.0.0.1:$NPORT/big.img" nginx "$NGINX_PID"
+wait_up "http://127.0.0.1:$BPORT/healthz" bty-web "$BTY_PID"
+wait_up "http://127.0.0.1:$NPORT/big.img" nginx "$NGINX_PID"
 
-# The cached image needs a catalog entry pinned to its digest; bty-web imports catalogs from
-# URLs, so nginx serves this one. Its src is unreachable on purpose: every byte comes from the
-# cache.
-cat > "$WORK/www/catalog.toml" <<EOF
-version = 1
-
-[[images]]
-name = "big.img"
-src = "http://127.0.0.1:9/big.img"
-sha256 = "$SHA"
-format = "img"
-size_bytes = $BYTES
-EOF
-COOKIE=$(curl -s -m 30 -o /dev/null -D - -d "password=$PASSWORD" "http://127.0.0.1:$BPORT/ui/login" \
-  | tr -d '\r' | sed -n 's/^[Ss]et-[Cc]ookie: *\(bty-token=[^;]*\).*/\1/p' | head -1)
-[[ $COOKIE == bty-token=?* ]] || die "bty-web: POST /ui/login gave no bty-token cookie"
-import=$(curl -s -m 60 -X POST -H "Cookie: $COOKIE" \
-  "http://127.0.0.1:$BPORT/catalog/import?source=http%3A%2F%2F127.0.0.1%3A$NPORT%2Fcatalog.toml")
-[[ $import == *'"errors":[]'* ]] || die "bty-web: the catalog import answered $import"
+import_pinned "$BPORT" "$NPORT" "$WORK/www" big.img "$SHA" img "$BYTES"
 
 URLS=(boot "http://127.0.0.1:$BPORT/boot/big.img"
   images "http://127.0.0.1:$BPORT/images/$SHA/big.img"
@@ -214,7 +160,7 @@ put wrk "$(wrk --version 2>&1 | head -1 | awk '{print "wrk", $2}')"
 put nginx "$("$NGINX" -v 2>&1 | sed 's/^nginx version: //') (Debian's $(dpkg-query -W -f '${Package} ${Version}' nginx-light 2>/dev/null || echo '?'))"
 put bty "$(timeout 10 "$BTY_WEB" --version 2>&1 | head -1), $(stat -c %s "$BTY_WEB") bytes"
 put bytes "$BYTES"; put clients "$CLIENTS"; put duration "$DURATION"; put threads "$THREADS"
-put machines "$MACHINES"; put pxe_conns "$PXE_CONNS"; put flash_clients "$FLASH_CLIENTS"; put pxe_slack "$PXE_SLACK"
+put machines "$MACHINES"; put pxe_conns "$PXE_CONNS"; put flash_clients "$FLASH_CLIENTS"; put dl_nice "$DL_NICE"; put pxe_slack "$PXE_SLACK"
 b0=$(busy_ticks); sleep 2; b1=$(busy_ticks)
 put background "$(awk -v t=$((b1 - b0)) -v hz="$HZ" -v n="$(nproc)" 'BEGIN{printf "%.0f", 100 * t / hz / 2 / n}')% of the machine's CPU busy in the 2 s before the runs"
 
@@ -233,9 +179,11 @@ base=http://127.0.0.1:$BPORT
 timeout 60 wrk -t1 -c4 -d2s -s "$REPO/bench/wrk/pxe.lua" "$base" -- "$MACHINES" 1 > "$WORK/wrk-pxe-discovery.txt" 2>&1 \
   || die "the discovery run of /pxe failed: $(cat "$WORK/wrk-pxe-discovery.txt")"
 run_wrk pxe.alone "$BTY_PID" "$PXE_CONNS" -s "$REPO/bench/wrk/pxe.lua" "$base" -- "$MACHINES" "$THREADS"
-# The downloads start first and end last, so the whole /pxe run is under them.
+# The downloads start first and end last, so the whole /pxe run is under them. Their wrk stands
+# for machines elsewhere on the network, whose CPU is not the server's: here it shares the
+# server's cores, so it runs at nice DL_NICE and takes what the server and the /pxe load leave.
 flash_out=$WORK/wrk-flash-storm.txt
-timeout $((DURATION + 120)) wrk -t"$THREADS" -c"$FLASH_CLIENTS" -d"$((DURATION + 4))s" --timeout 60s \
+timeout $((DURATION + 120)) nice -n "$DL_NICE" wrk -t"$THREADS" -c"$FLASH_CLIENTS" -d"$((DURATION + 4))s" --timeout 60s \
   -s "$REPO/bench/wrk/report.lua" "$base/boot/big.img" > "$flash_out" 2>&1 &
 flash_pid=$!
 sleep 2
@@ -344,7 +292,7 @@ Raw output (wrk, server logs) was in \`$WORK\`.
 - nginx: $(kvget nginx), in the foreground with its own config: \`worker_processes auto; sendfile on; tcp_nopush on; access_log off;\`, the file as a hard link in its root (the same inode: the same cached pages)
 - load generator: $(kvget wrk)
 - background: $(kvget background)
-- procedure: one file of $(kvget bytes) random bytes, read once and fetched once from each URL to warm the page cache; then for each number of clients ($(kvget clients)), wrk \`-t$(kvget threads) -cN -d$(kvget duration)s --timeout 60s\` (fewer threads than connections never) on nginx, bty-web /boot and bty-web /images, one at a time, each client fetching the file again and again; clients and servers share the machine's cores. Throughput counts every byte wrk read, so a download cut by the end of a run counts as far as it got. Then GET /pxe/{mac} ($(kvget machines) MACs cycled by bench/wrk/pxe.lua, discovered by a 2 s run first) for $(kvget duration) s alone, and again while wrk downloads /boot/big.img over $(kvget flash_clients) connections (started 2 s before the /pxe run, ending 2 s after).
+- procedure: one file of $(kvget bytes) random bytes, read once and fetched once from each URL to warm the page cache; then for each number of clients ($(kvget clients)), wrk \`-t$(kvget threads) -cN -d$(kvget duration)s --timeout 60s\` (fewer threads than connections never) on nginx, bty-web /boot and bty-web /images, one at a time, each client fetching the file again and again; clients and servers share the machine's cores. Throughput counts every byte wrk read, so a download cut by the end of a run counts as far as it got. Then GET /pxe/{mac} ($(kvget machines) MACs cycled by bench/wrk/pxe.lua, discovered by a 2 s run first) for $(kvget duration) s alone, and again while wrk downloads /boot/big.img over $(kvget flash_clients) connections (started 2 s before the /pxe run, ending 2 s after; that wrk runs under \`nice -n $(kvget dl_nice)\`, standing for machines elsewhere whose CPU is not the server's). bty-web runs a connection's thread at nice 10 once it sends a body of 1 MiB or more, so the control plane goes first when the cores are busy.
 - bty-web's access log: $(kvget bty.log)
 
 $TABLE
@@ -355,16 +303,5 @@ echo
 echo "$SECTION" | tee "$WORK/section.md"
 
 if [[ $WRITE == 1 ]]; then
-  python3 - "$RESULTS" "$WORK/section.md" <<'PYEOF'
-import os, re, sys
-results, section = sys.argv[1], open(sys.argv[2]).read().rstrip("\n") + "\n"
-old = open(results).read() if os.path.exists(results) else ""
-pat = re.compile(r"<!-- bench-dataplane:start.*?<!-- bench-dataplane:end -->\n?", re.S)
-if pat.search(old):
-    new = pat.sub(lambda _: section, old, count=1)
-else:
-    new = (old.rstrip("\n") + "\n\n" if old else "") + section
-open(results, "w").write(new)
-print(f"wrote the data-plane section of {results}", file=sys.stderr)
-PYEOF
+  write_section "$RESULTS" "$WORK/section.md" "<!-- bench-dataplane:start" "<!-- bench-dataplane:end -->" data-plane
 fi

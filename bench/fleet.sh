@@ -38,17 +38,9 @@ die() { log "error: $*"; exit 1; }
 for v in ${!BTY_@}; do [[ $v == BTY_WEB ]] || unset "$v"; done
 
 # ---- what we started, undone on exit whatever happens ----
-PIDS=()
+# shellcheck source=bench/lib.sh
+source "$REPO/bench/lib.sh"
 LOOPS=()
-running() { [[ -r /proc/$1/stat ]] && [[ $(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) != Z ]]; }
-stop() { # PID: SIGTERM, up to 10 s, then SIGKILL
-  local pid=$1 i
-  running "$pid" || return 0
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for ((i = 0; i < 100; i++)); do running "$pid" || { wait "$pid" 2>/dev/null || true; return 0; }; sleep 0.1; done
-  log "pid $pid ignored SIGTERM for 10 s: SIGKILL"
-  kill -KILL "$pid" 2>/dev/null || true
-}
 detach_loops() {
   local l
   for l in "${LOOPS[@]}"; do losetup -d "$l" 2>/dev/null || log "detaching $l failed"; done
@@ -56,8 +48,7 @@ detach_loops() {
   rm -f "$WORK"/machine-*.raw
 }
 cleanup() {
-  local p
-  for p in "${PIDS[@]}"; do stop "$p"; done
+  stop_all
   detach_loops
   rm -rf "$WORK/www" "$WORK/cache" "$WORK/disk.img" "$WORK/$NAME"
 }
@@ -79,8 +70,6 @@ mkdir -p "$WORK"
 chmod 755 "$WORK"
 : > "$KV"
 log "work dir $WORK"
-put() { echo "$1=$2" >> "$KV"; }
-freeport() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 sha() { openssl dgst -sha256 -r "$@" | cut -d' ' -f1; }
 
 # ---- the image: compressible like an OS image (zeros, repeated text, some noise) ----
@@ -126,54 +115,12 @@ PIDS+=("$BTY_PID")
 
 # ---- nginx: its own config, in the foreground, nothing of the system's ----
 NPORT=$(freeport)
-cat > "$WORK/nginx/nginx.conf" <<EOF
-daemon off;
-worker_processes auto;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  sendfile on;
-  default_type application/octet-stream;
-  client_body_temp_path $WORK/nginx/body;
-  server { listen 127.0.0.1:$NPORT; root $WORK/www; }
-}
-EOF
-"$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" > "$WORK/nginx/stdout.log" 2>&1 &
-NGINX_PID=$!
-PIDS+=("$NGINX_PID")
+start_nginx "$NPORT" "$WORK/www"
 
-up() { # URL NAME PID: wait up to 60 s for a 200
-  local i
-  for ((i = 0; i < 600; i++)); do
-    [[ $(curl -s -m 5 -o /dev/null -w '%{http_code}' -I "$1") == 200 ]] && return 0
-    running "$3" || die "$2 exited; see $WORK"
-    sleep 0.1
-  done
-  die "$2 gave no 200 for $1 within 60 s"
-}
-up "http://127.0.0.1:$BPORT/healthz" bty-web "$BTY_PID"
-up "http://127.0.0.1:$NPORT/$NAME" nginx "$NGINX_PID"
+wait_up "http://127.0.0.1:$BPORT/healthz" bty-web "$BTY_PID"
+wait_up "http://127.0.0.1:$NPORT/$NAME" nginx "$NGINX_PID"
 
-# A catalog entry pinned to the cached digest; bty-web imports catalogs from URLs, so nginx
-# serves this one. Its src is unreachable on purpose: every byte comes from the cache.
-cat > "$WORK/www/catalog.toml" <<EOF
-version = 1
-
-[[images]]
-name = "$NAME"
-src = "http://127.0.0.1:9/$NAME"
-sha256 = "$SHA"
-format = "img.zst"
-size_bytes = $ZBYTES
-EOF
-COOKIE=$(curl -s -m 30 -o /dev/null -D - -d "password=$PASSWORD" "http://127.0.0.1:$BPORT/ui/login" \
-  | tr -d '\r' | sed -n 's/^[Ss]et-[Cc]ookie: *\(bty-token=[^;]*\).*/\1/p' | head -1)
-[[ $COOKIE == bty-token=?* ]] || die "bty-web: POST /ui/login gave no bty-token cookie"
-import=$(curl -s -m 60 -X POST -H "Cookie: $COOKIE" \
-  "http://127.0.0.1:$BPORT/catalog/import?source=http%3A%2F%2F127.0.0.1%3A$NPORT%2Fcatalog.toml")
-[[ $import == *'"errors":[]'* ]] || die "bty-web: the catalog import answered $import"
+import_pinned "$BPORT" "$NPORT" "$WORK/www" "$NAME" "$SHA" img.zst "$ZBYTES"
 
 BURL="http://127.0.0.1:$BPORT/images/$SHA/$NAME"
 NURL="http://127.0.0.1:$NPORT/$NAME"
@@ -244,9 +191,11 @@ put count "$COUNT"
 put rev "$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 put nginx "$("$NGINX" -v 2>&1 | sed 's/^nginx version: //')"
 put cpus "$(nproc)"
-python3 - "$KV" "$WRITE" "$RESULTS" "$SIZE" <<'PYEOF'
+# The command that produced this run, as recorded with the figures.
+put invoked "SIZE=$SIZE COUNT=$COUNT $([[ -n ${MAKELEVEL:-} ]] && echo make bench-fleet || echo bench/fleet.sh)"
+python3 - "$KV" "$WORK/section.md" <<'PYEOF'
 import sys
-kv_path, write, results, size_arg = sys.argv[1:5]
+kv_path, section = sys.argv[1:3]
 kv = dict(l.rstrip("\n").split("=", 1) for l in open(kv_path) if "=" in l)
 n, raw, z = int(kv["count"]), int(kv["size"]), int(kv["zbytes"])
 def row(key):
@@ -256,7 +205,7 @@ def row(key):
                 cpu=float(kv[f"{key}.cpu"]), rss=int(kv[f"{key}.hwm_kb"]) / 1024,
                 ccpu=float(kv[f"{key}.client_cpu"]), ok=kv[f"{key}.verified"])
 b, c = row("bty"), row("curl")
-cmd = f"SIZE={size_arg} COUNT={n} make bench-fleet"
+cmd = kv["invoked"]
 cpu_ratio = f"{b['cpu'] / c['cpu']:.2f}x" if c["cpu"] else "n/a (nginx used less than one clock tick)"
 o = ["## A fleet flashed at once (bench/fleet.sh)", "",
      f"`{cmd}`, bty commit {kv['rev']}, {kv['cpus']} CPUs: {n} machines (loop devices over sparse "
@@ -276,19 +225,8 @@ o += ["", f"curl pipeline / bty: wall **{c['wall'] / b['wall']:.2f}x**, slowest 
       f"peak RSS bty-web / nginx {b['rss'] / c['rss']:.2f}x."]
 text = "\n".join(o) + "\n"
 print(text)
-if write == "1":
-    begin, end = "<!-- bench-fleet:start -->", "<!-- bench-fleet:end -->"
-    block = f"{begin}\n{text}{end}\n"
-    try:
-        cur = open(results).read()
-    except FileNotFoundError:
-        cur = ""
-    if begin in cur and end in cur:
-        a, rest = cur.split(begin, 1)
-        _, rest = rest.split(end, 1)
-        cur = a + block + rest.lstrip("\n")
-    else:
-        cur = cur.rstrip("\n") + "\n\n" + block
-    open(results, "w").write(cur)
-    print(f"written to {results}", file=sys.stderr)
+open(section, "w").write(f"<!-- bench-fleet:start -->\n{text}<!-- bench-fleet:end -->\n")
 PYEOF
+if [[ $WRITE == 1 ]]; then
+  write_section "$RESULTS" "$WORK/section.md" "<!-- bench-fleet:start -->" "<!-- bench-fleet:end -->" fleet
+fi

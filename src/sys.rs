@@ -256,6 +256,21 @@ pub fn kill_process_group(pgid: u32) -> io::Result<()> {
     if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
+/// Lowers the calling thread's scheduling priority to nice `nice` (Linux keeps a nice value per
+/// thread): for a thread that only moves bulk data, so that the threads answering small,
+/// latency-bound requests run first when the cores are busy. Raising a nice value needs no
+/// privilege; lowering it back would, so a caller does this only on a thread that stays bulk
+/// until it ends.
+pub fn deprioritize_this_thread(nice: i32) -> io::Result<()> {
+    // SAFETY: gettid takes nothing and cannot fail; setpriority reads its three integer
+    // arguments only, and PRIO_PROCESS with a thread id applies to that one thread.
+    let r = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice)
+    };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
 /// The effective user id: root decides between the Quadlet and the compose deploy.
 pub fn euid() -> u32 {
     // SAFETY: geteuid takes nothing, touches no memory of ours and cannot fail.

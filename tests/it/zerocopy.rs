@@ -193,6 +193,18 @@ fn cached_images_go_out_whole_and_by_range_byte_exact() {
     assert_eq!(a.header("cache-control"), Some("public, max-age=31536000, immutable"));
 }
 
+/// The nice value of each thread of process `pid` (field 19 of /proc/PID/task/TID/stat).
+fn thread_nices(pid: u32) -> Vec<i64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+        .filter_map(|stat| {
+            let (_, rest) = stat.rsplit_once(") ")?;
+            rest.split_whitespace().nth(16)?.parse().ok()
+        })
+        .collect()
+}
+
 /// Whether the server's end of the connection from local port `client` to port `server` has
 /// left ESTABLISHED (closed by the server), from /proc/net/tcp.
 fn server_closed(server: u16, client: u16) -> bool {
@@ -234,6 +246,11 @@ fn a_client_that_stops_reading_holds_no_one_else_and_is_dropped() {
         assert!(a.body == data, "another client's copy differs from the file");
     }
     assert_eq!(s.call("GET", "/healthz", None, "").0, 200);
+    // The thread still sending to the stalled client is a bulk one, at nice 10, so that small
+    // requests go first on busy cores; the threads that answer them stay at 0.
+    let nices = thread_nices(s.child.id());
+    assert!(nices.contains(&10), "no thread of bty-web runs at nice 10: {nices:?}");
+    assert!(nices.contains(&0), "{nices:?}");
 
     // The write timeout drops the one that stopped reading.
     let server = stalled.peer_addr().unwrap().port();

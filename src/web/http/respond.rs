@@ -176,6 +176,9 @@ pub(super) fn write_response(
             head.push_str(&format!("Content-Length: {n}\r\n\r\n"));
             w.write_all(head.as_bytes())?;
             if !head_only {
+                if n >= BULK {
+                    bulk_thread();
+                }
                 let copied = io::copy(&mut (&mut r).take(n), w)?;
                 if copied < n {
                     // The file shrank under us: the length is a lie, so the connection must go.
@@ -188,6 +191,9 @@ pub(super) fn write_response(
             head.push_str(&format!("Content-Length: {len}\r\n\r\n"));
             w.write_all(head.as_bytes())?;
             if !head_only {
+                if len >= BULK {
+                    bulk_thread();
+                }
                 // The body bypasses the buffer, so the head must be on the socket first.
                 w.flush()?;
                 send_file(w.get_ref(), &file, offset, len)?;
@@ -198,6 +204,8 @@ pub(super) fn write_response(
             head.push_str("Transfer-Encoding: chunked\r\n\r\n");
             w.write_all(head.as_bytes())?;
             if !head_only {
+                // Of unknown length: an image still arriving from its origin.
+                bulk_thread();
                 let mut buf = vec![0u8; 64 << 10];
                 loop {
                     let n = r.read(&mut buf)?;
@@ -217,6 +225,26 @@ pub(super) fn write_response(
         }
     }
     w.flush()
+}
+
+/// A body this large makes its connection a bulk one (an image, a kernel, an initrd).
+const BULK: u64 = 1 << 20;
+/// The nice value of a bulk connection's thread: CFS then gives it about a tenth of the CPU
+/// share of a thread at 0 whenever both want a core.
+const BULK_NICE: i32 = 10;
+
+/// Marks this connection's thread as bulk for the rest of its life (a thread serves one
+/// connection and ends with it): when a flash storm keeps the cores busy, the PXE scripts,
+/// plans and reports of the machines booting meanwhile are answered first, and the images go
+/// out with what is left. Failing to change the priority only costs that preference.
+fn bulk_thread() {
+    thread_local!(static BULK_SET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+    if BULK_SET.with(|b| b.replace(true)) {
+        return;
+    }
+    if let Err(e) = crate::sys::deprioritize_this_thread(BULK_NICE) {
+        crate::warn!("lowering the priority of a bulk connection's thread: {e}");
+    }
 }
 
 /// The most one sendfile(2) call is asked for: Linux sends at most 0x7ffff000 bytes per call.
