@@ -15,6 +15,7 @@ use std::io::{self, Read};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 
+use super::bzip2_block::{self, Block, BlockError, CHUNK, Scratch};
 use crate::error::{Context, Result};
 
 const BLOCK_MAGIC: u64 = 0x3141_5926_5359;
@@ -31,9 +32,6 @@ const BLOCK_WORST_MEMORY: u64 = 64 << 20;
 /// Joins tried after a piece fails before the piece counts as corrupt. Chance magics are rare
 /// (one in 2^47 bit positions), so more than one in a block means the data is damaged.
 const MAX_JOINS: usize = 16;
-/// Decoded output is handed over in chunks of this size, so a block of zeros that decodes to
-/// 46 MiB needs no reallocation and copy as it grows.
-const CHUNK: usize = 1 << 20;
 /// How much the reader thread asks its input for at a time.
 const READ_SIZE: usize = 256 << 10;
 
@@ -218,18 +216,20 @@ impl Bits {
     }
 }
 
-/// A decoded block: its output in chunks, and its CRC for the stream CRC.
-struct Block {
-    chunks: Vec<Vec<u8>>,
-    crc: u32,
-}
-
-/// Decodes a piece as one block with libbz2, which checks the block CRC; the piece must be
-/// exactly one block (a piece holding more, or less, fails).
-fn decode(piece: &Piece) -> std::result::Result<Block, String> {
+/// Decodes a piece as one block, checking the block CRC; the piece must be exactly one block (a
+/// piece holding more, or less, fails). A block in the randomised mode goes to libbz2.
+fn decode(piece: &Piece, scratch: &mut Scratch) -> std::result::Result<Block, String> {
     if piece.bits < 80 {
         return Err("shorter than a block header".into());
     }
+    match bzip2_block::decode(&piece.bytes, piece.skip, piece.bits, piece.level, scratch) {
+        Err(BlockError::Randomised) => decode_libbz2(piece),
+        other => other.map_err(|e| e.to_string()),
+    }
+}
+
+/// Decodes a piece as one block with libbz2, which checks the block CRC.
+fn decode_libbz2(piece: &Piece) -> std::result::Result<Block, String> {
     let stream = piece.stream();
     let mut input = &stream[..];
     let mut d = bzip2::Decompress::new(false);
@@ -477,6 +477,8 @@ pub struct ParallelBzDecoder {
     blocks: u64,
     done: bool,
     failed: Option<String>,
+    /// Tables for decoding joined pieces (on this thread; empty until a piece fails).
+    scratch: Scratch,
 }
 
 impl ParallelBzDecoder {
@@ -515,6 +517,7 @@ impl ParallelBzDecoder {
             blocks: 0,
             done: false,
             failed: None,
+            scratch: Scratch::default(),
         }
     }
 
@@ -573,7 +576,7 @@ impl ParallelBzDecoder {
                     if piece.bits > max_piece_bits(piece.level) {
                         break;
                     }
-                    if let Ok(block) = decode(&piece) {
+                    if let Ok(block) = decode(&piece, &mut self.scratch) {
                         return Ok(block);
                     }
                 }
@@ -618,6 +621,7 @@ impl Read for ParallelBzDecoder {
 
 /// A decoding thread: takes pieces in file order and sends each one's block back.
 fn work(jobs: &Mutex<Receiver<Job>>) {
+    let mut scratch = Scratch::default();
     loop {
         let job = {
             let Ok(jobs) = jobs.lock() else { return };
@@ -626,7 +630,7 @@ fn work(jobs: &Mutex<Receiver<Job>>) {
                 Err(_) => return,
             }
         };
-        let result = decode(&job.piece);
+        let result = decode(&job.piece, &mut scratch);
         // The output side may have gone (an error, or a flash cancelled): nothing to do then.
         let _ = job.reply.send(Outcome { piece: job.piece, result });
     }
@@ -803,11 +807,12 @@ mod tests {
     /// The decoder's output for these pieces, each decoded on its own first as a worker would.
     fn collect(items: Vec<std::result::Result<Piece, (u32, u64)>>) -> io::Result<Vec<u8>> {
         let (tx, rx) = mpsc::sync_channel(items.len() + 1);
+        let mut scratch = Scratch::default();
         for item in items {
             let ticket = match item {
                 Ok(piece) => {
                     let (reply, outcome) = mpsc::sync_channel(1);
-                    reply.send(Outcome { result: decode(&piece), piece }).unwrap();
+                    reply.send(Outcome { result: decode(&piece, &mut scratch), piece }).unwrap();
                     Ticket::Block(outcome)
                 }
                 Err((crc, offset)) => Ticket::End { crc, offset },

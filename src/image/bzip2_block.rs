@@ -1,0 +1,615 @@
+//! One bzip2 block decoded from its bits: bty's own decoder, used by [`super::bzip2_mt`]'s
+//! workers in place of libbz2 because it is faster where the time goes.
+//!
+//! A block is, after its 48-bit magic: the CRC of its output, a "randomised" bit, the row of the
+//! original string in the sorted rotations (`origPtr`), a bitmap of the byte values used, the
+//! number of Huffman tables (2 to 6), the selectors (which table codes each group of 50
+//! symbols, move-to-front coded), each table's code lengths (delta coded), and the symbols. The
+//! symbols are move-to-front indices over the used bytes, with runs of the front byte written
+//! in bijective base 2 (RUNA, RUNB), closed by an end-of-block symbol. They give the last column
+//! of the Burrows-Wheeler transform, which is inverted and then has bzip2's first run-length
+//! stage undone (four equal bytes are followed by a count of 0 to 255 more).
+//!
+//! Where libbz2 spends its time and this decoder does not: Huffman symbols are looked up in a
+//! table indexed by the next [`FAST_BITS`] bits instead of walked bit by bit; the inverse
+//! transform walks a table built in place, writing bytes into a flat buffer, and the run-length
+//! stage then copies literal stretches and fills runs in bulk; the CRC is table-driven eight
+//! bytes at a time; and the 3.6 MiB of tables are kept by each worker between blocks
+//! ([`Scratch`]) rather than allocated and faulted in for each one.
+//!
+//! The input is hostile: every field is checked, every loop is bounded by the block size or a
+//! field's width, and nothing is allocated beyond the stream's declared block size.
+
+use std::fmt;
+
+/// Decoded output is handed over in chunks of this size, so a block of zeros that decodes to
+/// 46 MiB needs no reallocation and copy as it grows.
+pub const CHUNK: usize = 1 << 20;
+
+const BLOCK_MAGIC: u64 = 0x3141_5926_5359;
+/// Huffman codes of up to this many bits are decoded by one table lookup; longer ones (rare:
+/// bzip2's encoders aim for 17 bits at most, and give short codes to frequent symbols) by a
+/// search over the longer lengths.
+const FAST_BITS: u32 = 10;
+const MAX_CODE_LEN: usize = 20;
+/// 256 byte values, RUNA and RUNB, less one (the front byte needs no index), plus end-of-block.
+const MAX_ALPHA: usize = 258;
+const GROUP: usize = 50;
+/// The selectors field is 15 bits. Encoders need at most 18001 (900k symbols in groups of 50);
+/// libbz2 since 1.0.8 reads more and ignores the excess, and so does this decoder: a block that
+/// needs a selector it does not have fails when it gets there.
+const MAX_SELECTORS: usize = (1 << 15) - 1;
+
+/// Why a block did not decode.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BlockError {
+    /// The block uses the randomised mode bzip2 0.9.0 wrote and later versions only read; the
+    /// caller hands such a block to libbz2.
+    Randomised,
+    Corrupt(String),
+}
+
+impl fmt::Display for BlockError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BlockError::Randomised => f.write_str("the block uses bzip2 0.9.0's randomised mode"),
+            BlockError::Corrupt(msg) => f.write_str(msg),
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, BlockError>;
+
+fn corrupt<T>(msg: impl Into<String>) -> Result<T> {
+    Err(BlockError::Corrupt(msg.into()))
+}
+
+/// A decoded block: its output in chunks of at most [`CHUNK`] bytes, and its CRC.
+pub struct Block {
+    pub chunks: Vec<Vec<u8>>,
+    pub crc: u32,
+}
+
+/// The tables a worker keeps from one block to the next: the transform's vector (one `u32` a
+/// byte: the byte in the low 8 bits, the link of the inverse in the high 24) and the bytes in
+/// original order before the run-length stage.
+#[derive(Default)]
+pub struct Scratch {
+    tt: Vec<u32>,
+    bytes: Vec<u8>,
+    /// The output of each of [`walk`]'s chains.
+    segs: Vec<Vec<u8>>,
+}
+
+/// Reads bits from the top bit of `buf[0]` on; bits past the end of `buf` read as zeros, and
+/// the callers check `pos` against `end` wherever reading on could matter.
+struct Bits<'a> {
+    buf: &'a [u8],
+    pos: u64,
+    end: u64,
+}
+
+impl Bits<'_> {
+    /// The next 57 or more bits, left-aligned.
+    #[inline(always)]
+    fn peek(&self) -> u64 {
+        let i = (self.pos >> 3) as usize;
+        let w = match self.buf.get(i..i + 8) {
+            Some(&[a, b, c, d, e, f, g, h]) => u64::from_be_bytes([a, b, c, d, e, f, g, h]),
+            _ => {
+                let mut w = [0u8; 8];
+                let tail = self.buf.get(i..).unwrap_or(&[]);
+                w[..tail.len().min(8)].copy_from_slice(&tail[..tail.len().min(8)]);
+                u64::from_be_bytes(w)
+            }
+        };
+        w << (self.pos & 7)
+    }
+
+    /// The next `n` (1..=32) bits.
+    #[inline(always)]
+    fn take(&mut self, n: u32) -> u32 {
+        let v = (self.peek() >> (64 - n)) as u32;
+        self.pos += u64::from(n);
+        v
+    }
+
+    fn bit(&mut self) -> bool {
+        self.take(1) == 1
+    }
+
+    fn check(&self, what: &str) -> Result<()> {
+        if self.pos > self.end {
+            return corrupt(format!("the block ends inside its {what}"));
+        }
+        Ok(())
+    }
+}
+
+/// One Huffman table: canonical codes (shorter first, then by symbol), as bzip2 assigns them.
+struct Table {
+    /// Indexed by the next FAST_BITS bits: symbol << 5 | code length, or 0 when the code is
+    /// longer (or matches no symbol).
+    fast: [u16; 1 << FAST_BITS],
+    /// For each length: the first code, how many codes, and where their symbols start in
+    /// `sorted`.
+    first: [u32; MAX_CODE_LEN + 1],
+    count: [u32; MAX_CODE_LEN + 1],
+    start: [u16; MAX_CODE_LEN + 1],
+    sorted: [u16; MAX_ALPHA],
+}
+
+impl Table {
+    fn new(lens: &[u8], group: usize) -> Result<Table> {
+        let mut t = Table {
+            fast: [0; 1 << FAST_BITS],
+            first: [0; MAX_CODE_LEN + 1],
+            count: [0; MAX_CODE_LEN + 1],
+            start: [0; MAX_CODE_LEN + 1],
+            sorted: [0; MAX_ALPHA],
+        };
+        for &l in lens {
+            t.count[usize::from(l)] += 1;
+        }
+        // More codes of a length than the shorter ones leave room for cannot all be distinct.
+        // Fewer is allowed, as libbz2 allows it: an unassigned code is an error when read.
+        let mut room = 1i64;
+        let (mut code, mut at) = (0u32, 0u16);
+        for len in 1..=MAX_CODE_LEN {
+            room = 2 * room - i64::from(t.count[len]);
+            if room < 0 {
+                return corrupt(format!(
+                    "the Huffman code lengths of table {group} claim more codes of {len} bits than fit"
+                ));
+            }
+            t.first[len] = code;
+            t.start[len] = at;
+            code = (code + t.count[len]) << 1;
+            at += t.count[len] as u16;
+        }
+        let mut next = t.start;
+        for (sym, &l) in lens.iter().enumerate() {
+            let l = usize::from(l);
+            let rank = next[l];
+            next[l] += 1;
+            t.sorted[usize::from(rank)] = sym as u16;
+            if l as u32 <= FAST_BITS {
+                let code = t.first[l] + u32::from(rank - t.start[l]);
+                let shift = FAST_BITS - l as u32;
+                let from = (code << shift) as usize;
+                let entry = (sym as u16) << 5 | l as u16;
+                t.fast[from..from + (1 << shift)].fill(entry);
+            }
+        }
+        Ok(t)
+    }
+
+    #[inline(always)]
+    fn decode(&self, bits: &mut Bits) -> Result<u16> {
+        let w = bits.peek();
+        let e = self.fast[(w >> (64 - FAST_BITS)) as usize];
+        if e != 0 {
+            bits.pos += u64::from(e & 31);
+            return Ok(e >> 5);
+        }
+        self.decode_long(bits, w)
+    }
+
+    #[cold]
+    fn decode_long(&self, bits: &mut Bits, w: u64) -> Result<u16> {
+        for len in FAST_BITS as usize + 1..=MAX_CODE_LEN {
+            let k = ((w >> (64 - len)) as u32).wrapping_sub(self.first[len]);
+            if k < self.count[len] {
+                bits.pos += len as u64;
+                return Ok(self.sorted[usize::from(self.start[len]) + k as usize]);
+            }
+        }
+        corrupt("a Huffman code that matches no symbol")
+    }
+}
+
+/// Decodes the block whose bits are `bits` bits of `buf` from bit `skip` (from the top of
+/// `buf[0]`), starting with the block magic and ending right after the end-of-block symbol, in
+/// a stream of `level` (1..=9: blocks of at most level × 100k bytes). Checks the block CRC.
+pub fn decode(buf: &[u8], skip: u8, bits: u64, level: u8, scratch: &mut Scratch) -> Result<Block> {
+    let max = usize::from(level) * 100_000;
+    let mut b = Bits { buf, pos: u64::from(skip), end: u64::from(skip) + bits };
+    if u64::from(b.take(24)) << 24 | u64::from(b.take(24)) != BLOCK_MAGIC {
+        return corrupt("no block magic");
+    }
+    let stored_crc = b.take(32);
+    if b.bit() {
+        return Err(BlockError::Randomised);
+    }
+    let orig = b.take(24) as usize;
+
+    // The byte values used, as a 16-bit map of 16-bit maps.
+    let mut used = [0u8; 256];
+    let mut n_used = 0;
+    let ranges = b.take(16);
+    for i in 0..16 {
+        if ranges & (0x8000 >> i) != 0 {
+            let m = b.take(16);
+            for j in 0..16 {
+                if m & (0x8000 >> j) != 0 {
+                    used[n_used] = (i * 16 + j) as u8;
+                    n_used += 1;
+                }
+            }
+        }
+    }
+    if n_used == 0 {
+        return corrupt("the map of used byte values is empty");
+    }
+    let alpha = n_used + 2;
+
+    let groups = b.take(3) as usize;
+    if !(2..=6).contains(&groups) {
+        return corrupt(format!("{groups} Huffman tables (bzip2 has 2 to 6)"));
+    }
+    let n_sel = b.take(15) as usize;
+    if n_sel == 0 {
+        return corrupt("no selectors");
+    }
+    // Each selector is a move-to-front index over the tables, in unary.
+    let mut order: [u8; 6] = [0, 1, 2, 3, 4, 5];
+    let mut selectors = Vec::with_capacity(n_sel.min(MAX_SELECTORS));
+    for s in 0..n_sel {
+        let mut j = 0;
+        while b.bit() {
+            j += 1;
+            if j >= groups {
+                return corrupt(format!("selector {s} names a table beyond the {groups}"));
+            }
+        }
+        let g = order[j];
+        order.copy_within(0..j, 1);
+        order[0] = g;
+        selectors.push(g);
+        if s % 1024 == 0 {
+            b.check("selectors")?;
+        }
+    }
+    b.check("selectors")?;
+
+    let mut tables = Vec::with_capacity(groups);
+    let mut lens = [0u8; MAX_ALPHA];
+    for g in 0..groups {
+        let mut len = b.take(5) as i32;
+        for (sym, l) in lens[..alpha].iter_mut().enumerate() {
+            loop {
+                if !(1..=MAX_CODE_LEN as i32).contains(&len) {
+                    return corrupt(format!(
+                        "the Huffman code lengths of table {g} reach {len} at symbol {sym} (bzip2's are 1 to 20)"
+                    ));
+                }
+                if !b.bit() {
+                    break;
+                }
+                len += if b.bit() { -1 } else { 1 };
+            }
+            *l = len as u8;
+        }
+        tables.push(Table::new(&lens[..alpha], g)?);
+        b.check("Huffman code lengths")?;
+    }
+
+    // The symbols: the last column of the transform into tt's low bytes, counted by value.
+    let Scratch { tt, bytes, segs } = scratch;
+    tt.resize(max, 0);
+    let tt = &mut tt[..max];
+    let mut counts = [0u32; 256];
+    let mut mtf = [0u8; 256];
+    mtf[..n_used].copy_from_slice(&used[..n_used]);
+    let eob = (alpha - 1) as u16;
+    let mut n = 0usize;
+    let (mut run, mut weight) = (0usize, 1usize);
+    let mut sel = 0;
+    'groups: loop {
+        b.check("symbols")?;
+        let Some(&g) = selectors.get(sel) else {
+            return corrupt(format!("more symbols than its {n_sel} selectors cover"));
+        };
+        sel += 1;
+        let table = &tables[usize::from(g)];
+        for _ in 0..GROUP {
+            let sym = table.decode(&mut b)?;
+            if sym <= 1 {
+                // RUNA adds the weight, RUNB twice it; the weight doubles with each digit.
+                run += weight << sym;
+                weight <<= 1;
+                if run > max {
+                    return corrupt(format!("a run goes past the block size of {max} bytes"));
+                }
+                continue;
+            }
+            if run > 0 {
+                let byte = mtf[0];
+                let Some(dst) = tt.get_mut(n..n + run) else {
+                    return corrupt(format!("a run goes past the block size of {max} bytes"));
+                };
+                dst.fill(u32::from(byte));
+                counts[usize::from(byte)] += run as u32;
+                n += run;
+                (run, weight) = (0, 1);
+            }
+            if sym == eob {
+                break 'groups;
+            }
+            let i = usize::from(sym - 1) & 0xff;
+            let byte = mtf[i];
+            if i < 16 {
+                for k in (1..=i).rev() {
+                    mtf[k] = mtf[k - 1];
+                }
+            } else {
+                mtf.copy_within(0..i, 1);
+            }
+            mtf[0] = byte;
+            let Some(slot) = tt.get_mut(n) else {
+                return corrupt(format!("more than the block size of {max} bytes"));
+            };
+            *slot = u32::from(byte);
+            counts[usize::from(byte)] += 1;
+            n += 1;
+        }
+    }
+    if b.pos != b.end {
+        return corrupt(if b.pos > b.end {
+            "the block ends inside its symbols".to_string()
+        } else {
+            format!("{} bits follow the end-of-block symbol", b.end - b.pos)
+        });
+    }
+    if orig >= n {
+        return corrupt(format!("origPtr {orig} is beyond the block's {n} bytes"));
+    }
+
+    // The inverse transform: the rows starting with each byte value follow one another in
+    // sorted order, so tt[j] gets the row whose rotation follows row j.
+    let tt = &mut tt[..n];
+    let mut next = [0u32; 256];
+    let mut sum = 0;
+    for (c, &k) in next.iter_mut().zip(&counts) {
+        *c = sum;
+        sum += k;
+    }
+    for i in 0..n {
+        let c = usize::from(tt[i] as u8);
+        let j = next[c] as usize;
+        next[c] += 1;
+        tt[j] |= (i as u32) << 8;
+    }
+    let start = (tt[orig] >> 8) as usize;
+    walk(tt, start, segs, bytes)?;
+
+    let mut sink = Sink::default();
+    unrle(bytes, &mut sink);
+    let Block { chunks, crc } = sink.finish();
+    if crc != stored_crc {
+        return corrupt(format!(
+            "the block's output has CRC {crc:08x}, its header says {stored_crc:08x}"
+        ));
+    }
+    Ok(Block { chunks, crc })
+}
+
+/// Chains [`walk`] follows at once. Each step is a load from a table too big for the core's
+/// cache, which on its own waits for memory; independent chains let eight loads overlap.
+const CHAINS: usize = 8;
+/// Smaller blocks fit in the cache and are walked as one chain.
+const ONE_CHAIN_BELOW: usize = 1 << 16;
+/// Marks the rows where a chain starts; row links take 20 bits (bits 8 to 27), so bit 31 is free.
+const START: u32 = 1 << 31;
+
+/// Writes the block's bytes in order into `out`: the inverse transform's walk through `tt` from
+/// row `start`, each entry giving a byte and the next row. For speed the cycle is walked from
+/// several rows at once, each chain stopping at the next chain's first row, and the pieces are
+/// put in order afterwards. In a valid block the links form one cycle through every row; a
+/// corrupt one can link them otherwise, which fails here before any chain runs for ever.
+fn walk(tt: &mut [u32], start: usize, segs: &mut Vec<Vec<u8>>, out: &mut Vec<u8>) -> Result<()> {
+    let n = tt.len();
+    let mut starts = [start; CHAINS];
+    let mut k = 1;
+    if n >= ONE_CHAIN_BELOW {
+        for c in 1..CHAINS {
+            let s = c * n / CHAINS;
+            if !starts[..k].contains(&s) {
+                starts[k] = s;
+                k += 1;
+            }
+        }
+    }
+    for &s in &starts[..k] {
+        tt[s] |= START;
+    }
+    segs.resize_with(k, Vec::new);
+    let mut pos = [0usize; CHAINS];
+    for (c, seg) in segs.iter_mut().enumerate().take(k) {
+        seg.clear();
+        seg.reserve(2 * n / k);
+        let t = tt[starts[c]];
+        seg.push(t as u8);
+        pos[c] = ((t & !START) >> 8) as usize;
+    }
+    // The chains still walking, and which chain's first row each one ran into.
+    let mut live: [usize; CHAINS] = std::array::from_fn(|c| c);
+    let mut active = k;
+    let mut next = [usize::MAX; CHAINS];
+    let mut total = k;
+    while active > 0 {
+        let mut i = 0;
+        while i < active {
+            let c = live[i];
+            let t = tt[pos[c]];
+            if t & START != 0 {
+                next[c] = starts[..k].iter().position(|&s| s == pos[c]).unwrap_or(usize::MAX);
+                active -= 1;
+                live[i] = live[active];
+                continue;
+            }
+            segs[c].push(t as u8);
+            pos[c] = (t >> 8) as usize;
+            i += 1;
+        }
+        total += active;
+        if total > n {
+            return corrupt("the inverse transform's links do not form one cycle");
+        }
+    }
+    out.clear();
+    out.reserve(n);
+    let (mut c, mut seen) = (0, 0u32);
+    for _ in 0..k {
+        let Some(seg) = segs.get(c).filter(|_| seen & 1 << c == 0) else {
+            return corrupt("the inverse transform's links do not form one cycle");
+        };
+        seen |= 1 << c;
+        out.extend_from_slice(seg);
+        c = next[c];
+    }
+    if c != 0 || out.len() != n {
+        return corrupt("the inverse transform's links do not form one cycle");
+    }
+    Ok(())
+}
+
+/// Undoes bzip2's first run-length stage: after four equal bytes comes a count of 0 to 255
+/// more. Literal stretches are copied whole; a run of four is found by looking at the last of
+/// four bytes first, which skips ahead by up to three when they differ.
+fn unrle(bytes: &[u8], sink: &mut Sink) {
+    let (mut i, mut lit) = (0, 0);
+    while let Some(&[a, b, c, d]) = bytes.get(i..i + 4) {
+        if c != d {
+            i += 3;
+        } else if b != c {
+            i += 2;
+        } else if a != b {
+            i += 1;
+        } else {
+            // A block may end right after four equal bytes, with no count.
+            let more = bytes.get(i + 4).copied().unwrap_or(0);
+            sink.put(&bytes[lit..i + 4]);
+            sink.fill(a, usize::from(more));
+            i += 5;
+            lit = i.min(bytes.len());
+        }
+    }
+    sink.put(&bytes[lit..]);
+}
+
+/// Output in chunks, with the CRC of what was written.
+#[derive(Default)]
+struct Sink {
+    chunks: Vec<Vec<u8>>,
+    cur: Vec<u8>,
+    crc: Crc,
+}
+
+impl Sink {
+    fn room(&mut self) -> usize {
+        if self.cur.len() == CHUNK {
+            self.flush();
+        }
+        if self.cur.capacity() == 0 {
+            self.cur.reserve_exact(CHUNK);
+        }
+        CHUNK - self.cur.len()
+    }
+
+    fn flush(&mut self) {
+        self.crc.update(&self.cur);
+        self.chunks.push(std::mem::take(&mut self.cur));
+    }
+
+    fn put(&mut self, mut s: &[u8]) {
+        while !s.is_empty() {
+            let k = self.room().min(s.len());
+            self.cur.extend_from_slice(&s[..k]);
+            s = &s[k..];
+        }
+    }
+
+    fn fill(&mut self, byte: u8, mut n: usize) {
+        while n > 0 {
+            let k = self.room().min(n);
+            self.cur.resize(self.cur.len() + k, byte);
+            n -= k;
+        }
+    }
+
+    fn finish(mut self) -> Block {
+        if !self.cur.is_empty() {
+            self.flush();
+        }
+        Block { chunks: self.chunks, crc: self.crc.value() }
+    }
+}
+
+/// bzip2's CRC-32: polynomial 0x04C11DB7, most significant bit first, starting from all ones
+/// and inverted at the end.
+struct Crc(u32);
+
+impl Default for Crc {
+    fn default() -> Crc {
+        Crc(!0)
+    }
+}
+
+/// `CRC_TABLES[k][b]`: the CRC register's change for byte `b` followed by `k` zero bytes, so
+/// eight bytes take eight independent lookups.
+static CRC_TABLES: [[u32; 256]; 8] = crc_tables();
+
+const fn crc_tables() -> [[u32; 256]; 8] {
+    let mut t = [[0u32; 256]; 8];
+    let mut b = 0;
+    while b < 256 {
+        let mut r = (b as u32) << 24;
+        let mut k = 0;
+        while k < 8 {
+            r = if r & 0x8000_0000 != 0 { (r << 1) ^ 0x04C1_1DB7 } else { r << 1 };
+            k += 1;
+        }
+        t[0][b] = r;
+        b += 1;
+    }
+    let mut k = 1;
+    while k < 8 {
+        let mut b = 0;
+        while b < 256 {
+            let prev = t[k - 1][b];
+            t[k][b] = (prev << 8) ^ t[0][(prev >> 24) as usize];
+            b += 1;
+        }
+        k += 1;
+    }
+    t
+}
+
+impl Crc {
+    fn update(&mut self, data: &[u8]) {
+        let t = &CRC_TABLES;
+        let mut c = self.0;
+        let mut words = data.chunks_exact(8);
+        for w in &mut words {
+            let &[b0, b1, b2, b3, b4, b5, b6, b7] = w else { continue };
+            let x = c ^ u32::from_be_bytes([b0, b1, b2, b3]);
+            c = t[7][(x >> 24) as usize]
+                ^ t[6][(x >> 16) as usize & 0xff]
+                ^ t[5][(x >> 8) as usize & 0xff]
+                ^ t[4][x as usize & 0xff]
+                ^ t[3][usize::from(b4)]
+                ^ t[2][usize::from(b5)]
+                ^ t[1][usize::from(b6)]
+                ^ t[0][usize::from(b7)];
+        }
+        for &byte in words.remainder() {
+            c = (c << 8) ^ t[0][((c >> 24) as u8 ^ byte) as usize];
+        }
+        self.0 = c;
+    }
+
+    fn value(&self) -> u32 {
+        !self.0
+    }
+}
