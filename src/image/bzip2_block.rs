@@ -381,7 +381,7 @@ pub fn decode(buf: &[u8], skip: u8, bits: u64, level: u8, scratch: &mut Scratch)
         tt[j] |= (i as u32) << 8;
     }
     let start = (tt[orig] >> 8) as usize;
-    walk(tt, start, segs, bytes)?;
+    walk(tt, start, segs, bytes);
 
     let mut sink = Sink::default();
     unrle(bytes, &mut sink);
@@ -403,21 +403,36 @@ const ONE_CHAIN_BELOW: usize = 1 << 16;
 const START: u32 = 1 << 31;
 
 /// Writes the block's bytes in order into `out`: the inverse transform's walk through `tt` from
-/// row `start`, each entry giving a byte and the next row. For speed the cycle is walked from
-/// several rows at once, each chain stopping at the next chain's first row, and the pieces are
-/// put in order afterwards. In a valid block the links form one cycle through every row; a
-/// corrupt one can link them otherwise, which fails here before any chain runs for ever.
-fn walk(tt: &mut [u32], start: usize, segs: &mut Vec<Vec<u8>>, out: &mut Vec<u8>) -> Result<()> {
+/// row `start`, each entry giving a byte and the next row, `tt.len()` steps.
+fn walk(tt: &mut [u32], start: usize, segs: &mut Vec<Vec<u8>>, out: &mut Vec<u8>) {
+    let n = tt.len();
+    if n >= ONE_CHAIN_BELOW && chains(tt, start, segs, out) {
+        return;
+    }
+    out.clear();
+    out.reserve(n);
+    let mut p = start;
+    for _ in 0..n {
+        let t = tt[p] & !START;
+        out.push(t as u8);
+        p = (t >> 8) as usize;
+    }
+}
+
+/// [`walk`] for speed: the links are followed from several rows at once, each chain stopping at
+/// the next chain's first row, and the pieces put in order afterwards. That needs the links to
+/// form one cycle through every row, as they do unless the block is periodic ("abab...", or a
+/// run of one byte: equal rotations link to themselves) or corrupt. Returns false, having
+/// stopped every chain within `n` steps in all, when they do not.
+fn chains(tt: &mut [u32], start: usize, segs: &mut Vec<Vec<u8>>, out: &mut Vec<u8>) -> bool {
     let n = tt.len();
     let mut starts = [start; CHAINS];
     let mut k = 1;
-    if n >= ONE_CHAIN_BELOW {
-        for c in 1..CHAINS {
-            let s = c * n / CHAINS;
-            if !starts[..k].contains(&s) {
-                starts[k] = s;
-                k += 1;
-            }
+    for c in 1..CHAINS {
+        let s = c * n / CHAINS;
+        if !starts[..k].contains(&s) {
+            starts[k] = s;
+            k += 1;
         }
     }
     for &s in &starts[..k] {
@@ -454,7 +469,7 @@ fn walk(tt: &mut [u32], start: usize, segs: &mut Vec<Vec<u8>>, out: &mut Vec<u8>
         }
         total += active;
         if total > n {
-            return corrupt("the inverse transform's links do not form one cycle");
+            return false;
         }
     }
     out.clear();
@@ -462,16 +477,13 @@ fn walk(tt: &mut [u32], start: usize, segs: &mut Vec<Vec<u8>>, out: &mut Vec<u8>
     let (mut c, mut seen) = (0, 0u32);
     for _ in 0..k {
         let Some(seg) = segs.get(c).filter(|_| seen & 1 << c == 0) else {
-            return corrupt("the inverse transform's links do not form one cycle");
+            return false;
         };
         seen |= 1 << c;
         out.extend_from_slice(seg);
         c = next[c];
     }
-    if c != 0 || out.len() != n {
-        return corrupt("the inverse transform's links do not form one cycle");
-    }
-    Ok(())
+    c == 0 && out.len() == n
 }
 
 /// Undoes bzip2's first run-length stage: after four equal bytes comes a count of 0 to 255
@@ -611,5 +623,324 @@ impl Crc {
 
     fn value(&self) -> u32 {
         !self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::bzip2_mt::{EOS_MAGIC, find_magic};
+    use super::*;
+    use crate::fuzz::Rng;
+    use std::io::Write;
+
+    fn random(seed: u64, len: usize) -> Vec<u8> {
+        let mut rng = Rng::new(seed);
+        (0..len).map(|_| rng.next() as u8).collect()
+    }
+
+    fn compress(data: &[u8], level: u32) -> Vec<u8> {
+        let mut e = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::new(level));
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    /// The bit ranges of a one-stream file's blocks.
+    fn blocks(file: &[u8]) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        let mut at = 32;
+        while let Some((p, magic)) = find_magic(file, at + 1) {
+            if at > 32 || p > 32 || magic == EOS_MAGIC {
+                out.push((at, p));
+            }
+            if magic == EOS_MAGIC {
+                break;
+            }
+            at = p;
+        }
+        // A file with no blocks has the end-of-stream magic at bit 32.
+        out.retain(|&(a, b)| b > a && !(a == 32 && b == 32));
+        if find_magic(file, 32).is_some_and(|(p, m)| p == 32 && m == EOS_MAGIC) {
+            out.clear();
+        }
+        out
+    }
+
+    fn block(file: &[u8], (a, b): (u64, u64), scratch: &mut Scratch) -> Result<Vec<u8>> {
+        let level = file[3] - b'0';
+        decode(&file[(a / 8) as usize..], (a % 8) as u8, b - a, level, scratch)
+            .map(|b| b.chunks.concat())
+    }
+
+    fn round_trip(what: &str, data: &[u8], level: u32) {
+        let file = compress(data, level);
+        let mut scratch = Scratch::default();
+        let mut out = Vec::new();
+        for range in blocks(&file) {
+            match block(&file, range, &mut scratch) {
+                Ok(b) => out.extend(b),
+                Err(e) => panic!("{what}, level {level}, block at bit {}: {e}", range.0),
+            }
+        }
+        assert!(out == data, "{what}, level {level}: {} bytes, {} expected", out.len(), data.len());
+    }
+
+    #[test]
+    fn inputs_round_trip_against_libbz2s_encoder() {
+        let mut runs = Vec::new();
+        for n in [1, 2, 3, 4, 5, 6, 255, 256, 259, 260, 300, 1000] {
+            runs.extend(std::iter::repeat_n(b'x', n));
+            runs.push(b'y');
+        }
+        let all: Vec<u8> = (0..=255u8).collect();
+        let text: Vec<u8> =
+            b"bty writes disk images. ".iter().cycle().take(300_000).copied().collect();
+        let mut mixed = random(1, 50_000);
+        mixed.extend(vec![0u8; 200_000]);
+        mixed.extend(&text[..70_000]);
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("empty", vec![]),
+            ("one byte", vec![7]),
+            ("4 equal", vec![9; 4]),
+            ("5 equal", vec![9; 5]),
+            ("255 equal", vec![9; 255]),
+            ("256 equal", vec![9; 256]),
+            ("300 equal", vec![9; 300]),
+            ("runs", runs),
+            ("all byte values", all.repeat(3)),
+            ("random", random(2, 70_000)),
+            ("text", text),
+            ("mixed", mixed),
+            ("zeros", vec![0; 1 << 20]),
+            ("periodic", random(8, 1000).repeat(90)),
+        ];
+        for (what, data) in &cases {
+            for level in [1, 9] {
+                round_trip(what, data, level);
+            }
+        }
+        for level in [1u32, 9] {
+            for extra in [0, 1] {
+                let len = level as usize * 100_000 + extra;
+                round_trip("block-size random", &random(3, len), level);
+            }
+        }
+        round_trip("multi-block", &random(4, 350_000), 1);
+    }
+
+    #[test]
+    fn flipped_bits_and_truncations_fail_or_decode_right() {
+        let mut data = b"bty writes disk images. ".repeat(400);
+        data.extend(random(5, 3000));
+        data.extend(vec![0; 5000]);
+        let file = compress(&data, 1);
+        let range = blocks(&file)[0];
+        let mut scratch = Scratch::default();
+        assert_eq!(block(&file, range, &mut scratch).unwrap(), data);
+        let mut rng = Rng::new(6);
+        for _ in 0..1500 {
+            let mut bad = file.clone();
+            let bit = range.0 + rng.below((range.1 - range.0) as usize) as u64;
+            bad[(bit / 8) as usize] ^= 0x80 >> (bit % 8);
+            if let Ok(out) = block(&bad, range, &mut scratch) {
+                assert_eq!(out, data, "a flip at bit {bit} decoded to other bytes");
+            }
+        }
+        for _ in 0..300 {
+            let end = range.0 + rng.below((range.1 - range.0) as usize) as u64;
+            if let Ok(out) = block(&file[..end.div_ceil(8) as usize], (range.0, end), &mut scratch)
+            {
+                assert_eq!(out, data, "cut at bit {end} decoded to other bytes");
+            }
+        }
+        // Random garbage after a block magic.
+        for seed in 0..200 {
+            let mut junk = vec![0x31, 0x41, 0x59, 0x26, 0x53, 0x59];
+            junk.extend(random(seed, 2000));
+            let _ = decode(&junk, 0, junk.len() as u64 * 8, 9, &mut scratch);
+        }
+    }
+
+    /// A bit writer for crafted blocks.
+    #[derive(Default)]
+    struct W {
+        out: Vec<u8>,
+        bits: u64,
+    }
+
+    impl W {
+        fn put(&mut self, v: u64, n: u32) {
+            for k in (0..n).rev() {
+                if self.bits % 8 == 0 {
+                    self.out.push(0);
+                }
+                if v >> k & 1 == 1 {
+                    *self.out.last_mut().unwrap() |= 0x80 >> (self.bits % 8);
+                }
+                self.bits += 1;
+            }
+        }
+    }
+
+    /// A block's fields, valid by default: the one byte "a", coded RUNA then end-of-block.
+    struct Spec {
+        crc: u32,
+        randomised: bool,
+        orig: u64,
+        used: Vec<u8>,
+        groups: u64,
+        /// Move-to-front indices, written in unary.
+        selectors: Vec<u32>,
+        /// Each table's code lengths, the first written as the 5-bit start.
+        lens: Vec<Vec<u32>>,
+        /// (code, length) pairs.
+        symbols: Vec<(u64, u32)>,
+    }
+
+    impl Default for Spec {
+        fn default() -> Spec {
+            let mut crc = Crc::default();
+            crc.update(b"a");
+            Spec {
+                crc: crc.value(),
+                randomised: false,
+                orig: 0,
+                used: vec![b'a'],
+                groups: 2,
+                selectors: vec![0],
+                lens: vec![vec![1, 2, 2]; 2],
+                symbols: vec![(0, 1), (0b11, 2)],
+            }
+        }
+    }
+
+    const RUNB: (u64, u32) = (0b10, 2);
+
+    fn craft(spec: Spec) -> Result<Vec<u8>> {
+        let mut w = W::default();
+        w.put(BLOCK_MAGIC, 48);
+        w.put(spec.crc.into(), 32);
+        w.put(spec.randomised.into(), 1);
+        w.put(spec.orig, 24);
+        let mut map = [0u16; 16];
+        for &b in &spec.used {
+            map[usize::from(b / 16)] |= 0x8000 >> (b % 16);
+        }
+        w.put(map.iter().enumerate().map(|(i, &m)| u64::from(m != 0) << (15 - i)).sum(), 16);
+        for m in map.into_iter().filter(|&m| m != 0) {
+            w.put(m.into(), 16);
+        }
+        w.put(spec.groups, 3);
+        w.put(spec.selectors.len() as u64, 15);
+        for &s in &spec.selectors {
+            w.put((1 << (s + 1)) - 2, s + 1);
+        }
+        for lens in &spec.lens {
+            let mut cur = lens[0];
+            w.put(cur.into(), 5);
+            for &l in lens {
+                while cur < l {
+                    w.put(0b10, 2);
+                    cur += 1;
+                }
+                while cur > l {
+                    w.put(0b11, 2);
+                    cur -= 1;
+                }
+                w.put(0, 1);
+            }
+        }
+        for &(code, len) in &spec.symbols {
+            w.put(code, len);
+        }
+        decode(&w.out, 0, w.bits, 1, &mut Scratch::default()).map(|b| b.chunks.concat())
+    }
+
+    fn fails(spec: Spec, expect: &str) {
+        match craft(spec) {
+            Err(BlockError::Corrupt(msg)) => assert!(msg.contains(expect), "{expect}: {msg}"),
+            other => panic!("expected an error with {expect:?}, got {:?}", other.map(|v| v.len())),
+        }
+    }
+
+    #[test]
+    fn crafted_headers_are_refused() {
+        assert_eq!(craft(Spec::default()).unwrap(), b"a");
+        fails(Spec { orig: 1, ..Spec::default() }, "origPtr 1 is beyond");
+        fails(Spec { crc: 1, ..Spec::default() }, "CRC");
+        assert_eq!(
+            craft(Spec { randomised: true, ..Spec::default() }).unwrap_err(),
+            BlockError::Randomised
+        );
+        fails(Spec { used: vec![], lens: vec![vec![1, 1]; 2], ..Spec::default() }, "used byte");
+        for groups in [0, 1, 7] {
+            let lens = vec![vec![1, 2, 2]; groups as usize];
+            fails(Spec { groups, lens, ..Spec::default() }, "Huffman tables");
+        }
+        fails(Spec { selectors: vec![], ..Spec::default() }, "no selectors");
+        fails(Spec { selectors: vec![2], ..Spec::default() }, "beyond the 2");
+        for bad in [0, 21] {
+            let lens = vec![vec![bad, 2, 2], vec![1, 2, 2]];
+            fails(Spec { lens, ..Spec::default() }, "code lengths of table 0");
+        }
+        let lens = vec![vec![1, 2, 2], vec![1, 2, 21]];
+        fails(Spec { lens, ..Spec::default() }, "code lengths of table 1");
+        // Three codes of one bit cannot all be distinct.
+        fails(Spec { lens: vec![vec![1, 1, 1]; 2], ..Spec::default() }, "more codes of 1 bits");
+        // Twenty RUNBs make a run of 2^21 - 2 bytes, past level 1's 100k.
+        let mut symbols = vec![RUNB; 20];
+        symbols.push((0b11, 2));
+        fails(Spec { symbols, selectors: vec![0], ..Spec::default() }, "past the block size");
+        // Fifty-one symbols need two selectors.
+        let (used, lens) = (b"ab".to_vec(), vec![vec![2, 2, 2, 2]; 2]);
+        let mut symbols = vec![(0b10, 2); 51];
+        symbols.push((0b11, 2));
+        fails(Spec { used, lens, symbols, ..Spec::default() }, "more symbols than its 1 selectors");
+        let mut symbols = Spec::default().symbols;
+        symbols.push((0, 3));
+        fails(Spec { symbols, ..Spec::default() }, "3 bits follow the end-of-block");
+        // End-of-block coded as 0: the zeros read past the end make one, a bit too late.
+        let lens = vec![vec![2, 2, 1]; 2];
+        fails(
+            Spec { lens, symbols: vec![(0b10, 2)], ..Spec::default() },
+            "ends inside its symbols",
+        );
+        // An incomplete code: a code no symbol has is refused when read.
+        let lens = vec![vec![2, 2, 2]; 2];
+        fails(Spec { lens, symbols: vec![(0b11, 2)], ..Spec::default() }, "matches no symbol");
+    }
+
+    #[test]
+    fn links_in_several_cycles_are_walked_as_one_chain() {
+        let n = ONE_CHAIN_BELOW * 2;
+        // Two cycles (as in a periodic block): each row links to the next within its half.
+        let half = n / 2;
+        let link = |i: usize| (i / half * half + (i + 1) % half) as u32;
+        let mut tt: Vec<u32> = (0..n).map(|i| link(i) << 8 | (i % 251) as u32).collect();
+        let mut out = Vec::new();
+        walk(&mut tt, 3, &mut Vec::new(), &mut out);
+        let want: Vec<u8> = (0..n).map(|k| ((3 + k) % half % 251) as u8).collect();
+        assert!(out == want);
+        // One cycle through every row, whatever rows the chains start at.
+        let mut tt: Vec<u32> =
+            (0..n).map(|i| (((i + 1) % n) as u32) << 8 | (i % 251) as u32).collect();
+        walk(&mut tt, 5, &mut Vec::new(), &mut out);
+        let want: Vec<u8> = (0..n).map(|k| ((5 + k) % n % 251) as u8).collect();
+        assert!(out == want);
+    }
+
+    #[test]
+    fn the_crc_matches_bzip2s() {
+        // The check value of the CRC-32/BZIP2 parameters.
+        let mut c = Crc::default();
+        c.update(b"123456789");
+        assert_eq!(c.value(), 0xfc89_1918);
+        let data = random(7, 1001);
+        let mut whole = Crc::default();
+        whole.update(&data);
+        let mut parts = Crc::default();
+        for part in data.chunks(13) {
+            parts.update(part);
+        }
+        assert_eq!(whole.value(), parts.value());
     }
 }

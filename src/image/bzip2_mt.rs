@@ -19,7 +19,7 @@ use super::bzip2_block::{self, Block, BlockError, CHUNK, Scratch};
 use crate::error::{Context, Result};
 
 const BLOCK_MAGIC: u64 = 0x3141_5926_5359;
-const EOS_MAGIC: u64 = 0x1772_4538_5090;
+pub(super) const EOS_MAGIC: u64 = 0x1772_4538_5090;
 const MASK48: u64 = (1 << 48) - 1;
 
 /// Workers never exceed this: beyond it the single reader thread and the in-order output become
@@ -101,7 +101,7 @@ fn window(buf: &[u8], i: usize) -> u64 {
 
 /// The first block or end-of-stream magic at bit `from` or later whose 48 bits lie in `buf`
 /// (bits counted from the top bit of `buf[0]`): its bit position and which magic it is.
-fn find_magic(buf: &[u8], from: u64) -> Option<(u64, u64)> {
+pub(super) fn find_magic(buf: &[u8], from: u64) -> Option<(u64, u64)> {
     let total = buf.len() as u64 * 8;
     if total < from + 48 {
         return None;
