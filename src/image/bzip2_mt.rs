@@ -3,8 +3,10 @@
 //! A bzip2 stream is a header (`BZh1`..`BZh9`) and a sequence of independently decodable blocks,
 //! each starting with a 48-bit magic, closed by a 48-bit end-of-stream magic and the stream CRC.
 //! Blocks are not byte-aligned and have no length field, so a reader thread scans the bits for
-//! the magics and cuts the stream into pieces there. Each piece is re-packed into a standalone
-//! one-block stream and decoded by a worker with libbz2, which checks the block CRC. The magic
+//! the magics and cuts the stream into pieces there. Each piece is decoded by a worker with
+//! bty's own block decoder ([`super::bzip2_block`]), straight from its bits, which checks the
+//! block CRC; a block in bzip2 0.9.0's randomised mode is re-packed into a standalone one-block
+//! stream for libbz2 instead. The magic
 //! can also occur by chance inside compressed data: such a piece fails to decode (its block is
 //! cut short, or starts in the middle of one), and the reader of the output joins it with the
 //! next piece and tries again. Output leaves strictly in order; a bounded number of pieces is
@@ -27,7 +29,8 @@ const MASK48: u64 = (1 << 48) - 1;
 const MAX_WORKERS: usize = 8;
 /// Memory one block in flight can take at worst: a level-9 block of zeros decodes to 46 MiB
 /// (bzip2's first run-length stage stores 259 bytes in 5), plus its compressed bits (at most
-/// 2.3 MiB), their re-packed copy and libbz2's 3.6 MiB of tables.
+/// 2.3 MiB) and the decoding worker's tables (6.3 MiB, or libbz2's 3.6 MiB and a re-packed copy
+/// of the bits for a randomised block).
 const BLOCK_WORST_MEMORY: u64 = 64 << 20;
 /// Joins tried after a piece fails before the piece counts as corrupt. Chance magics are rare
 /// (one in 2^47 bit positions), so more than one in a block means the data is damaged.
@@ -56,7 +59,9 @@ fn in_flight(workers: usize) -> usize {
 }
 
 /// A decoder for the concatenated bzip2 streams of `input`: block-parallel with [`workers`]
-/// threads when there are two or more, else libbz2's own decoder on the calling thread.
+/// threads when there are two or more, else libbz2's own decoder on the calling thread. That
+/// fallback stays libbz2 because it streams in a few MiB, where the block-parallel decoder keeps
+/// whole blocks in flight: it serves the machines without the memory for those, or one core.
 pub fn decoder<R: io::BufRead + Send + 'static>(input: R) -> Result<Box<dyn Read + Send>> {
     let n = workers();
     if n < 2 {
