@@ -212,6 +212,10 @@ impl Table {
 /// `buf[0]`), starting with the block magic and ending right after the end-of-block symbol, in
 /// a stream of `level` (1..=9: blocks of at most level × 100k bytes). Checks the block CRC.
 pub fn decode(buf: &[u8], skip: u8, bits: u64, level: u8, scratch: &mut Scratch) -> Result<Block> {
+    // Levels above 9 would also let row links outgrow their 20 bits in `tt`.
+    if !(1..=9).contains(&level) {
+        return corrupt(format!("stream level {level} (bzip2's are 1 to 9)"));
+    }
     let max = usize::from(level) * 100_000;
     let mut b = Bits { buf, pos: u64::from(skip), end: u64::from(skip) + bits };
     if u64::from(b.take(24)) << 24 | u64::from(b.take(24)) != BLOCK_MAGIC {
@@ -757,6 +761,24 @@ mod tests {
             let mut junk = vec![0x31, 0x41, 0x59, 0x26, 0x53, 0x59];
             junk.extend(random(seed, 2000));
             let _ = decode(&junk, 0, junk.len() as u64 * 8, 9, &mut scratch);
+        }
+    }
+
+    #[test]
+    fn mutated_blocks_never_panic_or_hang() {
+        let mut data = b"bty writes disk images. ".repeat(200);
+        data.extend(random(9, 2000));
+        let file = compress(&data, 1);
+        let mut rng = Rng::new(crate::fuzz::seed());
+        let mut scratch = Scratch::default();
+        for _ in 0..crate::fuzz::iterations(300) {
+            let input = crate::fuzz::mutate(&mut rng, &file, file.len() + 1024);
+            // Any cut of the mutated bits, from the first block magic's place on.
+            let bits = (input.len() as u64 * 8).saturating_sub(32);
+            let cut = rng.below(bits as usize + 1) as u64;
+            if let Some(rest) = input.get(4..) {
+                let _ = decode(rest, 0, cut, 1 + rng.below(9) as u8, &mut scratch);
+            }
         }
     }
 

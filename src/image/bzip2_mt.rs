@@ -228,7 +228,8 @@ fn decode(piece: &Piece, scratch: &mut Scratch) -> std::result::Result<Block, St
         return Err("shorter than a block header".into());
     }
     match bzip2_block::decode(&piece.bytes, piece.skip, piece.bits, piece.level, scratch) {
-        Err(BlockError::Randomised) => decode_libbz2(piece),
+        Err(BlockError::Randomised) => decode_libbz2(piece)
+            .map_err(|e| format!("in bzip2 0.9.0's randomised mode, decoded by libbz2: {e}")),
         other => other.map_err(|e| e.to_string()),
     }
 }
@@ -899,6 +900,23 @@ mod tests {
         bad[(bit / 8) as usize] ^= 0x80 >> (bit % 8);
         let e = par(&bad).unwrap_err().to_string();
         assert!(e.contains("stores CRC"), "{e}");
+    }
+
+    #[test]
+    fn a_randomised_block_goes_to_libbz2() {
+        let data = compressible(15, 50_000);
+        let mut file = bzip2_crate(&data, 1);
+        // The randomised bit follows the header (32 bits), the magic (48) and the CRC (32). Set
+        // on a block that is not randomised, libbz2's de-randomising breaks its CRC.
+        file[14] |= 0x80;
+        let mut piece = split(&file).remove(0).ok().unwrap();
+        let mut scratch = Scratch::default();
+        let e = bzip2_block::decode(&piece.bytes, piece.skip, piece.bits, 1, &mut scratch);
+        assert!(matches!(e, Err(BlockError::Randomised)));
+        let e = decode(&piece, &mut scratch).err().unwrap();
+        assert!(e.contains("randomised mode, decoded by libbz2: "), "{e}");
+        piece.bytes[10] &= 0x7f;
+        assert_eq!(decode(&piece, &mut scratch).unwrap().chunks.concat(), data);
     }
 
     #[test]
