@@ -3,8 +3,10 @@
 //! A bzip2 stream is a header (`BZh1`..`BZh9`) and a sequence of independently decodable blocks,
 //! each starting with a 48-bit magic, closed by a 48-bit end-of-stream magic and the stream CRC.
 //! Blocks are not byte-aligned and have no length field, so a reader thread scans the bits for
-//! the magics and cuts the stream into pieces there. Each piece is re-packed into a standalone
-//! one-block stream and decoded by a worker with libbz2, which checks the block CRC. The magic
+//! the magics and cuts the stream into pieces there. Each piece is decoded by a worker with
+//! bty's own block decoder ([`super::bzip2_block`]), straight from its bits, which checks the
+//! block CRC; a block in bzip2 0.9.0's randomised mode is re-packed into a standalone one-block
+//! stream for libbz2 instead. The magic
 //! can also occur by chance inside compressed data: such a piece fails to decode (its block is
 //! cut short, or starts in the middle of one), and the reader of the output joins it with the
 //! next piece and tries again. Output leaves strictly in order; a bounded number of pieces is
@@ -15,10 +17,11 @@ use std::io::{self, Read};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 
+use super::bzip2_block::{self, Block, BlockError, CHUNK, Scratch};
 use crate::error::{Context, Result};
 
 const BLOCK_MAGIC: u64 = 0x3141_5926_5359;
-const EOS_MAGIC: u64 = 0x1772_4538_5090;
+pub(super) const EOS_MAGIC: u64 = 0x1772_4538_5090;
 const MASK48: u64 = (1 << 48) - 1;
 
 /// Workers never exceed this: beyond it the single reader thread and the in-order output become
@@ -26,14 +29,12 @@ const MASK48: u64 = (1 << 48) - 1;
 const MAX_WORKERS: usize = 8;
 /// Memory one block in flight can take at worst: a level-9 block of zeros decodes to 46 MiB
 /// (bzip2's first run-length stage stores 259 bytes in 5), plus its compressed bits (at most
-/// 2.3 MiB), their re-packed copy and libbz2's 3.6 MiB of tables.
+/// 2.3 MiB) and the decoding worker's tables (6.3 MiB, or libbz2's 3.6 MiB and a re-packed copy
+/// of the bits for a randomised block).
 const BLOCK_WORST_MEMORY: u64 = 64 << 20;
 /// Joins tried after a piece fails before the piece counts as corrupt. Chance magics are rare
 /// (one in 2^47 bit positions), so more than one in a block means the data is damaged.
 const MAX_JOINS: usize = 16;
-/// Decoded output is handed over in chunks of this size, so a block of zeros that decodes to
-/// 46 MiB needs no reallocation and copy as it grows.
-const CHUNK: usize = 1 << 20;
 /// How much the reader thread asks its input for at a time.
 const READ_SIZE: usize = 256 << 10;
 
@@ -58,7 +59,9 @@ fn in_flight(workers: usize) -> usize {
 }
 
 /// A decoder for the concatenated bzip2 streams of `input`: block-parallel with [`workers`]
-/// threads when there are two or more, else libbz2's own decoder on the calling thread.
+/// threads when there are two or more, else libbz2's own decoder on the calling thread. That
+/// fallback stays libbz2 because it streams in a few MiB, where the block-parallel decoder keeps
+/// whole blocks in flight: it serves the machines without the memory for those, or one core.
 pub fn decoder<R: io::BufRead + Send + 'static>(input: R) -> Result<Box<dyn Read + Send>> {
     let n = workers();
     if n < 2 {
@@ -103,7 +106,7 @@ fn window(buf: &[u8], i: usize) -> u64 {
 
 /// The first block or end-of-stream magic at bit `from` or later whose 48 bits lie in `buf`
 /// (bits counted from the top bit of `buf[0]`): its bit position and which magic it is.
-fn find_magic(buf: &[u8], from: u64) -> Option<(u64, u64)> {
+pub(super) fn find_magic(buf: &[u8], from: u64) -> Option<(u64, u64)> {
     let total = buf.len() as u64 * 8;
     if total < from + 48 {
         return None;
@@ -218,18 +221,21 @@ impl Bits {
     }
 }
 
-/// A decoded block: its output in chunks, and its CRC for the stream CRC.
-struct Block {
-    chunks: Vec<Vec<u8>>,
-    crc: u32,
-}
-
-/// Decodes a piece as one block with libbz2, which checks the block CRC; the piece must be
-/// exactly one block (a piece holding more, or less, fails).
-fn decode(piece: &Piece) -> std::result::Result<Block, String> {
+/// Decodes a piece as one block, checking the block CRC; the piece must be exactly one block (a
+/// piece holding more, or less, fails). A block in the randomised mode goes to libbz2.
+fn decode(piece: &Piece, scratch: &mut Scratch) -> std::result::Result<Block, String> {
     if piece.bits < 80 {
         return Err("shorter than a block header".into());
     }
+    match bzip2_block::decode(&piece.bytes, piece.skip, piece.bits, piece.level, scratch) {
+        Err(BlockError::Randomised) => decode_libbz2(piece)
+            .map_err(|e| format!("in bzip2 0.9.0's randomised mode, decoded by libbz2: {e}")),
+        other => other.map_err(|e| e.to_string()),
+    }
+}
+
+/// Decodes a piece as one block with libbz2, which checks the block CRC.
+fn decode_libbz2(piece: &Piece) -> std::result::Result<Block, String> {
     let stream = piece.stream();
     let mut input = &stream[..];
     let mut d = bzip2::Decompress::new(false);
@@ -477,6 +483,8 @@ pub struct ParallelBzDecoder {
     blocks: u64,
     done: bool,
     failed: Option<String>,
+    /// Tables for decoding joined pieces (on this thread; empty until a piece fails).
+    scratch: Scratch,
 }
 
 impl ParallelBzDecoder {
@@ -515,6 +523,7 @@ impl ParallelBzDecoder {
             blocks: 0,
             done: false,
             failed: None,
+            scratch: Scratch::default(),
         }
     }
 
@@ -573,7 +582,7 @@ impl ParallelBzDecoder {
                     if piece.bits > max_piece_bits(piece.level) {
                         break;
                     }
-                    if let Ok(block) = decode(&piece) {
+                    if let Ok(block) = decode(&piece, &mut self.scratch) {
                         return Ok(block);
                     }
                 }
@@ -618,6 +627,7 @@ impl Read for ParallelBzDecoder {
 
 /// A decoding thread: takes pieces in file order and sends each one's block back.
 fn work(jobs: &Mutex<Receiver<Job>>) {
+    let mut scratch = Scratch::default();
     loop {
         let job = {
             let Ok(jobs) = jobs.lock() else { return };
@@ -626,7 +636,7 @@ fn work(jobs: &Mutex<Receiver<Job>>) {
                 Err(_) => return,
             }
         };
-        let result = decode(&job.piece);
+        let result = decode(&job.piece, &mut scratch);
         // The output side may have gone (an error, or a flash cancelled): nothing to do then.
         let _ = job.reply.send(Outcome { piece: job.piece, result });
     }
@@ -803,11 +813,12 @@ mod tests {
     /// The decoder's output for these pieces, each decoded on its own first as a worker would.
     fn collect(items: Vec<std::result::Result<Piece, (u32, u64)>>) -> io::Result<Vec<u8>> {
         let (tx, rx) = mpsc::sync_channel(items.len() + 1);
+        let mut scratch = Scratch::default();
         for item in items {
             let ticket = match item {
                 Ok(piece) => {
                     let (reply, outcome) = mpsc::sync_channel(1);
-                    reply.send(Outcome { result: decode(&piece), piece }).unwrap();
+                    reply.send(Outcome { result: decode(&piece, &mut scratch), piece }).unwrap();
                     Ticket::Block(outcome)
                 }
                 Err((crc, offset)) => Ticket::End { crc, offset },
@@ -889,6 +900,23 @@ mod tests {
         bad[(bit / 8) as usize] ^= 0x80 >> (bit % 8);
         let e = par(&bad).unwrap_err().to_string();
         assert!(e.contains("stores CRC"), "{e}");
+    }
+
+    #[test]
+    fn a_randomised_block_goes_to_libbz2() {
+        let data = compressible(15, 50_000);
+        let mut file = bzip2_crate(&data, 1);
+        // The randomised bit follows the header (32 bits), the magic (48) and the CRC (32). Set
+        // on a block that is not randomised, libbz2's de-randomising breaks its CRC.
+        file[14] |= 0x80;
+        let mut piece = split(&file).remove(0).ok().unwrap();
+        let mut scratch = Scratch::default();
+        let e = bzip2_block::decode(&piece.bytes, piece.skip, piece.bits, 1, &mut scratch);
+        assert!(matches!(e, Err(BlockError::Randomised)));
+        let e = decode(&piece, &mut scratch).err().unwrap();
+        assert!(e.contains("randomised mode, decoded by libbz2: "), "{e}");
+        piece.bytes[10] &= 0x7f;
+        assert_eq!(decode(&piece, &mut scratch).unwrap().chunks.concat(), data);
     }
 
     #[test]
