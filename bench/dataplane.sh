@@ -22,7 +22,8 @@
 # Builds and installs nothing: `make bench-dataplane` builds the static bty-web and installs
 # nginx-light with its system service kept off. Network traffic goes to 127.0.0.1 only.
 #
-# Env: SIZE=1G (bytes, K/M/G suffixes: 1024-based)  DURATION=10 (s per wrk run)
+# Env: SIZE=1G (bytes, K/M/G suffixes: 1024-based)  DURATION=10 (s per wrk run)  RUNS=3 (rounds
+#      of the throughput runs; the tables show medians)
 #      CLIENTS="1 16 64"  THREADS=2 (wrk threads, at most the connections)  MACHINES=1000
 #      PXE_CONNS=16  FLASH_CLIENTS=16  DL_NICE=10 (the downloading clients' nice value in the
 #      PXE storm: they stand for machines elsewhere)  PXE_SLACK=1.10 (the /pxe target: p50 and p99 during the
@@ -35,7 +36,7 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CALLER_ENV=""
-for v in SIZE DURATION CLIENTS THREADS MACHINES PXE_CONNS FLASH_CLIENTS DL_NICE PXE_SLACK BTY_WEB NGINX; do
+for v in SIZE DURATION RUNS CLIENTS THREADS MACHINES PXE_CONNS FLASH_CLIENTS DL_NICE PXE_SLACK BTY_WEB NGINX; do
   [[ -n ${!v+x} ]] && CALLER_ENV+="$v=$(printf %q "${!v}") "
 done
 SIZE=${SIZE:-1G}
@@ -46,6 +47,7 @@ MACHINES=${MACHINES:-1000}
 PXE_CONNS=${PXE_CONNS:-16}
 FLASH_CLIENTS=${FLASH_CLIENTS:-16}
 DL_NICE=${DL_NICE:-10}
+RUNS=${RUNS:-3}
 PXE_SLACK=${PXE_SLACK:-1.10}
 BTY_WEB=${BTY_WEB:-$REPO/target/release/bty-web}
 NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
@@ -159,18 +161,23 @@ put machine "$(lscpu | sed -n 's/^Model name: *//p') x $(nproc), $(free -g | awk
 put wrk "$(wrk --version 2>&1 | head -1 | awk '{print "wrk", $2}')"
 put nginx "$("$NGINX" -v 2>&1 | sed 's/^nginx version: //') (Debian's $(dpkg-query -W -f '${Package} ${Version}' nginx-light 2>/dev/null || echo '?'))"
 put bty "$(timeout 10 "$BTY_WEB" --version 2>&1 | head -1), $(stat -c %s "$BTY_WEB") bytes"
-put bytes "$BYTES"; put clients "$CLIENTS"; put duration "$DURATION"; put threads "$THREADS"
+put bytes "$BYTES"; put runs "$RUNS"; put clients "$CLIENTS"; put duration "$DURATION"; put threads "$THREADS"
 put machines "$MACHINES"; put pxe_conns "$PXE_CONNS"; put flash_clients "$FLASH_CLIENTS"; put dl_nice "$DL_NICE"; put pxe_slack "$PXE_SLACK"
 b0=$(busy_ticks); sleep 2; b1=$(busy_ticks)
 put background "$(awk -v t=$((b1 - b0)) -v hz="$HZ" -v n="$(nproc)" 'BEGIN{printf "%.0f", 100 * t / hz / 2 / n}')% of the machine's CPU busy in the 2 s before the runs"
 
-for n in $CLIENTS; do
-  log "$n concurrent clients, ${DURATION}s each"
-  for ((i = 0; i < ${#URLS[@]}; i += 2)); do
-    who=${URLS[i]}
-    pid=$BTY_PID
-    [[ $who == nginx ]] && pid=$NGINX_PID
-    run_wrk "$who.$n" "$pid" "$n" -s "$REPO/bench/wrk/report.lua" "${URLS[i + 1]}"
+# RUNS rounds; in each, every number of clients against every server, the servers' order
+# rotated by one each round so that none always runs first (or right after another's load).
+for ((r = 1; r <= RUNS; r++)); do
+  for n in $CLIENTS; do
+    log "round $r of $RUNS: $n concurrent clients, ${DURATION}s each"
+    for ((j = 0; j < ${#URLS[@]} / 2; j++)); do
+      i=$(( ((j + r - 1) % (${#URLS[@]} / 2)) * 2 ))
+      who=${URLS[i]}
+      pid=$BTY_PID
+      [[ $who == nginx ]] && pid=$NGINX_PID
+      run_wrk "$who.$n.$r" "$pid" "$n" -s "$REPO/bench/wrk/report.lua" "${URLS[i + 1]}"
+    done
   done
 done
 
@@ -204,39 +211,52 @@ def num(x):
     except (TypeError, ValueError): return float("nan")
 def wrk(key): return dict(x.split("=") for x in kv.get(f"wrk.{key}", "").split())
 def f(x, d=2): return "–" if x != x else f"{x:,.{d}f}"
-def gbps(key):
-    w = wrk(key)
+# A throughput key (server.clients) has one run per round, key.1 .. key.RUNS; others have one.
+def keys(key): return [key] if f"wrk.{key}" in kv else [k[4:] for k in kv if k.startswith(f"wrk.{key}.")]
+def rate(k):
+    w = wrk(k)
     return num(w.get("bytes")) / num(w.get("duration_us")) * 1e6 / 1e9 if w else float("nan")
+def rates(key): return sorted(rate(k) for k in keys(key))
+def gbps(key):
+    r = rates(key)
+    return r[len(r) // 2] if r else float("nan")
+def spread(key):
+    r = rates(key)
+    return f"{f(r[0])}–{f(r[-1])}" if len(r) > 1 else ""
 def cpu_per_gb(key):
-    w = wrk(key)
-    return num(kv.get(f"cpu.{key}")) / (num(w.get("bytes")) / 1e9) if w else float("nan")
-def mib(key): return num(kv.get(f"hwm.{key}")) / 1024
+    ks = keys(key)
+    sent = sum(num(wrk(k).get("bytes")) for k in ks)
+    return sum(num(kv.get(f"cpu.{k}")) for k in ks) / (sent / 1e9) if ks and sent else float("nan")
+def mib(key): return max((num(kv.get(f"hwm.{k}")) for k in keys(key)), default=float("nan")) / 1024
+def total(key, field): return sum(int(num(wrk(k).get(field, 0))) for k in keys(key))
 def ratio(b, n): return "–" if b != b or n != n or n == 0 else f"{b / n:.2f}x"
 clients = kv["clients"].split()
 o = []
 o.append("Aggregate throughput (GB/s = 10^9 bytes/s, every byte the clients read / the run's "
-         "seconds) and the ratio to nginx (≥ 1: bty-web as fast or faster):")
+         f"seconds; the median of {kv['runs']} runs, their range below it) and the ratio of the "
+         "medians to nginx's (≥ 1: bty-web as fast or faster):")
 o.append("")
 o.append("| clients | nginx | bty-web /boot/{name} | ratio | bty-web /images/{sha256}/{name} | ratio |")
 o.append("|---|---|---|---|---|---|")
 for n in clients:
     ng, bo, im = gbps(f"nginx.{n}"), gbps(f"boot.{n}"), gbps(f"images.{n}")
     o.append(f"| {n} | {f(ng)} | {f(bo)} | {ratio(bo, ng)} | {f(im)} | {ratio(im, ng)} |")
+    if int(kv["runs"]) > 1:
+        o.append(f"| | {spread(f'nginx.{n}')} | {spread(f'boot.{n}')} | | {spread(f'images.{n}')} | |")
 o.append("")
 o.append("What each run cost the server: CPU seconds (user + system, all its processes) per GB "
          "sent (lower is better), peak RSS so far (VmHWM, MiB; nginx: master and workers "
-         "added up), requests completed within the run, and wrk's errors "
+         "added up), requests completed within its runs, and wrk's errors, added up over the runs "
          "(connect/read/write/timeout, non-2xx):")
 o.append("")
 o.append("| clients | server | CPU s per GB | peak RSS, MiB | requests | errors |")
 o.append("|---|---|---|---|---|---|")
 for n in clients:
     for key, label in (("nginx", "nginx"), ("boot", "bty-web /boot"), ("images", "bty-web /images")):
-        w = wrk(f"{key}.{n}")
-        if not w: continue
-        err = f"{w['connect']}/{w['read']}/{w['write']}/{w['timeout']}, {w['status']}"
-        o.append(f"| {n} | {label} | {f(cpu_per_gb(f'{key}.{n}'), 3)} | {f(mib(f'{key}.{n}'), 1)} | "
-                 f"{w['requests']} | {err} |")
+        k = f"{key}.{n}"
+        if not keys(k): continue
+        err = "/".join(str(total(k, x)) for x in ("connect", "read", "write", "timeout")) + f", {total(k, 'status')}"
+        o.append(f"| {n} | {label} | {f(cpu_per_gb(k), 3)} | {f(mib(k), 1)} | {total(k, 'requests')} | {err} |")
 o.append("")
 pa, ps, fl = wrk("pxe.alone"), wrk("pxe.storm"), wrk("flash")
 def ms(w, p): return num(w.get(f"{p}_us")) / 1000 if w else float("nan")
@@ -292,7 +312,7 @@ Raw output (wrk, server logs) was in \`$WORK\`.
 - nginx: $(kvget nginx), in the foreground with its own config: \`worker_processes auto; sendfile on; tcp_nopush on; access_log off;\`, the file as a hard link in its root (the same inode: the same cached pages)
 - load generator: $(kvget wrk)
 - background: $(kvget background)
-- procedure: one file of $(kvget bytes) random bytes, read once and fetched once from each URL to warm the page cache; then for each number of clients ($(kvget clients)), wrk \`-t$(kvget threads) -cN -d$(kvget duration)s --timeout 60s\` (fewer threads than connections never) on nginx, bty-web /boot and bty-web /images, one at a time, each client fetching the file again and again; clients and servers share the machine's cores. Throughput counts every byte wrk read, so a download cut by the end of a run counts as far as it got. Then GET /pxe/{mac} ($(kvget machines) MACs cycled by bench/wrk/pxe.lua, discovered by a 2 s run first) for $(kvget duration) s alone, and again while wrk downloads /boot/big.img over $(kvget flash_clients) connections (started 2 s before the /pxe run, ending 2 s after; that wrk runs under \`nice -n $(kvget dl_nice)\`, standing for machines elsewhere whose CPU is not the server's). bty-web runs a connection's thread at nice 10 once it sends a body of 1 MiB or more, so the control plane goes first when the cores are busy.
+- procedure: one file of $(kvget bytes) random bytes, read once and fetched once from each URL to warm the page cache; then $(kvget runs) rounds: in each, for each number of clients ($(kvget clients)), wrk \`-t$(kvget threads) -cN -d$(kvget duration)s --timeout 60s\` (fewer threads than connections never) on nginx, bty-web /boot and bty-web /images, one at a time, their order rotated by one each round, each client fetching the file again and again; clients and servers share the machine's cores. Throughput counts every byte wrk read, so a download cut by the end of a run counts as far as it got. Then GET /pxe/{mac} ($(kvget machines) MACs cycled by bench/wrk/pxe.lua, discovered by a 2 s run first) for $(kvget duration) s alone, and again while wrk downloads /boot/big.img over $(kvget flash_clients) connections (started 2 s before the /pxe run, ending 2 s after; that wrk runs under \`nice -n $(kvget dl_nice)\`, standing for machines elsewhere whose CPU is not the server's). bty-web runs a connection's thread at nice 10 once it sends a body of 1 MiB or more, so the control plane goes first when the cores are busy.
 - bty-web's access log: $(kvget bty.log)
 
 $TABLE

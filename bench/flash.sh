@@ -97,7 +97,7 @@ for l in open(os.path.join(out, "commands.txt")) if os.path.exists(os.path.join(
     CMD[k] = v
 
 MAIN = {"raw": "raw-dd", "zst": "zst-dd", "gz": "gz-dd", "xz": "xz-dd", "bz2": "bz2-dd", "qcow2": "qcow2-qemu-img+sync"}
-EXTRA = {"raw": ["raw-bmaptool"], "gz": ["gz-pigz-dd"], "xz": ["xz-T0-dd"]}
+EXTRA = {"raw": ["raw-bmaptool"], "gz": ["gz-pigz-dd"], "xz": ["xz-T0-dd"], "bz2": ["bz2-lbzip2-dd"]}
 DEC = {"zst": "dec-zstd", "gz": "dec-gzip", "xz": "dec-xz-T0", "bz2": "dec-bzip2"}
 TITLE = {"raw": "raw (disk.img)", "zst": "zst (disk.img.zst)", "gz": "gz (disk.img.gz)",
          "xz": "xz (disk.img.xz)", "bz2": "bz2 (disk.img.bz2)", "qcow2": "qcow2 (disk.qcow2)"}
@@ -242,6 +242,13 @@ dd = [(fmt, b["med"] / d["med"] - 1) for fmt, b, m, d, ex in summary if b and d 
 if dd:
     rows_t.append(("decode-bound formats (gz, xz, bz2) within 10% of the decoder alone",
                    met(all(x <= 0.10 for _, x in dd)), ", ".join(f"{f} {x * 100:+.0f}%" for f, x in dd)))
+# bzip2 decoded on every core (issue 22): against the one-core pipeline and lbzip2 alone.
+bb, bd, bl = stats("bz2-bty"), stats("bz2-dd"), stats("dec-lbzip2")
+if bb and bd:
+    rows_t.append(("bz2: ≥ 1.8x `bzip2 -dc \\| dd`", met((ratio(bd, bb) or 0) >= 1.8), f"{rs(ratio(bd, bb))} on medians"))
+if bb and bl:
+    rows_t.append(("bz2: within 10% of `lbzip2 -dc` alone", met(bb["med"] <= 1.10 * bl["med"]),
+                   f"bty {f2(bb['med'])} s, lbzip2 {f2(bl['med'])} s: {(bb['med'] / bl['med'] - 1) * 100:+.0f}%"))
 bts = [stats(c) for c in by if stats(c)["kind"].startswith("bty")]
 if bts:
     mx = max(s["rss"] for s in bts)
@@ -384,7 +391,9 @@ CASE_LIST=(
   "xz|xz-T0-dd|ref|1|xz -dc -T0 $RAW.xz | $DDW"
   "xz|xz-bty|bty|1|$B $RAW.xz $BO"
   "bz2|dec-bzip2|dec|0|bzip2 -dc $RAW.bz2 > /dev/null"
+  "bz2|dec-lbzip2|dec|0|lbzip2 -dc $RAW.bz2 > /dev/null"
   "bz2|bz2-dd|ref|1|bzip2 -dc $RAW.bz2 | $DDW"
+  "bz2|bz2-lbzip2-dd|ref|1|lbzip2 -dc $RAW.bz2 | $DDW"
   "bz2|bz2-bty|bty|1|$B $RAW.bz2 $BO"
 )
 
