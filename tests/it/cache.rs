@@ -333,6 +333,21 @@ fn a_full_cache_disk_fails_the_fetch_with_the_reason_and_keeps_nothing() {
     assert!(body == small);
 }
 
+/// `bty-web cache add FILE` into the cache dir `cache` of the state dir `state`, as an operator
+/// pre-seeds an air-gapped lab; asserts it succeeded.
+pub(crate) fn cache_add(file: &Path, state: &Path, cache: &Path) -> std::process::Output {
+    let add = std::process::Command::new(env!("CARGO_BIN_EXE_bty-web"))
+        .args(["cache", "add"])
+        .arg(file)
+        .arg("--state-dir")
+        .arg(state)
+        .env("BTY_CACHE_DIR", cache)
+        .output()
+        .unwrap();
+    assert!(add.status.success(), "{}", String::from_utf8_lossy(&add.stderr));
+    add
+}
+
 #[test]
 fn an_air_gapped_lab_flashes_from_a_pre_seeded_cache() {
     let dir = util::TestDir::new("cache-airgap");
@@ -343,15 +358,7 @@ fn an_air_gapped_lab_flashes_from_a_pre_seeded_cache() {
     std::fs::write(&file, &image).unwrap();
     let cache = dir.path("cache");
     let state = dir.path("state");
-    let add = std::process::Command::new(env!("CARGO_BIN_EXE_bty-web"))
-        .args(["cache", "add"])
-        .arg(&file)
-        .arg("--state-dir")
-        .arg(&state)
-        .env("BTY_CACHE_DIR", &cache)
-        .output()
-        .unwrap();
-    assert!(add.status.success(), "{}", String::from_utf8_lossy(&add.stderr));
+    let add = cache_add(&file, &state, &cache);
     let out = String::from_utf8_lossy(&add.stdout);
     assert!(out.starts_with(&sha), "{out}");
     let ls = std::process::Command::new(env!("CARGO_BIN_EXE_bty-web"))

@@ -174,15 +174,7 @@ fn cached_images_go_out_whole_and_by_range_byte_exact() {
     std::fs::write(&file, &data).unwrap();
     let cache = dir.path("cache");
     let state = dir.path("state");
-    let add = std::process::Command::new(env!("CARGO_BIN_EXE_bty-web"))
-        .args(["cache", "add"])
-        .arg(&file)
-        .arg("--state-dir")
-        .arg(&state)
-        .env("BTY_CACHE_DIR", &cache)
-        .output()
-        .unwrap();
-    assert!(add.status.success(), "{}", String::from_utf8_lossy(&add.stderr));
+    crate::cache::cache_add(&file, &state, &cache);
     // The origin is unreachable: every byte must come from the cache file.
     let s = Server::start_in_env(state, &[("BTY_CACHE_DIR", cache.to_str().unwrap())]);
     crate::cache::import(&s, &[("disk.img", "http://127.0.0.1:9/disk.img", &sha, data.len())]);
