@@ -1,6 +1,7 @@
-# Shared by bench/dataplane.sh and bench/fleet.sh, which source it after setting WORK (their
-# work dir), KV (their key=value results file) and PASSWORD, and after defining log and die.
-# Processes started go into PIDS; the caller's EXIT trap calls stop_all.
+# Shared by bench/dataplane.sh and bench/fleet.sh (and write_section by bench/web.sh), which
+# source it after setting WORK (their work dir), KV (their key=value results file) and PASSWORD,
+# and after defining log and die. Processes started go into PIDS; the caller's EXIT trap calls
+# stop_all.
 
 PIDS=()
 

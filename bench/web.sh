@@ -56,6 +56,9 @@ HELPER=$WORK/helper.py
 
 log() { echo "[$(date +%T)] $*" >&2; }
 die() { log "error: $*"; exit 1; }
+# write_section, for the RESULTS.md section at the end.
+# shellcheck source=bench/lib.sh
+source "$REPO/bench/lib.sh"
 
 # Neither server may pick up settings from the caller's environment or /etc/bty: every
 # BTY_* variable is dropped, and each server gets BTY_CONFIG_FILE = an empty bty.toml.
@@ -522,16 +525,5 @@ echo
 echo "$SECTION" | tee "$WORK/section.md"
 
 if [[ $WRITE == 1 ]]; then
-  python3 - "$RESULTS" "$WORK/section.md" <<'PYEOF'
-import os, re, sys
-results, section = sys.argv[1], open(sys.argv[2]).read().rstrip("\n") + "\n"
-old = open(results).read() if os.path.exists(results) else ""
-pat = re.compile(r"<!-- bench-web:begin.*?<!-- bench-web:end -->\n?", re.S)
-if pat.search(old):
-    new = pat.sub(lambda _: section, old, count=1)
-else:
-    new = (old.rstrip("\n") + "\n\n" if old else "") + section
-open(results, "w").write(new)
-print(f"wrote the bty-web section of {results}", file=sys.stderr)
-PYEOF
+  write_section "$RESULTS" "$WORK/section.md" "<!-- bench-web:begin" "<!-- bench-web:end -->" bty-web
 fi
