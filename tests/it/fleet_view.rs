@@ -289,6 +289,12 @@ fn the_machines_page_is_paged_and_filtered_on_the_server() {
     assert!(body.contains("rows 201–250 of 250") && body.contains("href=\"/ui/machines?page=2\""));
     assert!(!body.contains("rel=\"next\""));
     assert_eq!(rows(&page(&s, &c, "/ui/machines?page=99")), 50, "past the end: the last page");
+    // A page number whose offset would overflow is past the end too, with and without a text
+    // filter (the two ways a page is read).
+    for q in ["", "&q=02:"] {
+        let far = format!("/ui/machines?page={}&per=500{q}", usize::MAX);
+        assert!(rows(&page(&s, &c, &far)) > 0, "{far}: the last page");
+    }
     assert_eq!(rows(&page(&s, &c, "/ui/machines?page=x&per=0")), 100, "nonsense: the defaults");
 
     let body = page(&s, &c, "/ui/machines?label=even&page=2&per=50");

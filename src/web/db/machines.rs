@@ -312,7 +312,15 @@ impl Db {
                 .query_row(params![label, assigned], |r| r.get(0))?;
             let rows = c
                 .prepare_cached(MACHINES_PAGE)?
-                .query_map(params![label, assigned, limit as i64, offset as i64], machine_from_row)?
+                .query_map(
+                    params![
+                        label,
+                        assigned,
+                        i64::try_from(limit).unwrap_or(i64::MAX),
+                        i64::try_from(offset).unwrap_or(i64::MAX)
+                    ],
+                    machine_from_row,
+                )?
                 .collect::<rusqlite::Result<_>>()?;
             Ok((n.max(0) as usize, rows))
         })

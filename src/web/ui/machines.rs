@@ -63,7 +63,9 @@ pub fn list(ctx: &Ctx<'_>) -> PageResult {
             _ => None,
         };
         let label = Some(label).filter(|l| !l.is_empty());
-        let (shown, rows) = app.db.machines_page(label, assigned, (asked - 1) * per, per)?;
+        // The page number comes from the URL: past the end (however far) is the last page.
+        let (shown, rows) =
+            app.db.machines_page(label, assigned, (asked - 1).saturating_mul(per), per)?;
         let page_no = asked.min(last(shown));
         if page_no == asked {
             (shown, page_no, rows)
