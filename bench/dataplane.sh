@@ -121,17 +121,9 @@ URLS=(boot "http://127.0.0.1:$BPORT/boot/big.img"
   nginx "http://127.0.0.1:$NPORT/big.img")
 log "warming the page cache"
 cat "$WORK/boot/big.img" > /dev/null
-for ((i = 0; i < ${#URLS[@]}; i += 2)); do
-  got=$(curl -s -m 600 -o /dev/null -w '%{http_code} %{size_download}' "${URLS[i + 1]}")
-  [[ $got == "200 $BYTES" ]] || die "GET ${URLS[i + 1]} answered $got (expected 200 $BYTES)"
-done
+for ((i = 0; i < ${#URLS[@]}; i += 2)); do get_whole "${URLS[i + 1]}" "$BYTES"; done
 
 # ---- measuring ----
-# A server's processes: bty-web is one; nginx is its master and the workers.
-procs() { echo "$1"; [[ $1 == "$NGINX_PID" ]] && ps --ppid "$1" -o pid= || true; }
-cpu_ticks() { local p; for p in $(procs "$1"); do awk '{print $14 + $15}' "/proc/$p/stat"; done | awk '{s += $1} END {print s}'; }
-hwm_kb() { local p; for p in $(procs "$1"); do awk '$1 == "VmHWM:" {print $2}' "/proc/$p/status"; done | awk '{s += $1} END {print s}'; }
-busy_ticks() { awk '$1 == "cpu" {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
 
 # run_wrk KEY PID CONNS [wrk args...]: one wrk run; records its WRK_RESULT line, the server's
 # CPU seconds and peak RSS under KEY
@@ -299,7 +291,6 @@ for x in t:
 print("\n".join(o))
 PYEOF
 )
-kvget() { sed -n "s/^$1=//p" "$KV" | tail -1; }
 SECTION=$(cat <<EOF
 <!-- bench-dataplane:start (written by bench/dataplane.sh; replaced on each \`make bench-dataplane\`) -->
 # bty-web data plane: large files against nginx

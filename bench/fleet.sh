@@ -126,15 +126,9 @@ BURL="http://127.0.0.1:$BPORT/images/$SHA/$NAME"
 NURL="http://127.0.0.1:$NPORT/$NAME"
 # One whole GET each first: the page cache holds the file for both, and bty-web has hashed its
 # cached copy (it checks a file once after a start) before the clock runs.
-for u in "$BURL" "$NURL"; do
-  got=$(curl -s -m 600 -o /dev/null -w '%{http_code} %{size_download}' "$u")
-  [[ $got == "200 $ZBYTES" ]] || die "GET $u answered $got (expected 200 $ZBYTES)"
-done
+for u in "$BURL" "$NURL"; do get_whole "$u" "$ZBYTES"; done
 
 # ---- measuring ----
-procs() { echo "$1"; [[ $1 == "$NGINX_PID" ]] && ps --ppid "$1" -o pid= || true; }
-cpu_ticks() { local p; for p in $(procs "$1"); do awk '{print $14 + $15}' "/proc/$p/stat"; done | awk '{s += $1} END {print s}'; }
-hwm_kb() { local p; for p in $(procs "$1"); do awk '$1 == "VmHWM:" {print $2}' "/proc/$p/status"; done | awk '{s += $1} END {print s}'; }
 
 attach_loops() { # COUNT fresh, sparse machines: nothing of an earlier phase can pass the check
   local i f

@@ -1,4 +1,4 @@
-# Shared by bench/dataplane.sh and bench/fleet.sh (and write_section by bench/web.sh), which
+# Shared by bench/dataplane.sh, bench/fleet.sh and bench/web.sh, which
 # source it after setting WORK (their work dir), KV (their key=value results file) and PASSWORD,
 # and after defining log and die. Processes started go into PIDS; the caller's EXIT trap calls
 # stop_all.
@@ -22,6 +22,21 @@ stop_all() {
 }
 
 put() { echo "$1=$2" >> "$KV"; }
+kvget() { sed -n "s/^$1=//p" "$KV" | tail -1; }
+
+# A server's processes: bty-web is one; nginx is its master and the workers.
+procs() { echo "$1"; [[ $1 == "${NGINX_PID:-}" ]] && ps --ppid "$1" -o pid= || true; }
+# CPU clock ticks (user + system) and peak RSS (VmHWM, KiB) of a server's processes, added up.
+cpu_ticks() { local p; for p in $(procs "$1"); do awk '{print $14 + $15}' "/proc/$p/stat"; done | awk '{s += $1} END {print s}'; }
+hwm_kb() { local p; for p in $(procs "$1"); do awk '$1 == "VmHWM:" {print $2}' "/proc/$p/status"; done | awk '{s += $1} END {print s}'; }
+# The machine's busy clock ticks, all cores (user nice system irq softirq; not idle, iowait, steal).
+busy_ticks() { awk '$1 == "cpu" {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
+
+get_whole() { # URL BYTES: one whole GET, which must be a 200 of BYTES bytes
+  local got
+  got=$(curl -s -m 600 -o /dev/null -w '%{http_code} %{size_download}' "$1")
+  [[ $got == "200 $2" ]] || die "GET $1 answered $got (expected 200 $2)"
+}
 
 freeport() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 

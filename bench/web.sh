@@ -56,7 +56,7 @@ HELPER=$WORK/helper.py
 
 log() { echo "[$(date +%T)] $*" >&2; }
 die() { log "error: $*"; exit 1; }
-# write_section, for the RESULTS.md section at the end.
+# PIDS, running, put, kvget, cpu_ticks, busy_ticks and write_section.
 # shellcheck source=bench/lib.sh
 source "$REPO/bench/lib.sh"
 
@@ -65,9 +65,8 @@ source "$REPO/bench/lib.sh"
 for v in ${!BTY_@}; do [[ $v == BTY_WEB ]] || unset "$v"; done
 
 # ---- servers we started, stopped on exit whatever happens ----
-PIDS=()
-# the servers are not our children (the Python helper spawns them): a zombie counts as gone
-running() { [[ -r /proc/$1/stat ]] && [[ $(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) != Z ]]; }
+# The servers are not our children (the Python helper spawns them), so unlike lib.sh's stop
+# this does not wait for them; `running` counts a zombie as gone.
 stop_server() { # PID: SIGTERM, up to 10 s, then SIGKILL
   local pid=$1 i
   running "$pid" || return 0
@@ -325,7 +324,6 @@ if __name__ == "__main__":
     globals()[sys.argv[1]](*sys.argv[2:])
 PYEOF
 py() { python3 "$HELPER" "$@"; }
-put() { echo "$1=$2" >> "$KV"; }
 
 # ---- one server's life ----
 # Both get the same environment: an empty BTY_CONFIG_FILE, the state dir, the password.
@@ -357,9 +355,6 @@ start_server() {
 }
 
 status_kb() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-# busy ticks of the whole machine (user nice system irq softirq; not idle, iowait, steal)
-busy_ticks() { awk '$1 == "cpu" {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
 # wait until PID uses (almost) no CPU for 0.5 s (the reference goes on with queued requests
 # after wrk has hung up); at most 60 s
 wait_idle() {
@@ -501,7 +496,6 @@ measure bty
 
 # ---- report ----
 TABLE=$(py render "$KV")
-kvget() { sed -n "s/^$1=//p" "$KV" | tail -1; }
 SECTION=$(cat <<EOF
 <!-- bench-web:begin (written by bench/web.sh; replaced on each \`make bench-web\`) -->
 # bty-web benchmark
