@@ -351,7 +351,7 @@ impl Cache {
             .spawn(move || cache.run_fill(&app, f, &key, &entry, &chain));
         if let Err(e) = spawned {
             lock(&self.inner).fills.remove(hex);
-            lock(&fill.state).done = Some(Err(format!("starting the fetch: {e}")));
+            fill::finish(&fill, Err(format!("starting the fetch: {e}")));
         }
         fill
     }
@@ -496,9 +496,14 @@ impl Read for Growing {
 /// and the bytes behind it can never change.
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 
-/// The 200 or 206 answer for `len` bytes of an image: the digest is its ETag.
+/// An image's ETag: its digest, which names its bytes for good.
+fn etag(hex: &str) -> String {
+    format!("\"{hex}\"")
+}
+
+/// The 200 or 206 answer for `len` bytes of an image.
 fn answer(req: &Req, hex: &str, len: u64, body: impl FnOnce(u64, u64) -> Body) -> Resp {
-    crate::web::ranges::answer(req, len, format!("\"{hex}\""), IMMUTABLE, "the image", body)
+    crate::web::ranges::answer(req, len, etag(hex), IMMUTABLE, "the image", body)
 }
 
 /// `GET|HEAD /images/{sha256}/{name}`: a pinned catalog image, from the cache, fetched into it
@@ -524,7 +529,7 @@ pub fn serve(app: &Arc<App>, req: &Req, sha256: &str) -> Resp {
     };
     // A client or an HTTP cache that holds these bytes already needs nothing, least of all a
     // fetch from the origin.
-    if let Some(r) = crate::web::ranges::not_modified(req, &format!("\"{hex}\""), IMMUTABLE) {
+    if let Some(r) = crate::web::ranges::not_modified(req, &etag(&hex), IMMUTABLE) {
         return r;
     }
     // Twice at most: a file found corrupt is fetched again, and a fetch that just finished is

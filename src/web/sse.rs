@@ -52,6 +52,13 @@ struct Change {
     row: Option<Arc<str>>,
 }
 
+impl Change {
+    /// What it counts against the ring's byte budget.
+    fn bytes(&self) -> usize {
+        self.mac.len() + self.row.as_ref().map_or(0, |r| r.len())
+    }
+}
+
 struct State {
     subs: Vec<Sub>,
     /// The fleet version: bumped once per published tick.
@@ -174,12 +181,12 @@ impl Hub {
                 .collect();
             let event = delta(version, changes.iter().map(|c| (c.mac.as_str(), c.row.as_ref())));
             for c in changes {
-                st.ring_bytes += c.mac.len() + c.row.as_ref().map_or(0, |r| r.len());
+                st.ring_bytes += c.bytes();
                 st.ring.push_back(c);
             }
             while st.ring_bytes > RING_BYTES {
                 let Some(old) = st.ring.pop_front() else { break };
-                st.ring_bytes -= old.mac.len() + old.row.as_ref().map_or(0, |r| r.len());
+                st.ring_bytes -= old.bytes();
                 st.floor = st.floor.max(old.version);
             }
             send(&mut st, &event, |f| f == Feed::Delta);

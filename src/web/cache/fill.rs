@@ -173,7 +173,7 @@ fn open_origin(src: &str, hex: &str, size: Option<u64>) -> Result<crate::source:
 }
 
 /// Ends a fill for the requests reading it.
-fn finish(fill: &Fill, result: std::result::Result<(), String>) {
+pub(super) fn finish(fill: &Fill, result: std::result::Result<(), String>) {
     lock(&fill.state).done = Some(result);
     fill.cv.notify_all();
 }
