@@ -104,14 +104,14 @@ impl App {
         &self,
         macs: &[String],
     ) -> crate::error::Result<Vec<(String, Option<String>)>> {
-        let mut out = Vec::with_capacity(macs.len());
-        for mac in macs {
-            let m = self.db.machine(mac)?;
-            let progress = self.progress.lock().unwrap_or_else(|p| p.into_inner());
-            let row = m.map(|m| live_row(&m, progress.get(mac)).to_string());
-            out.push((mac.clone(), row));
-        }
-        Ok(out)
+        let machines =
+            macs.iter().map(|mac| self.db.machine(mac)).collect::<Result<Vec<_>, _>>()?;
+        let progress = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(macs
+            .iter()
+            .zip(machines)
+            .map(|(mac, m)| (mac.clone(), m.map(|m| live_row(&m, progress.get(mac)).to_string())))
+            .collect())
     }
 }
 
