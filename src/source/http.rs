@@ -462,24 +462,19 @@ pub(crate) trait Fetch: Send + Sync {
     fn get(&self, headers: &[(&str, &str)]) -> Result<Response, Fail>;
 }
 
-/// A plain http(s) URL.
-struct Plain(Url);
+/// A plain http(s) URL, and headers every request to it carries (none for a flash; the chain
+/// of caches for a bty-web cache asking an upstream).
+struct Plain {
+    url: Url,
+    headers: Vec<(String, String)>,
+}
 
 impl Fetch for Plain {
     fn get(&self, headers: &[(&str, &str)]) -> Result<Response, Fail> {
-        send(&self.0, headers, None)
-    }
-}
-
-/// A plain URL whose every request also carries `extra` headers.
-struct WithHeaders(Url, Vec<(String, String)>);
-
-impl Fetch for WithHeaders {
-    fn get(&self, headers: &[(&str, &str)]) -> Result<Response, Fail> {
         let mut all: Vec<(&str, &str)> =
-            self.1.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+            self.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
         all.extend_from_slice(headers);
-        send(&self.0, &all, None)
+        send(&self.url, &all, None)
     }
 }
 
@@ -860,7 +855,8 @@ pub(crate) fn open(spec: &str) -> Result<Opened> {
     let url = Url::parse(spec)?;
     let name = url.file_name();
     let display = url.to_string();
-    let (resource, stream) = Resource::open(Box::new(Plain(url)), display.clone())?;
+    let (resource, stream) =
+        Resource::open(Box::new(Plain { url, headers: Vec::new() }), display.clone())?;
     Ok(Opened { display, name, resource, stream })
 }
 
@@ -872,9 +868,9 @@ pub(crate) fn open_once(spec: &str, headers: &[(&str, &str)]) -> Result<Opened> 
     let url = Url::parse(spec)?;
     let name = url.file_name();
     let display = url.to_string();
-    let extra = headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+    let headers = headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
     let (resource, stream) =
-        Resource::open_with(Box::new(WithHeaders(url, extra)), display.clone(), None, false)?;
+        Resource::open_with(Box::new(Plain { url, headers }), display.clone(), None, false)?;
     Ok(Opened { display, name, resource, stream })
 }
 
